@@ -1,0 +1,57 @@
+# Thin wrapper over CMake. `make demo` and `make test` are the two commands of the README.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+JOBS       ?= $(shell nproc)
+
+BUILD_DEPS := cmake make gcc pkg-config libuv1-dev libjansson-dev libmbedtls-dev \
+              libcurl4-openssl-dev zlib1g-dev libcmocka-dev node-llhttp clang-format
+TEST_DEPS  := python3 python3-botocore python3-prometheus-client
+FUZZ_DEPS  := clang libclang-rt-14-dev
+BENCH_DEPS := prometheus wrk valgrind
+
+FMT_FILES = $(shell git ls-files -co --exclude-standard -- 'src/*.[ch]' 'include/*.[ch]' 'test/*.[ch]' 2>/dev/null)
+
+.PHONY: all build deps test test-asan fmt fmt-check fuzz readme clean
+
+all: build
+
+deps:
+	@.ci/deps.sh $(BUILD_DEPS) $(TEST_DEPS)
+
+build: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	@cmake --build $(BUILD) -j $(JOBS)
+
+test: build fmt-check
+	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
+	@$(MAKE) --no-print-directory test-asan
+
+# The whole suite again under AddressSanitizer + UndefinedBehaviorSanitizer.
+test-asan: deps
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=Debug -DCMH_SANITIZE=ON >/dev/null
+	@cmake --build $(ASAN_BUILD) -j $(JOBS)
+	cd $(ASAN_BUILD) && ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 ctest --output-on-failure -j $(JOBS)
+
+fmt:
+	clang-format -i $(FMT_FILES)
+
+fmt-check: deps
+	@clang-format --dry-run -Werror $(FMT_FILES) || \
+	  { echo "unformatted code: run 'make fmt'"; exit 1; }
+
+# libFuzzer targets (clang, ASan+UBSan): build-fuzz/fuzz_*. Run one with
+#   build-fuzz/test/fuzz_config -max_total_time=600 test/fuzz/corpus/config
+fuzz:
+	@.ci/deps.sh $(BUILD_DEPS) $(FUZZ_DEPS)
+	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMH_FUZZ=ON \
+	  -DCMH_SANITIZE=ON >/dev/null
+	@cmake --build $(FUZZ_BUILD) -j $(JOBS)
+
+# Regenerates the README's configuration section from the table in src/config.c.
+readme: build
+	@test/integration/check_readme_config.sh --update
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD)

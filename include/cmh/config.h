@@ -1,0 +1,102 @@
+/* Configuration: every setting is an environment variable, defined once in the table in config.c,
+ * read at start-up into one validated struct. Owned by the daemon; thread: the loop thread. */
+#ifndef CMH_CONFIG_H
+#define CMH_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+struct cmh_log;
+
+/* One static scrape target from SCRAPE_TARGETS. */
+struct cmh_target {
+    char *name; /* "name=" part, or "host:port" when none was given */
+    char *host; /* IPv4/IPv6 literal or DNS name, without brackets */
+    uint16_t port;
+};
+
+struct cmh_target_list {
+    struct cmh_target *v;
+    size_t n;
+};
+
+struct cmh_config {
+    bool use_cloudwatch;
+    bool use_prometheus;
+    uint64_t interval_ms;
+    char *aws_region;
+    char *cluster_id;
+    int log_level;  /* enum cmh_log_level */
+    int log_format; /* enum cmh_log_format */
+    uint64_t http_timeout_ms;
+    struct cmh_target_list targets;
+    uint64_t ipamd_port;
+    uint64_t prometheus_port;
+    uint64_t shutdown_timeout_ms;
+};
+
+enum cmh_config_type {
+    CMH_CFG_BOOL,     /* bool: yes/true/no/false, any case */
+    CMH_CFG_UINT,     /* uint64_t in [min, max] */
+    CMH_CFG_BYTES,    /* uint64_t bytes; digits with optional KiB/MiB/GiB suffix */
+    CMH_CFG_DURATION, /* uint64_t ms; bare digits are seconds, or digits with ms/s/m */
+    CMH_CFG_STR,      /* char *, owned; NULL when unset and no default */
+    CMH_CFG_ENUM,     /* int index into words */
+    CMH_CFG_TARGETS,  /* struct cmh_target_list */
+};
+
+#define CMH_CFG_SECRET 1u /* never logged: the effective-config line shows <redacted> */
+
+struct cmh_config_var {
+    const char *name;
+    enum cmh_config_type type;
+    size_t offset;            /* of the field in struct cmh_config */
+    const char *def;          /* default, as text parsed like a value; NULL or "" = unset */
+    uint64_t min, max;        /* UINT, BYTES, DURATION (ms) */
+    const char *const *words; /* ENUM: NULL-terminated */
+    unsigned flags;
+    const char *help;
+};
+
+/* The table, in the order --help and the README list it. */
+extern const struct cmh_config_var cmh_config_vars[];
+extern const size_t cmh_config_nvars;
+
+/* Prefixes of our own variables: unknown names with them draw a warning (a likely typo). */
+extern const char *const cmh_config_prefixes[];
+
+#define CMH_CONFIG_ERR_MAX 512
+
+/* Fills cfg from envp (a NULL-terminated "NAME=value" array, like environ). An empty value counts
+ * as unset. On a bad value returns -EINVAL with one line in err naming the variable, the value and
+ * what is accepted; cfg is then freed. On -ENOMEM err says so. cfg is owned by the caller and
+ * released with cmh_config_free. */
+int cmh_config_load(struct cmh_config *cfg, char *const *envp, char err[CMH_CONFIG_ERR_MAX]);
+void cmh_config_free(struct cmh_config *cfg);
+
+/* Parses one value of var into cfg, replacing what was there (used by load, tests and the fuzzer).
+ * Returns 0 or -EINVAL/-ENOMEM with err filled. */
+int cmh_config_set(struct cmh_config *cfg, const struct cmh_config_var *var, const char *value,
+                   char err[CMH_CONFIG_ERR_MAX]);
+
+const struct cmh_config_var *cmh_config_find(const char *name);
+
+/* Writes the current value of var in cfg as text (secrets are not redacted here). */
+size_t cmh_config_value_text(const struct cmh_config *cfg, const struct cmh_config_var *var,
+                             char *buf, size_t len);
+
+/* Calls cb for every variable in envp that has one of our prefixes but is not in the table, with
+ * the closest known name (or NULL) as a suggestion. */
+void cmh_config_unknown(char *const *envp,
+                        void (*cb)(void *arg, const char *name, const char *suggestion), void *arg);
+
+/* Logs the effective configuration as one event, secrets redacted. */
+void cmh_config_log(const struct cmh_config *cfg, struct cmh_log *log);
+
+/* --help text and the README's configuration section, both generated from the table. */
+void cmh_config_print_help(FILE *out);
+void cmh_config_print_markdown(FILE *out);
+
+#endif

@@ -1,0 +1,53 @@
+/* The daemon: owns the uv loop, the configuration, the log and every module instance; runs the
+ * round timer and the graceful stop. Thread: the loop thread only (main owns the one instance). */
+#ifndef CMH_DAEMON_H
+#define CMH_DAEMON_H
+
+#include "cmh/config.h"
+#include "cmh/log.h"
+
+#include <uv.h>
+
+struct cmh_daemon;
+
+/* Called at the start of every round, with the round number (1-based) and the wall-clock start
+ * in ms since the epoch (the timestamp of every datum of the round). */
+typedef void (*cmh_round_cb)(struct cmh_daemon *d, uint64_t round, int64_t start_ms);
+
+struct cmh_daemon {
+    uv_loop_t loop;
+    struct cmh_config cfg;
+    struct cmh_log log;
+    uv_timer_t round_timer;
+    uv_timer_t shutdown_timer;
+    uv_signal_t sigterm;
+    uv_signal_t sigint;
+    cmh_round_cb on_round;
+    uint64_t round;
+    unsigned inflight; /* units of work that a graceful stop waits for */
+    int stopping;      /* a stop signal arrived */
+    int exit_code;
+    unsigned open_handles;
+};
+
+/* Takes ownership of *cfg (left zeroed) and the log settings; sets up the loop, timers and signal
+ * watchers. Returns 0 or a negative errno-style code. */
+int cmh_daemon_init(struct cmh_daemon *d, struct cmh_config *cfg, int log_fd);
+
+/* Runs rounds until a stop signal (or cmh_daemon_stop). Returns the process exit status: 0 after
+ * a graceful stop, 1 if the shutdown deadline cut in-flight work. A second signal exits the
+ * process at once with 128+signal. */
+int cmh_daemon_run(struct cmh_daemon *d);
+
+/* Begins a graceful stop, as SIGTERM does: no new rounds; the loop ends when in-flight work is
+ * done or SHUTDOWN_TIMEOUT passes. */
+void cmh_daemon_stop(struct cmh_daemon *d);
+
+/* In-flight work accounting: a graceful stop waits until every begin has had its end. */
+void cmh_daemon_work_begin(struct cmh_daemon *d);
+void cmh_daemon_work_end(struct cmh_daemon *d);
+
+/* Closes the loop and frees everything init took. Call after run returned. */
+void cmh_daemon_close(struct cmh_daemon *d);
+
+#endif

@@ -1,0 +1,91 @@
+#include "cmh/alloc.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef CMH_FAULT_INJECT
+/* Test-only state: the one deliberate global, compiled only into fault-injection builds. */
+static unsigned long alloc_count;
+static unsigned long alloc_fail_at;
+
+void cmh_alloc_fail_at(unsigned long n)
+{
+    alloc_count = 0;
+    alloc_fail_at = n;
+}
+
+unsigned long cmh_alloc_count(void)
+{
+    return alloc_count;
+}
+
+static int should_fail(void)
+{
+    alloc_count++;
+    return alloc_fail_at != 0 && alloc_count == alloc_fail_at;
+}
+#else
+static int should_fail(void)
+{
+    return 0;
+}
+#endif
+
+void *cmh_malloc(size_t n)
+{
+    if (should_fail()) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return malloc(n ? n : 1);
+}
+
+void *cmh_calloc(size_t n, size_t size)
+{
+    if (should_fail()) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return calloc(n ? n : 1, size ? size : 1);
+}
+
+void *cmh_realloc(void *p, size_t n)
+{
+    if (should_fail()) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return realloc(p, n ? n : 1);
+}
+
+void *cmh_reallocarray(void *p, size_t n, size_t size)
+{
+    if (size != 0 && n > SIZE_MAX / size) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    return cmh_realloc(p, n * size);
+}
+
+char *cmh_strndup(const char *s, size_t n)
+{
+    size_t len = strnlen(s, n);
+    char *d = cmh_malloc(len + 1);
+    if (d == NULL)
+        return NULL;
+    memcpy(d, s, len);
+    d[len] = '\0';
+    return d;
+}
+
+char *cmh_strdup(const char *s)
+{
+    return cmh_strndup(s, SIZE_MAX);
+}
+
+void cmh_free(void *p)
+{
+    free(p);
+}

@@ -1,0 +1,573 @@
+#include "cmh/config.h"
+
+#include "cmh/alloc.h"
+#include "cmh/log.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define FIELD(f) offsetof(struct cmh_config, f)
+#define SEC      1000ull
+
+static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+static const char *const log_formats[] = {"text", "json", NULL};
+
+/* The one source of truth for configuration. Keep names compatible with the original helper. */
+const struct cmh_config_var cmh_config_vars[] = {
+    {"USE_CLOUDWATCH", CMH_CFG_BOOL, FIELD(use_cloudwatch), "true", 0, 0, NULL, 0,
+     "Publish the cluster metrics to CloudWatch. With no, every datum of a round is logged "
+     "instead."},
+    {"USE_PROMETHEUS", CMH_CFG_BOOL, FIELD(use_prometheus), "false", 0, 0, NULL, 0,
+     "Serve the cluster aggregates and self-metrics on our own /metrics (PROMETHEUS_PORT)."},
+    {"METRIC_UPDATE_INTERVAL", CMH_CFG_DURATION, FIELD(interval_ms), "30", 1 * SEC, 3600 * SEC,
+     NULL, 0, "Time between scrape rounds; bare numbers are seconds."},
+    {"AWS_REGION", CMH_CFG_STR, FIELD(aws_region), NULL, 0, 0, NULL, 0,
+     "AWS region of the CloudWatch endpoint. Unset: AWS_DEFAULT_REGION, then instance metadata."},
+    {"AWS_CLUSTER_ID", CMH_CFG_STR, FIELD(cluster_id), NULL, 0, 0, NULL, 0,
+     "Value of the CLUSTER_ID dimension on every datum."},
+    {"AWS_VPC_K8S_CNI_LOGLEVEL", CMH_CFG_ENUM, FIELD(log_level), "info", 0, 0, log_levels, 0,
+     "Lowest level logged (any case)."},
+    {"LOG_FORMAT", CMH_CFG_ENUM, FIELD(log_format), "text", 0, 0, log_formats, 0,
+     "Log lines as logfmt text or as one JSON object each."},
+    {"HTTP_TIMEOUT", CMH_CFG_DURATION, FIELD(http_timeout_ms), "10", 1 * SEC, 300 * SEC, NULL, 0,
+     "Timeout of one HTTPS request to AWS or Kubernetes; bare numbers are seconds."},
+    {"SCRAPE_TARGETS", CMH_CFG_TARGETS, FIELD(targets), NULL, 0, 0, NULL, 0,
+     "Static targets, comma-separated `name=host:port`, `host:port` or `host` (port "
+     "IPAMD_METRICS_PORT); IPv6 as `[addr]:port`. Set: Kubernetes discovery is off."},
+    {"IPAMD_METRICS_PORT", CMH_CFG_UINT, FIELD(ipamd_port), "61678", 1, 65535, NULL, 0,
+     "Port of ipamD's metrics endpoint on every node."},
+    {"PROMETHEUS_PORT", CMH_CFG_UINT, FIELD(prometheus_port), "61681", 1, 65535, NULL, 0,
+     "Port of our own HTTP server (/metrics, /healthz, /readyz)."},
+    {"SHUTDOWN_TIMEOUT", CMH_CFG_DURATION, FIELD(shutdown_timeout_ms), "10", 0, 300 * SEC, NULL, 0,
+     "On SIGTERM/SIGINT, how long in-flight work may take to finish before exit."},
+};
+const size_t cmh_config_nvars = sizeof cmh_config_vars / sizeof cmh_config_vars[0];
+
+const char *const cmh_config_prefixes[] = {
+    "USE_",   "METRIC_",   "SCRAPE_", "IPAMD_",           "PROMETHEUS_", "LOG_", "CW_",
+    "STALE_", "SHUTDOWN_", "HTTP_",   "AWS_VPC_K8S_CNI_", "AWS_CLUSTER", NULL};
+
+static void *field_ptr(struct cmh_config *cfg, const struct cmh_config_var *var)
+{
+    return (char *)cfg + var->offset;
+}
+
+static const void *field_cptr(const struct cmh_config *cfg, const struct cmh_config_var *var)
+{
+    return (const char *)cfg + var->offset;
+}
+
+static int fail(char *err, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, CMH_CONFIG_ERR_MAX, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+/* Parses [0-9]+ fully into *out; rejects signs, spaces, overflow. Returns the end pointer. */
+static const char *parse_digits(const char *s, uint64_t *out)
+{
+    if (!isdigit((unsigned char)*s))
+        return NULL;
+    errno = 0;
+    char *end;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno == ERANGE)
+        return NULL;
+    *out = v;
+    return end;
+}
+
+static void free_targets(struct cmh_target_list *t)
+{
+    for (size_t i = 0; i < t->n; i++) {
+        cmh_free(t->v[i].name);
+        cmh_free(t->v[i].host);
+    }
+    cmh_free(t->v);
+    t->v = NULL;
+    t->n = 0;
+}
+
+static int valid_host(const char *h, size_t n, int bracketed)
+{
+    if (n == 0 || n > 253)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)h[i];
+        if (bracketed ? !(isxdigit(c) || c == ':' || c == '.')
+                      : !(isalnum(c) || c == '.' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* One item: [name=]host[:port] or [name=][v6]:port. Port 0 means IPAMD_METRICS_PORT. */
+static int parse_target(const char *s, size_t n, struct cmh_target *t, const char **why)
+{
+    const char *eq = memchr(s, '=', n);
+    const char *name = s, *hp = s;
+    size_t name_len = 0;
+    if (eq != NULL) {
+        name_len = (size_t)(eq - s);
+        hp = eq + 1;
+        if (name_len == 0) {
+            *why = "empty name before '='";
+            return -EINVAL;
+        }
+    }
+    size_t hp_len = n - (size_t)(hp - s);
+    const char *host = hp, *port_s = NULL;
+    size_t host_len = hp_len;
+    int bracketed = 0;
+    if (hp_len > 0 && hp[0] == '[') {
+        const char *rb = memchr(hp, ']', hp_len);
+        if (rb == NULL) {
+            *why = "'[' without ']'";
+            return -EINVAL;
+        }
+        bracketed = 1;
+        host = hp + 1;
+        host_len = (size_t)(rb - host);
+        if (rb + 1 < hp + hp_len) {
+            if (rb[1] != ':') {
+                *why = "expected ':' after ']'";
+                return -EINVAL;
+            }
+            port_s = rb + 2;
+        }
+    } else {
+        const char *colon = memchr(hp, ':', hp_len);
+        if (colon != NULL) {
+            host_len = (size_t)(colon - hp);
+            port_s = colon + 1;
+        }
+    }
+    if (!valid_host(host, host_len, bracketed)) {
+        *why = "bad host (IPv4, DNS name, or [IPv6])";
+        return -EINVAL;
+    }
+    uint64_t port = 0;
+    if (port_s != NULL) {
+        char buf[8];
+        size_t plen = (size_t)(hp + hp_len - port_s);
+        if (plen == 0 || plen >= sizeof buf) {
+            *why = "bad port (1-65535)";
+            return -EINVAL;
+        }
+        memcpy(buf, port_s, plen);
+        buf[plen] = '\0';
+        const char *end = parse_digits(buf, &port);
+        if (end == NULL || *end != '\0' || port < 1 || port > 65535) {
+            *why = "bad port (1-65535)";
+            return -EINVAL;
+        }
+    }
+    t->port = (uint16_t)port;
+    t->host = cmh_strndup(host, host_len);
+    t->name = eq != NULL ? cmh_strndup(name, name_len) : cmh_strndup(hp, hp_len);
+    if (t->host == NULL || t->name == NULL) {
+        cmh_free(t->host);
+        cmh_free(t->name);
+        t->host = t->name = NULL;
+        return -ENOMEM;
+    }
+    return 0;
+}
+
+static int parse_targets(const char *value, struct cmh_target_list *out, char *err)
+{
+    struct cmh_target_list list = {NULL, 0};
+    size_t cap = 0;
+    const char *p = value;
+    int rc = 0;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t n = comma ? (size_t)(comma - p) : strlen(p);
+        /* Tolerate spaces around items: YAML folding puts them there. */
+        while (n > 0 && isspace((unsigned char)*p)) {
+            p++;
+            n--;
+        }
+        while (n > 0 && isspace((unsigned char)p[n - 1]))
+            n--;
+        if (n == 0) {
+            rc = fail(err, -EINVAL,
+                      "SCRAPE_TARGETS=%s: empty item; accepted: comma-separated "
+                      "name=host:port, host:port or host",
+                      value);
+            goto out;
+        }
+        if (list.n == cap) {
+            size_t ncap = cap ? cap * 2 : 8;
+            struct cmh_target *v = cmh_reallocarray(list.v, ncap, sizeof *v);
+            if (v == NULL) {
+                rc = fail(err, -ENOMEM, "out of memory");
+                goto out;
+            }
+            list.v = v;
+            cap = ncap;
+        }
+        const char *why = "";
+        rc = parse_target(p, n, &list.v[list.n], &why);
+        if (rc == -ENOMEM) {
+            fail(err, rc, "out of memory");
+            goto out;
+        }
+        if (rc != 0) {
+            fail(err, rc,
+                 "SCRAPE_TARGETS=%s: item '%.*s': %s; accepted: comma-separated "
+                 "name=host:port, host:port or host",
+                 value, (int)n, p, why);
+            goto out;
+        }
+        list.n++;
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+    }
+    free_targets(out);
+    *out = list;
+    list.v = NULL;
+    list.n = 0;
+out:
+    free_targets(&list);
+    return rc;
+}
+
+/* Number with an optional unit from units[] (each with its multiplier). */
+struct unit {
+    const char *suffix;
+    uint64_t mult;
+};
+
+static const struct unit duration_units[] = {
+    {"", 1000}, {"ms", 1}, {"s", 1000}, {"m", 60000}, {NULL, 0}};
+static const struct unit byte_units[] = {{"", 1},           {"B", 1},          {"KiB", 1u << 10},
+                                         {"MiB", 1u << 20}, {"GiB", 1u << 30}, {NULL, 0}};
+
+static int parse_scaled(const char *s, const struct unit *units, uint64_t *out)
+{
+    uint64_t v;
+    const char *end = parse_digits(s, &v);
+    if (end == NULL)
+        return -EINVAL;
+    for (const struct unit *u = units; u->suffix != NULL; u++) {
+        if (strcmp(end, u->suffix) == 0) {
+            if (v > UINT64_MAX / u->mult)
+                return -EINVAL;
+            *out = v * u->mult;
+            return 0;
+        }
+    }
+    return -EINVAL;
+}
+
+static int fmt_ms(char *buf, size_t len, uint64_t ms)
+{
+    return ms % 1000 ? snprintf(buf, len, "%llums", (unsigned long long)ms)
+                     : snprintf(buf, len, "%llus", (unsigned long long)(ms / 1000));
+}
+
+static void describe_range(const struct cmh_config_var *var, char *buf, size_t len)
+{
+    switch (var->type) {
+    case CMH_CFG_BOOL:
+        snprintf(buf, len, "yes, true, no or false");
+        break;
+    case CMH_CFG_UINT:
+        snprintf(buf, len, "an integer from %llu to %llu", (unsigned long long)var->min,
+                 (unsigned long long)var->max);
+        break;
+    case CMH_CFG_BYTES:
+        snprintf(buf, len, "bytes from %llu to %llu, optionally with KiB, MiB or GiB",
+                 (unsigned long long)var->min, (unsigned long long)var->max);
+        break;
+    case CMH_CFG_DURATION: {
+        char lo[32], hi[32];
+        fmt_ms(lo, sizeof lo, var->min);
+        fmt_ms(hi, sizeof hi, var->max);
+        snprintf(buf, len, "seconds, or a number with ms, s or m, from %s to %s", lo, hi);
+        break;
+    }
+    case CMH_CFG_ENUM: {
+        size_t off = (size_t)snprintf(buf, len, "one of");
+        for (const char *const *w = var->words; *w && off < len; w++)
+            off += (size_t)snprintf(buf + off, len - off, "%s %s", w == var->words ? "" : ",", *w);
+        break;
+    }
+    case CMH_CFG_STR:
+        snprintf(buf, len, "any text");
+        break;
+    case CMH_CFG_TARGETS:
+        snprintf(buf, len, "comma-separated name=host:port, host:port or host");
+        break;
+    }
+}
+
+int cmh_config_set(struct cmh_config *cfg, const struct cmh_config_var *var, const char *value,
+                   char err[CMH_CONFIG_ERR_MAX])
+{
+    void *f = field_ptr(cfg, var);
+    char accepted[256];
+    uint64_t v = 0;
+    int rc = 0;
+    switch (var->type) {
+    case CMH_CFG_BOOL:
+        if (strcasecmp(value, "true") == 0 || strcasecmp(value, "yes") == 0)
+            *(bool *)f = true;
+        else if (strcasecmp(value, "false") == 0 || strcasecmp(value, "no") == 0)
+            *(bool *)f = false;
+        else
+            rc = -EINVAL;
+        break;
+    case CMH_CFG_UINT: {
+        const char *end = parse_digits(value, &v);
+        rc = end == NULL || *end != '\0' ? -EINVAL : 0;
+        break;
+    }
+    case CMH_CFG_BYTES:
+        rc = parse_scaled(value, byte_units, &v);
+        break;
+    case CMH_CFG_DURATION:
+        rc = parse_scaled(value, duration_units, &v);
+        break;
+    case CMH_CFG_ENUM:
+        rc = -EINVAL;
+        for (int i = 0; var->words[i] != NULL; i++) {
+            if (strcasecmp(value, var->words[i]) == 0) {
+                *(int *)f = i;
+                rc = 0;
+            }
+        }
+        break;
+    case CMH_CFG_STR: {
+        char *copy = cmh_strdup(value);
+        if (copy == NULL)
+            return fail(err, -ENOMEM, "out of memory");
+        cmh_free(*(char **)f);
+        *(char **)f = copy;
+        return 0;
+    }
+    case CMH_CFG_TARGETS:
+        return parse_targets(value, f, err);
+    }
+    if (rc == 0 && (var->type == CMH_CFG_UINT || var->type == CMH_CFG_BYTES ||
+                    var->type == CMH_CFG_DURATION)) {
+        if (v < var->min || v > var->max)
+            rc = -EINVAL;
+        else
+            *(uint64_t *)f = v;
+    }
+    if (rc != 0) {
+        describe_range(var, accepted, sizeof accepted);
+        const char *secret = var->flags & CMH_CFG_SECRET ? "<redacted>" : value;
+        return fail(err, rc, "%s=%s: invalid value; accepted: %s", var->name, secret, accepted);
+    }
+    return 0;
+}
+
+const struct cmh_config_var *cmh_config_find(const char *name)
+{
+    for (size_t i = 0; i < cmh_config_nvars; i++)
+        if (strcmp(cmh_config_vars[i].name, name) == 0)
+            return &cmh_config_vars[i];
+    return NULL;
+}
+
+/* Looks name up in envp; returns the value or NULL. */
+static const char *env_get(char *const *envp, const char *name)
+{
+    size_t n = strlen(name);
+    for (char *const *e = envp; e != NULL && *e != NULL; e++)
+        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
+            return *e + n + 1;
+    return NULL;
+}
+
+void cmh_config_free(struct cmh_config *cfg)
+{
+    for (size_t i = 0; i < cmh_config_nvars; i++) {
+        const struct cmh_config_var *var = &cmh_config_vars[i];
+        if (var->type == CMH_CFG_STR) {
+            char **s = field_ptr(cfg, var);
+            cmh_free(*s);
+            *s = NULL;
+        } else if (var->type == CMH_CFG_TARGETS) {
+            free_targets(field_ptr(cfg, var));
+        }
+    }
+}
+
+int cmh_config_load(struct cmh_config *cfg, char *const *envp, char err[CMH_CONFIG_ERR_MAX])
+{
+    int rc = 0;
+    memset(cfg, 0, sizeof *cfg);
+    err[0] = '\0';
+    for (size_t i = 0; i < cmh_config_nvars && rc == 0; i++) {
+        const struct cmh_config_var *var = &cmh_config_vars[i];
+        if (var->def != NULL && var->def[0] != '\0')
+            rc = cmh_config_set(cfg, var, var->def, err);
+    }
+    for (size_t i = 0; i < cmh_config_nvars && rc == 0; i++) {
+        const struct cmh_config_var *var = &cmh_config_vars[i];
+        const char *value = env_get(envp, var->name);
+        if (value != NULL && value[0] != '\0')
+            rc = cmh_config_set(cfg, var, value, err);
+    }
+    if (rc != 0) {
+        cmh_config_free(cfg);
+        return rc;
+    }
+    /* Targets given without a port use IPAMD_METRICS_PORT, whatever order they were read in. */
+    for (size_t i = 0; i < cfg->targets.n; i++)
+        if (cfg->targets.v[i].port == 0)
+            cfg->targets.v[i].port = (uint16_t)cfg->ipamd_port;
+    return 0;
+}
+
+size_t cmh_config_value_text(const struct cmh_config *cfg, const struct cmh_config_var *var,
+                             char *buf, size_t len)
+{
+    const void *f = field_cptr(cfg, var);
+    int n = 0;
+    switch (var->type) {
+    case CMH_CFG_BOOL:
+        n = snprintf(buf, len, "%s", *(const bool *)f ? "true" : "false");
+        break;
+    case CMH_CFG_UINT:
+    case CMH_CFG_BYTES:
+        n = snprintf(buf, len, "%llu", (unsigned long long)*(const uint64_t *)f);
+        break;
+    case CMH_CFG_DURATION:
+        n = fmt_ms(buf, len, *(const uint64_t *)f);
+        break;
+    case CMH_CFG_ENUM:
+        n = snprintf(buf, len, "%s", var->words[*(const int *)f]);
+        break;
+    case CMH_CFG_STR: {
+        const char *s = *(char *const *)f;
+        n = snprintf(buf, len, "%s", s ? s : "");
+        break;
+    }
+    case CMH_CFG_TARGETS: {
+        const struct cmh_target_list *t = f;
+        size_t off = 0;
+        buf[0] = '\0';
+        for (size_t i = 0; i < t->n && off < len; i++) {
+            const struct cmh_target *x = &t->v[i];
+            int v6 = strchr(x->host, ':') != NULL;
+            off += (size_t)snprintf(buf + off, len - off, "%s%s=%s%s%s:%u", i ? "," : "", x->name,
+                                    v6 ? "[" : "", x->host, v6 ? "]" : "", (unsigned)x->port);
+        }
+        return off < len ? off : len - 1;
+    }
+    }
+    return n < 0 ? 0 : ((size_t)n < len ? (size_t)n : len - 1);
+}
+
+/* Edit distance, capped: names are short, so a two-row table on the stack is enough. */
+static size_t distance(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la > 63 || lb > 63)
+        return 64;
+    size_t prev[64], cur[64];
+    for (size_t j = 0; j <= lb; j++)
+        prev[j] = j;
+    for (size_t i = 1; i <= la; i++) {
+        cur[0] = i;
+        for (size_t j = 1; j <= lb; j++) {
+            size_t sub = prev[j - 1] + (a[i - 1] != b[j - 1]);
+            size_t del = prev[j] + 1, ins = cur[j - 1] + 1;
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        memcpy(prev, cur, (lb + 1) * sizeof prev[0]);
+    }
+    return prev[lb];
+}
+
+void cmh_config_unknown(char *const *envp,
+                        void (*cb)(void *arg, const char *name, const char *suggestion), void *arg)
+{
+    for (char *const *e = envp; e != NULL && *e != NULL; e++) {
+        const char *eq = strchr(*e, '=');
+        char name[128];
+        size_t n = eq ? (size_t)(eq - *e) : strlen(*e);
+        if (n == 0 || n >= sizeof name)
+            continue;
+        memcpy(name, *e, n);
+        name[n] = '\0';
+        int ours = 0;
+        for (const char *const *p = cmh_config_prefixes; *p && !ours; p++)
+            ours = strncmp(name, *p, strlen(*p)) == 0;
+        if (!ours || cmh_config_find(name) != NULL)
+            continue;
+        const char *best = NULL;
+        size_t best_d = 4; /* suggest only close names */
+        for (size_t i = 0; i < cmh_config_nvars; i++) {
+            size_t d = distance(name, cmh_config_vars[i].name);
+            if (d < best_d) {
+                best_d = d;
+                best = cmh_config_vars[i].name;
+            }
+        }
+        cb(arg, name, best);
+    }
+}
+
+void cmh_config_log(const struct cmh_config *cfg, struct cmh_log *log)
+{
+    struct cmh_kv kv[sizeof cmh_config_vars / sizeof cmh_config_vars[0]];
+    char values[sizeof cmh_config_vars / sizeof cmh_config_vars[0]][256];
+    for (size_t i = 0; i < cmh_config_nvars; i++) {
+        const struct cmh_config_var *var = &cmh_config_vars[i];
+        if (var->flags & CMH_CFG_SECRET)
+            snprintf(values[i], sizeof values[i], "<redacted>");
+        else
+            cmh_config_value_text(cfg, var, values[i], sizeof values[i]);
+        kv[i] = CMH_STR(var->name, values[i]);
+    }
+    cmh_log_event(log, CMH_LOG_INFO, "effective configuration", kv, cmh_config_nvars);
+}
+
+static const char *type_name(enum cmh_config_type t)
+{
+    static const char *const names[] = {"bool",   "integer", "bytes",  "duration",
+                                        "string", "enum",    "targets"};
+    return names[t];
+}
+
+void cmh_config_print_help(FILE *out)
+{
+    char accepted[256];
+    fprintf(out, "Environment variables (an empty value counts as unset):\n");
+    for (size_t i = 0; i < cmh_config_nvars; i++) {
+        const struct cmh_config_var *var = &cmh_config_vars[i];
+        describe_range(var, accepted, sizeof accepted);
+        fprintf(out, "  %s (%s, default: %s)\n      %s\n      Accepted: %s.\n", var->name,
+                type_name(var->type), var->def && var->def[0] ? var->def : "unset", var->help,
+                accepted);
+    }
+}
+
+void cmh_config_print_markdown(FILE *out)
+{
+    char accepted[256];
+    fprintf(out, "| Variable | Default | Accepted | Meaning |\n|---|---|---|---|\n");
+    for (size_t i = 0; i < cmh_config_nvars; i++) {
+        const struct cmh_config_var *var = &cmh_config_vars[i];
+        describe_range(var, accepted, sizeof accepted);
+        fprintf(out, "| `%s` | %s%s%s | %s | %s |\n", var->name, var->def && var->def[0] ? "`" : "",
+                var->def && var->def[0] ? var->def : "unset", var->def && var->def[0] ? "`" : "",
+                accepted, var->help);
+    }
+}

@@ -1,0 +1,91 @@
+/* Entry point: the daemon, plus the commands for people (--help, --version, ...). */
+#include "cmh/config.h"
+#include "cmh/daemon.h"
+#include "cmh/log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+extern char **environ;
+
+static void usage(FILE *out)
+{
+    fprintf(out, "Usage: cni-metrics-helper [--help | --version]\n"
+                 "\n"
+                 "Scrapes the ipamD metrics of every node of an EKS cluster, aggregates the\n"
+                 "IP/ENI picture of the cluster and publishes it to CloudWatch (namespace\n"
+                 "Kubernetes, dimension CLUSTER_ID). Configured by environment variables only.\n"
+                 "\n"
+                 "Exit status: 0 after a graceful stop, 1 on a runtime failure, 2 on a bad\n"
+                 "configuration or command line, 128+N after a second signal N.\n"
+                 "\n");
+    cmh_config_print_help(out);
+}
+
+struct warn_ctx {
+    struct cmh_log *log;
+};
+
+static void warn_unknown(void *arg, const char *name, const char *suggestion)
+{
+    struct warn_ctx *w = arg;
+    if (suggestion != NULL)
+        CMH_LOG(w->log, CMH_LOG_WARN, "unknown variable ignored", CMH_STR("name", name),
+                CMH_STR("did_you_mean", suggestion));
+    else
+        CMH_LOG(w->log, CMH_LOG_WARN, "unknown variable ignored", CMH_STR("name", name));
+}
+
+static int run_daemon(void)
+{
+    struct cmh_config cfg;
+    char err[CMH_CONFIG_ERR_MAX];
+    int rc = cmh_config_load(&cfg, environ, err);
+    if (rc != 0) {
+        fprintf(stderr, "cni-metrics-helper: %s\n", err);
+        return 2;
+    }
+    struct cmh_daemon *d = &(struct cmh_daemon){0};
+    rc = cmh_daemon_init(d, &cfg, STDERR_FILENO);
+    if (rc != 0) {
+        fprintf(stderr, "cni-metrics-helper: cannot start the event loop: %s\n", uv_strerror(rc));
+        cmh_config_free(&d->cfg);
+        return 1;
+    }
+    struct warn_ctx w = {&d->log};
+    cmh_config_unknown(environ, warn_unknown, &w);
+    cmh_config_log(&d->cfg, &d->log);
+    if (d->cfg.targets.n == 0) {
+        CMH_LOG(&d->log, CMH_LOG_ERROR, "no scrape targets",
+                CMH_STR("fix", "set SCRAPE_TARGETS; this version has no Kubernetes discovery"));
+        cmh_daemon_close(d);
+        return 2;
+    }
+    int status = cmh_daemon_run(d);
+    cmh_daemon_close(d);
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2)
+        return run_daemon();
+    const char *cmd = argv[1];
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+        usage(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--version") == 0) {
+        printf("cni-metrics-helper %s\n", CMH_VERSION);
+        return 0;
+    }
+    if (strcmp(cmd, "--help-config-markdown") == 0) {
+        cmh_config_print_markdown(stdout);
+        return 0;
+    }
+    fprintf(stderr, "cni-metrics-helper: unknown argument '%s'\n\n", cmd);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,294 @@
+/* Configuration: every variable's good and bad values, defaults, targets, typo warnings. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "cmh/config.h"
+#include "cmh/log.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct good {
+    const char *var, *value, *text; /* text: cmh_config_value_text after loading */
+};
+
+/* At least one good value for every variable, including the boundaries of every range. */
+static const struct good goods[] = {
+    {"USE_CLOUDWATCH", "yes", "true"},
+    {"USE_CLOUDWATCH", "No", "false"},
+    {"USE_CLOUDWATCH", "TRUE", "true"},
+    {"USE_CLOUDWATCH", "false", "false"},
+    {"USE_PROMETHEUS", "true", "true"},
+    {"USE_PROMETHEUS", "NO", "false"},
+    {"METRIC_UPDATE_INTERVAL", "1", "1s"},
+    {"METRIC_UPDATE_INTERVAL", "60", "60s"},
+    {"METRIC_UPDATE_INTERVAL", "3600", "3600s"},
+    {"METRIC_UPDATE_INTERVAL", "1500ms", "1500ms"},
+    {"METRIC_UPDATE_INTERVAL", "2m", "120s"},
+    {"AWS_REGION", "eu-west-1", "eu-west-1"},
+    {"AWS_CLUSTER_ID", "prod-cluster", "prod-cluster"},
+    {"AWS_VPC_K8S_CNI_LOGLEVEL", "DEBUG", "debug"},
+    {"AWS_VPC_K8S_CNI_LOGLEVEL", "warn", "warn"},
+    {"AWS_VPC_K8S_CNI_LOGLEVEL", "Error", "error"},
+    {"LOG_FORMAT", "json", "json"},
+    {"LOG_FORMAT", "TEXT", "text"},
+    {"HTTP_TIMEOUT", "1", "1s"},
+    {"HTTP_TIMEOUT", "300", "300s"},
+    {"SCRAPE_TARGETS", "10.0.0.1:61678", "10.0.0.1:61678=10.0.0.1:61678"},
+    {"SCRAPE_TARGETS", "n1=10.0.0.1:1,n2=host.example:65535",
+     "n1=10.0.0.1:1,n2=host.example:65535"},
+    {"SCRAPE_TARGETS", " a=127.0.0.2 , 127.0.0.3 ", "a=127.0.0.2:61678,127.0.0.3=127.0.0.3:61678"},
+    {"SCRAPE_TARGETS", "v6=[::1]:8080,[fe80::1]", "v6=[::1]:8080,[fe80::1]=[fe80::1]:61678"},
+    {"IPAMD_METRICS_PORT", "1", "1"},
+    {"IPAMD_METRICS_PORT", "65535", "65535"},
+    {"PROMETHEUS_PORT", "9100", "9100"},
+    {"SHUTDOWN_TIMEOUT", "0", "0s"},
+    {"SHUTDOWN_TIMEOUT", "250ms", "250ms"},
+    {"SHUTDOWN_TIMEOUT", "300", "300s"},
+};
+
+struct bad {
+    const char *var, *value, *accepted; /* accepted: a part of the message saying what is */
+};
+
+static const struct bad bads[] = {
+    {"USE_CLOUDWATCH", "1", "yes, true, no or false"},
+    {"USE_CLOUDWATCH", "enabled", "yes, true, no or false"},
+    {"USE_PROMETHEUS", "y", "yes, true, no or false"},
+    {"METRIC_UPDATE_INTERVAL", "abc", "from 1s to 3600s"},
+    {"METRIC_UPDATE_INTERVAL", "0", "from 1s"},
+    {"METRIC_UPDATE_INTERVAL", "-5", "seconds"},
+    {"METRIC_UPDATE_INTERVAL", "3601", "to 3600s"},
+    {"METRIC_UPDATE_INTERVAL", "30 ", "seconds"},
+    {"METRIC_UPDATE_INTERVAL", "1.5", "seconds"},
+    {"METRIC_UPDATE_INTERVAL", "99999999999999999999", "seconds"},
+    {"METRIC_UPDATE_INTERVAL", "5h", "ms, s or m"},
+    {"AWS_VPC_K8S_CNI_LOGLEVEL", "verbose", "one of debug, info, warn, error"},
+    {"AWS_VPC_K8S_CNI_LOGLEVEL", "trace", "one of debug"},
+    {"LOG_FORMAT", "yaml", "one of text, json"},
+    {"HTTP_TIMEOUT", "0", "from 1s"},
+    {"HTTP_TIMEOUT", "301", "to 300s"},
+    {"SCRAPE_TARGETS", "a=", "bad host"},
+    {"SCRAPE_TARGETS", "=10.0.0.1", "empty name"},
+    {"SCRAPE_TARGETS", "10.0.0.1:0", "bad port"},
+    {"SCRAPE_TARGETS", "10.0.0.1:65536", "bad port"},
+    {"SCRAPE_TARGETS", "10.0.0.1:http", "bad port"},
+    {"SCRAPE_TARGETS", "10.0.0.1:", "bad port"},
+    {"SCRAPE_TARGETS", "a,,b", "empty item"},
+    {"SCRAPE_TARGETS", "host_name", "bad host"},
+    {"SCRAPE_TARGETS", "[::1", "without ']'"},
+    {"SCRAPE_TARGETS", "[::1]x", "expected ':'"},
+    {"SCRAPE_TARGETS", "[zz]:1", "bad host"},
+    {"IPAMD_METRICS_PORT", "0", "from 1 to 65535"},
+    {"IPAMD_METRICS_PORT", "65536", "from 1 to 65535"},
+    {"IPAMD_METRICS_PORT", "+80", "from 1 to 65535"},
+    {"PROMETHEUS_PORT", "port", "from 1 to 65535"},
+    {"SHUTDOWN_TIMEOUT", "301", "to 300s"},
+};
+
+static void load_one(const char *var, const char *value, struct cmh_config *cfg, int *rc, char *err)
+{
+    char entry[512];
+    snprintf(entry, sizeof entry, "%s=%s", var, value);
+    char *env[] = {entry, NULL};
+    *rc = cmh_config_load(cfg, env, err);
+}
+
+static void every_good_value_loads_and_reads_back(void **state)
+{
+    for (size_t i = 0; i < sizeof goods / sizeof goods[0]; i++) {
+        struct cmh_config cfg;
+        char err[CMH_CONFIG_ERR_MAX];
+        int rc;
+        load_one(goods[i].var, goods[i].value, &cfg, &rc, err);
+        if (rc != 0)
+            fail_msg("%s=%s rejected: %s", goods[i].var, goods[i].value, err);
+        char text[512];
+        cmh_config_value_text(&cfg, cmh_config_find(goods[i].var), text, sizeof text);
+        if (strcmp(text, goods[i].text) != 0)
+            fail_msg("%s=%s reads back as '%s', expected '%s'", goods[i].var, goods[i].value, text,
+                     goods[i].text);
+        cmh_config_free(&cfg);
+    }
+}
+
+static void every_bad_value_is_rejected_naming_variable_value_and_accepted(void **state)
+{
+    for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++) {
+        struct cmh_config cfg;
+        char err[CMH_CONFIG_ERR_MAX];
+        int rc;
+        load_one(bads[i].var, bads[i].value, &cfg, &rc, err);
+        if (rc != -EINVAL)
+            fail_msg("%s=%s accepted (rc %d)", bads[i].var, bads[i].value, rc);
+        char prefix[512];
+        snprintf(prefix, sizeof prefix, "%s=%s:", bads[i].var, bads[i].value);
+        if (strncmp(err, prefix, strlen(prefix)) != 0 || strstr(err, bads[i].accepted) == NULL)
+            fail_msg("message for %s=%s is '%s'", bads[i].var, bads[i].value, err);
+    }
+}
+
+static void every_variable_has_a_good_and_a_bad_case(void **state)
+{
+    for (size_t v = 0; v < cmh_config_nvars; v++) {
+        const struct cmh_config_var *var = &cmh_config_vars[v];
+        int good = 0, bad = 0;
+        for (size_t i = 0; i < sizeof goods / sizeof goods[0]; i++)
+            good += strcmp(goods[i].var, var->name) == 0;
+        for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++)
+            bad += strcmp(bads[i].var, var->name) == 0;
+        /* Free text has no bad value. */
+        int needs_bad = var->type != CMH_CFG_STR;
+        if (!good || (needs_bad && !bad))
+            fail_msg("%s lacks a %s case in this test", var->name, good ? "bad" : "good");
+    }
+}
+
+static void defaults_match_the_documented_ones(void **state)
+{
+    struct cmh_config cfg;
+    char err[CMH_CONFIG_ERR_MAX];
+    char *env[] = {NULL};
+    assert_int_equal(cmh_config_load(&cfg, env, err), 0);
+    assert_true(cfg.use_cloudwatch);
+    assert_false(cfg.use_prometheus);
+    assert_int_equal(cfg.interval_ms, 30000);
+    assert_null(cfg.aws_region);
+    assert_null(cfg.cluster_id);
+    assert_int_equal(cfg.log_level, CMH_LOG_INFO);
+    assert_int_equal(cfg.log_format, CMH_LOG_TEXT);
+    assert_int_equal(cfg.http_timeout_ms, 10000);
+    assert_int_equal(cfg.targets.n, 0);
+    assert_int_equal(cfg.ipamd_port, 61678);
+    assert_int_equal(cfg.prometheus_port, 61681);
+    assert_int_equal(cfg.shutdown_timeout_ms, 10000);
+    cmh_config_free(&cfg);
+}
+
+static void empty_value_counts_as_unset(void **state)
+{
+    struct cmh_config cfg;
+    char err[CMH_CONFIG_ERR_MAX];
+    char *env[] = {"METRIC_UPDATE_INTERVAL=", "USE_CLOUDWATCH=", NULL};
+    assert_int_equal(cmh_config_load(&cfg, env, err), 0);
+    assert_int_equal(cfg.interval_ms, 30000);
+    assert_true(cfg.use_cloudwatch);
+    cmh_config_free(&cfg);
+}
+
+static void target_without_port_takes_ipamd_port_whatever_the_order(void **state)
+{
+    struct cmh_config cfg;
+    char err[CMH_CONFIG_ERR_MAX];
+    char *env[] = {"SCRAPE_TARGETS=node-a=127.0.0.9", "IPAMD_METRICS_PORT=9999", NULL};
+    assert_int_equal(cmh_config_load(&cfg, env, err), 0);
+    assert_int_equal(cfg.targets.n, 1);
+    assert_string_equal(cfg.targets.v[0].name, "node-a");
+    assert_string_equal(cfg.targets.v[0].host, "127.0.0.9");
+    assert_int_equal(cfg.targets.v[0].port, 9999);
+    cmh_config_free(&cfg);
+}
+
+struct seen {
+    char names[8][64];
+    char sugg[8][64];
+    int n;
+};
+
+static void record(void *arg, const char *name, const char *suggestion)
+{
+    struct seen *s = arg;
+    assert_true(s->n < 8);
+    snprintf(s->names[s->n], 64, "%s", name);
+    snprintf(s->sugg[s->n], 64, "%s", suggestion ? suggestion : "");
+    s->n++;
+}
+
+static void unknown_variables_with_our_prefixes_are_reported_with_a_suggestion(void **state)
+{
+    char *env[] = {"METRIC_UPDATE_INTERVALS=5",
+                   "USE_CLOUDWATH=no",
+                   "SCRAPE_ZZZZZZZZZZZZZ=1",
+                   "HOME=/root",
+                   "AWS_REGION=x",
+                   "PATH=/bin",
+                   "USE_PROMETHEUS=yes",
+                   NULL};
+    struct seen s = {.n = 0};
+    cmh_config_unknown(env, record, &s);
+    assert_int_equal(s.n, 3);
+    assert_string_equal(s.names[0], "METRIC_UPDATE_INTERVALS");
+    assert_string_equal(s.sugg[0], "METRIC_UPDATE_INTERVAL");
+    assert_string_equal(s.names[1], "USE_CLOUDWATH");
+    assert_string_equal(s.sugg[1], "USE_CLOUDWATCH");
+    assert_string_equal(s.names[2], "SCRAPE_ZZZZZZZZZZZZZ");
+    assert_string_equal(s.sugg[2], "");
+}
+
+static void effective_configuration_is_one_line_with_every_variable(void **state)
+{
+    struct cmh_config cfg;
+    char err[CMH_CONFIG_ERR_MAX];
+    char *env[] = {"AWS_CLUSTER_ID=c1", NULL};
+    assert_int_equal(cmh_config_load(&cfg, env, err), 0);
+    int fds[2];
+    assert_int_equal(pipe(fds), 0);
+    struct cmh_log log;
+    cmh_log_init(&log, CMH_LOG_INFO, CMH_LOG_TEXT, fds[1]);
+    cmh_config_log(&cfg, &log);
+    close(fds[1]);
+    char buf[8192];
+    ssize_t n = read(fds[0], buf, sizeof buf - 1);
+    close(fds[0]);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    assert_non_null(strchr(buf, '\n'));
+    assert_int_equal(strchr(buf, '\n') - buf, n - 1); /* exactly one line */
+    for (size_t i = 0; i < cmh_config_nvars; i++) {
+        char key[80];
+        snprintf(key, sizeof key, " %s=", cmh_config_vars[i].name);
+        if (strstr(buf, key) == NULL)
+            fail_msg("%s missing from: %s", cmh_config_vars[i].name, buf);
+    }
+    assert_non_null(strstr(buf, "AWS_CLUSTER_ID=c1"));
+    cmh_config_free(&cfg);
+}
+
+static void help_lists_every_variable_with_default_and_accepted_values(void **state)
+{
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    assert_non_null(f);
+    cmh_config_print_help(f);
+    fclose(f);
+    for (size_t i = 0; i < cmh_config_nvars; i++) {
+        assert_non_null(strstr(text, cmh_config_vars[i].name));
+        assert_non_null(strstr(text, cmh_config_vars[i].help));
+    }
+    assert_non_null(strstr(text, "METRIC_UPDATE_INTERVAL (duration, default: 30)"));
+    free(text);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(every_good_value_loads_and_reads_back),
+        cmocka_unit_test(every_bad_value_is_rejected_naming_variable_value_and_accepted),
+        cmocka_unit_test(every_variable_has_a_good_and_a_bad_case),
+        cmocka_unit_test(defaults_match_the_documented_ones),
+        cmocka_unit_test(empty_value_counts_as_unset),
+        cmocka_unit_test(target_without_port_takes_ipamd_port_whatever_the_order),
+        cmocka_unit_test(unknown_variables_with_our_prefixes_are_reported_with_a_suggestion),
+        cmocka_unit_test(effective_configuration_is_one_line_with_every_variable),
+        cmocka_unit_test(help_lists_every_variable_with_default_and_accepted_values),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
