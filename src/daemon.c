@@ -154,15 +154,16 @@ int cmh_daemon_run(struct cmh_daemon *d)
     return d->exit_code;
 }
 
-void cmh_daemon_close(struct cmh_daemon *d)
+int cmh_daemon_close(struct cmh_daemon *d)
 {
-    if (d->open_handles > 0) {
+    if (d->open_handles > 0)
         close_all(d);
-        uv_run(&d->loop, UV_RUN_DEFAULT);
-    }
+    /* Runs the close callbacks of our handles and of any the caller closed on our loop. */
+    uv_run(&d->loop, UV_RUN_DEFAULT);
     int rc = uv_loop_close(&d->loop);
     if (rc != 0)
         CMH_LOG(&d->log, CMH_LOG_ERROR, "loop closed with handles open",
                 CMH_STR("error", uv_strerror(rc)));
     cmh_config_free(&d->cfg);
+    return rc;
 }

@@ -47,7 +47,9 @@ void cmh_daemon_stop(struct cmh_daemon *d);
 void cmh_daemon_work_begin(struct cmh_daemon *d);
 void cmh_daemon_work_end(struct cmh_daemon *d);
 
-/* Closes the loop and frees everything init took. Call after run returned. */
-void cmh_daemon_close(struct cmh_daemon *d);
+/* Closes our handles, runs the loop until every close callback ran, closes the loop and frees
+ * everything init took. Call after run returned. Returns uv_loop_close's result (0, or UV_EBUSY
+ * when a handle someone else opened on the loop is still open). */
+int cmh_daemon_close(struct cmh_daemon *d);
 
 #endif
