@@ -40,16 +40,40 @@ const struct cmh_config_var cmh_config_vars[] = {
      "IPAMD_METRICS_PORT); IPv6 as `[addr]:port`. Set: Kubernetes discovery is off."},
     {"IPAMD_METRICS_PORT", CMH_CFG_UINT, FIELD(ipamd_port), "61678", 1, 65535, NULL, 0,
      "Port of ipamD's metrics endpoint on every node."},
-    {"PROMETHEUS_PORT", CMH_CFG_UINT, FIELD(prometheus_port), "61681", 1, 65535, NULL, 0,
-     "Port of our own HTTP server (/metrics, /healthz, /readyz)."},
+    {"PROMETHEUS_PORT", CMH_CFG_UINT, FIELD(prometheus_port), "61681", 0, 65535, NULL, 0,
+     "Port of our own HTTP server (/metrics, /healthz, /readyz); 0 picks a free port (logged)."},
     {"SHUTDOWN_TIMEOUT", CMH_CFG_DURATION, FIELD(shutdown_timeout_ms), "10", 0, 300 * SEC, NULL, 0,
      "On SIGTERM/SIGINT, how long in-flight work may take to finish before exit."},
+    {"PROMETHEUS_ADDRESS", CMH_CFG_STR, FIELD(prometheus_address), "0.0.0.0", 0, 0, NULL, 0,
+     "Address our HTTP server listens on (kubelet probes reach it on the pod IP)."},
+    {"STALE_ROUNDS", CMH_CFG_UINT, FIELD(stale_rounds), "2", 0, 100, NULL, 0,
+     "Rounds a node whose scrape fails keeps contributing its last good gauges before it drops "
+     "out."},
+    {"PROM_MAX_LINE", CMH_CFG_BYTES, FIELD(prom_max_line), "64KiB", 256, 16u << 20, NULL, 0,
+     "Longest line accepted in a node's /metrics body; a longer one fails that scrape."},
+    {"SCRAPE_CONCURRENCY", CMH_CFG_UINT, FIELD(scrape_concurrency), "1000", 1, 100000, NULL, 0,
+     "Most ipamD connections open at once (scraping and idle keep-alive together); capped at the "
+     "open-file limit."},
+    {"SCRAPE_TIMEOUT", CMH_CFG_DURATION, FIELD(scrape_timeout_ms), "5", 10, 300 * SEC, NULL, 0,
+     "Deadline of one scrape, from connect to the last body byte."},
+    {"SCRAPE_ROUND_TIMEOUT", CMH_CFG_DURATION, FIELD(scrape_round_timeout_ms), "0", 0, 3600 * SEC,
+     NULL, 0,
+     "Deadline of a whole scrape round; 0 means 80% of METRIC_UPDATE_INTERVAL. Always kept "
+     "shorter than the interval so rounds never overlap."},
+    {"SCRAPE_MAX_BODY", CMH_CFG_BYTES, FIELD(scrape_max_body), "4MiB", 1024, 1024ull << 20, NULL, 0,
+     "Largest /metrics body accepted from one node; a bigger one fails as body too large."},
+    {"SCRAPE_JITTER", CMH_CFG_DURATION, FIELD(scrape_jitter_ms), "1", 0, 60 * SEC, NULL, 0,
+     "Scrape starts of a round are spread evenly, in a random order, over this window (at most "
+     "half the round deadline)."},
+    {"SCRAPE_KEEPALIVE", CMH_CFG_BOOL, FIELD(scrape_keepalive), "true", 0, 0, NULL, 0,
+     "Keep idle ipamD connections open for the next round (within SCRAPE_CONCURRENCY); ipamD "
+     "closes them after 5s, so this only helps at short intervals."},
 };
 const size_t cmh_config_nvars = sizeof cmh_config_vars / sizeof cmh_config_vars[0];
 
 const char *const cmh_config_prefixes[] = {
-    "USE_",   "METRIC_",   "SCRAPE_", "IPAMD_",           "PROMETHEUS_", "LOG_", "CW_",
-    "STALE_", "SHUTDOWN_", "HTTP_",   "AWS_VPC_K8S_CNI_", "AWS_CLUSTER", NULL};
+    "USE_",   "METRIC_",   "SCRAPE_", "IPAMD_", "PROMETHEUS_",      "LOG_",        "CW_",
+    "STALE_", "SHUTDOWN_", "HTTP_",   "PROM_",  "AWS_VPC_K8S_CNI_", "AWS_CLUSTER", NULL};
 
 static void *field_ptr(struct cmh_config *cfg, const struct cmh_config_var *var)
 {

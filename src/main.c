@@ -1,10 +1,14 @@
 /* Entry point: the daemon, plus the commands for people (--help, --version, ...). */
 #include "cmh/config.h"
 #include "cmh/daemon.h"
+#include "cmh/inspect.h"
 #include "cmh/log.h"
+#include "cmh/metrics.h"
+#include "cmh/prom.h"
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -13,6 +17,9 @@ extern char **environ;
 static void usage(FILE *out)
 {
     fprintf(out, "Usage: cni-metrics-helper [--help | --version]\n"
+                 "       cni-metrics-helper parse [FILE|-]   print the samples of an exposition\n"
+                 "       cni-metrics-helper inspect [--json] FILE... [--then FILE...]\n"
+                 "                                           datums a round would publish\n"
                  "\n"
                  "Scrapes the ipamD metrics of every node of an EKS cluster, aggregates the\n"
                  "IP/ENI picture of the cluster and publishes it to CloudWatch (namespace\n"
@@ -63,6 +70,16 @@ static int run_daemon(void)
         cmh_daemon_close(d);
         return 2;
     }
+    if (d->cfg.use_cloudwatch) {
+        CMH_LOG(&d->log, CMH_LOG_ERROR, "CloudWatch publishing is not in this build yet",
+                CMH_STR("fix", "set USE_CLOUDWATCH=no (datums are then logged)"));
+        cmh_daemon_close(d);
+        return 2;
+    }
+    if (cmh_daemon_use_collector(d) != 0) {
+        cmh_daemon_close(d);
+        return 1;
+    }
     int status = cmh_daemon_run(d);
     cmh_daemon_close(d);
     return status;
@@ -81,8 +98,18 @@ int main(int argc, char **argv)
         printf("cni-metrics-helper %s\n", CMH_VERSION);
         return 0;
     }
+    if (strcmp(cmd, "inspect") == 0) {
+        const char *cluster = getenv("AWS_CLUSTER_ID");
+        return cmh_inspect_cmd(argc - 1, argv + 1, cluster && *cluster ? cluster : "inspect");
+    }
+    if (strcmp(cmd, "parse") == 0)
+        return cmh_prom_cmd_parse(argc - 1, argv + 1);
     if (strcmp(cmd, "--help-config-markdown") == 0) {
         cmh_config_print_markdown(stdout);
+        return 0;
+    }
+    if (strcmp(cmd, "--help-metrics-markdown") == 0) {
+        cmh_metrics_print_markdown(stdout);
         return 0;
     }
     fprintf(stderr, "cni-metrics-helper: unknown argument '%s'\n\n", cmd);

@@ -35,6 +35,16 @@ struct cmh_config {
     uint64_t ipamd_port;
     uint64_t prometheus_port;
     uint64_t shutdown_timeout_ms;
+    uint64_t stale_rounds;
+    uint64_t prom_max_line;
+    char *prometheus_address;
+    /* Scrape engine (include/cmh/scrape.h; cmh_scrape_opts_from_config derives the rest). */
+    uint64_t scrape_concurrency;
+    uint64_t scrape_timeout_ms;
+    uint64_t scrape_round_timeout_ms; /* 0: derived from interval_ms */
+    uint64_t scrape_max_body;
+    uint64_t scrape_jitter_ms;
+    bool scrape_keepalive;
 };
 
 enum cmh_config_type {

@@ -3,7 +3,10 @@
 #ifndef CMH_DAEMON_H
 #define CMH_DAEMON_H
 
+#include "cmh/collector.h"
 #include "cmh/config.h"
+#include "cmh/expose.h"
+#include "cmh/http_server.h"
 #include "cmh/log.h"
 
 #include <uv.h>
@@ -22,17 +25,29 @@ struct cmh_daemon {
     uv_timer_t shutdown_timer;
     uv_signal_t sigterm;
     uv_signal_t sigint;
+    uv_signal_t sigusr1; /* runs a round now */
     cmh_round_cb on_round;
     uint64_t round;
     unsigned inflight; /* units of work that a graceful stop waits for */
     int stopping;      /* a stop signal arrived */
     int exit_code;
     unsigned open_handles;
+    struct cmh_collector collector;
+    int has_collector;
+    struct cmh_http_server http;
+    int has_http;
+    struct cmh_expose expose;
 };
 
 /* Takes ownership of *cfg (left zeroed) and the log settings; sets up the loop, timers and signal
  * watchers. Returns 0 or a negative errno-style code. */
 int cmh_daemon_init(struct cmh_daemon *d, struct cmh_config *cfg, int log_fd);
+
+/* Makes every round a collector round (scrape, parse, aggregate, log the summary and, with
+ * USE_CLOUDWATCH=no, every datum) and starts our HTTP server (/healthz, /readyz, and /metrics
+ * with USE_PROMETHEUS) on PROMETHEUS_ADDRESS:PROMETHEUS_PORT. Call after init, before run.
+ * Returns 0 or a negative code (logged). */
+int cmh_daemon_use_collector(struct cmh_daemon *d);
 
 /* Runs rounds until a stop signal (or cmh_daemon_stop). Returns the process exit status: 0 after
  * a graceful stop, 1 if the shutdown deadline cut in-flight work. A second signal exits the

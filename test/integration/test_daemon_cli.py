@@ -7,7 +7,7 @@ import sys
 import time
 
 BIN = os.environ["CMH_BIN"]
-BASE_ENV = {"PATH": "/usr/bin:/bin"}
+BASE_ENV = {"PATH": "/usr/bin:/bin", "PROMETHEUS_ADDRESS": "127.0.0.1", "PROMETHEUS_PORT": "0"}
 failures = []
 passed = 0
 
@@ -36,7 +36,7 @@ check("unknown argument", r.returncode == 2 and "unknown argument" in r.stderr, 
 for var, val in [("METRIC_UPDATE_INTERVAL", "abc"), ("USE_CLOUDWATCH", "maybe"),
                  ("AWS_VPC_K8S_CNI_LOGLEVEL", "loud"), ("SCRAPE_TARGETS", "a=:1"),
                  ("IPAMD_METRICS_PORT", "70000"), ("LOG_FORMAT", "xml"), ("HTTP_TIMEOUT", "0"),
-                 ("PROMETHEUS_PORT", "0"), ("SHUTDOWN_TIMEOUT", "1h"), ("USE_PROMETHEUS", "2")]:
+                 ("PROMETHEUS_PORT", "65536"), ("SHUTDOWN_TIMEOUT", "1h"), ("USE_PROMETHEUS", "2")]:
     r = run([], {var: val})
     lines = r.stderr.strip().splitlines()
     check(f"bad {var}", r.returncode == 2 and len(lines) == 1 and f"{var}={val}" in lines[0]

@@ -52,6 +52,23 @@ static const struct good goods[] = {
     {"SHUTDOWN_TIMEOUT", "0", "0s"},
     {"SHUTDOWN_TIMEOUT", "250ms", "250ms"},
     {"SHUTDOWN_TIMEOUT", "300", "300s"},
+    {"PROMETHEUS_ADDRESS", "127.0.0.1", "127.0.0.1"},
+    {"STALE_ROUNDS", "0", "0"},
+    {"STALE_ROUNDS", "100", "100"},
+    {"PROM_MAX_LINE", "256", "256"},
+    {"PROM_MAX_LINE", "1MiB", "1048576"},
+    {"SCRAPE_CONCURRENCY", "1", "1"},
+    {"SCRAPE_CONCURRENCY", "100000", "100000"},
+    {"SCRAPE_TIMEOUT", "10ms", "10ms"},
+    {"SCRAPE_TIMEOUT", "300", "300s"},
+    {"SCRAPE_ROUND_TIMEOUT", "0", "0s"},
+    {"SCRAPE_ROUND_TIMEOUT", "25", "25s"},
+    {"SCRAPE_MAX_BODY", "1024", "1024"},
+    {"SCRAPE_MAX_BODY", "4MiB", "4194304"},
+    {"SCRAPE_MAX_BODY", "1GiB", "1073741824"},
+    {"SCRAPE_JITTER", "0", "0s"},
+    {"SCRAPE_JITTER", "60", "60s"},
+    {"SCRAPE_KEEPALIVE", "no", "false"},
 };
 
 struct bad {
@@ -89,8 +106,21 @@ static const struct bad bads[] = {
     {"IPAMD_METRICS_PORT", "0", "from 1 to 65535"},
     {"IPAMD_METRICS_PORT", "65536", "from 1 to 65535"},
     {"IPAMD_METRICS_PORT", "+80", "from 1 to 65535"},
-    {"PROMETHEUS_PORT", "port", "from 1 to 65535"},
+    {"PROMETHEUS_PORT", "port", "from 0 to 65535"},
+    {"PROMETHEUS_PORT", "65536", "from 0 to 65535"},
     {"SHUTDOWN_TIMEOUT", "301", "to 300s"},
+    {"STALE_ROUNDS", "101", "from 0 to 100"},
+    {"PROM_MAX_LINE", "255", "from 256 to 16777216"},
+    {"PROM_MAX_LINE", "64KB", "KiB, MiB or GiB"},
+    {"SCRAPE_CONCURRENCY", "0", "from 1 to 100000"},
+    {"SCRAPE_CONCURRENCY", "100001", "from 1 to 100000"},
+    {"SCRAPE_TIMEOUT", "9ms", "from 10ms"},
+    {"SCRAPE_TIMEOUT", "301", "to 300s"},
+    {"SCRAPE_ROUND_TIMEOUT", "3601", "to 3600s"},
+    {"SCRAPE_MAX_BODY", "1023", "bytes from 1024"},
+    {"SCRAPE_MAX_BODY", "2GiB", "to 1073741824"},
+    {"SCRAPE_JITTER", "61", "to 60s"},
+    {"SCRAPE_KEEPALIVE", "2", "yes, true, no or false"},
 };
 
 static void load_one(const char *var, const char *value, struct cmh_config *cfg, int *rc, char *err)
@@ -169,6 +199,9 @@ static void defaults_match_the_documented_ones(void **state)
     assert_int_equal(cfg.ipamd_port, 61678);
     assert_int_equal(cfg.prometheus_port, 61681);
     assert_int_equal(cfg.shutdown_timeout_ms, 10000);
+    assert_int_equal(cfg.stale_rounds, 2);
+    assert_int_equal(cfg.prom_max_line, 65536);
+    assert_string_equal(cfg.prometheus_address, "0.0.0.0");
     cmh_config_free(&cfg);
 }
 

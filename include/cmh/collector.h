@@ -1,0 +1,71 @@
+/* The collector runs one round: scrape every target (scrape engine), parse each body as it
+ * streams in (prom), commit or fail each node (aggregate), then hands the round's datums to the
+ * caller. Owned by the daemon (embedded); thread: the loop thread only. */
+#ifndef CMH_COLLECTOR_H
+#define CMH_COLLECTOR_H
+
+#include "cmh/aggregate.h"
+#include "cmh/config.h"
+#include "cmh/log.h"
+#include "cmh/prom.h"
+#include "cmh/scrape.h"
+
+#include <uv.h>
+
+struct cmh_collector;
+
+/* Fires once per round after the aggregator finished it: c->agg.datums and c->agg.last hold the
+ * round, st the scrape figures. Never inside cmh_collector_round. */
+typedef void (*cmh_collector_done_cb)(struct cmh_collector *c,
+                                      const struct cmh_scrape_round_stats *st, void *arg);
+
+typedef void (*cmh_collector_close_cb)(struct cmh_collector *c);
+
+struct cmh_collector_slot; /* private: parser + scratch of one scrape in flight */
+
+struct cmh_collector {
+    uv_loop_t *loop;
+    struct cmh_log *log;
+    struct cmh_scraper scraper;
+    struct cmh_agg agg;
+    struct cmh_scrape_target *targets;
+    char **names; /* owned copies of the target names */
+    size_t ntargets;
+    struct cmh_collector_slot *free_slots;
+    struct cmh_collector_slot **all_slots;
+    size_t nslots, slots_cap;
+    size_t max_line;
+    uint32_t max_series;
+    int active;
+    cmh_collector_done_cb done_cb;
+    void *done_arg;
+    struct cmh_ratelimit parse_log;
+    /* Totals since start, by scrape result: for our own /metrics. */
+    uint64_t results_total[CMH_SCRAPE_NRESULTS];
+    uint64_t rounds_total;
+    uint64_t skipped_ticks;
+    double last_round_seconds;
+    cmh_collector_close_cb close_cb;
+};
+
+/* Sets c up on loop: the scrape engine from cfg (SCRAPE_*), the aggregator (STALE_ROUNDS,
+ * AWS_CLUSTER_ID), and the static targets of SCRAPE_TARGETS, resolved once here (start-up may
+ * block on DNS). log and cfg are borrowed for c's life. Returns 0, -ENOMEM, or -EINVAL with a
+ * logged reason when a target's host cannot be resolved. */
+int cmh_collector_init(struct cmh_collector *c, uv_loop_t *loop, const struct cmh_config *cfg,
+                       struct cmh_log *log);
+
+/* Starts round `round` stamped start_ms. done fires when every target has a result. Returns 0, or
+ * -EBUSY when the previous round is still running (the tick is skipped and counted). */
+int cmh_collector_round(struct cmh_collector *c, uint64_t round, int64_t start_ms,
+                        cmh_collector_done_cb done, void *arg);
+
+/* Closes the scraper (a running round is cut short and its done fires first) and frees
+ * everything; close_cb fires when the last handle is closed. */
+void cmh_collector_close(struct cmh_collector *c, cmh_collector_close_cb close_cb);
+
+/* Logs the round: with datums != 0 every datum as an event, then the one summary line. */
+void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_round_stats *st,
+                             int datums);
+
+#endif

@@ -1,0 +1,26 @@
+/* Our own Prometheus exposition: the cluster aggregates (names prefixed cni_metrics_helper_, so a
+ * Prometheus scraping ipamD too never double counts) and the daemon's self-metrics. Owned by the
+ * daemon; thread: the loop thread. */
+#ifndef CMH_EXPOSE_H
+#define CMH_EXPOSE_H
+
+#include "cmh/aggregate.h"
+#include "cmh/collector.h"
+#include "cmh/http_server.h"
+
+/* Cumulative sums of the published counter increases: exposed as Prometheus counters. */
+struct cmh_expose {
+    double counters[CMH_M_COUNT];
+    double lat_sum, lat_count;
+    int have_round;
+};
+
+/* Adds the finished round's counter increases (a->datums) to the cumulative sums. */
+void cmh_expose_round(struct cmh_expose *e, const struct cmh_agg *a);
+
+/* Renders text format 0.0.4 into out: cluster values of the last round (cluster_id label), then
+ * self-metrics of c. */
+void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c,
+                       const char *cluster_id, struct cmh_buf *out);
+
+#endif

@@ -1,0 +1,62 @@
+/* Our HTTP server (libuv + llhttp): GET/HEAD only, a fixed set of paths answered by a handler,
+ * bounded connections, request size and idle time. Owned by the daemon (embedded); thread: the
+ * loop thread only. */
+#ifndef CMH_HTTP_SERVER_H
+#define CMH_HTTP_SERVER_H
+
+#include "cmh/log.h"
+
+#include <stddef.h>
+#include <uv.h>
+
+/* A growing response body. */
+struct cmh_buf {
+    char *data;
+    size_t len, cap;
+};
+
+/* Appends; on allocation failure the buffer is marked failed (oom) and later appends do nothing. */
+void cmh_buf_append(struct cmh_buf *b, const char *s, size_t n);
+void cmh_buf_printf(struct cmh_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void cmh_buf_free(struct cmh_buf *b);
+
+/* Answers GET path: fills body and *content_type (a static string) and returns the HTTP status
+ * (200, 503...), or 404 for an unknown path. Called on the loop thread, synchronously. */
+typedef int (*cmh_http_handler)(void *arg, const char *path, struct cmh_buf *body,
+                                const char **content_type);
+
+struct cmh_http_server_opts {
+    const char *address;  /* IPv4 or IPv6 literal */
+    unsigned port;        /* 0: any free port (read it back from cmh_http_server_port) */
+    unsigned max_conns;   /* more are accepted and closed at once */
+    unsigned max_request; /* request line + headers, bytes */
+    unsigned idle_ms;     /* a connection that sends no complete request by then is closed */
+};
+
+struct cmh_http_conn;
+
+struct cmh_http_server {
+    uv_loop_t *loop;
+    struct cmh_log *log;
+    struct cmh_http_server_opts opt;
+    uv_tcp_t listener;
+    cmh_http_handler handler;
+    void *handler_arg;
+    struct cmh_http_conn *conns; /* open connections, a doubly linked list */
+    unsigned nconns;
+    unsigned pending_closes; /* listener + connections being closed */
+    int listening;
+    void (*close_cb)(struct cmh_http_server *s);
+    unsigned long long requests, rejected;
+};
+
+/* Binds and listens. Returns 0 or a negative uv error (logged, with the address). */
+int cmh_http_server_start(struct cmh_http_server *s, uv_loop_t *loop,
+                          const struct cmh_http_server_opts *opt, cmh_http_handler handler,
+                          void *arg, struct cmh_log *log);
+/* The port actually bound. */
+unsigned cmh_http_server_port(const struct cmh_http_server *s);
+/* Closes the listener and every connection; close_cb (may be NULL) fires when all are closed. */
+void cmh_http_server_close(struct cmh_http_server *s, void (*close_cb)(struct cmh_http_server *s));
+
+#endif

@@ -1,0 +1,175 @@
+/* Streaming Prometheus text-format parser (0.0.4, tolerating OpenMetrics text): bytes in, events
+ * out. Owned by its caller (one per in-flight scrape, reused across scrapes); thread: any, one at a
+ * time. */
+#ifndef CMH_PROM_H
+#define CMH_PROM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Longest line accepted by default (excluding its '\n'); a longer line is an error. */
+#define CMH_PROM_MAX_LINE_DEFAULT (64u * 1024u)
+/* Default bound on the per-body family table (entries plus names), in bytes. */
+#define CMH_PROM_MAX_STATE_DEFAULT (1024u * 1024u)
+/* Longest error reason, including the terminating NUL. */
+#define CMH_PROM_REASON_MAX 192
+
+enum cmh_prom_type {
+    CMH_PROM_UNTYPED, /* no TYPE line, "untyped", or OpenMetrics "unknown" */
+    CMH_PROM_COUNTER,
+    CMH_PROM_GAUGE,
+    CMH_PROM_SUMMARY,
+    CMH_PROM_HISTOGRAM,
+    CMH_PROM_GAUGE_HISTOGRAM, /* "gaugehistogram" or "gauge_histogram" */
+    CMH_PROM_INFO,            /* OpenMetrics */
+    CMH_PROM_STATESET,        /* OpenMetrics */
+};
+
+/* How a sample's name relates to its family's name. A suffix is only recognised where the
+ * family's type allows it (e.g. _bucket for histograms, _total for counters). */
+enum cmh_prom_suffix {
+    CMH_PROM_SUFFIX_NONE,
+    CMH_PROM_SUFFIX_SUM,
+    CMH_PROM_SUFFIX_COUNT,
+    CMH_PROM_SUFFIX_BUCKET,
+    CMH_PROM_SUFFIX_TOTAL,
+    CMH_PROM_SUFFIX_CREATED,
+    CMH_PROM_SUFFIX_GSUM,
+    CMH_PROM_SUFFIX_GCOUNT,
+    CMH_PROM_SUFFIX_INFO,
+};
+
+/* One label: views (not NUL-terminated); values are unescaped and valid UTF-8. */
+struct cmh_prom_label {
+    const char *name;
+    size_t name_len;
+    const char *value;
+    size_t value_len;
+};
+
+/* A family, announced once per body just before its first wanted sample. */
+struct cmh_prom_family {
+    const char *name; /* unescaped; a view */
+    size_t name_len;
+    enum cmh_prom_type type;
+    const char *help; /* unescaped HELP text seen before the first sample, or NULL */
+    size_t help_len;
+};
+
+/* One sample line. Every pointer is a view valid only during the callback. */
+struct cmh_prom_sample {
+    const char *family; /* family name, e.g. "go_gc_duration_seconds" */
+    size_t family_len;
+    const char *name; /* sample name as written, e.g. "go_gc_duration_seconds_sum" */
+    size_t name_len;
+    enum cmh_prom_type type;             /* of the family */
+    enum cmh_prom_suffix suffix;         /* name = family + suffix */
+    const struct cmh_prom_label *labels; /* in line order, including "le" and "quantile" */
+    size_t nlabels;
+    double value;
+    int has_timestamp;
+    int64_t timestamp_ms;
+    unsigned long line; /* 1-based line number in the body */
+};
+
+/* Decides whether the samples of a family are wanted (non-zero) or skipped (0). Called at most once
+ * per family and body, at the family's first sample line, with its final type; the answer is cached
+ * by name (and type) across cmh_prom_reset(), so it must depend only on its arguments. */
+typedef int cmh_prom_want_cb(void *arg, const char *family, size_t len, enum cmh_prom_type type);
+/* Event callbacks: return 0 to go on, non-zero to abort the body with -ECANCELED. */
+typedef int cmh_prom_family_cb(void *arg, const struct cmh_prom_family *family);
+typedef int cmh_prom_sample_cb(void *arg, const struct cmh_prom_sample *sample);
+
+struct cmh_prom_options {
+    size_t max_line;        /* 0: CMH_PROM_MAX_LINE_DEFAULT */
+    size_t max_state;       /* 0: CMH_PROM_MAX_STATE_DEFAULT; bounds the family table of one body */
+    cmh_prom_want_cb *want; /* NULL: every family is wanted */
+    void *want_arg;
+    cmh_prom_family_cb *on_family; /* may be NULL */
+    cmh_prom_sample_cb *on_sample; /* may be NULL */
+    void *arg;                     /* of on_family and on_sample */
+};
+
+/* Why a body was rejected. line is 1-based; 0 when the error is not tied to a line. */
+struct cmh_prom_error {
+    int code; /* 0, -EINVAL (malformed), -E2BIG (a limit), -ECANCELED (callback), -ENOMEM */
+    unsigned long line;
+    char reason[CMH_PROM_REASON_MAX];
+};
+
+/* Counters of the current body (reset by cmh_prom_reset). */
+struct cmh_prom_stats {
+    uint64_t bytes;
+    uint64_t lines;
+    uint64_t samples; /* sample lines delivered to on_sample */
+    uint64_t skipped; /* sample lines of unwanted families */
+};
+
+struct cmh_prom_fam; /* private */
+
+/* Embeddable; every field is private except stats. */
+struct cmh_prom_parser {
+    struct cmh_prom_options opt;
+    struct cmh_prom_stats stats;
+    struct cmh_prom_error err;
+    /* The partial line carried between chunks, scratch for unescaped text and numbers, the last
+     * HELP text. They grow on demand up to their bound (max_line; scratch 2 * max_line) and are
+     * kept across resets. */
+    char *line;
+    size_t line_len, line_cap;
+    char *scratch;
+    size_t scratch_cap;
+    struct cmh_prom_label *labels;
+    size_t labels_cap;
+    /* Family table: entries, open-addressing slots (index + 1), names arena. */
+    struct cmh_prom_fam *fams;
+    uint32_t nfams, fams_cap;
+    uint32_t *slots;
+    uint32_t slots_cap;
+    char *names;
+    size_t names_len, names_cap;
+    uint32_t gen;      /* body number: entries of other bodies only cache want decisions */
+    uint32_t cur;      /* index + 1 of the family of the previous line, 0 when none */
+    uint32_t help_fam; /* index + 1 of the family whose HELP text is in help */
+    char *help;
+    size_t help_len, help_cap;
+    int finished;
+};
+
+/* Initialises p with copies of opt's values (opt may be NULL: defaults, no callbacks) and small
+ * buffers (a few KiB) that grow only for longer lines, never past 4 * max_line in all. Returns 0,
+ * -EINVAL on a max_line of more than 1 GiB, or -ENOMEM. */
+int cmh_prom_init(struct cmh_prom_parser *p, const struct cmh_prom_options *opt);
+/* Frees everything p owns. Safe on a zeroed or already closed parser. */
+void cmh_prom_close(struct cmh_prom_parser *p);
+/* Makes p ready for a new body without freeing its buffers; cached filter decisions are kept. */
+void cmh_prom_reset(struct cmh_prom_parser *p);
+
+/* Feeds the next len bytes of the body; a line may span any number of calls. Callbacks run inside
+ * this call, in line order, for every complete line. Returns 0, or the error code (also kept in
+ * cmh_prom_error()); after an error every later call returns it again until cmh_prom_reset(). */
+int cmh_prom_feed(struct cmh_prom_parser *p, const char *buf, size_t len);
+/* Ends the body: a last line without its '\n' is an error (spaces and tabs alone are tolerated,
+ * as by the reference parser). Returns 0 or the error code. */
+int cmh_prom_finish(struct cmh_prom_parser *p);
+/* The error of the current body (code 0 when none). */
+const struct cmh_prom_error *cmh_prom_error(const struct cmh_prom_parser *p);
+
+/* A ready-made want callback. arg is a struct cmh_prom_names: a family is wanted when its name
+ * equals one of the names, or starts with one that ends in '*' (the '*' excluded). */
+struct cmh_prom_names {
+    const char *const *names;
+    size_t n;
+};
+int cmh_prom_want_names(void *arg, const char *family, size_t len, enum cmh_prom_type type);
+
+/* Text of a type as in a TYPE line ("counter", ...). */
+const char *cmh_prom_type_name(enum cmh_prom_type type);
+
+/* The `parse` command: parses one exposition (a file, or standard input for "-" or no argument)
+ * and prints every sample in canonical form on stdout. argv[0] is "parse". Returns the exit status:
+ * 0, 1 on malformed input ("line N: reason" on stderr), 2 on a bad command line or unreadable file.
+ */
+int cmh_prom_cmd_parse(int argc, char **argv);
+
+#endif

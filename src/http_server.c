@@ -1,0 +1,379 @@
+#include "cmh/http_server.h"
+
+#include "cmh/alloc.h"
+
+#include <errno.h>
+#include <llhttp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+#define URL_MAX 1024
+
+struct cmh_http_conn {
+    struct cmh_http_server *s;
+    struct cmh_http_conn *prev, *next;
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t wreq;
+    llhttp_t parser;
+    char url[URL_MAX];
+    size_t url_len;
+    int url_too_long;
+    size_t bytes;
+    int responded;
+    int closing;
+    int pending; /* handles not yet closed */
+    struct cmh_buf out;
+    char rbuf[4096];
+};
+
+/* ---- buffers ------------------------------------------------------------------------------ */
+
+static int buf_reserve(struct cmh_buf *b, size_t more)
+{
+    if (b->cap == (size_t)-1)
+        return -ENOMEM; /* failed before */
+    if (b->len + more <= b->cap)
+        return 0;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + more)
+        cap *= 2;
+    char *d = cmh_realloc(b->data, cap);
+    if (d == NULL) {
+        b->cap = (size_t)-1;
+        return -ENOMEM;
+    }
+    b->data = d;
+    b->cap = cap;
+    return 0;
+}
+
+void cmh_buf_append(struct cmh_buf *b, const char *s, size_t n)
+{
+    if (buf_reserve(b, n) != 0)
+        return;
+    memcpy(b->data + b->len, s, n);
+    b->len += n;
+}
+
+void cmh_buf_printf(struct cmh_buf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0 || buf_reserve(b, (size_t)n + 1) != 0)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+void cmh_buf_free(struct cmh_buf *b)
+{
+    cmh_free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+/* ---- connections -------------------------------------------------------------------------- */
+
+static void maybe_server_closed(struct cmh_http_server *s)
+{
+    if (!s->listening && s->pending_closes == 0 && s->close_cb != NULL) {
+        void (*cb)(struct cmh_http_server *) = s->close_cb;
+        s->close_cb = NULL;
+        cb(s);
+    }
+}
+
+static void on_conn_handle_closed(uv_handle_t *h)
+{
+    struct cmh_http_conn *c = h->data;
+    if (--c->pending > 0)
+        return;
+    struct cmh_http_server *s = c->s;
+    cmh_buf_free(&c->out);
+    cmh_free(c);
+    s->pending_closes--;
+    maybe_server_closed(s);
+}
+
+static void conn_close(struct cmh_http_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    struct cmh_http_server *s = c->s;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    s->nconns--;
+    s->pending_closes++;
+    c->pending = 2;
+    uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
+    uv_close((uv_handle_t *)&c->timer, on_conn_handle_closed);
+}
+
+static void on_written(uv_write_t *w, int status)
+{
+    (void)status; /* written or not, this connection is done */
+    conn_close(container_of(w, struct cmh_http_conn, wreq));
+}
+
+static const char *reason_phrase(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 414:
+        return "URI Too Long";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Unknown";
+    }
+}
+
+/* Sends status + body, then closes: one request per connection keeps the server simple and its
+ * resources bounded; probes and Prometheus reconnect cheaply. */
+static void respond(struct cmh_http_conn *c, int status, const char *ctype, const char *body,
+                    size_t len, int head_only)
+{
+    if (c->responded)
+        return;
+    c->responded = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_timer_stop(&c->timer);
+    c->out.len = 0;
+    cmh_buf_printf(&c->out,
+                   "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
+                   "Connection: close\r\n\r\n",
+                   status, reason_phrase(status), ctype, len,
+                   status == 405 ? "Allow: GET, HEAD\r\n" : "");
+    if (!head_only)
+        cmh_buf_append(&c->out, body, len);
+    if (c->out.cap == (size_t)-1) {
+        conn_close(c);
+        return;
+    }
+    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0)
+        conn_close(c);
+}
+
+static void respond_text(struct cmh_http_conn *c, int status, const char *text)
+{
+    respond(c, status, "text/plain; charset=utf-8", text, strlen(text), 0);
+}
+
+static int on_url(llhttp_t *p, const char *at, size_t len)
+{
+    struct cmh_http_conn *c = p->data;
+    if (c->url_len + len >= URL_MAX) {
+        c->url_too_long = 1;
+        return 0;
+    }
+    memcpy(c->url + c->url_len, at, len);
+    c->url_len += len;
+    return 0;
+}
+
+static int on_message_complete(llhttp_t *p)
+{
+    struct cmh_http_conn *c = p->data;
+    struct cmh_http_server *s = c->s;
+    s->requests++;
+    uint8_t method = llhttp_get_method(p);
+    if (c->url_too_long) {
+        respond_text(c, 414, "request target too long\n");
+        return HPE_PAUSED;
+    }
+    if (method != HTTP_GET && method != HTTP_HEAD) {
+        respond_text(c, 405, "only GET and HEAD\n");
+        return HPE_PAUSED;
+    }
+    c->url[c->url_len] = '\0';
+    char *q = strchr(c->url, '?');
+    if (q != NULL)
+        *q = '\0';
+    struct cmh_buf body = {0};
+    const char *ctype = "text/plain; charset=utf-8";
+    int status = s->handler(s->handler_arg, c->url, &body, &ctype);
+    if (body.cap == (size_t)-1) {
+        cmh_buf_free(&body);
+        respond_text(c, 500, "out of memory\n");
+        return HPE_PAUSED;
+    }
+    if (status == 404 && body.len == 0)
+        cmh_buf_printf(&body, "not found; paths: /metrics /healthz /readyz\n");
+    respond(c, status, ctype, body.data ? body.data : "", body.len, method == HTTP_HEAD);
+    cmh_buf_free(&body);
+    return HPE_PAUSED; /* one request per connection */
+}
+
+/* Callbacks we do not set stay NULL; const, so no parser state is shared between connections. */
+static const llhttp_settings_t settings = {
+    .on_url = on_url,
+    .on_message_complete = on_message_complete,
+};
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
+{
+    struct cmh_http_conn *c = h->data;
+    (void)suggested;
+    buf->base = c->rbuf;
+    buf->len = sizeof c->rbuf;
+}
+
+static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
+{
+    struct cmh_http_conn *c = st->data;
+    if (n < 0) {
+        conn_close(c);
+        return;
+    }
+    if (n == 0 || c->responded)
+        return;
+    c->bytes += (size_t)n;
+    enum llhttp_errno err = llhttp_execute(&c->parser, buf->base, (size_t)n);
+    if (c->responded)
+        return;
+    if (err != HPE_OK && err != HPE_PAUSED) {
+        c->s->rejected++;
+        respond_text(c, 400, "malformed request\n");
+        return;
+    }
+    if (c->bytes > c->s->opt.max_request) {
+        c->s->rejected++;
+        respond_text(c, 431, "request too large\n");
+    }
+}
+
+static void on_idle(uv_timer_t *t)
+{
+    conn_close(container_of(t, struct cmh_http_conn, timer));
+}
+
+static void on_connection(uv_stream_t *l, int status)
+{
+    struct cmh_http_server *s = container_of((uv_tcp_t *)l, struct cmh_http_server, listener);
+    if (status < 0)
+        return;
+    struct cmh_http_conn *c = cmh_calloc(1, sizeof *c);
+    if (c == NULL)
+        return; /* the connection waits in the backlog; the next accept retries */
+    c->s = s;
+    if (uv_tcp_init(s->loop, &c->tcp) != 0) {
+        cmh_free(c);
+        return;
+    }
+    uv_timer_init(s->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->next = s->conns;
+    if (s->conns)
+        s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0 || s->nconns > s->opt.max_conns) {
+        s->rejected++;
+        conn_close(c);
+        return;
+    }
+    llhttp_init(&c->parser, HTTP_REQUEST, &settings);
+    c->parser.data = c;
+    uv_timer_start(&c->timer, on_idle, s->opt.idle_ms, 0);
+    if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
+        conn_close(c);
+}
+
+int cmh_http_server_start(struct cmh_http_server *s, uv_loop_t *loop,
+                          const struct cmh_http_server_opts *opt, cmh_http_handler handler,
+                          void *arg, struct cmh_log *log)
+{
+    memset(s, 0, sizeof *s);
+    s->loop = loop;
+    s->log = log;
+    s->opt = *opt;
+    if (s->opt.max_conns == 0)
+        s->opt.max_conns = 64;
+    if (s->opt.max_request == 0)
+        s->opt.max_request = 8192;
+    if (s->opt.idle_ms == 0)
+        s->opt.idle_ms = 10000;
+    s->handler = handler;
+    s->handler_arg = arg;
+    struct sockaddr_storage ss;
+    int rc = uv_ip4_addr(opt->address, (int)opt->port, (struct sockaddr_in *)&ss);
+    if (rc != 0)
+        rc = uv_ip6_addr(opt->address, (int)opt->port, (struct sockaddr_in6 *)&ss);
+    if (rc == 0)
+        rc = uv_tcp_init(loop, &s->listener);
+    if (rc != 0) {
+        CMH_LOG(log, CMH_LOG_ERROR, "cannot listen", CMH_STR("address", opt->address),
+                CMH_STR("error", uv_strerror(rc)));
+        return rc;
+    }
+    s->listening = 1;
+    rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&s->listener, 128, on_connection);
+    if (rc != 0) {
+        CMH_LOG(log, CMH_LOG_ERROR, "cannot listen", CMH_STR("address", opt->address),
+                CMH_UINT("port", opt->port), CMH_STR("error", uv_strerror(rc)));
+        cmh_http_server_close(s, NULL);
+        return rc;
+    }
+    CMH_LOG(log, CMH_LOG_INFO, "listening", CMH_STR("address", opt->address),
+            CMH_UINT("port", cmh_http_server_port(s)));
+    return 0;
+}
+
+unsigned cmh_http_server_port(const struct cmh_http_server *s)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    if (uv_tcp_getsockname(&s->listener, (struct sockaddr *)&ss, &len) != 0)
+        return 0;
+    if (ss.ss_family == AF_INET)
+        return ntohs(((struct sockaddr_in *)&ss)->sin_port);
+    return ntohs(((struct sockaddr_in6 *)&ss)->sin6_port);
+}
+
+static void on_listener_closed(uv_handle_t *h)
+{
+    struct cmh_http_server *s = container_of((uv_tcp_t *)h, struct cmh_http_server, listener);
+    s->pending_closes--;
+    maybe_server_closed(s);
+}
+
+void cmh_http_server_close(struct cmh_http_server *s, void (*close_cb)(struct cmh_http_server *s))
+{
+    s->close_cb = close_cb;
+    if (s->listening) {
+        s->pending_closes++;
+        uv_close((uv_handle_t *)&s->listener, on_listener_closed);
+        s->listening = 0;
+    }
+    while (s->conns != NULL)
+        conn_close(s->conns);
+    maybe_server_closed(s);
+}

@@ -1,0 +1,1339 @@
+/* Streaming Prometheus text-format parser. Lines are parsed whole: a line that lies entirely in
+ * the caller's chunk is parsed in place, one that spans chunks is first gathered in the line buffer
+ * (at most max_line bytes), so every line sees the same bytes however the body was split. */
+#include "cmh/prom.h"
+
+#include "cmh/alloc.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* A family known to the parser. Entries outlive a body (gen tells which body declared them last)
+ * so that filter decisions are cached across scrapes; everything else is per body. */
+struct cmh_prom_fam {
+    uint32_t name_off, name_len;
+    uint32_t hash;
+    uint32_t gen;
+    uint16_t sfx_known;  /* bit s: whether family name + suffix s is itself a family is known */
+    uint16_t sfx_shadow; /* bit s: family name + suffix s is a family of its own in this body */
+    uint8_t type;
+    uint8_t flags;
+    int8_t want; /* cached filter decision, -1 when none */
+    uint8_t want_type;
+    uint8_t bare; /* the name is a valid unquoted metric name */
+};
+
+enum { F_TYPE = 1, F_HELP = 2, F_SAMPLES = 4, F_ANNOUNCED = 8 };
+
+#define MAX_LINE_LIMIT (1024u * 1024u * 1024u)
+/* Room in scratch beyond the line, for a number copied out of a line of maximal length. */
+#define SCRATCH_SLACK 64
+
+/* Character classes of the hot loops, one table lookup per byte. */
+enum { C_NAME0 = 1, C_NAME = 2, C_LNAME0 = 4, C_LNAME = 8, C_DIGIT = 16 };
+
+static const uint8_t cls[256] = {
+    ['0' ... '9'] = C_NAME | C_LNAME | C_DIGIT,
+    ['a' ... 'z'] = C_NAME0 | C_NAME | C_LNAME0 | C_LNAME,
+    ['A' ... 'Z'] = C_NAME0 | C_NAME | C_LNAME0 | C_LNAME,
+    ['_'] = C_NAME0 | C_NAME | C_LNAME0 | C_LNAME,
+    [':'] = C_NAME0 | C_NAME,
+};
+
+static const char *const type_names[] = {"untyped",   "counter",        "gauge", "summary",
+                                         "histogram", "gaugehistogram", "info",  "stateset"};
+
+struct sfx_def {
+    const char *text;
+    size_t len;
+};
+
+static const struct sfx_def sfx_defs[] = {
+    [CMH_PROM_SUFFIX_NONE] = {"", 0},        [CMH_PROM_SUFFIX_SUM] = {"_sum", 4},
+    [CMH_PROM_SUFFIX_COUNT] = {"_count", 6}, [CMH_PROM_SUFFIX_BUCKET] = {"_bucket", 7},
+    [CMH_PROM_SUFFIX_TOTAL] = {"_total", 6}, [CMH_PROM_SUFFIX_CREATED] = {"_created", 8},
+    [CMH_PROM_SUFFIX_GSUM] = {"_gsum", 5},   [CMH_PROM_SUFFIX_GCOUNT] = {"_gcount", 7},
+    [CMH_PROM_SUFFIX_INFO] = {"_info", 5},
+};
+#define NSFX (sizeof sfx_defs / sizeof sfx_defs[0])
+
+#define SB(s) (1u << (s))
+/* Which suffixes tie a sample to a family of each type. */
+static const uint16_t type_sfx[] = {
+    [CMH_PROM_UNTYPED] = 0,
+    [CMH_PROM_COUNTER] = SB(CMH_PROM_SUFFIX_TOTAL) | SB(CMH_PROM_SUFFIX_CREATED),
+    [CMH_PROM_GAUGE] = 0,
+    [CMH_PROM_SUMMARY] =
+        SB(CMH_PROM_SUFFIX_SUM) | SB(CMH_PROM_SUFFIX_COUNT) | SB(CMH_PROM_SUFFIX_CREATED),
+    [CMH_PROM_HISTOGRAM] = SB(CMH_PROM_SUFFIX_SUM) | SB(CMH_PROM_SUFFIX_COUNT) |
+                           SB(CMH_PROM_SUFFIX_BUCKET) | SB(CMH_PROM_SUFFIX_CREATED),
+    [CMH_PROM_GAUGE_HISTOGRAM] = SB(CMH_PROM_SUFFIX_SUM) | SB(CMH_PROM_SUFFIX_COUNT) |
+                                 SB(CMH_PROM_SUFFIX_BUCKET) | SB(CMH_PROM_SUFFIX_GSUM) |
+                                 SB(CMH_PROM_SUFFIX_GCOUNT),
+    [CMH_PROM_INFO] = SB(CMH_PROM_SUFFIX_INFO),
+    [CMH_PROM_STATESET] = 0,
+};
+
+static const double pow10_exact[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1e7,
+                                     1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+                                     1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
+
+const char *cmh_prom_type_name(enum cmh_prom_type type)
+{
+    if ((size_t)type >= sizeof type_names / sizeof type_names[0])
+        return "untyped";
+    return type_names[type];
+}
+
+/* ---- errors ---------------------------------------------------------------------------------- */
+
+static int fail(struct cmh_prom_parser *p, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int fail(struct cmh_prom_parser *p, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->err.reason, sizeof p->err.reason, fmt, ap);
+    va_end(ap);
+    p->err.code = code;
+    p->err.line = (unsigned long)p->stats.lines;
+    return code;
+}
+
+/* Quotes at most 48 bytes of s for an error message, like Go's %q: printable ASCII as is, the rest
+ * as escapes, so a reason is always one line of ASCII. */
+static const char *quote(char *out, size_t cap, const char *s, size_t n)
+{
+    size_t o = 0;
+    size_t lim = n > 48 ? 48 : n;
+    if (cap < 8)
+        return "";
+    out[o++] = '"';
+    for (size_t i = 0; i < lim && o + 6 < cap; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else if (c == '\n') {
+            out[o++] = '\\';
+            out[o++] = 'n';
+        } else if (c == '\t') {
+            out[o++] = '\\';
+            out[o++] = 't';
+        } else if (c < 0x20 || c >= 0x7f) {
+            static const char hex[] = "0123456789abcdef";
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[c >> 4];
+            out[o++] = hex[c & 15];
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    if (lim < n && o + 4 < cap) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o++] = '"';
+    out[o] = '\0';
+    return out;
+}
+
+#define Q(buf, s, n) quote((buf), sizeof(buf), (s), (n))
+
+/* Grows *buf to hold need bytes (contents kept). Callers bound need by the line cap. */
+static int ensure(struct cmh_prom_parser *p, char **buf, size_t *cap, size_t need)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 4096;
+    while (c < need)
+        c *= 2;
+    char *nb = cmh_realloc(*buf, c);
+    if (nb == NULL)
+        return fail(p, -ENOMEM, "out of memory");
+    *buf = nb;
+    *cap = c;
+    return 0;
+}
+
+/* Where a number of n bytes is copied for strtod: the end of scratch, clear of the unescaped text
+ * at its start (scratch holds at least twice the line). */
+static inline char *num_buf(struct cmh_prom_parser *p, size_t n)
+{
+    return p->scratch + p->scratch_cap - n - 1;
+}
+
+/* ---- small scanners ---------------------------------------------------------------------------
+ */
+
+static inline const char *skip_blank(const char *s, const char *e)
+{
+    while (s < e && (*s == ' ' || *s == '\t'))
+        s++;
+    return s;
+}
+
+static inline const char *until_blank(const char *s, const char *e)
+{
+    while (s < e && *s != ' ' && *s != '\t')
+        s++;
+    return s;
+}
+
+/* Go's utf8.Valid: no overlong forms, no surrogates, nothing above U+10FFFF. */
+static int utf8_valid(const unsigned char *s, size_t n)
+{
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t need;
+        unsigned lo = 0x80, hi = 0xbf;
+        if (c >= 0xc2 && c <= 0xdf) {
+            need = 1;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            need = 2;
+            if (c == 0xe0)
+                lo = 0xa0;
+            else if (c == 0xed)
+                hi = 0x9f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            need = 3;
+            if (c == 0xf0)
+                lo = 0x90;
+            else if (c == 0xf4)
+                hi = 0x8f;
+        } else {
+            return 0;
+        }
+        if (n - i <= need)
+            return 0;
+        if (s[i + 1] < lo || s[i + 1] > hi)
+            return 0;
+        for (size_t k = 2; k <= need; k++)
+            if (s[i + k] < 0x80 || s[i + k] > 0xbf)
+                return 0;
+        i += need + 1;
+    }
+    return 1;
+}
+
+static int eq_nocase(const char *s, size_t n, const char *lit)
+{
+    size_t l = strlen(lit);
+    if (n != l)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c >= 'A' && c <= 'Z')
+            c = (char)(c + 32);
+        if (c != lit[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* Parses a float the way the reference parser does (Go's strconv.ParseFloat without the hex,
+ * underscore and 'p' forms): [+-]digits[.digits][e[+-]digits], [+-]Inf/Infinity, NaN, any case;
+ * out-of-range values are rejected, underflow gives 0. Exact: short inputs are computed with one
+ * correctly rounded operation, the rest by strtod. */
+static int parse_float(char *scratch, const char *s, size_t n, double *out)
+{
+    const char *q = s, *e = s + n;
+    int neg = 0;
+    if (n == 0)
+        return -1;
+    if (*q == '+' || *q == '-') {
+        neg = *q == '-';
+        q++;
+    }
+    if (q < e && (cls[(unsigned char)*q] & C_DIGIT) == 0 && *q != '.') {
+        if (n == 3 && (s[0] | 0x20) == 'n' && (s[1] | 0x20) == 'a' && (s[2] | 0x20) == 'n') {
+            *out = NAN;
+            return 0;
+        }
+        if (eq_nocase(q, (size_t)(e - q), "inf") || eq_nocase(q, (size_t)(e - q), "infinity")) {
+            *out = neg ? -INFINITY : INFINITY;
+            return 0;
+        }
+        if (q == s && eq_nocase(q, n, "nan")) {
+            *out = NAN;
+            return 0;
+        }
+        return -1;
+    }
+    uint64_t m = 0;
+    int ndig = 0, dexp = 0, lossy = 0, seen = 0;
+    for (; q < e && (cls[(unsigned char)*q] & C_DIGIT); q++) {
+        seen = 1;
+        if (ndig < 19) {
+            m = m * 10 + (uint64_t)(*q - '0');
+            ndig += m != 0;
+        } else {
+            dexp++;
+            lossy = 1;
+        }
+    }
+    if (q < e && *q == '.') {
+        for (q++; q < e && (cls[(unsigned char)*q] & C_DIGIT); q++) {
+            seen = 1;
+            if (ndig < 19) {
+                m = m * 10 + (uint64_t)(*q - '0');
+                ndig += m != 0;
+                dexp--;
+            } else {
+                lossy = 1;
+            }
+        }
+    }
+    if (!seen)
+        return -1;
+    int ex = 0;
+    if (q < e && (*q == 'e' || *q == 'E')) {
+        int eneg = 0, edig = 0;
+        q++;
+        if (q < e && (*q == '+' || *q == '-')) {
+            eneg = *q == '-';
+            q++;
+        }
+        for (; q < e && (cls[(unsigned char)*q] & C_DIGIT); q++) {
+            edig = 1;
+            if (ex < 100000)
+                ex = ex * 10 + (*q - '0');
+        }
+        if (!edig)
+            return -1;
+        if (eneg)
+            ex = -ex;
+    }
+    if (q != e)
+        return -1;
+    if (m == 0) {
+        *out = neg ? -0.0 : 0.0;
+        return 0;
+    }
+    if (!lossy && m <= (1ull << 53)) {
+        int t = dexp + ex;
+        if (t >= 0 && t <= 22) {
+            double v = (double)m * pow10_exact[t];
+            *out = neg ? -v : v;
+            return 0;
+        }
+        if (t < 0 && t >= -22) {
+            double v = (double)m / pow10_exact[-t];
+            *out = neg ? -v : v;
+            return 0;
+        }
+    }
+    /* The grammar is checked above, so strtod (C locale) reads exactly these bytes. */
+    memcpy(scratch, s, n);
+    scratch[n] = '\0';
+    char *end = NULL;
+    errno = 0;
+    double v = strtod(scratch, &end);
+    if (end != scratch + n)
+        return -1;
+    if (errno == ERANGE && isinf(v))
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* Go's strconv.ParseInt(s, 10, 64). */
+static int parse_int64(const char *s, size_t n, int64_t *out)
+{
+    const char *q = s, *e = s + n;
+    int neg = 0;
+    if (q < e && (*q == '+' || *q == '-')) {
+        neg = *q == '-';
+        q++;
+    }
+    if (q == e)
+        return -1;
+    uint64_t v = 0;
+    uint64_t lim = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
+    for (; q < e; q++) {
+        if ((cls[(unsigned char)*q] & C_DIGIT) == 0)
+            return -1;
+        unsigned d = (unsigned)(*q - '0');
+        if (v > (lim - d) / 10)
+            return -1;
+        v = v * 10 + d;
+    }
+    *out = neg ? (int64_t)(0 - v) : (int64_t)v;
+    return 0;
+}
+
+/* Reads a quoted string whose opening quote is just before *ps. Escapes \\, \" and \n are decoded
+ * into *sc (advanced past the result) when present; otherwise the result is a view into the line.
+ * Returns 0, 1 at end of line before the closing quote, 2 on a bad escape (*ps at the escape). */
+static int read_quoted(const char **ps, const char *e, char **sc, const char **out, size_t *outlen,
+                       int *non_ascii)
+{
+    const char *s = *ps, *q = s;
+    unsigned hi = 0;
+    /* Eight bytes at a time while none is '"', '\\' or non-ASCII. */
+    while (e - q >= 8) {
+        uint64_t w, a, b;
+        memcpy(&w, q, 8);
+        a = w ^ 0x2222222222222222ull;
+        b = w ^ 0x5c5c5c5c5c5c5c5cull;
+        if ((((a - 0x0101010101010101ull) & ~a) | ((b - 0x0101010101010101ull) & ~b) | w) &
+            0x8080808080808080ull)
+            break;
+        q += 8;
+    }
+    while (q < e && *q != '"' && *q != '\\')
+        hi |= (unsigned char)*q++;
+    if (q < e && *q == '"') {
+        *out = s;
+        *outlen = (size_t)(q - s);
+        *non_ascii = (hi & 0x80) != 0;
+        *ps = q + 1;
+        return 0;
+    }
+    char *d = *sc, *d0 = *sc;
+    memcpy(d, s, (size_t)(q - s));
+    d += q - s;
+    while (q < e) {
+        char c = *q;
+        if (c == '"') {
+            *out = d0;
+            *outlen = (size_t)(d - d0);
+            *non_ascii = (hi & 0x80) != 0;
+            *sc = d;
+            *ps = q + 1;
+            return 0;
+        }
+        if (c == '\\') {
+            if (q + 1 >= e) {
+                *ps = q;
+                return 2;
+            }
+            c = q[1];
+            if (c == 'n')
+                *d++ = '\n';
+            else if (c == '\\' || c == '"')
+                *d++ = c;
+            else {
+                *ps = q;
+                return 2;
+            }
+            q += 2;
+            continue;
+        }
+        hi |= (unsigned char)c;
+        *d++ = c;
+        q++;
+    }
+    *out = d0;
+    *outlen = (size_t)(d - d0);
+    *ps = q;
+    return 1;
+}
+
+static int bad_escape(struct cmh_prom_parser *p, const char *at, const char *e)
+{
+    if (at + 1 >= e)
+        return fail(p, -EINVAL, "invalid escape sequence '\\' at end of line");
+    unsigned char c = (unsigned char)at[1];
+    if (c > 0x20 && c < 0x7f)
+        return fail(p, -EINVAL, "invalid escape sequence '\\%c'", c);
+    return fail(p, -EINVAL, "invalid escape sequence '\\x%02x'", c);
+}
+
+/* ---- family table -----------------------------------------------------------------------------
+ */
+
+/* A multiplicative hash over 8-byte words: names are short and this runs once per family. */
+static uint32_t hash_name(const char *s, size_t n)
+{
+    uint64_t h = 0x9e3779b97f4a7c15ull ^ n;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdull;
+        h ^= h >> 29;
+        s += 8;
+        n -= 8;
+    }
+    if (n > 0) {
+        uint64_t w = 0;
+        memcpy(&w, s, n);
+        h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+    }
+    h ^= h >> 32;
+    return (uint32_t)h;
+}
+
+static size_t state_bytes(const struct cmh_prom_parser *p)
+{
+    return (size_t)p->fams_cap * sizeof(struct cmh_prom_fam) +
+           (size_t)p->slots_cap * sizeof(uint32_t) + p->names_cap;
+}
+
+/* Index + 1 of the entry named s (of any body), 0 when none. */
+static uint32_t fam_find(const struct cmh_prom_parser *p, const char *s, size_t n, uint32_t h)
+{
+    if (p->slots_cap == 0)
+        return 0;
+    uint32_t mask = p->slots_cap - 1;
+    for (uint32_t i = h & mask;; i = (i + 1) & mask) {
+        uint32_t v = p->slots[i];
+        if (v == 0)
+            return 0;
+        const struct cmh_prom_fam *f = &p->fams[v - 1];
+        if (f->hash == h && f->name_len == n && memcmp(p->names + f->name_off, s, n) == 0)
+            return v;
+    }
+}
+
+/* Index + 1 of the family named s in the current body, 0 when none. */
+static uint32_t fam_in_body(const struct cmh_prom_parser *p, const char *s, size_t n)
+{
+    uint32_t v = fam_find(p, s, n, hash_name(s, n));
+    return v != 0 && p->fams[v - 1].gen == p->gen ? v : 0;
+}
+
+static int grow_table(struct cmh_prom_parser *p, size_t name_len)
+{
+    size_t fams_cap = p->fams_cap, slots_cap = p->slots_cap, names_cap = p->names_cap;
+    if (p->nfams == fams_cap)
+        fams_cap = fams_cap ? fams_cap * 2 : 64;
+    if ((size_t)(p->nfams + 1) * 2 > slots_cap)
+        slots_cap = slots_cap ? slots_cap * 2 : 128;
+    while (p->names_len + name_len > names_cap)
+        names_cap = names_cap ? names_cap * 2 : 4096;
+    size_t state =
+        fams_cap * sizeof(struct cmh_prom_fam) + slots_cap * sizeof(uint32_t) + names_cap;
+    if (state > p->opt.max_state || fams_cap > UINT32_MAX / 2)
+        return fail(p, -E2BIG, "too many metric families (family table over %zu bytes)",
+                    p->opt.max_state);
+    if (fams_cap != p->fams_cap) {
+        struct cmh_prom_fam *nf = cmh_reallocarray(p->fams, fams_cap, sizeof *nf);
+        if (nf == NULL)
+            return fail(p, -ENOMEM, "out of memory");
+        p->fams = nf;
+        p->fams_cap = (uint32_t)fams_cap;
+    }
+    if (names_cap != p->names_cap) {
+        char *nn = cmh_realloc(p->names, names_cap);
+        if (nn == NULL)
+            return fail(p, -ENOMEM, "out of memory");
+        p->names = nn;
+        p->names_cap = names_cap;
+    }
+    if (slots_cap != p->slots_cap) {
+        uint32_t *ns = cmh_calloc(slots_cap, sizeof *ns);
+        if (ns == NULL)
+            return fail(p, -ENOMEM, "out of memory");
+        uint32_t mask = (uint32_t)slots_cap - 1;
+        for (uint32_t k = 0; k < p->nfams; k++) {
+            uint32_t i = p->fams[k].hash & mask;
+            while (ns[i] != 0)
+                i = (i + 1) & mask;
+            ns[i] = k + 1;
+        }
+        cmh_free(p->slots);
+        p->slots = ns;
+        p->slots_cap = (uint32_t)slots_cap;
+    }
+    return 0;
+}
+
+static int ends_with(const char *s, size_t n, enum cmh_prom_suffix k)
+{
+    size_t l = sfx_defs[k].len;
+    return n > l && memcmp(s + n - l, sfx_defs[k].text, l) == 0;
+}
+
+/* The suffix s ends with (with a non-empty rest before it), or NONE. */
+static enum cmh_prom_suffix trailing_suffix(const char *s, size_t n)
+{
+    if (n < 5)
+        return CMH_PROM_SUFFIX_NONE;
+    switch (s[n - 1]) {
+    case 'm':
+        return ends_with(s, n, CMH_PROM_SUFFIX_SUM)    ? CMH_PROM_SUFFIX_SUM
+               : ends_with(s, n, CMH_PROM_SUFFIX_GSUM) ? CMH_PROM_SUFFIX_GSUM
+                                                       : CMH_PROM_SUFFIX_NONE;
+    case 't':
+        return ends_with(s, n, CMH_PROM_SUFFIX_COUNT)    ? CMH_PROM_SUFFIX_COUNT
+               : ends_with(s, n, CMH_PROM_SUFFIX_BUCKET) ? CMH_PROM_SUFFIX_BUCKET
+               : ends_with(s, n, CMH_PROM_SUFFIX_GCOUNT) ? CMH_PROM_SUFFIX_GCOUNT
+                                                         : CMH_PROM_SUFFIX_NONE;
+    case 'l':
+        return ends_with(s, n, CMH_PROM_SUFFIX_TOTAL) ? CMH_PROM_SUFFIX_TOTAL
+                                                      : CMH_PROM_SUFFIX_NONE;
+    case 'd':
+        return ends_with(s, n, CMH_PROM_SUFFIX_CREATED) ? CMH_PROM_SUFFIX_CREATED
+                                                        : CMH_PROM_SUFFIX_NONE;
+    case 'o':
+        return ends_with(s, n, CMH_PROM_SUFFIX_INFO) ? CMH_PROM_SUFFIX_INFO : CMH_PROM_SUFFIX_NONE;
+    default:
+        return CMH_PROM_SUFFIX_NONE;
+    }
+}
+
+/* Makes s (hash h; v the index + 1 of its entry of an earlier body, or 0) a family of the current
+ * body. */
+static int fam_declare(struct cmh_prom_parser *p, const char *s, size_t n, uint32_t h, uint32_t v,
+                       enum cmh_prom_suffix sfx, uint32_t base, uint32_t *idx)
+{
+    if (v == 0) {
+        if (n > UINT32_MAX)
+            return fail(p, -E2BIG, "metric name too long");
+        if ((p->nfams + 1) * 2 > p->slots_cap || p->nfams == p->fams_cap ||
+            p->names_len + n > p->names_cap) {
+            int rc = grow_table(p, n);
+            if (rc != 0)
+                return rc;
+        }
+        struct cmh_prom_fam *f = &p->fams[p->nfams];
+        memcpy(p->names + p->names_len, s, n);
+        f->name_off = (uint32_t)p->names_len;
+        f->name_len = (uint32_t)n;
+        f->hash = h;
+        f->want = -1;
+        f->want_type = 0;
+        f->bare = n > 0 && (cls[(unsigned char)s[0]] & C_NAME0) != 0;
+        for (size_t i = 1; i < n && f->bare; i++)
+            f->bare = (cls[(unsigned char)s[i]] & C_NAME) != 0;
+        p->names_len += n;
+        uint32_t mask = p->slots_cap - 1, i = h & mask;
+        while (p->slots[i] != 0)
+            i = (i + 1) & mask;
+        p->slots[i] = ++p->nfams;
+        v = p->nfams;
+    }
+    struct cmh_prom_fam *f = &p->fams[v - 1];
+    f->gen = p->gen;
+    f->type = CMH_PROM_UNTYPED;
+    f->flags = 0;
+    f->sfx_known = 0;
+    f->sfx_shadow = 0;
+    /* A family named base + suffix shadows that suffix of base: from now on such samples are its.
+     * (base is the index + 1 of the family named s minus sfx in this body, 0 when none.) */
+    if (sfx != CMH_PROM_SUFFIX_NONE && base != 0) {
+        p->fams[base - 1].sfx_known |= (uint16_t)SB(sfx);
+        p->fams[base - 1].sfx_shadow |= (uint16_t)SB(sfx);
+    }
+    *idx = v;
+    return 0;
+}
+
+/* The family a name belongs to, as the reference parser decides it: the family of that exact name;
+ * else, for name = base + suffix, base when its type has that suffix; else a new family. */
+static int resolve(struct cmh_prom_parser *p, const char *s, size_t n, uint32_t *idx,
+                   enum cmh_prom_suffix *sfx)
+{
+    uint32_t c = p->cur;
+    if (c != 0) {
+        /* Fast path: the family of the previous line, or one of its suffixes. */
+        struct cmh_prom_fam *f = &p->fams[c - 1];
+        size_t fl = f->name_len;
+        if (n >= fl && memcmp(s, p->names + f->name_off, fl) == 0) {
+            if (n == fl) {
+                *idx = c;
+                *sfx = CMH_PROM_SUFFIX_NONE;
+                return 0;
+            }
+            uint16_t allowed = type_sfx[f->type];
+            if (allowed != 0) {
+                for (size_t k = 1; k < NSFX; k++) {
+                    if ((allowed & SB(k)) == 0 || sfx_defs[k].len != n - fl ||
+                        memcmp(s + fl, sfx_defs[k].text, n - fl) != 0)
+                        continue;
+                    if ((f->sfx_known & SB(k)) == 0) {
+                        uint32_t other = fam_in_body(p, s, n);
+                        f = &p->fams[c - 1];
+                        f->sfx_known |= (uint16_t)SB(k);
+                        if (other != 0)
+                            f->sfx_shadow |= (uint16_t)SB(k);
+                    }
+                    if ((f->sfx_shadow & SB(k)) == 0) {
+                        *idx = c;
+                        *sfx = (enum cmh_prom_suffix)k;
+                        return 0;
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    uint32_t h = hash_name(s, n);
+    uint32_t any = fam_find(p, s, n, h);
+    uint32_t v = any != 0 && p->fams[any - 1].gen == p->gen ? any : 0;
+    *sfx = CMH_PROM_SUFFIX_NONE;
+    enum cmh_prom_suffix t = CMH_PROM_SUFFIX_NONE;
+    uint32_t b = 0;
+    if (v == 0) {
+        t = trailing_suffix(s, n);
+        if (t != CMH_PROM_SUFFIX_NONE) {
+            b = fam_in_body(p, s, n - sfx_defs[t].len);
+            if (b != 0 && (type_sfx[p->fams[b - 1].type] & SB(t))) {
+                v = b;
+                *sfx = t;
+            }
+        }
+    }
+    if (v == 0) {
+        int rc = fam_declare(p, s, n, h, any, t, b, &v);
+        if (rc != 0)
+            return rc;
+    }
+    p->cur = v;
+    *idx = v;
+    return 0;
+}
+
+/* End of the unquoted metric name at s (s itself when there is none). Most lines start with the
+ * name of the previous line's family, so that prefix is compared at memcmp speed, not classified
+ * byte by byte. */
+static inline const char *scan_name(const struct cmh_prom_parser *p, const char *s, const char *e)
+{
+    const char *q = s;
+    if (p->cur != 0) {
+        const struct cmh_prom_fam *f = &p->fams[p->cur - 1];
+        if (f->bare && (size_t)(e - s) >= f->name_len &&
+            memcmp(s, p->names + f->name_off, f->name_len) == 0)
+            q = s + f->name_len;
+    }
+    if (q == s) {
+        if (q == e || (cls[(unsigned char)*q] & C_NAME0) == 0)
+            return s;
+        q++;
+    }
+    while (q < e && (cls[(unsigned char)*q] & C_NAME))
+        q++;
+    return q;
+}
+
+static int wanted(struct cmh_prom_parser *p, struct cmh_prom_fam *f)
+{
+    if (f->want < 0 || f->want_type != f->type) {
+        int w = 1;
+        if (p->opt.want != NULL)
+            w = p->opt.want(p->opt.want_arg, p->names + f->name_off, f->name_len,
+                            (enum cmh_prom_type)f->type) != 0;
+        f->want = (int8_t)w;
+        f->want_type = f->type;
+    }
+    return f->want;
+}
+
+/* ---- lines ------------------------------------------------------------------------------------
+ */
+
+static int parse_help(struct cmh_prom_parser *p, uint32_t fi, const char *s, const char *e)
+{
+    struct cmh_prom_fam *f = &p->fams[fi - 1];
+    if (f->flags & F_HELP) {
+        char b[64];
+        return fail(p, -EINVAL, "second HELP line for metric name %s",
+                    Q(b, p->names + f->name_off, f->name_len));
+    }
+    f->flags |= F_HELP;
+    int rc = ensure(p, &p->help, &p->help_cap, (size_t)(e - s));
+    if (rc != 0)
+        return rc;
+    const char *bs = memchr(s, '\\', (size_t)(e - s));
+    if (bs == NULL) {
+        memcpy(p->help, s, (size_t)(e - s));
+        p->help_len = (size_t)(e - s);
+    } else {
+        char *d = p->help;
+        memcpy(d, s, (size_t)(bs - s));
+        d += bs - s;
+        for (const char *q = bs; q < e; q++) {
+            if (*q != '\\') {
+                *d++ = *q;
+                continue;
+            }
+            if (q + 1 < e && q[1] == 'n')
+                *d++ = '\n';
+            else if (q + 1 < e && (q[1] == '\\' || q[1] == '"'))
+                *d++ = q[1];
+            else {
+                p->help_fam = 0;
+                return bad_escape(p, q, e);
+            }
+            q++;
+        }
+        p->help_len = (size_t)(d - p->help);
+    }
+    p->help_fam = fi;
+    return 0;
+}
+
+static int parse_type(struct cmh_prom_parser *p, uint32_t fi, const char *s, const char *e)
+{
+    struct cmh_prom_fam *f = &p->fams[fi - 1];
+    char b[64];
+    if (f->flags & F_TYPE)
+        return fail(p, -EINVAL,
+                    "second TYPE line for metric name %s, or TYPE reported after samples",
+                    Q(b, p->names + f->name_off, f->name_len));
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
+        e--;
+    size_t n = (size_t)(e - s);
+    enum cmh_prom_type t;
+    if (eq_nocase(s, n, "counter"))
+        t = CMH_PROM_COUNTER;
+    else if (eq_nocase(s, n, "gauge"))
+        t = CMH_PROM_GAUGE;
+    else if (eq_nocase(s, n, "summary"))
+        t = CMH_PROM_SUMMARY;
+    else if (eq_nocase(s, n, "histogram"))
+        t = CMH_PROM_HISTOGRAM;
+    else if (eq_nocase(s, n, "untyped") || eq_nocase(s, n, "unknown"))
+        t = CMH_PROM_UNTYPED;
+    else if (eq_nocase(s, n, "gaugehistogram") || eq_nocase(s, n, "gauge_histogram"))
+        t = CMH_PROM_GAUGE_HISTOGRAM;
+    else if (eq_nocase(s, n, "info"))
+        t = CMH_PROM_INFO;
+    else if (eq_nocase(s, n, "stateset"))
+        t = CMH_PROM_STATESET;
+    else
+        return fail(p, -EINVAL, "unknown metric type %s", Q(b, s, n));
+    f->type = (uint8_t)t;
+    f->flags |= F_TYPE;
+    return 0;
+}
+
+/* Reads a metric name at s: bare, or quoted (UTF-8 names). *name is a view into the line or
+ * scratch; an empty name means there was none. */
+static int read_metric_name(struct cmh_prom_parser *p, const char **ps, const char *e, char **sc,
+                            const char **name, size_t *len)
+{
+    const char *s = *ps;
+    if (s < e && *s == '"') {
+        const char *q = s + 1;
+        int non_ascii = 0;
+        int r = read_quoted(&q, e, sc, name, len, &non_ascii);
+        if (r == 1) {
+            char b[64];
+            return fail(p, -EINVAL, "metric name %s contains unescaped new-line",
+                        Q(b, *name, *len));
+        }
+        if (r == 2)
+            return bad_escape(p, q, e);
+        if (*len == 0 || (non_ascii && !utf8_valid((const unsigned char *)*name, *len))) {
+            char b[64];
+            return fail(p, -EINVAL, "invalid metric name %s", Q(b, *name, *len));
+        }
+        *ps = q;
+        return 0;
+    }
+    const char *q = scan_name(p, s, e);
+    *name = s;
+    *len = (size_t)(q - s);
+    *ps = q;
+    return 0;
+}
+
+static int parse_comment(struct cmh_prom_parser *p, const char *s, const char *e)
+{
+    s = skip_blank(s, e);
+    const char *kw = s;
+    s = until_blank(s, e);
+    if (s == e)
+        return 0;
+    int help;
+    if (s - kw == 4 && memcmp(kw, "HELP", 4) == 0)
+        help = 1;
+    else if (s - kw == 4 && memcmp(kw, "TYPE", 4) == 0)
+        help = 0;
+    else
+        return 0; /* any other comment, "# EOF" and "# UNIT" included */
+    s = skip_blank(s, e);
+    char *sc = p->scratch;
+    const char *name;
+    size_t len;
+    int rc = read_metric_name(p, &s, e, &sc, &name, &len);
+    if (rc != 0)
+        return rc;
+    if (s == e)
+        return 0; /* "# HELP name" alone says nothing */
+    if (*s != ' ' && *s != '\t')
+        return fail(p, -EINVAL, "invalid metric name in comment");
+    uint32_t fi;
+    enum cmh_prom_suffix sfx;
+    rc = resolve(p, name, len, &fi, &sfx);
+    if (rc != 0)
+        return rc;
+    s = skip_blank(s, e);
+    if (s == e)
+        return 0;
+    return help ? parse_help(p, fi, s, e) : parse_type(p, fi, s, e);
+}
+
+static int dup_cmp(const void *a, const void *b)
+{
+    const struct cmh_prom_label *x = *(const struct cmh_prom_label *const *)a;
+    const struct cmh_prom_label *y = *(const struct cmh_prom_label *const *)b;
+    size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
+    int c = memcmp(x->name, y->name, n);
+    if (c != 0)
+        return c;
+    return (x->name_len > y->name_len) - (x->name_len < y->name_len);
+}
+
+static int has_dup_labels(struct cmh_prom_parser *p, size_t n)
+{
+    const struct cmh_prom_label *l = p->labels;
+    if (n <= 16) {
+        for (size_t i = 1; i < n; i++)
+            for (size_t j = 0; j < i; j++)
+                if (l[i].name_len == l[j].name_len &&
+                    memcmp(l[i].name, l[j].name, l[i].name_len) == 0)
+                    return 1;
+        return 0;
+    }
+    /* Many labels: sort pointers (kept beside the labels) so a hostile line costs n log n. */
+    const struct cmh_prom_label **v = (const struct cmh_prom_label **)(p->labels + p->labels_cap);
+    for (size_t i = 0; i < n; i++)
+        v[i] = &l[i];
+    qsort(v, n, sizeof *v, dup_cmp);
+    for (size_t i = 1; i < n; i++)
+        if (dup_cmp(&v[i - 1], &v[i]) == 0)
+            return 1;
+    return 0;
+}
+
+static int grow_labels(struct cmh_prom_parser *p)
+{
+    /* One allocation holds the labels and, after them, as many pointers for the duplicate check. */
+    size_t cap = p->labels_cap * 2;
+    size_t unit = sizeof(struct cmh_prom_label) + sizeof(struct cmh_prom_label *);
+    void *nl = cmh_reallocarray(NULL, cap, unit);
+    if (nl == NULL)
+        return fail(p, -ENOMEM, "out of memory");
+    memcpy(nl, p->labels, p->labels_cap * sizeof(struct cmh_prom_label));
+    cmh_free(p->labels);
+    p->labels = nl;
+    p->labels_cap = cap;
+    return 0;
+}
+
+static int check_special_label(struct cmh_prom_parser *p, enum cmh_prom_type t, size_t nl)
+{
+    const char *want;
+    size_t wl;
+    if (t == CMH_PROM_SUMMARY) {
+        want = "quantile";
+        wl = 8;
+    } else if (t == CMH_PROM_HISTOGRAM || t == CMH_PROM_GAUGE_HISTOGRAM) {
+        want = "le";
+        wl = 2;
+    } else {
+        return 0;
+    }
+    for (size_t i = 0; i < nl; i++) {
+        const struct cmh_prom_label *l = &p->labels[i];
+        if (l->name_len != wl || memcmp(l->name, want, wl) != 0)
+            continue;
+        double d;
+        if (parse_float(num_buf(p, l->value_len), l->value, l->value_len, &d) != 0) {
+            char b[64];
+            return fail(p, -EINVAL, "expected float as value for '%s' label, got %s", want,
+                        Q(b, l->value, l->value_len));
+        }
+    }
+    return 0;
+}
+
+static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
+{
+    char *sc = p->scratch;
+    const char *name = NULL;
+    size_t name_len = 0;
+    uint32_t fi = 0;
+    enum cmh_prom_suffix sfx = CMH_PROM_SUFFIX_NONE;
+    int braces = *s == '{';
+    char b[64];
+    int rc;
+
+    if (!braces) {
+        const char *q = scan_name(p, s, e);
+        if (q == s || (q < e && *q != ' ' && *q != '\t' && *q != '{'))
+            return fail(p, -EINVAL, "invalid metric name");
+        name = s;
+        name_len = (size_t)(q - s);
+        rc = resolve(p, name, name_len, &fi, &sfx);
+        if (rc != 0)
+            return rc;
+        struct cmh_prom_fam *f = &p->fams[fi - 1];
+        f->flags |= F_TYPE | F_SAMPLES;
+        if (!wanted(p, f)) {
+            /* Skipped: the name alone decides; labels and value are not decoded. */
+            p->stats.skipped++;
+            return 0;
+        }
+        s = skip_blank(q, e);
+    }
+
+    size_t nl = 0;
+    if (s < e && *s == '{') {
+        s++;
+        for (;;) {
+            s = skip_blank(s, e);
+            if (s < e && *s == '}') {
+                s++;
+                break;
+            }
+            const char *ln;
+            size_t ll;
+            int quoted = s < e && *s == '"';
+            if (quoted) {
+                const char *q = s + 1;
+                int non_ascii = 0;
+                int r = read_quoted(&q, e, &sc, &ln, &ll, &non_ascii);
+                if (r == 1)
+                    return fail(p, -EINVAL, "label name %s contains unescaped new-line",
+                                Q(b, ln, ll));
+                if (r == 2)
+                    return bad_escape(p, q, e);
+                if (ll == 0 || (non_ascii && !utf8_valid((const unsigned char *)ln, ll)))
+                    return fail(p, -EINVAL, "invalid label name %s", Q(b, ln, ll));
+                s = q;
+            } else {
+                const char *q = s;
+                if (q < e && (cls[(unsigned char)*q] & C_LNAME0))
+                    for (q++; q < e && (cls[(unsigned char)*q] & C_LNAME); q++)
+                        ;
+                if (q == s)
+                    return fail(p, -EINVAL, "invalid label name for metric %s",
+                                Q(b, name ? name : "", name_len));
+                ln = s;
+                ll = (size_t)(q - s);
+                s = q;
+            }
+            s = skip_blank(s, e);
+            if (s == e || *s != '=') {
+                if (braces && quoted && s < e && (*s == ',' || *s == '}')) {
+                    /* {"metric.name", ...}: the quoted name of a UTF-8 metric. */
+                    if (name != NULL)
+                        return fail(p, -EINVAL, "multiple metric names");
+                    name = ln;
+                    name_len = ll;
+                    if (*s++ == '}')
+                        break;
+                    continue;
+                }
+                if (braces && quoted)
+                    return fail(p, -EINVAL, "unexpected end of metric name");
+                return fail(p, -EINVAL, "expected '=' after label name, found %s",
+                            s < e ? Q(b, s, 1) : "end of line");
+            }
+            if (ll == 8 && memcmp(ln, "__name__", 8) == 0)
+                return fail(p, -EINVAL, "label name \"__name__\" is reserved");
+            s = skip_blank(s + 1, e);
+            if (s == e || *s != '"')
+                return fail(p, -EINVAL, "expected '\"' at start of label value, found %s",
+                            s < e ? Q(b, s, 1) : "end of line");
+            const char *lv;
+            size_t lvl;
+            int non_ascii = 0;
+            s++;
+            int r = read_quoted(&s, e, &sc, &lv, &lvl, &non_ascii);
+            if (r == 1)
+                return fail(p, -EINVAL, "label value %s contains unescaped new-line",
+                            Q(b, lv, lvl));
+            if (r == 2)
+                return bad_escape(p, s, e);
+            if (non_ascii && !utf8_valid((const unsigned char *)lv, lvl))
+                return fail(p, -EINVAL, "invalid label value %s", Q(b, lv, lvl));
+            if (nl == p->labels_cap) {
+                rc = grow_labels(p);
+                if (rc != 0)
+                    return rc;
+            }
+            p->labels[nl++] = (struct cmh_prom_label){ln, ll, lv, lvl};
+            s = skip_blank(s, e);
+            if (s < e && *s == ',') {
+                s++;
+                continue;
+            }
+            if (s < e && *s == '}') {
+                s++;
+                break;
+            }
+            return fail(p, -EINVAL, "unexpected end of label value %s", Q(b, lv, lvl));
+        }
+        s = skip_blank(s, e);
+    }
+
+    if (braces) {
+        if (name == NULL)
+            return fail(p, -EINVAL, "invalid metric name");
+        rc = resolve(p, name, name_len, &fi, &sfx);
+        if (rc != 0)
+            return rc;
+        struct cmh_prom_fam *f = &p->fams[fi - 1];
+        f->flags |= F_TYPE | F_SAMPLES;
+        if (!wanted(p, f)) {
+            p->stats.skipped++;
+            return 0;
+        }
+    }
+    struct cmh_prom_fam *f = &p->fams[fi - 1];
+    enum cmh_prom_type type = (enum cmh_prom_type)f->type;
+
+    if (nl > 1 && has_dup_labels(p, nl))
+        return fail(p, -EINVAL, "duplicate label names for metric %s",
+                    Q(b, p->names + f->name_off, f->name_len));
+    rc = check_special_label(p, type, nl);
+    if (rc != 0)
+        return rc;
+
+    struct cmh_prom_sample smp;
+    const char *v = s;
+    s = until_blank(s, e);
+    if (parse_float(num_buf(p, (size_t)(s - v)), v, (size_t)(s - v), &smp.value) != 0)
+        return fail(p, -EINVAL, "expected float as value, got %s", Q(b, v, (size_t)(s - v)));
+    smp.has_timestamp = 0;
+    smp.timestamp_ms = 0;
+    s = skip_blank(s, e);
+    if (s < e) {
+        const char *t = s;
+        s = until_blank(s, e);
+        if (parse_int64(t, (size_t)(s - t), &smp.timestamp_ms) != 0)
+            return fail(p, -EINVAL, "expected integer as timestamp, got %s",
+                        Q(b, t, (size_t)(s - t)));
+        smp.has_timestamp = 1;
+        s = skip_blank(s, e);
+        if (s < e)
+            return fail(p, -EINVAL, "spurious string after timestamp: %s",
+                        Q(b, s, (size_t)(e - s)));
+    }
+    if (type == CMH_PROM_HISTOGRAM || type == CMH_PROM_GAUGE_HISTOGRAM) {
+        if (sfx == CMH_PROM_SUFFIX_COUNT && smp.value < 0)
+            return fail(p, -EINVAL, "negative count for histogram %s",
+                        Q(b, p->names + f->name_off, f->name_len));
+        if (sfx == CMH_PROM_SUFFIX_BUCKET && smp.value < 0)
+            return fail(p, -EINVAL, "negative bucket population for histogram %s",
+                        Q(b, p->names + f->name_off, f->name_len));
+    }
+    if (p->finished)
+        return 0; /* the unterminated last line is only checked, never delivered */
+
+    if ((f->flags & F_ANNOUNCED) == 0) {
+        f->flags |= F_ANNOUNCED;
+        if (p->opt.on_family != NULL) {
+            struct cmh_prom_family fam = {p->names + f->name_off, f->name_len, type, NULL, 0};
+            if (p->help_fam == fi) {
+                fam.help = p->help;
+                fam.help_len = p->help_len;
+            }
+            if (p->opt.on_family(p->opt.arg, &fam) != 0)
+                return fail(p, -ECANCELED, "aborted by the family callback");
+            f = &p->fams[fi - 1];
+        }
+    }
+    p->stats.samples++;
+    if (p->opt.on_sample != NULL) {
+        smp.family = p->names + f->name_off;
+        smp.family_len = f->name_len;
+        smp.name = name;
+        smp.name_len = name_len;
+        smp.type = type;
+        smp.suffix = sfx;
+        smp.labels = p->labels;
+        smp.nlabels = nl;
+        smp.line = (unsigned long)p->stats.lines;
+        if (p->opt.on_sample(p->opt.arg, &smp) != 0)
+            return fail(p, -ECANCELED, "aborted by the sample callback");
+    }
+    return 0;
+}
+
+static int parse_line(struct cmh_prom_parser *p, const char *s, const char *e)
+{
+    p->stats.lines++;
+    s = skip_blank(s, e);
+    if (s == e)
+        return 0;
+    if (2 * (size_t)(e - s) + SCRATCH_SLACK > p->scratch_cap) {
+        int rc = ensure(p, &p->scratch, &p->scratch_cap, 2 * (size_t)(e - s) + SCRATCH_SLACK);
+        if (rc != 0)
+            return rc;
+    }
+    if (*s == '#')
+        return parse_comment(p, s + 1, e);
+    return parse_sample(p, s, e);
+}
+
+/* ---- public -----------------------------------------------------------------------------------
+ */
+
+int cmh_prom_init(struct cmh_prom_parser *p, const struct cmh_prom_options *opt)
+{
+    memset(p, 0, sizeof *p);
+    if (opt != NULL)
+        p->opt = *opt;
+    if (p->opt.max_line == 0)
+        p->opt.max_line = CMH_PROM_MAX_LINE_DEFAULT;
+    if (p->opt.max_state == 0)
+        p->opt.max_state = CMH_PROM_MAX_STATE_DEFAULT;
+    if (p->opt.max_line > MAX_LINE_LIMIT)
+        return -EINVAL;
+    int rc = -ENOMEM;
+    p->line_cap = p->help_cap = 4096;
+    p->scratch_cap = 2 * 4096 + SCRATCH_SLACK;
+    p->line = cmh_malloc(p->line_cap);
+    p->scratch = cmh_malloc(p->scratch_cap);
+    p->help = cmh_malloc(p->help_cap);
+    p->labels_cap = 16;
+    p->labels = cmh_reallocarray(NULL, p->labels_cap,
+                                 sizeof(struct cmh_prom_label) + sizeof(struct cmh_prom_label *));
+    if (p->line == NULL || p->scratch == NULL || p->help == NULL || p->labels == NULL)
+        goto out;
+    p->gen = 1;
+    rc = 0;
+out:
+    if (rc != 0)
+        cmh_prom_close(p);
+    return rc;
+}
+
+void cmh_prom_close(struct cmh_prom_parser *p)
+{
+    cmh_free(p->line);
+    cmh_free(p->scratch);
+    cmh_free(p->help);
+    cmh_free(p->labels);
+    cmh_free(p->fams);
+    cmh_free(p->slots);
+    cmh_free(p->names);
+    memset(p, 0, sizeof *p);
+}
+
+void cmh_prom_reset(struct cmh_prom_parser *p)
+{
+    /* Entries of earlier bodies only keep filter decisions; a table that grew past half its bound
+     * (a node sending ever new names) or a wrapped body counter starts over. */
+    if (state_bytes(p) > p->opt.max_state / 2 || p->gen == UINT32_MAX) {
+        p->nfams = 0;
+        p->names_len = 0;
+        if (p->slots != NULL)
+            memset(p->slots, 0, (size_t)p->slots_cap * sizeof *p->slots);
+        p->gen = 0;
+    }
+    p->gen++;
+    p->cur = 0;
+    p->help_fam = 0;
+    p->help_len = 0;
+    p->line_len = 0;
+    p->finished = 0;
+    memset(&p->stats, 0, sizeof p->stats);
+    memset(&p->err, 0, sizeof p->err);
+}
+
+static int too_long(struct cmh_prom_parser *p)
+{
+    p->stats.lines++;
+    return fail(p, -E2BIG, "line longer than %zu bytes", p->opt.max_line);
+}
+
+int cmh_prom_feed(struct cmh_prom_parser *p, const char *buf, size_t len)
+{
+    if (p->err.code != 0)
+        return p->err.code;
+    if (p->finished)
+        return fail(p, -EINVAL, "data after the end of the body");
+    const char *s = buf, *e = buf + len;
+    size_t max = p->opt.max_line;
+    int rc;
+    p->stats.bytes += len;
+    if (p->line_len > 0) {
+        const char *nl = memchr(s, '\n', len);
+        size_t take = (size_t)((nl != NULL ? nl : e) - s);
+        if (take > max - p->line_len)
+            return too_long(p);
+        rc = ensure(p, &p->line, &p->line_cap, p->line_len + take);
+        if (rc != 0)
+            return rc;
+        memcpy(p->line + p->line_len, s, take);
+        p->line_len += take;
+        if (nl == NULL)
+            return 0;
+        rc = parse_line(p, p->line, p->line + p->line_len);
+        p->line_len = 0;
+        if (rc != 0)
+            return rc;
+        s = nl + 1;
+    }
+    while (s < e) {
+        const char *nl = memchr(s, '\n', (size_t)(e - s));
+        if (nl == NULL) {
+            if ((size_t)(e - s) > max)
+                return too_long(p);
+            rc = ensure(p, &p->line, &p->line_cap, (size_t)(e - s));
+            if (rc != 0)
+                return rc;
+            memcpy(p->line, s, (size_t)(e - s));
+            p->line_len = (size_t)(e - s);
+            return 0;
+        }
+        if ((size_t)(nl - s) > max)
+            return too_long(p);
+        rc = parse_line(p, s, nl);
+        if (rc != 0)
+            return rc;
+        s = nl + 1;
+    }
+    return 0;
+}
+
+int cmh_prom_finish(struct cmh_prom_parser *p)
+{
+    if (p->err.code != 0)
+        return p->err.code;
+    if (p->finished)
+        return 0;
+    p->finished = 1;
+    if (p->line_len == 0)
+        return 0;
+    const char *s = p->line, *e = p->line + p->line_len;
+    p->line_len = 0;
+    if (skip_blank(s, e) == e)
+        return 0; /* trailing blanks without a newline: accepted, as by the reference parser */
+    /* A last line without '\n' is an error; report what is wrong with it if anything is, else the
+     * missing newline. Its sample is never delivered (p->finished). */
+    int rc = parse_line(p, s, e);
+    if (rc != 0)
+        return rc;
+    return fail(p, -EINVAL, "unexpected end of input stream (no newline after the last line)");
+}
+
+const struct cmh_prom_error *cmh_prom_error(const struct cmh_prom_parser *p)
+{
+    return &p->err;
+}
+
+int cmh_prom_want_names(void *arg, const char *family, size_t len, enum cmh_prom_type type)
+{
+    const struct cmh_prom_names *set = arg;
+    (void)type;
+    for (size_t i = 0; i < set->n; i++) {
+        const char *w = set->names[i];
+        size_t wl = strlen(w);
+        if (wl > 0 && w[wl - 1] == '*') {
+            if (len >= wl - 1 && memcmp(family, w, wl - 1) == 0)
+                return 1;
+        } else if (wl == len && memcmp(family, w, len) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}

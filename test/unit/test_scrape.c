@@ -1,0 +1,1041 @@
+/* Scrape engine against scripted loopback peers on the same loop: every result class, streaming,
+ * keep-alive reuse and its stale-connection retry, the connection bound, the round deadline,
+ * jitter, rate-limited logging, close mid-round. Every test ends with uv_loop_close() == 0. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "cmh/alloc.h"
+#include "cmh/log.h"
+#include "cmh/prom.h"
+#include "cmh/scrape.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* ---- scripted peer ---- */
+
+enum mode {
+    M_OK,           /* Content-Length body */
+    M_FRAGMENTS,    /* the OK response, 7 bytes per ms */
+    M_CHUNKED,      /* chunked body, chunks of 100 bytes */
+    M_EOF_BODY,     /* no Content-Length: the body ends at close */
+    M_STALL,        /* read the request, never answer */
+    M_RESET,        /* half the response, then RST */
+    M_TRUNCATE,     /* Content-Length, half the body, then FIN */
+    M_500,          /* status 500 */
+    M_HTML,         /* Content-Type: text/html */
+    M_GZIP,         /* Content-Encoding: gzip */
+    M_CL_HUGE,      /* Content-Length above max_body */
+    M_CHUNKED_HUGE, /* a chunked body that never ends (above max_body) */
+    M_GARBAGE,      /* not HTTP */
+    M_HEADER_HUGE,  /* a header above max_header */
+    M_CLOSE_SECOND, /* keep-alive: answer the first request, close at the second */
+};
+
+struct peer {
+    uv_loop_t *loop;
+    uv_tcp_t server;
+    enum mode mode;
+    struct sockaddr_in addr;
+    const char *body;
+    size_t body_len;
+    unsigned accepted, requests, open, max_open;
+    uint64_t first_accept_ms, last_accept_ms;
+};
+
+struct pconn {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    int timer_used, pending, closing;
+    struct peer *p;
+    char req[8192];
+    size_t req_len;
+    char *out;
+    size_t out_len, off;
+    unsigned nreq;
+};
+
+static void pconn_closed(uv_handle_t *h)
+{
+    struct pconn *c = h->data;
+    if (--c->pending == 0) {
+        free(c->out);
+        free(c);
+    }
+}
+
+static void pconn_close(struct pconn *c, int reset)
+{
+    if (c->closing)
+        return;
+    c->closing = 1;
+    c->p->open--;
+    if (c->timer_used) {
+        uv_timer_stop(&c->timer);
+        uv_close((uv_handle_t *)&c->timer, pconn_closed);
+    }
+    if (reset)
+        uv_tcp_close_reset(&c->tcp, pconn_closed);
+    else
+        uv_close((uv_handle_t *)&c->tcp, pconn_closed);
+}
+
+static void pwrite_all(struct pconn *c, const char *data, size_t len)
+{
+    /* Loopback buffers take our small responses whole; anything else is a test bug. */
+    uv_buf_t b = uv_buf_init((char *)data, (unsigned)len);
+    while (b.len > 0) {
+        int n = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+        if (n == UV_EAGAIN)
+            continue;
+        if (n < 0)
+            return;
+        b.base += n;
+        b.len -= (unsigned)n;
+    }
+}
+
+static void on_fragment(uv_timer_t *t)
+{
+    struct pconn *c = container_of(t, struct pconn, timer);
+    struct peer *p = c->p;
+    if (p->mode == M_CHUNKED_HUGE) {
+        char chunk[4096 + 16];
+        int h = snprintf(chunk, sizeof chunk, "1000\r\n");
+        memset(chunk + h, '#', 4096);
+        chunk[h + 4095] = '\n';
+        memcpy(chunk + h + 4096, "\r\n", 2);
+        pwrite_all(c, chunk, (size_t)h + 4098);
+        return;
+    }
+    size_t n = c->out_len - c->off < 7 ? c->out_len - c->off : 7;
+    pwrite_all(c, c->out + c->off, n);
+    c->off += n;
+    if (c->off >= c->out_len)
+        uv_timer_stop(t);
+}
+
+static void start_timer(struct pconn *c, uint64_t every)
+{
+    if (!c->timer_used) {
+        uv_timer_init(c->p->loop, &c->timer);
+        c->timer.data = c;
+        c->timer_used = 1;
+        c->pending++;
+    }
+    uv_timer_start(&c->timer, on_fragment, 0, every);
+}
+
+static char *ok_response(struct peer *p, const char *ctype, const char *extra, size_t *len)
+{
+    size_t cap = p->body_len + 512;
+    char *out = malloc(cap);
+    assert_non_null(out);
+    int h =
+        snprintf(out, cap, "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%sContent-Length: %zu\r\n\r\n",
+                 ctype, extra, p->body_len);
+    memcpy(out + h, p->body, p->body_len);
+    *len = (size_t)h + p->body_len;
+    return out;
+}
+
+static const char prom_ct[] = "text/plain; version=0.0.4; charset=utf-8";
+
+static void respond(struct pconn *c)
+{
+    struct peer *p = c->p;
+    p->requests++;
+    c->nreq++;
+    free(c->out);
+    c->out = NULL;
+    c->off = 0;
+    size_t len;
+    switch (p->mode) {
+    case M_OK:
+    case M_CLOSE_SECOND:
+        if (p->mode == M_CLOSE_SECOND && c->nreq >= 2) {
+            pconn_close(c, 0);
+            return;
+        }
+        c->out = ok_response(p, prom_ct, "", &len);
+        pwrite_all(c, c->out, len);
+        free(c->out);
+        c->out = NULL;
+        return;
+    case M_FRAGMENTS:
+        c->out = ok_response(p, prom_ct, "", &c->out_len);
+        start_timer(c, 1);
+        return;
+    case M_CHUNKED: {
+        char *o = malloc(p->body_len * 2 + 512);
+        assert_non_null(o);
+        size_t n = (size_t)snprintf(o, 512,
+                                    "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n"
+                                    "Transfer-Encoding: chunked\r\n\r\n",
+                                    prom_ct);
+        for (size_t off = 0; off < p->body_len; off += 100) {
+            size_t k = p->body_len - off < 100 ? p->body_len - off : 100;
+            n += (size_t)snprintf(o + n, 16, "%zx\r\n", k);
+            memcpy(o + n, p->body + off, k);
+            n += k;
+            memcpy(o + n, "\r\n", 2);
+            n += 2;
+        }
+        memcpy(o + n, "0\r\n\r\n", 5);
+        pwrite_all(c, o, n + 5);
+        free(o);
+        return;
+    }
+    case M_EOF_BODY: {
+        char h[256];
+        int n =
+            snprintf(h, sizeof h,
+                     "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nConnection: close\r\n\r\n", prom_ct);
+        pwrite_all(c, h, (size_t)n);
+        pwrite_all(c, p->body, p->body_len);
+        pconn_close(c, 0);
+        return;
+    }
+    case M_STALL:
+        return;
+    case M_RESET:
+    case M_TRUNCATE:
+        c->out = ok_response(p, prom_ct, "", &len);
+        pwrite_all(c, c->out, len / 2);
+        pconn_close(c, p->mode == M_RESET);
+        return;
+    case M_500: {
+        static const char r[] = "HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain\r\n"
+                                "Content-Length: 5\r\n\r\noops\n";
+        pwrite_all(c, r, sizeof r - 1);
+        return;
+    }
+    case M_HTML:
+        c->out = ok_response(p, "text/html; charset=utf-8", "", &len);
+        pwrite_all(c, c->out, len);
+        return;
+    case M_GZIP:
+        c->out = ok_response(p, prom_ct, "Content-Encoding: gzip\r\n", &len);
+        pwrite_all(c, c->out, len);
+        return;
+    case M_CL_HUGE: {
+        static const char r[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                                "Content-Length: 99999999\r\n\r\n# nothing\n";
+        pwrite_all(c, r, sizeof r - 1);
+        return;
+    }
+    case M_CHUNKED_HUGE: {
+        static const char r[] = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"
+                                "Transfer-Encoding: chunked\r\n\r\n";
+        pwrite_all(c, r, sizeof r - 1);
+        start_timer(c, 1);
+        return;
+    }
+    case M_GARBAGE: {
+        static const char r[] = "\x16\x03\x01 not http at all\r\n\r\n";
+        pwrite_all(c, r, sizeof r - 1);
+        pconn_close(c, 0);
+        return;
+    }
+    case M_HEADER_HUGE: {
+        size_t n = 40000;
+        char *o = malloc(n + 256);
+        assert_non_null(o);
+        int h = snprintf(o, 256, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nX-Big: ");
+        memset(o + h, 'a', n);
+        memcpy(o + h + n, "\r\nContent-Length: 0\r\n\r\n", 23);
+        pwrite_all(c, o, (size_t)h + n + 23);
+        free(o);
+        return;
+    }
+    }
+}
+
+static void p_alloc(uv_handle_t *h, size_t s, uv_buf_t *buf)
+{
+    struct pconn *c = h->data;
+    buf->base = c->req + c->req_len;
+    buf->len = sizeof c->req - 1 - c->req_len;
+}
+
+static void p_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
+{
+    struct pconn *c = st->data;
+    if (c->closing)
+        return;
+    if (nread < 0) {
+        pconn_close(c, 0);
+        return;
+    }
+    c->req_len += (size_t)nread;
+    c->req[c->req_len] = '\0';
+    char *end;
+    while (!c->closing && (end = strstr(c->req, "\r\n\r\n")) != NULL) {
+        size_t used = (size_t)(end + 4 - c->req);
+        assert_memory_equal(c->req, "GET /metrics HTTP/1.1\r\n", 23);
+        memmove(c->req, c->req + used, c->req_len - used + 1);
+        c->req_len -= used;
+        respond(c);
+    }
+}
+
+static void p_conn(uv_stream_t *server, int status)
+{
+    struct peer *p = container_of((uv_tcp_t *)server, struct peer, server);
+    assert_int_equal(status, 0);
+    struct pconn *c = calloc(1, sizeof *c);
+    assert_non_null(c);
+    c->p = p;
+    c->pending = 1;
+    uv_tcp_init(p->loop, &c->tcp);
+    c->tcp.data = c;
+    assert_int_equal(uv_accept(server, (uv_stream_t *)&c->tcp), 0);
+    p->accepted++;
+    p->open++;
+    if (p->open > p->max_open)
+        p->max_open = p->open;
+    uint64_t now = uv_now(p->loop);
+    if (p->accepted == 1)
+        p->first_accept_ms = now;
+    p->last_accept_ms = now;
+    uv_read_start((uv_stream_t *)&c->tcp, p_alloc, p_read);
+}
+
+static void peer_start(struct peer *p, uv_loop_t *loop, enum mode mode, const char *body,
+                       size_t body_len)
+{
+    memset(p, 0, sizeof *p);
+    p->loop = loop;
+    p->mode = mode;
+    p->body = body;
+    p->body_len = body_len;
+    uv_tcp_init(loop, &p->server);
+    uv_ip4_addr("127.0.0.1", 0, &p->addr);
+    assert_int_equal(uv_tcp_bind(&p->server, (const struct sockaddr *)&p->addr, 0), 0);
+    int len = sizeof p->addr;
+    assert_int_equal(uv_tcp_getsockname(&p->server, (struct sockaddr *)&p->addr, &len), 0);
+    assert_int_equal(uv_listen((uv_stream_t *)&p->server, 128, p_conn), 0);
+}
+
+static void peer_stop(struct peer *p)
+{
+    uv_close((uv_handle_t *)&p->server, NULL);
+}
+
+/* ---- consumer: keeps the body bytes and, optionally, parses them ---- */
+
+struct tctx {
+    struct tcons *tc;
+    size_t target;
+};
+
+struct tcons {
+    int begins, ends, last_result;
+    char *buf;
+    size_t len, cap;
+    int use_prom;
+    struct cmh_prom_parser parser;
+    uint64_t samples;
+    struct tctx ctx[64];
+};
+
+static int t_begin(void *arg, size_t target, void **ctx)
+{
+    struct tcons *tc = arg;
+    tc->begins++;
+    tc->len = 0;
+    if (tc->use_prom)
+        cmh_prom_reset(&tc->parser);
+    tc->ctx[target % 64].tc = tc;
+    tc->ctx[target % 64].target = target;
+    *ctx = &tc->ctx[target % 64];
+    return 0;
+}
+
+static int t_body(void *ctx, const char *buf, size_t len)
+{
+    struct tcons *tc = ((struct tctx *)ctx)->tc;
+    if (tc->len + len > tc->cap) {
+        tc->cap = (tc->len + len) * 2;
+        tc->buf = realloc(tc->buf, tc->cap);
+        assert_non_null(tc->buf);
+    }
+    memcpy(tc->buf + tc->len, buf, len);
+    tc->len += len;
+    if (tc->use_prom)
+        return cmh_prom_feed(&tc->parser, buf, len) == 0 ? 0 : -1;
+    return 0;
+}
+
+static int t_end(void *ctx, enum cmh_scrape_result r)
+{
+    struct tcons *tc = ((struct tctx *)ctx)->tc;
+    tc->ends++;
+    tc->last_result = r;
+    if (r == CMH_SCRAPE_OK && tc->use_prom) {
+        if (cmh_prom_finish(&tc->parser) != 0)
+            return -1;
+        tc->samples = tc->parser.stats.samples;
+    }
+    return 0;
+}
+
+/* ---- fixture ---- */
+
+struct fx {
+    uv_loop_t loop;
+    struct cmh_log log;
+    int log_fd;
+    struct cmh_scraper s;
+    struct cmh_scrape_opts o;
+    struct tcons tc;
+    struct cmh_scrape_consumer consumer;
+    struct cmh_scrape_round_stats st;
+    int done, closed, done_inside_call, in_call;
+    uint64_t done_ms, start_ms;
+    char *ipamd;
+    size_t ipamd_len;
+};
+
+static char *slurp(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    assert_non_null(f);
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = malloc((size_t)n + 1);
+    assert_non_null(b);
+    assert_int_equal(fread(b, 1, (size_t)n, f), (size_t)n);
+    b[n] = '\0';
+    fclose(f);
+    *len = (size_t)n;
+    return b;
+}
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    f->log_fd = memfd_create("scrape-log", MFD_CLOEXEC);
+    assert_true(f->log_fd >= 0);
+    cmh_log_init(&f->log, CMH_LOG_DEBUG, CMH_LOG_TEXT, f->log_fd);
+    cmh_scrape_opts_default(&f->o);
+    f->o.jitter_ms = 0;
+    f->o.timeout_ms = 2000;
+    f->o.seed = 42;
+    f->consumer = (struct cmh_scrape_consumer){&f->tc, t_begin, t_body, t_end};
+    char path[4096];
+    snprintf(path, sizeof path, "%s/testdata/ipamd/cni_test1.data",
+             getenv("CMH_SHARED_DIR") ? getenv("CMH_SHARED_DIR") : CMH_SHARED_DIR);
+    f->ipamd = slurp(path, &f->ipamd_len);
+    struct cmh_prom_options po = {.max_line = 4096};
+    assert_int_equal(cmh_prom_init(&f->tc.parser, &po), 0);
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    cmh_prom_close(&f->tc.parser);
+    free(f->tc.buf);
+    free(f->ipamd);
+    close(f->log_fd);
+    free(f);
+    return 0;
+}
+
+static void on_done(struct cmh_scraper *s, const struct cmh_scrape_round_stats *st, void *arg)
+{
+    struct fx *f = arg;
+    f->done++;
+    f->st = *st;
+    f->done_ms = uv_now(&f->loop);
+    if (f->in_call)
+        f->done_inside_call = 1;
+}
+
+static void on_closed(struct cmh_scraper *s)
+{
+    struct fx *f = container_of(s, struct fx, s);
+    f->closed = 1;
+}
+
+static void scraper_up(struct fx *f)
+{
+    assert_int_equal(cmh_scraper_init(&f->s, &f->loop, &f->o, &f->log), 0);
+}
+
+/* Runs one round over targets and waits for done. */
+static void run_round(struct fx *f, const struct cmh_scrape_target *t, size_t n)
+{
+    int before = f->done;
+    f->in_call = 1;
+    f->start_ms = uv_now(&f->loop);
+    assert_int_equal(cmh_scraper_round(&f->s, t, n, &f->consumer, on_done, f), 0);
+    f->in_call = 0;
+    while (f->done == before)
+        assert_true(uv_run(&f->loop, UV_RUN_ONCE) != 0 || f->done != before);
+    assert_false(f->done_inside_call);
+}
+
+static void finish(struct fx *f, struct peer *p)
+{
+    cmh_scraper_close(&f->s, on_closed);
+    if (p != NULL)
+        peer_stop(p);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_true(f->closed);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+}
+
+static void target_of(struct cmh_scrape_target *t, const struct peer *p)
+{
+    memset(t, 0, sizeof *t);
+    t->name = "peer";
+    memcpy(&t->addr, &p->addr, sizeof p->addr);
+}
+
+/* One target against a peer in mode; returns its record. */
+static struct cmh_scrape_record one(struct fx *f, enum mode mode)
+{
+    struct peer p;
+    peer_start(&p, &f->loop, mode, f->ipamd, f->ipamd_len);
+    scraper_up(f);
+    struct cmh_scrape_target t;
+    target_of(&t, &p);
+    run_round(f, &t, 1);
+    size_t n;
+    struct cmh_scrape_record r = cmh_scraper_records(&f->s, &n)[0];
+    assert_int_equal(n, 1);
+    assert_int_equal(f->st.count[r.result], 1);
+    assert_int_equal(f->st.targets, 1);
+    finish(f, &p);
+    return r;
+}
+
+static size_t log_lines_with(struct fx *f, const char *needle)
+{
+    off_t end = lseek(f->log_fd, 0, SEEK_END);
+    char *b = calloc(1, (size_t)end + 1);
+    assert_non_null(b);
+    assert_int_equal(pread(f->log_fd, b, (size_t)end, 0), end);
+    size_t n = 0;
+    for (char *p = b; (p = strstr(p, needle)) != NULL; p++)
+        n++;
+    free(b);
+    return n;
+}
+
+/* ---- tests: successes ---- */
+
+static void ok_body_streamed_byte_exact(void **state)
+{
+    struct fx *f = *state;
+    struct cmh_scrape_record r = one(f, M_OK);
+    assert_int_equal(r.result, CMH_SCRAPE_OK);
+    assert_int_equal(r.http_status, 200);
+    assert_int_equal(f->tc.begins, 1);
+    assert_int_equal(f->tc.ends, 1);
+    assert_int_equal(f->tc.last_result, CMH_SCRAPE_OK);
+    assert_int_equal(f->tc.len, f->ipamd_len);
+    assert_memory_equal(f->tc.buf, f->ipamd, f->ipamd_len);
+    assert_true(r.bytes > f->ipamd_len);
+}
+
+/* The same samples whether the body comes whole or 7 bytes at a time. */
+static void ok_body_in_7_byte_fragments_parses_same_samples(void **state)
+{
+    struct fx *f = *state;
+    struct cmh_prom_parser whole;
+    assert_int_equal(cmh_prom_init(&whole, NULL), 0);
+    assert_int_equal(cmh_prom_feed(&whole, f->ipamd, f->ipamd_len), 0);
+    assert_int_equal(cmh_prom_finish(&whole), 0);
+    uint64_t expect = whole.stats.samples;
+    cmh_prom_close(&whole);
+    assert_true(expect > 100);
+    f->tc.use_prom = 1;
+    f->o.timeout_ms = 20000; /* 7 bytes a millisecond: about 2 s */
+    struct cmh_scrape_record r = one(f, M_FRAGMENTS);
+    assert_int_equal(r.result, CMH_SCRAPE_OK);
+    assert_int_equal(f->tc.samples, expect);
+    assert_memory_equal(f->tc.buf, f->ipamd, f->ipamd_len);
+}
+
+static void ok_chunked_body(void **state)
+{
+    struct fx *f = *state;
+    struct cmh_scrape_record r = one(f, M_CHUNKED);
+    assert_int_equal(r.result, CMH_SCRAPE_OK);
+    assert_int_equal(f->tc.len, f->ipamd_len);
+    assert_memory_equal(f->tc.buf, f->ipamd, f->ipamd_len);
+}
+
+static void ok_body_delimited_by_close(void **state)
+{
+    struct fx *f = *state;
+    struct cmh_scrape_record r = one(f, M_EOF_BODY);
+    assert_int_equal(r.result, CMH_SCRAPE_OK);
+    assert_int_equal(f->tc.len, f->ipamd_len);
+    assert_memory_equal(f->tc.buf, f->ipamd, f->ipamd_len);
+}
+
+/* ---- tests: failures ---- */
+
+static void connect_refused(void **state)
+{
+    struct fx *f = *state;
+    /* a port nobody listens on: bind one, read it back, close it */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+    socklen_t al = sizeof a;
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+    close(fd);
+    scraper_up(f);
+    struct cmh_scrape_target t;
+    char ip[] = "127.0.0.1";
+    assert_int_equal(cmh_scrape_target_set(&t, "gone", ip, ntohs(a.sin_port)), 0);
+    run_round(f, &t, 1);
+    size_t n;
+    assert_int_equal(cmh_scraper_records(&f->s, &n)[0].result, CMH_SCRAPE_CONNECT_REFUSED);
+    assert_int_equal(f->tc.begins, 0);
+    finish(f, NULL);
+}
+
+/* A listener whose accept queue is full drops our SYN: the connect never completes. */
+static void connect_timeout_when_accept_queue_full(void **state)
+{
+    struct fx *f = *state;
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+    socklen_t al = sizeof a;
+    assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(l, (struct sockaddr *)&a, &al), 0);
+    assert_int_equal(listen(l, 0), 0);
+    int fill[4];
+    for (int i = 0; i < 4; i++) {
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fill[i], (struct sockaddr *)&a, sizeof a);
+    }
+    usleep(50 * 1000);
+    f->o.timeout_ms = 300;
+    scraper_up(f);
+    struct cmh_scrape_target t;
+    memset(&t, 0, sizeof t);
+    memcpy(&t.addr, &a, sizeof a);
+    run_round(f, &t, 1);
+    size_t n;
+    struct cmh_scrape_record r = cmh_scraper_records(&f->s, &n)[0];
+    assert_int_equal(r.result, CMH_SCRAPE_CONNECT_TIMEOUT);
+    assert_in_range(r.duration_us, 250000, 2000000);
+    finish(f, NULL);
+    for (int i = 0; i < 4; i++)
+        close(fill[i]);
+    close(l);
+}
+
+static void response_timeout_when_peer_stalls(void **state)
+{
+    struct fx *f = *state;
+    f->o.timeout_ms = 200;
+    struct cmh_scrape_record r = one(f, M_STALL);
+    assert_int_equal(r.result, CMH_SCRAPE_RESPONSE_TIMEOUT);
+    assert_in_range(r.duration_us, 180000, 1500000);
+    assert_int_equal(f->tc.begins, 0);
+}
+
+/* A slow trickle is cut by the same deadline, and the consumer is told to drop what it got. */
+static void response_timeout_when_peer_trickles(void **state)
+{
+    struct fx *f = *state;
+    f->o.timeout_ms = 150;
+    struct cmh_scrape_record r = one(f, M_FRAGMENTS);
+    assert_int_equal(r.result, CMH_SCRAPE_RESPONSE_TIMEOUT);
+    assert_int_equal(f->tc.begins, 1);
+    assert_int_equal(f->tc.ends, 1);
+    assert_int_equal(f->tc.last_result, CMH_SCRAPE_RESPONSE_TIMEOUT);
+}
+
+static void reset_mid_body(void **state)
+{
+    struct fx *f = *state;
+    struct cmh_scrape_record r = one(f, M_RESET);
+    assert_int_equal(r.result, CMH_SCRAPE_RESET);
+    if (f->tc.begins)
+        assert_int_equal(f->tc.last_result, CMH_SCRAPE_RESET);
+}
+
+static void truncated_body(void **state)
+{
+    struct fx *f = *state;
+    struct cmh_scrape_record r = one(f, M_TRUNCATE);
+    assert_int_equal(r.result, CMH_SCRAPE_TRUNCATED);
+    assert_int_equal(f->tc.ends, 1);
+    assert_int_equal(f->tc.last_result, CMH_SCRAPE_TRUNCATED);
+    assert_true(f->tc.len < f->ipamd_len);
+}
+
+static void http_status_500_never_begins_consumer(void **state)
+{
+    struct fx *f = *state;
+    struct cmh_scrape_record r = one(f, M_500);
+    assert_int_equal(r.result, CMH_SCRAPE_HTTP_STATUS);
+    assert_int_equal(r.http_status, 500);
+    assert_int_equal(f->tc.begins, 0);
+}
+
+static void wrong_content_type(void **state)
+{
+    struct fx *f = *state;
+    struct cmh_scrape_record r = one(f, M_HTML);
+    assert_int_equal(r.result, CMH_SCRAPE_CONTENT_TYPE);
+    assert_int_equal(f->tc.begins, 0);
+}
+
+static void content_encoding_rejected_as_content_type(void **state)
+{
+    struct fx *f = *state;
+    struct cmh_scrape_record r = one(f, M_GZIP);
+    assert_int_equal(r.result, CMH_SCRAPE_CONTENT_TYPE);
+}
+
+static void body_too_large_by_content_length(void **state)
+{
+    struct fx *f = *state;
+    struct cmh_scrape_record r = one(f, M_CL_HUGE);
+    assert_int_equal(r.result, CMH_SCRAPE_BODY_TOO_LARGE);
+    assert_int_equal(f->tc.begins, 0);
+}
+
+/* No Content-Length: the cap applies to the bytes as they stream. */
+static void body_too_large_streamed_chunked(void **state)
+{
+    struct fx *f = *state;
+    f->o.max_body = 64 * 1024;
+    struct cmh_scrape_record r = one(f, M_CHUNKED_HUGE);
+    assert_int_equal(r.result, CMH_SCRAPE_BODY_TOO_LARGE);
+    assert_int_equal(f->tc.last_result, CMH_SCRAPE_BODY_TOO_LARGE);
+    assert_true(f->tc.len <= 64 * 1024);
+}
+
+static void malformed_http_garbage(void **state)
+{
+    struct fx *f = *state;
+    struct cmh_scrape_record r = one(f, M_GARBAGE);
+    assert_int_equal(r.result, CMH_SCRAPE_MALFORMED_HTTP);
+}
+
+static void malformed_http_header_too_large(void **state)
+{
+    struct fx *f = *state;
+    struct cmh_scrape_record r = one(f, M_HEADER_HUGE);
+    assert_int_equal(r.result, CMH_SCRAPE_MALFORMED_HTTP);
+    assert_int_equal(f->tc.begins, 0);
+}
+
+static void parse_error_from_prometheus_parser(void **state)
+{
+    struct fx *f = *state;
+    static const char bad[] = "# TYPE awscni_eni_max gauge\nawscni_eni_max{ 3\n";
+    f->tc.use_prom = 1;
+    struct peer p;
+    peer_start(&p, &f->loop, M_OK, bad, sizeof bad - 1);
+    scraper_up(f);
+    struct cmh_scrape_target t;
+    target_of(&t, &p);
+    run_round(f, &t, 1);
+    size_t n;
+    assert_int_equal(cmh_scraper_records(&f->s, &n)[0].result, CMH_SCRAPE_PARSE_ERROR);
+    assert_int_equal(f->tc.ends, 1);
+    assert_int_equal(f->tc.last_result, CMH_SCRAPE_PARSE_ERROR);
+    finish(f, &p);
+}
+
+/* A body that is fine until its end (no final newline) fails in end(). */
+static void parse_error_at_end_of_body(void **state)
+{
+    struct fx *f = *state;
+    static const char bad[] = "# TYPE awscni_eni_max gauge\nawscni_eni_max 3";
+    f->tc.use_prom = 1;
+    struct peer p;
+    peer_start(&p, &f->loop, M_OK, bad, sizeof bad - 1);
+    scraper_up(f);
+    struct cmh_scrape_target t;
+    target_of(&t, &p);
+    run_round(f, &t, 1);
+    size_t n;
+    assert_int_equal(cmh_scraper_records(&f->s, &n)[0].result, CMH_SCRAPE_PARSE_ERROR);
+    assert_int_equal(f->st.count[CMH_SCRAPE_PARSE_ERROR], 1);
+    finish(f, &p);
+}
+
+/* ---- keep-alive ---- */
+
+static void keepalive_reuses_connection(void **state)
+{
+    struct fx *f = *state;
+    struct peer p;
+    peer_start(&p, &f->loop, M_OK, f->ipamd, f->ipamd_len);
+    scraper_up(f);
+    struct cmh_scrape_target t;
+    target_of(&t, &p);
+    for (int i = 0; i < 3; i++) {
+        run_round(f, &t, 1);
+        size_t n;
+        struct cmh_scrape_record r = cmh_scraper_records(&f->s, &n)[0];
+        assert_int_equal(r.result, CMH_SCRAPE_OK);
+        assert_int_equal(r.reused, i > 0);
+        assert_int_equal(f->st.connects, i == 0);
+    }
+    assert_int_equal(p.accepted, 1);
+    assert_int_equal(p.requests, 3);
+    finish(f, &p);
+}
+
+static void keepalive_off_sends_connection_close(void **state)
+{
+    struct fx *f = *state;
+    f->o.keepalive = 0;
+    struct peer p;
+    peer_start(&p, &f->loop, M_OK, f->ipamd, f->ipamd_len);
+    scraper_up(f);
+    struct cmh_scrape_target t;
+    target_of(&t, &p);
+    run_round(f, &t, 1);
+    run_round(f, &t, 1);
+    assert_int_equal(p.accepted, 2);
+    assert_int_equal(f->st.reused, 0);
+    finish(f, &p);
+}
+
+/* The server closed the kept-alive connection as we sent: retried at once, not a failure. */
+static void stale_keepalive_connection_retried_not_failed(void **state)
+{
+    struct fx *f = *state;
+    struct peer p;
+    peer_start(&p, &f->loop, M_CLOSE_SECOND, f->ipamd, f->ipamd_len);
+    scraper_up(f);
+    struct cmh_scrape_target t;
+    target_of(&t, &p);
+    run_round(f, &t, 1);
+    run_round(f, &t, 1);
+    size_t n;
+    struct cmh_scrape_record r = cmh_scraper_records(&f->s, &n)[0];
+    assert_int_equal(r.result, CMH_SCRAPE_OK);
+    assert_int_equal(r.reused, 0);
+    assert_int_equal(f->st.retried, 1);
+    assert_int_equal(f->st.count[CMH_SCRAPE_OK], 1);
+    assert_int_equal(p.accepted, 2);
+    assert_int_equal(f->tc.len, f->ipamd_len);
+    finish(f, &p);
+}
+
+/* ---- bounds, deadlines, scheduling ---- */
+
+static void concurrency_bounds_open_connections(void **state)
+{
+    struct fx *f = *state;
+    struct peer p;
+    peer_start(&p, &f->loop, M_FRAGMENTS, f->ipamd, 700);
+    f->o.concurrency = 4;
+    scraper_up(f);
+    struct cmh_scrape_target t[40];
+    for (int i = 0; i < 40; i++)
+        target_of(&t[i], &p);
+    run_round(f, t, 40);
+    assert_int_equal(f->st.count[CMH_SCRAPE_OK], 40);
+    assert_true(f->st.peak_open <= 4);
+    assert_true(p.max_open <= 4);
+    assert_int_equal(p.max_open, 4);
+    /* the next round reuses the four idle connections and opens no more */
+    run_round(f, t, 40);
+    assert_int_equal(f->st.count[CMH_SCRAPE_OK], 40);
+    assert_true(f->st.peak_open <= 4);
+    assert_true(p.max_open <= 4);
+    finish(f, &p);
+}
+
+static void round_deadline_times_out_inflight_and_skips_rest(void **state)
+{
+    struct fx *f = *state;
+    struct peer p;
+    peer_start(&p, &f->loop, M_STALL, f->ipamd, f->ipamd_len);
+    f->o.concurrency = 2;
+    f->o.timeout_ms = 10000;
+    f->o.round_timeout_ms = 150;
+    scraper_up(f);
+    struct cmh_scrape_target t[10];
+    for (int i = 0; i < 10; i++)
+        target_of(&t[i], &p);
+    run_round(f, t, 10);
+    assert_int_equal(f->st.count[CMH_SCRAPE_RESPONSE_TIMEOUT], 2);
+    assert_int_equal(f->st.count[CMH_SCRAPE_SKIPPED], 8);
+    assert_in_range(f->done_ms - f->start_ms, 140, 1000);
+    finish(f, &p);
+}
+
+static void empty_round_done_fires_later(void **state)
+{
+    struct fx *f = *state;
+    scraper_up(f);
+    run_round(f, NULL, 0);
+    assert_int_equal(f->done, 1);
+    assert_int_equal(f->st.targets, 0);
+    finish(f, NULL);
+}
+
+static void overlapping_round_is_refused(void **state)
+{
+    struct fx *f = *state;
+    struct peer p;
+    peer_start(&p, &f->loop, M_OK, f->ipamd, f->ipamd_len);
+    scraper_up(f);
+    struct cmh_scrape_target t;
+    target_of(&t, &p);
+    assert_int_equal(cmh_scraper_round(&f->s, &t, 1, &f->consumer, on_done, f), 0);
+    assert_int_equal(cmh_scraper_round(&f->s, &t, 1, &f->consumer, on_done, f), -EBUSY);
+    while (f->done == 0)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    assert_int_equal(f->st.count[CMH_SCRAPE_OK], 1);
+    finish(f, &p);
+}
+
+static void jitter_spreads_starts_over_window(void **state)
+{
+    struct fx *f = *state;
+    struct peer p;
+    peer_start(&p, &f->loop, M_OK, f->ipamd, 700);
+    f->o.jitter_ms = 300;
+    f->o.keepalive = 0;
+    scraper_up(f);
+    struct cmh_scrape_target t[20];
+    for (int i = 0; i < 20; i++)
+        target_of(&t[i], &p);
+    run_round(f, t, 20);
+    assert_int_equal(f->st.count[CMH_SCRAPE_OK], 20);
+    /* target k starts at k * 300 / 20 ms: the last at 285 ms */
+    assert_in_range(p.last_accept_ms - p.first_accept_ms, 250, 1000);
+    assert_in_range(f->done_ms - f->start_ms, 280, 1500);
+    finish(f, &p);
+}
+
+static void failure_logging_is_rate_limited(void **state)
+{
+    struct fx *f = *state;
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+    socklen_t al = sizeof a;
+    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+    close(fd);
+    f->o.log_failures = 5;
+    scraper_up(f);
+    static struct cmh_scrape_target t[100];
+    for (int i = 0; i < 100; i++) {
+        memset(&t[i], 0, sizeof t[i]);
+        memcpy(&t[i].addr, &a, sizeof a);
+    }
+    run_round(f, t, 100);
+    assert_int_equal(f->st.count[CMH_SCRAPE_CONNECT_REFUSED], 100);
+    assert_int_equal(f->st.logged, 5);
+    assert_int_equal(f->st.suppressed, 95);
+    assert_int_equal(log_lines_with(f, "msg=\"scrape failed\""), 5);
+    assert_int_equal(log_lines_with(f, "msg=\"scrape round\""), 1);
+    assert_int_equal(log_lines_with(f, "failure_lines_suppressed=95"), 1);
+    /* the budget is per round */
+    run_round(f, t, 100);
+    assert_int_equal(log_lines_with(f, "msg=\"scrape failed\""), 10);
+    finish(f, NULL);
+}
+
+static void close_mid_round_fires_done_then_close(void **state)
+{
+    struct fx *f = *state;
+    struct peer p;
+    peer_start(&p, &f->loop, M_STALL, f->ipamd, f->ipamd_len);
+    scraper_up(f);
+    struct cmh_scrape_target t[3];
+    for (int i = 0; i < 3; i++)
+        target_of(&t[i], &p);
+    assert_int_equal(cmh_scraper_round(&f->s, t, 3, &f->consumer, on_done, f), 0);
+    while (p.accepted < 3)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    cmh_scraper_close(&f->s, on_closed);
+    assert_int_equal(cmh_scraper_round(&f->s, t, 3, &f->consumer, on_done, f), -ESHUTDOWN);
+    peer_stop(&p);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_int_equal(f->done, 1);
+    assert_int_equal(f->st.count[CMH_SCRAPE_RESPONSE_TIMEOUT], 3);
+    assert_true(f->closed);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+}
+
+static void result_names_are_distinct(void **state)
+{
+    for (int i = 0; i < CMH_SCRAPE_NRESULTS; i++) {
+        const char *a = cmh_scrape_result_name((enum cmh_scrape_result)i);
+        assert_string_not_equal(a, "unknown");
+        for (int j = 0; j < i; j++)
+            assert_string_not_equal(a, cmh_scrape_result_name((enum cmh_scrape_result)j));
+    }
+    assert_string_equal(cmh_scrape_result_name(CMH_SCRAPE_NRESULTS), "unknown");
+    struct cmh_scrape_target t;
+    assert_int_equal(cmh_scrape_target_set(&t, "a", "::1", 1), 0);
+    assert_int_equal(t.addr.ss_family, AF_INET6);
+    assert_int_equal(cmh_scrape_target_set(&t, "a", "node.example", 1), -EINVAL);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        T(ok_body_streamed_byte_exact),
+        T(ok_body_in_7_byte_fragments_parses_same_samples),
+        T(ok_chunked_body),
+        T(ok_body_delimited_by_close),
+        T(connect_refused),
+        T(connect_timeout_when_accept_queue_full),
+        T(response_timeout_when_peer_stalls),
+        T(response_timeout_when_peer_trickles),
+        T(reset_mid_body),
+        T(truncated_body),
+        T(http_status_500_never_begins_consumer),
+        T(wrong_content_type),
+        T(content_encoding_rejected_as_content_type),
+        T(body_too_large_by_content_length),
+        T(body_too_large_streamed_chunked),
+        T(malformed_http_garbage),
+        T(malformed_http_header_too_large),
+        T(parse_error_from_prometheus_parser),
+        T(parse_error_at_end_of_body),
+        T(keepalive_reuses_connection),
+        T(keepalive_off_sends_connection_close),
+        T(stale_keepalive_connection_retried_not_failed),
+        T(concurrency_bounds_open_connections),
+        T(round_deadline_times_out_inflight_and_skips_rest),
+        T(empty_round_done_fires_later),
+        T(overlapping_round_is_refused),
+        T(jitter_spreads_starts_over_window),
+        T(failure_logging_is_rate_limited),
+        T(close_mid_round_fires_done_then_close),
+        cmocka_unit_test(result_names_are_distinct),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
