@@ -121,6 +121,17 @@ static void on_close(uv_handle_t *h)
     d->open_handles--;
 }
 
+/* The handles embedded in the daemon itself. */
+#define NHANDLES 5
+static void own_handles(struct cmh_daemon *d, uv_handle_t *h[NHANDLES])
+{
+    h[0] = (uv_handle_t *)&d->round_timer;
+    h[1] = (uv_handle_t *)&d->shutdown_timer;
+    h[2] = (uv_handle_t *)&d->sigterm;
+    h[3] = (uv_handle_t *)&d->sigint;
+    h[4] = (uv_handle_t *)&d->sigusr1;
+}
+
 /* Closes every handle we own; the loop then has nothing left and uv_run returns. */
 static void close_all(struct cmh_daemon *d)
 {
@@ -134,10 +145,9 @@ static void close_all(struct cmh_daemon *d)
         d->open_handles++;
         cmh_http_server_close(&d->http, on_http_closed);
     }
-    uv_handle_t *handles[] = {(uv_handle_t *)&d->round_timer, (uv_handle_t *)&d->shutdown_timer,
-                              (uv_handle_t *)&d->sigterm, (uv_handle_t *)&d->sigint,
-                              (uv_handle_t *)&d->sigusr1};
-    for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++)
+    uv_handle_t *handles[NHANDLES];
+    own_handles(d, handles);
+    for (size_t i = 0; i < NHANDLES; i++)
         if (!uv_is_closing(handles[i]))
             uv_close(handles[i], on_close);
 }
@@ -221,9 +231,8 @@ int cmh_daemon_init(struct cmh_daemon *d, struct cmh_config *cfg, int log_fd)
     int rc = uv_loop_init(&d->loop);
     if (rc != 0)
         return rc;
-    uv_handle_t *handles[] = {(uv_handle_t *)&d->round_timer, (uv_handle_t *)&d->shutdown_timer,
-                              (uv_handle_t *)&d->sigterm, (uv_handle_t *)&d->sigint,
-                              (uv_handle_t *)&d->sigusr1};
+    uv_handle_t *handles[NHANDLES];
+    own_handles(d, handles);
     /* Timers and signal watchers cannot fail to initialise on Linux; assert the contract anyway. */
     rc = uv_timer_init(&d->loop, &d->round_timer);
     if (rc == 0)
@@ -236,7 +245,7 @@ int cmh_daemon_init(struct cmh_daemon *d, struct cmh_config *cfg, int log_fd)
         rc = uv_signal_init(&d->loop, &d->sigusr1);
     if (rc != 0)
         return rc;
-    for (size_t i = 0; i < sizeof handles / sizeof handles[0]; i++) {
+    for (size_t i = 0; i < NHANDLES; i++) {
         handles[i]->data = d;
         d->open_handles++;
     }
