@@ -5,8 +5,8 @@ FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 
 BUILD_DEPS := cmake make gcc pkg-config libuv1-dev libjansson-dev libmbedtls-dev \
-              libcurl4-openssl-dev zlib1g-dev libcmocka-dev node-llhttp clang-format
-TEST_DEPS  := python3 python3-botocore python3-prometheus-client prometheus
+              libcurl4-openssl-dev zlib1g-dev libcmocka-dev libexpat1-dev node-llhttp clang-format
+TEST_DEPS  := python3 python3-botocore python3-prometheus-client prometheus python3-yaml
 FUZZ_DEPS  := clang libclang-rt-14-dev
 BENCH_DEPS := prometheus wrk valgrind
 
@@ -48,6 +48,12 @@ fuzz:
 	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMH_FUZZ=ON \
 	  -DCMH_SANITIZE=ON >/dev/null
 	@cmake --build $(FUZZ_BUILD) -j $(JOBS)
+
+# Benchmarks: every test/bench/*.bench.sh in name order against $(BUILD).
+.PHONY: bench
+bench: build
+	@.ci/deps.sh $(BENCH_DEPS)
+	@test/bench/run_all.sh $(BUILD)
 
 # Regenerates the README's configuration section from the table in src/config.c.
 readme: build

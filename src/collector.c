@@ -2,9 +2,7 @@
 
 #include "cmh/alloc.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -142,26 +140,8 @@ static void on_scrape_done(struct cmh_scraper *sc, const struct cmh_scrape_round
         c->done_cb(c, st, c->done_arg);
 }
 
-/* Resolves host once: IP literals directly, names through the system resolver. */
-static int resolve(struct cmh_scrape_target *t, const char *name, const char *host, uint16_t port)
-{
-    if (cmh_scrape_target_set(t, name, host, port) == 0)
-        return 0;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-    struct addrinfo *res = NULL;
-    if (getaddrinfo(host, NULL, &hints, &res) != 0 || res == NULL)
-        return -EINVAL;
-    char ip[INET6_ADDRSTRLEN] = "";
-    if (res->ai_family == AF_INET)
-        inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, ip, sizeof ip);
-    else if (res->ai_family == AF_INET6)
-        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, ip, sizeof ip);
-    freeaddrinfo(res);
-    return cmh_scrape_target_set(t, name, ip, port);
-}
-
 int cmh_collector_init(struct cmh_collector *c, uv_loop_t *loop, const struct cmh_config *cfg,
-                       struct cmh_log *log)
+                       const char *cluster_id, struct cmh_log *log)
 {
     memset(c, 0, sizeof *c);
     c->loop = loop;
@@ -170,47 +150,49 @@ int cmh_collector_init(struct cmh_collector *c, uv_loop_t *loop, const struct cm
     c->max_series = 4096;
     struct cmh_agg_opts ao = {.stale_rounds = (unsigned)cfg->stale_rounds,
                               .max_series = c->max_series,
-                              .cluster_id = cfg->cluster_id};
+                              .cluster_id = cluster_id};
     int rc = cmh_agg_init(&c->agg, &ao);
     if (rc != 0)
         return rc;
-    size_t n = cfg->targets.n;
-    c->targets = cmh_calloc(n ? n : 1, sizeof *c->targets);
-    c->names = cmh_calloc(n ? n : 1, sizeof *c->names);
-    if (c->targets == NULL || c->names == NULL) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    for (size_t i = 0; i < n; i++) {
-        const struct cmh_target *t = &cfg->targets.v[i];
-        c->names[i] = cmh_strdup(t->name);
-        if (c->names[i] == NULL) {
-            rc = -ENOMEM;
-            goto out;
-        }
-        c->ntargets = i + 1;
-        if (resolve(&c->targets[i], c->names[i], t->host, t->port) != 0) {
-            CMH_LOG(log, CMH_LOG_ERROR, "cannot resolve target", CMH_STR("target", t->name),
-                    CMH_STR("host", t->host));
-            rc = -EINVAL;
-            goto out;
-        }
-    }
     struct cmh_scrape_opts so;
     cmh_scrape_opts_from_config(&so, cfg);
     rc = cmh_scraper_init(&c->scraper, loop, &so, log);
-out:
-    if (rc != 0) {
-        for (size_t i = 0; i < c->ntargets; i++)
-            cmh_free(c->names[i]);
-        cmh_free(c->names);
-        cmh_free(c->targets);
+    if (rc != 0)
         cmh_agg_close(&c->agg);
-    }
     return rc;
 }
 
+/* Converts the round's targets for the scrape engine, reusing the arrays of earlier rounds. */
+static int set_targets(struct cmh_collector *c, const struct cmh_collector_target *t, size_t n)
+{
+    if (n > c->targets_cap) {
+        struct cmh_scrape_target *v = cmh_reallocarray(c->targets, n, sizeof *v);
+        if (v == NULL)
+            return -ENOMEM;
+        c->targets = v;
+        const char **names = cmh_reallocarray(c->names, n, sizeof *names);
+        if (names == NULL)
+            return -ENOMEM;
+        c->names = names;
+        c->targets_cap = n;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (cmh_scrape_target_set(&c->targets[k], t[i].name, t[i].ip, t[i].port) != 0) {
+            /* Not an address: the node fails this round, visibly. */
+            CMH_LOG(c->log, CMH_LOG_WARN, "target without a valid IP; not scraped",
+                    CMH_STR("target", t[i].name), CMH_STR("ip", t[i].ip));
+            cmh_agg_fail(&c->agg, t[i].name);
+            continue;
+        }
+        c->names[k++] = t[i].name;
+    }
+    c->ntargets = k;
+    return 0;
+}
+
 int cmh_collector_round(struct cmh_collector *c, uint64_t round, int64_t start_ms,
+                        const struct cmh_collector_target *targets, size_t n,
                         cmh_collector_done_cb done, void *arg)
 {
     if (c->active) {
@@ -220,12 +202,14 @@ int cmh_collector_round(struct cmh_collector *c, uint64_t round, int64_t start_m
         return -EBUSY;
     }
     cmh_agg_round_begin(&c->agg, round, start_ms);
+    int rc = set_targets(c, targets, n);
+    if (rc != 0)
+        return rc;
     cmh_ratelimit_reset(&c->parse_log, 10);
     struct cmh_scrape_consumer consumer = {c, on_begin, on_body, on_end};
     c->done_cb = done;
     c->done_arg = arg;
-    int rc =
-        cmh_scraper_round(&c->scraper, c->targets, c->ntargets, &consumer, on_scrape_done, NULL);
+    rc = cmh_scraper_round(&c->scraper, c->targets, c->ntargets, &consumer, on_scrape_done, NULL);
     if (rc == 0)
         c->active = 1;
     return rc;
@@ -237,8 +221,6 @@ static void on_scraper_closed(struct cmh_scraper *sc)
     for (size_t i = 0; i < c->nslots; i++)
         slot_free(c->all_slots[i]);
     cmh_free(c->all_slots);
-    for (size_t i = 0; i < c->ntargets; i++)
-        cmh_free(c->names[i]);
     cmh_free(c->names);
     cmh_free(c->targets);
     cmh_agg_close(&c->agg);

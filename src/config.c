@@ -13,8 +13,10 @@
 #define FIELD(f) offsetof(struct cmh_config, f)
 #define SEC      1000ull
 
-static const char *const log_levels[] = {"debug", "info", "warn", "error", NULL};
+/* "fatal" is accepted for compatibility with the original helper and logs as "error". */
+static const char *const log_levels[] = {"debug", "info", "warn", "error", "fatal", NULL};
 static const char *const log_formats[] = {"text", "json", NULL};
+static const char *const cw_resolutions[] = {"60", "1", NULL};
 
 /* The one source of truth for configuration. Keep names compatible with the original helper. */
 const struct cmh_config_var cmh_config_vars[] = {
@@ -30,7 +32,7 @@ const struct cmh_config_var cmh_config_vars[] = {
     {"AWS_CLUSTER_ID", CMH_CFG_STR, FIELD(cluster_id), NULL, 0, 0, NULL, 0,
      "Value of the CLUSTER_ID dimension on every datum."},
     {"AWS_VPC_K8S_CNI_LOGLEVEL", CMH_CFG_ENUM, FIELD(log_level), "info", 0, 0, log_levels, 0,
-     "Lowest level logged (any case)."},
+     "Lowest level logged (any case); fatal, as the original accepted, logs errors only."},
     {"LOG_FORMAT", CMH_CFG_ENUM, FIELD(log_format), "text", 0, 0, log_formats, 0,
      "Log lines as logfmt text or as one JSON object each."},
     {"HTTP_TIMEOUT", CMH_CFG_DURATION, FIELD(http_timeout_ms), "10", 1 * SEC, 300 * SEC, NULL, 0,
@@ -68,12 +70,41 @@ const struct cmh_config_var cmh_config_vars[] = {
     {"SCRAPE_KEEPALIVE", CMH_CFG_BOOL, FIELD(scrape_keepalive), "true", 0, 0, NULL, 0,
      "Keep idle ipamD connections open for the next round (within SCRAPE_CONCURRENCY); ipamD "
      "closes them after 5s, so this only helps at short intervals."},
+    {"CW_NAMESPACE", CMH_CFG_STR, FIELD(cw_namespace), "Kubernetes", 0, 0, NULL, 0,
+     "CloudWatch namespace of every datum (1-255 printable ASCII characters, not `AWS/...`)."},
+    {"CW_STORAGE_RESOLUTION", CMH_CFG_ENUM, FIELD(cw_storage_resolution), "60", 0, 0,
+     cw_resolutions, 0, "CloudWatch storage resolution in seconds: 60 (standard) or 1 (high)."},
+    {"CW_BUFFER_MAX_DATUMS", CMH_CFG_UINT, FIELD(cw_buffer_max_datums), "100000", 1000, 10000000,
+     NULL, 0,
+     "Most datums waiting for CloudWatch; when full the oldest is dropped (counted as overflow)."},
+    {"CW_MAX_ATTEMPTS", CMH_CFG_UINT, FIELD(cw_max_attempts), "5", 1, 20, NULL, 0,
+     "Attempts of one PutMetricData batch before it goes back to the queue for a later round."},
+    {"CW_MAX_AGE", CMH_CFG_DURATION, FIELD(cw_max_age_ms), "60m", 10 * SEC, 24 * 3600 * SEC, NULL,
+     0,
+     "Datums older than this (by their timestamp) are dropped instead of sent (counted as age)."},
+    {"CW_BACKOFF_BASE", CMH_CFG_DURATION, FIELD(cw_backoff_base_ms), "200ms", 10, 60 * SEC, NULL, 0,
+     "Base of the full-jitter exponential backoff between CloudWatch attempts."},
+    {"CW_BACKOFF_CAP", CMH_CFG_DURATION, FIELD(cw_backoff_cap_ms), "20", 100, 600 * SEC, NULL, 0,
+     "Longest backoff wait between CloudWatch attempts (a Retry-After hint may be longer)."},
+    {"K8S_NAMESPACE", CMH_CFG_STR, FIELD(k8s_namespace), "kube-system", 0, 0, NULL, 0,
+     "Namespace of the aws-node pods discovered through the Kubernetes API."},
+    {"K8S_LABEL_SELECTOR", CMH_CFG_STR, FIELD(k8s_label_selector), "k8s-app=aws-node", 0, 0, NULL,
+     0, "Label selector of the aws-node pods (equality terms, comma-separated)."},
+    {"K8S_TOKEN_FILE", CMH_CFG_STR, FIELD(k8s_token_file),
+     "/var/run/secrets/kubernetes.io/serviceaccount/token", 0, 0, NULL, 0,
+     "Service-account token for the Kubernetes API; re-read as it rotates."},
+    {"K8S_CA_FILE", CMH_CFG_STR, FIELD(k8s_ca_file),
+     "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", 0, 0, NULL, 0,
+     "CA bundle that signs the Kubernetes API server certificate."},
+    {"K8S_WATCH_TIMEOUT", CMH_CFG_DURATION, FIELD(k8s_watch_timeout_ms), "5m", 1 * SEC, 3600 * SEC,
+     NULL, 0, "Length of one pod watch request; the watch is then resumed from where it was."},
 };
 const size_t cmh_config_nvars = sizeof cmh_config_vars / sizeof cmh_config_vars[0];
 
 const char *const cmh_config_prefixes[] = {
     "USE_",   "METRIC_",   "SCRAPE_", "IPAMD_", "PROMETHEUS_",      "LOG_",        "CW_",
-    "STALE_", "SHUTDOWN_", "HTTP_",   "PROM_",  "AWS_VPC_K8S_CNI_", "AWS_CLUSTER", NULL};
+    "STALE_", "SHUTDOWN_", "HTTP_",   "PROM_",  "AWS_VPC_K8S_CNI_", "AWS_CLUSTER",
+    "K8S_",   NULL};
 
 static void *field_ptr(struct cmh_config *cfg, const struct cmh_config_var *var)
 {

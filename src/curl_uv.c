@@ -332,6 +332,12 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userp)
 {
     struct cmh_curl_uv_req *req = userp;
     size_t n = size * nmemb;
+    if (req->on_data != NULL) {
+        long status = 0;
+        if (curl_easy_getinfo(req->easy, CURLINFO_RESPONSE_CODE, &status) != CURLE_OK)
+            status = 0;
+        return req->on_data(req, status, data, n) == 0 ? n : 0;
+    }
     if (n > req->limit - req->len) {
         req->too_large = 1;
         return 0; /* curl aborts the transfer with CURLE_WRITE_ERROR */
@@ -446,16 +452,19 @@ static CURLcode setup_easy(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req, C
     /* TLS verification is never optional. */
     SET(CURLOPT_SSL_VERIFYPEER, 1L);
     SET(CURLOPT_SSL_VERIFYHOST, 2L);
-    if (c->ca_file != NULL)
+    if (req->ca_file != NULL)
+        SET(CURLOPT_CAINFO, req->ca_file);
+    else if (c->ca_file != NULL)
         SET(CURLOPT_CAINFO, c->ca_file);
-    SET(CURLOPT_TIMEOUT_MS, (long)(c->opts.timeout_ms > LONG_MAX ? LONG_MAX : c->opts.timeout_ms));
+    uint64_t total = req->timeout_ms ? req->timeout_ms : c->opts.timeout_ms;
+    SET(CURLOPT_TIMEOUT_MS, (long)(total > LONG_MAX ? LONG_MAX : total));
     SET(CURLOPT_CONNECTTIMEOUT_MS,
         (long)(c->opts.connect_timeout_ms > LONG_MAX ? LONG_MAX : c->opts.connect_timeout_ms));
     SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     SET(CURLOPT_WRITEFUNCTION, on_write);
     SET(CURLOPT_WRITEDATA, req);
-    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)req->limit);
+    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)(req->on_data != NULL ? 0 : req->limit));
     SET(CURLOPT_HTTPHEADER, (struct curl_slist *)req->slist);
 
     const char *m = req->method;
@@ -574,4 +583,11 @@ void cmh_curl_uv_close(struct cmh_curl_uv *c, cmh_curl_uv_close_cb close_cb)
     while (c->socks != NULL)
         close_sock(c, c->socks);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+}
+
+void cmh_curl_uv_cancel(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req)
+{
+    if (c->closing || req->easy == NULL || req->owner != c)
+        return;
+    finish(c, req, CURLE_OK, CMH_CURL_ERR_CANCELLED);
 }

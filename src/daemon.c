@@ -1,6 +1,11 @@
 #include "cmh/daemon.h"
 
+#include "cmh/alloc.h"
+
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netdb.h>
+#include <stdlib.h>
 #include <signal.h>
 #include <stddef.h>
 #include <string.h>
@@ -33,16 +38,140 @@ static void on_collector_done(struct cmh_collector *c, const struct cmh_scrape_r
                               void *arg)
 {
     struct cmh_daemon *d = arg;
+    if (d->round_set != NULL) {
+        cmh_discovery_set_release(d->round_set);
+        d->round_set = NULL;
+    }
     cmh_expose_round(&d->expose, &c->agg);
     cmh_collector_log_round(c, st, !d->cfg.use_cloudwatch);
     cmh_daemon_work_end(d);
 }
 
+/* The round's targets: the static list, or the discovered set, held until the round is done. */
+static int round_targets(struct cmh_daemon *d, const struct cmh_collector_target **t, size_t *n)
+{
+    if (!d->has_disc) {
+        *t = d->static_targets;
+        *n = d->nstatic;
+        return 0;
+    }
+    struct cmh_discovery_set *set = cmh_discovery_acquire(&d->disc);
+    if (set->n > d->round_cap) {
+        struct cmh_collector_target *v = cmh_reallocarray(d->round_targets, set->n, sizeof *v);
+        if (v == NULL) {
+            cmh_discovery_set_release(set);
+            return -ENOMEM;
+        }
+        d->round_targets = v;
+        d->round_cap = set->n;
+    }
+    for (size_t i = 0; i < set->n; i++) {
+        const struct cmh_discovery_target *x = &set->v[i];
+        /* Nodes are the identity the aggregator keeps state under; a pod without a node name yet
+         * falls back to its own name. */
+        d->round_targets[i] = (struct cmh_collector_target){
+            x->node[0] ? x->node : x->pod, x->ip, (uint16_t)d->cfg.ipamd_port};
+    }
+    d->round_set = set;
+    *t = d->round_targets;
+    *n = set->n;
+    return 0;
+}
+
 static void collector_round(struct cmh_daemon *d, uint64_t round, int64_t start_ms)
 {
+    const struct cmh_collector_target *t = NULL;
+    size_t n = 0;
     cmh_daemon_work_begin(d);
-    if (cmh_collector_round(&d->collector, round, start_ms, on_collector_done, d) != 0)
+    int rc = round_targets(d, &t, &n);
+    if (rc == 0)
+        rc = cmh_collector_round(&d->collector, round, start_ms, t, n, on_collector_done, d);
+    if (rc != 0) {
+        if (d->round_set != NULL && !d->collector.active) {
+            cmh_discovery_set_release(d->round_set);
+            d->round_set = NULL;
+        }
         cmh_daemon_work_end(d);
+    }
+}
+
+/* SCRAPE_TARGETS, resolved once at start-up (the only time we may block on DNS). */
+static int resolve_static(struct cmh_daemon *d)
+{
+    size_t n = d->cfg.targets.n;
+    d->static_targets = cmh_calloc(n, sizeof *d->static_targets);
+    d->static_ips = cmh_calloc(n, sizeof *d->static_ips);
+    if (d->static_targets == NULL || d->static_ips == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++) {
+        const struct cmh_target *t = &d->cfg.targets.v[i];
+        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+        struct addrinfo *res = NULL;
+        int gai = getaddrinfo(t->host, NULL, &hints, &res);
+        char ip[INET6_ADDRSTRLEN] = "";
+        if (gai == 0 && res->ai_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, ip, sizeof ip);
+        else if (gai == 0 && res->ai_family == AF_INET6)
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, ip, sizeof ip);
+        if (res != NULL)
+            freeaddrinfo(res);
+        if (ip[0] == '\0') {
+            CMH_LOG(&d->log, CMH_LOG_ERROR, "cannot resolve target", CMH_STR("target", t->name),
+                    CMH_STR("host", t->host),
+                    CMH_STR("error", gai ? gai_strerror(gai) : "no address"));
+            return -EINVAL;
+        }
+        d->static_ips[i] = cmh_strdup(ip);
+        if (d->static_ips[i] == NULL)
+            return -ENOMEM;
+        d->static_targets[i] = (struct cmh_collector_target){t->name, d->static_ips[i], t->port};
+        d->nstatic = i + 1;
+    }
+    return 0;
+}
+
+static int start_curl(struct cmh_daemon *d)
+{
+    if (d->has_curl)
+        return 0;
+    struct cmh_curl_uv_opts co = {.timeout_ms = d->cfg.http_timeout_ms};
+    int rc = cmh_curl_uv_init(&d->curl, &d->loop, &co, &d->log);
+    if (rc != 0) {
+        CMH_LOG(&d->log, CMH_LOG_ERROR, "cannot set up HTTPS (libcurl)", CMH_INT("error", rc));
+        return rc;
+    }
+    d->has_curl = 1;
+    return 0;
+}
+
+/* In a cluster: list+watch the aws-node pods. */
+static int start_discovery(struct cmh_daemon *d)
+{
+    char url[300];
+    const char *host = getenv("KUBERNETES_SERVICE_HOST"), *port = getenv("KUBERNETES_SERVICE_PORT");
+    if (cmh_discovery_server_url(url, sizeof url, host, port) != 0) {
+        CMH_LOG(&d->log, CMH_LOG_ERROR, "no scrape targets",
+                CMH_STR("fix", "set SCRAPE_TARGETS, or run in a cluster (KUBERNETES_SERVICE_HOST "
+                               "and KUBERNETES_SERVICE_PORT are unset)"));
+        return -EINVAL;
+    }
+    struct cmh_discovery_opts o;
+    cmh_discovery_opts_from_config(&o, &d->cfg);
+    o.server = url;
+    char err[256];
+    if (cmh_discovery_check_opts(&o, err, sizeof err) != 0) {
+        CMH_LOG(&d->log, CMH_LOG_ERROR, "bad discovery settings", CMH_STR("error", err));
+        return -EINVAL;
+    }
+    int rc = start_curl(d);
+    if (rc == 0)
+        rc = cmh_discovery_start(&d->disc, &d->loop, &d->curl, &o, &d->log, NULL, NULL);
+    if (rc != 0) {
+        CMH_LOG(&d->log, CMH_LOG_ERROR, "cannot start Kubernetes discovery", CMH_INT("error", rc));
+        return rc;
+    }
+    d->has_disc = 1;
+    return 0;
 }
 
 /* /healthz: answering at all proves the loop is alive. /readyz: every reason not to be ready,
@@ -56,7 +185,25 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
     }
     if (strcmp(path, "/readyz") == 0) {
         int ready = 1;
-        if (d->collector.ntargets == 0) {
+        if (d->has_disc) {
+            struct cmh_discovery_status st;
+            cmh_discovery_status(&d->disc, &st);
+            if (!st.synced) {
+                cmh_buf_printf(body, "not ready: kubernetes discovery not synced: %s\n",
+                               st.last_error[0] ? st.last_error : st.state);
+                ready = 0;
+            } else if (st.no_pods) {
+                cmh_buf_printf(body,
+                               "not ready: no aws-node pods in %s (%s); EKS Auto Mode has none: "
+                               "nothing to scrape\n",
+                               d->cfg.k8s_namespace, d->cfg.k8s_label_selector);
+                ready = 0;
+            } else if (st.targets == 0) {
+                cmh_buf_printf(body, "not ready: %zu aws-node pods, none Running with a hostIP\n",
+                               st.pods);
+                ready = 0;
+            }
+        } else if (d->nstatic == 0) {
             cmh_buf_printf(body, "not ready: no scrape targets\n");
             ready = 0;
         }
@@ -84,7 +231,19 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
 
 int cmh_daemon_use_collector(struct cmh_daemon *d)
 {
-    int rc = cmh_collector_init(&d->collector, &d->loop, &d->cfg, &d->log);
+    const char *cluster = d->cfg.cluster_id;
+    if (cluster == NULL || cluster[0] == '\0') {
+        cluster = "k8s-cluster"; /* the original helper's default */
+        CMH_LOG(&d->log, CMH_LOG_WARN, "no cluster id; using the default",
+                CMH_STR("cluster_id", cluster), CMH_STR("fix", "set AWS_CLUSTER_ID"));
+    }
+    d->cluster_id = cmh_strdup(cluster);
+    if (d->cluster_id == NULL)
+        return -ENOMEM;
+    int rc = d->cfg.targets.n > 0 ? resolve_static(d) : start_discovery(d);
+    if (rc != 0)
+        return rc;
+    rc = cmh_collector_init(&d->collector, &d->loop, &d->cfg, d->cluster_id, &d->log);
     if (rc != 0) {
         CMH_LOG(&d->log, CMH_LOG_ERROR, "cannot set up scraping", CMH_INT("error", rc));
         return rc;
@@ -94,13 +253,32 @@ int cmh_daemon_use_collector(struct cmh_daemon *d)
     struct cmh_http_server_opts ho = {.address = d->cfg.prometheus_address,
                                       .port = (unsigned)d->cfg.prometheus_port};
     rc = cmh_http_server_start(&d->http, &d->loop, &ho, http_handler, d, &d->log);
-    if (rc != 0) {
-        /* The listener handle may be closing: count it so close waits for it. */
-        d->has_http = 1;
-        return rc;
-    }
+    /* Even on failure the listener may be closing: close_all waits for it. */
     d->has_http = 1;
-    return 0;
+    return rc;
+}
+
+static void on_curl_closed(struct cmh_curl_uv *c)
+{
+    struct cmh_daemon *d = container_of(c, struct cmh_daemon, curl);
+    d->open_handles--;
+}
+
+static void close_curl(struct cmh_daemon *d)
+{
+    if (d->has_curl) {
+        d->has_curl = 0;
+        d->open_handles++;
+        cmh_curl_uv_close(&d->curl, on_curl_closed);
+    }
+}
+
+/* HTTPS users stop first, then the transport they share. */
+static void on_disc_stopped(struct cmh_discovery *disc)
+{
+    struct cmh_daemon *d = container_of(disc, struct cmh_daemon, disc);
+    d->open_handles--;
+    close_curl(d);
 }
 
 static void on_http_closed(struct cmh_http_server *s)
@@ -144,6 +322,13 @@ static void close_all(struct cmh_daemon *d)
         d->has_http = 0;
         d->open_handles++;
         cmh_http_server_close(&d->http, on_http_closed);
+    }
+    if (d->has_disc) {
+        d->has_disc = 0;
+        d->open_handles++;
+        cmh_discovery_stop(&d->disc, on_disc_stopped);
+    } else {
+        close_curl(d);
     }
     uv_handle_t *handles[NHANDLES];
     own_handles(d, handles);
@@ -226,7 +411,8 @@ int cmh_daemon_init(struct cmh_daemon *d, struct cmh_config *cfg, int log_fd)
     memset(d, 0, sizeof *d);
     d->cfg = *cfg;
     memset(cfg, 0, sizeof *cfg);
-    cmh_log_init(&d->log, (enum cmh_log_level)d->cfg.log_level,
+    int level = d->cfg.log_level > CMH_LOG_ERROR ? CMH_LOG_ERROR : d->cfg.log_level;
+    cmh_log_init(&d->log, (enum cmh_log_level)level,
                  (enum cmh_log_format)d->cfg.log_format, log_fd);
     int rc = uv_loop_init(&d->loop);
     if (rc != 0)
@@ -284,6 +470,12 @@ int cmh_daemon_close(struct cmh_daemon *d)
     if (rc != 0)
         CMH_LOG(&d->log, CMH_LOG_ERROR, "loop closed with handles open",
                 CMH_STR("error", uv_strerror(rc)));
+    for (size_t i = 0; i < d->nstatic; i++)
+        cmh_free(d->static_ips[i]);
+    cmh_free(d->static_ips);
+    cmh_free(d->static_targets);
+    cmh_free(d->round_targets);
+    cmh_free(d->cluster_id);
     cmh_config_free(&d->cfg);
     return rc;
 }

@@ -64,21 +64,16 @@ static int run_daemon(void)
     struct warn_ctx w = {&d->log};
     cmh_config_unknown(environ, warn_unknown, &w);
     cmh_config_log(&d->cfg, &d->log);
-    if (d->cfg.targets.n == 0) {
-        CMH_LOG(&d->log, CMH_LOG_ERROR, "no scrape targets",
-                CMH_STR("fix", "set SCRAPE_TARGETS; this version has no Kubernetes discovery"));
-        cmh_daemon_close(d);
-        return 2;
-    }
     if (d->cfg.use_cloudwatch) {
         CMH_LOG(&d->log, CMH_LOG_ERROR, "CloudWatch publishing is not in this build yet",
                 CMH_STR("fix", "set USE_CLOUDWATCH=no (datums are then logged)"));
         cmh_daemon_close(d);
         return 2;
     }
-    if (cmh_daemon_use_collector(d) != 0) {
+    int rc2 = cmh_daemon_use_collector(d);
+    if (rc2 != 0) {
         cmh_daemon_close(d);
-        return 1;
+        return rc2 == -EINVAL ? 2 : 1;
     }
     int status = cmh_daemon_run(d);
     cmh_daemon_close(d);

@@ -252,6 +252,21 @@ static int parse_float(char *scratch, const char *s, size_t n, double *out)
     int neg = 0;
     if (n == 0)
         return -1;
+    if (n <= 15) {
+        /* Plain integers (most sample values) are exact in a double below 10^15. */
+        uint64_t v = 0;
+        size_t i = 0;
+        for (; i < n; i++) {
+            unsigned d = (unsigned)(unsigned char)s[i] - '0';
+            if (d > 9)
+                break;
+            v = v * 10 + d;
+        }
+        if (i == n) {
+            *out = (double)v;
+            return 0;
+        }
+    }
     if (*q == '+' || *q == '-') {
         neg = *q == '-';
         q++;
@@ -373,25 +388,36 @@ static int parse_int64(const char *s, size_t n, int64_t *out)
     return 0;
 }
 
+/* First byte at or after q that is '"', '\\' or not ASCII (e when none): eight bytes at a time. */
+static inline const char *plain_ascii(const char *q, const char *e)
+{
+    while (e - q >= 8) {
+        uint64_t w, a, b;
+        memcpy(&w, q, 8);
+        a = w ^ 0x2222222222222222ull;
+        b = w ^ 0x5c5c5c5c5c5c5c5cull;
+        uint64_t hit =
+            (((a - 0x0101010101010101ull) & ~a) | ((b - 0x0101010101010101ull) & ~b) | w) &
+            0x8080808080808080ull;
+        if (hit != 0) {
+            /* The lowest flagged byte is a true hit (borrows only run upwards). */
+            return q + (__builtin_ctzll(hit) >> 3);
+        }
+        q += 8;
+    }
+    while (q < e && (unsigned char)*q < 0x80 && *q != '"' && *q != '\\')
+        q++;
+    return q;
+}
+
 /* Reads a quoted string whose opening quote is just before *ps. Escapes \\, \" and \n are decoded
  * into *sc (advanced past the result) when present; otherwise the result is a view into the line.
  * Returns 0, 1 at end of line before the closing quote, 2 on a bad escape (*ps at the escape). */
 static int read_quoted(const char **ps, const char *e, char **sc, const char **out, size_t *outlen,
                        int *non_ascii)
 {
-    const char *s = *ps, *q = s;
+    const char *s = *ps, *q = plain_ascii(s, e);
     unsigned hi = 0;
-    /* Eight bytes at a time while none is '"', '\\' or non-ASCII. */
-    while (e - q >= 8) {
-        uint64_t w, a, b;
-        memcpy(&w, q, 8);
-        a = w ^ 0x2222222222222222ull;
-        b = w ^ 0x5c5c5c5c5c5c5c5cull;
-        if ((((a - 0x0101010101010101ull) & ~a) | ((b - 0x0101010101010101ull) & ~b) | w) &
-            0x8080808080808080ull)
-            break;
-        q += 8;
-    }
     while (q < e && *q != '"' && *q != '\\')
         hi |= (unsigned char)*q++;
     if (q < e && *q == '"') {
@@ -633,39 +659,34 @@ static int fam_declare(struct cmh_prom_parser *p, const char *s, size_t n, uint3
 
 /* The family a name belongs to, as the reference parser decides it: the family of that exact name;
  * else, for name = base + suffix, base when its type has that suffix; else a new family. */
-static int resolve(struct cmh_prom_parser *p, const char *s, size_t n, uint32_t *idx,
-                   enum cmh_prom_suffix *sfx)
+static int resolve(struct cmh_prom_parser *p, const char *s, size_t n, int cur_prefix,
+                   uint32_t *idx, enum cmh_prom_suffix *sfx)
 {
     uint32_t c = p->cur;
     if (c != 0) {
         /* Fast path: the family of the previous line, or one of its suffixes. */
         struct cmh_prom_fam *f = &p->fams[c - 1];
         size_t fl = f->name_len;
-        if (n >= fl && memcmp(s, p->names + f->name_off, fl) == 0) {
+        if (cur_prefix || (n >= fl && memcmp(s, p->names + f->name_off, fl) == 0)) {
             if (n == fl) {
                 *idx = c;
                 *sfx = CMH_PROM_SUFFIX_NONE;
                 return 0;
             }
             uint16_t allowed = type_sfx[f->type];
-            if (allowed != 0) {
-                for (size_t k = 1; k < NSFX; k++) {
-                    if ((allowed & SB(k)) == 0 || sfx_defs[k].len != n - fl ||
-                        memcmp(s + fl, sfx_defs[k].text, n - fl) != 0)
-                        continue;
-                    if ((f->sfx_known & SB(k)) == 0) {
-                        uint32_t other = fam_in_body(p, s, n);
-                        f = &p->fams[c - 1];
-                        f->sfx_known |= (uint16_t)SB(k);
-                        if (other != 0)
-                            f->sfx_shadow |= (uint16_t)SB(k);
-                    }
-                    if ((f->sfx_shadow & SB(k)) == 0) {
-                        *idx = c;
-                        *sfx = (enum cmh_prom_suffix)k;
-                        return 0;
-                    }
-                    break;
+            enum cmh_prom_suffix k = allowed != 0 ? trailing_suffix(s, n) : CMH_PROM_SUFFIX_NONE;
+            if (k != CMH_PROM_SUFFIX_NONE && (allowed & SB(k)) && sfx_defs[k].len == n - fl) {
+                /* Whether name itself is a family is looked up once per body and suffix. */
+                if ((f->sfx_known & SB(k)) == 0) {
+                    uint32_t other = fam_in_body(p, s, n);
+                    f->sfx_known |= (uint16_t)SB(k);
+                    if (other != 0)
+                        f->sfx_shadow |= (uint16_t)SB(k);
+                }
+                if ((f->sfx_shadow & SB(k)) == 0) {
+                    *idx = c;
+                    *sfx = k;
+                    return 0;
                 }
             }
         }
@@ -699,14 +720,18 @@ static int resolve(struct cmh_prom_parser *p, const char *s, size_t n, uint32_t 
 /* End of the unquoted metric name at s (s itself when there is none). Most lines start with the
  * name of the previous line's family, so that prefix is compared at memcmp speed, not classified
  * byte by byte. */
-static inline const char *scan_name(const struct cmh_prom_parser *p, const char *s, const char *e)
+static inline const char *scan_name(const struct cmh_prom_parser *p, const char *s, const char *e,
+                                    int *cur_prefix)
 {
     const char *q = s;
+    *cur_prefix = 0;
     if (p->cur != 0) {
         const struct cmh_prom_fam *f = &p->fams[p->cur - 1];
         if (f->bare && (size_t)(e - s) >= f->name_len &&
-            memcmp(s, p->names + f->name_off, f->name_len) == 0)
+            memcmp(s, p->names + f->name_off, f->name_len) == 0) {
             q = s + f->name_len;
+            *cur_prefix = 1;
+        }
     }
     if (q == s) {
         if (q == e || (cls[(unsigned char)*q] & C_NAME0) == 0)
@@ -813,9 +838,10 @@ static int parse_type(struct cmh_prom_parser *p, uint32_t fi, const char *s, con
 /* Reads a metric name at s: bare, or quoted (UTF-8 names). *name is a view into the line or
  * scratch; an empty name means there was none. */
 static int read_metric_name(struct cmh_prom_parser *p, const char **ps, const char *e, char **sc,
-                            const char **name, size_t *len)
+                            const char **name, size_t *len, int *cur_prefix)
 {
     const char *s = *ps;
+    *cur_prefix = 0;
     if (s < e && *s == '"') {
         const char *q = s + 1;
         int non_ascii = 0;
@@ -834,7 +860,7 @@ static int read_metric_name(struct cmh_prom_parser *p, const char **ps, const ch
         *ps = q;
         return 0;
     }
-    const char *q = scan_name(p, s, e);
+    const char *q = scan_name(p, s, e, cur_prefix);
     *name = s;
     *len = (size_t)(q - s);
     *ps = q;
@@ -859,7 +885,8 @@ static int parse_comment(struct cmh_prom_parser *p, const char *s, const char *e
     char *sc = p->scratch;
     const char *name;
     size_t len;
-    int rc = read_metric_name(p, &s, e, &sc, &name, &len);
+    int cur_prefix;
+    int rc = read_metric_name(p, &s, e, &sc, &name, &len, &cur_prefix);
     if (rc != 0)
         return rc;
     if (s == e)
@@ -868,7 +895,7 @@ static int parse_comment(struct cmh_prom_parser *p, const char *s, const char *e
         return fail(p, -EINVAL, "invalid metric name in comment");
     uint32_t fi;
     enum cmh_prom_suffix sfx;
-    rc = resolve(p, name, len, &fi, &sfx);
+    rc = resolve(p, name, len, cur_prefix, &fi, &sfx);
     if (rc != 0)
         return rc;
     s = skip_blank(s, e);
@@ -964,12 +991,13 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
     int rc;
 
     if (!braces) {
-        const char *q = scan_name(p, s, e);
+        int cur_prefix;
+        const char *q = scan_name(p, s, e, &cur_prefix);
         if (q == s || (q < e && *q != ' ' && *q != '\t' && *q != '{'))
             return fail(p, -EINVAL, "invalid metric name");
         name = s;
         name_len = (size_t)(q - s);
-        rc = resolve(p, name, name_len, &fi, &sfx);
+        rc = resolve(p, name, name_len, cur_prefix, &fi, &sfx);
         if (rc != 0)
             return rc;
         struct cmh_prom_fam *f = &p->fams[fi - 1];
@@ -993,7 +1021,7 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
             }
             const char *ln;
             size_t ll;
-            int quoted = s < e && *s == '"';
+            int quoted = s < e && *s == '"', quoted_ok = 1;
             if (quoted) {
                 const char *q = s + 1;
                 int non_ascii = 0;
@@ -1003,8 +1031,7 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
                                 Q(b, ln, ll));
                 if (r == 2)
                     return bad_escape(p, q, e);
-                if (ll == 0 || (non_ascii && !utf8_valid((const unsigned char *)ln, ll)))
-                    return fail(p, -EINVAL, "invalid label name %s", Q(b, ln, ll));
+                quoted_ok = ll > 0 && (!non_ascii || utf8_valid((const unsigned char *)ln, ll));
                 s = q;
             } else {
                 const char *q = s;
@@ -1024,6 +1051,8 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
                     /* {"metric.name", ...}: the quoted name of a UTF-8 metric. */
                     if (name != NULL)
                         return fail(p, -EINVAL, "multiple metric names");
+                    if (!quoted_ok)
+                        return fail(p, -EINVAL, "invalid metric name %s", Q(b, ln, ll));
                     name = ln;
                     name_len = ll;
                     if (*s++ == '}')
@@ -1035,6 +1064,8 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
                 return fail(p, -EINVAL, "expected '=' after label name, found %s",
                             s < e ? Q(b, s, 1) : "end of line");
             }
+            if (quoted && !quoted_ok)
+                return fail(p, -EINVAL, "invalid label name %s", Q(b, ln, ll));
             if (ll == 8 && memcmp(ln, "__name__", 8) == 0)
                 return fail(p, -EINVAL, "label name \"__name__\" is reserved");
             s = skip_blank(s + 1, e);
@@ -1043,9 +1074,17 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
                             s < e ? Q(b, s, 1) : "end of line");
             const char *lv;
             size_t lvl;
-            int non_ascii = 0;
+            int non_ascii = 0, r = 0;
             s++;
-            int r = read_quoted(&s, e, &sc, &lv, &lvl, &non_ascii);
+            /* Inline fast path: a short plain ASCII value (the common case) needs no call. */
+            const char *q = plain_ascii(s, e);
+            if (q < e && *q == '"') {
+                lv = s;
+                lvl = (size_t)(q - s);
+                s = q + 1;
+            } else {
+                r = read_quoted(&s, e, &sc, &lv, &lvl, &non_ascii);
+            }
             if (r == 1)
                 return fail(p, -EINVAL, "label value %s contains unescaped new-line",
                             Q(b, lv, lvl));
@@ -1076,7 +1115,7 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
     if (braces) {
         if (name == NULL)
             return fail(p, -EINVAL, "invalid metric name");
-        rc = resolve(p, name, name_len, &fi, &sfx);
+        rc = resolve(p, name, name_len, 0, &fi, &sfx);
         if (rc != 0)
             return rc;
         struct cmh_prom_fam *f = &p->fams[fi - 1];
@@ -1157,8 +1196,41 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
     return 0;
 }
 
+/* The hot path of the interest filter: a sample line of the previous line's family (or one of its
+ * suffixes, known not to be a family of its own), already decided unwanted in this body. Checks
+ * only that the line starts with that name and a delimiter, then the caller moves to the next
+ * '\n'. Anything else returns 0 and goes through the full parser. */
+static inline int skip_fast(struct cmh_prom_parser *p, const char *s, const char *e)
+{
+    uint32_t c = p->cur;
+    if (c == 0)
+        return 0;
+    const struct cmh_prom_fam *f = &p->fams[c - 1];
+    size_t fl = f->name_len;
+    if (f->want != 0 || f->want_type != f->type || !f->bare || (f->flags & F_SAMPLES) == 0 ||
+        (size_t)(e - s) <= fl || memcmp(s, p->names + f->name_off, fl) != 0)
+        return 0;
+    const char *q = s + fl;
+    if (*q != ' ' && *q != '{' && *q != '\t') {
+        while (q < e && (cls[(unsigned char)*q] & C_NAME))
+            q++;
+        if (q == e || (*q != ' ' && *q != '{' && *q != '\t'))
+            return 0;
+        size_t n = (size_t)(q - s);
+        enum cmh_prom_suffix k = trailing_suffix(s, n);
+        if (k == CMH_PROM_SUFFIX_NONE || (type_sfx[f->type] & SB(k)) == 0 ||
+            sfx_defs[k].len != n - fl || (f->sfx_known & SB(k)) == 0 || (f->sfx_shadow & SB(k)))
+            return 0;
+    }
+    p->stats.lines++;
+    p->stats.skipped++;
+    return 1;
+}
+
 static int parse_line(struct cmh_prom_parser *p, const char *s, const char *e)
 {
+    if (skip_fast(p, s, e))
+        return 0;
     p->stats.lines++;
     s = skip_blank(s, e);
     if (s == e)

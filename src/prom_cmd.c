@@ -78,7 +78,8 @@ static int print_sample(void *arg, const struct cmh_prom_sample *s)
     }
     for (size_t i = 0; i < s->nlabels; i++)
         pr->sorted[i] = &s->labels[i];
-    qsort(pr->sorted, s->nlabels, sizeof *pr->sorted, label_cmp);
+    if (s->nlabels > 1)
+        qsort(pr->sorted, s->nlabels, sizeof *pr->sorted, label_cmp);
 
     int quoted = !legacy_name(s->name, s->name_len, 1);
     if (quoted) {

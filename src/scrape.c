@@ -35,7 +35,7 @@ struct cmh_scrape_conn {
     struct cmh_scraper *s;
     struct cmh_scrape_conn *prev, *next; /* active list, idle list or free list */
     struct cmh_scrape_conn *map_next;    /* idle map bucket */
-    struct sockaddr_storage addr;
+    union cmh_scrape_addr addr;
     size_t target;
     uint64_t deadline_ms; /* loop time */
     uint64_t start_ns;
@@ -98,16 +98,14 @@ int cmh_scrape_target_set(struct cmh_scrape_target *t, const char *name, const c
 {
     memset(t, 0, sizeof *t);
     t->name = name;
-    struct sockaddr_in *v4 = (struct sockaddr_in *)&t->addr;
-    struct sockaddr_in6 *v6 = (struct sockaddr_in6 *)&t->addr;
-    if (inet_pton(AF_INET, ip, &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons(port);
+    if (inet_pton(AF_INET, ip, &t->addr.v4.sin_addr) == 1) {
+        t->addr.v4.sin_family = AF_INET;
+        t->addr.v4.sin_port = htons(port);
         return 0;
     }
-    if (inet_pton(AF_INET6, ip, &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons(port);
+    if (inet_pton(AF_INET6, ip, &t->addr.v6.sin6_addr) == 1) {
+        t->addr.v6.sin6_family = AF_INET6;
+        t->addr.v6.sin6_port = htons(port);
         return 0;
     }
     return -EINVAL;
@@ -157,51 +155,44 @@ static uint64_t rng_next(uint64_t *state)
     return z ^ (z >> 31);
 }
 
-static size_t addr_hash(const struct sockaddr_storage *a)
+static size_t addr_hash(const union cmh_scrape_addr *a)
 {
     uint64_t h;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *v4 = (const struct sockaddr_in *)a;
-        h = ((uint64_t)v4->sin_addr.s_addr << 16) ^ v4->sin_port;
+    if (a->sa.sa_family == AF_INET) {
+        h = ((uint64_t)a->v4.sin_addr.s_addr << 16) ^ a->v4.sin_port;
     } else {
-        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)a;
         uint64_t x[2];
-        memcpy(x, &v6->sin6_addr, sizeof x);
-        h = x[0] ^ (x[1] * 31) ^ v6->sin6_port;
+        memcpy(x, &a->v6.sin6_addr, sizeof x);
+        h = x[0] ^ (x[1] * 31) ^ a->v6.sin6_port;
     }
-    h *= 0x9e3779b97f4a7c15ull;
-    return (size_t)(h >> 17);
+    /* Full avalanche: addresses of one subnet differ only in a few bytes. */
+    h ^= h >> 33;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 33;
+    return (size_t)h;
 }
 
-static int addr_equal(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+static int addr_equal(const union cmh_scrape_addr *a, const union cmh_scrape_addr *b)
 {
-    if (a->ss_family != b->ss_family)
+    if (a->sa.sa_family != b->sa.sa_family)
         return 0;
-    if (a->ss_family == AF_INET) {
-        const struct sockaddr_in *x = (const struct sockaddr_in *)a;
-        const struct sockaddr_in *y = (const struct sockaddr_in *)b;
-        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
-    }
-    const struct sockaddr_in6 *x = (const struct sockaddr_in6 *)a;
-    const struct sockaddr_in6 *y = (const struct sockaddr_in6 *)b;
-    return x->sin6_port == y->sin6_port &&
-           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0;
+    if (a->sa.sa_family == AF_INET)
+        return a->v4.sin_port == b->v4.sin_port && a->v4.sin_addr.s_addr == b->v4.sin_addr.s_addr;
+    return a->v6.sin6_port == b->v6.sin6_port &&
+           memcmp(&a->v6.sin6_addr, &b->v6.sin6_addr, sizeof a->v6.sin6_addr) == 0;
 }
 
-static void addr_text(const struct sockaddr_storage *a, char *buf, size_t len)
+static void addr_text(const union cmh_scrape_addr *a, char *buf, size_t len)
 {
     char ip[INET6_ADDRSTRLEN] = "?";
-    unsigned port;
-    if (a->ss_family == AF_INET6) {
-        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)a;
-        inet_ntop(AF_INET6, &v6->sin6_addr, ip, sizeof ip);
-        port = ntohs(v6->sin6_port);
-        snprintf(buf, len, "[%s]:%u", ip, port);
+    if (a->sa.sa_family == AF_INET6) {
+        inet_ntop(AF_INET6, &a->v6.sin6_addr, ip, sizeof ip);
+        snprintf(buf, len, "[%s]:%u", ip, (unsigned)ntohs(a->v6.sin6_port));
     } else {
-        const struct sockaddr_in *v4 = (const struct sockaddr_in *)a;
-        inet_ntop(AF_INET, &v4->sin_addr, ip, sizeof ip);
-        port = ntohs(v4->sin_port);
-        snprintf(buf, len, "%s:%u", ip, port);
+        inet_ntop(AF_INET, &a->v4.sin_addr, ip, sizeof ip);
+        snprintf(buf, len, "%s:%u", ip, (unsigned)ntohs(a->v4.sin_port));
     }
 }
 
@@ -269,7 +260,7 @@ static void idle_map_del(struct cmh_scraper *s, struct cmh_scrape_conn *c)
     c->map_next = NULL;
 }
 
-static struct cmh_scrape_conn *idle_take(struct cmh_scraper *s, const struct sockaddr_storage *a)
+static struct cmh_scrape_conn *idle_take(struct cmh_scraper *s, const union cmh_scrape_addr *a)
 {
     size_t b = addr_hash(a) & s->idle_map_mask;
     for (struct cmh_scrape_conn *c = s->idle_map[b]; c != NULL; c = c->map_next) {
@@ -664,13 +655,24 @@ static void send_request(struct cmh_scraper *s, struct cmh_scrape_conn *c)
         return;
     }
     c->req_len = (size_t)n;
-    /* The request fits in any socket buffer: write it now, and only queue what did not go. */
+    /* The request fits in any socket buffer: send it now, and only queue what did not go. send()
+     * with MSG_NOSIGNAL, because a peer that already closed must not raise SIGPIPE in a daemon
+     * that did not ignore it (libuv's writes use write(2)). Nothing else is queued on the
+     * stream: one request per connection at a time. */
     uv_buf_t b = uv_buf_init(c->req, (unsigned)c->req_len);
-    int w = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-    if (w == (int)c->req_len)
+    uv_os_fd_t fd;
+    ssize_t w = -1;
+    int err = UV_EBADF;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0) {
+        do
+            w = send(fd, c->req, c->req_len, MSG_NOSIGNAL);
+        while (w < 0 && errno == EINTR);
+        err = w < 0 ? uv_translate_sys_error(errno) : 0;
+    }
+    if (w == (ssize_t)c->req_len)
         return;
-    if (w < 0 && w != UV_EAGAIN) {
-        conn_broken(s, c, w);
+    if (w < 0 && err != UV_EAGAIN) {
+        conn_broken(s, c, err);
         return;
     }
     if (w > 0) {
@@ -709,8 +711,7 @@ static void start_fresh(struct cmh_scraper *s, struct cmh_scrape_conn *c)
     if (s->open > s->stats.peak_open)
         s->stats.peak_open = s->open;
     s->stats.connects++;
-    int rc =
-        uv_tcp_connect(&c->connect_req, &c->tcp, (const struct sockaddr *)&c->addr, on_connect);
+    int rc = uv_tcp_connect(&c->connect_req, &c->tcp, &c->addr.sa, on_connect);
     if (rc != 0) {
         /* Synchronous failures: no address, no fd, refused on loopback with some kernels. */
         conn_finish(s, c,
@@ -961,6 +962,7 @@ int cmh_scraper_round(struct cmh_scraper *s, const struct cmh_scrape_target *tar
     memset(&s->stats, 0, sizeof s->stats);
     s->stats.round = round_no;
     s->stats.targets = n;
+    s->stats.peak_open = s->open;
     cmh_ratelimit_reset(&s->loglimit, s->opts.log_failures);
     s->round_start_ns = uv_hrtime();
     uv_update_time(s->loop);

@@ -412,7 +412,8 @@ static int derive_signature(const struct cmh_sigv4_request *req, const char *dat
     if (rc == 0)
         to_hex(sig, sizeof sig, out);
 out:
-    /* The derived key is as good as the secret for a day: do not leave it on the heap. */
+    /* Wipe the copy of the secret (heap) and the derived key (stack, as good as the secret for
+     * a day). */
     if (k.p != NULL)
         memset(k.p, 0, k.cap);
     sb_free(&k);

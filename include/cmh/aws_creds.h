@@ -1,6 +1,7 @@
 /* AWS credentials, region and cluster id: the provider chain (environment keys, web identity,
  * container credentials, IMDSv2), evaluated asynchronously on the loop through curl_uv, cached
- * and refreshed before expiry. Owned by the daemon (embedded); thread: the loop thread only. */
+ * and refreshed before expiry. Owned by the daemon (cmh_aws_provider_new/_free); thread: the loop
+ * thread only. */
 #ifndef CMH_AWS_CREDS_H
 #define CMH_AWS_CREDS_H
 
@@ -24,13 +25,18 @@ struct cmh_aws_credentials {
  * AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE, AWS_ROLE_SESSION_NAME,
  * AWS_CONTAINER_CREDENTIALS_FULL_URI, AWS_CONTAINER_CREDENTIALS_RELATIVE_URI,
  * AWS_CONTAINER_AUTHORIZATION_TOKEN, AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE,
- * AWS_EC2_METADATA_DISABLED, AWS_EC2_METADATA_SERVICE_ENDPOINT, AWS_ENDPOINT_URL,
- * AWS_ENDPOINT_URL_STS, AWS_REGION, AWS_DEFAULT_REGION). */
+ * AWS_EC2_METADATA_DISABLED, AWS_EC2_METADATA_SERVICE_ENDPOINT,
+ * AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE, AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_STS, AWS_REGION,
+ * AWS_DEFAULT_REGION, AWS_CLUSTER_ID). The envp array is only read during new(). */
 struct cmh_aws_creds_opts {
     char *const *envp;
-    const char *region;     /* already known (AWS_REGION from the config), or NULL */
-    const char *cluster_id; /* already known (AWS_CLUSTER_ID), or NULL */
+    const char *region;       /* already known (AWS_REGION from the config), or NULL */
+    const char *cluster_id;   /* already known (AWS_CLUSTER_ID), or NULL */
     uint64_t imds_timeout_ms; /* the IMDSv2 token PUT and GETs; 0 = 1000 */
+    /* Base URL for AWS_CONTAINER_CREDENTIALS_RELATIVE_URI; NULL = http://169.254.170.2 (ECS).
+     * Tests point it at loopback; the container allow-list applies to it as to FULL_URI. */
+    const char *ecs_endpoint;
+    uint64_t sts_timeout_ms; /* STS and container-credential requests; 0 = 5000 */
 };
 
 struct cmh_aws_provider;
@@ -45,6 +51,13 @@ typedef void (*cmh_aws_creds_cb)(struct cmh_aws_provider *p, int rc,
 typedef void (*cmh_aws_resolve_cb)(struct cmh_aws_provider *p, int rc, const char *region,
                                    const char *cluster_id, const char *why, void *arg);
 
+/* Reads opts->envp and picks the credential source once, in the SDKs' order: AWS_ACCESS_KEY_ID +
+ * AWS_SECRET_ACCESS_KEY; AWS_ROLE_ARN + AWS_WEB_IDENTITY_TOKEN_FILE; AWS_CONTAINER_CREDENTIALS_
+ * RELATIVE_URI or _FULL_URI; IMDSv2 unless AWS_EC2_METADATA_DISABLED=true. The first configured
+ * source is the one used (a failure is reported, never papered over by the next source). curl and
+ * log are borrowed (log may be NULL). Returns 0; -EINVAL for a malformed region, endpoint or
+ * token; -EPERM for a container-credentials URL on a plain-http host outside the allow-list;
+ * -ENOMEM. Each failure is logged with the variable to fix. Touches no network. */
 int cmh_aws_provider_new(struct cmh_aws_provider **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
                          const struct cmh_aws_creds_opts *opts, struct cmh_log *log);
 
@@ -60,7 +73,39 @@ void cmh_aws_creds_invalidate(struct cmh_aws_provider *p);
  * given, touches nothing. */
 int cmh_aws_resolve(struct cmh_aws_provider *p, cmh_aws_resolve_cb cb, void *arg);
 
-/* Cancels what is in flight (callbacks fire with -ECANCELED) and frees p. */
+/* Cancels what is in flight (callbacks fire with -ECANCELED, before this returns) and frees p.
+ * The memory itself goes once p's timers have closed and a pending token-file read has finished:
+ * keep running the loop. A request already handed to curl_uv is abandoned (curl_uv cannot cancel
+ * one request); it ends on its own, or when curl_uv is closed. */
 void cmh_aws_provider_free(struct cmh_aws_provider *p);
+
+/* Requests sent since new (every attempt counts), for self-metrics and tests. */
+uint64_t cmh_aws_provider_requests(const struct cmh_aws_provider *p);
+
+/* Pure parsers of the credential documents, exposed for tests and fuzzing (no I/O, no loop).
+ * Strings are allocated (cmh_malloc) and released by cmh_aws_creds_doc_clear. */
+struct cmh_aws_creds_doc {
+    char *access_key_id;
+    char *secret_access_key;
+    char *session_token; /* NULL when none */
+    int64_t expires_ms;  /* 0 when the document has no expiration */
+    char *error_code;    /* set when the document is an error answer */
+    char *error_message;
+};
+
+/* The JSON of IMDS (`"Code" : "Success"`, AccessKeyId, SecretAccessKey, Token, Expiration) and of
+ * the ECS / EKS Pod Identity agents (same keys, or {"code","message"} on error). Returns 0 when
+ * doc holds credentials or an error code, -EPROTO when the document is neither, -ENOMEM. */
+int cmh_aws_creds_parse_json(const char *buf, size_t len, struct cmh_aws_creds_doc *doc);
+
+/* The XML answer of STS AssumeRoleWithWebIdentity (…Result/Credentials/…) or an ErrorResponse
+ * (Error/Code, Error/Message). Rejects DOCTYPE, duplicate fields, misplaced elements. Same
+ * returns as the JSON parser. */
+int cmh_aws_creds_parse_sts_xml(const char *buf, size_t len, struct cmh_aws_creds_doc *doc);
+
+void cmh_aws_creds_doc_clear(struct cmh_aws_creds_doc *doc);
+
+/* "2021-09-21T04:16:53Z" (optional .fraction, Z or ±hh:mm) to ms since the epoch; -EINVAL else. */
+int cmh_aws_parse_time(const char *s, int64_t *ms);
 
 #endif

@@ -23,14 +23,21 @@ typedef void (*cmh_collector_close_cb)(struct cmh_collector *c);
 
 struct cmh_collector_slot; /* private: parser + scratch of one scrape in flight */
 
+/* One target of a round: borrowed until the round's done callback. */
+struct cmh_collector_target {
+    const char *name; /* node identity for the aggregator */
+    const char *ip;   /* IPv4 or IPv6 literal */
+    uint16_t port;
+};
+
 struct cmh_collector {
     uv_loop_t *loop;
     struct cmh_log *log;
     struct cmh_scraper scraper;
     struct cmh_agg agg;
-    struct cmh_scrape_target *targets;
-    char **names; /* owned copies of the target names */
-    size_t ntargets;
+    struct cmh_scrape_target *targets; /* this round's, converted; capacity reused */
+    const char **names;                /* borrowed from the round's caller */
+    size_t ntargets, targets_cap;
     struct cmh_collector_slot *free_slots;
     struct cmh_collector_slot **all_slots;
     size_t nslots, slots_cap;
@@ -53,11 +60,14 @@ struct cmh_collector {
  * block on DNS). log and cfg are borrowed for c's life. Returns 0, -ENOMEM, or -EINVAL with a
  * logged reason when a target's host cannot be resolved. */
 int cmh_collector_init(struct cmh_collector *c, uv_loop_t *loop, const struct cmh_config *cfg,
-                       struct cmh_log *log);
+                       const char *cluster_id, struct cmh_log *log);
 
-/* Starts round `round` stamped start_ms. done fires when every target has a result. Returns 0, or
- * -EBUSY when the previous round is still running (the tick is skipped and counted). */
+/* Starts round `round` stamped start_ms over targets[0..n) (borrowed until done). done fires when
+ * every target has a result; a target whose ip is not an IP literal fails the round at once.
+ * Returns 0, -EBUSY when the previous round is still running (the tick is skipped and counted),
+ * or -ENOMEM. */
 int cmh_collector_round(struct cmh_collector *c, uint64_t round, int64_t start_ms,
+                        const struct cmh_collector_target *targets, size_t n,
                         cmh_collector_done_cb done, void *arg);
 
 /* Closes the scraper (a running round is cut short and its done fires first) and frees

@@ -45,6 +45,20 @@ struct cmh_config {
     uint64_t scrape_max_body;
     uint64_t scrape_jitter_ms;
     bool scrape_keepalive;
+    /* CloudWatch publisher (include/cmh/cloudwatch.h; cmh_cloudwatch_opts_from_config). */
+    char *cw_namespace;
+    int cw_storage_resolution; /* index into {"60", "1"}: 0 = standard (60 s), 1 = high (1 s) */
+    uint64_t cw_buffer_max_datums;
+    uint64_t cw_max_attempts;
+    uint64_t cw_max_age_ms;
+    uint64_t cw_backoff_base_ms;
+    uint64_t cw_backoff_cap_ms;
+    /* Kubernetes discovery (include/cmh/discovery.h; cmh_discovery_opts_from_config). */
+    char *k8s_namespace;
+    char *k8s_label_selector;
+    char *k8s_token_file;
+    char *k8s_ca_file;
+    uint64_t k8s_watch_timeout_ms;
 };
 
 enum cmh_config_type {

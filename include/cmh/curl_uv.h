@@ -74,6 +74,13 @@ struct cmh_curl_uv_req {
     /* Plain HTTP is refused unless set: only the instance-metadata and container-credential
      * endpoints (link-local or loopback, by design plain HTTP) may use it. */
     int allow_http;
+    /* Optional streaming (a watch): when set, body bytes go to on_data as they arrive, with the
+     * response status, instead of being collected (the done callback then sees an empty body and no
+     * size cap applies). Returning non-zero aborts the transfer (done fires with
+     * CMH_CURL_ERR_OTHER). */
+    int (*on_data)(struct cmh_curl_uv_req *req, long status, const char *data, size_t len);
+    uint64_t timeout_ms; /* whole request; 0 = the instance's opts.timeout_ms */
+    const char *ca_file; /* PEM bundle for this request; NULL = the instance's. Borrowed. */
 
     /* Private to curl_uv. */
     struct cmh_curl_uv *owner;
@@ -128,5 +135,9 @@ int cmh_curl_uv_start(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req, cmh_cu
  * returns), closes the connections and handles; close_cb (may be NULL) fires from the loop once
  * everything is closed, after which c may be freed. */
 void cmh_curl_uv_close(struct cmh_curl_uv *c, cmh_curl_uv_close_cb close_cb);
+
+/* Ends one request in flight: its done callback fires with CMH_CURL_ERR_CANCELLED before this
+ * returns. Does nothing when req is not in flight. */
+void cmh_curl_uv_cancel(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req);
 
 #endif

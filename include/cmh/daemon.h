@@ -5,6 +5,8 @@
 
 #include "cmh/collector.h"
 #include "cmh/config.h"
+#include "cmh/curl_uv.h"
+#include "cmh/discovery.h"
 #include "cmh/expose.h"
 #include "cmh/http_server.h"
 #include "cmh/log.h"
@@ -37,6 +39,18 @@ struct cmh_daemon {
     struct cmh_http_server http;
     int has_http;
     struct cmh_expose expose;
+    struct cmh_curl_uv curl; /* HTTPS to Kubernetes and AWS */
+    int has_curl;
+    struct cmh_discovery disc;
+    int has_disc;
+    /* Targets: static (SCRAPE_TARGETS, resolved once) or the discovery set held for a round. */
+    struct cmh_collector_target *static_targets;
+    char **static_ips;
+    size_t nstatic;
+    struct cmh_discovery_set *round_set;
+    struct cmh_collector_target *round_targets;
+    size_t round_cap;
+    char *cluster_id; /* the CLUSTER_ID dimension in use */
 };
 
 /* Takes ownership of *cfg (left zeroed) and the log settings; sets up the loop, timers and signal

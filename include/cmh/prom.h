@@ -7,6 +7,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* What is accepted: the text format 0.0.4 as the reference Go parser (prometheus/common expfmt)
+ * reads it, with UTF-8 names in quotes ({"my.metric", "label.name"="v"}), case-insensitive TYPE
+ * words, and OpenMetrics text as ipamD-compatible servers may send it: "# EOF", "# UNIT" and other
+ * comments are ignored, counter samples may be name_total / name_created, types unknown, info,
+ * stateset, gaugehistogram. Deliberate differences from the Go parser: spaces and tabs at the end
+ * of a line are ignored; a bare name must be followed by a space, a tab or '{'; a quoted name is
+ * only accepted inside braces and after HELP/TYPE; duplicate label names are rejected in every
+ * family (Go lets a second "quantile"/"le" through); float timestamps and exemplars are rejected.
+ *
+ * Lines of unwanted families (see cmh_prom_want_cb) are checked only for their metric name and the
+ * character after it, then skipped to the next '\n': their labels, value, timestamp and UTF-8 are
+ * not decoded, so a malformed skipped line does not fail the body. HELP and TYPE lines are always
+ * checked in full. */
+
 /* Longest line accepted by default (excluding its '\n'); a longer line is an error. */
 #define CMH_PROM_MAX_LINE_DEFAULT (64u * 1024u)
 /* Default bound on the per-body family table (entries plus names), in bytes. */

@@ -109,12 +109,11 @@ static int gen(const char *path, double mb)
     for (int fam = 0; ftell(f) < target; fam++) {
         const char *t = types[fam % 4];
         char name[64];
-        snprintf(name, sizeof name, "app_subsystem%d_operation_%s_%d", fam % 17,
+        snprintf(name, sizeof name, "app_subsystem%d_operation%d_%s", fam % 17, fam,
                  fam % 4 == 0   ? "requests_total"
                  : fam % 4 == 1 ? "queue_depth"
                  : fam % 4 == 2 ? "latency_seconds"
-                                : "payload_bytes",
-                 fam);
+                                : "payload_bytes");
         fprintf(f, "# HELP %s Synthetic family %d for the parser benchmark.\n# TYPE %s %s\n", name,
                 fam, name, t);
         int series = 5 + (int)(rnd(&x) % 20);
@@ -197,6 +196,29 @@ static double measure(enum mode m, struct cmh_prom_parser *p, const char *buf, s
     return best;
 }
 
+/* One full parse of a file streamed in 64 KiB reads, as the scraper feeds socket reads; no output.
+ * For wall-time comparison with `promtool check metrics`, process against process. */
+static int parse_file(const char *path)
+{
+    struct sink sink = {0, 0};
+    struct cmh_prom_options opt = {.on_sample = on_sample, .arg = &sink};
+    struct cmh_prom_parser p;
+    FILE *f = fopen(path, "rb");
+    static char buf[65536];
+    if (f == NULL || cmh_prom_init(&p, &opt) != 0)
+        return 1;
+    size_t n;
+    int rc = 0;
+    while (rc == 0 && (n = fread(buf, 1, sizeof buf, f)) > 0)
+        rc = cmh_prom_feed(&p, buf, n);
+    if (rc == 0)
+        rc = cmh_prom_finish(&p);
+    fclose(f);
+    printf("samples=%llu rc=%d\n", (unsigned long long)p.stats.samples, rc);
+    cmh_prom_close(&p);
+    return rc != 0;
+}
+
 /* A fixed number of passes of one mode, for instruction counts under callgrind. */
 static int passes(const char *mode, unsigned long n, const char *path)
 {
@@ -230,6 +252,8 @@ int main(int argc, char **argv)
 {
     if (argc >= 3 && strcmp(argv[1], "--gen") == 0)
         return gen(argv[2], argc >= 4 ? strtod(argv[3], NULL) : 8.0);
+    if (argc == 3 && strcmp(argv[1], "--parse-file") == 0)
+        return parse_file(argv[2]);
     if (argc == 5 && strcmp(argv[1], "--passes") == 0)
         return passes(argv[2], strtoul(argv[3], NULL, 10), argv[4]);
     if (argc < 3 || (argc - 1) % 2 != 0) {

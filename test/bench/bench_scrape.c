@@ -67,7 +67,7 @@ struct bench {
     uv_timer_t gap_timer;
     struct rusage ru0;
     uint64_t t0;
-    double sum_wall, sum_cpu;
+    double sum_wall, sum_cpu, sum_bytes;
     unsigned measured;
     int failed;
 };
@@ -251,6 +251,7 @@ static void on_done(struct cmh_scraper *s, const struct cmh_scrape_round_stats *
     if (b->done_rounds > b->warmup) {
         b->sum_wall += wall;
         b->sum_cpu += cpu;
+        b->sum_bytes += (double)st->bytes;
         b->measured++;
     }
     if (b->done_rounds >= b->rounds) {
@@ -401,10 +402,12 @@ int main(int argc, char **argv)
     double avg_wall = b->measured ? b->sum_wall / b->measured : 0;
     double avg_cpu = b->measured ? b->sum_cpu / b->measured : 0;
     printf("SUMMARY rounds=%u measured=%u targets=%zu concurrency=%u keepalive=%d wall_s_avg=%.4f "
-           "cpu_s_avg=%.4f cpu_us_per_target=%.2f rss_mb=%.1f parsers=%zu loop_close=%d\n",
+           "cpu_s_avg=%.4f cpu_us_per_target=%.2f bytes_avg=%.0f rss_mb=%.1f parsers=%zu "
+           "loop_close=%d\n",
            b->done_rounds, b->measured, b->n, b->scraper.opts.concurrency, o.keepalive, avg_wall,
-           avg_cpu, b->n ? avg_cpu * 1e6 / (double)b->n : 0, (double)ru.ru_maxrss / 1024.0,
-           b->nslots, lc);
+           avg_cpu, b->n ? avg_cpu * 1e6 / (double)b->n : 0,
+           b->measured ? b->sum_bytes / b->measured : 0, (double)ru.ru_maxrss / 1024.0, b->nslots,
+           lc);
     while (b->free_slots != NULL) {
         struct slot *sl = b->free_slots;
         b->free_slots = sl->next;

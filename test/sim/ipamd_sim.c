@@ -51,6 +51,9 @@
  *   "ok" means a correct scraper gets a good scrape of this node this epoch (present and no fault
  *   but chunked/eofbody). Values are written with %.17g, so they read back exactly.
  *
+ * A request that accepts gzip gets a gzip body (Content-Encoding: gzip), as promhttp in ipamD
+ * does; faults are always served uncompressed.
+ *
  * Idle keep-alive connections are closed after --idle-timeout-ms (ipamD: 5 s), like ipamD's Go
  * server (ReadTimeout 5s, no IdleTimeout). A request with "Connection: close" is answered and
  * closed. Workers die with the parent (PR_SET_PDEATHSIG). */
@@ -78,6 +81,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
+#include <zlib.h>
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -507,9 +511,8 @@ static int faults_parse(const char *spec, struct faults *out, char *err, size_t 
     struct faults f = {NULL, 0};
     size_t cap = 0;
     char *copy = xstrdup(spec);
-    char *save1 = NULL;
-    for (char *item = strtok_r(copy, ",", &save1); item != NULL;
-         item = strtok_r(NULL, ",", &save1)) {
+    char *items = copy;
+    for (char *item; (item = strsep(&items, ",")) != NULL;) {
         while (*item == ' ')
             item++;
         if (*item == '\0')
@@ -528,10 +531,13 @@ static int faults_parse(const char *spec, struct faults *out, char *err, size_t 
             snprintf(err, errlen, "unknown fault kind '%s'", item);
             goto bad;
         }
-        char *save2 = NULL;
-        for (char *sel = strtok_r(eq + 1, ":", &save2); sel != NULL;
-             sel = strtok_r(NULL, ":", &save2)) {
+        char *sels = eq + 1;
+        for (char *sel; (sel = strsep(&sels, ":")) != NULL;) {
             struct fault_sel s = {kind, 0, 0, 0};
+            if (*sel == '\0') {
+                snprintf(err, errlen, "empty node selector for '%s'", item);
+                goto bad;
+            }
             char *end;
             errno = 0;
             if (sel[strlen(sel) - 1] == '%') {
@@ -640,7 +646,10 @@ struct sim_node {
     struct sockaddr_in addr;
     uint8_t present, restarted, fault, ok, prev_ok;
     struct worker *w;
-    uint32_t idx; /* local */
+    uint32_t idx;      /* local */
+    unsigned char *gz; /* gzip body of epoch gz_epoch - 1 (0: none), for clients that ask */
+    size_t gz_len;
+    uint64_t gz_epoch;
 };
 
 enum conn_state { SC_READING, SC_STALLED, SC_TRICKLE, SC_IDLE, SC_CLOSING };
@@ -656,6 +665,7 @@ struct sim_conn {
     char req[2048];
     size_t req_len;
     int close_after;
+    int gzip;   /* the request accepts gzip: answered like promhttp does */
     char *slow; /* trickle: the whole response */
     size_t slow_len, slow_off;
     uint64_t last_ms;
@@ -1003,7 +1013,7 @@ static int node_listen(struct worker *w, struct sim_node *n)
     l->data = n;
     int rc = uv_tcp_bind(l, (const struct sockaddr *)&n->addr, 0);
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)l, 64, on_new_conn);
+        rc = uv_listen((uv_stream_t *)l, 1024, on_new_conn);
     if (rc != 0 && n->addr.sin_port != 0 && ntohl(n->addr.sin_addr.s_addr) != 0x7f000001) {
         /* Fall back to 127.0.0.1 with a port of the kernel's choosing, kept from now on. */
         uv_close((uv_handle_t *)l, free_handle);
@@ -1014,7 +1024,7 @@ static int node_listen(struct worker *w, struct sim_node *n)
         n->addr.sin_port = 0;
         rc = uv_tcp_bind(l, (const struct sockaddr *)&n->addr, 0);
         if (rc == 0)
-            rc = uv_listen((uv_stream_t *)l, 64, on_new_conn);
+            rc = uv_listen((uv_stream_t *)l, 1024, on_new_conn);
         if (rc == 0) {
             int len = sizeof n->addr;
             uv_tcp_getsockname(l, (struct sockaddr *)&n->addr, &len);
@@ -1132,6 +1142,25 @@ static void on_trickle(uv_timer_t *t)
     }
 }
 
+static unsigned char *gzip_body(const char *body, size_t len, size_t *out_len)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (deflateInit2(&z, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) != Z_OK)
+        exit(3);
+    size_t cap = deflateBound(&z, len);
+    unsigned char *out = xmalloc(cap);
+    z.next_in = (unsigned char *)body;
+    z.avail_in = (unsigned)len;
+    z.next_out = out;
+    z.avail_out = (unsigned)cap;
+    if (deflate(&z, Z_FINISH) != Z_STREAM_END)
+        exit(3);
+    *out_len = cap - z.avail_out;
+    deflateEnd(&z);
+    return out;
+}
+
 static const char ctype_ok[] = "text/plain; version=0.0.4; charset=utf-8";
 
 static void respond(struct sim_conn *c)
@@ -1227,6 +1256,22 @@ static void respond(struct sim_conn *c)
         return;
     }
     int hl;
+    if (fault == F_NONE && c->gzip) {
+        /* Real ipamD (promhttp) compresses for clients that accept gzip, as Prometheus does. */
+        if (n->gz_epoch != w->epoch + 1) {
+            free(n->gz);
+            n->gz = gzip_body(body, blen, &n->gz_len);
+            n->gz_epoch = w->epoch + 1;
+        }
+        hl = snprintf(hdr, sizeof hdr,
+                      "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: %s\r\n"
+                      "Content-Length: %zu\r\n%s\r\n",
+                      ct, n->gz_len, close_after ? "Connection: close\r\n" : "");
+        uv_buf_t b[2] = {uv_buf_init(hdr, (unsigned)hl),
+                         uv_buf_init((char *)n->gz, (unsigned)n->gz_len)};
+        send_bufs(c, b, 2, close_after, 1);
+        return;
+    }
     if (fault == F_EOFBODY) {
         hl = snprintf(hdr, sizeof hdr,
                       "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nConnection: close\r\n\r\n", ct);
@@ -1306,6 +1351,8 @@ static void on_sim_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
         size_t used = (size_t)(end + 4 - c->req);
         *end = '\0';
         c->close_after = strcasestr(c->req, "\nconnection: close") != NULL;
+        const char *ae = strcasestr(c->req, "\naccept-encoding:");
+        c->gzip = ae != NULL && memmem(ae, strcspn(ae + 1, "\r\n") + 1, "gzip", 4) != NULL;
         respond(c);
         if (c->state == SC_CLOSING || c->state == SC_STALLED || c->state == SC_TRICKLE)
             return;

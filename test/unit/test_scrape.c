@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include "cmh/alloc.h"
+#include "cmh/config.h"
 #include "cmh/log.h"
 #include "cmh/prom.h"
 #include "cmh/scrape.h"
@@ -16,6 +17,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -997,14 +999,48 @@ static void result_names_are_distinct(void **state)
     assert_string_equal(cmh_scrape_result_name(CMH_SCRAPE_NRESULTS), "unknown");
     struct cmh_scrape_target t;
     assert_int_equal(cmh_scrape_target_set(&t, "a", "::1", 1), 0);
-    assert_int_equal(t.addr.ss_family, AF_INET6);
+    assert_int_equal(t.addr.sa.sa_family, AF_INET6);
     assert_int_equal(cmh_scrape_target_set(&t, "a", "node.example", 1), -EINVAL);
+}
+
+/* The round always ends before the next tick; the target timeout and jitter fit inside it. */
+static void opts_from_config_keep_round_inside_interval(void **state)
+{
+    struct cmh_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.interval_ms = 30000;
+    cfg.scrape_concurrency = 500;
+    cfg.scrape_timeout_ms = 5000;
+    cfg.scrape_max_body = 1u << 20;
+    cfg.scrape_jitter_ms = 1000;
+    cfg.scrape_keepalive = false;
+    struct cmh_scrape_opts o;
+    cmh_scrape_opts_from_config(&o, &cfg);
+    assert_int_equal(o.round_timeout_ms, 24000);
+    assert_int_equal(o.timeout_ms, 5000);
+    assert_int_equal(o.jitter_ms, 1000);
+    assert_int_equal(o.concurrency, 500);
+    assert_int_equal(o.max_body, 1u << 20);
+    assert_int_equal(o.keepalive, 0);
+    cfg.scrape_round_timeout_ms = 10000;
+    cmh_scrape_opts_from_config(&o, &cfg);
+    assert_int_equal(o.round_timeout_ms, 10000);
+    /* a round deadline at or above the interval is pulled back; timeout and jitter follow */
+    cfg.interval_ms = 2000;
+    cfg.scrape_round_timeout_ms = 5000;
+    cfg.scrape_jitter_ms = 60000;
+    cmh_scrape_opts_from_config(&o, &cfg);
+    assert_int_equal(o.round_timeout_ms, 1600);
+    assert_int_equal(o.timeout_ms, 1600);
+    assert_int_equal(o.jitter_ms, 800);
 }
 
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
 {
+    /* The scripted peers write with write(2): a scraper that hung up must not kill the test. */
+    signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
         T(ok_body_streamed_byte_exact),
         T(ok_body_in_7_byte_fragments_parses_same_samples),
@@ -1036,6 +1072,7 @@ int main(void)
         T(failure_logging_is_rate_limited),
         T(close_mid_round_fires_done_then_close),
         cmocka_unit_test(result_names_are_distinct),
+        cmocka_unit_test(opts_from_config_keep_round_inside_interval),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,551 @@
+/* Kubernetes discovery against the fake API (test/sim/fake_k8s_api.py: TLS with a CA made at test
+ * time, bearer tokens, paginated list, chunked watch with bookmarks and 410s, scripted faults).
+ * The oracle is the test's own record of the pods it told the fake about. Every test starts its
+ * own fake and ends with uv_loop_close() == 0. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "cmh/curl_uv.h"
+#include "cmh/discovery.h"
+#include "cmh/log.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+struct fx {
+    pid_t pid;
+    int to_fake, from_fake;
+    int port;
+    char ca[512], token_file[512], dir[256];
+    char reply[8192];
+    uv_loop_t loop;
+    struct cmh_log log;
+    struct cmh_curl_uv curl;
+    struct cmh_discovery d;
+    uv_timer_t tick;
+    int changes;
+    size_t min_targets_seen; /* smallest set published after the first non-empty one */
+    bool seen_nonempty;
+    int closed;
+};
+
+static int read_line(struct fx *f, char *buf, size_t len, int timeout_s)
+{
+    size_t n = 0;
+    time_t deadline = time(NULL) + timeout_s;
+    while (n < len - 1) {
+        struct pollfd pfd = {.fd = f->from_fake, .events = POLLIN};
+        if (time(NULL) > deadline)
+            return -1;
+        if (poll(&pfd, 1, 500) <= 0)
+            continue;
+        ssize_t r = read(f->from_fake, buf + n, 1); /* one byte: never read past the line */
+        if (r <= 0)
+            return -1;
+        if (buf[n] == '\n')
+            break;
+        n++;
+    }
+    buf[n] = '\0';
+    return 0;
+}
+
+/* Sends one control command and returns the answer ("OK {...}"). */
+static const char *fake(struct fx *f, const char *fmt, ...)
+{
+    char cmd[512];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(cmd, sizeof cmd - 1, fmt, ap);
+    va_end(ap);
+    assert_true(n > 0 && (size_t)n < sizeof cmd - 1);
+    cmd[n++] = '\n';
+    assert_int_equal(write(f->to_fake, cmd, (size_t)n), n);
+    assert_int_equal(read_line(f, f->reply, sizeof f->reply, 20), 0);
+    if (strncmp(f->reply, "OK", 2) != 0)
+        fail_msg("fake refused '%.*s': %s", n - 1, cmd, f->reply);
+    return f->reply;
+}
+
+/* One counter from the fake's stats answer. */
+static long fake_stat(struct fx *f, const char *name)
+{
+    const char *r = fake(f, "stats");
+    char key[64];
+    snprintf(key, sizeof key, "\"%s\": ", name);
+    const char *p = strstr(r, key);
+    assert_non_null(p);
+    return strtol(p + strlen(key), NULL, 10);
+}
+
+static void on_change(struct cmh_discovery *d, void *arg)
+{
+    struct fx *f = arg;
+    size_t n;
+    cmh_discovery_targets(d, &n, NULL);
+    f->changes++;
+    if (f->seen_nonempty && n < f->min_targets_seen)
+        f->min_targets_seen = n;
+    if (n > 0 && !f->seen_nonempty) {
+        f->seen_nonempty = true;
+        f->min_targets_seen = n;
+    }
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static int setup(void **state)
+{
+    struct fx *f = calloc(1, sizeof *f);
+    int in[2], out[2];
+    if (f == NULL || pipe(in) != 0 || pipe(out) != 0)
+        return -1;
+    snprintf(f->dir, sizeof f->dir, "/tmp/cmh-k8s-XXXXXX");
+    if (mkdtemp(f->dir) == NULL)
+        return -1;
+    snprintf(f->token_file, sizeof f->token_file, "%s/token", f->dir);
+    char script[1024];
+    snprintf(script, sizeof script, "%s/test/sim/fake_k8s_api.py", CMH_SOURCE_DIR);
+    f->pid = fork();
+    if (f->pid < 0)
+        return -1;
+    if (f->pid == 0) {
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        close(in[1]);
+        close(out[0]);
+        execl(CMH_TEST_PYTHON, CMH_TEST_PYTHON, script, "--token-file", f->token_file, "--lifetime",
+              "110", "--bookmark-interval", "0.5", (char *)NULL);
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    f->to_fake = in[1];
+    f->from_fake = out[0];
+    char line[1024];
+    if (read_line(f, line, sizeof line, 30) != 0 ||
+        sscanf(line, "READY port=%d ca=%511s", &f->port, f->ca) != 2) {
+        fprintf(stderr, "fake API did not start: '%s'\n", line);
+        return -1;
+    }
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    cmh_log_init(&f->log, CMH_LOG_INFO, CMH_LOG_TEXT, 2);
+    assert_int_equal(cmh_curl_uv_init(&f->curl, &f->loop, NULL, &f->log), 0);
+    assert_int_equal(uv_timer_init(&f->loop, &f->tick), 0);
+    *state = f;
+    return 0;
+}
+
+static void start(struct fx *f, size_t page_limit)
+{
+    char server[128];
+    struct cmh_discovery_opts o = {0};
+    snprintf(server, sizeof server, "https://127.0.0.1:%d", f->port);
+    o.server = server;
+    o.token_file = f->token_file;
+    o.ca_file = f->ca;
+    o.watch_timeout_ms = 3000;
+    o.backoff_base_ms = 50;
+    o.backoff_cap_ms = 400;
+    o.page_limit = page_limit;
+    o.seed = 42;
+    assert_int_equal(cmh_discovery_start(&f->d, &f->loop, &f->curl, &o, &f->log, on_change, f), 0);
+}
+
+static void closed_d(struct cmh_discovery *d)
+{
+    (void)d;
+}
+
+static void closed_c(struct cmh_curl_uv *c)
+{
+    struct fx *f = container_of(c, struct fx, curl);
+    f->closed = 1;
+}
+
+static int teardown(void **state)
+{
+    struct fx *f = *state;
+    cmh_discovery_stop(&f->d, closed_d);
+    cmh_curl_uv_close(&f->curl, closed_c);
+    uv_close((uv_handle_t *)&f->tick, NULL);
+    for (int i = 0; i < 1000 && uv_run(&f->loop, UV_RUN_NOWAIT) != 0; i++)
+        usleep(1000);
+    assert_int_equal(f->closed, 1);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+    close(f->to_fake);
+    int st;
+    for (int i = 0; i < 50 && waitpid(f->pid, &st, WNOHANG) != f->pid; i++)
+        usleep(100000);
+    kill(f->pid, SIGKILL);
+    waitpid(f->pid, &st, 0);
+    close(f->from_fake);
+    unlink(f->token_file);
+    char ca[600];
+    snprintf(ca, sizeof ca, "%s.ca.crt", f->token_file);
+    unlink(ca);
+    rmdir(f->dir);
+    free(f);
+    return 0;
+}
+
+/* The published targets as "pod=ip@node" sorted by pod, comma-separated. */
+static void targets_text(struct fx *f, char *buf, size_t len)
+{
+    size_t n, off = 0;
+    const struct cmh_discovery_target *t = cmh_discovery_targets(&f->d, &n, NULL);
+    buf[0] = '\0';
+    for (size_t i = 0; i < n; i++) {
+        int w = snprintf(buf + off, len - off, "%s%s=%s@%s", i ? "," : "", t[i].pod, t[i].ip,
+                         t[i].node);
+        assert_true(w > 0 && (size_t)w < len - off);
+        off += (size_t)w;
+    }
+}
+
+/* Runs the loop until the targets read want, for at most ms. */
+static void expect_targets(struct fx *f, const char *want, unsigned ms)
+{
+    char have[4096] = "";
+    uint64_t end = uv_now(&f->loop) + ms;
+    uv_timer_start(&f->tick, on_tick, 20, 20);
+    while (uv_now(&f->loop) < end) {
+        targets_text(f, have, sizeof have);
+        if (strcmp(have, want) == 0)
+            break;
+        uv_run(&f->loop, UV_RUN_ONCE);
+    }
+    uv_timer_stop(&f->tick);
+    assert_string_equal(have, want);
+}
+
+/* Runs the loop for ms whatever happens. */
+static void run_for(struct fx *f, unsigned ms)
+{
+    uint64_t end = uv_now(&f->loop) + ms;
+    uv_timer_start(&f->tick, on_tick, 20, 20);
+    while (uv_now(&f->loop) < end)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    uv_timer_stop(&f->tick);
+}
+
+static void wait_watching(struct fx *f, unsigned ms)
+{
+    struct cmh_discovery_status st;
+    uint64_t end = uv_now(&f->loop) + ms;
+    uv_timer_start(&f->tick, on_tick, 20, 20);
+    do {
+        uv_run(&f->loop, UV_RUN_ONCE);
+        cmh_discovery_status(&f->d, &st);
+    } while (!st.watching && uv_now(&f->loop) < end);
+    uv_timer_stop(&f->tick);
+    assert_true(st.watching);
+}
+
+#define A "aws-node-a=10.0.0.1@node-a"
+#define B "aws-node-b=10.0.0.2@node-b"
+#define C "aws-node-c=10.0.0.3@node-c"
+
+static void seed_three(struct fx *f)
+{
+    fake(f, "add aws-node-a node-a 10.0.0.1");
+    fake(f, "add aws-node-b node-b 10.0.0.2");
+    fake(f, "add aws-node-c node-c 10.0.0.3");
+    /* Never targets: not Running, no hostIP yet, another label, another namespace. */
+    fake(f, "add aws-node-p node-p 10.0.0.4 phase=Pending");
+    fake(f, "add aws-node-q node-q");
+    fake(f, "add kube-proxy-a node-a 10.0.0.1 labels=k8s-app=kube-proxy");
+    fake(f, "add aws-node-z node-z 10.0.0.9 ns=default");
+}
+
+/* Pods added, re-IPed, moved between phases and deleted reach the target set; the list is read
+ * in pages of 2 and watch events arrive in 7-byte fragments. */
+static void discovery_follows_pods_added_deleted_and_reiped(void **state)
+{
+    struct fx *f = *state;
+    seed_three(f);
+    start(f, 2);
+    expect_targets(f, A "," B "," C, 10000);
+    assert_true(fake_stat(f, "lists") >= 3); /* 5 matching pods in pages of 2 */
+    wait_watching(f, 5000);
+    fake(f, "fragment on");
+    fake(f, "add aws-node-d node-d 10.0.0.5");
+    expect_targets(f, A "," B "," C ",aws-node-d=10.0.0.5@node-d", 5000);
+    fake(f, "set aws-node-b ip=10.0.1.2");
+    expect_targets(f, A ",aws-node-b=10.0.1.2@node-b," C ",aws-node-d=10.0.0.5@node-d", 5000);
+    fake(f, "del aws-node-a");
+    expect_targets(f, "aws-node-b=10.0.1.2@node-b," C ",aws-node-d=10.0.0.5@node-d", 5000);
+    fake(f, "fragment off");
+    fake(f, "set aws-node-p phase=Running");
+    fake(f, "set aws-node-c phase=Failed");
+    expect_targets(f,
+                   "aws-node-b=10.0.1.2@node-b,aws-node-d=10.0.0.5@node-d,"
+                   "aws-node-p=10.0.0.4@node-p",
+                   5000);
+    fake(f, "set aws-node-q ip=10.0.0.7");
+    expect_targets(f,
+                   "aws-node-b=10.0.1.2@node-b,aws-node-d=10.0.0.5@node-d,"
+                   "aws-node-p=10.0.0.4@node-p,aws-node-q=10.0.0.7@node-q",
+                   5000);
+    /* A set held across changes stays readable. */
+    struct cmh_discovery_set *held = cmh_discovery_acquire(&f->d);
+    fake(f, "del aws-node-d");
+    expect_targets(f,
+                   "aws-node-b=10.0.1.2@node-b,aws-node-p=10.0.0.4@node-p,"
+                   "aws-node-q=10.0.0.7@node-q",
+                   5000);
+    assert_int_equal(held->n, 4);
+    assert_string_equal(held->v[1].pod, "aws-node-d");
+    cmh_discovery_set_release(held);
+    struct cmh_discovery_status st;
+    cmh_discovery_status(&f->d, &st);
+    assert_true(st.synced);
+    assert_false(st.no_pods);
+    assert_int_equal(st.targets, 3);
+    assert_int_equal(st.pods, 4); /* b, c (Failed), p, q */
+    assert_int_equal(st.lists, 1);
+    assert_true(st.generation >= 7);
+    assert_true(f->changes >= 7);
+    assert_true(fake_stat(f, "bookmarks") >= 1);
+}
+
+/* An ERROR 410 in the middle of a watch, and a resume from a compacted resourceVersion, both lead
+ * to a fresh list; the targets never disappear meanwhile and changes made in between arrive. */
+static void discovery_410_mid_watch_relists_without_losing_targets(void **state)
+{
+    struct fx *f = *state;
+    seed_three(f);
+    start(f, 0);
+    expect_targets(f, A "," B "," C, 10000);
+    wait_watching(f, 5000);
+    long lists = fake_stat(f, "lists");
+    fake(f, "gone");
+    fake(f, "set aws-node-a ip=10.0.2.1");
+    expect_targets(f, "aws-node-a=10.0.2.1@node-a," B "," C, 5000);
+    assert_true(fake_stat(f, "gone_sent") >= 1);
+    assert_true(fake_stat(f, "lists") >= lists + 1);
+    /* Compaction then a cut: the resumed watch gets a 410 and the next list sees the change. */
+    wait_watching(f, 5000);
+    fake(f, "compact");
+    fake(f, "disconnect");
+    fake(f, "del aws-node-c");
+    fake(f, "compact");
+    expect_targets(f, "aws-node-a=10.0.2.1@node-a," B, 5000);
+    struct cmh_discovery_status st;
+    cmh_discovery_status(&f->d, &st);
+    assert_true(st.relists_gone >= 1);
+    assert_true(st.lists >= 2);
+    assert_int_equal(f->min_targets_seen, 2); /* never fewer than the pods that exist */
+}
+
+/* The token rotates: the old one is refused, discovery re-reads the file and carries on. */
+static void discovery_follows_token_rotation(void **state)
+{
+    struct fx *f = *state;
+    seed_three(f);
+    start(f, 0);
+    expect_targets(f, A "," B "," C, 10000);
+    wait_watching(f, 5000);
+    fake(f, "token token-1");
+    fake(f, "disconnect");
+    fake(f, "del aws-node-b");
+    expect_targets(f, A "," C, 8000);
+    assert_true(fake_stat(f, "unauthorized") >= 1);
+    assert_non_null(strstr(fake(f, "stats"), "\"token-1\""));
+    struct cmh_discovery_status st;
+    cmh_discovery_status(&f->d, &st);
+    assert_true(st.token_reads >= 2);
+    /* And again, while the watch ends by itself (no cut): the next watch request is refused. */
+    fake(f, "token token-2");
+    run_for(f, 3500);
+    fake(f, "add aws-node-e node-e 10.0.0.6");
+    expect_targets(f, A "," C ",aws-node-e=10.0.0.6@node-e", 10000);
+    assert_true(fake_stat(f, "unauthorized") >= 2);
+}
+
+/* 500s, cuts, a stalled watch and the API down for a while: the last known targets stay
+ * published throughout and discovery recovers by itself. */
+static void discovery_keeps_targets_through_api_faults(void **state)
+{
+    struct fx *f = *state;
+    seed_three(f);
+    start(f, 0);
+    expect_targets(f, A "," B "," C, 10000);
+    wait_watching(f, 5000);
+    uint64_t gen0;
+    cmh_discovery_targets(&f->d, &(size_t){0}, &gen0);
+
+    fake(f, "fail 4 500");
+    fake(f, "disconnect");
+    run_for(f, 1000);
+    expect_targets(f, A "," B "," C, 10);
+    fake(f, "add aws-node-e node-e 10.0.0.6");
+    expect_targets(f, A "," B "," C ",aws-node-e=10.0.0.6@node-e", 8000);
+    assert_true(fake_stat(f, "injected") >= 4);
+
+    /* Slow watch: nothing for 7 s; our guard (3 s watch + 2 s grace) restarts it. */
+    long watches = fake_stat(f, "watches");
+    fake(f, "stall 7");
+    fake(f, "set aws-node-e ip=10.0.1.6");
+    run_for(f, 2000);
+    expect_targets(f, A "," B "," C ",aws-node-e=10.0.0.6@node-e", 10);
+    expect_targets(f, A "," B "," C ",aws-node-e=10.0.1.6@node-e", 12000);
+    assert_true(fake_stat(f, "watches") >= watches + 1);
+
+    /* Down: every connection is closed at once for 3 s. */
+    fake(f, "down 3");
+    run_for(f, 1500);
+    expect_targets(f, A "," B "," C ",aws-node-e=10.0.1.6@node-e", 10);
+    struct cmh_discovery_status st;
+    cmh_discovery_status(&f->d, &st);
+    assert_true(st.errors >= 3);
+    assert_true(st.last_error[0] != '\0');
+    assert_true(fake_stat(f, "refused") >= 1);
+    fake(f, "del aws-node-e");
+    expect_targets(f, A "," B "," C, 10000);
+    wait_watching(f, 5000);
+    assert_int_equal(f->min_targets_seen, 3);
+}
+
+/* No aws-node pod at all (EKS Auto Mode): synced, zero targets, said plainly in the status; the
+ * first pod that appears ends that state. */
+static void discovery_reports_no_aws_node_pods(void **state)
+{
+    struct fx *f = *state;
+    fake(f, "add kube-proxy-a node-a 10.0.0.1 labels=k8s-app=kube-proxy");
+    start(f, 0);
+    struct cmh_discovery_status st;
+    uv_timer_start(&f->tick, on_tick, 20, 20);
+    uint64_t end = uv_now(&f->loop) + 10000;
+    do {
+        uv_run(&f->loop, UV_RUN_ONCE);
+        cmh_discovery_status(&f->d, &st);
+    } while (!st.synced && uv_now(&f->loop) < end);
+    uv_timer_stop(&f->tick);
+    run_for(f, 100);
+    cmh_discovery_status(&f->d, &st);
+    assert_true(st.synced);
+    assert_true(st.no_pods);
+    assert_int_equal(st.targets, 0);
+    fake(f, "add aws-node-a node-a 10.0.0.1");
+    expect_targets(f, A, 5000);
+    cmh_discovery_status(&f->d, &st);
+    assert_false(st.no_pods);
+}
+
+/* Settings: URL from the service variables, namespace and selector checks. */
+static void discovery_options_checked(void **state)
+{
+    (void)state;
+    char url[64], err[256];
+    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "10.100.0.1", "443"), 0);
+    assert_string_equal(url, "https://10.100.0.1:443");
+    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "fd00::1", "6443"), 0);
+    assert_string_equal(url, "https://[fd00::1]:6443");
+    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "", "443"), -EINVAL);
+    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "h", "0"), -EINVAL);
+    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "h", "65536"), -EINVAL);
+    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "h", "44x"), -EINVAL);
+    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "a/b", "443"), -EINVAL);
+    assert_int_equal(cmh_discovery_server_url(url, 10, "10.100.0.1", "443"), -ENOSPC);
+    struct cmh_discovery_opts o = {.server = "https://127.0.0.1:1"};
+    assert_int_equal(cmh_discovery_check_opts(&o, err, sizeof err), 0);
+    o.label_selector = "k8s-app=aws-node,tier!=x";
+    assert_int_equal(cmh_discovery_check_opts(&o, err, sizeof err), 0);
+    o.label_selector = "k8s-app";
+    assert_int_equal(cmh_discovery_check_opts(&o, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "K8S_LABEL_SELECTOR=k8s-app"));
+    o.label_selector = "a=b,";
+    assert_int_equal(cmh_discovery_check_opts(&o, err, sizeof err), -EINVAL);
+    o.label_selector = NULL;
+    o.namespace_name = "Kube_System";
+    assert_int_equal(cmh_discovery_check_opts(&o, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "K8S_NAMESPACE"));
+    o.namespace_name = NULL;
+    o.server = NULL;
+    assert_int_equal(cmh_discovery_check_opts(&o, err, sizeof err), -EINVAL);
+    assert_non_null(strstr(err, "KUBERNETES_SERVICE_HOST"));
+}
+
+/* The pure parsers on hand-written lines: odd items are skipped, bad lines rejected. */
+static void discovery_parsers_on_hand_written_json(void **state)
+{
+    (void)state;
+    struct cmh_discovery_pods pods = {0};
+    char rv[64], cont[64];
+    const char *list =
+        "{\"kind\":\"PodList\",\"metadata\":{\"resourceVersion\":\"7\",\"continue\":\"c1\"},"
+        "\"items\":[{\"metadata\":{\"name\":\"b\"},\"spec\":{\"nodeName\":\"nb\"},"
+        "\"status\":{\"phase\":\"Running\",\"hostIP\":\"10.0.0.2\"}},{\"metadata\":{}},7,"
+        "{\"metadata\":{\"name\":\"a\"},\"status\":{\"phase\":\"Running\",\"hostIP\":\"::1\"}}]}";
+    assert_int_equal(
+        cmh_discovery_parse_list(&pods, list, strlen(list), rv, sizeof rv, cont, sizeof cont), 0);
+    assert_string_equal(rv, "7");
+    assert_string_equal(cont, "c1");
+    assert_int_equal(pods.n, 2);
+    assert_string_equal(pods.v[0].name, "a");
+    assert_string_equal(pods.v[0].node, "");
+    assert_int_equal(cmh_discovery_parse_list(&pods, "[]", 2, rv, sizeof rv, cont, sizeof cont),
+                     -EBADMSG);
+    const char *longrv = "{\"metadata\":{\"resourceVersion\":\"123456789\"},\"items\":[]}";
+    assert_int_equal(
+        cmh_discovery_parse_list(&pods, longrv, strlen(longrv), rv, 8, cont, sizeof cont), -E2BIG);
+    struct cmh_discovery_event ev;
+    const char *del = "{\"type\":\"DELETED\",\"object\":{\"metadata\":{\"name\":\"b\","
+                      "\"resourceVersion\":\"9\"}}}";
+    assert_int_equal(cmh_discovery_parse_event(&pods, del, strlen(del), &ev), 0);
+    assert_int_equal(ev.type, CMH_K8S_EV_DELETED);
+    assert_true(ev.changed);
+    assert_string_equal(ev.rv, "9");
+    assert_int_equal(pods.n, 1);
+    assert_int_equal(cmh_discovery_parse_event(&pods, del, strlen(del), &ev), 0);
+    assert_false(ev.changed);
+    const char *err = "{\"type\":\"ERROR\",\"object\":{\"kind\":\"Status\",\"code\":410}}";
+    assert_int_equal(cmh_discovery_parse_event(&pods, err, strlen(err), &ev), 0);
+    assert_int_equal(ev.type, CMH_K8S_EV_ERROR);
+    assert_int_equal(ev.code, 410);
+    const char *bad[] = {"", "{", "{\"type\":\"ADDED\"}", "{\"type\":\"NOPE\",\"object\":{}}",
+                         "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"\"}}}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        assert_int_equal(cmh_discovery_parse_event(&pods, bad[i], strlen(bad[i]), &ev), -EBADMSG);
+    struct cmh_discovery_set *set = cmh_discovery_set_build(&pods, 3);
+    assert_non_null(set);
+    assert_int_equal(set->n, 1);
+    assert_string_equal(set->v[0].ip, "::1");
+    cmh_discovery_set_release(set);
+    cmh_discovery_pods_free(&pods);
+}
+
+int main(void)
+{
+    signal(SIGPIPE, SIG_IGN);
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(discovery_options_checked),
+        cmocka_unit_test(discovery_parsers_on_hand_written_json),
+        cmocka_unit_test_setup_teardown(discovery_follows_pods_added_deleted_and_reiped, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(discovery_410_mid_watch_relists_without_losing_targets,
+                                        setup, teardown),
+        cmocka_unit_test_setup_teardown(discovery_follows_token_rotation, setup, teardown),
+        cmocka_unit_test_setup_teardown(discovery_keeps_targets_through_api_faults, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(discovery_reports_no_aws_node_pods, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
