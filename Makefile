@@ -1,4 +1,5 @@
 # Thin wrapper over CMake. `make demo` and `make test` are the two commands of the README.
+MAKEFLAGS  += --no-print-directory
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
@@ -12,7 +13,7 @@ BENCH_DEPS := prometheus wrk valgrind
 
 FMT_FILES = $(shell git ls-files -co --exclude-standard -- 'src/*.[ch]' 'include/*.[ch]' 'test/*.[ch]' 2>/dev/null)
 
-.PHONY: all build deps test test-asan fmt fmt-check fuzz readme clean
+.PHONY: all build deps demo test test-asan fmt fmt-check fuzz readme clean
 
 all: build
 
@@ -22,6 +23,10 @@ deps:
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 	@cmake --build $(BUILD) -j $(JOBS)
+
+# A simulated cluster (ipamD fleet), a CloudWatch stand-in, the daemon; prints what it published.
+demo: build
+	/usr/bin/python3 test/sim/demo.py $(BUILD) 4
 
 test: build fmt-check
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)

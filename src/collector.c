@@ -239,7 +239,7 @@ void cmh_collector_close(struct cmh_collector *c, cmh_collector_close_cb close_c
 }
 
 void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_round_stats *st,
-                             int datums)
+                             int datums, const struct cmh_cloudwatch_stats *cw)
 {
     const struct cmh_agg *a = &c->agg;
     /* Datums first, then the summary line that closes the round. */
@@ -255,14 +255,31 @@ void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_ro
                                  cmh_scrape_result_name((enum cmh_scrape_result)r), st->count[r]);
     double nan = 0.0 / 0.0;
 #define TOTAL(id) ((a->has_total >> (id)) & 1 ? a->totals[(id)] : nan)
-    CMH_LOG(c->log, CMH_LOG_INFO, "round", CMH_UINT("round", a->last.round),
-            CMH_UINT("targets", a->last.targets), CMH_UINT("fresh", a->last.fresh),
-            CMH_UINT("stale", a->last.stale), CMH_UINT("failed", a->last.failed),
-            CMH_STR("failures", failures), CMH_DBL("seconds", (double)st->wall_us / 1e6),
-            CMH_UINT("bytes", st->bytes), CMH_UINT("datums", a->datums.n),
-            CMH_DBL("assigned", TOTAL(CMH_M_ASSIGNED_IP)), CMH_DBL("total", TOTAL(CMH_M_TOTAL_IP)),
-            CMH_DBL("max", TOTAL(CMH_M_IP_MAX)), CMH_DBL("available", TOTAL(CMH_M_AVAILABLE_IP)),
-            CMH_DBL("utilization_pct", TOTAL(CMH_M_IP_UTILIZATION)),
-            CMH_DBL("no_ip_errors", TOTAL(CMH_M_NO_AVAILABLE_IP)));
+    struct cmh_kv kv[24];
+    size_t n = 0;
+    kv[n++] = CMH_UINT("round", a->last.round);
+    kv[n++] = CMH_UINT("targets", a->last.targets);
+    kv[n++] = CMH_UINT("fresh", a->last.fresh);
+    kv[n++] = CMH_UINT("stale", a->last.stale);
+    kv[n++] = CMH_UINT("failed", a->last.failed);
+    kv[n++] = CMH_STR("failures", failures);
+    kv[n++] = CMH_DBL("seconds", (double)st->wall_us / 1e6);
+    kv[n++] = CMH_UINT("bytes", st->bytes);
+    kv[n++] = CMH_UINT("datums", a->datums.n);
+    kv[n++] = CMH_DBL("assigned", TOTAL(CMH_M_ASSIGNED_IP));
+    kv[n++] = CMH_DBL("total", TOTAL(CMH_M_TOTAL_IP));
+    kv[n++] = CMH_DBL("max", TOTAL(CMH_M_IP_MAX));
+    kv[n++] = CMH_DBL("available", TOTAL(CMH_M_AVAILABLE_IP));
+    kv[n++] = CMH_DBL("utilization_pct", TOTAL(CMH_M_IP_UTILIZATION));
+    kv[n++] = CMH_DBL("no_ip_errors", TOTAL(CMH_M_NO_AVAILABLE_IP));
+    if (cw != NULL) {
+        kv[n++] = CMH_UINT("cw_published", cw->published);
+        kv[n++] = CMH_UINT("cw_queued", cw->in_queue);
+        kv[n++] = CMH_UINT("cw_dropped", cw->dropped_overflow + cw->dropped_age +
+                                             cw->dropped_invalid + cw->dropped_shutdown);
+        if (cw->last_error[0])
+            kv[n++] = CMH_STR("cw_last_error", cw->last_error);
+    }
+    cmh_log_event(c->log, CMH_LOG_INFO, "round", kv, n);
 #undef TOTAL
 }

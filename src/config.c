@@ -102,9 +102,8 @@ const struct cmh_config_var cmh_config_vars[] = {
 const size_t cmh_config_nvars = sizeof cmh_config_vars / sizeof cmh_config_vars[0];
 
 const char *const cmh_config_prefixes[] = {
-    "USE_",   "METRIC_",   "SCRAPE_", "IPAMD_", "PROMETHEUS_",      "LOG_",        "CW_",
-    "STALE_", "SHUTDOWN_", "HTTP_",   "PROM_",  "AWS_VPC_K8S_CNI_", "AWS_CLUSTER",
-    "K8S_",   NULL};
+    "USE_",      "METRIC_", "SCRAPE_", "IPAMD_",           "PROMETHEUS_", "LOG_", "CW_", "STALE_",
+    "SHUTDOWN_", "HTTP_",   "PROM_",   "AWS_VPC_K8S_CNI_", "AWS_CLUSTER", "K8S_", NULL};
 
 static void *field_ptr(struct cmh_config *cfg, const struct cmh_config_var *var)
 {

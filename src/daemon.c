@@ -2,6 +2,8 @@
 
 #include "cmh/alloc.h"
 
+extern char **environ;
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
@@ -43,7 +45,14 @@ static void on_collector_done(struct cmh_collector *c, const struct cmh_scrape_r
         d->round_set = NULL;
     }
     cmh_expose_round(&d->expose, &c->agg);
-    cmh_collector_log_round(c, st, !d->cfg.use_cloudwatch);
+    struct cmh_cloudwatch_stats cw;
+    if (d->pub != NULL) {
+        if (cmh_publish_datums(d->pub, c->agg.datums.v, c->agg.datums.n) != 0)
+            CMH_LOG(&d->log, CMH_LOG_ERROR, "out of memory queueing datums; round not published",
+                    CMH_UINT("round", c->agg.round), CMH_UINT("datums", c->agg.datums.n));
+        cmh_publish_stats(d->pub, &cw);
+    }
+    cmh_collector_log_round(c, st, !d->cfg.use_cloudwatch, d->pub != NULL ? &cw : NULL);
     cmh_daemon_work_end(d);
 }
 
@@ -69,8 +78,8 @@ static int round_targets(struct cmh_daemon *d, const struct cmh_collector_target
         const struct cmh_discovery_target *x = &set->v[i];
         /* Nodes are the identity the aggregator keeps state under; a pod without a node name yet
          * falls back to its own name. */
-        d->round_targets[i] = (struct cmh_collector_target){
-            x->node[0] ? x->node : x->pod, x->ip, (uint16_t)d->cfg.ipamd_port};
+        d->round_targets[i] = (struct cmh_collector_target){x->node[0] ? x->node : x->pod, x->ip,
+                                                            (uint16_t)d->cfg.ipamd_port};
     }
     d->round_set = set;
     *t = d->round_targets;
@@ -207,6 +216,13 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
             cmh_buf_printf(body, "not ready: no scrape targets\n");
             ready = 0;
         }
+        if (d->cfg.use_cloudwatch) {
+            const char *why = "CloudWatch publishing not set up yet (see the log)";
+            if (d->pub == NULL || cmh_publish_ready(d->pub, &why) != 0) {
+                cmh_buf_printf(body, "not ready: %s\n", why);
+                ready = 0;
+            }
+        }
         if (d->collector.rounds_total == 0) {
             cmh_buf_printf(body, "not ready: no round completed yet\n");
             ready = 0;
@@ -223,33 +239,90 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
             return 404;
         }
         *ctype = "text/plain; version=0.0.4; charset=utf-8";
-        cmh_expose_render(&d->expose, &d->collector, d->cfg.cluster_id, body);
+        struct cmh_cloudwatch_stats cw;
+        if (d->pub != NULL)
+            cmh_publish_stats(d->pub, &cw);
+        cmh_expose_render(&d->expose, &d->collector, d->cluster_id, d->pub != NULL ? &cw : NULL,
+                          body);
         return 200;
     }
     return 404;
 }
 
-int cmh_daemon_use_collector(struct cmh_daemon *d)
+/* Scraping starts once the CLUSTER_ID dimension is known. */
+static int start_collector(struct cmh_daemon *d, const char *cluster)
 {
-    const char *cluster = d->cfg.cluster_id;
-    if (cluster == NULL || cluster[0] == '\0') {
-        cluster = "k8s-cluster"; /* the original helper's default */
-        CMH_LOG(&d->log, CMH_LOG_WARN, "no cluster id; using the default",
-                CMH_STR("cluster_id", cluster), CMH_STR("fix", "set AWS_CLUSTER_ID"));
-    }
     d->cluster_id = cmh_strdup(cluster);
     if (d->cluster_id == NULL)
         return -ENOMEM;
-    int rc = d->cfg.targets.n > 0 ? resolve_static(d) : start_discovery(d);
-    if (rc != 0)
-        return rc;
-    rc = cmh_collector_init(&d->collector, &d->loop, &d->cfg, d->cluster_id, &d->log);
+    int rc = cmh_collector_init(&d->collector, &d->loop, &d->cfg, d->cluster_id, &d->log);
     if (rc != 0) {
         CMH_LOG(&d->log, CMH_LOG_ERROR, "cannot set up scraping", CMH_INT("error", rc));
         return rc;
     }
     d->has_collector = 1;
     d->on_round = collector_round;
+    return 0;
+}
+
+static void start_publish(struct cmh_daemon *d);
+
+static void on_publish_retry(uv_timer_t *t)
+{
+    start_publish(container_of(t, struct cmh_daemon, publish_retry));
+}
+
+static void on_publish_ready(struct cmh_publish *p, int rc, const char *why, void *arg)
+{
+    struct cmh_daemon *d = arg;
+    if (d->stopping)
+        return;
+    if (rc != 0) {
+        /* The original helper crash-loops here; we stay up, unready, and try again. */
+        CMH_LOG(&d->log, CMH_LOG_ERROR, "CloudWatch publishing not possible yet; retrying in 30s",
+                CMH_STR("reason", why), CMH_STR("fix", "set AWS_REGION and AWS_CLUSTER_ID"));
+        cmh_publish_free(p);
+        d->pub = NULL;
+        uv_timer_start(&d->publish_retry, on_publish_retry, 30000, 0);
+        return;
+    }
+    if (start_collector(d, cmh_publish_cluster_id(p)) != 0) {
+        cmh_daemon_stop(d);
+        d->exit_code = 1;
+        return;
+    }
+    /* The first round now, then every interval. */
+    uv_timer_start(&d->round_timer, d->round_timer.timer_cb, 0, d->cfg.interval_ms);
+}
+
+static void start_publish(struct cmh_daemon *d)
+{
+    int rc = start_curl(d);
+    if (rc == 0)
+        rc = cmh_publish_new(&d->pub, &d->loop, &d->curl, &d->cfg, environ, &d->log,
+                             on_publish_ready, d);
+    if (rc != 0)
+        uv_timer_start(&d->publish_retry, on_publish_retry, 30000, 0);
+}
+
+int cmh_daemon_use_collector(struct cmh_daemon *d)
+{
+    int rc = d->cfg.targets.n > 0 ? resolve_static(d) : start_discovery(d);
+    if (rc != 0)
+        return rc;
+    if (d->cfg.use_cloudwatch) {
+        start_publish(d);
+    } else {
+        const char *cluster = d->cfg.cluster_id;
+        if (cluster == NULL || cluster[0] == '\0') {
+            cluster = "k8s-cluster"; /* the original helper's default */
+            CMH_LOG(&d->log, CMH_LOG_WARN, "no cluster id; using the default",
+                    CMH_STR("cluster_id", cluster), CMH_STR("fix", "set AWS_CLUSTER_ID"));
+        }
+        rc = start_collector(d, cluster);
+        if (rc != 0)
+            return rc;
+    }
     struct cmh_http_server_opts ho = {.address = d->cfg.prometheus_address,
                                       .port = (unsigned)d->cfg.prometheus_port};
     rc = cmh_http_server_start(&d->http, &d->loop, &ho, http_handler, d, &d->log);
@@ -300,7 +373,7 @@ static void on_close(uv_handle_t *h)
 }
 
 /* The handles embedded in the daemon itself. */
-#define NHANDLES 5
+#define NHANDLES 6
 static void own_handles(struct cmh_daemon *d, uv_handle_t *h[NHANDLES])
 {
     h[0] = (uv_handle_t *)&d->round_timer;
@@ -308,6 +381,7 @@ static void own_handles(struct cmh_daemon *d, uv_handle_t *h[NHANDLES])
     h[2] = (uv_handle_t *)&d->sigterm;
     h[3] = (uv_handle_t *)&d->sigint;
     h[4] = (uv_handle_t *)&d->sigusr1;
+    h[5] = (uv_handle_t *)&d->publish_retry;
 }
 
 /* Closes every handle we own; the loop then has nothing left and uv_run returns. */
@@ -323,6 +397,10 @@ static void close_all(struct cmh_daemon *d)
         d->open_handles++;
         cmh_http_server_close(&d->http, on_http_closed);
     }
+    if (d->pub != NULL) {
+        cmh_publish_free(d->pub);
+        d->pub = NULL;
+    }
     if (d->has_disc) {
         d->has_disc = 0;
         d->open_handles++;
@@ -337,12 +415,37 @@ static void close_all(struct cmh_daemon *d)
             uv_close(handles[i], on_close);
 }
 
+static void on_flushed(void *arg)
+{
+    cmh_daemon_work_end(arg);
+}
+
 static void maybe_finish(struct cmh_daemon *d)
 {
-    if (d->stopping && d->inflight == 0) {
-        CMH_LOG(&d->log, CMH_LOG_INFO, "stopped", CMH_UINT("rounds", d->round));
-        close_all(d);
+    if (!d->stopping || d->inflight > 0)
+        return;
+    /* Rounds are done; what they queued goes out within what is left of the deadline. */
+    if (d->pub != NULL && !d->flushed) {
+        d->flushed = 1;
+        uint64_t spent = uv_now(&d->loop) - d->stop_at;
+        uint64_t left = spent < d->cfg.shutdown_timeout_ms ? d->cfg.shutdown_timeout_ms - spent : 0;
+        /* The flush ends a little before our own deadline, so it is the one that decides. */
+        left = left > 200 ? left - 200 : 0;
+        cmh_daemon_work_begin(d);
+        if (cmh_publish_flush(d->pub, left, on_flushed, d) == 0)
+            return;
+        d->inflight--;
     }
+    if (d->pub != NULL) {
+        struct cmh_cloudwatch_stats cw;
+        cmh_publish_stats(d->pub, &cw);
+        CMH_LOG(&d->log, CMH_LOG_INFO, "stopped", CMH_UINT("rounds", d->round),
+                CMH_UINT("cw_published", cw.published),
+                CMH_UINT("cw_dropped_shutdown", cw.dropped_shutdown + cw.in_queue));
+    } else {
+        CMH_LOG(&d->log, CMH_LOG_INFO, "stopped", CMH_UINT("rounds", d->round));
+    }
+    close_all(d);
 }
 
 static void on_shutdown_deadline(uv_timer_t *t)
@@ -361,10 +464,12 @@ void cmh_daemon_stop(struct cmh_daemon *d)
     if (d->stopping)
         return;
     d->stopping = 1;
+    d->stop_at = uv_now(&d->loop);
     uv_timer_stop(&d->round_timer);
+    uv_timer_stop(&d->publish_retry);
     CMH_LOG(&d->log, CMH_LOG_INFO, "stopping", CMH_UINT("inflight", d->inflight),
             CMH_UINT("shutdown_timeout_ms", d->cfg.shutdown_timeout_ms));
-    if (d->inflight > 0)
+    if (d->inflight > 0 || d->pub != NULL)
         uv_timer_start(&d->shutdown_timer, on_shutdown_deadline, d->cfg.shutdown_timeout_ms, 0);
     maybe_finish(d);
 }
@@ -412,8 +517,8 @@ int cmh_daemon_init(struct cmh_daemon *d, struct cmh_config *cfg, int log_fd)
     d->cfg = *cfg;
     memset(cfg, 0, sizeof *cfg);
     int level = d->cfg.log_level > CMH_LOG_ERROR ? CMH_LOG_ERROR : d->cfg.log_level;
-    cmh_log_init(&d->log, (enum cmh_log_level)level,
-                 (enum cmh_log_format)d->cfg.log_format, log_fd);
+    cmh_log_init(&d->log, (enum cmh_log_level)level, (enum cmh_log_format)d->cfg.log_format,
+                 log_fd);
     int rc = uv_loop_init(&d->loop);
     if (rc != 0)
         return rc;
@@ -429,6 +534,8 @@ int cmh_daemon_init(struct cmh_daemon *d, struct cmh_config *cfg, int log_fd)
         rc = uv_signal_init(&d->loop, &d->sigint);
     if (rc == 0)
         rc = uv_signal_init(&d->loop, &d->sigusr1);
+    if (rc == 0)
+        rc = uv_timer_init(&d->loop, &d->publish_retry);
     if (rc != 0)
         return rc;
     for (size_t i = 0; i < NHANDLES; i++) {

@@ -45,8 +45,42 @@ static void sample(struct cmh_buf *out, const char *name, const char *suffix, co
     cmh_buf_printf(out, "%s%s%s %s\n", name, suffix, labels, num);
 }
 
+static void cloudwatch_metrics(const struct cmh_cloudwatch_stats *cw, struct cmh_buf *out)
+{
+    const struct {
+        const char *outcome;
+        uint64_t n;
+    } outcomes[] = {{"published", cw->published},
+                    {"dropped_overflow", cw->dropped_overflow},
+                    {"dropped_age", cw->dropped_age},
+                    {"dropped_invalid", cw->dropped_invalid},
+                    {"dropped_shutdown", cw->dropped_shutdown}};
+    cmh_buf_printf(out, "# HELP " PREFIX "cloudwatch_datums_total Datums by how they ended.\n"
+                        "# TYPE " PREFIX "cloudwatch_datums_total counter\n");
+    for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++)
+        cmh_buf_printf(out, PREFIX "cloudwatch_datums_total{outcome=\"%s\"} %llu\n",
+                       outcomes[i].outcome, (unsigned long long)outcomes[i].n);
+    cmh_buf_printf(out,
+                   "# HELP " PREFIX "cloudwatch_queue_datums Datums waiting to be published.\n"
+                   "# TYPE " PREFIX "cloudwatch_queue_datums gauge\n" PREFIX
+                   "cloudwatch_queue_datums %llu\n",
+                   (unsigned long long)cw->in_queue);
+    cmh_buf_printf(out, "# HELP " PREFIX "cloudwatch_requests_total PutMetricData attempts by "
+                        "outcome class.\n# TYPE " PREFIX "cloudwatch_requests_total counter\n");
+    for (int k = 0; k < CMH_CW_CLASS_COUNT; k++)
+        cmh_buf_printf(out, PREFIX "cloudwatch_requests_total{class=\"%s\"} %llu\n",
+                       cmh_cloudwatch_class_name((enum cmh_cw_class)k),
+                       (unsigned long long)cw->attempts[k]);
+    cmh_buf_printf(out,
+                   "# HELP " PREFIX "cloudwatch_access_denied 1 while CloudWatch answers "
+                   "AccessDenied.\n# TYPE " PREFIX "cloudwatch_access_denied gauge\n" PREFIX
+                   "cloudwatch_access_denied %d\n",
+                   cw->access_denied ? 1 : 0);
+}
+
 void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c,
-                       const char *cluster_id, struct cmh_buf *out)
+                       const char *cluster_id, const struct cmh_cloudwatch_stats *cw,
+                       struct cmh_buf *out)
 {
     const struct cmh_agg *a = &c->agg;
     struct cmh_buf lb = {0};
@@ -99,6 +133,8 @@ void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c
         cmh_buf_printf(out, PREFIX "scrapes_total{result=\"%s\"} %llu\n",
                        cmh_scrape_result_name((enum cmh_scrape_result)r),
                        (unsigned long long)c->results_total[r]);
+    if (cw != NULL)
+        cloudwatch_metrics(cw, out);
     cmh_buf_printf(out,
                    "# HELP " PREFIX "build_info Version of this daemon.\n"
                    "# TYPE " PREFIX "build_info gauge\n" PREFIX "build_info{version=\"%s\"} 1\n",

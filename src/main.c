@@ -7,6 +7,7 @@
 #include "cmh/prom.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,12 +65,6 @@ static int run_daemon(void)
     struct warn_ctx w = {&d->log};
     cmh_config_unknown(environ, warn_unknown, &w);
     cmh_config_log(&d->cfg, &d->log);
-    if (d->cfg.use_cloudwatch) {
-        CMH_LOG(&d->log, CMH_LOG_ERROR, "CloudWatch publishing is not in this build yet",
-                CMH_STR("fix", "set USE_CLOUDWATCH=no (datums are then logged)"));
-        cmh_daemon_close(d);
-        return 2;
-    }
     int rc2 = cmh_daemon_use_collector(d);
     if (rc2 != 0) {
         cmh_daemon_close(d);
@@ -82,6 +77,8 @@ static int run_daemon(void)
 
 int main(int argc, char **argv)
 {
+    /* A peer that closes while we write must be an error return, never a killed process. */
+    signal(SIGPIPE, SIG_IGN);
     if (argc < 2)
         return run_daemon();
     const char *cmd = argv[1];

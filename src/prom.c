@@ -82,6 +82,34 @@ static const double pow10_exact[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1
                                      1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                      1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
+/* a[0..n) == b[0..n), eight bytes at a time: names are short, and a library call costs more than
+ * the comparison itself on the per-line paths. */
+static inline int eq_bytes(const char *a, const char *b, size_t n)
+{
+    while (n >= 8) {
+        uint64_t x, y;
+        memcpy(&x, a, 8);
+        memcpy(&y, b, 8);
+        if (x != y)
+            return 0;
+        a += 8;
+        b += 8;
+        n -= 8;
+    }
+    if (n >= 4) {
+        uint32_t x, y, x2, y2;
+        memcpy(&x, a, 4);
+        memcpy(&y, b, 4);
+        memcpy(&x2, a + n - 4, 4);
+        memcpy(&y2, b + n - 4, 4);
+        return x == y && x2 == y2;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (a[i] != b[i])
+            return 0;
+    return 1;
+}
+
 const char *cmh_prom_type_name(enum cmh_prom_type type)
 {
     if ((size_t)type >= sizeof type_names / sizeof type_names[0])
@@ -253,7 +281,9 @@ static int parse_float(char *scratch, const char *s, size_t n, double *out)
     if (n == 0)
         return -1;
     if (n <= 15) {
-        /* Plain integers (most sample values) are exact in a double below 10^15. */
+        /* Plain integers (most sample values) are exact in a double below 10^15, and so is the
+         * mantissa of a short decimal d.ddd: one correctly rounded division by an exact power of
+         * ten gives the correctly rounded value, as strtod would. */
         uint64_t v = 0;
         size_t i = 0;
         for (; i < n; i++) {
@@ -265,6 +295,19 @@ static int parse_float(char *scratch, const char *s, size_t n, double *out)
         if (i == n) {
             *out = (double)v;
             return 0;
+        }
+        if (i > 0 && s[i] == '.' && i + 1 < n) {
+            size_t j = i + 1;
+            for (; j < n; j++) {
+                unsigned d = (unsigned)(unsigned char)s[j] - '0';
+                if (d > 9)
+                    break;
+                v = v * 10 + d;
+            }
+            if (j == n) {
+                *out = (double)v / pow10_exact[n - i - 1];
+                return 0;
+            }
         }
     }
     if (*q == '+' || *q == '-') {
@@ -494,7 +537,8 @@ static uint32_t hash_name(const char *s, size_t n)
     }
     if (n > 0) {
         uint64_t w = 0;
-        memcpy(&w, s, n);
+        for (size_t i = 0; i < n; i++)
+            w |= (uint64_t)(unsigned char)s[i] << (8 * i);
         h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
     }
     h ^= h >> 32;
@@ -518,7 +562,7 @@ static uint32_t fam_find(const struct cmh_prom_parser *p, const char *s, size_t 
         if (v == 0)
             return 0;
         const struct cmh_prom_fam *f = &p->fams[v - 1];
-        if (f->hash == h && f->name_len == n && memcmp(p->names + f->name_off, s, n) == 0)
+        if (f->hash == h && f->name_len == n && eq_bytes(p->names + f->name_off, s, n))
             return v;
     }
 }
@@ -667,7 +711,7 @@ static int resolve(struct cmh_prom_parser *p, const char *s, size_t n, int cur_p
         /* Fast path: the family of the previous line, or one of its suffixes. */
         struct cmh_prom_fam *f = &p->fams[c - 1];
         size_t fl = f->name_len;
-        if (cur_prefix || (n >= fl && memcmp(s, p->names + f->name_off, fl) == 0)) {
+        if (cur_prefix || (n >= fl && eq_bytes(s, p->names + f->name_off, fl))) {
             if (n == fl) {
                 *idx = c;
                 *sfx = CMH_PROM_SUFFIX_NONE;
@@ -728,7 +772,7 @@ static inline const char *scan_name(const struct cmh_prom_parser *p, const char 
     if (p->cur != 0) {
         const struct cmh_prom_fam *f = &p->fams[p->cur - 1];
         if (f->bare && (size_t)(e - s) >= f->name_len &&
-            memcmp(s, p->names + f->name_off, f->name_len) == 0) {
+            eq_bytes(s, p->names + f->name_off, f->name_len)) {
             q = s + f->name_len;
             *cur_prefix = 1;
         }
@@ -869,18 +913,25 @@ static int read_metric_name(struct cmh_prom_parser *p, const char **ps, const ch
 
 static int parse_comment(struct cmh_prom_parser *p, const char *s, const char *e)
 {
-    s = skip_blank(s, e);
-    const char *kw = s;
-    s = until_blank(s, e);
-    if (s == e)
-        return 0;
     int help;
-    if (s - kw == 4 && memcmp(kw, "HELP", 4) == 0)
-        help = 1;
-    else if (s - kw == 4 && memcmp(kw, "TYPE", 4) == 0)
-        help = 0;
-    else
-        return 0; /* any other comment, "# EOF" and "# UNIT" included */
+    if (e - s >= 7 && s[0] == ' ' && s[5] == ' ' &&
+        (memcmp(s + 1, "HELP", 4) == 0 || memcmp(s + 1, "TYPE", 4) == 0)) {
+        /* The usual "# HELP name" / "# TYPE name": the same as the general path below. */
+        help = s[1] == 'H';
+        s += 6;
+    } else {
+        s = skip_blank(s, e);
+        const char *kw = s;
+        s = until_blank(s, e);
+        if (s == e)
+            return 0;
+        if (s - kw == 4 && memcmp(kw, "HELP", 4) == 0)
+            help = 1;
+        else if (s - kw == 4 && memcmp(kw, "TYPE", 4) == 0)
+            help = 0;
+        else
+            return 0; /* any other comment, "# EOF" and "# UNIT" included */
+    }
     s = skip_blank(s, e);
     char *sc = p->scratch;
     const char *name;
@@ -1045,7 +1096,9 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
                 ll = (size_t)(q - s);
                 s = q;
             }
-            s = skip_blank(s, e);
+            /* Blanks are skipped only where the canonical form has none (name="value"). */
+            if (s < e && *s != '=')
+                s = skip_blank(s, e);
             if (s == e || *s != '=') {
                 if (braces && quoted && s < e && (*s == ',' || *s == '}')) {
                     /* {"metric.name", ...}: the quoted name of a UTF-8 metric. */
@@ -1068,7 +1121,9 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
                 return fail(p, -EINVAL, "invalid label name %s", Q(b, ln, ll));
             if (ll == 8 && memcmp(ln, "__name__", 8) == 0)
                 return fail(p, -EINVAL, "label name \"__name__\" is reserved");
-            s = skip_blank(s + 1, e);
+            s++;
+            if (s < e && *s != '"')
+                s = skip_blank(s, e);
             if (s == e || *s != '"')
                 return fail(p, -EINVAL, "expected '\"' at start of label value, found %s",
                             s < e ? Q(b, s, 1) : "end of line");
@@ -1098,7 +1153,8 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
                     return rc;
             }
             p->labels[nl++] = (struct cmh_prom_label){ln, ll, lv, lvl};
-            s = skip_blank(s, e);
+            if (s < e && *s != ',' && *s != '}')
+                s = skip_blank(s, e);
             if (s < e && *s == ',') {
                 s++;
                 continue;
@@ -1208,7 +1264,7 @@ static inline int skip_fast(struct cmh_prom_parser *p, const char *s, const char
     const struct cmh_prom_fam *f = &p->fams[c - 1];
     size_t fl = f->name_len;
     if (f->want != 0 || f->want_type != f->type || !f->bare || (f->flags & F_SAMPLES) == 0 ||
-        (size_t)(e - s) <= fl || memcmp(s, p->names + f->name_off, fl) != 0)
+        (size_t)(e - s) <= fl || !eq_bytes(s, p->names + f->name_off, fl))
         return 0;
     const char *q = s + fl;
     if (*q != ' ' && *q != '{' && *q != '\t') {

@@ -853,8 +853,7 @@ static void on_round_done(uv_timer_t *t)
     s->stats.wall_us = (uv_hrtime() - s->round_start_ns) / 1000;
     s->stats.logged = s->loglimit.used;
     s->stats.suppressed = s->loglimit.suppressed;
-    size_t failed = s->ntargets - s->stats.count[CMH_SCRAPE_OK];
-    if (cmh_log_enabled(s->log, failed ? CMH_LOG_WARN : CMH_LOG_DEBUG)) {
+    if (cmh_log_enabled(s->log, CMH_LOG_DEBUG)) {
         /* One summary line: counts of every result that happened. */
         struct cmh_kv kv[CMH_SCRAPE_NRESULTS + 8];
         size_t n = 0;
@@ -868,7 +867,8 @@ static void on_round_done(uv_timer_t *t)
         kv[n++] = CMH_UINT("connects", s->stats.connects);
         kv[n++] = CMH_UINT("reused", s->stats.reused);
         kv[n++] = CMH_UINT("failure_lines_suppressed", s->loglimit.suppressed);
-        cmh_log_event(s->log, failed ? CMH_LOG_WARN : CMH_LOG_DEBUG, "scrape round", kv, n);
+        /* The collector logs the round's one summary line; this one is for debugging. */
+        cmh_log_event(s->log, CMH_LOG_DEBUG, "scrape round", kv, n);
     }
     s->active = 0;
     struct cmh_scrape_round_stats st = s->stats;

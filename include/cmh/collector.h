@@ -5,6 +5,7 @@
 #define CMH_COLLECTOR_H
 
 #include "cmh/aggregate.h"
+#include "cmh/cloudwatch.h"
 #include "cmh/config.h"
 #include "cmh/log.h"
 #include "cmh/prom.h"
@@ -74,8 +75,9 @@ int cmh_collector_round(struct cmh_collector *c, uint64_t round, int64_t start_m
  * everything; close_cb fires when the last handle is closed. */
 void cmh_collector_close(struct cmh_collector *c, cmh_collector_close_cb close_cb);
 
-/* Logs the round: with datums != 0 every datum as an event, then the one summary line. */
+/* Logs the round: with datums != 0 every datum as an event, then the one summary line (with the
+ * publisher's figures when cw is not NULL). */
 void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_round_stats *st,
-                             int datums);
+                             int datums, const struct cmh_cloudwatch_stats *cw);
 
 #endif

@@ -9,6 +9,7 @@
 #include "cmh/discovery.h"
 #include "cmh/expose.h"
 #include "cmh/http_server.h"
+#include "cmh/publish.h"
 #include "cmh/log.h"
 
 #include <uv.h>
@@ -50,17 +51,23 @@ struct cmh_daemon {
     struct cmh_discovery_set *round_set;
     struct cmh_collector_target *round_targets;
     size_t round_cap;
-    char *cluster_id; /* the CLUSTER_ID dimension in use */
+    char *cluster_id;         /* the CLUSTER_ID dimension in use */
+    struct cmh_publish *pub;  /* USE_CLOUDWATCH */
+    uv_timer_t publish_retry; /* re-resolves region/cluster id after a failure */
+    uint64_t stop_at;         /* uv_now when the stop began */
+    int flushed;
 };
 
 /* Takes ownership of *cfg (left zeroed) and the log settings; sets up the loop, timers and signal
  * watchers. Returns 0 or a negative errno-style code. */
 int cmh_daemon_init(struct cmh_daemon *d, struct cmh_config *cfg, int log_fd);
 
-/* Makes every round a collector round (scrape, parse, aggregate, log the summary and, with
- * USE_CLOUDWATCH=no, every datum) and starts our HTTP server (/healthz, /readyz, and /metrics
- * with USE_PROMETHEUS) on PROMETHEUS_ADDRESS:PROMETHEUS_PORT. Call after init, before run.
- * Returns 0 or a negative code (logged). */
+/* Makes every round a collector round (scrape, parse, aggregate, then publish to CloudWatch or,
+ * with USE_CLOUDWATCH=no, log every datum; one summary line) and starts our HTTP server
+ * (/healthz, /readyz, and /metrics with USE_PROMETHEUS) on PROMETHEUS_ADDRESS:PROMETHEUS_PORT.
+ * With CloudWatch, rounds begin once region and cluster id are known. Call after init, before
+ * run. Returns 0, -EINVAL for a configuration that cannot work (logged), or another negative
+ * code. */
 int cmh_daemon_use_collector(struct cmh_daemon *d);
 
 /* Runs rounds until a stop signal (or cmh_daemon_stop). Returns the process exit status: 0 after

@@ -19,8 +19,9 @@ struct cmh_expose {
 void cmh_expose_round(struct cmh_expose *e, const struct cmh_agg *a);
 
 /* Renders text format 0.0.4 into out: cluster values of the last round (cluster_id label), then
- * self-metrics of c. */
+ * self-metrics of c and, when cw is not NULL, of the CloudWatch publisher. */
 void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c,
-                       const char *cluster_id, struct cmh_buf *out);
+                       const char *cluster_id, const struct cmh_cloudwatch_stats *cw,
+                       struct cmh_buf *out);
 
 #endif

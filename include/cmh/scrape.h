@@ -186,7 +186,11 @@ int cmh_scraper_init(struct cmh_scraper *s, uv_loop_t *loop, const struct cmh_sc
 
 /* Starts a round over targets[0..n): every target gets exactly one record. targets and the
  * consumer's arg are borrowed until done fires (never inside this call, even for n == 0).
- * Returns 0, -EBUSY while a round is running, -ESHUTDOWN after close, or -ENOMEM. */
+ * Returns 0, -EBUSY while a round is running (rounds never overlap: the daemon keeps the round
+ * deadline below its interval), -ESHUTDOWN after close, -EINVAL for more than 2^32 targets, or
+ * -ENOMEM. Requests go out with Connection: close when keep-alive is off. A request is sent with
+ * MSG_NOSIGNAL; only what a full socket buffer refuses goes through libuv's write(2), so the
+ * daemon should still ignore SIGPIPE. */
 int cmh_scraper_round(struct cmh_scraper *s, const struct cmh_scrape_target *targets, size_t n,
                       const struct cmh_scrape_consumer *consumer, cmh_scrape_done_cb done,
                       void *arg);

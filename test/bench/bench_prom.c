@@ -1,8 +1,9 @@
 /* Parser throughput, side by side on the same in-memory bytes: our parse (all families, and with
- * the interest filter the daemon uses), and a memchr-only line splitter (the memory-speed limit).
- *   bench_prom --gen FILE [MB]         writes the large multi-family exposition
+ * the daemon's own interest filter, cmh_agg_want), and a memchr-only line splitter (the
+ * memory-speed limit). bench_prom --gen FILE [MB]         writes the large multi-family exposition
  *   bench_prom NAME FILE [NAME FILE]   measures each input; prints a table and BENCH lines */
 #include "cmh/prom.h"
+#include "cmh/aggregate.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -10,32 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-/* The families the aggregator reads (its metric table) and process_start_time_seconds. */
-static const char *const wanted_names[] = {
-    "awscni_add_ip_req_count",
-    "awscni_assigned_ip_addresses",
-    "awscni_assigned_ip_per_cidr",
-    "awscni_aws_api_error_count",
-    "awscni_aws_api_latency_ms",
-    "awscni_aws_utils_error_count",
-    "awscni_del_ip_req_count",
-    "awscni_ec2api_error_count",
-    "awscni_ec2api_req_count",
-    "awscni_eni_allocated",
-    "awscni_eni_max",
-    "awscni_force_removed_enis",
-    "awscni_force_removed_ips",
-    "awscni_ip_max",
-    "awscni_ipamd_action_inprogress",
-    "awscni_ipamd_error_count",
-    "awscni_no_available_ip_addresses",
-    "awscni_pod_eni_error_count",
-    "awscni_reconcile_count",
-    "awscni_total_ip_addresses",
-    "awscni_total_ipv4_prefixes",
-    "process_start_time_seconds",
-};
 
 struct sink {
     double sum;
@@ -223,13 +198,11 @@ static int parse_file(const char *path)
 static int passes(const char *mode, unsigned long n, const char *path)
 {
     struct sink sink = {0, 0};
-    struct cmh_prom_names set = {wanted_names, sizeof wanted_names / sizeof wanted_names[0]};
     struct cmh_prom_options opt = {.on_sample = on_sample, .arg = &sink};
     enum mode m = M_FULL;
     if (strcmp(mode, "filter") == 0) {
         m = M_FILTER;
-        opt.want = cmh_prom_want_names;
-        opt.want_arg = &set;
+        opt.want = cmh_agg_want; /* the daemon's own interest filter */
     } else if (strcmp(mode, "memchr") == 0) {
         m = M_MEMCHR;
     }
@@ -262,11 +235,9 @@ int main(int argc, char **argv)
         return 2;
     }
     struct sink sink = {0, 0};
-    struct cmh_prom_names set = {wanted_names, sizeof wanted_names / sizeof wanted_names[0]};
     struct cmh_prom_options full = {.on_sample = on_sample, .arg = &sink};
     struct cmh_prom_options filt = full;
-    filt.want = cmh_prom_want_names;
-    filt.want_arg = &set;
+    filt.want = cmh_agg_want; /* the daemon's own interest filter (src/aggregate.c) */
     struct cmh_prom_parser pf, pw;
     if (cmh_prom_init(&pf, &full) != 0 || cmh_prom_init(&pw, &filt) != 0)
         return 1;

@@ -1,0 +1,50 @@
+/* Publishing to CloudWatch, assembled: the credential provider and region/cluster-id resolution
+ * (aws_creds), the publisher (cloudwatch), and the adapter between them. Owned by the daemon
+ * (cmh_publish_new/_free); thread: the loop thread only. */
+#ifndef CMH_PUBLISH_H
+#define CMH_PUBLISH_H
+
+#include "cmh/cloudwatch.h"
+#include "cmh/config.h"
+#include "cmh/curl_uv.h"
+#include "cmh/datum.h"
+
+#include <uv.h>
+
+struct cmh_log;
+struct cmh_aws_provider;
+struct cmh_publish;
+
+/* Fires once, from the loop, when region and cluster id are known and the publisher runs (rc 0:
+ * cmh_publish_cluster_id is valid), or when that failed (rc < 0, why says what to fix). */
+typedef void (*cmh_publish_ready_cb)(struct cmh_publish *p, int rc, const char *why, void *arg);
+
+/* Starts resolving region and cluster id (AWS_REGION/AWS_CLUSTER_ID from cfg, else the chain),
+ * then creates the publisher. envp is read for the AWS SDK variables (credentials, endpoints:
+ * AWS_ENDPOINT_URL_CLOUDWATCH, then AWS_ENDPOINT_URL). curl and log are borrowed. Returns 0 or
+ * a negative code (logged). */
+int cmh_publish_new(struct cmh_publish **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
+                    const struct cmh_config *cfg, char *const *envp, struct cmh_log *log,
+                    cmh_publish_ready_cb cb, void *arg);
+
+const char *cmh_publish_cluster_id(const struct cmh_publish *p);
+
+/* Queues a round's datums (copied). Returns 0, -EAGAIN before ready, or -ENOMEM. */
+int cmh_publish_datums(struct cmh_publish *p, const struct cmh_datum *d, size_t n);
+
+/* Flushes within deadline_ms; cb fires from the loop when done (at once if not ready). */
+int cmh_publish_flush(struct cmh_publish *p, uint64_t deadline_ms, void (*cb)(void *arg),
+                      void *arg);
+
+/* Publisher figures; zeroes before ready. */
+void cmh_publish_stats(const struct cmh_publish *p, struct cmh_cloudwatch_stats *out);
+
+/* 0 when ready and not refused for lack of permission; else -EAGAIN (resolving) or -EACCES
+ * (AccessDenied), with a sentence for /readyz in why. */
+int cmh_publish_ready(const struct cmh_publish *p, const char **why);
+
+/* Abandons what is in flight and frees p (memory of pending requests goes when curl_uv ends
+ * them: keep running the loop). */
+void cmh_publish_free(struct cmh_publish *p);
+
+#endif

@@ -1,0 +1,219 @@
+#include "cmh/publish.h"
+
+#include "cmh/alloc.h"
+#include "cmh/aws_creds.h"
+#include "cmh/log.h"
+#include "cmh/sigv4.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+struct cmh_publish {
+    uv_loop_t *loop;
+    struct cmh_log *log;
+    struct cmh_curl_uv *curl;
+    const struct cmh_config *cfg;
+    struct cmh_aws_provider *aws;
+    struct cmh_cloudwatch *cw;
+    char *endpoint_override;
+    char *cluster_id;
+    int resolving;
+    int freeing; /* callbacks cancelled by free reach no one */
+    char why[256];
+    cmh_publish_ready_cb cb;
+    void *arg;
+    void (*flush_cb)(void *arg);
+    void *flush_arg;
+};
+
+/* One credentials request of the publisher, carried through the provider's callback. */
+struct creds_call {
+    cmh_cloudwatch_creds_cb cb;
+    void *arg;
+};
+
+static void on_aws_creds(struct cmh_aws_provider *prov, int rc,
+                         const struct cmh_aws_credentials *creds, const char *why, void *arg)
+{
+    struct creds_call *call = arg;
+    (void)prov;
+    if (rc == 0) {
+        struct cmh_sigv4_credentials c = {creds->access_key_id, creds->secret_access_key,
+                                          creds->session_token};
+        call->cb(call->arg, 0, &c, NULL);
+    } else {
+        call->cb(call->arg, rc, NULL, why);
+    }
+    cmh_free(call);
+}
+
+static int creds_get(void *ctx, cmh_cloudwatch_creds_cb cb, void *arg)
+{
+    struct cmh_publish *p = ctx;
+    struct creds_call *call = cmh_malloc(sizeof *call);
+    if (call == NULL)
+        return -ENOMEM;
+    call->cb = cb;
+    call->arg = arg;
+    int rc = cmh_aws_creds_get(p->aws, on_aws_creds, call);
+    if (rc != 0)
+        cmh_free(call);
+    return rc;
+}
+
+static void creds_invalidate(void *ctx)
+{
+    struct cmh_publish *p = ctx;
+    cmh_aws_creds_invalidate(p->aws);
+}
+
+static const char *env_get(char *const *envp, const char *name)
+{
+    size_t n = strlen(name);
+    for (char *const *e = envp; e != NULL && *e != NULL; e++)
+        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=' && (*e)[n + 1] != '\0')
+            return *e + n + 1;
+    return NULL;
+}
+
+static void on_resolved(struct cmh_aws_provider *prov, int rc, const char *region,
+                        const char *cluster_id, const char *why, void *arg)
+{
+    struct cmh_publish *p = arg;
+    (void)prov;
+    p->resolving = 0;
+    if (p->freeing)
+        return;
+    if (rc != 0) {
+        snprintf(p->why, sizeof p->why, "cannot learn the AWS region or cluster id: %s",
+                 why ? why : "unknown error");
+        p->cb(p, rc, p->why, p->arg);
+        return;
+    }
+    char endpoint[512];
+    int n = cmh_cloudwatch_endpoint(region, p->endpoint_override, endpoint, sizeof endpoint);
+    p->cluster_id = cmh_strdup(cluster_id);
+    if (n < 0 || p->cluster_id == NULL) {
+        snprintf(p->why, sizeof p->why, "bad region '%s' for the CloudWatch endpoint", region);
+        p->cb(p, n < 0 ? n : -ENOMEM, p->why, p->arg);
+        return;
+    }
+    struct cmh_cloudwatch_opts o;
+    cmh_cloudwatch_opts_from_config(&o, p->cfg);
+    o.region = region;
+    o.endpoint = endpoint;
+    o.creds = (struct cmh_cloudwatch_creds){creds_get, creds_invalidate, p};
+    rc = cmh_cloudwatch_new(&p->cw, p->loop, p->curl, &o, p->log);
+    if (rc != 0) {
+        snprintf(p->why, sizeof p->why, "cannot set up the CloudWatch publisher (see the log)");
+        p->cb(p, rc, p->why, p->arg);
+        return;
+    }
+    CMH_LOG(p->log, CMH_LOG_INFO, "publishing to CloudWatch", CMH_STR("region", region),
+            CMH_STR("endpoint", endpoint), CMH_STR("cluster_id", cluster_id),
+            CMH_STR("namespace", p->cfg->cw_namespace));
+    p->cb(p, 0, NULL, p->arg);
+}
+
+int cmh_publish_new(struct cmh_publish **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
+                    const struct cmh_config *cfg, char *const *envp, struct cmh_log *log,
+                    cmh_publish_ready_cb cb, void *arg)
+{
+    struct cmh_publish *p = cmh_calloc(1, sizeof *p);
+    if (p == NULL)
+        return -ENOMEM;
+    p->loop = loop;
+    p->log = log;
+    p->curl = curl;
+    p->cfg = cfg;
+    p->cb = cb;
+    p->arg = arg;
+    const char *override = env_get(envp, "AWS_ENDPOINT_URL_CLOUDWATCH");
+    if (override == NULL)
+        override = env_get(envp, "AWS_ENDPOINT_URL");
+    int rc = 0;
+    if (override != NULL && (p->endpoint_override = cmh_strdup(override)) == NULL)
+        rc = -ENOMEM;
+    struct cmh_aws_creds_opts ao = {.envp = envp,
+                                    .region = cfg->aws_region,
+                                    .cluster_id = cfg->cluster_id,
+                                    .imds_timeout_ms = 1000};
+    if (rc == 0)
+        rc = cmh_aws_provider_new(&p->aws, loop, curl, &ao, log);
+    if (rc == 0) {
+        p->resolving = 1;
+        snprintf(p->why, sizeof p->why, "learning the AWS region and cluster id");
+        rc = cmh_aws_resolve(p->aws, on_resolved, p);
+    }
+    if (rc != 0) {
+        CMH_LOG(log, CMH_LOG_ERROR, "cannot set up AWS access", CMH_INT("error", rc));
+        cmh_publish_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+const char *cmh_publish_cluster_id(const struct cmh_publish *p)
+{
+    return p->cluster_id;
+}
+
+int cmh_publish_datums(struct cmh_publish *p, const struct cmh_datum *d, size_t n)
+{
+    if (p->cw == NULL)
+        return -EAGAIN;
+    return cmh_cloudwatch_enqueue(p->cw, d, n);
+}
+
+static void on_flushed(struct cmh_cloudwatch *cw, void *arg)
+{
+    struct cmh_publish *p = arg;
+    (void)cw;
+    p->flush_cb(p->flush_arg);
+}
+
+int cmh_publish_flush(struct cmh_publish *p, uint64_t deadline_ms, void (*cb)(void *arg), void *arg)
+{
+    p->flush_cb = cb;
+    p->flush_arg = arg;
+    if (p->cw == NULL)
+        return -EAGAIN;
+    return cmh_cloudwatch_flush(p->cw, deadline_ms, on_flushed, p);
+}
+
+void cmh_publish_stats(const struct cmh_publish *p, struct cmh_cloudwatch_stats *out)
+{
+    if (p->cw != NULL)
+        cmh_cloudwatch_stats(p->cw, out);
+    else
+        memset(out, 0, sizeof *out);
+}
+
+int cmh_publish_ready(const struct cmh_publish *p, const char **why)
+{
+    if (p->cw == NULL) {
+        *why = p->why;
+        return -EAGAIN;
+    }
+    if (cmh_cloudwatch_ready(p->cw) != 0) {
+        *why = "CloudWatch answers AccessDenied: grant cloudwatch:PutMetricData (see the log)";
+        return -EACCES;
+    }
+    return 0;
+}
+
+void cmh_publish_free(struct cmh_publish *p)
+{
+    if (p == NULL)
+        return;
+    p->freeing = 1;
+    if (p->cw != NULL)
+        cmh_cloudwatch_free(p->cw);
+    if (p->aws != NULL)
+        cmh_aws_provider_free(p->aws);
+    cmh_free(p->endpoint_override);
+    cmh_free(p->cluster_id);
+    cmh_free(p);
+}
