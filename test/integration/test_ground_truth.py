@@ -146,7 +146,7 @@ def run(name, nodes, rounds, faults="", churn=0, restart=0, stale_rounds=2, seed
         os.rmdir(tmp)
 
 
-FAST_FAULTS = "refuse=5%,reset=3%,status500=3%,garbage=2%,truncate=3%,ctype=2%,oversize=1%,chunked=5%,eofbody=5%"
+FAST_FAULTS = "refuse=5%,reset=3%,status500=3%,garbage=2%,truncate=3%,ctype=2%,badtext=3%,oversize=1%,chunked=5%,eofbody=5%"
 SCENARIOS = {
     "steady": lambda: run("steady", nodes=20, rounds=30, stale_rounds=0, sim_sums=True),
     "join_leave": lambda: run("join_leave", nodes=30, rounds=60, churn=10, seed=2),

@@ -34,7 +34,8 @@
  * timeout), trickle (64 bytes per --trickle-ms: response timeout), reset (half the body then RST),
  * status500, garbage (non-HTTP bytes, then close: malformed), truncate (Content-Length, half the
  * body, then FIN), oversize (a chunked body of 6 MiB: body too large), ctype (text/html),
- * badtext (a malformed first line: parse error); and two that must succeed: chunked
+ * badtext (a malformed first line of awscni_assigned_ip_addresses: parse error); and two that
+ * must succeed: chunked
  * (Transfer-Encoding: chunked), eofbody (no Content-Length, body ends at close).
  *
  * Truth (--truth-dir DIR), written for epoch 0 at start and for every epoch at /advance:
@@ -1217,7 +1218,8 @@ static void respond(struct sim_conn *c)
     char *pre = NULL;
     size_t prelen = 0;
     if (fault == F_BADTEXT) {
-        pre = (char *)"awscni_broken_metric{fn=\"x\" 1\n";
+        /* A family every correct consumer reads (a skipped family's line may go unchecked). */
+        pre = (char *)"awscni_assigned_ip_addresses{fn=\"x\" 1\n";
         prelen = strlen(pre);
     }
     size_t blen = render_body(w, c->node, H + prelen);
