@@ -6,18 +6,11 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import check, failures, finish  # noqa: E402
+
 BIN = os.environ["CMH_BIN"]
 BASE_ENV = {"PATH": "/usr/bin:/bin", "PROMETHEUS_ADDRESS": "127.0.0.1", "PROMETHEUS_PORT": "0"}
-failures = []
-passed = 0
-
-
-def check(name, cond, detail=""):
-    global passed
-    if cond:
-        passed += 1
-    else:
-        failures.append(f"{name}: {detail}")
 
 
 def run(args, env, timeout=10):
@@ -91,6 +84,7 @@ for sig in (signal.SIGTERM, signal.SIGINT):
 
 # JSON logs: every line is one JSON object.
 import json
+
 p = start({"SCRAPE_TARGETS": "127.0.0.1:1", "LOG_FORMAT": "json", "USE_CLOUDWATCH": "no"})
 seen = read_until(p, '"msg":"started"')
 p.send_signal(signal.SIGTERM)
@@ -104,7 +98,4 @@ for l in seen:
         ok = False
 check("json lines", ok and len(seen) >= 3, repr(seen))
 
-for f in failures:
-    print("FAIL", f)
-print(f"{passed} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()

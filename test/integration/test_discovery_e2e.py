@@ -12,21 +12,14 @@ import sys
 import tempfile
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import check, failures, finish  # noqa: E402
+
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
 SHARED = os.environ["CMH_SHARED_DIR"]
 PY = "/usr/bin/python3"
-failures, passed = [], 0
-
-
-def check(name, cond, detail=""):
-    global passed
-    if cond:
-        passed += 1
-    else:
-        failures.append(f"{name}: {detail}")
-    return cond
 
 
 tmp = tempfile.mkdtemp(prefix="cmh-disc-")
@@ -169,7 +162,4 @@ finally:
     sim.terminate()
     sim.wait(timeout=10)
 
-for f in failures:
-    print("FAIL", f)
-print(f"{passed} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()

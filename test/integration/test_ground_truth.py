@@ -30,19 +30,10 @@ SHARED = os.environ["CMH_SHARED_DIR"]
 SIM = os.path.join(BUILD, "test", "ipamd_sim")
 TEMPLATE = os.path.join(SHARED, "testdata/ipamd/cni_test1.data")
 
-failures, passed = [], 0
-
-
-def check(name, cond, detail=""):
-    global passed
-    if cond:
-        passed += 1
-    else:
-        failures.append(f"{name}: {detail}")
-    return cond
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import check, failures, finish  # noqa: E402
 from truth_model import TABLE, Model, ts_ms  # noqa: E402
 
 def run(name, nodes, rounds, faults="", churn=0, restart=0, stale_rounds=2, seed=1,
@@ -161,7 +152,4 @@ SCENARIOS = {
 names = sys.argv[1:] or list(SCENARIOS)
 for n in names:
     SCENARIOS[n]()
-for f in failures:
-    print("FAIL", f)
-print(f"{passed} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()

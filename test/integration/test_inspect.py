@@ -7,17 +7,11 @@ import subprocess
 import sys
 import tempfile
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import check, failures, finish  # noqa: E402
+
 BIN = os.environ["CMH_BIN"]
 DATA = os.path.join(os.environ["CMH_SHARED_DIR"], "testdata/ipamd/cni_test1.data")
-failures, passed = [], 0
-
-
-def check(name, cond, detail=""):
-    global passed
-    if cond:
-        passed += 1
-    else:
-        failures.append(f"{name}: {detail}")
 
 
 def run(*args):
@@ -55,7 +49,4 @@ check("usage", r.returncode == 2 and "Usage" in r.stderr, r.stderr)
 r = run("/nonexistent/file")
 check("unreadable", r.returncode == 2 and "No such file" in r.stderr, r.stderr)
 
-for f in failures:
-    print("FAIL", f)
-print(f"{passed} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()

@@ -13,18 +13,12 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import check, failures, finish  # noqa: E402
+
 BIN = os.environ["CMH_BIN"]
 SHARED = os.environ["CMH_SHARED_DIR"]
 BODY = open(os.path.join(SHARED, "testdata/ipamd/cni_test1.data"), "rb").read()
-failures, passed = [], 0
-
-
-def check(name, cond, detail=""):
-    global passed
-    if cond:
-        passed += 1
-    else:
-        failures.append(f"{name}: {detail}")
 
 
 class Ipamd(http.server.BaseHTTPRequestHandler):
@@ -161,7 +155,4 @@ finally:
     p.terminate()
     p.wait(timeout=10)
 
-for f in failures:
-    print("FAIL", f)
-print(f"{passed} passed, {len(failures)} failed")
-sys.exit(1 if failures else 0)
+finish()

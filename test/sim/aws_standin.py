@@ -31,6 +31,8 @@ import ssl
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+import testca  # noqa: E402  (test/sim/testca.py, beside this file)
+
 LOCK = threading.Lock()
 STATE = {"queue": [], "log": [], "mismatches": [], "aemm": None, "token": None}
 # Recorded request headers a client must reproduce exactly (the rest are SDK user agents etc.).
@@ -196,16 +198,7 @@ class Server(ThreadingHTTPServer):
 
 
 def make_certs(d):
-    def openssl(*a):
-        subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True, timeout=60)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=cmh aws stand-in CA")
-    openssl("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
-    with open(os.path.join(d, "ext.cnf"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf")
+    testca.make_certs(d, ca_cn="cmh aws stand-in CA")
 
 
 def command(cmd, shared):

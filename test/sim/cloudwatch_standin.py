@@ -53,6 +53,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 
+import testca  # noqa: E402  (test/sim/testca.py, beside this file)
+
 SESSION = botocore.session.get_session()
 MODEL = SESSION.get_service_model("cloudwatch")
 OP = MODEL.operation_model("PutMetricData")
@@ -525,16 +527,7 @@ class Handler(BaseHTTPRequestHandler):
 
 
 def make_certs(d):
-    def openssl(*args):
-        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, timeout=60)
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-            "-subj", "/CN=cmh cloudwatch test CA")
-    openssl("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=127.0.0.1")
-    with open(os.path.join(d, "ext.cnf"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1\n")
-    openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "srv.pem", "-days", "2", "-extfile", "ext.cnf")
+    testca.make_certs(d, ca_cn="cmh cloudwatch test CA")
 
 
 def main():

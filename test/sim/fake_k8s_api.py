@@ -46,6 +46,8 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+import testca  # noqa: E402  (test/sim/testca.py, beside this file)
+
 COND = threading.Condition()
 STATE = {
     "rv": 100,
@@ -67,20 +69,9 @@ STATE = {
 }
 
 
-def openssl(*args, cwd):
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
 def make_certs(d):
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-            "-subj", "/CN=fake kubernetes CA", cwd=d)
-    openssl("req", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj", "/CN=kube-apiserver",
-            cwd=d)
-    with open(os.path.join(d, "ext.cnf"), "w") as f:
-        f.write("subjectAltName=IP:127.0.0.1,DNS:kubernetes.default.svc\n")
-    openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "srv.crt", "-days", "2", "-extfile", "ext.cnf", cwd=d)
+    testca.make_certs(d, ca="ca.crt", cert="srv.crt", ca_cn="fake kubernetes CA",
+                      server_cn="kube-apiserver", san="IP:127.0.0.1,DNS:kubernetes.default.svc")
 
 
 def status(code, reason, message):

@@ -376,7 +376,7 @@ static void test_stalled_peer_times_out(void **state)
     run_single(&k, &o);
     assert_int_equal(k.error, CMH_CURL_ERR_TIMEOUT);
     assert_int_equal(k.status, 0);
-    assert_true(k.elapsed_ms >= 390 && k.elapsed_ms < 2000);
+    assert_true(k.elapsed_ms >= 390 && k.elapsed_ms < 6000);
     call_free(&k);
 }
 
@@ -409,7 +409,7 @@ static void test_connection_refused(void **state)
     struct cmh_curl_uv_opts o = test_opts(5000);
     run_single(&k, &o);
     assert_int_equal(k.error, CMH_CURL_ERR_CONNECT);
-    assert_true(k.elapsed_ms < 2000);
+    assert_true(k.elapsed_ms < 6000);
     call_free(&k);
 }
 

@@ -645,7 +645,7 @@ static void connect_timeout_when_accept_queue_full(void **state)
     size_t n;
     struct cmh_scrape_record r = cmh_scraper_records(&f->s, &n)[0];
     assert_int_equal(r.result, CMH_SCRAPE_CONNECT_TIMEOUT);
-    assert_in_range(r.duration_us, 250000, 2000000);
+    assert_in_range(r.duration_us, 250000, 6000000);
     finish(f, NULL);
     for (int i = 0; i < 4; i++)
         close(fill[i]);
@@ -658,7 +658,7 @@ static void response_timeout_when_peer_stalls(void **state)
     f->o.timeout_ms = 200;
     struct cmh_scrape_record r = one(f, M_STALL);
     assert_int_equal(r.result, CMH_SCRAPE_RESPONSE_TIMEOUT);
-    assert_in_range(r.duration_us, 180000, 1500000);
+    assert_in_range(r.duration_us, 180000, 6000000);
     assert_int_equal(f->tc.begins, 0);
 }
 
