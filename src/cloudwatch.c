@@ -1025,6 +1025,9 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
 
 void cmh_cloudwatch_opts_from_config(struct cmh_cloudwatch_opts *o, const struct cmh_config *cfg)
 {
+    /* Every field the configuration does not set starts at its default (0), like the other
+     * *_opts_from_config functions. */
+    memset(o, 0, sizeof *o);
     o->namespace_ = cfg->cw_namespace;
     o->storage_resolution = cfg->cw_storage_resolution == 1 ? 1 : 60;
     o->buffer_max = (size_t)cfg->cw_buffer_max_datums;

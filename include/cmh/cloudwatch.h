@@ -96,7 +96,8 @@ struct cmh_cloudwatch_opts {
     struct cmh_cloudwatch_creds creds;
 };
 
-/* Fills the options CMH_CW_* config variables set (namespace borrowed from cfg). */
+/* Fills *o: the CW_* configuration variables, every other field 0 (its default); the caller then
+ * sets region, endpoint and creds. The namespace is borrowed from cfg. */
 void cmh_cloudwatch_opts_from_config(struct cmh_cloudwatch_opts *o, const struct cmh_config *cfg);
 
 /* Accounting. At every moment: enqueued == published + dropped_overflow + dropped_age +
