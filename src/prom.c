@@ -18,6 +18,10 @@ struct cmh_prom_fam {
     uint32_t name_off, name_len;
     uint32_t hash;
     uint32_t gen;
+    /* Index + 1 of the family whose lines last followed this family's (in this body or an earlier
+     * one), 0 when none: expositions repeat their family order, so the next family's name is
+     * predicted and compared, not scanned and hashed. A hint only: always checked by name. */
+    uint32_t next;
     uint16_t sfx_known;  /* bit s: whether family name + suffix s is itself a family is known */
     uint16_t sfx_shadow; /* bit s: family name + suffix s is a family of its own in this body */
     uint8_t type;
@@ -200,9 +204,12 @@ static inline char *num_buf(struct cmh_prom_parser *p, size_t n)
 /* ---- small scanners ---------------------------------------------------------------------------
  */
 
+/* Every line is parsed with a '\n' at *e (its own, or one written after a gathered line), which is
+ * neither a blank nor a name character: the scanners below stop there without comparing with e. */
 static inline const char *skip_blank(const char *s, const char *e)
 {
-    while (s < e && (*s == ' ' || *s == '\t'))
+    (void)e;
+    while (*s == ' ' || *s == '\t')
         s++;
     return s;
 }
@@ -274,42 +281,12 @@ static int eq_nocase(const char *s, size_t n, const char *lit)
  * underscore and 'p' forms): [+-]digits[.digits][e[+-]digits], [+-]Inf/Infinity, NaN, any case;
  * out-of-range values are rejected, underflow gives 0. Exact: short inputs are computed with one
  * correctly rounded operation, the rest by strtod. */
-static int parse_float(char *scratch, const char *s, size_t n, double *out)
+static int parse_float_slow(char *scratch, const char *s, size_t n, double *out)
 {
     const char *q = s, *e = s + n;
     int neg = 0;
     if (n == 0)
         return -1;
-    if (n <= 15) {
-        /* Plain integers (most sample values) are exact in a double below 10^15, and so is the
-         * mantissa of a short decimal d.ddd: one correctly rounded division by an exact power of
-         * ten gives the correctly rounded value, as strtod would. */
-        uint64_t v = 0;
-        size_t i = 0;
-        for (; i < n; i++) {
-            unsigned d = (unsigned)(unsigned char)s[i] - '0';
-            if (d > 9)
-                break;
-            v = v * 10 + d;
-        }
-        if (i == n) {
-            *out = (double)v;
-            return 0;
-        }
-        if (i > 0 && s[i] == '.' && i + 1 < n) {
-            size_t j = i + 1;
-            for (; j < n; j++) {
-                unsigned d = (unsigned)(unsigned char)s[j] - '0';
-                if (d > 9)
-                    break;
-                v = v * 10 + d;
-            }
-            if (j == n) {
-                *out = (double)v / pow10_exact[n - i - 1];
-                return 0;
-            }
-        }
-    }
     if (*q == '+' || *q == '-') {
         neg = *q == '-';
         q++;
@@ -404,6 +381,45 @@ static int parse_float(char *scratch, const char *s, size_t n, double *out)
         return -1;
     *out = v;
     return 0;
+}
+
+/* parse_float_slow, with the common sample values decided inline: plain integers (exact in a double
+ * below 10^15), short decimals d.ddd (mantissa below 10^15: one correctly rounded division by an
+ * exact power of ten, the value strtod gives) and NaN. */
+static inline int parse_float(char *scratch, const char *s, size_t n, double *out)
+{
+    if (n >= 1 && n <= 15) {
+        uint64_t v = 0;
+        size_t i = 0;
+        for (; i < n; i++) {
+            unsigned d = (unsigned)(unsigned char)s[i] - '0';
+            if (d > 9)
+                break;
+            v = v * 10 + d;
+        }
+        if (i == n) {
+            *out = (double)v;
+            return 0;
+        }
+        if (i > 0 && s[i] == '.' && i + 1 < n) {
+            size_t j = i + 1;
+            for (; j < n; j++) {
+                unsigned d = (unsigned)(unsigned char)s[j] - '0';
+                if (d > 9)
+                    break;
+                v = v * 10 + d;
+            }
+            if (j == n) {
+                *out = (double)v / pow10_exact[n - i - 1];
+                return 0;
+            }
+        }
+        if (n == 3 && (s[0] | 0x20) == 'n' && (s[1] | 0x20) == 'a' && (s[2] | 0x20) == 'n') {
+            *out = NAN;
+            return 0;
+        }
+    }
+    return parse_float_slow(scratch, s, n, out);
 }
 
 /* Go's strconv.ParseInt(s, 10, 64). */
@@ -673,6 +689,7 @@ static int fam_declare(struct cmh_prom_parser *p, const char *s, size_t n, uint3
         f->name_off = (uint32_t)p->names_len;
         f->name_len = (uint32_t)n;
         f->hash = h;
+        f->next = 0;
         f->want = -1;
         f->want_type = 0;
         f->bare = n > 0 && (cls[(unsigned char)s[0]] & C_NAME0) != 0;
@@ -703,15 +720,17 @@ static int fam_declare(struct cmh_prom_parser *p, const char *s, size_t n, uint3
 
 /* The family a name belongs to, as the reference parser decides it: the family of that exact name;
  * else, for name = base + suffix, base when its type has that suffix; else a new family. */
-static int resolve(struct cmh_prom_parser *p, const char *s, size_t n, int cur_prefix,
-                   uint32_t *idx, enum cmh_prom_suffix *sfx)
+static int resolve_slow(struct cmh_prom_parser *p, const char *s, size_t n, int cur_prefix,
+                        uint32_t *idx, enum cmh_prom_suffix *sfx)
 {
     uint32_t c = p->cur;
     if (c != 0) {
         /* Fast path: the family of the previous line, or one of its suffixes. */
         struct cmh_prom_fam *f = &p->fams[c - 1];
         size_t fl = f->name_len;
-        if (cur_prefix || (n >= fl && eq_bytes(s, p->names + f->name_off, fl))) {
+        /* (cur_prefix 2: the name starts with the predicted family's, so not with this one's.) */
+        if (cur_prefix == 1 ||
+            (cur_prefix == 0 && n >= fl && eq_bytes(s, p->names + f->name_off, fl))) {
             if (n == fl) {
                 *idx = c;
                 *sfx = CMH_PROM_SUFFIX_NONE;
@@ -735,8 +754,16 @@ static int resolve(struct cmh_prom_parser *p, const char *s, size_t n, int cur_p
             }
         }
     }
-    uint32_t h = hash_name(s, n);
-    uint32_t any = fam_find(p, s, n, h);
+    uint32_t h = 0, any;
+    if (cur_prefix == 2 && c != 0 && p->fams[c - 1].next != 0 &&
+        p->fams[p->fams[c - 1].next - 1].name_len == n) {
+        /* The name is the predicted family's (scan_name compared it): the entry fam_find would
+         * return, as names are unique in the table. Its hash is only needed for a new entry. */
+        any = p->fams[c - 1].next;
+    } else {
+        h = hash_name(s, n);
+        any = fam_find(p, s, n, h);
+    }
     uint32_t v = any != 0 && p->fams[any - 1].gen == p->gen ? any : 0;
     *sfx = CMH_PROM_SUFFIX_NONE;
     enum cmh_prom_suffix t = CMH_PROM_SUFFIX_NONE;
@@ -756,9 +783,23 @@ static int resolve(struct cmh_prom_parser *p, const char *s, size_t n, int cur_p
         if (rc != 0)
             return rc;
     }
+    if (c != 0 && c != v)
+        p->fams[c - 1].next = v;
     p->cur = v;
     *idx = v;
     return 0;
+}
+
+/* resolve_slow, with its most common case inline: the exact name of the previous line's family. */
+static inline int resolve(struct cmh_prom_parser *p, const char *s, size_t n, int cur_prefix,
+                          uint32_t *idx, enum cmh_prom_suffix *sfx)
+{
+    if (cur_prefix == 1 && n == p->fams[p->cur - 1].name_len) {
+        *idx = p->cur;
+        *sfx = CMH_PROM_SUFFIX_NONE;
+        return 0;
+    }
+    return resolve_slow(p, s, n, cur_prefix, idx, sfx);
 }
 
 /* End of the unquoted metric name at s (s itself when there is none). Most lines start with the
@@ -775,21 +816,28 @@ static inline const char *scan_name(const struct cmh_prom_parser *p, const char 
             eq_bytes(s, p->names + f->name_off, f->name_len)) {
             q = s + f->name_len;
             *cur_prefix = 1;
+        } else if (f->next != 0) {
+            const struct cmh_prom_fam *g = &p->fams[f->next - 1];
+            if (g->bare && (size_t)(e - s) >= g->name_len &&
+                eq_bytes(s, p->names + g->name_off, g->name_len)) {
+                q = s + g->name_len;
+                *cur_prefix = 2;
+            }
         }
     }
     if (q == s) {
-        if (q == e || (cls[(unsigned char)*q] & C_NAME0) == 0)
+        if ((cls[(unsigned char)*q] & C_NAME0) == 0) /* the '\n' at e included */
             return s;
         q++;
     }
-    while (q < e && (cls[(unsigned char)*q] & C_NAME))
+    while (cls[(unsigned char)*q] & C_NAME)
         q++;
     return q;
 }
 
-static int wanted(struct cmh_prom_parser *p, struct cmh_prom_fam *f)
+static int wanted_slow(struct cmh_prom_parser *p, struct cmh_prom_fam *f)
 {
-    if (f->want < 0 || f->want_type != f->type) {
+    {
         int w = 1;
         if (p->opt.want != NULL)
             w = p->opt.want(p->opt.want_arg, p->names + f->name_off, f->name_len,
@@ -798,6 +846,15 @@ static int wanted(struct cmh_prom_parser *p, struct cmh_prom_fam *f)
         f->want_type = f->type;
     }
     return f->want;
+}
+
+/* Whether f's samples are wanted: the cached decision, asking the filter only when there is none
+ * for f's current type. */
+static inline int wanted(struct cmh_prom_parser *p, struct cmh_prom_fam *f)
+{
+    if (f->want >= 0 && f->want_type == f->type)
+        return f->want;
+    return wanted_slow(p, f);
 }
 
 /* ---- lines ------------------------------------------------------------------------------------
@@ -972,8 +1029,7 @@ static int has_dup_labels(struct cmh_prom_parser *p, size_t n)
     if (n <= 16) {
         for (size_t i = 1; i < n; i++)
             for (size_t j = 0; j < i; j++)
-                if (l[i].name_len == l[j].name_len &&
-                    memcmp(l[i].name, l[j].name, l[i].name_len) == 0)
+                if (l[i].name_len == l[j].name_len && eq_bytes(l[i].name, l[j].name, l[i].name_len))
                     return 1;
         return 0;
     }
@@ -1018,7 +1074,7 @@ static int check_special_label(struct cmh_prom_parser *p, enum cmh_prom_type t, 
     }
     for (size_t i = 0; i < nl; i++) {
         const struct cmh_prom_label *l = &p->labels[i];
-        if (l->name_len != wl || memcmp(l->name, want, wl) != 0)
+        if (l->name_len != wl || !eq_bytes(l->name, want, wl))
             continue;
         double d;
         if (parse_float(num_buf(p, l->value_len), l->value, l->value_len, &d) != 0) {
@@ -1065,6 +1121,31 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
     if (s < e && *s == '{') {
         s++;
         for (;;) {
+            /* Fast path, the canonical form: name="plain ASCII value" then ',' or '}'. Anything
+             * else (blanks, escapes, UTF-8, quoted names, "__name__") takes the general path from
+             * the label's start, which reads it the same way. */
+            if (cls[(unsigned char)*s] & C_LNAME0) {
+                const char *q = s + 1;
+                while (cls[(unsigned char)*q] & C_LNAME)
+                    q++;
+                /* q[0] == '=' means q < e (*e is '\n'), so q[1] is readable. */
+                if (q[0] == '=' && q[1] == '"' && !(q - s == 8 && memcmp(s, "__name__", 8) == 0)) {
+                    const char *v = q + 2, *w = plain_ascii(v, e);
+                    if (w < e && *w == '"' && (w[1] == ',' || w[1] == '}')) {
+                        if (nl == p->labels_cap) {
+                            rc = grow_labels(p);
+                            if (rc != 0)
+                                return rc;
+                        }
+                        p->labels[nl++] =
+                            (struct cmh_prom_label){s, (size_t)(q - s), v, (size_t)(w - v)};
+                        s = w + 2;
+                        if (w[1] == '}')
+                            break;
+                        continue;
+                    }
+                }
+            }
             s = skip_blank(s, e);
             if (s < e && *s == '}') {
                 s++;
@@ -1086,8 +1167,8 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
                 s = q;
             } else {
                 const char *q = s;
-                if (q < e && (cls[(unsigned char)*q] & C_LNAME0))
-                    for (q++; q < e && (cls[(unsigned char)*q] & C_LNAME); q++)
+                if (cls[(unsigned char)*q] & C_LNAME0) /* not the '\n' at e */
+                    for (q++; cls[(unsigned char)*q] & C_LNAME; q++)
                         ;
                 if (q == s)
                     return fail(p, -EINVAL, "invalid label name for metric %s",
@@ -1388,13 +1469,14 @@ int cmh_prom_feed(struct cmh_prom_parser *p, const char *buf, size_t len)
         size_t take = (size_t)((nl != NULL ? nl : e) - s);
         if (take > max - p->line_len)
             return too_long(p);
-        rc = ensure(p, &p->line, &p->line_cap, p->line_len + take);
+        rc = ensure(p, &p->line, &p->line_cap, p->line_len + take + 1);
         if (rc != 0)
             return rc;
         memcpy(p->line + p->line_len, s, take);
         p->line_len += take;
         if (nl == NULL)
             return 0;
+        p->line[p->line_len] = '\n'; /* see skip_blank */
         rc = parse_line(p, p->line, p->line + p->line_len);
         p->line_len = 0;
         if (rc != 0)
@@ -1406,7 +1488,7 @@ int cmh_prom_feed(struct cmh_prom_parser *p, const char *buf, size_t len)
         if (nl == NULL) {
             if ((size_t)(e - s) > max)
                 return too_long(p);
-            rc = ensure(p, &p->line, &p->line_cap, (size_t)(e - s));
+            rc = ensure(p, &p->line, &p->line_cap, (size_t)(e - s) + 1);
             if (rc != 0)
                 return rc;
             memcpy(p->line, s, (size_t)(e - s));
@@ -1433,6 +1515,7 @@ int cmh_prom_finish(struct cmh_prom_parser *p)
     if (p->line_len == 0)
         return 0;
     const char *s = p->line, *e = p->line + p->line_len;
+    p->line[p->line_len] = '\n'; /* see skip_blank; room was ensured when the line was kept */
     p->line_len = 0;
     if (skip_blank(s, e) == e)
         return 0; /* trailing blanks without a newline: accepted, as by the reference parser */

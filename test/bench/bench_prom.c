@@ -149,26 +149,34 @@ static uint64_t pass(enum mode m, struct cmh_prom_parser *p, const char *buf, si
     return p->stats.samples;
 }
 
-/* Best of 5 runs of ~0.2 s each, so that a noisy neighbour only makes us look slower. */
-static double measure(enum mode m, struct cmh_prom_parser *p, const char *buf, size_t len)
+/* Seconds per pass of each mode (full, filter, memchr), best of 15 rounds. The modes run back to
+ * back inside every round (~20 ms each), so a noisy neighbour on this shared machine slows all
+ * three alike and the ratios compare like with like; the best only drops noise. */
+static void measure(double best[3], struct cmh_prom_parser *pf, struct cmh_prom_parser *pw,
+                    const char *buf, size_t len)
 {
-    uint64_t iters = 1;
-    double t0 = now_s();
-    while (now_s() - t0 < 0.02) {
-        pass(m, p, buf, len);
-        iters++;
+    static const enum mode modes[3] = {M_FULL, M_FILTER, M_MEMCHR};
+    struct cmh_prom_parser *ps[3] = {pf, pw, NULL};
+    uint64_t iters[3];
+    for (int m = 0; m < 3; m++) {
+        double t0 = now_s();
+        iters[m] = 0;
+        while (now_s() - t0 < 0.02) {
+            pass(modes[m], ps[m], buf, len);
+            iters[m]++;
+        }
+        best[m] = 1e30;
     }
-    iters = iters * 10;
-    double best = 1e30;
-    for (int r = 0; r < 5; r++) {
-        double a = now_s();
-        for (uint64_t i = 0; i < iters; i++)
-            pass(m, p, buf, len);
-        double per = (now_s() - a) / (double)iters;
-        if (per < best)
-            best = per;
+    for (int r = 0; r < 15; r++) {
+        for (int m = 0; m < 3; m++) {
+            double a = now_s();
+            for (uint64_t i = 0; i < iters[m]; i++)
+                pass(modes[m], ps[m], buf, len);
+            double per = (now_s() - a) / (double)iters[m];
+            if (per < best[m])
+                best[m] = per;
+        }
     }
-    return best;
 }
 
 /* One full parse of a file streamed in 64 KiB reads, as the scraper feeds socket reads; no output.
@@ -251,11 +259,10 @@ int main(int argc, char **argv)
         uint64_t lines = pass(M_MEMCHR, NULL, buf, len);
         uint64_t wanted = pass(M_FILTER, &pw, buf, len);
         uint64_t all = pass(M_FULL, &pf, buf, len);
-        double t_mem = measure(M_MEMCHR, NULL, buf, len);
-        double t_full = measure(M_FULL, &pf, buf, len);
-        double t_filt = measure(M_FILTER, &pw, buf, len);
+        double ts[3];
+        measure(ts, &pf, &pw, buf, len);
+        double t_mem = ts[2];
         static const char *const names[] = {"full", "filter", "memchr"};
-        double ts[] = {t_full, t_filt, t_mem};
         for (int m = 0; m < 3; m++) {
             double mbs = (double)len / ts[m] / 1e6;
             double nsl = ts[m] * 1e9 / (double)lines;

@@ -417,6 +417,80 @@ static void numbers_exact_and_go_only_forms_rejected(void **state)
     assert_non_null(strstr(events(&r, "m 1 2 \t\n"), "F m")); /* trailing blanks tolerated */
 }
 
+/* The inline decimal path (d.ddd, up to 15 characters) gives strtod's value bit for bit, also in
+ * label values checked as numbers (quantile); 20000 random decimals, leading zeros included. */
+static void short_decimals_match_strtod(void **state)
+{
+    (void)state;
+    uint64_t seed = 0x2545f4914f6cdd1dull;
+    struct rec r;
+    char num[32], line[160], want[256];
+    for (int k = 0; k < 20000; k++) {
+        uint64_t x = rng_next(&seed);
+        int ilen = 1 + (int)(x % 8), flen = 1 + (int)((x >> 8) % (14 - ilen));
+        int o = 0;
+        for (int i = 0; i < ilen + flen; i++) {
+            if (i == ilen)
+                num[o++] = '.';
+            num[o++] = (char)('0' + rng_next(&seed) % 10);
+        }
+        num[o] = '\0';
+        double oracle = strtod(num, NULL);
+        snprintf(line, sizeof line, "# TYPE s summary\ns{quantile=\"%s\"} %s\n", num, num);
+        snprintf(want, sizeof want, "F s summary (none)\nS s s summary 0 quantile=%s %.17g\n", num,
+                 oracle);
+        events(&r, line);
+        if (strcmp(r.text, want) != 0) {
+            print_error("decimal %s:\n%s\nwanted\n%s\n", num, r.text, want);
+            fail();
+        }
+    }
+}
+
+/* Family lookups predict the family after the previous one from earlier bodies; a parser reused
+ * over bodies whose family order changes (names that extend or shorten the predicted one, suffixes,
+ * a family appearing twice) gives what a fresh parser gives, with and without a filter. */
+static void family_prediction_across_reused_bodies(void **state)
+{
+    (void)state;
+    static const char *const bodies[] = {
+        "# HELP a_total A.\n# TYPE a counter\na_total 1\n# TYPE foo gauge\nfoo 1\n"
+        "# TYPE foo_bar gauge\nfoo_bar{l=\"v\"} 2\n# TYPE x summary\nx_sum 1\nx_count 2\n"
+        "x{quantile=\"0.5\"} 3\n",
+        "a_total 1\nfoo_bar 2\nfoo 3\nfoo_bar_baz 4\nx_count 1\nx 2\n",
+        "# TYPE a counter\na_total 7\nfo 1\nfoo 2\nfoo_ 3\n# TYPE x histogram\nx_bucket{le=\"1\"} "
+        "1\n"
+        "x_count 1\nx_sum 2\nfoo_bar 9\n",
+        "# HELP foo F\\\\oo.\n# TYPE foo summary\nfoo_count 1\nfoo_sum 2\n# TYPE foo_count gauge\n"
+        "foo_count 3\na 1\nfoo_bar 1\nfoo 5\n",
+        "x 1\nfoo_bar 2\nfoo 3\na_total 4\n",
+        "foo 1\nfoo 2\nfoo_bar 3\nfoo_bar 4\nfoo 5\n",
+    };
+    static const char *const names[] = {"foo*", "x"};
+    struct cmh_prom_names set = {names, 2};
+    const size_t nb = sizeof bodies / sizeof bodies[0];
+    for (int filtered = 0; filtered < 2; filtered++) {
+        cmh_prom_want_cb *want = filtered ? cmh_prom_want_names : NULL;
+        struct transcript t = {0};
+        struct cmh_prom_parser p;
+        struct cmh_prom_options o = tr_options(&t, want, &set, 0);
+        assert_int_equal(cmh_prom_init(&p, &o), 0);
+        /* Forward, backward and forward again: every body after every other. */
+        for (size_t k = 0; k < 3 * nb; k++) {
+            size_t i = k / nb == 1 ? nb - 1 - k % nb : k % nb;
+            struct transcript fresh = {0};
+            parse_whole(&fresh, bodies[i], strlen(bodies[i]), want, &set, 0);
+            t.len = 0;
+            cmh_prom_reset(&p);
+            tr_end(&t, tr_parse(&p, bodies[i], strlen(bodies[i]), NULL, 0), &p);
+            assert_same(&fresh, &t, bodies[i]);
+            tr_free(&fresh);
+        }
+        cmh_prom_close(&p);
+        tr_free(&t);
+    }
+}
+
 static void label_values_unescaped_and_utf8_checked(void **state)
 {
     (void)state;
@@ -636,6 +710,8 @@ int main(void)
         cmocka_unit_test(interest_filter_equals_filtering_in_callbacks),
         cmocka_unit_test(families_suffixes_and_types_tie_samples),
         cmocka_unit_test(numbers_exact_and_go_only_forms_rejected),
+        cmocka_unit_test(short_decimals_match_strtod),
+        cmocka_unit_test(family_prediction_across_reused_bodies),
         cmocka_unit_test(label_values_unescaped_and_utf8_checked),
         cmocka_unit_test(malformed_lines_name_line_and_reason),
         cmocka_unit_test(errors_are_sticky_and_callbacks_can_abort),
