@@ -10,6 +10,8 @@
 
 #include <cmocka.h>
 
+#include "test_peer.h"
+
 #include "cmh/aws_creds.h"
 #include "cmh/curl_uv.h"
 #include "cmh/log.h"
@@ -35,64 +37,35 @@
 /* The stand-in: one process for the whole program, commands over its stdin/stdout. */
 
 static struct {
-    pid_t pid;
-    int to, from;
+    struct test_peer proc;
     int http, https;
     char ca[512];
-    char buf[1 << 20];
-    size_t len;
 } sin_;
 
+/* The next line of the stand-in's output (malloc'd), or NULL after timeout_s seconds. */
 static char *read_line(int timeout_s)
 {
-    time_t deadline = time(NULL) + timeout_s;
-    for (;;) {
-        char *nl = memchr(sin_.buf, '\n', sin_.len);
-        if (nl != NULL) {
-            size_t n = (size_t)(nl - sin_.buf);
-            char *line = strndup(sin_.buf, n);
-            memmove(sin_.buf, nl + 1, sin_.len - n - 1);
-            sin_.len -= n + 1;
-            return line;
-        }
-        if (time(NULL) > deadline || sin_.len >= sizeof sin_.buf - 1)
-            return NULL;
-        struct pollfd pfd = {.fd = sin_.from, .events = POLLIN};
-        if (poll(&pfd, 1, 1000) <= 0)
-            continue;
-        ssize_t r = read(sin_.from, sin_.buf + sin_.len, sizeof sin_.buf - 1 - sin_.len);
-        if (r <= 0)
-            return NULL;
-        sin_.len += (size_t)r;
-    }
+    static char line[1 << 20];
+    return test_peer_read_line(&sin_.proc, line, sizeof line, timeout_s) == 0 ? strdup(line) : NULL;
 }
 
 static int standin_start(void **state)
 {
-    int in[2], out[2];
-    if (pipe(in) != 0 || pipe(out) != 0)
+    char *argv[] = {CMH_TEST_PYTHON,
+                    CMH_SOURCE_DIR "/test/sim/aws_standin.py",
+                    "--lifetime",
+                    "110",
+                    "--shared",
+                    CMH_SHARED_DIR,
+                    NULL};
+    if (test_peer_start(&sin_.proc, argv) != 0)
         return -1;
-    sin_.pid = fork();
-    if (sin_.pid < 0)
-        return -1;
-    if (sin_.pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        close(in[1]);
-        close(out[0]);
-        execl(CMH_TEST_PYTHON, CMH_TEST_PYTHON, CMH_SOURCE_DIR "/test/sim/aws_standin.py",
-              "--lifetime", "110", "--shared", CMH_SHARED_DIR, (char *)NULL);
-        _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    sin_.to = in[1];
-    sin_.from = out[0];
     char *line = read_line(30);
     if (line == NULL ||
         sscanf(line, "READY http=%d https=%d ca=%511s", &sin_.http, &sin_.https, sin_.ca) != 3) {
         fprintf(stderr, "stand-in did not start: '%s'\n", line ? line : "");
         free(line);
+        test_peer_stop(&sin_.proc);
         return -1;
     }
     free(line);
@@ -101,16 +74,7 @@ static int standin_start(void **state)
 
 static int standin_stop(void **state)
 {
-    close(sin_.to);
-    close(sin_.from);
-    int status;
-    for (int i = 0; i < 50; i++) {
-        if (waitpid(sin_.pid, &status, WNOHANG) == sin_.pid)
-            return 0;
-        usleep(100000);
-    }
-    kill(sin_.pid, SIGKILL);
-    waitpid(sin_.pid, &status, 0);
+    test_peer_stop(&sin_.proc);
     return 0;
 }
 
@@ -121,8 +85,8 @@ static json_t *standin(json_t *cmd)
     json_decref(cmd);
     assert_non_null(s);
     size_t n = strlen(s);
-    assert_int_equal(write(sin_.to, s, n), (ssize_t)n);
-    assert_int_equal(write(sin_.to, "\n", 1), 1);
+    assert_int_equal(write(sin_.proc.to, s, n), (ssize_t)n);
+    assert_int_equal(write(sin_.proc.to, "\n", 1), 1);
     free(s);
     char *line = read_line(15);
     assert_non_null(line);

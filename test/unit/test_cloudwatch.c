@@ -11,6 +11,8 @@
 
 #include <cmocka.h>
 
+#include "test_peer.h"
+
 #include "cmh/cloudwatch.h"
 #include "cmh/curl_uv.h"
 #include "cmh/sigv4.h"
@@ -238,8 +240,7 @@ static void datum_validity_matches_cloudwatch_rules(void **state)
 /* The stand-in --------------------------------------------------------------------------------- */
 
 struct standin {
-    pid_t pid;
-    int stdin_fd;
+    struct test_peer proc;
     int http, https;
     char ca[512];
 };
@@ -249,44 +250,27 @@ static struct standin the_standin;
 static int standin_start(void **state)
 {
     struct standin *p = &the_standin;
-    int in[2], out[2];
-    if (pipe(in) != 0 || pipe(out) != 0)
-        return -1;
     char script[1024];
     snprintf(script, sizeof script, "%s/test/sim/cloudwatch_standin.py", CMH_SOURCE_DIR);
-    p->pid = fork();
-    if (p->pid < 0)
+    char *argv[] = {CMH_TEST_PYTHON,
+                    script,
+                    "--tls",
+                    "--lifetime",
+                    "200",
+                    "--stall",
+                    "3",
+                    "--region",
+                    REGION,
+                    "--key",
+                    KEY_ID ":" SECRET ":" TOKEN,
+                    NULL};
+    char line[1024] = "";
+    if (test_peer_start(&p->proc, argv) != 0)
         return -1;
-    if (p->pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        close(in[1]);
-        close(out[0]);
-        execl(CMH_TEST_PYTHON, CMH_TEST_PYTHON, script, "--tls", "--lifetime", "200", "--stall",
-              "3", "--region", REGION, "--key", KEY_ID ":" SECRET ":" TOKEN, (char *)NULL);
-        _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    p->stdin_fd = in[1];
-    char line[1024];
-    size_t len = 0;
-    time_t deadline = time(NULL) + 60;
-    while (len < sizeof line - 1 && memchr(line, '\n', len) == NULL) {
-        struct pollfd pfd = {.fd = out[0], .events = POLLIN};
-        if (time(NULL) > deadline || poll(&pfd, 1, 1000) < 0)
-            break;
-        if (pfd.revents == 0)
-            continue;
-        ssize_t n = read(out[0], line + len, sizeof line - 1 - len);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-    }
-    line[len] = '\0';
-    close(out[0]);
-    if (sscanf(line, "READY http=%d https=%d ca=%511s", &p->http, &p->https, p->ca) != 3) {
+    if (test_peer_read_line(&p->proc, line, sizeof line, 60) != 0 ||
+        sscanf(line, "READY http=%d https=%d ca=%511s", &p->http, &p->https, p->ca) != 3) {
         fprintf(stderr, "stand-in did not start: '%s'\n", line);
+        test_peer_stop(&p->proc);
         return -1;
     }
     *state = p;
@@ -296,17 +280,7 @@ static int standin_start(void **state)
 static int standin_stop(void **state)
 {
     (void)state;
-    if (the_standin.pid <= 0)
-        return 0;
-    close(the_standin.stdin_fd);
-    int status;
-    for (int i = 0; i < 50; i++) {
-        if (waitpid(the_standin.pid, &status, WNOHANG) == the_standin.pid)
-            return 0;
-        usleep(100000);
-    }
-    kill(the_standin.pid, SIGKILL);
-    waitpid(the_standin.pid, &status, 0);
+    test_peer_stop(&the_standin.proc);
     return 0;
 }
 

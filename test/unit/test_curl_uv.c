@@ -9,6 +9,8 @@
 
 #include <cmocka.h>
 
+#include "test_peer.h"
+
 #include "cmh/curl_uv.h"
 
 #include <arpa/inet.h>
@@ -29,8 +31,7 @@
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 struct peer {
-    pid_t pid;
-    int stdin_fd;
+    struct test_peer proc;
     int http, https, rogue;
     char ca[512];
 };
@@ -41,45 +42,17 @@ static struct peer *the_peer;
 static int peer_start(void **state)
 {
     static struct peer p;
-    int in[2], out[2];
-    if (pipe(in) != 0 || pipe(out) != 0)
-        return -1;
     char script[1024];
     snprintf(script, sizeof script, "%s/test/sim/https_peer.py", CMH_SOURCE_DIR);
-    p.pid = fork();
-    if (p.pid < 0)
+    char *argv[] = {CMH_TEST_PYTHON, script, "--lifetime", "100", NULL};
+    char line[1024] = "";
+    if (test_peer_start(&p.proc, argv) != 0)
         return -1;
-    if (p.pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        close(in[1]);
-        close(out[0]);
-        execl(CMH_TEST_PYTHON, CMH_TEST_PYTHON, script, "--lifetime", "100", (char *)NULL);
-        _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    p.stdin_fd = in[1];
-    /* Read the READY line, for at most 30 s. */
-    char line[1024];
-    size_t len = 0;
-    time_t deadline = time(NULL) + 30;
-    while (len < sizeof line - 1 && memchr(line, '\n', len) == NULL) {
-        struct pollfd pfd = {.fd = out[0], .events = POLLIN};
-        if (time(NULL) > deadline || poll(&pfd, 1, 1000) < 0)
-            break;
-        if (pfd.revents == 0)
-            continue;
-        ssize_t n = read(out[0], line + len, sizeof line - 1 - len);
-        if (n <= 0)
-            break;
-        len += (size_t)n;
-    }
-    line[len] = '\0';
-    close(out[0]);
-    if (sscanf(line, "READY http=%d https=%d rogue=%d ca=%511s", &p.http, &p.https, &p.rogue,
+    if (test_peer_read_line(&p.proc, line, sizeof line, 30) != 0 ||
+        sscanf(line, "READY http=%d https=%d rogue=%d ca=%511s", &p.http, &p.https, &p.rogue,
                p.ca) != 4) {
         fprintf(stderr, "peer did not start: '%s'\n", line);
+        test_peer_stop(&p.proc);
         return -1;
     }
     the_peer = &p;
@@ -89,17 +62,9 @@ static int peer_start(void **state)
 
 static int peer_stop(void **state)
 {
-    if (the_peer == NULL)
-        return 0;
-    close(the_peer->stdin_fd);
-    int status;
-    for (int i = 0; i < 50; i++) {
-        if (waitpid(the_peer->pid, &status, WNOHANG) == the_peer->pid)
-            return 0;
-        usleep(100000);
-    }
-    kill(the_peer->pid, SIGKILL);
-    waitpid(the_peer->pid, &status, 0);
+    (void)state;
+    if (the_peer != NULL)
+        test_peer_stop(&the_peer->proc);
     return 0;
 }
 

@@ -9,6 +9,8 @@
 
 #include <cmocka.h>
 
+#include "test_peer.h"
+
 #include "cmh/curl_uv.h"
 #include "cmh/discovery.h"
 #include "cmh/log.h"
@@ -26,8 +28,7 @@
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 struct fx {
-    pid_t pid;
-    int to_fake, from_fake;
+    struct test_peer fake_api;
     int port;
     char ca[512], token_file[512], dir[256];
     char reply[8192];
@@ -44,23 +45,7 @@ struct fx {
 
 static int read_line(struct fx *f, char *buf, size_t len, int timeout_s)
 {
-    size_t n = 0;
-    time_t deadline = time(NULL) + timeout_s;
-    while (n < len - 1) {
-        struct pollfd pfd = {.fd = f->from_fake, .events = POLLIN};
-        if (time(NULL) > deadline)
-            return -1;
-        if (poll(&pfd, 1, 500) <= 0)
-            continue;
-        ssize_t r = read(f->from_fake, buf + n, 1); /* one byte: never read past the line */
-        if (r <= 0)
-            return -1;
-        if (buf[n] == '\n')
-            break;
-        n++;
-    }
-    buf[n] = '\0';
-    return 0;
+    return test_peer_read_line(&f->fake_api, buf, len, timeout_s);
 }
 
 /* Sends one control command and returns the answer ("OK {...}"). */
@@ -73,7 +58,7 @@ static const char *fake(struct fx *f, const char *fmt, ...)
     va_end(ap);
     assert_true(n > 0 && (size_t)n < sizeof cmd - 1);
     cmd[n++] = '\n';
-    assert_int_equal(write(f->to_fake, cmd, (size_t)n), n);
+    assert_int_equal(write(f->fake_api.to, cmd, (size_t)n), n);
     assert_int_equal(read_line(f, f->reply, sizeof f->reply, 20), 0);
     if (strncmp(f->reply, "OK", 2) != 0)
         fail_msg("fake refused '%.*s': %s", n - 1, cmd, f->reply);
@@ -113,8 +98,7 @@ static void on_tick(uv_timer_t *t)
 static int setup(void **state)
 {
     struct fx *f = calloc(1, sizeof *f);
-    int in[2], out[2];
-    if (f == NULL || pipe(in) != 0 || pipe(out) != 0)
+    if (f == NULL)
         return -1;
     snprintf(f->dir, sizeof f->dir, "/tmp/cmh-k8s-XXXXXX");
     if (mkdtemp(f->dir) == NULL)
@@ -122,22 +106,11 @@ static int setup(void **state)
     snprintf(f->token_file, sizeof f->token_file, "%s/token", f->dir);
     char script[1024];
     snprintf(script, sizeof script, "%s/test/sim/fake_k8s_api.py", CMH_SOURCE_DIR);
-    f->pid = fork();
-    if (f->pid < 0)
+    char *argv[] = {CMH_TEST_PYTHON,       script,       "--token-file",
+                    f->token_file,         "--lifetime", "110",
+                    "--bookmark-interval", "0.5",        NULL};
+    if (test_peer_start(&f->fake_api, argv) != 0)
         return -1;
-    if (f->pid == 0) {
-        dup2(in[0], 0);
-        dup2(out[1], 1);
-        close(in[1]);
-        close(out[0]);
-        execl(CMH_TEST_PYTHON, CMH_TEST_PYTHON, script, "--token-file", f->token_file, "--lifetime",
-              "110", "--bookmark-interval", "0.5", (char *)NULL);
-        _exit(127);
-    }
-    close(in[0]);
-    close(out[1]);
-    f->to_fake = in[1];
-    f->from_fake = out[0];
     char line[1024];
     if (read_line(f, line, sizeof line, 30) != 0 ||
         sscanf(line, "READY port=%d ca=%511s", &f->port, f->ca) != 2) {
@@ -189,13 +162,7 @@ static int teardown(void **state)
         usleep(1000);
     assert_int_equal(f->closed, 1);
     assert_int_equal(uv_loop_close(&f->loop), 0);
-    close(f->to_fake);
-    int st;
-    for (int i = 0; i < 50 && waitpid(f->pid, &st, WNOHANG) != f->pid; i++)
-        usleep(100000);
-    kill(f->pid, SIGKILL);
-    waitpid(f->pid, &st, 0);
-    close(f->from_fake);
+    test_peer_stop(&f->fake_api);
     unlink(f->token_file);
     char ca[600];
     snprintf(ca, sizeof ca, "%s.ca.crt", f->token_file);
