@@ -98,12 +98,30 @@ const struct cmh_config_var cmh_config_vars[] = {
      "CA bundle that signs the Kubernetes API server certificate."},
     {"K8S_WATCH_TIMEOUT", CMH_CFG_DURATION, FIELD(k8s_watch_timeout_ms), "5m", 1 * SEC, 3600 * SEC,
      NULL, 0, "Length of one pod watch request; the watch is then resumed from where it was."},
+    {"LEADER_ELECTION", CMH_CFG_BOOL, FIELD(leader_election), "false", 0, 0, NULL, 0,
+     "Run a Kubernetes Lease election (coordination.k8s.io/v1, in K8S_NAMESPACE) so that of "
+     "several replicas only the leader publishes."},
+    {"LEADER_ELECTION_LEASE_NAME", CMH_CFG_STR, FIELD(leader_lease_name), "cni-metrics-helper", 0,
+     0, NULL, 0, "Name of the Lease object the replicas compete for."},
+    {"LEADER_ELECTION_LEASE_DURATION", CMH_CFG_DURATION, FIELD(leader_lease_duration_ms), "15",
+     1 * SEC, 300 * SEC, NULL, 0,
+     "How long the others wait, after the lease last changed, before taking it over (failover "
+     "time)."},
+    {"LEADER_ELECTION_RENEW_DEADLINE", CMH_CFG_DURATION, FIELD(leader_renew_deadline_ms), "10", 500,
+     300 * SEC, NULL, 0,
+     "A leader that cannot renew for this long stops publishing; shorter than the lease "
+     "duration."},
+    {"LEADER_ELECTION_RETRY_PERIOD", CMH_CFG_DURATION, FIELD(leader_retry_period_ms), "2", 100,
+     60 * SEC, NULL, 0,
+     "Time between renewals by the leader and attempts by the others; shorter than the renew "
+     "deadline."},
 };
 const size_t cmh_config_nvars = sizeof cmh_config_vars / sizeof cmh_config_vars[0];
 
-const char *const cmh_config_prefixes[] = {
-    "USE_",      "METRIC_", "SCRAPE_", "IPAMD_",           "PROMETHEUS_", "LOG_", "CW_", "STALE_",
-    "SHUTDOWN_", "HTTP_",   "PROM_",   "AWS_VPC_K8S_CNI_", "AWS_CLUSTER", "K8S_", NULL};
+const char *const cmh_config_prefixes[] = {"USE_",        "METRIC_", "SCRAPE_", "IPAMD_",
+                                           "PROMETHEUS_", "LOG_",    "CW_",     "STALE_",
+                                           "SHUTDOWN_",   "HTTP_",   "PROM_",   "AWS_VPC_K8S_CNI_",
+                                           "AWS_CLUSTER", "K8S_",    "LEADER_", NULL};
 
 static void *field_ptr(struct cmh_config *cfg, const struct cmh_config_var *var)
 {

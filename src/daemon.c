@@ -46,13 +46,17 @@ static void on_collector_done(struct cmh_collector *c, const struct cmh_scrape_r
     }
     cmh_expose_round(&d->expose, &c->agg);
     struct cmh_cloudwatch_stats cw;
-    if (d->pub != NULL) {
+    /* With leader election, only the leader publishes; the others keep scraping, so their state
+     * is warm when they take over. */
+    int publish = !d->has_leader || cmh_leader_is_leader(&d->leader);
+    if (d->pub != NULL && publish) {
         if (cmh_publish_datums(d->pub, c->agg.datums.v, c->agg.datums.n) != 0)
             CMH_LOG(&d->log, CMH_LOG_ERROR, "out of memory queueing datums; round not published",
                     CMH_UINT("round", c->agg.round), CMH_UINT("datums", c->agg.datums.n));
         cmh_publish_stats(d->pub, &cw);
     }
-    cmh_collector_log_round(c, st, !d->cfg.use_cloudwatch, d->pub != NULL ? &cw : NULL);
+    cmh_collector_log_round(c, st, !d->cfg.use_cloudwatch && publish,
+                            d->pub != NULL && publish ? &cw : NULL);
     cmh_daemon_work_end(d);
 }
 
@@ -150,6 +154,43 @@ static int start_curl(struct cmh_daemon *d)
         return rc;
     }
     d->has_curl = 1;
+    return 0;
+}
+
+static void on_leader_change(struct cmh_leader *l, bool is_leader, void *arg)
+{
+    struct cmh_daemon *d = arg;
+    struct cmh_leader_status st;
+    cmh_leader_status(l, &st);
+    CMH_LOG(&d->log, CMH_LOG_INFO, is_leader ? "leader: publishing" : "not leader: not publishing",
+            CMH_STR("identity", st.identity), CMH_STR("holder", st.holder));
+}
+
+/* LEADER_ELECTION: campaign for the Lease; rounds publish only while we hold it. */
+static int start_leader(struct cmh_daemon *d)
+{
+    char url[300];
+    if (cmh_discovery_server_url(url, sizeof url, getenv("KUBERNETES_SERVICE_HOST"),
+                                 getenv("KUBERNETES_SERVICE_PORT")) != 0) {
+        CMH_LOG(&d->log, CMH_LOG_ERROR, "leader election needs the Kubernetes API",
+                CMH_STR("fix", "run in a cluster (KUBERNETES_SERVICE_HOST/_PORT) or set "
+                               "LEADER_ELECTION=false"));
+        return -EINVAL;
+    }
+    struct cmh_leader_opts o;
+    cmh_leader_opts_from_config(&o, &d->cfg);
+    o.server = url;
+    char err[256];
+    if (cmh_leader_check_opts(&o, err, sizeof err) != 0) {
+        CMH_LOG(&d->log, CMH_LOG_ERROR, "bad leader election settings", CMH_STR("error", err));
+        return -EINVAL;
+    }
+    int rc = start_curl(d);
+    if (rc == 0)
+        rc = cmh_leader_start(&d->leader, &d->loop, &d->curl, &o, &d->log, on_leader_change, d);
+    if (rc != 0)
+        return rc;
+    d->has_leader = 1;
     return 0;
 }
 
@@ -308,6 +349,8 @@ static void start_publish(struct cmh_daemon *d)
 int cmh_daemon_use_collector(struct cmh_daemon *d)
 {
     int rc = d->cfg.targets.n > 0 ? resolve_static(d) : start_discovery(d);
+    if (rc == 0 && d->cfg.leader_election)
+        rc = start_leader(d);
     if (rc != 0)
         return rc;
     if (d->cfg.use_cloudwatch) {
@@ -347,11 +390,21 @@ static void close_curl(struct cmh_daemon *d)
 }
 
 /* HTTPS users stop first, then the transport they share. */
+static void curl_user_stopped(struct cmh_daemon *d)
+{
+    d->open_handles--;
+    if (--d->curl_users == 0)
+        close_curl(d);
+}
+
 static void on_disc_stopped(struct cmh_discovery *disc)
 {
-    struct cmh_daemon *d = container_of(disc, struct cmh_daemon, disc);
-    d->open_handles--;
-    close_curl(d);
+    curl_user_stopped(container_of(disc, struct cmh_daemon, disc));
+}
+
+static void on_leader_stopped(struct cmh_leader *l)
+{
+    curl_user_stopped(container_of(l, struct cmh_daemon, leader));
 }
 
 static void on_http_closed(struct cmh_http_server *s)
@@ -401,13 +454,20 @@ static void close_all(struct cmh_daemon *d)
         cmh_publish_free(d->pub);
         d->pub = NULL;
     }
+    /* Count both users before stopping either: a stop may call back at once. */
+    d->curl_users = 1 + (unsigned)d->has_disc + (unsigned)d->has_leader;
     if (d->has_disc) {
         d->has_disc = 0;
         d->open_handles++;
         cmh_discovery_stop(&d->disc, on_disc_stopped);
-    } else {
-        close_curl(d);
     }
+    if (d->has_leader) {
+        d->has_leader = 0;
+        d->open_handles++;
+        cmh_leader_stop(&d->leader, on_leader_stopped);
+    }
+    if (--d->curl_users == 0)
+        close_curl(d);
     uv_handle_t *handles[NHANDLES];
     own_handles(d, handles);
     for (size_t i = 0; i < NHANDLES; i++)

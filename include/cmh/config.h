@@ -59,6 +59,12 @@ struct cmh_config {
     char *k8s_token_file;
     char *k8s_ca_file;
     uint64_t k8s_watch_timeout_ms;
+    /* Leader election (include/cmh/leader.h; cmh_leader_opts_from_config). */
+    bool leader_election;
+    char *leader_lease_name;
+    uint64_t leader_lease_duration_ms;
+    uint64_t leader_renew_deadline_ms;
+    uint64_t leader_retry_period_ms;
 };
 
 enum cmh_config_type {

@@ -9,6 +9,7 @@
 #include "cmh/discovery.h"
 #include "cmh/expose.h"
 #include "cmh/http_server.h"
+#include "cmh/leader.h"
 #include "cmh/publish.h"
 #include "cmh/log.h"
 
@@ -44,6 +45,9 @@ struct cmh_daemon {
     int has_curl;
     struct cmh_discovery disc;
     int has_disc;
+    struct cmh_leader leader; /* LEADER_ELECTION: only the leader publishes */
+    int has_leader;
+    unsigned curl_users; /* discovery and leader still stopping: curl closes after them */
     /* Targets: static (SCRAPE_TARGETS, resolved once) or the discovery set held for a round. */
     struct cmh_collector_target *static_targets;
     char **static_ips;

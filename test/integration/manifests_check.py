@@ -63,6 +63,8 @@ AWS_SDK_VARS = {
     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_EC2_METADATA_SERVICE_ENDPOINT",
     "AWS_EC2_METADATA_DISABLED", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_CLOUDWATCH",
     "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL_EC2",
+    # Not AWS: the pod's own name (downward API), the leader-election identity (src/leader.c).
+    "POD_NAME",
 }
 
 
@@ -183,7 +185,10 @@ def check_rendering(label, objs):
                     for v in rule.get("verbs") or []:
                         grants.add((g, res, v))
     wanted = {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch")}
-    check(f"{label}: RBAC grants exactly pods get/list/watch", grants == wanted,
+    if str(effective(env, "LEADER_ELECTION") or "").lower() in ("true", "yes"):
+        wanted |= {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+    check(f"{label}: RBAC grants exactly pods get/list/watch (+ leases with LEADER_ELECTION)",
+          grants == wanted,
           f"extra {sorted(grants - wanted)}, missing {sorted(wanted - grants)}")
     bound = False
     for rb in by_kind(objs, "RoleBinding"):
@@ -241,8 +246,12 @@ def check_rendering(label, objs):
     lim = (res.get("limits") or {}).get("memory")
     check(f"{label}: memory request and limit, request <= limit",
           req is not None and lim is not None and mem_bytes(req) <= mem_bytes(lim), res)
-    check(f"{label}: one replica, replaced with Recreate (never two publishers)",
-          spec.get("replicas", 1) == 1 and (spec.get("strategy") or {}).get("type") == "Recreate",
+    # Two publishers would double every CloudWatch Sum: one replica replaced with Recreate, or
+    # several only with leader election.
+    elect = str(effective(env, "LEADER_ELECTION") or "").lower() in ("true", "yes")
+    check(f"{label}: one replica replaced with Recreate, or leader election (never two publishers)",
+          elect or (spec.get("replicas", 1) == 1 and
+                    (spec.get("strategy") or {}).get("type") == "Recreate"),
           (spec.get("replicas"), spec.get("strategy")))
     with open(os.path.join(MAN, "iam", "policy.json")) as f:
         allowed_ns = {s.get("Condition", {}).get("StringEquals", {}).get("cloudwatch:namespace")
@@ -315,7 +324,7 @@ def run_daemon_with(label, objs):
 # --- kustomize -------------------------------------------------------------------------------
 
 renders = {}
-for d in ("base", "overlays/irsa", "overlays/pod-identity"):
+for d in ("base", "overlays/irsa", "overlays/pod-identity", "overlays/leader-election"):
     try:
         renders[f"kustomize {d}"] = mr.kustomize(os.path.join(MAN, d))
         check(f"kustomize {d}: renders", True)
@@ -335,7 +344,7 @@ if kubectl and kustomize_major(kubectl) < 4:
     print(f"note  {kubectl} embeds kustomize older than v4: not used as an oracle")
     kubectl = None
 if kubectl:
-    for d in ("base", "overlays/irsa", "overlays/pod-identity"):
+    for d in ("base", "overlays/irsa", "overlays/pod-identity", "overlays/leader-election"):
         r = subprocess.run([kubectl, "kustomize", os.path.join(MAN, d)], capture_output=True, text=True,
                            timeout=120)
         if not check(f"kubectl kustomize {d}: renders", r.returncode == 0, r.stderr):
@@ -477,6 +486,8 @@ HELM_CASES = {
         "podAnnotations": {"a": "b"}, "imagePullSecrets": [{"name": "regcred"}],
         "affinity": {"nodeAffinity": {}}, "revisionHistoryLimit": 3,
     }], "cni-metrics-helper", "kube-system"),
+    "leader election": ([{"leaderElection": {"enabled": True}, "env": {"AWS_CLUSTER_ID": "c1"}}],
+                        "cni-metrics-helper", "kube-system"),
     "other namespace, own ServiceAccount, port": ([{
         "fullnameOverride": None, "serviceAccount": {"create": False, "name": "cmh"},
         "env": {"PROMETHEUS_PORT": "9101", "SHUTDOWN_TIMEOUT": "20"},
@@ -545,8 +556,15 @@ for label in ("kustomize base", "helm defaults", "helm other namespace, own Serv
     if label in all_renders:
         run_daemon_with(label, all_renders[label])
 
-check("src/ does not use leases, so no manifest may grant them (else add an opt-in grant)",
-      not USES_LEASES, f"{USES_LEASES} use coordination.k8s.io: add Lease get/create/update as opt-in")
+# Leases are used only by leader election: granted only where LEADER_ELECTION is on (checked per
+# rendering above), and an opt-in rendering must exist once the code uses them.
+le = renders.get("kustomize overlays/leader-election", [])
+check("src/ uses leases only with an opt-in grant (overlays/leader-election, helm leaderElection)",
+      not USES_LEASES or (le and "helm leader election" in helm_renders),
+      f"{USES_LEASES} use coordination.k8s.io")
+if le:
+    d = by_kind(le, "Deployment")[0]
+    check("leader-election overlay: 2 replicas", d["spec"]["replicas"] == 2, d["spec"])
 check("src/ does not scrape through pods/proxy, so no manifest may grant it (else add an opt-in grant)",
       not USES_PROXY, f"{USES_PROXY} use pods/proxy: add pods/proxy get as opt-in")
 

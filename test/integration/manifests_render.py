@@ -71,6 +71,7 @@ def smp_merge(base, patch, field=None):
     if isinstance(base, list) and isinstance(patch, list) and field in MERGE_KEYS:
         key = MERGE_KEYS[field]
         out = [copy.deepcopy(x) for x in base]
+        added = []
         for item in patch:
             if not isinstance(item, dict) or key not in item:
                 raise RenderError(f"patch of {field} needs {key} on every item")
@@ -79,8 +80,9 @@ def smp_merge(base, patch, field=None):
                     out[i] = smp_merge(cur, item, None)
                     break
             else:
-                out.append(copy.deepcopy(item))
-        return out
+                added.append(copy.deepcopy(item))
+        # As kustomize does: items only the patch has come first, in the patch's order.
+        return added + out
     return copy.deepcopy(patch)
 
 

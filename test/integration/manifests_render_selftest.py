@@ -111,10 +111,11 @@ patch = {"spec": {"containers": [{"name": "a", "env": [{"name": "Y", "value": "3
                                   "args": ["r"]},
                                  {"name": "b", "image": "j"}],
                   "tolerations": [{"key": "u"}], "drop": None}}
-want = {"spec": {"containers": [{"name": "a", "image": "i",
-                                 "env": [{"name": "X", "value": "1"}, {"name": "Y", "value": "3"},
-                                         {"name": "Z", "value": "4"}], "args": ["r"]},
-                                {"name": "b", "image": "j"}],
+# Items only the patch has come first, as kubectl kustomize (v5) puts them.
+want = {"spec": {"containers": [{"name": "b", "image": "j"},
+                                {"name": "a", "image": "i",
+                                 "env": [{"name": "Z", "value": "4"}, {"name": "X", "value": "1"},
+                                         {"name": "Y", "value": "3"}], "args": ["r"]}],
                  "tolerations": [{"key": "u"}]}}
 got = mr.smp_merge(base, patch)
 check("strategic merge: merge keys, replace, delete", got == want, got)

@@ -89,6 +89,15 @@ static const struct good goods[] = {
     {"K8S_CA_FILE", "/tmp/ca.crt", "/tmp/ca.crt"},
     {"K8S_WATCH_TIMEOUT", "1", "1s"},
     {"K8S_WATCH_TIMEOUT", "60m", "3600s"},
+    {"LEADER_ELECTION", "true", "true"},
+    {"LEADER_ELECTION", "No", "false"},
+    {"LEADER_ELECTION_LEASE_NAME", "cmh-prod", "cmh-prod"},
+    {"LEADER_ELECTION_LEASE_DURATION", "1", "1s"},
+    {"LEADER_ELECTION_LEASE_DURATION", "5m", "300s"},
+    {"LEADER_ELECTION_RENEW_DEADLINE", "500ms", "500ms"},
+    {"LEADER_ELECTION_RENEW_DEADLINE", "300", "300s"},
+    {"LEADER_ELECTION_RETRY_PERIOD", "100ms", "100ms"},
+    {"LEADER_ELECTION_RETRY_PERIOD", "60", "60s"},
 };
 
 struct bad {
@@ -151,6 +160,12 @@ static const struct bad bads[] = {
     {"CW_BACKOFF_CAP", "601", "to 600s"},
     {"K8S_WATCH_TIMEOUT", "999ms", "from 1s"},
     {"K8S_WATCH_TIMEOUT", "61m", "to 3600s"},
+    {"LEADER_ELECTION", "on", "yes, true, no or false"},
+    {"LEADER_ELECTION_LEASE_DURATION", "999ms", "from 1s"},
+    {"LEADER_ELECTION_LEASE_DURATION", "301", "to 300s"},
+    {"LEADER_ELECTION_RENEW_DEADLINE", "499ms", "from 500ms"},
+    {"LEADER_ELECTION_RETRY_PERIOD", "99ms", "from 100ms"},
+    {"LEADER_ELECTION_RETRY_PERIOD", "61", "to 60s"},
 };
 
 static void load_one(const char *var, const char *value, struct cmh_config *cfg, int *rc, char *err)
