@@ -1,6 +1,7 @@
 #include "cmh/cloudwatch.h"
 
 #include "cmh/alloc.h"
+#include "cmh/rng.h"
 #include "cmh/config.h"
 #include "cmh/log.h"
 #include "cmh/sigv4.h"
@@ -527,15 +528,6 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* splitmix64: one seeded state for every backoff draw. */
-static uint64_t rng_next(struct cmh_cloudwatch *cw)
-{
-    uint64_t z = (cw->rng += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-
 static void free_request_bufs(struct cmh_cloudwatch *cw)
 {
     for (size_t i = 0; i < cw->nhdr; i++)
@@ -859,14 +851,11 @@ static void on_creds(void *arg, int rc, const struct cmh_sigv4_credentials *cred
     send_batch(cw, creds);
 }
 
+/* Attempt 1 waits up to the base, each later one up to twice as long, up to the cap. */
 static uint64_t backoff(struct cmh_cloudwatch *cw, unsigned attempt)
 {
-    uint64_t ceiling = cw->o.backoff_base_ms;
-    for (unsigned i = 1; i < attempt && ceiling < cw->o.backoff_cap_ms; i++)
-        ceiling *= 2;
-    if (ceiling > cw->o.backoff_cap_ms)
-        ceiling = cw->o.backoff_cap_ms;
-    return rng_next(cw) % (ceiling + 1);
+    return cmh_backoff_full_jitter(&cw->rng, attempt > 0 ? attempt - 1 : 0, cw->o.backoff_base_ms,
+                                   cw->o.backoff_cap_ms);
 }
 
 /* Split bookkeeping: the n datums just answered leave the segment on top. */
@@ -1153,7 +1142,7 @@ int cmh_cloudwatch_new(struct cmh_cloudwatch **out, uv_loop_t *loop, struct cmh_
         cw->o.max_batch_datums = CMH_CW_MAX_BATCH_DATUMS;
     if (cw->o.max_batch_bytes == 0 || cw->o.max_batch_bytes > CMH_CW_MAX_BATCH_BYTES)
         cw->o.max_batch_bytes = CMH_CW_MAX_BATCH_BYTES;
-    cw->rng = cw->o.seed ? cw->o.seed : (uv_hrtime() ^ ((uint64_t)getpid() << 32));
+    cw->rng = cmh_rng_seed(cw->o.seed);
     cw->region = cmh_strdup(opts->region);
     cw->endpoint = cmh_strdup(opts->endpoint);
     cw->ns = cmh_strdup(ns);

@@ -6,6 +6,8 @@
 #include "cmh/discovery.h"
 
 #include "cmh/alloc.h"
+#include "cmh/k8s_token.h"
+#include "cmh/rng.h"
 #include "cmh/config.h"
 #include "cmh/log.h"
 
@@ -30,7 +32,6 @@
 #define DEFAULT_TOKEN_AGE  (60 * 1000ull)
 #define DEFAULT_PAGE       500
 #define LIST_MAX_BODY      (256u * 1024 * 1024)
-#define TOKEN_MAX          (64 * 1024)
 #define NAME_MAX_LEN       253
 
 enum { MODE_LIST, MODE_WATCH };
@@ -417,15 +418,6 @@ int cmh_discovery_check_opts(const struct cmh_discovery_opts *opts, char *err, s
 
 /* ---- the loop side ---- */
 
-static uint64_t rng_next(uint64_t *s)
-{
-    /* splitmix64: one state word, good enough for jitter. */
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static void set_error(struct cmh_discovery *d, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
@@ -454,12 +446,7 @@ static void schedule(struct cmh_discovery *d, bool backoff)
 {
     uint64_t delay = 0;
     if (backoff) {
-        uint64_t ceil = d->backoff_base_ms;
-        for (unsigned i = 0; i < d->attempt && ceil < d->backoff_cap_ms; i++)
-            ceil *= 2;
-        if (ceil > d->backoff_cap_ms)
-            ceil = d->backoff_cap_ms;
-        delay = rng_next(&d->rng) % (ceil + 1);
+        delay = cmh_backoff_full_jitter(&d->rng, d->attempt, d->backoff_base_ms, d->backoff_cap_ms);
         d->attempt++;
     }
     int rc = uv_timer_start(&d->retry, on_retry, delay, 0);
@@ -521,26 +508,11 @@ static void refresh_token(struct cmh_discovery *d)
         return;
     if (d->token != NULL && !d->token_stale && now - d->token_read_ms < d->token_max_age_ms)
         return;
-    char buf[TOKEN_MAX + 1];
-    size_t len = 0;
-    FILE *f = fopen(d->token_file, "re");
-    if (f == NULL) {
-        set_error(d, "cannot read the token file %s: %s", d->token_file, strerror(errno));
+    char *tok = NULL, why[300];
+    if (cmh_k8s_token_read(d->token_file, &tok, why, sizeof why) != 0) {
+        set_error(d, "%s", why);
         return;
     }
-    len = fread(buf, 1, TOKEN_MAX + 1, f);
-    int bad = ferror(f) || len > TOKEN_MAX;
-    fclose(f);
-    while (len > 0 && isspace((unsigned char)buf[len - 1]))
-        len--;
-    buf[len] = '\0';
-    if (bad || len == 0 || strpbrk(buf, "\r\n") != NULL) {
-        set_error(d, "the token file %s is empty, too large or unreadable", d->token_file);
-        return;
-    }
-    char *tok = cmh_strdup(buf);
-    if (tok == NULL)
-        return;
     if (d->token != NULL && strcmp(d->token, tok) != 0 && d->log != NULL)
         CMH_LOG(d->log, CMH_LOG_INFO, "service-account token rotated",
                 CMH_STR("file", d->token_file));
@@ -641,13 +613,11 @@ static void start_request(struct cmh_discovery *d)
     size_t nh = 0;
     d->headers[nh++] = "Accept: application/json";
     if (d->token != NULL) {
-        size_t n = strlen(d->token) + sizeof "Authorization: Bearer ";
-        d->auth_header = cmh_malloc(n);
+        d->auth_header = cmh_k8s_bearer_header(d->token);
         if (d->auth_header == NULL) {
             rc = -ENOMEM;
             goto fail;
         }
-        snprintf(d->auth_header, n, "Authorization: Bearer %s", d->token);
         d->headers[nh++] = d->auth_header;
     }
     memset(&d->req, 0, sizeof d->req);
@@ -952,7 +922,7 @@ int cmh_discovery_start(struct cmh_discovery *d, uv_loop_t *loop, struct cmh_cur
         d->backoff_cap_ms = d->backoff_base_ms;
     d->token_max_age_ms = opts->token_max_age_ms ? opts->token_max_age_ms : DEFAULT_TOKEN_AGE;
     d->page_limit = opts->page_limit ? opts->page_limit : DEFAULT_PAGE;
-    d->rng = opts->seed ? opts->seed : uv_hrtime() ^ ((uint64_t)getpid() << 32);
+    d->rng = cmh_rng_seed(opts->seed);
     d->last_error[0] = '\0';
     d->st.state = "listing";
     /* uv_timer_init cannot fail (libuv documents no error for it). */

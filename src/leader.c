@@ -9,6 +9,8 @@
 #include "cmh/leader.h"
 
 #include "cmh/alloc.h"
+#include "cmh/k8s_token.h"
+#include "cmh/rng.h"
 #include "cmh/config.h"
 #include "cmh/log.h"
 
@@ -32,7 +34,6 @@
 #define DEFAULT_RETRY_MS  2000ull
 #define RELEASE_MAX_MS    3000ull
 #define TOKEN_MAX_AGE_MS  60000ull
-#define TOKEN_MAX         (64 * 1024)
 #define LEASE_MAX_BODY    (64u * 1024)
 
 enum { STEP_GET, STEP_CREATE, STEP_UPDATE, STEP_RELEASE };
@@ -122,15 +123,6 @@ int cmh_leader_check_opts(const struct cmh_leader_opts *opts, char *err, size_t 
 
 /* ---- helpers ---- */
 
-static uint64_t rng_next(uint64_t *s)
-{
-    /* splitmix64: one state word, good enough for jitter. */
-    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
 static void set_error(struct cmh_leader *l, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
@@ -172,25 +164,11 @@ static void refresh_token(struct cmh_leader *l)
         return;
     if (l->token != NULL && !l->token_stale && now - l->token_read_ms < TOKEN_MAX_AGE_MS)
         return;
-    char buf[TOKEN_MAX + 1];
-    FILE *f = fopen(l->token_file, "re");
-    if (f == NULL) {
-        set_error(l, "cannot read the token file %s: %s", l->token_file, strerror(errno));
+    char *tok = NULL, why[300];
+    if (cmh_k8s_token_read(l->token_file, &tok, why, sizeof why) != 0) {
+        set_error(l, "%s", why);
         return;
     }
-    size_t len = fread(buf, 1, TOKEN_MAX + 1, f);
-    int bad = ferror(f) || len > TOKEN_MAX;
-    fclose(f);
-    while (len > 0 && isspace((unsigned char)buf[len - 1]))
-        len--;
-    buf[len] = '\0';
-    if (bad || len == 0 || strpbrk(buf, "\r\n") != NULL) {
-        set_error(l, "the token file %s is empty, too large or unreadable", l->token_file);
-        return;
-    }
-    char *tok = cmh_strdup(buf);
-    if (tok == NULL)
-        return;
     cmh_free(l->token);
     l->token = tok;
     l->token_read_ms = now;
@@ -241,7 +219,7 @@ static void schedule(struct cmh_leader *l)
 {
     uint64_t delay = l->retry_ms;
     if (!l->leader)
-        delay += rng_next(&l->rng) % (l->retry_ms * 6 / 5 + 1);
+        delay += cmh_rng_next(&l->rng) % (l->retry_ms * 6 / 5 + 1);
     int rc = uv_timer_start(&l->retry, on_retry, delay, 0);
     if (rc != 0 && l->log != NULL)
         CMH_LOG(l->log, CMH_LOG_ERROR, "cannot arm the leader election timer",
@@ -298,11 +276,9 @@ static int send_request(struct cmh_leader *l, int step, char *body)
     cmh_free(l->auth_header);
     l->auth_header = NULL;
     if (l->token != NULL) {
-        size_t n = strlen(l->token) + sizeof "Authorization: Bearer ";
-        l->auth_header = cmh_malloc(n);
+        l->auth_header = cmh_k8s_bearer_header(l->token);
         if (l->auth_header == NULL)
             return -ENOMEM;
-        snprintf(l->auth_header, n, "Authorization: Bearer %s", l->token);
         l->headers[nh++] = l->auth_header;
     }
     static const char *const methods[] = {"GET", "POST", "PUT", "PUT"};
@@ -620,7 +596,7 @@ int cmh_leader_start(struct cmh_leader *l, uv_loop_t *loop, struct cmh_curl_uv *
     l->request_ms = l->renew_ms / 2;
     if (l->request_ms < 100)
         l->request_ms = 100;
-    l->rng = opts->seed ? opts->seed : uv_hrtime() ^ ((uint64_t)getpid() << 32);
+    l->rng = cmh_rng_seed(opts->seed);
     l->st.identity = l->identity;
     /* uv_timer_init cannot fail (libuv documents no error for it). */
     uv_timer_init(loop, &l->retry);

@@ -1012,7 +1012,7 @@ static int parse_comment(struct cmh_prom_parser *p, const char *s, const char *e
     return help ? parse_help(p, fi, s, e) : parse_type(p, fi, s, e);
 }
 
-static int dup_cmp(const void *a, const void *b)
+int cmh_prom_label_ptr_cmp(const void *a, const void *b)
 {
     const struct cmh_prom_label *x = *(const struct cmh_prom_label *const *)a;
     const struct cmh_prom_label *y = *(const struct cmh_prom_label *const *)b;
@@ -1037,9 +1037,9 @@ static int has_dup_labels(struct cmh_prom_parser *p, size_t n)
     const struct cmh_prom_label **v = (const struct cmh_prom_label **)(p->labels + p->labels_cap);
     for (size_t i = 0; i < n; i++)
         v[i] = &l[i];
-    qsort(v, n, sizeof *v, dup_cmp);
+    qsort(v, n, sizeof *v, cmh_prom_label_ptr_cmp);
     for (size_t i = 1; i < n; i++)
-        if (dup_cmp(&v[i - 1], &v[i]) == 0)
+        if (cmh_prom_label_ptr_cmp(&v[i - 1], &v[i]) == 0)
             return 1;
     return 0;
 }

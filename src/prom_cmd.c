@@ -51,17 +51,6 @@ static void put_quoted(FILE *out, const char *s, size_t n)
     putc('"', out);
 }
 
-static int label_cmp(const void *a, const void *b)
-{
-    const struct cmh_prom_label *x = *(const struct cmh_prom_label *const *)a;
-    const struct cmh_prom_label *y = *(const struct cmh_prom_label *const *)b;
-    size_t n = x->name_len < y->name_len ? x->name_len : y->name_len;
-    int c = memcmp(x->name, y->name, n);
-    if (c != 0)
-        return c;
-    return (x->name_len > y->name_len) - (x->name_len < y->name_len);
-}
-
 static int print_sample(void *arg, const struct cmh_prom_sample *s)
 {
     struct printer *pr = arg;
@@ -79,7 +68,7 @@ static int print_sample(void *arg, const struct cmh_prom_sample *s)
     for (size_t i = 0; i < s->nlabels; i++)
         pr->sorted[i] = &s->labels[i];
     if (s->nlabels > 1)
-        qsort(pr->sorted, s->nlabels, sizeof *pr->sorted, label_cmp);
+        qsort(pr->sorted, s->nlabels, sizeof *pr->sorted, cmh_prom_label_ptr_cmp);
 
     int quoted = !legacy_name(s->name, s->name_len, 1);
     if (quoted) {

@@ -1,6 +1,7 @@
 #include "cmh/scrape.h"
 
 #include "cmh/alloc.h"
+#include "cmh/rng.h"
 #include "cmh/config.h"
 
 #include <arpa/inet.h>
@@ -144,15 +145,6 @@ void cmh_scrape_opts_from_config(struct cmh_scrape_opts *o, const struct cmh_con
         o->timeout_ms = round;
     if (o->jitter_ms > round / 2)
         o->jitter_ms = round / 2;
-}
-
-/* splitmix64: the start order of a round. */
-static uint64_t rng_next(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
 }
 
 static size_t addr_hash(const union cmh_scrape_addr *a)
@@ -941,7 +933,7 @@ int cmh_scraper_round(struct cmh_scraper *s, const struct cmh_scrape_target *tar
     for (size_t i = 0; i < n; i++)
         s->order[i] = (uint32_t)i;
     for (size_t i = n; i > 1; i--) {
-        size_t j = (size_t)(rng_next(&s->rng) % i);
+        size_t j = (size_t)(cmh_rng_next(&s->rng) % i);
         uint32_t tmp = s->order[i - 1];
         s->order[i - 1] = s->order[j];
         s->order[j] = tmp;
@@ -1072,7 +1064,7 @@ int cmh_scraper_init(struct cmh_scraper *s, uv_loop_t *loop, const struct cmh_sc
     snprintf(s->user_agent, sizeof s->user_agent, "%s",
              o->user_agent != NULL ? o->user_agent : "cni-metrics-helper/" CMH_VERSION);
     s->opts.user_agent = NULL;
-    s->rng = o->seed != 0 ? o->seed : uv_hrtime();
+    s->rng = cmh_rng_seed(o->seed);
     size_t buckets = 16;
     while (buckets < 2 * (size_t)s->opts.concurrency)
         buckets *= 2;

@@ -177,6 +177,9 @@ struct cmh_prom_names {
 };
 int cmh_prom_want_names(void *arg, const char *family, size_t len, enum cmh_prom_type type);
 
+/* qsort comparator for an array of label pointers: by name, bytewise. */
+int cmh_prom_label_ptr_cmp(const void *a, const void *b);
+
 /* Text of a type as in a TYPE line ("counter", ...). */
 const char *cmh_prom_type_name(enum cmh_prom_type type);
 
