@@ -17,6 +17,7 @@
 static const char *const log_levels[] = {"debug", "info", "warn", "error", "fatal", NULL};
 static const char *const log_formats[] = {"text", "json", NULL};
 static const char *const cw_resolutions[] = {"60", "1", NULL};
+static const char *const scrape_modes[] = {"auto", "direct", "proxy", NULL};
 
 /* The one source of truth for configuration. Keep names compatible with the original helper. */
 const struct cmh_config_var cmh_config_vars[] = {
@@ -70,6 +71,13 @@ const struct cmh_config_var cmh_config_vars[] = {
     {"SCRAPE_KEEPALIVE", CMH_CFG_BOOL, FIELD(scrape_keepalive), "true", 0, 0, NULL, 0,
      "Keep idle ipamD connections open for the next round (within SCRAPE_CONCURRENCY); ipamD "
      "closes them after 5s, so this only helps at short intervals."},
+    {"SCRAPE_MODE", CMH_CFG_ENUM, FIELD(scrape_mode), "auto", 0, 0, scrape_modes, 0,
+     "How discovered nodes are reached: direct (hostIP:IPAMD_METRICS_PORT), proxy (through the "
+     "API server's pods/proxy, one HTTP/2 connection), or auto (direct; a node whose connect fails "
+     "falls back to the proxy). Static SCRAPE_TARGETS are always direct."},
+    {"SCRAPE_DIRECT_RECHECK", CMH_CFG_DURATION, FIELD(scrape_direct_recheck_ms), "10m", 1 * SEC,
+     24 * 3600 * SEC, NULL, 0,
+     "SCRAPE_MODE=auto: how often a node that fell back to the proxy is tried directly again."},
     {"CW_NAMESPACE", CMH_CFG_STR, FIELD(cw_namespace), "Kubernetes", 0, 0, NULL, 0,
      "CloudWatch namespace of every datum (1-255 printable ASCII characters, not `AWS/...`)."},
     {"CW_STORAGE_RESOLUTION", CMH_CFG_ENUM, FIELD(cw_storage_resolution), "60", 0, 0,
@@ -86,6 +94,26 @@ const struct cmh_config_var cmh_config_vars[] = {
      "Base of the full-jitter exponential backoff between CloudWatch attempts."},
     {"CW_BACKOFF_CAP", CMH_CFG_DURATION, FIELD(cw_backoff_cap_ms), "20", 100, 600 * SEC, NULL, 0,
      "Longest backoff wait between CloudWatch attempts (a Retry-After hint may be longer)."},
+    {"SUBNET_METRICS", CMH_CFG_BOOL, FIELD(subnet_metrics), "false", 0, 0, NULL, 0,
+     "Publish free IPs per subnet and per AZ (EC2 DescribeSubnets; needs ec2:DescribeSubnets)."},
+    {"SUBNET_METRICS_INTERVAL", CMH_CFG_DURATION, FIELD(subnet_interval_ms), "300", 10 * SEC,
+     24 * 3600 * SEC, NULL, 0,
+     "Time between DescribeSubnets calls; a view older than 3 intervals is not published."},
+    {"SUBNET_IDS", CMH_CFG_STR, FIELD(subnet_ids), NULL, 0, 0, NULL, 0,
+     "Comma-separated subnet ids to watch. Unset: the subnets holding a node's IP plus those "
+     "named by ENIConfig resources."},
+    {"CW_PER_AZ", CMH_CFG_BOOL, FIELD(cw_per_az), "false", 0, 0, NULL, 0,
+     "With SUBNET_METRICS: also publish the IP gauges per AvailabilityZone (nodes mapped by IP)."},
+    {"CW_PER_NODE", CMH_CFG_BOOL, FIELD(cw_per_node), "false", 0, 0, NULL, 0,
+     "Also publish the IP gauges per NodeName (each node adds custom metrics: see the README)."},
+    {"CW_PER_NODE_MAX", CMH_CFG_UINT, FIELD(cw_per_node_max), "100", 1, 10000, NULL, 0,
+     "CW_PER_NODE: at most this many nodes, those nearest to exhaustion first."},
+    {"REPORT_MIN_FREE_IPS", CMH_CFG_UINT, FIELD(report_min_free_ips), "0", 0, 1000000, NULL, 0,
+     "`report` exits 3 when a subnet's free IPs, or the cluster's headroom (maxIPAddresses - "
+     "assignIPAddresses), is below this; 0 never."},
+    {"REPORT_MAX_UTILIZATION", CMH_CFG_UINT, FIELD(report_max_utilization), "90", 1, 100, NULL, 0,
+     "`report` exits 3 when the cluster's IP utilization (100 * assigned / max) is above this "
+     "percent; 100 never."},
     {"K8S_NAMESPACE", CMH_CFG_STR, FIELD(k8s_namespace), "kube-system", 0, 0, NULL, 0,
      "Namespace of the aws-node pods discovered through the Kubernetes API."},
     {"K8S_LABEL_SELECTOR", CMH_CFG_STR, FIELD(k8s_label_selector), "k8s-app=aws-node", 0, 0, NULL,
@@ -118,10 +146,10 @@ const struct cmh_config_var cmh_config_vars[] = {
 };
 const size_t cmh_config_nvars = sizeof cmh_config_vars / sizeof cmh_config_vars[0];
 
-const char *const cmh_config_prefixes[] = {"USE_",        "METRIC_", "SCRAPE_", "IPAMD_",
-                                           "PROMETHEUS_", "LOG_",    "CW_",     "STALE_",
-                                           "SHUTDOWN_",   "HTTP_",   "PROM_",   "AWS_VPC_K8S_CNI_",
-                                           "AWS_CLUSTER", "K8S_",    "LEADER_", NULL};
+const char *const cmh_config_prefixes[] = {
+    "USE_",        "METRIC_", "SCRAPE_",   "IPAMD_",  "PROMETHEUS_", "LOG_",
+    "CW_",         "STALE_",  "SHUTDOWN_", "HTTP_",   "PROM_",       "AWS_VPC_K8S_CNI_",
+    "AWS_CLUSTER", "K8S_",    "LEADER_",   "SUBNET_", "REPORT_",     NULL};
 
 static void *field_ptr(struct cmh_config *cfg, const struct cmh_config_var *var)
 {

@@ -122,7 +122,7 @@ static void unlink_req(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req)
     req->prev = req->next = NULL;
 }
 
-static int64_t parse_retry_after(const char *v)
+int64_t cmh_curl_uv_parse_retry_after(const char *v)
 {
     while (*v == ' ' || *v == '\t')
         v++;
@@ -140,7 +140,11 @@ static int64_t parse_retry_after(const char *v)
     if (when == (time_t)-1)
         return -1;
     time_t now = time(NULL);
-    return when > now ? (int64_t)(when - now) * 1000 : 0;
+    if (when <= now)
+        return 0;
+    /* curl_getdate takes years far past 9999: saturate rather than overflow (found by fuzzing). */
+    int64_t s = (int64_t)(when - now);
+    return s > INT64_MAX / 1000 ? INT64_MAX : s * 1000;
 }
 
 /* Ends req: detaches every per-request resource first, so the callback may start req again. */
@@ -159,9 +163,12 @@ static void finish(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req, CURLcode 
             res.status = status;
         if (curl_easy_getinfo(easy, CURLINFO_NUM_CONNECTS, &connects) == CURLE_OK)
             res.new_connections = connects;
+        long ver = 0;
+        if (curl_easy_getinfo(easy, CURLINFO_HTTP_VERSION, &ver) == CURLE_OK)
+            res.http_version = ver == CURL_HTTP_VERSION_2_0 ? 2 : ver != 0 ? 1 : 0;
         struct curl_header *h;
         if (curl_easy_header(easy, "Retry-After", 0, CURLH_HEADER, -1, &h) == CURLHE_OK)
-            res.retry_after_ms = parse_retry_after(h->value);
+            res.retry_after_ms = cmh_curl_uv_parse_retry_after(h->value);
         if (curl_easy_header(easy, "Content-Type", 0, CURLH_HEADER, -1, &h) == CURLHE_OK) {
             size_t n = strlen(h->value);
             if (n >= sizeof content_type)
@@ -276,6 +283,24 @@ static void close_sock(struct cmh_curl_uv *c, struct cmh_curl_uv_sock *s)
     uv_close((uv_handle_t *)&s->poll, on_handle_closed);
 }
 
+/* curl cannot take a failure of its socket callback: every transfer of the multi handle is
+ * aborted, for good. So each request starts with two watchers in reserve (IPv4 and IPv6 attempts),
+ * and on_socket falls back on them when an allocation fails. */
+#define SPARE_SOCKS 2
+
+static int reserve_socks(struct cmh_curl_uv *c)
+{
+    while (c->nspare < SPARE_SOCKS) {
+        struct cmh_curl_uv_sock *s = cmh_calloc(1, sizeof *s);
+        if (s == NULL)
+            return -ENOMEM;
+        s->next = c->spare;
+        c->spare = s;
+        c->nspare++;
+    }
+    return 0;
+}
+
 static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
 {
     struct cmh_curl_uv *c = userp;
@@ -291,6 +316,12 @@ static int on_socket(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     }
     if (s == NULL) {
         s = cmh_calloc(1, sizeof *s);
+        if (s == NULL && c->spare != NULL) {
+            s = c->spare;
+            c->spare = s->next;
+            c->nspare--;
+            memset(s, 0, sizeof *s);
+        }
         if (s == NULL)
             return -1;
         if (uv_poll_init_socket(c->loop, &s->poll, fd) != 0) {
@@ -460,7 +491,12 @@ static CURLcode setup_easy(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req, C
     SET(CURLOPT_TIMEOUT_MS, (long)(total > LONG_MAX ? LONG_MAX : total));
     SET(CURLOPT_CONNECTTIMEOUT_MS,
         (long)(c->opts.connect_timeout_ms > LONG_MAX ? LONG_MAX : c->opts.connect_timeout_ms));
-    SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    if (req->http2) {
+        SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+        SET(CURLOPT_PIPEWAIT, 1L);
+    } else {
+        SET(CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    }
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     SET(CURLOPT_WRITEFUNCTION, on_write);
     SET(CURLOPT_WRITEDATA, req);
@@ -499,6 +535,8 @@ int cmh_curl_uv_start(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req, cmh_cu
         return -EINVAL;
     if (!scheme_allowed(req->url, req->allow_http))
         return -EPROTONOSUPPORT;
+    if (reserve_socks(c) != 0)
+        return -ENOMEM;
     /* Never "Expect: 100-continue": one round trip more for nothing. */
     list = curl_slist_append(NULL, "Expect:");
     if (list == NULL) {
@@ -580,6 +618,12 @@ void cmh_curl_uv_close(struct cmh_curl_uv *c, cmh_curl_uv_close_cb close_cb)
     if (m != CURLM_OK)
         multi_error(c, "cleanup", m);
     c->multi = NULL;
+    while (c->spare != NULL) {
+        struct cmh_curl_uv_sock *s = c->spare;
+        c->spare = s->next;
+        cmh_free(s);
+    }
+    c->nspare = 0;
     while (c->socks != NULL)
         close_sock(c, c->socks);
     uv_close((uv_handle_t *)&c->timer, on_handle_closed);

@@ -1,12 +1,12 @@
 #include "cmh/daemon.h"
 
 #include "cmh/alloc.h"
+#include "cmh/subnets.h"
 
 extern char **environ;
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <netdb.h>
 #include <stdlib.h>
 #include <signal.h>
 #include <stddef.h>
@@ -36,10 +36,38 @@ static void on_round_timer(uv_timer_t *t)
         d->on_round(d, d->round, start);
 }
 
+/* The subnet, AZ and per-node datums of the round (include/cmh/subnets.h), added to the
+ * aggregator's before they are published, exposed and logged. */
+static void subnet_datums(struct cmh_daemon *d, struct cmh_collector *c)
+{
+    const struct cmh_collector_target *t =
+        d->round_set != NULL ? d->round_targets : d->static_targets;
+    size_t n = d->round_set != NULL ? d->round_set->n : d->nstatic;
+    struct cmh_subnets_opts o = {.per_az = d->cfg.cw_per_az,
+                                 .per_node = d->cfg.cw_per_node,
+                                 .per_node_max = d->cfg.cw_per_node_max};
+    if (d->subnets == NULL && !o.per_node)
+        return;
+    struct cmh_subnets_node *nodes = cmh_calloc(n ? n : 1, sizeof *nodes);
+    int rc = -ENOMEM;
+    if (nodes != NULL) {
+        for (size_t i = 0; i < n; i++)
+            nodes[i] = (struct cmh_subnets_node){t[i].name, t[i].ip};
+        const struct cmh_subnet_list *view =
+            d->subnets != NULL ? cmh_ec2_watch_view(d->subnets, nodes, n) : NULL;
+        rc = cmh_subnets_round_datums(&c->agg, view, nodes, n, &o);
+    }
+    cmh_free(nodes);
+    if (rc != 0)
+        CMH_LOG(&d->log, CMH_LOG_ERROR, "out of memory adding subnet datums",
+                CMH_UINT("round", c->agg.round));
+}
+
 static void on_collector_done(struct cmh_collector *c, const struct cmh_scrape_round_stats *st,
                               void *arg)
 {
     struct cmh_daemon *d = arg;
+    subnet_datums(d, c);
     if (d->round_set != NULL) {
         cmh_discovery_set_release(d->round_set);
         d->round_set = NULL;
@@ -49,11 +77,18 @@ static void on_collector_done(struct cmh_collector *c, const struct cmh_scrape_r
     /* With leader election, only the leader publishes; the others keep scraping, so their state
      * is warm when they take over. */
     int publish = !d->has_leader || cmh_leader_is_leader(&d->leader);
-    if (d->pub != NULL && publish) {
-        if (cmh_publish_datums(d->pub, c->agg.datums.v, c->agg.datums.n) != 0)
+    if (d->cfg.use_cloudwatch && publish) {
+        int rc =
+            d->pub != NULL ? cmh_publish_datums(d->pub, c->agg.datums.v, c->agg.datums.n) : -EAGAIN;
+        if (rc == -EAGAIN)
+            CMH_LOG(&d->log, CMH_LOG_WARN,
+                    "round not published: CloudWatch publishing is not set up yet",
+                    CMH_UINT("round", c->agg.round), CMH_UINT("datums", c->agg.datums.n));
+        else if (rc != 0)
             CMH_LOG(&d->log, CMH_LOG_ERROR, "out of memory queueing datums; round not published",
                     CMH_UINT("round", c->agg.round), CMH_UINT("datums", c->agg.datums.n));
-        cmh_publish_stats(d->pub, &cw);
+        if (d->pub != NULL)
+            cmh_publish_stats(d->pub, &cw);
     }
     cmh_collector_log_round(c, st, !d->cfg.use_cloudwatch && publish,
                             d->pub != NULL && publish ? &cw : NULL);
@@ -82,8 +117,10 @@ static int round_targets(struct cmh_daemon *d, const struct cmh_collector_target
         const struct cmh_discovery_target *x = &set->v[i];
         /* Nodes are the identity the aggregator keeps state under; a pod without a node name yet
          * falls back to its own name. */
-        d->round_targets[i] = (struct cmh_collector_target){x->node[0] ? x->node : x->pod, x->ip,
-                                                            (uint16_t)d->cfg.ipamd_port};
+        d->round_targets[i] = (struct cmh_collector_target){.name = x->node[0] ? x->node : x->pod,
+                                                            .ip = x->ip,
+                                                            .port = (uint16_t)d->cfg.ipamd_port,
+                                                            .pod = x->pod};
     }
     d->round_set = set;
     *t = d->round_targets;
@@ -118,26 +155,18 @@ static int resolve_static(struct cmh_daemon *d)
         return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
         const struct cmh_target *t = &d->cfg.targets.v[i];
-        struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
-        struct addrinfo *res = NULL;
-        int gai = getaddrinfo(t->host, NULL, &hints, &res);
-        char ip[INET6_ADDRSTRLEN] = "";
-        if (gai == 0 && res->ai_family == AF_INET)
-            inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, ip, sizeof ip);
-        else if (gai == 0 && res->ai_family == AF_INET6)
-            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, ip, sizeof ip);
-        if (res != NULL)
-            freeaddrinfo(res);
-        if (ip[0] == '\0') {
+        char ip[INET6_ADDRSTRLEN];
+        const char *why = NULL;
+        if (cmh_discovery_resolve_ip(t->host, ip, sizeof ip, &why) != 0) {
             CMH_LOG(&d->log, CMH_LOG_ERROR, "cannot resolve target", CMH_STR("target", t->name),
-                    CMH_STR("host", t->host),
-                    CMH_STR("error", gai ? gai_strerror(gai) : "no address"));
+                    CMH_STR("host", t->host), CMH_STR("error", why));
             return -EINVAL;
         }
         d->static_ips[i] = cmh_strdup(ip);
         if (d->static_ips[i] == NULL)
             return -ENOMEM;
-        d->static_targets[i] = (struct cmh_collector_target){t->name, d->static_ips[i], t->port};
+        d->static_targets[i] =
+            (struct cmh_collector_target){t->name, d->static_ips[i], t->port, NULL};
         d->nstatic = i + 1;
     }
     return 0;
@@ -258,7 +287,9 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
             ready = 0;
         }
         if (d->cfg.use_cloudwatch) {
-            const char *why = "CloudWatch publishing not set up yet (see the log)";
+            const char *why = d->publish_why[0] != '\0'
+                                  ? d->publish_why
+                                  : "CloudWatch publishing not set up yet (see the log)";
             if (d->pub == NULL || cmh_publish_ready(d->pub, &why) != 0) {
                 cmh_buf_printf(body, "not ready: %s\n", why);
                 ready = 0;
@@ -290,6 +321,28 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
     return 404;
 }
 
+/* SCRAPE_MODE auto or proxy: discovered pods may be scraped through the API server's pod proxy. */
+static int start_proxy_scraping(struct cmh_daemon *d)
+{
+    if (d->cfg.scrape_mode == CMH_SCRAPE_MODE_DIRECT)
+        return 0;
+    if (!d->has_disc) {
+        if (d->cfg.scrape_mode == CMH_SCRAPE_MODE_PROXY)
+            CMH_LOG(&d->log, CMH_LOG_WARN, "SCRAPE_MODE=proxy does not apply to SCRAPE_TARGETS",
+                    CMH_STR("fix", "static targets are always scraped directly"));
+        return 0;
+    }
+    char url[300];
+    if (cmh_discovery_server_url(url, sizeof url, getenv("KUBERNETES_SERVICE_HOST"),
+                                 getenv("KUBERNETES_SERVICE_PORT")) != 0)
+        return -EINVAL; /* discovery checked the same values already */
+    struct cmh_proxy_scrape_opts o = {.server = url,
+                                      .namespace_name = d->cfg.k8s_namespace,
+                                      .token_file = d->cfg.k8s_token_file,
+                                      .ca_file = d->cfg.k8s_ca_file};
+    return cmh_collector_enable_proxy(&d->collector, &o);
+}
+
 /* Scraping starts once the CLUSTER_ID dimension is known. */
 static int start_collector(struct cmh_daemon *d, const char *cluster)
 {
@@ -303,7 +356,7 @@ static int start_collector(struct cmh_daemon *d, const char *cluster)
     }
     d->has_collector = 1;
     d->on_round = collector_round;
-    return 0;
+    return start_proxy_scraping(d);
 }
 
 static void start_publish(struct cmh_daemon *d);
@@ -320,13 +373,21 @@ static void on_publish_ready(struct cmh_publish *p, int rc, const char *why, voi
         return;
     if (rc != 0) {
         /* The original helper crash-loops here; we stay up, unready, and try again. */
+        int unresolved = why != NULL && strncmp(why, "cannot learn", 12) == 0;
         CMH_LOG(&d->log, CMH_LOG_ERROR, "CloudWatch publishing not possible yet; retrying in 30s",
-                CMH_STR("reason", why), CMH_STR("fix", "set AWS_REGION and AWS_CLUSTER_ID"));
+                CMH_STR("reason", why),
+                CMH_STR("fix", unresolved ? "set AWS_REGION and AWS_CLUSTER_ID, or let the pod "
+                                            "reach IMDS (hop limit 2)"
+                                          : "see the reason"));
+        snprintf(d->publish_why, sizeof d->publish_why, "CloudWatch publishing not set up: %s",
+                 why != NULL ? why : "unknown");
         cmh_publish_free(p);
         d->pub = NULL;
         uv_timer_start(&d->publish_retry, on_publish_retry, 30000, 0);
         return;
     }
+    if (d->has_collector)
+        return; /* AWS_CLUSTER_ID was set: scraping runs already */
     if (start_collector(d, cmh_publish_cluster_id(p)) != 0) {
         cmh_daemon_stop(d);
         d->exit_code = 1;
@@ -346,14 +407,39 @@ static void start_publish(struct cmh_daemon *d)
         uv_timer_start(&d->publish_retry, on_publish_retry, 30000, 0);
 }
 
+/* SUBNET_METRICS: the subnet view, fetched now and every SUBNET_METRICS_INTERVAL. */
+static int start_subnets(struct cmh_daemon *d)
+{
+    char url[300];
+    int in_cluster = cmh_discovery_server_url(url, sizeof url, getenv("KUBERNETES_SERVICE_HOST"),
+                                              getenv("KUBERNETES_SERVICE_PORT")) == 0;
+    int rc = start_curl(d);
+    if (rc == 0)
+        rc = cmh_ec2_watch_new(&d->subnets, &d->loop, &d->curl, &d->cfg, environ,
+                               in_cluster ? url : NULL, &d->log, NULL, NULL);
+    return rc;
+}
+
 int cmh_daemon_use_collector(struct cmh_daemon *d)
 {
     int rc = d->cfg.targets.n > 0 ? resolve_static(d) : start_discovery(d);
     if (rc == 0 && d->cfg.leader_election)
         rc = start_leader(d);
+    if (rc == 0 && d->cfg.subnet_metrics)
+        rc = start_subnets(d);
+    if (d->cfg.cw_per_az && !d->cfg.subnet_metrics)
+        CMH_LOG(&d->log, CMH_LOG_WARN, "CW_PER_AZ ignored: nodes are mapped to AZs by subnet",
+                CMH_STR("fix", "set SUBNET_METRICS=true"));
     if (rc != 0)
         return rc;
     if (d->cfg.use_cloudwatch) {
+        /* With AWS_CLUSTER_ID set, scraping (and our /metrics) need not wait for the region and
+         * credentials: rounds run at once, and are published once the publisher is ready. */
+        if (d->cfg.cluster_id != NULL && d->cfg.cluster_id[0] != '\0') {
+            rc = start_collector(d, d->cfg.cluster_id);
+            if (rc != 0)
+                return rc;
+        }
         start_publish(d);
     } else {
         const char *cluster = d->cfg.cluster_id;
@@ -454,6 +540,8 @@ static void close_all(struct cmh_daemon *d)
         cmh_publish_free(d->pub);
         d->pub = NULL;
     }
+    cmh_ec2_watch_free(d->subnets);
+    d->subnets = NULL;
     /* Count both users before stopping either: a stop may call back at once. */
     d->curl_users = 1 + (unsigned)d->has_disc + (unsigned)d->has_leader;
     if (d->has_disc) {

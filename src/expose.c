@@ -45,6 +45,20 @@ static void sample(struct cmh_buf *out, const char *name, const char *suffix, co
     cmh_buf_printf(out, "%s%s%s %s\n", name, suffix, labels, num);
 }
 
+/* The HELP and TYPE lines of a family of ours (name without PREFIX). */
+static void family(struct cmh_buf *out, const char *name, const char *type, const char *help)
+{
+    cmh_buf_printf(out, "# HELP " PREFIX "%s %s\n# TYPE " PREFIX "%s %s\n", name, help, name, type);
+}
+
+/* A family of ours with one unlabelled sample. */
+static void scalar(struct cmh_buf *out, const char *name, const char *type, const char *help,
+                   unsigned long long v)
+{
+    family(out, name, type, help);
+    cmh_buf_printf(out, PREFIX "%s %llu\n", name, v);
+}
+
 static void cloudwatch_metrics(const struct cmh_cloudwatch_stats *cw, struct cmh_buf *out)
 {
     const struct {
@@ -55,27 +69,40 @@ static void cloudwatch_metrics(const struct cmh_cloudwatch_stats *cw, struct cmh
                     {"dropped_age", cw->dropped_age},
                     {"dropped_invalid", cw->dropped_invalid},
                     {"dropped_shutdown", cw->dropped_shutdown}};
-    cmh_buf_printf(out, "# HELP " PREFIX "cloudwatch_datums_total Datums by how they ended.\n"
-                        "# TYPE " PREFIX "cloudwatch_datums_total counter\n");
+    family(out, "cloudwatch_datums_total", "counter", "Datums by how they ended.");
     for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++)
         cmh_buf_printf(out, PREFIX "cloudwatch_datums_total{outcome=\"%s\"} %llu\n",
                        outcomes[i].outcome, (unsigned long long)outcomes[i].n);
-    cmh_buf_printf(out,
-                   "# HELP " PREFIX "cloudwatch_queue_datums Datums waiting to be published.\n"
-                   "# TYPE " PREFIX "cloudwatch_queue_datums gauge\n" PREFIX
-                   "cloudwatch_queue_datums %llu\n",
-                   (unsigned long long)cw->in_queue);
-    cmh_buf_printf(out, "# HELP " PREFIX "cloudwatch_requests_total PutMetricData attempts by "
-                        "outcome class.\n# TYPE " PREFIX "cloudwatch_requests_total counter\n");
+    scalar(out, "cloudwatch_queue_datums", "gauge", "Datums waiting to be published.",
+           cw->in_queue);
+    family(out, "cloudwatch_requests_total", "counter", "PutMetricData attempts by outcome class.");
     for (int k = 0; k < CMH_CW_CLASS_COUNT; k++)
         cmh_buf_printf(out, PREFIX "cloudwatch_requests_total{class=\"%s\"} %llu\n",
                        cmh_cloudwatch_class_name((enum cmh_cw_class)k),
                        (unsigned long long)cw->attempts[k]);
-    cmh_buf_printf(out,
-                   "# HELP " PREFIX "cloudwatch_access_denied 1 while CloudWatch answers "
-                   "AccessDenied.\n# TYPE " PREFIX "cloudwatch_access_denied gauge\n" PREFIX
-                   "cloudwatch_access_denied %d\n",
-                   cw->access_denied ? 1 : 0);
+    scalar(out, "cloudwatch_access_denied", "gauge", "1 while CloudWatch answers AccessDenied.",
+           cw->access_denied ? 1 : 0);
+}
+
+/* SCRAPE_MODE auto or proxy: scrapes through the API server's pod proxy and the fallbacks. */
+static void proxy_metrics(const struct cmh_collector *c, struct cmh_buf *out)
+{
+    family(out, "proxy_scrapes_total", "counter",
+           "Node scrapes through the API server's pod proxy by result.");
+    for (int r = 0; r < CMH_SCRAPE_NRESULTS; r++)
+        cmh_buf_printf(out, PREFIX "proxy_scrapes_total{result=\"%s\"} %llu\n",
+                       cmh_scrape_result_name((enum cmh_scrape_result)r),
+                       (unsigned long long)c->proxy_results_total[r]);
+    scalar(out, "proxy_connections_total", "counter",
+           "TLS connections opened to the API server for proxied scrapes.",
+           c->proxy.stats.connections);
+    scalar(out, "scrape_fallbacks_total", "counter",
+           "Nodes switched to the proxy after a direct connect failure (SCRAPE_MODE=auto).",
+           c->fallbacks_total);
+    scalar(out, "scrape_back_to_direct_total", "counter",
+           "Nodes back on direct scraping after a re-check connected.", c->back_total);
+    scalar(out, "scrape_nodes_on_proxy", "gauge",
+           "Nodes scraped through the proxy because direct connects failed.", c->fallback.n);
 }
 
 void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c,
@@ -114,29 +141,24 @@ void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c
     }
     cmh_buf_free(&lb);
 
-    cmh_buf_printf(out,
-                   "# HELP " PREFIX "rounds_total Scrape rounds finished.\n"
-                   "# TYPE " PREFIX "rounds_total counter\n" PREFIX "rounds_total %llu\n",
-                   (unsigned long long)c->rounds_total);
-    cmh_buf_printf(out,
-                   "# HELP " PREFIX "rounds_skipped_total Round ticks skipped because the "
-                   "previous round was still running.\n"
-                   "# TYPE " PREFIX "rounds_skipped_total counter\n" PREFIX
-                   "rounds_skipped_total %llu\n",
-                   (unsigned long long)c->skipped_ticks);
-    cmh_buf_printf(out, "# HELP " PREFIX "round_duration_seconds Wall time of the last round.\n"
-                        "# TYPE " PREFIX "round_duration_seconds gauge\n");
+    scalar(out, "rounds_total", "counter", "Scrape rounds finished.", c->rounds_total);
+    scalar(out, "rounds_skipped_total", "counter",
+           "Round ticks skipped because the previous round was still running.", c->skipped_ticks);
+    family(out, "round_duration_seconds", "gauge", "Wall time of the last round.");
     sample(out, PREFIX "round_duration_seconds", "", "", c->last_round_seconds);
-    cmh_buf_printf(out, "# HELP " PREFIX "scrapes_total Node scrapes by result.\n"
-                        "# TYPE " PREFIX "scrapes_total counter\n");
+    family(out, "scrapes_total", "counter", "Node scrapes by result.");
     for (int r = 0; r < CMH_SCRAPE_NRESULTS; r++)
         cmh_buf_printf(out, PREFIX "scrapes_total{result=\"%s\"} %llu\n",
                        cmh_scrape_result_name((enum cmh_scrape_result)r),
                        (unsigned long long)c->results_total[r]);
+    if (c->has_proxy)
+        proxy_metrics(c, out);
     if (cw != NULL)
         cloudwatch_metrics(cw, out);
-    cmh_buf_printf(out,
-                   "# HELP " PREFIX "build_info Version of this daemon.\n"
-                   "# TYPE " PREFIX "build_info gauge\n" PREFIX "build_info{version=\"%s\"} 1\n",
-                   CMH_VERSION);
+    if (c->log != NULL)
+        scalar(out, "log_lines_lost_total", "counter",
+               "Log lines that could not be written (full disk, closed pipe).",
+               c->log->write_errors);
+    family(out, "build_info", "gauge", "Version of this daemon.");
+    cmh_buf_printf(out, PREFIX "build_info{version=\"%s\"} 1\n", CMH_VERSION);
 }

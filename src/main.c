@@ -5,6 +5,7 @@
 #include "cmh/log.h"
 #include "cmh/metrics.h"
 #include "cmh/prom.h"
+#include "cmh/report.h"
 
 #include <errno.h>
 #include <signal.h>
@@ -21,6 +22,9 @@ static void usage(FILE *out)
                  "       cni-metrics-helper parse [FILE|-]   print the samples of an exposition\n"
                  "       cni-metrics-helper inspect [--json] FILE... [--then FILE...]\n"
                  "                                           datums a round would publish\n"
+                 "       cni-metrics-helper report [--json]  one round, nothing published: IPs\n"
+                 "                                           per node, subnet and AZ (exit 3:\n"
+                 "                                           a REPORT_* threshold crossed)\n"
                  "\n"
                  "Scrapes the ipamD metrics of every node of an EKS cluster, aggregates the\n"
                  "IP/ENI picture of the cluster and publishes it to CloudWatch (namespace\n"
@@ -94,6 +98,8 @@ int main(int argc, char **argv)
         const char *cluster = getenv("AWS_CLUSTER_ID");
         return cmh_inspect_cmd(argc - 1, argv + 1, cluster && *cluster ? cluster : "inspect");
     }
+    if (strcmp(cmd, "report") == 0)
+        return cmh_report_cmd(argc - 1, argv + 1, environ);
     if (strcmp(cmd, "parse") == 0)
         return cmh_prom_cmd_parse(argc - 1, argv + 1);
     if (strcmp(cmd, "--help-config-markdown") == 0) {

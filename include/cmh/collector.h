@@ -9,7 +9,9 @@
 #include "cmh/config.h"
 #include "cmh/log.h"
 #include "cmh/prom.h"
+#include "cmh/proxy_scrape.h"
 #include "cmh/scrape.h"
+#include "cmh/scrape_mode.h"
 
 #include <uv.h>
 
@@ -29,6 +31,14 @@ struct cmh_collector_target {
     const char *name; /* node identity for the aggregator */
     const char *ip;   /* IPv4 or IPv6 literal */
     uint16_t port;
+    const char *pod; /* the aws-node pod, for the API server proxy; NULL = direct only (static) */
+};
+
+/* Where one target of the round stands. */
+struct cmh_collector_route {
+    struct cmh_scrape_record rec; /* the final record */
+    uint8_t state;                /* 0 not scraped (bad address), 1 in progress, 2 done */
+    uint8_t via_proxy;            /* the final record came through the proxy */
 };
 
 struct cmh_collector {
@@ -54,6 +64,29 @@ struct cmh_collector {
     uint64_t skipped_ticks;
     double last_round_seconds;
     cmh_collector_close_cb close_cb;
+
+    /* SCRAPE_MODE: the proxy engine (discovered targets only) and the auto fallback state. */
+    int mode; /* enum cmh_scrape_mode */
+    struct cmh_proxy_scrape proxy;
+    int has_proxy;
+    struct cmh_fallback fallback;
+    uv_timer_t round_timer; /* the round deadline for proxied scrapes */
+    const struct cmh_collector_target *in;
+    struct cmh_collector_route *rt; /* per target of the round */
+    size_t *dmap;                   /* direct engine index -> round index */
+    size_t nin, rt_cap;
+    size_t pending; /* the direct round (1 while it runs) + proxied scrapes in flight */
+    int deadline_passed, closing;
+    unsigned closing_parts;
+    uint64_t round_start_ms, round_start_ns, round_timeout_ms;
+    struct cmh_scrape_round_stats direct_stats, round_stats;
+    struct cmh_ratelimit proxy_log, fallback_log;
+    /* This round: scrapes through the proxy (first tries and fallbacks), of them ok, nodes that
+     * switched to the proxy, nodes back on direct. */
+    size_t round_proxy, round_proxy_ok, round_fallbacks, round_back;
+    /* Totals since start: proxied scrapes by result, switches to the proxy and back. */
+    uint64_t proxy_results_total[CMH_SCRAPE_NRESULTS];
+    uint64_t fallbacks_total, back_total;
 };
 
 /* Sets c up on loop: the scrape engine from cfg (SCRAPE_*), the aggregator (STALE_ROUNDS,
@@ -63,15 +96,24 @@ struct cmh_collector {
 int cmh_collector_init(struct cmh_collector *c, uv_loop_t *loop, const struct cmh_config *cfg,
                        const char *cluster_id, struct cmh_log *log);
 
+/* Scrapes discovered targets (those with a pod) through the API server's pod proxy as
+ * SCRAPE_MODE says (auto: after a direct connect failure; proxy: always). Call once after init;
+ * o's strings are copied, its timeout and body cap default to the scrape engine's. Without this
+ * call every target is scraped directly. Returns 0 or a negative code (logged). */
+int cmh_collector_enable_proxy(struct cmh_collector *c, const struct cmh_proxy_scrape_opts *o);
+
 /* Starts round `round` stamped start_ms over targets[0..n) (borrowed until done). done fires when
- * every target has a result; a target whose ip is not an IP literal fails the round at once.
- * Returns 0, -EBUSY when the previous round is still running (the tick is skipped and counted),
- * or -ENOMEM. */
+ * every target has a result; a target scraped directly whose ip is not an IP literal fails the
+ * round at once. With the proxy enabled, SCRAPE_MODE=auto retries a node through the proxy in the
+ * same round after a direct connect failure (if the round deadline leaves time) and keeps it there
+ * until a direct re-check (SCRAPE_DIRECT_RECHECK) connects; one warning per switch names the
+ * security-group rule. Returns 0, -EBUSY when the previous round is still running (the tick is
+ * skipped and counted), -ESHUTDOWN after close, or -ENOMEM. */
 int cmh_collector_round(struct cmh_collector *c, uint64_t round, int64_t start_ms,
                         const struct cmh_collector_target *targets, size_t n,
                         cmh_collector_done_cb done, void *arg);
 
-/* Closes the scraper (a running round is cut short and its done fires first) and frees
+/* Closes the scrapers (a running round is cut short and its done fires first) and frees
  * everything; close_cb fires when the last handle is closed. */
 void cmh_collector_close(struct cmh_collector *c, cmh_collector_close_cb close_cb);
 

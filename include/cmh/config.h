@@ -45,6 +45,8 @@ struct cmh_config {
     uint64_t scrape_max_body;
     uint64_t scrape_jitter_ms;
     bool scrape_keepalive;
+    int scrape_mode;                   /* enum cmh_scrape_mode (include/cmh/scrape_mode.h) */
+    uint64_t scrape_direct_recheck_ms; /* auto: a node on the proxy tries direct again after this */
     /* CloudWatch publisher (include/cmh/cloudwatch.h; cmh_cloudwatch_opts_from_config). */
     char *cw_namespace;
     int cw_storage_resolution; /* index into {"60", "1"}: 0 = standard (60 s), 1 = high (1 s) */
@@ -65,6 +67,15 @@ struct cmh_config {
     uint64_t leader_lease_duration_ms;
     uint64_t leader_renew_deadline_ms;
     uint64_t leader_retry_period_ms;
+    /* Subnet and AZ view (include/cmh/ec2.h, include/cmh/subnets.h) and the report command. */
+    bool subnet_metrics;
+    uint64_t subnet_interval_ms;
+    char *subnet_ids; /* comma list of subnet-…; NULL = the cluster's (nodes' IPs, ENIConfigs) */
+    bool cw_per_az;
+    bool cw_per_node;
+    uint64_t cw_per_node_max;
+    uint64_t report_min_free_ips;
+    uint64_t report_max_utilization; /* percent */
 };
 
 enum cmh_config_type {

@@ -31,6 +31,11 @@ enum cmh_curl_uv_error {
 /* A short stable name for logs and metrics labels ("timeout", "tls", ...). */
 const char *cmh_curl_uv_error_name(enum cmh_curl_uv_error e);
 
+/* Pure (reads the clock for dates): a Retry-After value, delay-seconds or an HTTP date, as ms from
+ * now (0 for a date in the past, INT64_MAX when it overflows), or -1 when it is neither. Exposed
+ * for the fuzzer. */
+int64_t cmh_curl_uv_parse_retry_after(const char *v);
+
 struct cmh_curl_uv_opts {
     uint64_t timeout_ms;         /* whole request, connect included (HTTP_TIMEOUT); 0 = 10 s */
     uint64_t connect_timeout_ms; /* 0 = timeout_ms */
@@ -49,6 +54,7 @@ struct cmh_curl_uv_response {
     const char *content_type; /* Content-Type value, or NULL */
     int64_t retry_after_ms;   /* Retry-After (seconds or HTTP date, relative to now), or -1 */
     long new_connections;     /* connections this request had to open (0 = reused one) */
+    int http_version;         /* 2 for HTTP/2, 1 for HTTP/1.x, 0 when unknown */
     uint64_t elapsed_ms;      /* from start to completion, monotonic */
 };
 
@@ -81,6 +87,9 @@ struct cmh_curl_uv_req {
     int (*on_data)(struct cmh_curl_uv_req *req, long status, const char *data, size_t len);
     uint64_t timeout_ms; /* whole request; 0 = the instance's opts.timeout_ms */
     const char *ca_file; /* PEM bundle for this request; NULL = the instance's. Borrowed. */
+    /* HTTP/2 over TLS (falling back to HTTP/1.1 when the server does not offer h2), waiting for an
+     * existing connection to multiplex on rather than opening another. 0 = HTTP/1.1. */
+    int http2;
 
     /* Private to curl_uv. */
     struct cmh_curl_uv *owner;
@@ -113,6 +122,8 @@ struct cmh_curl_uv {
     uv_timer_t timer;
     struct cmh_curl_uv_req *inflight;
     struct cmh_curl_uv_sock *socks; /* private: the sockets being watched */
+    struct cmh_curl_uv_sock *spare; /* private: watchers kept for when memory runs out */
+    unsigned nspare;                /* private: their number */
     unsigned open_handles;          /* the timer and every socket poll not yet closed */
     int closing;
     int global_init;

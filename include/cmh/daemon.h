@@ -7,6 +7,7 @@
 #include "cmh/config.h"
 #include "cmh/curl_uv.h"
 #include "cmh/discovery.h"
+#include "cmh/ec2.h"
 #include "cmh/expose.h"
 #include "cmh/http_server.h"
 #include "cmh/leader.h"
@@ -57,9 +58,12 @@ struct cmh_daemon {
     size_t round_cap;
     char *cluster_id;         /* the CLUSTER_ID dimension in use */
     struct cmh_publish *pub;  /* USE_CLOUDWATCH */
+    char publish_why[160];    /* why the last publisher set-up failed, for /readyz */
     uv_timer_t publish_retry; /* re-resolves region/cluster id after a failure */
     uint64_t stop_at;         /* uv_now when the stop began */
     int flushed;
+    /* SUBNET_METRICS: the subnet view (include/cmh/ec2.h). */
+    struct cmh_ec2_watch *subnets;
 };
 
 /* Takes ownership of *cfg (left zeroed) and the log settings; sets up the loop, timers and signal

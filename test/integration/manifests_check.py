@@ -5,8 +5,9 @@ files, among them the original eks-charts chart's) and checks every rendering ag
   test time) or a standard AWS SDK variable, enum/bool values are accepted, and the daemon started
   with the rendered environment accepts it (no exit 2, no "unknown variable" warning);
 - RBAC grants exactly what the code uses: pods get/list/watch in the watched namespace, bound to
-  the Deployment's ServiceAccount; no cluster-wide role, no pods/proxy, no leases, no wildcards
-  (and if src/ starts using leases or pods/proxy, this test says the manifests must follow);
+  the Deployment's ServiceAccount; pods/proxy get if and only if the rendered SCRAPE_MODE is not
+  direct (and src/ scrapes through pods/proxy); leases only with leader election; no cluster-wide
+  role, no wildcards (and if src/ starts using leases, this test says the manifests must follow);
 - the probes' paths answer on the daemon (liveness 200, readiness 200/503, an unknown path 404),
   and their port is the container port the daemon listens on (PROMETHEUS_PORT);
 - the pod is hardened (non-root, read-only root, no capabilities, seccomp RuntimeDefault), one
@@ -170,8 +171,22 @@ def check_rendering(label, objs):
     check(f"{label}: ServiceAccount in the Deployment's namespace",
           all(s["metadata"].get("namespace") == ns for s in sas))
     watch_ns = effective(env, "K8S_NAMESPACE") or "kube-system"
-    check(f"{label}: no cluster-wide RBAC",
-          not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding"))
+    # Cluster-wide RBAC only for SUBNET_METRICS: list ENIConfigs (cluster-scoped), bound to the SA.
+    subnets_on = str(effective(env, "SUBNET_METRICS") or "").lower() in ("true", "yes")
+    cgrants = {(g, res, v) for r in by_kind(objs, "ClusterRole") for rule in r.get("rules") or []
+               for g in rule.get("apiGroups") or [] for res in rule.get("resources") or []
+               for v in rule.get("verbs") or []}
+    check(f"{label}: cluster-wide RBAC exactly eniconfigs list, and only with SUBNET_METRICS",
+          cgrants == {("crd.k8s.amazonaws.com", "eniconfigs", "list")} if subnets_on else
+          not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding"),
+          (subnets_on, sorted(cgrants)))
+    for crb in by_kind(objs, "ClusterRoleBinding"):
+        check(f"{label}: ClusterRoleBinding binds a rendered ClusterRole to the Deployment's ServiceAccount",
+              crb["roleRef"]["kind"] == "ClusterRole" and
+              any(r["metadata"]["name"] == crb["roleRef"]["name"] for r in by_kind(objs, "ClusterRole")) and
+              all(sub.get("kind") == "ServiceAccount" and sub.get("name") == sa_name and
+                  sub.get("namespace") == ns for sub in crb.get("subjects") or []) and crb.get("subjects"),
+              crb)
     roles = by_kind(objs, "Role")
     grants = set()
     for r in roles:
@@ -187,7 +202,11 @@ def check_rendering(label, objs):
     wanted = {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch")}
     if str(effective(env, "LEADER_ELECTION") or "").lower() in ("true", "yes"):
         wanted |= {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
-    check(f"{label}: RBAC grants exactly pods get/list/watch (+ leases with LEADER_ELECTION)",
+    # USES_PROXY: pods/proxy get exactly where SCRAPE_MODE may use it (auto, proxy).
+    if USES_PROXY and str(effective(env, "SCRAPE_MODE") or "").lower() != "direct":
+        wanted.add(("", "pods/proxy", "get"))
+    check(f"{label}: RBAC grants exactly pods get/list/watch (+ pods/proxy get unless SCRAPE_MODE=direct, "
+          "+ leases with LEADER_ELECTION)",
           grants == wanted,
           f"extra {sorted(grants - wanted)}, missing {sorted(wanted - grants)}")
     bound = False
@@ -324,7 +343,8 @@ def run_daemon_with(label, objs):
 # --- kustomize -------------------------------------------------------------------------------
 
 renders = {}
-for d in ("base", "overlays/irsa", "overlays/pod-identity", "overlays/leader-election"):
+for d in ("base", "overlays/irsa", "overlays/pod-identity", "overlays/leader-election", "overlays/direct-only",
+              "overlays/subnet-metrics"):
     try:
         renders[f"kustomize {d}"] = mr.kustomize(os.path.join(MAN, d))
         check(f"kustomize {d}: renders", True)
@@ -344,7 +364,8 @@ if kubectl and kustomize_major(kubectl) < 4:
     print(f"note  {kubectl} embeds kustomize older than v4: not used as an oracle")
     kubectl = None
 if kubectl:
-    for d in ("base", "overlays/irsa", "overlays/pod-identity", "overlays/leader-election"):
+    for d in ("base", "overlays/irsa", "overlays/pod-identity", "overlays/leader-election", "overlays/direct-only",
+              "overlays/subnet-metrics"):
         r = subprocess.run([kubectl, "kustomize", os.path.join(MAN, d)], capture_output=True, text=True,
                            timeout=120)
         if not check(f"kubectl kustomize {d}: renders", r.returncode == 0, r.stderr):
@@ -488,6 +509,9 @@ HELM_CASES = {
     }], "cni-metrics-helper", "kube-system"),
     "leader election": ([{"leaderElection": {"enabled": True}, "env": {"AWS_CLUSTER_ID": "c1"}}],
                         "cni-metrics-helper", "kube-system"),
+    "direct only": ([{"scrapeMode": "direct"}], "cni-metrics-helper", "kube-system"),
+    "subnet metrics": ([{"subnetMetrics": {"enabled": True}}], "cni-metrics-helper", "kube-system"),
+    "direct only through env": ([{"env": {"SCRAPE_MODE": "direct"}}], "cni-metrics-helper", "kube-system"),
     "other namespace, own ServiceAccount, port": ([{
         "fullnameOverride": None, "serviceAccount": {"create": False, "name": "cmh"},
         "env": {"PROMETHEUS_PORT": "9101", "SHUTDOWN_TIMEOUT": "20"},
@@ -565,8 +589,28 @@ check("src/ uses leases only with an opt-in grant (overlays/leader-election, hel
 if le:
     d = by_kind(le, "Deployment")[0]
     check("leader-election overlay: 2 replicas", d["spec"]["replicas"] == 2, d["spec"])
-check("src/ does not scrape through pods/proxy, so no manifest may grant it (else add an opt-in grant)",
-      not USES_PROXY, f"{USES_PROXY} use pods/proxy: add pods/proxy get as opt-in")
+# pods/proxy is used by the default (SCRAPE_MODE=auto): granted by default (checked per rendering
+# above), with a way to drop it that also turns the proxy off.
+check("src/ scrapes through pods/proxy", bool(USES_PROXY), "the proxy scraper is gone: drop the grant")
+
+
+def rendered_mode(objs):
+    c = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c.get("env") or [] if "valueFrom" not in e}
+    return str(effective(env, "SCRAPE_MODE") or "").lower()
+
+
+for label in ("kustomize overlays/direct-only", "helm direct only", "helm direct only through env"):
+    objs = all_renders.get(label)
+    if check(f"{label}: rendered", objs is not None):
+        grants = [r for role in by_kind(objs, "Role") for r in role.get("rules") or []
+                  if "pods/proxy" in (r.get("resources") or [])]
+        check(f"{label}: SCRAPE_MODE=direct and no pods/proxy grant",
+              rendered_mode(objs) == "direct" and not grants, (rendered_mode(objs), grants))
+for label in ("kustomize base", "helm defaults"):
+    if label in all_renders:
+        check(f"{label}: SCRAPE_MODE is auto (the default, which may use the proxy)",
+              rendered_mode(all_renders[label]) == "auto", rendered_mode(all_renders[label]))
 
 # --- IAM -----------------------------------------------------------------------------------------
 
@@ -595,7 +639,25 @@ for path in glob.glob(os.path.join(SRC, "src", "**", "*.c"), recursive=True):
         text = f.read()
     called |= set(re.findall(r'"[^"\n]*Action=([A-Za-z]+)', text))
     called |= set(re.findall(r'GraniteServiceVersion20100801\.([A-Za-z]+)', text))
-needs_policy = called - {"PutMetricData", "AssumeRoleWithWebIdentity", "GetCallerIdentity"}
+    called |= set(re.findall(r'"Action", "([A-Za-z]+)"', text))  # form_add-style builders (ec2.c)
+# SUBNET_METRICS: ec2:DescribeSubnets, in its own opt-in policy (Resource "*": the action has no
+# resource-level permissions), and nothing else there.
+with open(os.path.join(MAN, "iam", "subnet-metrics-policy.json")) as f:
+    SUBNET_POLICY = json.load(f)
+sst = SUBNET_POLICY.get("Statement", [])
+check("iam subnet-metrics: exactly ec2:DescribeSubnets on *, allowed",
+      [(x.get("Effect"), x.get("Action"), x.get("Resource")) for x in sst] ==
+      [("Allow", "ec2:DescribeSubnets", "*")], sst)
+check("iam subnet-metrics: the code calls DescribeSubnets", "DescribeSubnets" in called, sorted(called))
+for label in ("kustomize overlays/subnet-metrics", "helm subnet metrics"):
+    objs = renders.get(label) or helm_renders.get(label)
+    if check(f"{label}: rendered", objs is not None):
+        c = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+        env = {e["name"]: e.get("value") for e in c.get("env") or []}
+        check(f"{label}: SUBNET_METRICS=true and a ClusterRole", env.get("SUBNET_METRICS") == "true"
+              and len(by_kind(objs, "ClusterRole")) == 1, env)
+needs_policy = called - {"PutMetricData", "AssumeRoleWithWebIdentity", "GetCallerIdentity",
+                         "DescribeSubnets"}
 check("iam: the code calls no AWS action the policy lacks", not needs_policy, sorted(needs_policy))
 
 # --- the checks must be able to fail --------------------------------------------------------------
@@ -626,12 +688,18 @@ def set_env(objs, name, value):
 
 
 MUTANTS = {
-    "pods/proxy granted": lambda o: by_kind(o, "Role")[0]["rules"].append(
-        {"apiGroups": [""], "resources": ["pods/proxy"], "verbs": ["get"]}),
+    "pods/proxy granted with SCRAPE_MODE=direct": lambda o: set_env(o, "SCRAPE_MODE", "direct"),
+    "pods/proxy missing with SCRAPE_MODE=auto": lambda o: by_kind(o, "Role")[0].update(
+        rules=[r for r in by_kind(o, "Role")[0]["rules"] if "pods/proxy" not in r["resources"]]),
+    "pods/proxy missing with SCRAPE_MODE=proxy": lambda o: (
+        set_env(o, "SCRAPE_MODE", "proxy"),
+        by_kind(o, "Role")[0].update(
+            rules=[r for r in by_kind(o, "Role")[0]["rules"] if "pods/proxy" not in r["resources"]])),
     "leases granted": lambda o: by_kind(o, "Role")[0]["rules"].append(
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "update"]}),
     "wildcard verb": lambda o: by_kind(o, "Role")[0]["rules"][0].update(verbs=["*"]),
     "ClusterRole": lambda o: o.append({"kind": "ClusterRole", "metadata": {"name": "x"}, "rules": []}),
+    "SUBNET_METRICS without the eniconfigs grant": lambda o: set_env(o, "SUBNET_METRICS", "true"),
     "unknown env var": lambda o: ctr_of(o)["env"].append({"name": "CMH_NO_SUCH_VARIABLE", "value": "1"}),
     "bad enum value": lambda o: set_env(o, "LOG_FORMAT", "xml"),
     "Role not in K8S_NAMESPACE": lambda o: set_env(o, "K8S_NAMESPACE", "monitoring"),

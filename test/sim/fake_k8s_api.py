@@ -14,6 +14,10 @@ API (every request needs "Authorization: Bearer <current token>", else 401):
        ERROR with a 410 Status when the resourceVersion is older than the last compaction)
   GET/PUT /apis/coordination.k8s.io/v1/namespaces/{ns}/leases/{name}, POST .../leases
        Lease get/create/update; update needs the current metadata.resourceVersion (else 409)
+  GET  /api/v1/namespaces/{ns}/pods/{pod}:{port}/proxy/{path}   the pod proxy: forwards a GET to
+       the pod's address (the `proxy` table, else the pod's hostIP:port) and streams the answer
+       back; 503 with a Status when the pod cannot be reached (as the API server does). Served
+       over HTTP/2 (ALPN h2: every request a stream of one connection) and over HTTP/1.1.
 
 Control: one command per line on standard input, one answer line ("OK <json>" or "ERR <text>")
 on standard output:
@@ -28,9 +32,19 @@ on standard output:
   down SECONDS       every connection is closed at once for that long (the API is down)
   fragment on|off    write each watch event in 7-byte chunks
   token NEW          rotate the token: write NEW to the token file; only NEW is accepted
+  eniconfig NAME SUBNET  an ENIConfig (GET /apis/crd.k8s.amazonaws.com/v1alpha1/eniconfigs
+                     lists them; 404 until the first one, as when the CRD is not installed)
+  proxy POD HOST:PORT   the pod proxy reaches POD at HOST:PORT (not its hostIP)
+  proxyfault POD KIND   KIND = 503 (answer 503 at once), slow=SECONDS (wait before answering),
+                        none; POD may be * (every pod)
   stats              counters (lists, watches, unauthorized, injected failures, ...)
+                     (h2_connections, h2_streams, h1_connections, proxy_requests,
+                     proxy_by_pod, proxy_unauthorized, proxy_unreachable, proxy_faults)
 """
 import argparse
+import http.client
+import queue
+import select
 import base64
 import copy
 import json
@@ -45,6 +59,11 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+
+import h2.config  # noqa: E402  (python3-h2, Debian)
+import h2.connection  # noqa: E402
+import h2.events  # noqa: E402
+import h2.exceptions  # noqa: E402
 
 import testca  # noqa: E402  (test/sim/testca.py, beside this file)
 
@@ -65,7 +84,12 @@ STATE = {
     "bookmark_interval": 1.0,
     "stats": {"lists": 0, "watches": 0, "unauthorized": 0, "injected": 0, "refused": 0,
               "requests": 0, "bookmarks": 0, "events_sent": 0, "gone_sent": 0,
-              "watch_open": 0, "lease_conflicts": 0, "tokens_seen": []},
+              "watch_open": 0, "lease_conflicts": 0, "tokens_seen": [],
+              "h2_connections": 0, "h2_streams": 0, "h1_connections": 0, "proxy_requests": 0,
+              "proxy_by_pod": {}, "proxy_unauthorized": 0, "proxy_unreachable": 0,
+              "proxy_faults": 0},
+    "proxy": {},         # pod -> (host, port) the pod proxy dials instead of the hostIP
+    "proxy_fault": {},   # pod (or "*") -> ("503",) | ("slow", seconds)
 }
 
 
@@ -168,6 +192,9 @@ def command(line):
             STATE["down_until"] = time.monotonic() + float(pos[0])
             STATE["cut_gen"] += 1
             COND.notify_all()
+        elif op == "eniconfig":
+            # eniconfig NAME SUBNET: an ENIConfig (cluster-scoped; the CRD exists from then on).
+            STATE.setdefault("eniconfigs", {})[pos[0]] = pos[1]
         elif op == "fragment":
             STATE["fragment"] = pos[0] == "on"
         elif op == "token":
@@ -176,11 +203,24 @@ def command(line):
             with open(tmp, "w") as f:
                 f.write(pos[0] + "\n")
             os.replace(tmp, ARGS.token_file)
+        elif op == "proxy":
+            host, port = pos[1].rsplit(":", 1)
+            STATE["proxy"][pos[0]] = (host, int(port))
+        elif op == "proxyfault":
+            kind = pos[1] if len(pos) > 1 else "slow=" + kv["slow"]
+            if kind == "none":
+                STATE["proxy_fault"].pop(pos[0], None)
+            elif kind == "503":
+                STATE["proxy_fault"][pos[0]] = ("503",)
+            elif kind.startswith("slow="):
+                STATE["proxy_fault"][pos[0]] = ("slow", float(kind[5:]))
+            else:
+                return "ERR unknown proxy fault " + kind
         elif op == "stats":
             pass
         else:
             return "ERR unknown command " + op
-        out = dict(STATE["stats"])
+        out = copy.deepcopy(STATE["stats"])
         out["rv"] = STATE["rv"]
         out["compacted"] = STATE["compacted"]
         return "OK " + json.dumps(out)
@@ -208,6 +248,15 @@ class Handler(BaseHTTPRequestHandler):
         self.request.settimeout(None)
         super().setup()
 
+    def handle(self):
+        if self.request.selected_alpn_protocol() == "h2":
+            with COND:
+                STATE["stats"]["h2_connections"] += 1
+            return H2Connection(self.request).run()
+        with COND:
+            STATE["stats"]["h1_connections"] += 1
+        return super().handle()
+
     def log_message(self, fmt, *args):
         pass
 
@@ -226,6 +275,10 @@ class Handler(BaseHTTPRequestHandler):
             st = STATE["stats"]
             st["requests"] += 1
             tok = auth[7:] if auth.startswith("Bearer ") else ""
+            if time.monotonic() < STATE["down_until"]:  # down: kept-alive connections too
+                st["refused"] += 1
+                self.close_connection = True
+                return False
             if tok and tok not in st["tokens_seen"]:
                 st["tokens_seen"].append(tok)
             if tok != STATE["token"]:
@@ -259,6 +312,20 @@ class Handler(BaseHTTPRequestHandler):
             if q.get("watch") in ("1", "true"):
                 return self.watch(parts[3], q)
             return self.list(parts[3], q)
+        if len(parts) >= 7 and parts[4] == "pods" and parts[6] == "proxy":
+            return self.proxy_h1(url.path)
+        if parts == ["apis", "crd.k8s.amazonaws.com", "v1alpha1", "eniconfigs"]:
+            with COND:
+                enis = STATE.get("eniconfigs")
+            if enis is None:  # the CRD is not installed: 404, as the API server answers
+                return self.send_json(404, status(404, "NotFound", "the server could not find "
+                                                  "the requested resource"))
+            return self.send_json(200, {"apiVersion": "crd.k8s.amazonaws.com/v1alpha1",
+                                        "kind": "ENIConfigList", "metadata": {"resourceVersion": "1"},
+                                        "items": [{"apiVersion": "crd.k8s.amazonaws.com/v1alpha1",
+                                                   "kind": "ENIConfig", "metadata": {"name": n},
+                                                   "spec": {"subnet": sn, "securityGroups": ["sg-1"]}}
+                                                  for n, sn in sorted(enis.items())]})
         if len(parts) == 7 and parts[5] == "leases":
             with COND:
                 lease = STATE["leases"].get((parts[4], parts[6]))
@@ -304,6 +371,19 @@ class Handler(BaseHTTPRequestHandler):
             STATE["leases"][(parts[4], parts[6])] = obj
         self.send_json(200, obj)
 
+    def proxy_h1(self, path):
+        """The pod proxy over HTTP/1.1: the whole answer, then the connection closes."""
+        self.close_connection = True
+        events = list(proxy_events(path, "Bearer " + STATE["token"]))
+        status, headers = events[0][1], events[0][2]
+        body = b"".join(e[1] for e in events if e[0] == "data")
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     def list(self, ns, q):
         sel = q.get("labelSelector", "")
         limit = int(q.get("limit", "0") or "0")
@@ -321,10 +401,11 @@ class Handler(BaseHTTPRequestHandler):
             pods = sorted(((n, p) for (pns, n), p in STATE["pods"].items()
                            if pns == ns and selector_match(sel, p["metadata"]["labels"])),
                           key=lambda x: x[0])
-            pods = [copy.deepcopy(p) for n, p in pods if n > after]
+            pods = [p for n, p in pods if n > after]
+            more = limit and len(pods) > limit
+            pods = [copy.deepcopy(p) for p in (pods[:limit] if more else pods)]  # one page only
         meta = {"resourceVersion": str(list_rv)}
-        if limit and len(pods) > limit:
-            pods = pods[:limit]
+        if more:
             tok = {"rv": list_rv, "after": pods[-1]["metadata"]["name"]}
             meta["continue"] = base64.urlsafe_b64encode(json.dumps(tok).encode()).decode()
         self.send_json(200, {"kind": "PodList", "apiVersion": "v1", "metadata": meta,
@@ -411,6 +492,235 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
+def status_body(code, reason, message):
+    return json.dumps(status(code, reason, message)).encode()
+
+
+def proxy_events(path, auth):
+    """Yields ("headers", status, [(name, value)]), then ("data", bytes)..., then ("end",) or
+    ("reset",): what the pod proxy answers for path (the gate included)."""
+    parts = path.strip("/").split("/")
+    with COND:
+        st = STATE["stats"]
+        st["requests"] += 1
+        tok = auth[7:] if auth.startswith("Bearer ") else ""
+        if tok and tok not in st["tokens_seen"]:
+            st["tokens_seen"].append(tok)
+        if tok != STATE["token"]:
+            st["unauthorized"] += 1
+            st["proxy_unauthorized"] += 1
+            ok = False
+        else:
+            ok = True
+    jh = [("content-type", "application/json")]
+    if not ok:
+        yield ("headers", 401, jh)
+        yield ("data", status_body(401, "Unauthorized", "Unauthorized"))
+        yield ("end",)
+        return
+    if len(parts) < 7 or parts[:2] != ["api", "v1"] or parts[2] != "namespaces" or parts[4] != "pods":
+        yield ("headers", 404, jh)
+        yield ("data", status_body(404, "NotFound", "no route " + path))
+        yield ("end",)
+        return
+    ns, pod_port, rest = parts[3], parts[5], "/" + "/".join(parts[7:])
+    pod, _, port = pod_port.partition(":")
+    with COND:
+        st["proxy_requests"] += 1
+        st["proxy_by_pod"][pod] = st["proxy_by_pod"].get(pod, 0) + 1
+        fault = STATE["proxy_fault"].get(pod) or STATE["proxy_fault"].get("*")
+        obj = STATE["pods"].get((ns, pod))
+        target = STATE["proxy"].get(pod)
+        if target is None and obj is not None:
+            target = (obj["status"].get("hostIP", ""), int(port or "80"))
+        if fault:
+            st["proxy_faults"] += 1
+    if obj is None:
+        yield ("headers", 404, jh)
+        yield ("data", status_body(404, "NotFound", 'pods "%s" not found' % pod))
+        yield ("end",)
+        return
+    if fault and fault[0] == "slow":
+        time.sleep(fault[1])
+    if fault and fault[0] == "503":
+        yield ("headers", 503, jh)
+        yield ("data", status_body(503, "ServiceUnavailable",
+                                   "error trying to reach service: injected fault"))
+        yield ("end",)
+        return
+    try:
+        c = http.client.HTTPConnection(target[0], target[1], timeout=10)
+        c.request("GET", rest, headers={"Accept": "text/plain", "Connection": "close"})
+        r = c.getresponse()
+    except OSError as e:
+        with COND:
+            st["proxy_unreachable"] += 1
+        yield ("headers", 503, jh)
+        yield ("data", status_body(503, "ServiceUnavailable",
+                                   "error trying to reach service: dial tcp %s:%s: %s"
+                                   % (target[0], target[1], e)))
+        yield ("end",)
+        return
+    except http.client.HTTPException:
+        yield ("headers", 502, jh)
+        yield ("data", status_body(502, "BadGateway", "bad answer from the pod"))
+        yield ("end",)
+        return
+    hdrs = [(k.lower(), v) for k, v in r.getheaders()
+            if k.lower() in ("content-type", "content-encoding")]
+    yield ("headers", r.status, hdrs)
+    try:
+        while True:
+            chunk = r.read1(16384)
+            if not chunk:
+                break
+            yield ("data", chunk)
+        if r.length:
+            # The pod closed before its Content-Length: a reverse proxy resets the stream.
+            yield ("reset",)
+            return
+    except (OSError, http.client.HTTPException):
+        yield ("reset",)
+        return
+    finally:
+        c.close()
+    yield ("end",)
+
+
+class H2Connection:
+    """One HTTP/2 connection: this thread alone reads and writes the TLS socket; each request runs
+    in a worker thread that feeds its answer through a queue, sent as flow control allows."""
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.conn = h2.connection.H2Connection(
+            config=h2.config.H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.out = queue.Queue()     # (stream id, event) from workers
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.pending = {}            # stream id -> bytes waiting for window
+        self.ending = {}             # stream id -> "end" or "reset", once pending is sent
+        self.dead = set()            # streams reset by the client
+
+    def run(self):
+        try:
+            self.conn.initiate_connection()
+            self.flush()
+            deadline = time.monotonic() + 600
+            while time.monotonic() < deadline:
+                if self.sock.pending() == 0:
+                    r, _, _ = select.select([self.sock, self.wake_r], [], [], 0.5)
+                else:
+                    r = [self.sock]
+                if self.wake_r in r:
+                    self.wake_r.recv(4096)
+                if self.sock in r:
+                    data = self.sock.recv(65536)
+                    if not data:
+                        return
+                    try:
+                        events = self.conn.receive_data(data)
+                    except h2.exceptions.ProtocolError:
+                        self.flush()
+                        return
+                    for ev in events:
+                        if not self.on_event(ev):
+                            self.flush()
+                            return
+                self.drain_workers()
+                self.send_pending()
+                self.flush()
+        except (OSError, ssl.SSLError):
+            pass
+        finally:
+            self.wake_r.close()
+            self.wake_w.close()
+
+    def flush(self):
+        data = self.conn.data_to_send()
+        if data:
+            self.sock.sendall(data)
+
+    def on_event(self, ev):
+        if isinstance(ev, h2.events.RequestReceived):
+            with COND:
+                STATE["stats"]["h2_streams"] += 1
+            h = dict(ev.headers)
+            threading.Thread(target=self.worker, daemon=True,
+                             args=(ev.stream_id, h.get(":method", ""), h.get(":path", ""),
+                                   h.get("authorization", ""))).start()
+        elif isinstance(ev, h2.events.DataReceived):
+            self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+        elif isinstance(ev, h2.events.StreamReset):
+            self.dead.add(ev.stream_id)
+            self.pending.pop(ev.stream_id, None)
+            self.ending.pop(ev.stream_id, None)
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            return False
+        return True
+
+    def worker(self, sid, method, path, auth):
+        try:
+            if method != "GET":
+                events = iter([("headers", 405, []), ("end",)])
+            else:
+                events = proxy_events(urlsplit(path).path, auth)
+            for e in events:
+                self.out.put((sid, e))
+                self.wake_w.send(b"x")
+        except OSError:
+            pass
+
+    def drain_workers(self):
+        while True:
+            try:
+                sid, e = self.out.get_nowait()
+            except queue.Empty:
+                return
+            if sid in self.dead:
+                continue
+            try:
+                if e[0] == "headers":
+                    self.conn.send_headers(sid, [(":status", str(e[1]))] + list(e[2]))
+                elif e[0] == "data":
+                    self.pending.setdefault(sid, bytearray()).extend(e[1])
+                elif e[0] in ("end", "reset"):
+                    # What the pod sent before it broke off still goes out first.
+                    self.ending[sid] = e[0]
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self.dead.add(sid)
+
+    def send_pending(self):
+        for sid in list(self.pending) + [s for s in self.ending if s not in self.pending]:
+            if sid in self.dead:
+                self.pending.pop(sid, None)
+                self.ending.pop(sid, None)
+                continue
+            buf = self.pending.get(sid, bytearray())
+            try:
+                off = 0
+                while off < len(buf):
+                    n = min(len(buf) - off, self.conn.local_flow_control_window(sid),
+                            self.conn.max_outbound_frame_size)
+                    if n <= 0:
+                        break
+                    self.conn.send_data(sid, bytes(buf[off:off + n]))
+                    off += n
+                del buf[:off]
+                if buf:
+                    continue
+                self.pending.pop(sid, None)
+                how = self.ending.pop(sid, None)
+                if how == "end":
+                    self.conn.end_stream(sid)
+                elif how == "reset":
+                    self.conn.reset_stream(sid, error_code=2)
+                    self.dead.add(sid)
+            except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                self.dead.add(sid)
+                self.pending.pop(sid, None)
+                self.ending.pop(sid, None)
+
+
 def main():
     global ARGS
     ap = argparse.ArgumentParser()
@@ -428,6 +738,7 @@ def main():
             f.write(ARGS.token + "\n")
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.load_cert_chain(os.path.join(d, "srv.crt"), os.path.join(d, "srv.key"))
+        ctx.set_alpn_protocols(["h2", "http/1.1"])
         srv = Server(("127.0.0.1", 0), Handler)
         srv.socket = ctx.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=False)
         threading.Thread(target=srv.serve_forever, daemon=True).start()

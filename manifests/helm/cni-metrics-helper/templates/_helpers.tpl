@@ -39,6 +39,11 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default "kube-system" .Values.env.K8S_NAMESPACE }}
 {{- end }}
 
+{{/* SCRAPE_MODE: env.SCRAPE_MODE, else scrapeMode, else auto (lower case). */}}
+{{- define "cni-metrics-helper.scrapeMode" -}}
+{{- default (default "auto" .Values.scrapeMode) .Values.env.SCRAPE_MODE }}
+{{- end }}
+
 {{- define "cni-metrics-helper.image" -}}
 {{- $tag := default .Chart.AppVersion .Values.image.tag }}
 {{- if .Values.image.override }}
