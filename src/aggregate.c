@@ -15,8 +15,10 @@ struct cmh_agg_node {
     uint64_t hash;
     uint64_t seen_round;
     unsigned fail_streak;
-    int has_state;    /* a good scrape was committed */
-    int fresh;        /* committed in the current round */
+    int has_state;  /* a good scrape was committed */
+    int fresh;      /* committed in the current round */
+    int last_fresh; /* the last finished round: fresh, and gauges counted */
+    int last_counted;
     uint32_t present; /* bit per metric id: families in the last good scrape */
     double start_time;
     int has_start;
@@ -369,12 +371,10 @@ int cmh_agg_commit(struct cmh_agg *a, const char *name, struct cmh_agg_scrape *s
         double inc;
         if (first)
             inc = whole ? e->value : 0;
-        else if (restarted)
-            inc = e->value;
-        else if (j < n->nseries && n->series[j].key == e->key)
+        else if (!restarted && j < n->nseries && n->series[j].key == e->key)
             inc = increase(e->value, n->series[j].value);
         else
-            inc = e->value; /* a new series on a known node: all of it is new */
+            inc = e->value; /* restarted, or a new series on a known node: all of it is new */
         if (e->metric == CMH_M_AWS_API_LATENCY) {
             if (e->suffix == CMH_PROM_SUFFIX_SUM)
                 dsum += inc;
@@ -434,7 +434,10 @@ static int cmp_node(const void *x, const void *y)
     return strcmp((*a)->name, (*b)->name);
 }
 
-static int emit(struct cmh_agg *a, int id, double value)
+/* Appends one datum of metric id with CLUSTER_ID and nextra more dimensions (checked by the
+ * caller to fit). */
+static int push(struct cmh_agg *a, int id, double value, const struct cmh_dim *extra,
+                unsigned nextra)
 {
     struct cmh_datum d = {.metric = cmh_metrics[id].cw_name,
                           .unit = cmh_metrics[id].unit,
@@ -442,10 +445,18 @@ static int emit(struct cmh_agg *a, int id, double value)
                           .kind = CMH_DATUM_VALUE,
                           .value = value,
                           .dims = {{"CLUSTER_ID", a->cluster_id}},
-                          .ndims = 1};
+                          .ndims = 1 + nextra};
+    for (unsigned i = 0; i < nextra; i++)
+        d.dims[1 + i] = extra[i];
+    return cmh_datum_push(&a->datums, &d);
+}
+
+/* A cluster-wide datum, also kept as the round's total. */
+static int emit(struct cmh_agg *a, int id, double value)
+{
     a->totals[id] = value;
     a->has_total |= 1ull << id;
-    return cmh_datum_push(&a->datums, &d);
+    return push(a, id, value, NULL, 0);
 }
 
 int cmh_agg_round_finish(struct cmh_agg *a)
@@ -474,6 +485,9 @@ int cmh_agg_round_finish(struct cmh_agg *a)
     double lat_count = 0, lat_sum = 0, lat_min = 0, lat_max = 0;
     int has_lat = 0;
     uint32_t fresh = 0, stale = 0, failed = 0, at_capacity = 0;
+    double min_node = 0;
+    int has_min_node = 0;
+#define HAS_NODE(n, id) (((n)->present >> (id)) & 1)
     for (uint32_t i = 0; i < a->nnodes; i++) {
         struct cmh_agg_node *n = a->order[i];
         int gauges;
@@ -497,6 +511,14 @@ int cmh_agg_round_finish(struct cmh_agg *a)
             failed++;
             gauges = n->has_state && n->fail_streak <= a->opt.stale_rounds;
             stale += (uint32_t)gauges;
+        }
+        n->last_fresh = n->fresh;
+        n->last_counted = gauges;
+        if (n->fresh && HAS_NODE(n, CMH_M_IP_MAX) && HAS_NODE(n, CMH_M_ASSIGNED_IP)) {
+            double room = n->vals[CMH_M_IP_MAX] - n->vals[CMH_M_ASSIGNED_IP];
+            if (!has_min_node || room < min_node)
+                min_node = room;
+            has_min_node = 1;
         }
         if (gauges) {
             present |= n->present & gauge_mask();
@@ -545,7 +567,10 @@ int cmh_agg_round_finish(struct cmh_agg *a)
         rc = emit(a, CMH_M_IP_UTILIZATION, 100.0 * assigned / max);
     if (rc == 0 && HAS(CMH_M_ASSIGNED_IP) && HAS(CMH_M_IP_MAX))
         rc = emit(a, CMH_M_NODES_AT_IP_CAPACITY, at_capacity);
+    if (rc == 0 && has_min_node)
+        rc = emit(a, CMH_M_MIN_NODE_AVAILABLE_IP, min_node);
 #undef HAS
+#undef HAS_NODE
     if (rc == 0)
         rc = emit(a, CMH_M_SCRAPE_TARGETS, a->nnodes);
     if (rc == 0)
@@ -557,4 +582,35 @@ int cmh_agg_round_finish(struct cmh_agg *a)
     a->last = (struct cmh_agg_round){a->round, a->start_ms, a->nnodes, fresh, stale, failed};
     a->rounds_finished++;
     return rc;
+}
+
+size_t cmh_agg_nodes(const struct cmh_agg *a)
+{
+    return a->nnodes;
+}
+
+void cmh_agg_node_info(const struct cmh_agg *a, size_t i, struct cmh_agg_node_info *out)
+{
+    const struct cmh_agg_node *n = a->order[i];
+    *out = (struct cmh_agg_node_info){
+        .name = n->name,
+        .fresh = n->last_fresh,
+        .counted = n->last_counted,
+        .present = n->present,
+        .assigned = n->vals[CMH_M_ASSIGNED_IP],
+        .total = n->vals[CMH_M_TOTAL_IP],
+        .max = n->vals[CMH_M_IP_MAX],
+        .eni_allocated = n->vals[CMH_M_ENI_ALLOCATED],
+        .eni_max = n->vals[CMH_M_ENI_MAX],
+    };
+}
+
+int cmh_agg_emit(struct cmh_agg *a, int id, double value, const struct cmh_dim *extra,
+                 unsigned nextra)
+{
+    if (nextra + 1 > CMH_DATUM_MAX_DIMS || id < 0 || id >= CMH_M_COUNT)
+        return -EINVAL;
+    if (nextra == 0)
+        return emit(a, id, value);
+    return push(a, id, value, extra, nextra);
 }

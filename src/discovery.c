@@ -13,8 +13,10 @@
 
 #include <jansson.h>
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <netdb.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -342,6 +344,27 @@ int cmh_discovery_server_url(char *buf, size_t len, const char *host, const char
     bool v6 = strchr(host, ':') != NULL;
     int n = snprintf(buf, len, v6 ? "https://[%s]:%lu" : "https://%s:%lu", host, p);
     return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
+}
+
+int cmh_discovery_resolve_ip(const char *host, char *ip, size_t len, const char **why)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    struct addrinfo *res = NULL;
+    if (len > 0)
+        ip[0] = '\0';
+    int gai = getaddrinfo(host, NULL, &hints, &res);
+    if (gai == 0 && res->ai_family == AF_INET)
+        inet_ntop(AF_INET, &((struct sockaddr_in *)res->ai_addr)->sin_addr, ip, (socklen_t)len);
+    else if (gai == 0 && res->ai_family == AF_INET6)
+        inet_ntop(AF_INET6, &((struct sockaddr_in6 *)res->ai_addr)->sin6_addr, ip, (socklen_t)len);
+    if (res != NULL)
+        freeaddrinfo(res);
+    if (len == 0 || ip[0] == '\0') {
+        if (why != NULL)
+            *why = gai ? gai_strerror(gai) : "no address";
+        return -EINVAL;
+    }
+    return 0;
 }
 
 void cmh_discovery_opts_from_config(struct cmh_discovery_opts *opts, const struct cmh_config *cfg)

@@ -3,6 +3,10 @@
 #include <string.h>
 
 #define COUNT "Count"
+#define PER_AZ_NODE                                                                                \
+    "{CLUSTER_ID, AvailabilityZone} with CW_PER_AZ=true and SUBNET_METRICS=true; "                 \
+    "{CLUSTER_ID, NodeName} with CW_PER_NODE=true (at most CW_PER_NODE_MAX nodes, nearest to "     \
+    "exhaustion first)"
 
 /* Names and meanings of the original helper's 20 metrics are kept; new metrics have new names. */
 const struct cmh_metric cmh_metrics[CMH_M_COUNT] = {
@@ -114,7 +118,34 @@ const struct cmh_metric cmh_metrics[CMH_M_COUNT] = {
     [CMH_M_SCRAPE_FAILED] = {NULL, "scrapeTargetsFailed", CMH_METRIC_DERIVED, COUNT,
                              "Nodes whose scrape failed in the round (stale ones included).",
                              "scrape_targets_failed"},
+    [CMH_M_SUBNET_AVAILABLE_IP] = {NULL, "subnetAvailableIPAddresses", CMH_METRIC_DERIVED, COUNT,
+                                   "Free IP addresses of a subnet (EC2 AvailableIpAddressCount), "
+                                   "per subnet and summed over the subnets of an AZ; only with "
+                                   "SUBNET_METRICS=true, never with {CLUSTER_ID} alone.",
+                                   NULL},
+    [CMH_M_MIN_SUBNET_AVAILABLE_IP] = {NULL, "clusterMinSubnetAvailableIPAddresses",
+                                       CMH_METRIC_DERIVED, COUNT,
+                                       "The emptiest subnet: min over the cluster's subnets of "
+                                       "AvailableIpAddressCount (SUBNET_METRICS=true).",
+                                       "min_subnet_available_ip_addresses"},
+    [CMH_M_MIN_NODE_AVAILABLE_IP] = {NULL, "minNodeAvailableIPAddresses", CMH_METRIC_DERIVED, COUNT,
+                                     "The node closest to running out: min over fresh nodes of "
+                                     "maxIPAddresses - assignIPAddresses.",
+                                     "min_node_available_ip_addresses"},
 };
+
+/* Dimension sets beyond {CLUSTER_ID}, and when they are published. */
+// NOLINTBEGIN(bugprone-suspicious-missing-comma): each entry is one sentence split over lines
+static const char *const extra_dims[CMH_M_COUNT] = {
+    [CMH_M_ASSIGNED_IP] = PER_AZ_NODE,
+    [CMH_M_TOTAL_IP] = PER_AZ_NODE,
+    [CMH_M_IP_MAX] = PER_AZ_NODE,
+    [CMH_M_AVAILABLE_IP] = PER_AZ_NODE,
+    [CMH_M_SUBNET_AVAILABLE_IP] = "{CLUSTER_ID, SubnetId} one per subnet; {CLUSTER_ID, "
+                                  "AvailabilityZone} the sum over the AZ's subnets "
+                                  "(SUBNET_METRICS=true)",
+};
+// NOLINTEND(bugprone-suspicious-missing-comma)
 
 int cmh_metric_lookup(const char *name, size_t len)
 {
@@ -162,6 +193,13 @@ void cmh_metrics_print_markdown(FILE *out)
         fprintf(out, "| `%s` | %s | %s%s%s | %s | %s |\n", m->cw_name, m->unit,
                 m->family ? "`" : "", m->family ? m->family : "-", m->family ? "`" : "",
                 aggregation(m->kind), m->meaning);
+    }
+    fprintf(out, "\nEvery datum carries the dimension CLUSTER_ID; these metrics are also published "
+                 "with more dimensions:\n\n| CloudWatch metric | Dimension sets |\n|---|---|\n");
+    for (int i = 0; i < CMH_M_COUNT; i++) {
+        const struct cmh_metric *m = &cmh_metrics[i];
+        if (m->cw_name != NULL && extra_dims[i] != NULL)
+            fprintf(out, "| `%s` | %s |\n", m->cw_name, extra_dims[i]);
     }
     fprintf(out, "\nipamD families deliberately not published:\n\n"
                  "| ipamD family | Why |\n|---|---|\n");

@@ -2,6 +2,7 @@
 
 #include "cmh/alloc.h"
 #include "cmh/aws_creds.h"
+#include "cmh/aws_endpoint.h"
 #include "cmh/log.h"
 #include "cmh/sigv4.h"
 
@@ -68,15 +69,6 @@ static void creds_invalidate(void *ctx)
     cmh_aws_creds_invalidate(p->aws);
 }
 
-static const char *env_get(char *const *envp, const char *name)
-{
-    size_t n = strlen(name);
-    for (char *const *e = envp; e != NULL && *e != NULL; e++)
-        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=' && (*e)[n + 1] != '\0')
-            return *e + n + 1;
-    return NULL;
-}
-
 static void on_resolved(struct cmh_aws_provider *prov, int rc, const char *region,
                         const char *cluster_id, const char *why, void *arg)
 {
@@ -110,8 +102,10 @@ static void on_resolved(struct cmh_aws_provider *prov, int rc, const char *regio
         p->cb(p, rc, p->why, p->arg);
         return;
     }
+    char shown[512];
+    cmh_aws_url_for_log(endpoint, shown, sizeof shown);
     CMH_LOG(p->log, CMH_LOG_INFO, "publishing to CloudWatch", CMH_STR("region", region),
-            CMH_STR("endpoint", endpoint), CMH_STR("cluster_id", cluster_id),
+            CMH_STR("endpoint", shown), CMH_STR("cluster_id", cluster_id),
             CMH_STR("namespace", p->cfg->cw_namespace));
     p->cb(p, 0, NULL, p->arg);
 }
@@ -129,9 +123,7 @@ int cmh_publish_new(struct cmh_publish **out, uv_loop_t *loop, struct cmh_curl_u
     p->cfg = cfg;
     p->cb = cb;
     p->arg = arg;
-    const char *override = env_get(envp, "AWS_ENDPOINT_URL_CLOUDWATCH");
-    if (override == NULL)
-        override = env_get(envp, "AWS_ENDPOINT_URL");
+    const char *override = cmh_aws_endpoint_override(envp, "AWS_ENDPOINT_URL_CLOUDWATCH");
     int rc = 0;
     if (override != NULL && (p->endpoint_override = cmh_strdup(override)) == NULL)
         rc = -ENOMEM;

@@ -96,4 +96,23 @@ int cmh_agg_fail(struct cmh_agg *a, const char *node);
  * finish or close) are in a->datums, the counts in a->last. Returns 0 or -ENOMEM. */
 int cmh_agg_round_finish(struct cmh_agg *a);
 
+/* A node as the last finished round saw it. */
+struct cmh_agg_node_info {
+    const char *name; /* valid until the next round finishes */
+    int fresh;        /* its scrape succeeded in the round */
+    int counted;      /* its gauges are in the round's sums (fresh, or stale within STALE_ROUNDS) */
+    uint32_t present; /* families of its last good scrape, bit per metric id */
+    double assigned, total, max, eni_allocated, eni_max; /* 0 when the family was absent */
+};
+
+/* Nodes of the last finished round, in name order: i in [0, cmh_agg_nodes(a)). */
+size_t cmh_agg_nodes(const struct cmh_agg *a);
+void cmh_agg_node_info(const struct cmh_agg *a, size_t i, struct cmh_agg_node_info *out);
+
+/* Appends one more datum of metric id to the round (after finish): the CLUSTER_ID dimension, then
+ * extra[0..nextra) (strings borrowed until the next finish). With nextra 0 it is also recorded
+ * as the metric's cluster total. Returns 0, -EINVAL (too many dimensions) or -ENOMEM. */
+int cmh_agg_emit(struct cmh_agg *a, int id, double value, const struct cmh_dim *extra,
+                 unsigned nextra);
+
 #endif

@@ -143,6 +143,11 @@ struct cmh_discovery {
  * Returns 0, or -EINVAL when host or port is missing or bad, -ENOSPC when len is too small. */
 int cmh_discovery_server_url(char *buf, size_t len, const char *host, const char *port);
 
+/* Resolves a SCRAPE_TARGETS host (name or literal) to the numeric address of its first answer,
+ * blocking on DNS (start-up only). Returns 0; -EINVAL when it does not resolve, with *why (if not
+ * NULL) set to the resolver's message or "no address". */
+int cmh_discovery_resolve_ip(const char *host, char *ip, size_t len, const char **why);
+
 /* Fills opts from the configuration (strings borrowed from cfg); server is left NULL. */
 void cmh_discovery_opts_from_config(struct cmh_discovery_opts *opts, const struct cmh_config *cfg);
 

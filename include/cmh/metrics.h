@@ -63,6 +63,9 @@ enum cmh_metric_id {
     CMH_M_SCRAPE_FRESH,
     CMH_M_SCRAPE_STALE,
     CMH_M_SCRAPE_FAILED,
+    CMH_M_SUBNET_AVAILABLE_IP,
+    CMH_M_MIN_SUBNET_AVAILABLE_IP,
+    CMH_M_MIN_NODE_AVAILABLE_IP,
     CMH_M_COUNT
 };
 
@@ -72,6 +75,9 @@ enum cmh_metric_id {
 _Static_assert(CMH_M_FAMILIES <= 32, "family bitmask too small");
 
 extern const struct cmh_metric cmh_metrics[CMH_M_COUNT];
+
+/* Bits of the aggregator's has_total mask. */
+_Static_assert(CMH_M_COUNT <= 64, "has_total bitmask too small");
 
 /* The id of the family named name[0..len), or -1 when it is not in the table. */
 int cmh_metric_lookup(const char *name, size_t len);

@@ -148,6 +148,12 @@ class Model:
             if mx > 0:
                 out["ipUtilization"] = 100.0 * assigned / mx
             out["nodesAtIPCapacity"] = float(at_cap)
+        # The node closest to running out: min over fresh nodes of ip max - assigned.
+        rooms = [st["gauges"].get("awscni_ip_max", 0.0) - st["gauges"].get("awscni_assigned_ip_addresses", 0.0)
+                 for st in self.nodes.values() if st["fresh"] and
+                 {"awscni_ip_max", "awscni_assigned_ip_addresses"} <= st["present"]]
+        if rooms:
+            out["minNodeAvailableIPAddresses"] = min(rooms)
         out.update(scrapeTargets=float(len(self.nodes)), scrapeTargetsFresh=float(fresh),
                    scrapeTargetsStale=float(stale), scrapeTargetsFailed=float(failed))
         self.rounds_finished += 1

@@ -39,7 +39,6 @@ import socket
 import ssl
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -49,10 +48,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 import botocore.session
 import botocore.validate
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 
+import standin_common  # noqa: E402  (test/sim/standin_common.py, beside this file)
 import testca  # noqa: E402  (test/sim/testca.py, beside this file)
 
 SESSION = botocore.session.get_session()
@@ -397,7 +394,8 @@ class Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         # Signature first, as AWS does (and a bad one must never be hidden by a fault).
-        bad = self.check_signature(body)
+        bad = standin_common.check_signature(self, body, "monitoring", ARGS.region, KEYS,
+                                              token_must_be_signed=True)
         if bad:
             return self.fail(403, "SignatureDoesNotMatch", bad, "bad_signature")
         raw = body
@@ -474,57 +472,6 @@ class Handler(BaseHTTPRequestHandler):
                          "</RequestId></ResponseMetadata></PutMetricDataResponse>" %
                          (XMLNS, uuid.uuid4())).encode())
 
-    def check_signature(self, body):
-        """Recomputes the signature with botocore; returns why it is wrong, or None."""
-        auth = self.headers.get("Authorization", "")
-        amz_date = self.headers.get("X-Amz-Date", "")
-        try:
-            algo, rest = auth.split(" ", 1)
-            parts = dict(p.strip().split("=", 1) for p in rest.split(","))
-            key_id, date, region, service, term = parts["Credential"].split("/")
-            signed = parts["SignedHeaders"].split(";")
-            got = parts["Signature"]
-        except ValueError:
-            return "malformed Authorization header"
-        if algo != "AWS4-HMAC-SHA256" or service != "monitoring" or term != "aws4_request":
-            return "bad credential scope"
-        if region != ARGS.region:
-            return "signed for region %s, expected %s" % (region, ARGS.region)
-        if not amz_date.startswith(date):
-            return "X-Amz-Date does not match the credential date"
-        secret, token = KEYS.get(key_id, (None, None))
-        if secret is None:
-            return "unknown access key " + key_id
-        if token and self.headers.get("X-Amz-Security-Token") != token:
-            return "missing or wrong session token"
-        for required in ("host", "x-amz-date", "content-type"):
-            if required not in signed:
-                return "header %s not signed" % required
-        if token and "x-amz-security-token" not in signed:
-            return "security token not signed"
-        try:
-            when = datetime.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ")
-        except ValueError:
-            return "bad X-Amz-Date"
-        if abs((datetime.datetime.utcnow() - when).total_seconds()) > 300:
-            return "request time too skewed"
-        headers = {}
-        for name in signed:
-            v = self.headers.get_all(name)
-            if v is None:
-                return "signed header %s missing" % name
-            headers[name] = ",".join(v)
-        req = AWSRequest(method=self.command, url="http://%s%s" % (headers["host"], self.path),
-                         data=body, headers=headers)
-        req.context["timestamp"] = amz_date
-        signer = SigV4Auth(Credentials(key_id, secret, token), "monitoring", region)
-        canonical = signer.canonical_request(req)
-        sts = signer.string_to_sign(req, canonical)
-        want = signer.signature(sts, req)
-        if want != got:
-            return "signature mismatch; canonical request was:\n" + canonical
-        return None
-
 
 def make_certs(d):
     testca.make_certs(d, ca_cn="cmh cloudwatch test CA")
@@ -533,17 +480,11 @@ def make_certs(d):
 def main():
     global ARGS, KEYS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--region", default="us-west-2")
-    ap.add_argument("--key", action="append", default=[],
-                    help="ID:SECRET[:TOKEN] accepted credentials (repeatable)")
-    ap.add_argument("--lifetime", type=float, default=300)
+    standin_common.add_common_args(ap)
     ap.add_argument("--stall", type=float, default=30, help="seconds a 'stall' fault holds")
     ap.add_argument("--tls", action="store_true", help="also listen with HTTPS (test CA)")
     ARGS = ap.parse_args()
-    KEYS = {}
-    for k in ARGS.key or ["AKIDEXAMPLE:wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"]:
-        p = k.split(":", 2)
-        KEYS[p[0]] = (p[1], p[2] if len(p) > 2 else None)
+    KEYS = standin_common.parse_keys(ARGS.key)
     ThreadingHTTPServer.daemon_threads = True
     http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     servers = [http]
@@ -559,26 +500,9 @@ def main():
                                        do_handshake_on_connect=False)
         servers.append(https)
         line += " https=%d ca=%s" % (https.server_address[1], os.path.join(tmp, "ca.pem"))
-    for s in servers:
-        threading.Thread(target=s.serve_forever, daemon=True).start()
-    print(line, flush=True)
-    end = time.monotonic() + ARGS.lifetime
-
-    def watch_stdin():
-        try:
-            while sys.stdin.read(4096):
-                pass
-        except OSError:
-            pass
-        os._exit(0)
-    threading.Thread(target=watch_stdin, daemon=True).start()
-    try:
-        while time.monotonic() < end:
-            time.sleep(0.2)
-    finally:
-        if tmp:
-            shutil.rmtree(tmp, ignore_errors=True)
-    os._exit(0)
+    standin_common.serve_until_stdin_closes(
+        servers, line, ARGS.lifetime,
+        cleanup=(lambda: shutil.rmtree(tmp, ignore_errors=True)) if tmp else None)
 
 
 if __name__ == "__main__":

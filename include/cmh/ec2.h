@@ -1,0 +1,127 @@
+/* EC2 DescribeSubnets over the Query API (POST form, Version 2016-11-15, SigV4), paginated, with
+ * full-jitter retries, and its streaming XML parser (expat). The client is owned by the daemon or
+ * the report command (cmh_ec2_new/_free); thread: the loop thread only. The parser is pure. */
+#ifndef CMH_EC2_H
+#define CMH_EC2_H
+
+#include "cmh/subnets.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <uv.h>
+
+struct cmh_log;
+struct cmh_curl_uv;
+
+/* ---- the pure parser --------------------------------------------------------------------- */
+
+#define CMH_EC2_TOKEN_MAX   2048 /* longest NextToken kept */
+#define CMH_EC2_MAX_SUBNETS 20000
+
+/* What one answer said: subnets (appended to the caller's list), the next page's token, or an
+ * AWS error (Response/Errors/Error/Code, Message). */
+struct cmh_ec2_page {
+    struct cmh_subnet_list *subnets;    /* borrowed; subnets are appended */
+    char next_token[CMH_EC2_TOKEN_MAX]; /* "" on the last page */
+    char error_code[64];                /* "" unless the answer is an error document */
+    char error_message[512];
+    char request_id[128];
+};
+
+struct cmh_ec2_xml; /* private */
+
+/* A parser for one answer, fed in pieces as they arrive. page->subnets must be set; the other
+ * fields are cleared here. Returns 0 or -ENOMEM. */
+int cmh_ec2_xml_new(struct cmh_ec2_xml **out, struct cmh_ec2_page *page);
+/* Feeds len bytes; final marks the end of the document. Returns 0; -EPROTO for anything that is
+ * not a DescribeSubnets answer or an EC2 error document (malformed XML, a DOCTYPE, a subnet without
+ * SubnetId/AvailabilityZone/AvailableIpAddressCount, a bad CIDR or count, a field twice, an error
+ * without Code), -E2BIG for more than CMH_EC2_MAX_SUBNETS subnets or an over-long field, -ENOMEM.
+ * After an error, later calls return the same error. */
+int cmh_ec2_xml_feed(struct cmh_ec2_xml *x, const char *data, size_t len, int final);
+void cmh_ec2_xml_free(struct cmh_ec2_xml *x);
+
+/* One-shot: new, one feed with final set, free. */
+int cmh_ec2_parse(const char *buf, size_t len, struct cmh_ec2_page *page);
+
+/* ---- the client -------------------------------------------------------------------------- */
+
+struct cmh_ec2;
+
+/* Fires once per cmh_ec2_describe_subnets, from the loop, never inside the call. rc 0: subnets
+ * (sorted by id, owned by the client, valid during the callback only: take what you keep with
+ * cmh_ec2_take). rc < 0: why says what failed and what to do (AccessDenied names
+ * ec2:DescribeSubnets). */
+typedef void (*cmh_ec2_done_cb)(struct cmh_ec2 *e, int rc, struct cmh_subnet_list *subnets,
+                                const char *why, void *arg);
+
+struct cmh_ec2_opts {
+    char *const *envp;     /* AWS SDK variables for credentials and the endpoint; read in new() */
+    const char *region;    /* AWS_REGION from the config, or NULL: resolved by the chain */
+    uint64_t timeout_ms;   /* one request; 0 = 10 s */
+    unsigned max_attempts; /* per page; 0 = 5 */
+    uint64_t backoff_base_ms, backoff_cap_ms; /* 0 = 200 ms, 20 s */
+    uint64_t seed;                            /* jitter PRNG; 0 = from the clock */
+    uint64_t imds_timeout_ms;                 /* 0 = 1000 */
+};
+
+/* Sets up the client: the endpoint (AWS_ENDPOINT_URL_EC2, then AWS_ENDPOINT_URL, else
+ * https://ec2.<region>.amazonaws.com; plain http only to a loopback address) and the credential
+ * chain (include/cmh/aws_creds.h). curl and log are borrowed. Touches no network. Returns 0,
+ * -EINVAL (bad endpoint override, logged) or -ENOMEM. */
+int cmh_ec2_new(struct cmh_ec2 **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
+                const struct cmh_ec2_opts *opts, struct cmh_log *log);
+
+/* Describes the subnets with these ids (nids > 0, SubnetId.N), or every subnet of the region
+ * (nids 0), following NextToken to the last page. ids are copied. Returns 0, or -EBUSY while a
+ * call is running, -ENOMEM. */
+int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t nids,
+                             cmh_ec2_done_cb cb, void *arg);
+
+/* Moves the result out of a done callback's list into *dst (freed first). */
+void cmh_ec2_take(struct cmh_subnet_list *src, struct cmh_subnet_list *dst);
+
+/* Requests sent since new (every attempt), for tests and logs. */
+uint64_t cmh_ec2_requests(const struct cmh_ec2 *e);
+
+/* Abandons a call in flight (its callback never fires) and frees e once its handles closed
+ * (keep running the loop). */
+void cmh_ec2_free(struct cmh_ec2 *e);
+
+/* ---- the watch: the daemon's subnet view ------------------------------------------------- */
+
+struct cmh_config;
+struct cmh_ec2_watch;
+
+/* Fires after every fetch (rc 0, or < 0 with why), from the loop. */
+typedef void (*cmh_ec2_fetch_cb)(void *arg, int rc, const char *why);
+
+/* Fetches the subnets now and then every SUBNET_METRICS_INTERVAL: SUBNET_IDS when set, else every
+ * subnet of the region (kept whole; cmh_ec2_watch_view picks the cluster's) plus, with k8s_server
+ * (NULL: none), the subnets named by ENIConfig resources (crd.k8s.amazonaws.com/v1alpha1; 404 =
+ * the CRD is absent = none), listed with the service-account token and CA of the config. cfg,
+ * envp (read in new) and log are borrowed; on_fetch may be NULL. Returns 0, -EINVAL for a bad
+ * SUBNET_IDS or endpoint (logged), -ENOMEM. */
+int cmh_ec2_watch_new(struct cmh_ec2_watch **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
+                      const struct cmh_config *cfg, char *const *envp, const char *k8s_server,
+                      struct cmh_log *log, cmh_ec2_fetch_cb on_fetch, void *arg);
+
+/* The cluster's subnets from the last good fetch: those of SUBNET_IDS, or those holding one of
+ * nodes' IPs or named by an ENIConfig; sorted by id, owned by w, valid until the next call. NULL
+ * when no fetch succeeded yet or the last good one is older than 3 intervals (stale: logged). */
+const struct cmh_subnet_list *cmh_ec2_watch_view(struct cmh_ec2_watch *w,
+                                                 const struct cmh_subnets_node *nodes, size_t n);
+
+/* Stops fetching and frees w (keep running the loop until its handles closed). */
+void cmh_ec2_watch_free(struct cmh_ec2_watch *w);
+
+/* Pure: the subnet ids (spec.subnet) of an ENIConfigList, appended to *ids (cmh_malloc'd strings
+ * in a cmh_malloc'd array of *n). Returns 0, -EBADMSG (not an ENIConfigList) or -ENOMEM. */
+int cmh_ec2_parse_eniconfigs(const char *buf, size_t len, char ***ids, size_t *n);
+
+/* Pure: the endpoint URL (override when not NULL/"", else the regional one). Returns the length,
+ * -EINVAL for a region that is not [a-z0-9-]+, -ENOSPC. */
+int cmh_ec2_endpoint(const char *region, const char *override, char *buf, size_t len);
+
+#endif

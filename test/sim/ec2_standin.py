@@ -1,0 +1,278 @@
+#!/usr/bin/python3
+"""Loopback stand-in for EC2 DescribeSubnets (EC2 Query protocol, Version 2016-11-15).
+
+Every request is checked the way EC2 would, with botocore as the independent oracle:
+  - the SigV4 signature (service "ec2") is recomputed with botocore.auth.SigV4Auth from the bytes
+    received and the credentials the stand-in knows (--key ID:SECRET[:TOKEN]);
+  - the form body is read back into DescribeSubnets' parameters (SubnetId.N, MaxResults,
+    NextToken, DryRun) and validated with botocore.validate against the EC2 model; unknown
+    parameters, another Action or Version, MaxResults together with ids are refused as EC2 does.
+Subnets come from a JSON truth file (--truth): {"subnets": [{"SubnetId", "CidrBlock",
+"Ipv6CidrBlocks": [...], "AvailabilityZone", "AvailableIpAddressCount"}, ...]}. Answers are
+paginated with NextToken at --page-size subnets (smaller than EC2's, so paging is exercised).
+
+Prints one line:  READY http=<port>   and serves on 127.0.0.1 until stdin closes or --lifetime
+seconds pass. Control routes (plain JSON, on the same port):
+  GET  /truth     the subnets as served now
+  GET  /stats     counters: requests, pages, describe calls by kind, bad_signature, faults, errors
+  POST /subnet    {"SubnetId": id, "AvailableIpAddressCount": n} drains or refills a subnet
+  POST /faults    {"script": [FAULT, ...]} faults for the next DescribeSubnets requests, in order
+  POST /reset     counters and faults forgotten (the truth stays)
+--faults '[FAULT, ...]' sets the script from the start.
+FAULT: "ok", "throttle" (503 RequestLimitExceeded), "500" (InternalError), "denied" (403
+UnauthorizedOperation), "expired" (400 RequestExpired), "garbage" (200 with a non-XML body),
+"reset" (TCP RST before any answer), or {"kind": ..., "retry_after": seconds}.
+"""
+import argparse
+import base64
+import json
+import socket
+import struct
+import sys
+import threading
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
+from xml.sax.saxutils import escape
+
+import botocore.session
+import botocore.validate
+
+import standin_common  # noqa: E402  (test/sim/standin_common.py, beside this file)
+
+SESSION = botocore.session.get_session()
+MODEL = SESSION.get_service_model("ec2")
+OP = MODEL.operation_model("DescribeSubnets")
+XMLNS = MODEL.metadata["xmlNamespace"].rstrip("/") + "/"
+VERSION = MODEL.metadata["apiVersion"]
+
+LOCK = threading.Lock()
+STATE = {}
+
+
+def reset_counters():
+    STATE.update(stats={"requests": 0, "pages": 0, "describe_by_ids": 0, "describe_all": 0,
+                        "bad_signature": 0, "invalid": 0, "faults": {}, "errors": []},
+                 script=[])
+
+
+def error_xml(code, message):
+    return ('<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error><Code>%s</Code>'
+            '<Message>%s</Message></Error></Errors><RequestID>%s</RequestID></Response>'
+            % (escape(code), escape(message), uuid.uuid4()))
+
+
+def subnet_xml(s):
+    v6 = "".join("<item><ipv6CidrBlock>%s</ipv6CidrBlock><associationId>subnet-cidr-assoc-%d"
+                 "</associationId><ipv6CidrBlockState><state>associated</state>"
+                 "</ipv6CidrBlockState></item>" % (escape(c), i)
+                 for i, c in enumerate(s.get("Ipv6CidrBlocks", [])))
+    return ("<item><subnetId>{id}</subnetId><subnetArn>arn:aws:ec2:{az}:111122223333:subnet/{id}"
+            "</subnetArn><state>available</state><vpcId>vpc-0123456789abcdef0</vpcId>"
+            "<ownerId>111122223333</ownerId>{cidr}<ipv6CidrBlockAssociationSet>{v6}"
+            "</ipv6CidrBlockAssociationSet><availableIpAddressCount>{n}</availableIpAddressCount>"
+            "<availabilityZone>{az}</availabilityZone><availabilityZoneId>use1-az9"
+            "</availabilityZoneId><defaultForAz>false</defaultForAz><mapPublicIpOnLaunch>false"
+            "</mapPublicIpOnLaunch><tagSet><item><key>Name</key><value>{id} &amp; co</value>"
+            "</item></tagSet></item>").format(
+                id=escape(s["SubnetId"]), az=escape(s["AvailabilityZone"]),
+                cidr="<cidrBlock>%s</cidrBlock>" % escape(s["CidrBlock"]) if s.get("CidrBlock")
+                else "", v6=v6, n=int(s["AvailableIpAddressCount"]))
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def reply(self, status, body, ctype="text/xml;charset=UTF-8", extra=()):
+        data = body.encode() if isinstance(body, str) else body
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def reply_json(self, obj, status=200):
+        self.reply(status, json.dumps(obj), "application/json")
+
+    def do_GET(self):
+        with LOCK:
+            if self.path == "/truth":
+                return self.reply_json({"subnets": STATE["subnets"]})
+            if self.path == "/stats":
+                return self.reply_json(STATE["stats"])
+        self.reply_json({"error": "not found"}, 404)
+
+    def do_POST(self):
+        n = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(n)
+        if self.path in ("/subnet", "/faults", "/reset"):
+            return self.control(json.loads(body or b"{}"))
+        self.describe(body)
+
+    def control(self, cmd):
+        with LOCK:
+            if self.path == "/reset":
+                reset_counters()
+            elif self.path == "/faults":
+                STATE["script"] = list(cmd.get("script", []))
+            elif self.path == "/subnet":
+                for s in STATE["subnets"]:
+                    if s["SubnetId"] == cmd["SubnetId"]:
+                        s["AvailableIpAddressCount"] = int(cmd["AvailableIpAddressCount"])
+                        break
+                else:
+                    return self.reply_json({"error": "no such subnet"}, 404)
+        self.reply_json({"ok": True})
+
+    def invalid(self, status, code, message):
+        with LOCK:
+            STATE["stats"]["invalid"] += 1
+            STATE["stats"]["errors"].append("%s: %s" % (code, message))
+        self.reply(status, error_xml(code, message))
+
+    def describe(self, body):
+        with LOCK:
+            STATE["stats"]["requests"] += 1
+        why = standin_common.check_signature(self, body, "ec2", ARGS.region, KEYS)
+        if why is not None:
+            with LOCK:
+                STATE["stats"]["bad_signature"] += 1
+                STATE["stats"]["errors"].append(why)
+            return self.reply(401, error_xml("AuthFailure", why))
+        if not self.headers.get("Content-Type", "").startswith("application/x-www-form-urlencoded"):
+            return self.invalid(400, "InvalidParameterValue", "not a form body")
+        try:
+            form = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=True)
+        except (ValueError, UnicodeDecodeError):
+            return self.invalid(400, "MalformedQueryString", "form body does not parse")
+        flat = {}
+        for k, v in form:
+            if k in flat:
+                return self.invalid(400, "InvalidParameterValue", "parameter %s twice" % k)
+            flat[k] = v
+        if flat.pop("Action", None) != "DescribeSubnets":
+            return self.invalid(400, "InvalidAction", "only DescribeSubnets is served")
+        if flat.pop("Version", None) != VERSION:
+            return self.invalid(400, "InvalidParameterValue", "Version must be " + VERSION)
+        params, ids = {}, {}
+        for k, v in flat.items():
+            if k.startswith("SubnetId."):
+                try:
+                    ids[int(k.split(".", 1)[1])] = v
+                except ValueError:
+                    return self.invalid(400, "UnknownParameter", k)
+            elif k == "MaxResults":
+                params["MaxResults"] = int(v)
+            elif k == "NextToken":
+                params["NextToken"] = v
+            elif k == "DryRun":
+                params["DryRun"] = v == "true"
+            else:
+                return self.invalid(400, "UnknownParameter", "The parameter %s is not recognized" % k)
+        if ids:
+            if sorted(ids) != list(range(1, len(ids) + 1)):
+                return self.invalid(400, "InvalidParameterValue", "SubnetId.N not 1..n")
+            params["SubnetIds"] = [ids[i] for i in sorted(ids)]
+        try:
+            botocore.validate.validate_parameters(params, OP.input_shape)
+        except botocore.exceptions.ParamValidationError as e:
+            return self.invalid(400, "InvalidParameterValue", str(e))
+        if ids and "MaxResults" in params:
+            return self.invalid(400, "InvalidParameterCombination",
+                                "The parameter SubnetIds cannot be used with MaxResults")
+        fault = next_fault()
+        if fault is not None and self.fault(fault):
+            return
+        with LOCK:
+            subnets = [dict(s) for s in STATE["subnets"]]
+            STATE["stats"]["describe_by_ids" if ids else "describe_all"] += 1
+        if ids:
+            known = {s["SubnetId"]: s for s in subnets}
+            missing = [i for i in params["SubnetIds"] if i not in known]
+            if missing:
+                return self.invalid(400, "InvalidSubnetID.NotFound",
+                                    "The subnet ID '%s' does not exist" % missing[0])
+            subnets = [known[i] for i in params["SubnetIds"]]
+        start = 0
+        if "NextToken" in params:
+            try:
+                start = int(base64.b64decode(params["NextToken"]).decode().split(":")[1])
+            except (ValueError, IndexError):
+                return self.invalid(400, "InvalidParameterValue", "bad NextToken")
+        size = min(ARGS.page_size, params.get("MaxResults", ARGS.page_size))
+        page = subnets[start:start + size]
+        token = ""
+        if start + size < len(subnets):
+            token = "<nextToken>%s</nextToken>" % base64.b64encode(
+                ("page:%d:%s" % (start + size, "x" * 40)).encode()).decode()
+        with LOCK:
+            STATE["stats"]["pages"] += 1
+        self.reply(200, '<?xml version="1.0" encoding="UTF-8"?>\n<DescribeSubnetsResponse '
+                   'xmlns="%s">\n  <requestId>%s</requestId>\n  <subnetSet>%s</subnetSet>%s\n'
+                   '</DescribeSubnetsResponse>\n'
+                   % (XMLNS, uuid.uuid4(), "".join(subnet_xml(s) for s in page), token))
+
+    def fault(self, f):
+        """Answers with the fault; False for "ok" (answer normally)."""
+        kind = f["kind"] if isinstance(f, dict) else f
+        extra = [("Retry-After", str(f["retry_after"]))] if isinstance(f, dict) and \
+            "retry_after" in f else []
+        with LOCK:
+            STATE["stats"]["faults"][kind] = STATE["stats"]["faults"].get(kind, 0) + 1
+        if kind == "ok":
+            return False
+        if kind == "throttle":
+            self.reply(503, error_xml("RequestLimitExceeded", "Request limit exceeded."), extra=extra)
+        elif kind == "500":
+            self.reply(500, error_xml("InternalError", "An internal error has occurred"), extra=extra)
+        elif kind == "denied":
+            self.reply(403, error_xml("UnauthorizedOperation",
+                                      "You are not authorized to perform this operation. "
+                                      "ec2:DescribeSubnets"))
+        elif kind == "expired":
+            self.reply(400, error_xml("RequestExpired", "Request has expired."))
+        elif kind == "garbage":
+            self.reply(200, "<html>proxy error</html", "text/html")
+        elif kind == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.connection.close()
+            self.close_connection = True
+        else:
+            raise ValueError("unknown fault " + kind)
+        return True
+
+
+def next_fault():
+    with LOCK:
+        return STATE["script"].pop(0) if STATE["script"] else None
+
+
+def main():
+    global ARGS, KEYS
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    standin_common.add_common_args(ap)
+    ap.add_argument("--truth", required=True, help="JSON file with the subnets")
+    ap.add_argument("--page-size", type=int, default=2)
+    ap.add_argument("--faults", default="[]", help="JSON list: the fault script from the start")
+    ap.add_argument("--bind", default="127.0.0.1")
+    ARGS = ap.parse_args()
+    if not ARGS.bind.startswith("127."):
+        sys.exit("--bind must be a loopback address")
+    KEYS = standin_common.parse_keys(ARGS.key)
+    with open(ARGS.truth) as f:
+        STATE["subnets"] = json.load(f)["subnets"]
+    reset_counters()
+    STATE["script"] = json.loads(ARGS.faults)
+    ThreadingHTTPServer.daemon_threads = True
+    http = ThreadingHTTPServer((ARGS.bind, 0), Handler)
+    standin_common.serve_until_stdin_closes([http], "READY http=%d" % http.server_address[1],
+                                            ARGS.lifetime)
+
+
+if __name__ == "__main__":
+    main()
