@@ -12,6 +12,7 @@
 #include "cmh/aws_creds.h"
 
 #include "cmh/alloc.h"
+#include "cmh/aws_endpoint.h"
 #include "cmh/curl_uv.h"
 #include "cmh/log.h"
 
@@ -238,10 +239,18 @@ static int container_url_allowed(const char *url, char *why, size_t whylen)
 {
     int https = strncasecmp(url, "https://", 8) == 0;
     if (!https && strncasecmp(url, "http://", 7) != 0) {
-        snprintf(why, whylen, "not an http(s) URL: %s", url);
+        snprintf(why, whylen, "not an http(s) URL");
         return 0;
     }
     const char *h = url + (https ? 8 : 7);
+    /* With user information the real host is what follows the '@': http://127.0.0.1:80@elsewhere/
+     * goes to elsewhere. Refused, so the allow-list below judges the host libcurl connects to. */
+    if (memchr(h, '@', strcspn(h, "/?#")) != NULL) {
+        snprintf(why, whylen,
+                 "user information (user@ or user:password@) is not allowed in a "
+                 "container credentials URL");
+        return 0;
+    }
     char host[256];
     size_t n;
     if (*h == '[') {
@@ -1651,8 +1660,10 @@ static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_op
         if (p->container_url == NULL)
             return -ENOMEM;
         if (!container_url_allowed(p->container_url, why, sizeof why)) {
+            char shown[512];
+            cmh_aws_url_for_log(p->container_url, shown, sizeof shown);
             CMH_LOG(p->log, CMH_LOG_ERROR, "aws: container credentials endpoint refused",
-                    CMH_STR("url", p->container_url), CMH_STR("why", why));
+                    CMH_STR("url", shown), CMH_STR("why", why));
             return -EPERM;
         }
         const char *tf = env_get(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE");

@@ -252,18 +252,20 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
     }
     if (n == 0 || c->responded)
         return;
+    /* Checked before parsing: a request that completes in the read that crosses the limit must
+     * not be answered as if it were small. */
     c->bytes += (size_t)n;
+    if (c->bytes > c->s->opt.max_request) {
+        c->s->rejected++;
+        respond_text(c, 431, "request too large\n");
+        return;
+    }
     enum llhttp_errno err = llhttp_execute(&c->parser, buf->base, (size_t)n);
     if (c->responded)
         return;
     if (err != HPE_OK && err != HPE_PAUSED) {
         c->s->rejected++;
         respond_text(c, 400, "malformed request\n");
-        return;
-    }
-    if (c->bytes > c->s->opt.max_request) {
-        c->s->rejected++;
-        respond_text(c, 431, "request too large\n");
     }
 }
 
@@ -275,8 +277,16 @@ static void on_idle(uv_timer_t *t)
 static void on_connection(uv_stream_t *l, int status)
 {
     struct cmh_http_server *s = container_of((uv_tcp_t *)l, struct cmh_http_server, listener);
-    if (status < 0)
+    if (status < 0) {
+        /* libuv meets EMFILE with its reserve descriptor (accepts and closes what waits) and calls
+         * us only when that fails too, or for other errors; it keeps polling, nothing to retry
+         * here. Count it and say so at the 1st, 2nd, 4th... failure. */
+        s->accept_errors++;
+        if ((s->accept_errors & (s->accept_errors - 1)) == 0)
+            CMH_LOG(s->log, CMH_LOG_WARN, "http server cannot accept connections",
+                    CMH_STR("error", uv_err_name(status)), CMH_UINT("failures", s->accept_errors));
         return;
+    }
     struct cmh_http_conn *c = cmh_calloc(1, sizeof *c);
     if (c == NULL)
         return; /* the connection waits in the backlog; the next accept retries */

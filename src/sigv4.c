@@ -590,10 +590,12 @@ int cmh_sigv4_sign(const struct cmh_sigv4_request *req, struct cmh_sigv4_result 
         rc = -EINVAL;
         goto out;
     }
-    for (size_t i = 0; i <= ml; i++)
-        method[i] = (req->method[i] >= 'a' && req->method[i] <= 'z')
-                        ? (char)(req->method[i] - 'a' + 'A')
-                        : req->method[i];
+    for (size_t i = 0; i <= ml; i++) {
+        char ch = req->method[i];
+        if (ch >= 'a' && ch <= 'z')
+            ch = (char)(ch - 'a' + 'A');
+        method[i] = ch;
+    }
     sb_add(&cr, method);
     sb_addc(&cr, '\n');
     {

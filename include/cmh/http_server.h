@@ -48,6 +48,7 @@ struct cmh_http_server {
     int listening;
     void (*close_cb)(struct cmh_http_server *s);
     unsigned long long requests, rejected;
+    unsigned long long accept_errors; /* accept failed (EMFILE...): logged at 1, 2, 4, 8... */
 };
 
 /* Binds and listens. Returns 0 or a negative uv error (logged, with the address). */
