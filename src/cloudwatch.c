@@ -1,12 +1,12 @@
 #include "cmh/cloudwatch.h"
 
 #include "cmh/alloc.h"
+#include "cmh/aws_endpoint.h"
 #include "cmh/rng.h"
 #include "cmh/config.h"
 #include "cmh/log.h"
 #include "cmh/sigv4.h"
 
-#include <arpa/inet.h>
 #include <errno.h>
 #include <math.h>
 #include <stdarg.h>
@@ -227,27 +227,7 @@ int cmh_cloudwatch_parse_error(const char *body, size_t len, char *code, size_t 
 
 int cmh_cloudwatch_endpoint(const char *region, const char *override, char *buf, size_t len)
 {
-    int n;
-    if (override != NULL && override[0] != '\0') {
-        n = snprintf(buf, len, "%s", override);
-    } else {
-        if (region == NULL || region[0] == '\0')
-            return -EINVAL;
-        for (const char *c = region; *c; c++)
-            if (!((*c >= 'a' && *c <= 'z') || (*c >= '0' && *c <= '9') || *c == '-'))
-                return -EINVAL;
-        const char *suffix = "amazonaws.com";
-        if (strncmp(region, "cn-", 3) == 0)
-            suffix = "amazonaws.com.cn";
-        else if (strncmp(region, "us-isob-", 8) == 0)
-            suffix = "sc2s.sgov.gov";
-        else if (strncmp(region, "us-iso-", 7) == 0)
-            suffix = "c2s.ic.gov";
-        n = snprintf(buf, len, "https://monitoring.%s.%s", region, suffix);
-    }
-    if (n < 0 || (size_t)n >= len)
-        return -ENOSPC;
-    return n;
+    return cmh_aws_endpoint_url("monitoring", region, override, buf, len);
 }
 
 /* Encoding ----------------------------------------------------------------------------------- */
@@ -700,15 +680,7 @@ out:
 
 static int add_header(struct cmh_cloudwatch *cw, const char *name, const char *value)
 {
-    if (cw->nhdr >= sizeof cw->hdr / sizeof cw->hdr[0])
-        return -ENOSPC;
-    size_t l = strlen(name) + strlen(value) + 3;
-    char *h = cmh_malloc(l);
-    if (h == NULL)
-        return -ENOMEM;
-    snprintf(h, l, "%s: %s", name, value);
-    cw->hdr[cw->nhdr++] = h;
-    return 0;
+    return cmh_aws_header_add(cw->hdr, &cw->nhdr, sizeof cw->hdr / sizeof cw->hdr[0], name, value);
 }
 
 /* Encodes the next batch from the head into cw->form; returns the number of datums. */
@@ -1037,59 +1009,6 @@ static bool namespace_ok(const char *ns)
     return true;
 }
 
-/* Splits endpoint into host (as sent in Host) and path; says whether it is plain http to a
- * loopback literal. */
-static int parse_endpoint(struct cmh_cloudwatch *cw, const char *url)
-{
-    const char *rest;
-    int http = 0;
-    if (strncmp(url, "https://", 8) == 0) {
-        rest = url + 8;
-    } else if (strncmp(url, "http://", 7) == 0) {
-        rest = url + 7;
-        http = 1;
-    } else {
-        return -EINVAL;
-    }
-    const char *slash = strchr(rest, '/');
-    size_t hl = slash ? (size_t)(slash - rest) : strlen(rest);
-    if (hl == 0 || memchr(rest, '?', hl) || memchr(rest, '@', hl) || (slash && strchr(slash, '?')))
-        return -EINVAL;
-    cw->host = cmh_strndup(rest, hl);
-    cw->path = cmh_strdup(slash ? slash : "/");
-    if (cw->host == NULL || cw->path == NULL)
-        return -ENOMEM;
-    if (http) {
-        char lit[64];
-        const char *h = cw->host;
-        size_t l;
-        bool ok = false;
-        if (h[0] == '[') {
-            const char *e = strchr(h, ']');
-            l = e ? (size_t)(e - h - 1) : 0;
-            if (l > 0 && l < sizeof lit) {
-                struct in6_addr a6;
-                memcpy(lit, h + 1, l);
-                lit[l] = '\0';
-                ok = inet_pton(AF_INET6, lit, &a6) == 1 && memcmp(&a6, &in6addr_loopback, 16) == 0;
-            }
-        } else {
-            const char *colon = strchr(h, ':');
-            l = colon ? (size_t)(colon - h) : strlen(h);
-            if (l < sizeof lit) {
-                struct in_addr a4;
-                memcpy(lit, h, l);
-                lit[l] = '\0';
-                ok = inet_pton(AF_INET, lit, &a4) == 1 && (ntohl(a4.s_addr) >> 24) == 127;
-            }
-        }
-        if (!ok)
-            return -EPROTONOSUPPORT;
-        cw->allow_http = 1;
-    }
-    return 0;
-}
-
 int cmh_cloudwatch_new(struct cmh_cloudwatch **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
                        const struct cmh_cloudwatch_opts *opts, struct cmh_log *log)
 {
@@ -1153,13 +1072,15 @@ int cmh_cloudwatch_new(struct cmh_cloudwatch **out, uv_loop_t *loop, struct cmh_
     cw->o.region = cw->region;
     cw->o.endpoint = cw->endpoint;
     cw->o.namespace_ = cw->ns;
-    rc = parse_endpoint(cw, cw->endpoint);
+    rc = cmh_aws_endpoint_split(cw->endpoint, &cw->host, &cw->path, &cw->allow_http);
     if (rc != 0) {
+        char shown[512];
+        cmh_aws_url_for_log(cw->endpoint, shown, sizeof shown);
         CMH_LOG(log, CMH_LOG_ERROR,
                 rc == -EPROTONOSUPPORT
                     ? "CloudWatch endpoint: plain http is allowed only to a loopback address"
                     : "CloudWatch endpoint is not an https:// URL",
-                CMH_STR("endpoint", cw->endpoint));
+                CMH_STR("endpoint", shown));
         if (rc == -EPROTONOSUPPORT)
             rc = -EINVAL;
         goto out;
@@ -1183,7 +1104,8 @@ out:
 
 int cmh_cloudwatch_enqueue(struct cmh_cloudwatch *cw, const struct cmh_datum *d, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
+    int rc = 0;
+    for (size_t i = 0; i < n && rc == 0; i++) {
         if (cw->flushed || cw->freeing) {
             cw->stats.enqueued++;
             cw->stats.dropped_shutdown++;
@@ -1196,8 +1118,10 @@ int cmh_cloudwatch_enqueue(struct cmh_cloudwatch *cw, const struct cmh_datum *d,
             continue;
         }
         struct qd e;
-        if (copy_datum(&e, &d[i]) != 0)
-            return -ENOMEM;
+        if (copy_datum(&e, &d[i]) != 0) {
+            rc = -ENOMEM;
+            break;
+        }
         if (cw->q.n >= cw->o.buffer_max) {
             cw->stats.dropped_overflow++;
             if (cw->q.n == cw->inflight_n) {
@@ -1212,18 +1136,20 @@ int cmh_cloudwatch_enqueue(struct cmh_cloudwatch *cw, const struct cmh_datum *d,
                 q_remove_at(&cw->q, cw->inflight_n);
             cw->nseg = 0;
         } else if (cw->q.n == cw->q.cap) {
-            int rc = q_grow(&cw->q, cw->o.buffer_max);
+            rc = q_grow(&cw->q, cw->o.buffer_max);
             if (rc != 0) {
                 cmh_free(e.strs);
-                return -ENOMEM;
+                rc = -ENOMEM;
+                break;
             }
         }
         *q_at(&cw->q, cw->q.n) = e;
         cw->q.n++;
         cw->stats.enqueued++;
     }
+    /* What was queued before running out of memory is sent as usual, not left for the next call. */
     kick(cw);
-    return 0;
+    return rc;
 }
 
 static void on_deadline(uv_timer_t *t)

@@ -44,6 +44,7 @@ struct cmh_scrape_conn {
     uint8_t connected, reused, got_bytes, began, message_done, keep_alive;
     uint8_t ct_bad, enc_bad, which, hname_len;
     uint8_t fail; /* result set by a parser callback before it returned an error */
+    int uv_err;   /* the libuv error of a failed connect (for the log), or 0 */
     uint16_t status;
     uint32_t hdr_bytes;
     uint64_t body_bytes;
@@ -331,6 +332,7 @@ static void log_failure(struct cmh_scraper *s, const struct cmh_scrape_conn *c,
     CMH_LOG(s->log, CMH_LOG_WARN, "scrape failed", CMH_STR("target", t->name ? t->name : addr),
             CMH_STR("addr", addr), CMH_STR("result", cmh_scrape_result_name(r)),
             CMH_UINT("http_status", rec->http_status),
+            CMH_STR("error", c->uv_err != 0 ? uv_err_name(c->uv_err) : ""),
             CMH_DBL("duration_ms", rec->duration_us / 1000.0), CMH_UINT("bytes", rec->bytes),
             CMH_UINT("round", s->stats.round));
 }
@@ -488,11 +490,15 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 {
     struct cmh_scrape_conn *c = conn_of(p);
     struct cmh_scraper *s = c->s;
+    /* The consumer sees the body up to the cap whichever way reads split it, so a body that is
+     * both too large and unparsable fails the same way every time. */
+    uint64_t room = c->body_bytes < s->opts.max_body ? s->opts.max_body - c->body_bytes : 0;
+    size_t n = len < room ? len : (size_t)room;
     c->body_bytes += len;
+    if (n > 0 && s->consumer.body != NULL && s->consumer.body(c->ctx, at, n) < 0)
+        return fail_cb(c, CMH_SCRAPE_PARSE_ERROR);
     if (c->body_bytes > s->opts.max_body)
         return fail_cb(c, CMH_SCRAPE_BODY_TOO_LARGE);
-    if (s->consumer.body != NULL && s->consumer.body(c->ctx, at, len) < 0)
-        return fail_cb(c, CMH_SCRAPE_PARSE_ERROR);
     return 0;
 }
 
@@ -515,6 +521,81 @@ static const llhttp_settings_t parser_settings = {
     .on_body = on_body,
     .on_message_complete = on_message_complete,
 };
+
+/* Parses n more bytes of c's response. Returns its result once it has one, or -1 while more bytes
+ * are needed. The socket path and cmh_scrape_parse_response share it. */
+static int response_feed(struct cmh_scrape_conn *c, const char *buf, size_t n)
+{
+    llhttp_errno_t e = llhttp_execute(&c->parser, buf, n);
+    if (c->message_done) {
+        /* A response followed by more bytes is not something we can reuse safely. */
+        if (e == HPE_PAUSED && c->parser.error_pos != NULL && c->parser.error_pos != buf + n)
+            c->keep_alive = 0;
+        return CMH_SCRAPE_OK;
+    }
+    if (e == HPE_OK)
+        return -1;
+    return c->fail != 0 ? c->fail : CMH_SCRAPE_MALFORMED_HTTP;
+}
+
+/* The stream ended: a body delimited by the end of the connection is complete only now. Returns
+ * the result, or -1 when the response was cut short (truncated or reset: the caller knows). */
+static int response_eof(struct cmh_scrape_conn *c)
+{
+    llhttp_errno_t e = c->got_bytes ? llhttp_finish(&c->parser) : HPE_INVALID_EOF_STATE;
+    if (c->message_done)
+        return CMH_SCRAPE_OK;
+    if (e == HPE_USER && c->fail != 0)
+        return c->fail;
+    return -1;
+}
+
+enum cmh_scrape_result cmh_scrape_parse_response(const struct cmh_scrape_opts *o,
+                                                 const struct cmh_scrape_consumer *consumer,
+                                                 const char *buf, size_t len, size_t chunk,
+                                                 struct cmh_scrape_record *rec, int *keep_alive)
+{
+    /* Only the options and the consumer of a scraper are read by the parser callbacks. */
+    struct cmh_scraper s;
+    struct cmh_scrape_conn c;
+    memset(&s, 0, sizeof s);
+    memset(&c, 0, sizeof c);
+    s.opts = *o;
+    if (consumer != NULL)
+        s.consumer = *consumer;
+    c.s = &s;
+    c.state = CONN_REQUEST;
+    llhttp_init(&c.parser, HTTP_RESPONSE, &parser_settings);
+    int r = -1;
+    size_t off = 0;
+    while (r < 0 && off < len) {
+        size_t n = chunk == 0 || chunk > len - off ? len - off : chunk;
+        c.got_bytes = 1;
+        uint64_t b = (uint64_t)c.bytes + n;
+        c.bytes = b > UINT32_MAX ? UINT32_MAX : (uint32_t)b;
+        r = response_feed(&c, buf + off, n);
+        off += n;
+    }
+    if (r < 0)
+        r = response_eof(&c);
+    if (r < 0)
+        r = CMH_SCRAPE_TRUNCATED;
+    /* As conn_finish does: the consumer's end decides whether a complete body parsed. */
+    if (c.began && s.consumer.end != NULL) {
+        int rc = s.consumer.end(c.ctx, (enum cmh_scrape_result)r);
+        if (r == CMH_SCRAPE_OK && rc < 0)
+            r = CMH_SCRAPE_PARSE_ERROR;
+    }
+    if (rec != NULL) {
+        memset(rec, 0, sizeof *rec);
+        rec->result = (uint8_t)r;
+        rec->http_status = c.status;
+        rec->bytes = c.bytes;
+    }
+    if (keep_alive != NULL)
+        *keep_alive = r == CMH_SCRAPE_OK && c.keep_alive;
+    return (enum cmh_scrape_result)r;
+}
 
 /* ---- I/O ---- */
 
@@ -558,14 +639,9 @@ static void conn_broken(struct cmh_scraper *s, struct cmh_scrape_conn *c, int er
         return;
     }
     if (err == UV_EOF) {
-        /* A body delimited by the end of the connection is complete only now. */
-        llhttp_errno_t e = c->got_bytes ? llhttp_finish(&c->parser) : HPE_INVALID_EOF_STATE;
-        if (c->message_done) {
-            conn_finish(s, c, CMH_SCRAPE_OK);
-            return;
-        }
-        if (e == HPE_USER && c->fail != 0) {
-            conn_finish(s, c, (enum cmh_scrape_result)c->fail);
+        int r = response_eof(c);
+        if (r >= 0) {
+            conn_finish(s, c, (enum cmh_scrape_result)r);
             return;
         }
         /* Linux may report an RST that follows data as a plain end of stream; the socket's
@@ -603,18 +679,9 @@ static void on_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     c->got_bytes = 1;
     uint64_t b = (uint64_t)c->bytes + (uint64_t)nread;
     c->bytes = b > UINT32_MAX ? UINT32_MAX : (uint32_t)b;
-    llhttp_errno_t e = llhttp_execute(&c->parser, buf->base, (size_t)nread);
-    if (c->message_done) {
-        /* A response followed by more bytes is not something we can reuse safely. */
-        if (e == HPE_PAUSED && c->parser.error_pos != NULL &&
-            c->parser.error_pos != buf->base + nread)
-            c->keep_alive = 0;
-        conn_finish(s, c, CMH_SCRAPE_OK);
-        return;
-    }
-    if (e == HPE_OK)
-        return;
-    conn_finish(s, c, c->fail != 0 ? (enum cmh_scrape_result)c->fail : CMH_SCRAPE_MALFORMED_HTTP);
+    int r = response_feed(c, buf->base, (size_t)nread);
+    if (r >= 0)
+        conn_finish(s, c, (enum cmh_scrape_result)r);
 }
 
 static void on_write(uv_write_t *req, int status)
@@ -683,6 +750,7 @@ static void on_connect(uv_connect_t *req, int status)
     if (status == UV_ECANCELED || c->state != CONN_CONNECTING)
         return;
     if (status != 0) {
+        c->uv_err = status;
         enum cmh_scrape_result r = status == UV_ECONNREFUSED ? CMH_SCRAPE_CONNECT_REFUSED
                                    : status == UV_ETIMEDOUT  ? CMH_SCRAPE_CONNECT_TIMEOUT
                                                              : CMH_SCRAPE_CONNECT_ERROR;
@@ -698,6 +766,7 @@ static void start_fresh(struct cmh_scraper *s, struct cmh_scrape_conn *c)
 {
     c->state = CONN_CONNECTING;
     c->reused = 0;
+    c->uv_err = 0;
     uv_tcp_init(s->loop, &c->tcp);
     s->open++;
     if (s->open > s->stats.peak_open)
@@ -706,6 +775,9 @@ static void start_fresh(struct cmh_scraper *s, struct cmh_scrape_conn *c)
     int rc = uv_tcp_connect(&c->connect_req, &c->tcp, &c->addr.sa, on_connect);
     if (rc != 0) {
         /* Synchronous failures: no address, no fd, refused on loopback with some kernels. */
+        c->uv_err = rc;
+        if (rc == UV_EMFILE || rc == UV_ENFILE)
+            s->stats.no_fds++;
         conn_finish(s, c,
                     rc == UV_ECONNREFUSED ? CMH_SCRAPE_CONNECT_REFUSED : CMH_SCRAPE_CONNECT_ERROR);
     }
@@ -845,6 +917,12 @@ static void on_round_done(uv_timer_t *t)
     s->stats.wall_us = (uv_hrtime() - s->round_start_ns) / 1000;
     s->stats.logged = s->loglimit.used;
     s->stats.suppressed = s->loglimit.suppressed;
+    if (s->stats.no_fds > 0)
+        CMH_LOG(s->log, CMH_LOG_WARN,
+                "out of file descriptors: targets not scraped this round; raise the open-file "
+                "limit or lower SCRAPE_CONCURRENCY",
+                CMH_UINT("round", s->stats.round), CMH_UINT("targets", s->stats.no_fds),
+                CMH_UINT("concurrency", s->opts.concurrency));
     if (cmh_log_enabled(s->log, CMH_LOG_DEBUG)) {
         /* One summary line: counts of every result that happened. */
         struct cmh_kv kv[CMH_SCRAPE_NRESULTS + 8];

@@ -12,6 +12,7 @@
 #include <cmocka.h>
 
 #include "test_peer.h"
+#include "test_standin_ctl.h"
 
 #include "cmh/cloudwatch.h"
 #include "cmh/curl_uv.h"
@@ -450,48 +451,9 @@ static void run_for(struct fx *f, uint64_t ms)
 }
 
 /* A control call to the stand-in, through curl_uv on the same loop. */
-struct ctl {
-    struct cmh_curl_uv_req req;
-    int done;
-    long status;
-    char *body;
-};
-
-static void on_ctl(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res)
-{
-    struct ctl *c = container_of(req, struct ctl, req);
-    c->done = 1;
-    c->status = res->status;
-    c->body = strndup(res->body ? res->body : "", res->body_len);
-}
-
 static json_t *standin_call(struct fx *f, const char *method, const char *path, const char *json)
 {
-    char url[256];
-    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", the_standin.http, path);
-    struct ctl c;
-    memset(&c, 0, sizeof c);
-    static const char *const hdr[] = {"Content-Type: application/json"};
-    c.req.method = method;
-    c.req.url = url;
-    c.req.headers = hdr;
-    c.req.nheaders = 1;
-    c.req.body = json;
-    c.req.body_len = json ? strlen(json) : 0;
-    c.req.max_body = 256u << 20;
-    c.req.allow_http = 1;
-    assert_int_equal(cmh_curl_uv_start(&f->curl, &c.req, on_ctl), 0);
-    uint64_t end = now_ms() + 30000;
-    while (!c.done && now_ms() < end)
-        uv_run(&f->loop, UV_RUN_ONCE);
-    assert_true(c.done);
-    if (c.status != 200)
-        fail_msg("stand-in %s %s: %ld %s", method, path, c.status, c.body);
-    json_error_t err;
-    json_t *j = json_loads(c.body, 0, &err);
-    free(c.body);
-    assert_non_null(j);
-    return j;
+    return test_standin_call(&f->loop, &f->curl, the_standin.http, method, path, json, 256u << 20);
 }
 
 static void standin_reset(struct fx *f)

@@ -1035,6 +1035,118 @@ static void opts_from_config_keep_round_inside_interval(void **state)
     assert_int_equal(o.jitter_ms, 800);
 }
 
+/* cmh_scrape_parse_response (the fuzzing entry point) classifies responses as the socket path
+ * does, the same way for every split of the bytes into reads, and streams the body up to the cap.
+ * Keep-alive is checked on one read only: bytes after a response in a later read are seen by the
+ * idle connection instead, which then closes. */
+struct pr_seen {
+    size_t body;
+    int begun, ended;
+};
+
+static int pr_begin(void *arg, size_t target, void **ctx)
+{
+    struct pr_seen *s = arg;
+    s->begun++;
+    *ctx = s;
+    return 0;
+}
+
+static int pr_body(void *ctx, const char *buf, size_t len)
+{
+    struct pr_seen *s = ctx;
+    s->body += len;
+    return memchr(buf, '\0', len) != NULL ? -1 : 0;
+}
+
+static int pr_end(void *ctx, enum cmh_scrape_result r)
+{
+    struct pr_seen *s = ctx;
+    s->ended++;
+    return 0;
+}
+
+static void parse_response_classifies_like_the_socket_path(void **state)
+{
+    static const struct {
+        const char *text;
+        size_t len; /* 0: strlen */
+        enum cmh_scrape_result want;
+        uint16_t status;
+        size_t body; /* bytes the consumer sees */
+        int keep;
+    } cases[] = {
+        {"HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: 4\r\n\r\n"
+         "x 1\n",
+         0, CMH_SCRAPE_OK, 200, 4, 1},
+        {"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+         "2\r\nx \r\n2\r\n1\n\r\n0\r\n\r\n",
+         0, CMH_SCRAPE_OK, 200, 4, 1},
+        {"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nx 1\n", 0, CMH_SCRAPE_OK, 200, 4, 0},
+        {"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n"
+         "\r\n",
+         0, CMH_SCRAPE_OK, 200, 0, 0},
+        {"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nx 1\nHTTP", 0,
+         CMH_SCRAPE_OK, 200, 4, 0},
+        {"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", 0, CMH_SCRAPE_HTTP_STATUS, 500, 0, 0},
+        {"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n", 0,
+         CMH_SCRAPE_CONTENT_TYPE, 200, 0, 0},
+        {"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Encoding: gzip\r\n"
+         "Content-Length: 0\r\n\r\n",
+         0, CMH_SCRAPE_CONTENT_TYPE, 200, 0, 0},
+        {"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 99999\r\n\r\n", 0,
+         CMH_SCRAPE_BODY_TOO_LARGE, 200, 0, 0},
+        {"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nx 1", 0,
+         CMH_SCRAPE_TRUNCATED, 200, 3, 0},
+        {"SSH-2.0-OpenSSH\r\n", 0, CMH_SCRAPE_MALFORMED_HTTP, 0, 0, 0},
+        {"", 0, CMH_SCRAPE_TRUNCATED, 0, 0, 0},
+        {"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 4\r\n\r\nx\0 1", 64,
+         CMH_SCRAPE_PARSE_ERROR, 200, 0, 0},
+    };
+    struct cmh_scrape_opts o;
+    cmh_scrape_opts_default(&o);
+    o.max_body = 1024;
+    o.max_header = 256;
+    struct pr_seen seen;
+    struct cmh_scrape_consumer consumer = {&seen, pr_begin, pr_body, pr_end};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len = strlen(cases[i].text);
+        if (cases[i].len != 0)
+            len = (size_t)(strchr(cases[i].text, '\0') - cases[i].text) + 3; /* "x\0 1" */
+        for (size_t chunk = 0; chunk <= 7; chunk++) {
+            memset(&seen, 0, sizeof seen);
+            struct cmh_scrape_record rec;
+            int keep = -1;
+            enum cmh_scrape_result r =
+                cmh_scrape_parse_response(&o, &consumer, cases[i].text, len, chunk, &rec, &keep);
+            if (r != cases[i].want || rec.http_status != cases[i].status ||
+                seen.begun != seen.ended ||
+                (r == CMH_SCRAPE_OK && chunk == 0 && keep != cases[i].keep))
+                fail_msg("case %zu chunk %zu: %s status %u keep %d", i, chunk,
+                         cmh_scrape_result_name(r), rec.http_status, keep);
+            if (cases[i].want != CMH_SCRAPE_PARSE_ERROR)
+                assert_int_equal(seen.body, cases[i].body);
+        }
+    }
+    /* A chunked body above the cap: the consumer gets exactly the first max_body bytes, however
+     * the reads fall, and the result is body_too_large. */
+    char big[4096];
+    int h = snprintf(big, sizeof big,
+                     "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked"
+                     "\r\n\r\n%x\r\n",
+                     2000);
+    memset(big + h, 'a', 2000);
+    for (size_t chunk = 0; chunk <= 300; chunk += 37) {
+        memset(&seen, 0, sizeof seen);
+        struct cmh_scrape_record rec;
+        assert_int_equal(
+            cmh_scrape_parse_response(&o, &consumer, big, (size_t)h + 2000, chunk, &rec, NULL),
+            CMH_SCRAPE_BODY_TOO_LARGE);
+        assert_int_equal(seen.body, 1024);
+        assert_int_equal(seen.ended, 1);
+    }
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -1073,6 +1185,7 @@ int main(void)
         T(close_mid_round_fires_done_then_close),
         cmocka_unit_test(result_names_are_distinct),
         cmocka_unit_test(opts_from_config_keep_round_inside_interval),
+        cmocka_unit_test(parse_response_classifies_like_the_socket_path),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
