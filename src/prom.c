@@ -991,8 +991,8 @@ static int parse_comment(struct cmh_prom_parser *p, const char *s, const char *e
     }
     s = skip_blank(s, e);
     char *sc = p->scratch;
-    const char *name;
-    size_t len;
+    const char *name = NULL;
+    size_t len = 0;
     int cur_prefix;
     int rc = read_metric_name(p, &s, e, &sc, &name, &len, &cur_prefix);
     if (rc != 0)

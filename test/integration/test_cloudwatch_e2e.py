@@ -15,7 +15,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish  # noqa: E402
+from testlib import check, failures, finish, read_events, stop_proc  # noqa: E402
 from truth_model import Model  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
@@ -60,21 +60,13 @@ try:
     expected = {}  # round timestamp_ms -> {metric: value}
     epoch = 0
 
-    def next_round(limit_s=30):
+    def note_port(ev):
         global http_port
-        deadline = time.monotonic() + limit_s
-        for _ in range(100000):
-            if time.monotonic() > deadline:
-                return None
-            line = daemon.stderr.readline()
-            if not line:
-                return None
-            ev = json.loads(line)
-            if ev.get("msg") == "listening":
-                http_port = ev["port"]
-            if ev.get("msg") == "round":
-                return ev
-        return None
+        if ev.get("msg") == "listening":
+            http_port = ev["port"]
+
+    def next_round(limit_s=30):
+        return read_events(daemon, "round", limit_s, note_port)
 
     def metric(name):
         body = urllib.request.urlopen(f"http://127.0.0.1:{http_port}/metrics", timeout=5).read().decode()
@@ -204,12 +196,7 @@ try:
           stopped.get("cw_dropped_shutdown") == 0 and stopped.get("cw_published") == total,
           (stopped, total))
 finally:
-    if daemon is not None:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
+    stop_proc(daemon)
     cw.stdin.close()
     cw.wait(timeout=10)
     sim.terminate()

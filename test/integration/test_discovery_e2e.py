@@ -3,7 +3,6 @@ Kubernetes API (TLS, bearer token) and scrapes their hostIPs on the ipamD simula
 deleted and re-IPed take effect at the next round; a 410 mid-watch, a token rotation and an API
 outage keep the last known targets; with no aws-node pods /readyz says so."""
 import http.client
-import json
 import os
 import re
 import signal
@@ -13,7 +12,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish  # noqa: E402
+from testlib import check, failures, finish, read_events, stop_proc  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
@@ -39,21 +38,14 @@ def api_cmd(line):
     return api.stdout.readline().strip()
 
 
+def note_port(ev):
+    if ev.get("msg") == "listening":
+        global http_port
+        http_port = ev["port"]
+
+
 def read_round(limit_s=20):
-    deadline = time.monotonic() + limit_s
-    for _ in range(100000):
-        if time.monotonic() > deadline:
-            return None
-        line = daemon.stderr.readline()
-        if not line:
-            return None
-        ev = json.loads(line)
-        if ev.get("msg") == "listening":
-            global http_port
-            http_port = ev["port"]
-        if ev.get("msg") == "round":
-            return ev
-    return None
+    return read_events(daemon, "round", limit_s, note_port)
 
 
 def step(settle=1.0):
@@ -150,12 +142,7 @@ try:
     check("readyz names the missing aws-node pods", st == 503 and "no aws-node pods" in body, (st, body))
 finally:
     if daemon is not None:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            rc = daemon.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            rc = None
+        rc = stop_proc(daemon)
         check("daemon stopped cleanly", rc == 0, rc)
     api.stdin.close()
     api.wait(timeout=10)

@@ -33,7 +33,7 @@ TEMPLATE = os.path.join(SHARED, "testdata/ipamd/cni_test1.data")
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish  # noqa: E402
+from testlib import check, failures, finish, read_events, stop_proc  # noqa: E402
 from truth_model import TABLE, Model, ts_ms  # noqa: E402
 
 def run(name, nodes, rounds, faults="", churn=0, restart=0, stale_rounds=2, seed=1,
@@ -67,21 +67,13 @@ def run(name, nodes, rounds, faults="", churn=0, restart=0, stale_rounds=2, seed
         deadline = time.monotonic() + 600
         for r in range(rounds):
             datums = {}
-            summary = None
-            for _ in range(100000):
-                if time.monotonic() > deadline:
-                    break
-                line = daemon.stderr.readline()
-                if not line:
-                    break
-                ev = json.loads(line)
+
+            def each(ev):
                 if ev.get("msg") == "datum":
                     if ev["metric"] in datums:
                         check(f"{name}: one value per metric (round {r + 1})", False, ev["metric"])
                     datums[ev["metric"]] = ev
-                elif ev.get("msg") == "round":
-                    summary = ev
-                    break
+            summary = read_events(daemon, "round", deadline - time.monotonic(), each)
             if not check(f"{name}: round {r + 1} finished", summary is not None):
                 return
             epoch = json.load(open(os.path.join(tmp, "epoch-%06d.json" % r)))
@@ -119,12 +111,7 @@ def run(name, nodes, rounds, faults="", churn=0, restart=0, stale_rounds=2, seed
         check(f"{name}: every round equals the truth ({rounds} rounds)", mismatches == 0, f"{mismatches} rounds differ")
     finally:
         if daemon is not None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                rc = daemon.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                rc = None
+            rc = stop_proc(daemon)
             check(f"{name}: daemon stopped cleanly", rc == 0, rc)
         try:
             urllib.request.urlopen(urllib.request.Request(control + "/quit", method="POST"), timeout=5).read()

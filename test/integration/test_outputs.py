@@ -4,17 +4,15 @@ values equal to the round's datums), the one-line round summary and, with USE_CL
 datum as a JSON log event; only GET/HEAD on known paths."""
 import http.client
 import http.server
-import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import threading
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish  # noqa: E402
+from testlib import check, failures, finish, read_events, stop_proc  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 SHARED = os.environ["CMH_SHARED_DIR"]
@@ -50,19 +48,8 @@ p = subprocess.Popen([BIN], env=env, stderr=subprocess.PIPE, text=True)
 events = []
 
 
-def read_events(pred, limit_s=15):
-    deadline = time.monotonic() + limit_s
-    for _ in range(5000):
-        if time.monotonic() > deadline:
-            return None
-        line = p.stderr.readline()
-        if not line:
-            return None
-        ev = json.loads(line)
-        events.append(ev)
-        if pred(ev):
-            return ev
-    return None
+def next_event(msg, limit_s=15):
+    return read_events(p, msg, limit_s, events.append, max_lines=5000)
 
 
 def get(method, path):
@@ -73,7 +60,7 @@ def get(method, path):
 
 
 try:
-    ev = read_events(lambda e: e.get("msg") == "listening")
+    ev = next_event("listening")
     check("listening logged", ev is not None)
     http_port = ev["port"]
     st, body, _ = get("GET", "/healthz")
@@ -81,7 +68,7 @@ try:
     # Before any round: not ready. (The first round starts at once; race it only if we are first.)
     rounds = []
     for k in range(3):
-        ev = read_events(lambda e: e.get("msg") == "round")
+        ev = next_event("round")
         check(f"round {k + 1} summary", ev is not None)
         rounds.append(ev)
     check("round summary fields", all(k in rounds[-1] for k in
@@ -132,12 +119,7 @@ try:
     st, body, _ = get("GET", "/healthz")
     check("still serving", st == 200)
 finally:
-    p.terminate()
-    try:
-        rc = p.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        p.kill()
-        rc = None
+    rc = stop_proc(p, timeout=10)
     peer.shutdown()
 check("graceful exit", rc == 0, rc)
 
@@ -145,7 +127,7 @@ check("graceful exit", rc == 0, rc)
 env2 = dict(env, USE_PROMETHEUS="false")
 p = subprocess.Popen([BIN], env=env2, stderr=subprocess.PIPE, text=True)
 try:
-    ev = read_events(lambda e: e.get("msg") == "listening")
+    ev = next_event("listening")
     http_port = ev["port"]
     st, _, _ = get("GET", "/metrics")
     check("metrics off", st == 404, st)

@@ -1,6 +1,11 @@
-"""What every Python integration test shares: named checks, and the closing line CI reads
-("N passed, N failed") with the exit status."""
+"""What every Python integration test shares: named checks, the closing line CI reads
+("N passed, N failed") with the exit status, and the daemon's plumbing (its JSON log read up to
+an event, a bounded stop, its /metrics page parsed)."""
+import json
+import signal
+import subprocess
 import sys
+import time
 
 failures = []
 _passed = [0]
@@ -20,3 +25,46 @@ def finish():
         print("FAIL", f)
     print(f"{_passed[0]} passed, {len(failures)} failed")
     sys.exit(1 if failures else 0)
+
+
+def read_events(proc, msg, limit_s=20, each=None, max_lines=100000):
+    """Reads the daemon's JSON log (proc.stderr, text) until the event whose "msg" is msg, at most
+    limit_s seconds and max_lines lines; each(ev), when given, sees every event read, that one
+    included. Returns the event, or None (time or lines spent, or the log closed)."""
+    deadline = time.monotonic() + limit_s
+    for _ in range(max_lines):
+        if time.monotonic() > deadline:
+            return None
+        line = proc.stderr.readline()
+        if not line:
+            return None
+        ev = json.loads(line)
+        if each is not None:
+            each(ev)
+        if ev.get("msg") == msg:
+            return ev
+    return None
+
+
+def stop_proc(p, sig=signal.SIGTERM, timeout=15):
+    """Sends sig and waits (bounded; killed after timeout). The exit status, or None when it had
+    to be killed (or p is None)."""
+    if p is None or p.poll() is not None:
+        return p.returncode if p is not None else None
+    p.send_signal(sig)
+    try:
+        return p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        p.wait(timeout=10)
+        return None
+
+
+def parse_metrics(body):
+    """Every sample of a Prometheus text page: 'name{labels}' -> float."""
+    out = {}
+    for line in body.splitlines():
+        if line and not line.startswith("#"):
+            k, v = line.rsplit(" ", 1)
+            out[k] = float(v)
+    return out
