@@ -465,16 +465,19 @@ static void start_round(struct report *r)
     }
 }
 
-static int add_target(struct report *r, const char *name, const char *ip, uint16_t port)
+/* pod: the aws-node pod, for SCRAPE_MODE auto/proxy; NULL for static targets (always direct). */
+static int add_target(struct report *r, const char *name, const char *ip, uint16_t port,
+                      const char *pod)
 {
     struct cmh_collector_target *v = cmh_reallocarray(r->targets, r->n + 1, sizeof *v);
     if (v == NULL)
         return -ENOMEM;
     r->targets = v;
-    const char *kn = keep(r, name), *ki = keep(r, ip);
-    if (kn == NULL || ki == NULL)
+    const char *kn = keep(r, name), *ki = keep(r, ip), *kp = pod != NULL ? keep(r, pod) : NULL;
+    if (kn == NULL || ki == NULL || (pod != NULL && kp == NULL))
         return -ENOMEM;
-    r->targets[r->n++] = (struct cmh_collector_target){.name = kn, .ip = ki, .port = port};
+    r->targets[r->n++] =
+        (struct cmh_collector_target){.name = kn, .ip = ki, .port = port, .pod = kp};
     return 0;
 }
 
@@ -520,7 +523,7 @@ static void on_list(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
     }
     for (size_t i = 0; i < set->n && rc == 0; i++)
         rc = add_target(r, set->v[i].node[0] ? set->v[i].node : set->v[i].pod, set->v[i].ip,
-                        (uint16_t)r->cfg.ipamd_port);
+                        (uint16_t)r->cfg.ipamd_port, set->v[i].pod);
     cmh_discovery_set_release(set);
     if (rc != 0) {
         finish(r, CMH_REPORT_ERROR);
@@ -625,7 +628,7 @@ static int static_targets(struct report *r)
                     t->host);
             return -EINVAL;
         }
-        int rc = add_target(r, t->name, ip, t->port);
+        int rc = add_target(r, t->name, ip, t->port, NULL);
         if (rc != 0)
             return rc;
     }
@@ -684,6 +687,16 @@ static int start(struct report *r, char *const *envp)
     r->server = cmh_strdup(url);
     if (r->server == NULL)
         return -ENOMEM;
+    if (r->cfg.scrape_mode != CMH_SCRAPE_MODE_DIRECT) {
+        /* The same scrape modes as the daemon: through the pod proxy, or falling back to it. */
+        struct cmh_proxy_scrape_opts po = {.server = url,
+                                           .namespace_name = r->cfg.k8s_namespace,
+                                           .token_file = r->cfg.k8s_token_file,
+                                           .ca_file = r->cfg.k8s_ca_file};
+        rc = cmh_collector_enable_proxy(&r->coll, &po);
+        if (rc != 0)
+            return rc;
+    }
     list_page(r);
     return 0;
 }

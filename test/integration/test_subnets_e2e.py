@@ -287,6 +287,16 @@ try:
               (rj.returncode, doc.get("subnets")))
         st = json.loads(api_cmd("stats")[3:])
         check("report listed the pods once and never watched", st.get("watches", 0) == 0, st)
+        # SCRAPE_MODE=proxy: report scrapes as the daemon would, every node through the pod proxy.
+        rj = report(dict(thresholds, SCRAPE_MODE="proxy", **kenv), json_out=True)
+        doc = json.loads(rj.stdout) if rj.stdout.startswith("{") else {}
+        st2 = json.loads(api_cmd("stats")[3:])
+        proxied = {pod: n - st.get("proxy_by_pod", {}).get(pod, 0)
+                   for pod, n in st2.get("proxy_by_pod", {}).items()}
+        check("report with SCRAPE_MODE=proxy: every node, each scraped once through the API server",
+              rj.returncode == 3 and len(doc.get("nodes", [])) == NODES
+              and proxied == {f"aws-node-{i}": 1 for i in range(NODES)},
+              (rj.returncode, rj.stderr[-300:], proxied))
     finally:
         api.stdin.close()
         api.wait(timeout=10)
