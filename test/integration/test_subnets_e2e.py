@@ -36,16 +36,16 @@ def http(url, method="GET", body=None):
         return r.read()
 
 
-# Nodes are 127.79.0.1 .. 127.79.0.12: nodes 0-6 in subnet a1 (us-west-2a), 7-10 in b2
+# Nodes are 127.86.0.1 .. 127.86.0.12: nodes 0-6 in subnet a1 (us-west-2a), 7-10 in b2
 # (us-west-2b), node 11 in no subnet. c3 holds no node and is no ENIConfig's: never published.
 SUBNETS = [
-    {"SubnetId": "subnet-0000a001", "CidrBlock": "127.79.0.0/29", "Ipv6CidrBlocks": ["fd00:79::/64"],
+    {"SubnetId": "subnet-0000a001", "CidrBlock": "127.86.0.0/29", "Ipv6CidrBlocks": ["fd00:79::/64"],
      "AvailabilityZone": "us-west-2a", "AvailableIpAddressCount": 500},
-    {"SubnetId": "subnet-0000b002", "CidrBlock": "127.79.0.8/30", "AvailabilityZone": "us-west-2b",
+    {"SubnetId": "subnet-0000b002", "CidrBlock": "127.86.0.8/30", "AvailabilityZone": "us-west-2b",
      "AvailableIpAddressCount": 300},
     {"SubnetId": "subnet-0000c003", "CidrBlock": "127.90.0.0/16", "AvailabilityZone": "us-west-2a",
      "AvailableIpAddressCount": 5},
-    {"SubnetId": "subnet-0000a004", "CidrBlock": "127.79.0.64/26", "AvailabilityZone": "us-west-2c",
+    {"SubnetId": "subnet-0000a004", "CidrBlock": "127.86.0.64/26", "AvailabilityZone": "us-west-2c",
      "AvailableIpAddressCount": 9000},
 ]
 AZ_OF_NODE = {}
@@ -57,7 +57,7 @@ truth_file = os.path.join(tmp, "subnets.json")
 with open(truth_file, "w") as f:
     json.dump({"subnets": SUBNETS}, f)
 sim = subprocess.Popen([os.path.join(BUILD, "test", "ipamd_sim"), "--nodes", str(NODES), "--base",
-                        "127.79.0.1", "--seed", "8", "--template",
+                        "127.86.0.1", "--seed", "8", "--template",
                         os.path.join(SHARED, "testdata/ipamd/cni_test1.data"), "--truth-dir", tmp,
                         "--targets-out", os.path.join(tmp, "targets"), "--workers", "1"],
                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -74,8 +74,8 @@ try:
     cw_url = "http://127.0.0.1:" + re.search(r"http=(\d+)", cw.stdout.readline()).group(1)
     ec2_url = "http://127.0.0.1:" + re.search(r"http=(\d+)", ec2.stdout.readline()).group(1)
     lines = [l.split() for l in open(os.path.join(tmp, "targets"))]
-    check("simulator nodes on their own 127.79.0.x addresses",
-          all(l[1] == "127.79.0.%d" % (i + 1) for i, l in enumerate(lines)), lines[:2])
+    check("simulator nodes on their own 127.86.0.x addresses",
+          all(l[1] == "127.86.0.%d" % (i + 1) for i, l in enumerate(lines)), lines[:2])
     targets = ",".join("%s=%s:%s" % tuple(l) for l in lines)
     env = {"PATH": "/usr/bin:/bin", "SCRAPE_TARGETS": targets, "USE_CLOUDWATCH": "yes",
            "AWS_REGION": "us-west-2", "AWS_CLUSTER_ID": "e2e", "AWS_ACCESS_KEY_ID": "AKIDE2E",
@@ -242,7 +242,7 @@ try:
     # Errors: bad usage 2; every scrape failed 1; EC2 denied 1.
     p = subprocess.run([BIN, "report", "--bogus"], env=env, capture_output=True, text=True, timeout=30)
     check("report --bogus: exit 2", p.returncode == 2, p.returncode)
-    r = report({"SCRAPE_TARGETS": "127.79.1.250:1", "SUBNET_METRICS": "false", "SCRAPE_TIMEOUT": "1"})
+    r = report({"SCRAPE_TARGETS": "127.86.1.250:1", "SUBNET_METRICS": "false", "SCRAPE_TIMEOUT": "1"})
     check("report, every scrape failed: exit 1", r.returncode == 1, (r.returncode, r.stdout[-300:]))
     http(ec2_url + "/faults", "POST", {"script": ["denied"]})
     r = report(thresholds)
