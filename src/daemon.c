@@ -336,10 +336,8 @@ static int start_proxy_scraping(struct cmh_daemon *d)
     if (cmh_discovery_server_url(url, sizeof url, getenv("KUBERNETES_SERVICE_HOST"),
                                  getenv("KUBERNETES_SERVICE_PORT")) != 0)
         return -EINVAL; /* discovery checked the same values already */
-    struct cmh_proxy_scrape_opts o = {.server = url,
-                                      .namespace_name = d->cfg.k8s_namespace,
-                                      .token_file = d->cfg.k8s_token_file,
-                                      .ca_file = d->cfg.k8s_ca_file};
+    struct cmh_proxy_scrape_opts o;
+    cmh_proxy_scrape_opts_from_config(&o, &d->cfg, url);
     return cmh_collector_enable_proxy(&d->collector, &o);
 }
 
@@ -366,19 +364,16 @@ static void on_publish_retry(uv_timer_t *t)
     start_publish(container_of(t, struct cmh_daemon, publish_retry));
 }
 
-static void on_publish_ready(struct cmh_publish *p, int rc, const char *why, void *arg)
+static void on_publish_ready(struct cmh_publish *p, int rc, const char *why, const char *fix,
+                             void *arg)
 {
     struct cmh_daemon *d = arg;
     if (d->stopping)
         return;
     if (rc != 0) {
         /* The original helper crash-loops here; we stay up, unready, and try again. */
-        int unresolved = why != NULL && strncmp(why, "cannot learn", 12) == 0;
         CMH_LOG(&d->log, CMH_LOG_ERROR, "CloudWatch publishing not possible yet; retrying in 30s",
-                CMH_STR("reason", why),
-                CMH_STR("fix", unresolved ? "set AWS_REGION and AWS_CLUSTER_ID, or let the pod "
-                                            "reach IMDS (hop limit 2)"
-                                          : "see the reason"));
+                CMH_STR("reason", why), CMH_STR("fix", fix));
         snprintf(d->publish_why, sizeof d->publish_why, "CloudWatch publishing not set up: %s",
                  why != NULL ? why : "unknown");
         cmh_publish_free(p);

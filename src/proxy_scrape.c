@@ -4,6 +4,7 @@
 #include "cmh/proxy_scrape.h"
 
 #include "cmh/alloc.h"
+#include "cmh/config.h"
 #include "cmh/k8s_token.h"
 #include "cmh/log.h"
 
@@ -367,4 +368,13 @@ void cmh_proxy_scrape_close(struct cmh_proxy_scrape *p, cmh_proxy_scrape_close_c
     p->closing = 1;
     p->close_cb = close_cb;
     cmh_curl_uv_close(&p->curl, on_curl_closed);
+}
+
+void cmh_proxy_scrape_opts_from_config(struct cmh_proxy_scrape_opts *o,
+                                       const struct cmh_config *cfg, const char *server)
+{
+    *o = (struct cmh_proxy_scrape_opts){.server = server,
+                                        .namespace_name = cfg->k8s_namespace,
+                                        .token_file = cfg->k8s_token_file,
+                                        .ca_file = cfg->k8s_ca_file};
 }

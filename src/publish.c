@@ -80,7 +80,8 @@ static void on_resolved(struct cmh_aws_provider *prov, int rc, const char *regio
     if (rc != 0) {
         snprintf(p->why, sizeof p->why, "cannot learn the AWS region or cluster id: %s",
                  why ? why : "unknown error");
-        p->cb(p, rc, p->why, p->arg);
+        p->cb(p, rc, p->why,
+              "set AWS_REGION and AWS_CLUSTER_ID, or let the pod reach IMDS (hop limit 2)", p->arg);
         return;
     }
     char endpoint[512];
@@ -88,7 +89,7 @@ static void on_resolved(struct cmh_aws_provider *prov, int rc, const char *regio
     p->cluster_id = cmh_strdup(cluster_id);
     if (n < 0 || p->cluster_id == NULL) {
         snprintf(p->why, sizeof p->why, "bad region '%s' for the CloudWatch endpoint", region);
-        p->cb(p, n < 0 ? n : -ENOMEM, p->why, p->arg);
+        p->cb(p, n < 0 ? n : -ENOMEM, p->why, "set AWS_REGION to a region name", p->arg);
         return;
     }
     struct cmh_cloudwatch_opts o;
@@ -99,7 +100,7 @@ static void on_resolved(struct cmh_aws_provider *prov, int rc, const char *regio
     rc = cmh_cloudwatch_new(&p->cw, p->loop, p->curl, &o, p->log);
     if (rc != 0) {
         snprintf(p->why, sizeof p->why, "cannot set up the CloudWatch publisher (see the log)");
-        p->cb(p, rc, p->why, p->arg);
+        p->cb(p, rc, p->why, "see the error logged before this line", p->arg);
         return;
     }
     char shown[512];
@@ -107,7 +108,7 @@ static void on_resolved(struct cmh_aws_provider *prov, int rc, const char *regio
     CMH_LOG(p->log, CMH_LOG_INFO, "publishing to CloudWatch", CMH_STR("region", region),
             CMH_STR("endpoint", shown), CMH_STR("cluster_id", cluster_id),
             CMH_STR("namespace", p->cfg->cw_namespace));
-    p->cb(p, 0, NULL, p->arg);
+    p->cb(p, 0, NULL, NULL, p->arg);
 }
 
 int cmh_publish_new(struct cmh_publish **out, uv_loop_t *loop, struct cmh_curl_uv *curl,

@@ -689,10 +689,8 @@ static int start(struct report *r, char *const *envp)
         return -ENOMEM;
     if (r->cfg.scrape_mode != CMH_SCRAPE_MODE_DIRECT) {
         /* The same scrape modes as the daemon: through the pod proxy, or falling back to it. */
-        struct cmh_proxy_scrape_opts po = {.server = url,
-                                           .namespace_name = r->cfg.k8s_namespace,
-                                           .token_file = r->cfg.k8s_token_file,
-                                           .ca_file = r->cfg.k8s_ca_file};
+        struct cmh_proxy_scrape_opts po;
+        cmh_proxy_scrape_opts_from_config(&po, &r->cfg, url);
         rc = cmh_collector_enable_proxy(&r->coll, &po);
         if (rc != 0)
             return rc;

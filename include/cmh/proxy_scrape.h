@@ -18,6 +18,8 @@
 struct cmh_log;
 struct cmh_proxy_scrape;
 
+struct cmh_config;
+
 struct cmh_proxy_scrape_opts {
     const char *server;         /* "https://host:port" of the API server */
     const char *namespace_name; /* of the aws-node pods */
@@ -28,6 +30,11 @@ struct cmh_proxy_scrape_opts {
     unsigned streams;           /* requests in flight at once; 0 = 100 (a usual h2 stream limit) */
     uint64_t token_max_age_ms;  /* 0 = 60 s */
 };
+
+/* Options from the configuration (K8S_NAMESPACE, K8S_TOKEN_FILE, K8S_CA_FILE) for the API server
+ * at server (borrowed); the rest zero, i.e. the defaults. */
+void cmh_proxy_scrape_opts_from_config(struct cmh_proxy_scrape_opts *o,
+                                       const struct cmh_config *cfg, const char *server);
 
 /* Fires once per started target, from the loop (never inside cmh_proxy_scrape_start), with the
  * record of its outcome; the consumer has seen begin/body/end as the direct engine would call

@@ -16,8 +16,10 @@ struct cmh_aws_provider;
 struct cmh_publish;
 
 /* Fires once, from the loop, when region and cluster id are known and the publisher runs (rc 0:
- * cmh_publish_cluster_id is valid), or when that failed (rc < 0, why says what to fix). */
-typedef void (*cmh_publish_ready_cb)(struct cmh_publish *p, int rc, const char *why, void *arg);
+ * cmh_publish_cluster_id is valid), or when that failed (rc < 0, why says what went wrong and fix
+ * what to do about it). */
+typedef void (*cmh_publish_ready_cb)(struct cmh_publish *p, int rc, const char *why,
+                                     const char *fix, void *arg);
 
 /* Starts resolving region and cluster id (AWS_REGION/AWS_CLUSTER_ID from cfg, else the chain),
  * then creates the publisher. envp is read for the AWS SDK variables (credentials, endpoints:
