@@ -21,7 +21,8 @@ seconds pass. Control routes (plain JSON, on the same port):
 --faults '[FAULT, ...]' sets the script from the start.
 FAULT: "ok", "throttle" (503 RequestLimitExceeded), "500" (InternalError), "denied" (403
 UnauthorizedOperation), "expired" (400 RequestExpired), "garbage" (200 with a non-XML body),
-"reset" (TCP RST before any answer), or {"kind": ..., "retry_after": seconds}.
+"reset" (half an answer, then TCP RST), "reset_early" (RST before any answer), or
+{"kind": ..., "retry_after": seconds}.
 """
 import argparse
 import base64
@@ -238,7 +239,17 @@ class Handler(BaseHTTPRequestHandler):
             self.reply(400, error_xml("RequestExpired", "Request has expired."))
         elif kind == "garbage":
             self.reply(200, "<html>proxy error</html", "text/html")
-        elif kind == "reset":
+        elif kind in ("reset", "reset_early"):
+            # "reset": half an answer, then RST, so the client sees a broken response. A reset
+            # before any byte on a reused connection is retried by libcurl itself, invisibly to
+            # the caller's attempt count: that is "reset_early".
+            if kind == "reset":
+                try:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n"
+                                     b"Content-Length: 500\r\n\r\n<DescribeSubnetsResp")
+                    self.wfile.flush()
+                except OSError:
+                    pass
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.connection.close()
             self.close_connection = True
