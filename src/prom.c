@@ -29,7 +29,37 @@ struct cmh_prom_fam {
     int8_t want; /* cached filter decision, -1 when none */
     uint8_t want_type;
     uint8_t bare; /* the name is a valid unquoted metric name */
+    /* Line cache (see "line cache" below): this entry's HELP and TYPE lines of an earlier body
+     * (offsets in p->cache, length 0 when none), the type that TYPE line gave, whether the HELP
+     * text has no backslash; its sample lines' series entries, and how many of its wanted sample
+     * lines this body has had so far (the next entry to compare with). */
+    uint8_t type_cached;
+    uint8_t help_plain;
+    /* The suffix this entry's own name ends with (NONE when none), and the entry (index + 1) named
+     * without it: 0 when there was none while the table had base_nfams entries. */
+    uint8_t own_sfx;
+    uint32_t base, base_nfams;
+    uint32_t help_off, help_len;
+    uint32_t type_off, type_len;
+    uint32_t ser_first, ser_n, ser_cur;
 };
+
+/* A sample line of an earlier body up to its value (name, labels, blanks: the key), with what
+ * parsing it found. Another line that starts with the same key, while the same family is the
+ * current one, has the same name, suffix and labels, and passes the same checks. */
+struct cmh_prom_series {
+    uint32_t key_off; /* in p->cache */
+    uint32_t key_len;
+    uint32_t lab; /* first of its labels in p->slabels (views into p->cache) */
+    uint16_t nl;
+    uint16_t name_len;
+    uint8_t sfx;
+    uint8_t type; /* the family's type when it was parsed (the quantile/le checks depend on it) */
+};
+
+/* Longest key, and most labels, a series entry keeps. */
+#define SERIES_KEY_MAX    65535u
+#define SERIES_LABELS_MAX 64u
 
 enum { F_TYPE = 1, F_HELP = 2, F_SAMPLES = 4, F_ANNOUNCED = 8 };
 
@@ -90,15 +120,30 @@ static const double pow10_exact[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1
  * the comparison itself on the per-line paths. */
 static inline int eq_bytes(const char *a, const char *b, size_t n)
 {
-    while (n >= 8) {
-        uint64_t x, y;
-        memcpy(&x, a, 8);
-        memcpy(&y, b, 8);
-        if (x != y)
-            return 0;
-        a += 8;
-        b += 8;
-        n -= 8;
+    if (n >= 8) {
+        /* Sixteen bytes a step, then what is left as one or two (overlapping) words. */
+        const char *ae = a + n - 8, *be = b + n - 8;
+        while (n > 16) {
+            uint64_t x0, y0, x1, y1;
+            memcpy(&x0, a, 8);
+            memcpy(&y0, b, 8);
+            memcpy(&x1, a + 8, 8);
+            memcpy(&y1, b + 8, 8);
+            if (((x0 ^ y0) | (x1 ^ y1)) != 0)
+                return 0;
+            a += 16;
+            b += 16;
+            n -= 16;
+        }
+        /* At most sixteen bytes are left, and the last eight of them end where ae does. */
+        uint64_t x0 = 0, y0 = 0, x1, y1;
+        if (n > 8) {
+            memcpy(&x0, a, 8);
+            memcpy(&y0, b, 8);
+        }
+        memcpy(&x1, ae, 8);
+        memcpy(&y1, be, 8);
+        return ((x0 ^ y0) | (x1 ^ y1)) == 0;
     }
     if (n >= 4) {
         uint32_t x, y, x2, y2;
@@ -695,6 +740,11 @@ static int fam_declare(struct cmh_prom_parser *p, const char *s, size_t n, uint3
         f->bare = n > 0 && (cls[(unsigned char)s[0]] & C_NAME0) != 0;
         for (size_t i = 1; i < n && f->bare; i++)
             f->bare = (cls[(unsigned char)s[i]] & C_NAME) != 0;
+        f->help_len = f->type_len = 0;
+        f->ser_first = f->ser_n = 0;
+        f->own_sfx = (uint8_t)trailing_suffix(s, n);
+        f->base = 0;
+        f->base_nfams = UINT32_MAX;
         p->names_len += n;
         uint32_t mask = p->slots_cap - 1, i = h & mask;
         while (p->slots[i] != 0)
@@ -708,6 +758,7 @@ static int fam_declare(struct cmh_prom_parser *p, const char *s, size_t n, uint3
     f->flags = 0;
     f->sfx_known = 0;
     f->sfx_shadow = 0;
+    f->ser_cur = 0;
     /* A family named base + suffix shadows that suffix of base: from now on such samples are its.
      * (base is the index + 1 of the family named s minus sfx in this body, 0 when none.) */
     if (sfx != CMH_PROM_SUFFIX_NONE && base != 0) {
@@ -716,6 +767,21 @@ static int fam_declare(struct cmh_prom_parser *p, const char *s, size_t n, uint3
     }
     *idx = v;
     return 0;
+}
+
+/* Whether s (n bytes: the name of family f and a suffix k that f's type allows) is a sample name of
+ * f: unless it names a family of its own in this body, which is looked up once per body and suffix.
+ */
+static int suffix_is_fams(struct cmh_prom_parser *p, struct cmh_prom_fam *f, const char *s,
+                          size_t n, enum cmh_prom_suffix k)
+{
+    if ((f->sfx_known & SB(k)) == 0) {
+        uint32_t other = fam_in_body(p, s, n);
+        f->sfx_known |= (uint16_t)SB(k);
+        if (other != 0)
+            f->sfx_shadow |= (uint16_t)SB(k);
+    }
+    return (f->sfx_shadow & SB(k)) == 0;
 }
 
 /* The family a name belongs to, as the reference parser decides it: the family of that exact name;
@@ -739,14 +805,7 @@ static int resolve_slow(struct cmh_prom_parser *p, const char *s, size_t n, int 
             uint16_t allowed = type_sfx[f->type];
             enum cmh_prom_suffix k = allowed != 0 ? trailing_suffix(s, n) : CMH_PROM_SUFFIX_NONE;
             if (k != CMH_PROM_SUFFIX_NONE && (allowed & SB(k)) && sfx_defs[k].len == n - fl) {
-                /* Whether name itself is a family is looked up once per body and suffix. */
-                if ((f->sfx_known & SB(k)) == 0) {
-                    uint32_t other = fam_in_body(p, s, n);
-                    f->sfx_known |= (uint16_t)SB(k);
-                    if (other != 0)
-                        f->sfx_shadow |= (uint16_t)SB(k);
-                }
-                if ((f->sfx_shadow & SB(k)) == 0) {
+                if (suffix_is_fams(p, f, s, n, k)) {
                     *idx = c;
                     *sfx = k;
                     return 0;
@@ -769,9 +828,24 @@ static int resolve_slow(struct cmh_prom_parser *p, const char *s, size_t n, int 
     enum cmh_prom_suffix t = CMH_PROM_SUFFIX_NONE;
     uint32_t b = 0;
     if (v == 0) {
-        t = trailing_suffix(s, n);
+        if (any != 0) {
+            /* The entry remembers its base: entries are only added (until the table is reset). */
+            struct cmh_prom_fam *a = &p->fams[any - 1];
+            t = (enum cmh_prom_suffix)a->own_sfx;
+            if (t != CMH_PROM_SUFFIX_NONE && a->base == 0 && a->base_nfams != p->nfams) {
+                size_t bl = n - sfx_defs[t].len;
+                a->base = fam_find(p, s, bl, hash_name(s, bl));
+                a->base_nfams = p->nfams;
+            }
+            b = t != CMH_PROM_SUFFIX_NONE && a->base != 0 && p->fams[a->base - 1].gen == p->gen
+                    ? a->base
+                    : 0;
+        } else {
+            t = trailing_suffix(s, n);
+            if (t != CMH_PROM_SUFFIX_NONE)
+                b = fam_in_body(p, s, n - sfx_defs[t].len);
+        }
         if (t != CMH_PROM_SUFFIX_NONE) {
-            b = fam_in_body(p, s, n - sfx_defs[t].len);
             if (b != 0 && (type_sfx[p->fams[b - 1].type] & SB(t))) {
                 v = b;
                 *sfx = t;
@@ -857,10 +931,191 @@ static inline int wanted(struct cmh_prom_parser *p, struct cmh_prom_fam *f)
     return wanted_slow(p, f);
 }
 
+/* ---- line cache -------------------------------------------------------------------------------
+ * Expositions repeat: every scrape of a node, and of its neighbours, has the same HELP and TYPE
+ * lines and the same series; mostly only the values change. The parser keeps the lines it parsed,
+ * and a line that starts with the same bytes as the one predicted is not scanned again: its name,
+ * labels and the checks on them come from the cache, while everything that depends on the body
+ * (the family the name belongs to, flags, the filter, the value) goes through the same code as for
+ * an uncached line. Predicted are the HELP and TYPE lines of the current family and of the family
+ * that followed it last time, and for the i-th wanted sample line of the current family in this
+ * body, its i-th series entry. A wrong prediction costs one comparison. The cache is bounded by
+ * max_state like the family table, and dropped whole when mostly stale. */
+
+static size_t cache_bytes(const struct cmh_prom_parser *p)
+{
+    return p->cache_cap + (size_t)p->series_cap * sizeof *p->series +
+           (size_t)p->slabels_cap * sizeof *p->slabels;
+}
+
+static void cache_clear(struct cmh_prom_parser *p)
+{
+    for (uint32_t i = 0; i < p->nfams; i++) {
+        struct cmh_prom_fam *f = &p->fams[i];
+        f->help_len = f->type_len = 0;
+        f->ser_first = f->ser_n = 0;
+    }
+    p->cache_len = p->cache_live = 0;
+    p->nseries = p->nslabels = 0;
+}
+
+/* Drops the cache at the start of a body when most of it is stale: lines replaced by others. */
+static void cache_trim(struct cmh_prom_parser *p)
+{
+    size_t live_series = 0, live_labels = 0;
+    for (uint32_t i = 0; i < p->nfams; i++) {
+        const struct cmh_prom_fam *f = &p->fams[i];
+        live_series += f->ser_n;
+        for (uint32_t j = 0; j < f->ser_n; j++)
+            live_labels += p->series[f->ser_first + j].nl;
+    }
+    if (p->cache_len > 2 * p->cache_live + 4096 || p->nseries > 2 * live_series + 64 ||
+        p->nslabels > 2 * live_labels + 256)
+        cache_clear(p);
+}
+
+/* Room for need items in a cache array; -1 when the cache would pass its bound or memory is short
+ * (the line is then not kept: the cache is only ever an aid). */
+static int cache_room(struct cmh_prom_parser *p, void **v, uint32_t *cap, size_t need, size_t size)
+{
+    if (need <= *cap)
+        return 0;
+    size_t c = *cap ? *cap : 64;
+    while (c < need)
+        c *= 2;
+    if (c > UINT32_MAX || cache_bytes(p) + (c - *cap) * size > p->opt.max_state)
+        return -1;
+    void *n = cmh_reallocarray(*v, c, size);
+    if (n == NULL)
+        return -1;
+    *v = n;
+    *cap = (uint32_t)c;
+    return 0;
+}
+
+/* Copies n bytes into the arena: their offset, or UINT32_MAX when they are not kept. */
+static uint32_t cache_put(struct cmh_prom_parser *p, const char *s, size_t n)
+{
+    if (p->cache_len + n > p->cache_cap) {
+        size_t c = p->cache_cap ? p->cache_cap : 4096;
+        while (c < p->cache_len + n)
+            c *= 2;
+        if (c > UINT32_MAX || cache_bytes(p) + (c - p->cache_cap) > p->opt.max_state)
+            return UINT32_MAX;
+        char *nb = cmh_realloc(p->cache, c);
+        if (nb == NULL)
+            return UINT32_MAX;
+        /* The series' labels are views into the arena: they move with it. */
+        uintptr_t from = (uintptr_t)p->cache, to = (uintptr_t)nb;
+        for (uint32_t i = 0; i < p->nslabels; i++) {
+            struct cmh_prom_label *l = &p->slabels[i];
+            l->name = (const char *)((uintptr_t)l->name - from + to);
+            l->value = (const char *)((uintptr_t)l->value - from + to);
+        }
+        p->cache = nb;
+        p->cache_cap = c;
+    }
+    memcpy(p->cache + p->cache_len, s, n);
+    uint32_t off = (uint32_t)p->cache_len;
+    p->cache_len += n;
+    p->cache_live += n;
+    return off;
+}
+
+/* Keeps line s..e (from its '#') as the HELP (help) or TYPE line of entry fi, which it names;
+ * extra is whether the HELP text is plain, or the type. */
+static void cache_comment(struct cmh_prom_parser *p, uint32_t fi, int help, const char *s,
+                          const char *e, uint8_t extra)
+{
+    struct cmh_prom_fam *f = &p->fams[fi - 1];
+    uint32_t *off = help ? &f->help_off : &f->type_off, *len = help ? &f->help_len : &f->type_len;
+    size_t n = (size_t)(e - s);
+    if (*len == n && eq_bytes(p->cache + *off, s, n))
+        return;
+    uint32_t o = cache_put(p, s, n);
+    if (o == UINT32_MAX)
+        return;
+    p->cache_live -= *len;
+    *off = o;
+    *len = (uint32_t)n;
+    if (help)
+        f->help_plain = extra;
+    else
+        f->type_cached = extra;
+}
+
+/* Keeps the wanted sample line at s (key_len bytes up to its value, nl labels in p->labels) as the
+ * next series entry of family fi, whose current family it now is. */
+static void cache_series(struct cmh_prom_parser *p, uint32_t fi, const char *s, size_t key_len,
+                         size_t name_len, enum cmh_prom_suffix sfx, size_t nl)
+{
+    struct cmh_prom_fam *f = &p->fams[fi - 1];
+    uint32_t i = f->ser_cur++;
+    /* The key must end where nothing after it could change how it reads: at a blank or the '}'
+     * (a line "name" alone would otherwise key "name_sum 1"). */
+    if (key_len == 0 || key_len > SERIES_KEY_MAX || nl > SERIES_LABELS_MAX || i > f->ser_n ||
+        (s[key_len - 1] != ' ' && s[key_len - 1] != '\t' && s[key_len - 1] != '}'))
+        return;
+    uintptr_t lo = (uintptr_t)s, hi = lo + key_len;
+    for (size_t j = 0; j < nl; j++) {
+        const struct cmh_prom_label *l = &p->labels[j];
+        /* Unescaped text lives in scratch: such a line is not kept. */
+        if ((uintptr_t)l->name < lo || (uintptr_t)l->name + l->name_len > hi ||
+            (uintptr_t)l->value < lo || (uintptr_t)l->value + l->value_len > hi)
+            return;
+    }
+    struct cmh_prom_series *k = i < f->ser_n ? &p->series[f->ser_first + i] : NULL;
+    if (k != NULL && k->key_len == key_len && k->type == f->type &&
+        eq_bytes(p->cache + k->key_off, s, key_len))
+        return;
+    uint32_t off = cache_put(p, s, key_len);
+    if (off == UINT32_MAX)
+        return;
+    uint32_t lab = k != NULL && k->nl >= nl ? k->lab : p->nslabels;
+    if (lab == p->nslabels) {
+        if (cache_room(p, (void **)&p->slabels, &p->slabels_cap, (size_t)p->nslabels + nl,
+                       sizeof *p->slabels) != 0)
+            goto drop;
+        p->nslabels += (uint32_t)nl;
+    }
+    if (k == NULL) {
+        /* A new last entry: f's entries move to the end of the array unless they are there. */
+        int at_end = f->ser_n > 0 && f->ser_first + f->ser_n == p->nseries;
+        size_t need = (size_t)p->nseries + (at_end ? 1 : f->ser_n + 1);
+        if (cache_room(p, (void **)&p->series, &p->series_cap, need, sizeof *p->series) != 0)
+            goto drop;
+        if (!at_end) {
+            if (f->ser_n > 0)
+                memcpy(&p->series[p->nseries], &p->series[f->ser_first],
+                       f->ser_n * sizeof *p->series);
+            f->ser_first = p->nseries;
+            p->nseries += f->ser_n;
+        }
+        k = &p->series[p->nseries++];
+        f->ser_n++;
+    } else {
+        p->cache_live -= k->key_len;
+    }
+    *k = (struct cmh_prom_series){
+        off, (uint32_t)key_len, lab, (uint16_t)nl, (uint16_t)name_len, (uint8_t)sfx, f->type};
+    const char *a = p->cache + off;
+    for (size_t j = 0; j < nl; j++) {
+        const struct cmh_prom_label *l = &p->labels[j];
+        p->slabels[lab + j] = (struct cmh_prom_label){a + ((uintptr_t)l->name - lo), l->name_len,
+                                                      a + ((uintptr_t)l->value - lo), l->value_len};
+    }
+    return;
+drop:
+    p->cache_live -= key_len;
+}
+
 /* ---- lines ------------------------------------------------------------------------------------
  */
 
-static int parse_help(struct cmh_prom_parser *p, uint32_t fi, const char *s, const char *e)
+/* The HELP text s..e of family fi. coff: where the same text, known to have no backslash, is in the
+ * cache arena (it is used from there), or UINT32_MAX. */
+static int parse_help(struct cmh_prom_parser *p, uint32_t fi, const char *s, const char *e,
+                      uint32_t coff)
 {
     struct cmh_prom_fam *f = &p->fams[fi - 1];
     if (f->flags & F_HELP) {
@@ -869,6 +1124,12 @@ static int parse_help(struct cmh_prom_parser *p, uint32_t fi, const char *s, con
                     Q(b, p->names + f->name_off, f->name_len));
     }
     f->flags |= F_HELP;
+    p->help_fam = fi;
+    p->help_len = (size_t)(e - s);
+    p->help_coff = coff;
+    if (coff != UINT32_MAX)
+        return 0;
+    p->help_fam = 0;
     int rc = ensure(p, &p->help, &p->help_cap, (size_t)(e - s));
     if (rc != 0)
         return rc;
@@ -901,14 +1162,27 @@ static int parse_help(struct cmh_prom_parser *p, uint32_t fi, const char *s, con
     return 0;
 }
 
-static int parse_type(struct cmh_prom_parser *p, uint32_t fi, const char *s, const char *e)
+static int set_type(struct cmh_prom_parser *p, uint32_t fi, enum cmh_prom_type t)
 {
     struct cmh_prom_fam *f = &p->fams[fi - 1];
-    char b[64];
-    if (f->flags & F_TYPE)
+    if (f->flags & F_TYPE) {
+        char b[64];
         return fail(p, -EINVAL,
                     "second TYPE line for metric name %s, or TYPE reported after samples",
                     Q(b, p->names + f->name_off, f->name_len));
+    }
+    f->type = (uint8_t)t;
+    f->flags |= F_TYPE;
+    return 0;
+}
+
+/* The type word s..e of family fi's TYPE line; *t is what it says. */
+static int parse_type(struct cmh_prom_parser *p, uint32_t fi, const char *s, const char *e,
+                      enum cmh_prom_type *type)
+{
+    char b[64];
+    if (p->fams[fi - 1].flags & F_TYPE)
+        return set_type(p, fi, CMH_PROM_UNTYPED); /* the error */
     while (e > s && (e[-1] == ' ' || e[-1] == '\t'))
         e--;
     size_t n = (size_t)(e - s);
@@ -931,9 +1205,8 @@ static int parse_type(struct cmh_prom_parser *p, uint32_t fi, const char *s, con
         t = CMH_PROM_STATESET;
     else
         return fail(p, -EINVAL, "unknown metric type %s", Q(b, s, n));
-    f->type = (uint8_t)t;
-    f->flags |= F_TYPE;
-    return 0;
+    *type = t;
+    return set_type(p, fi, t);
 }
 
 /* Reads a metric name at s: bare, or quoted (UTF-8 names). *name is a view into the line or
@@ -968,13 +1241,73 @@ static int read_metric_name(struct cmh_prom_parser *p, const char **ps, const ch
     return 0;
 }
 
+/* The entry (index + 1) whose kept HELP (help) or TYPE line is the line at s, 0 when none: the
+ * current family's or the one predicted after it. avail: bytes readable at s; the line must end
+ * with a '\n' among them. */
+static inline uint32_t comment_match(const struct cmh_prom_parser *p, const char *s, size_t avail,
+                                     int help)
+{
+    uint32_t c = p->cur;
+    if (c == 0)
+        return 0;
+    uint32_t next = p->fams[c - 1].next;
+    /* A HELP line usually starts the next family, a TYPE line follows its family's HELP line. */
+    uint32_t cand[2] = {help ? next : c, help ? c : next};
+    for (int i = 0; i < 2; i++) {
+        uint32_t g = cand[i];
+        if (g == 0)
+            continue;
+        const struct cmh_prom_fam *f = &p->fams[g - 1];
+        uint32_t len = help ? f->help_len : f->type_len;
+        if (len != 0 && len < avail && s[len] == '\n' &&
+            eq_bytes(s, p->cache + (help ? f->help_off : f->type_off), len))
+            return g;
+    }
+    return 0;
+}
+
+/* Applies the kept HELP or TYPE line s..e of entry g as parse_comment would, without scanning it.
+ */
+static int comment_cached(struct cmh_prom_parser *p, uint32_t g, const char *s, const char *e,
+                          int help)
+{
+    const struct cmh_prom_fam *f = &p->fams[g - 1];
+    /* The name is f's (lines are kept only for bare names); whether it starts with the current
+     * family's name is what scan_name would have found. */
+    const char *name = skip_blank(s + 7, e);
+    size_t nlen = f->name_len;
+    uint8_t plain = f->help_plain, t = f->type_cached;
+    uint32_t off = f->help_off;
+    uint32_t c = p->cur;
+    const struct cmh_prom_fam *cf = &p->fams[c - 1];
+    int cur_prefix = g == c || (cf->bare && nlen >= cf->name_len &&
+                                eq_bytes(name, p->names + cf->name_off, cf->name_len))
+                         ? 1
+                         : 2;
+    uint32_t fi;
+    enum cmh_prom_suffix sfx;
+    int rc = resolve(p, name, nlen, cur_prefix, &fi, &sfx);
+    if (rc != 0)
+        return rc;
+    if (help) {
+        const char *text = skip_blank(name + nlen, e);
+        return parse_help(p, fi, text, e, plain ? off + (uint32_t)(text - s) : UINT32_MAX);
+    }
+    return set_type(p, fi, (enum cmh_prom_type)t);
+}
+
 static int parse_comment(struct cmh_prom_parser *p, const char *s, const char *e)
 {
-    int help;
+    const char *line = s - 1; /* at '#' */
+    int help, usual = 0;
     if (e - s >= 7 && s[0] == ' ' && s[5] == ' ' &&
         (memcmp(s + 1, "HELP", 4) == 0 || memcmp(s + 1, "TYPE", 4) == 0)) {
         /* The usual "# HELP name" / "# TYPE name": the same as the general path below. */
         help = s[1] == 'H';
+        uint32_t g = comment_match(p, line, (size_t)(e - line) + 1, help);
+        if (g != 0)
+            return comment_cached(p, g, line, e, help);
+        usual = 1;
         s += 6;
     } else {
         s = skip_blank(s, e);
@@ -990,6 +1323,7 @@ static int parse_comment(struct cmh_prom_parser *p, const char *s, const char *e
             return 0; /* any other comment, "# EOF" and "# UNIT" included */
     }
     s = skip_blank(s, e);
+    usual = usual && *s != '"';
     char *sc = p->scratch;
     const char *name = NULL;
     size_t len = 0;
@@ -1009,7 +1343,19 @@ static int parse_comment(struct cmh_prom_parser *p, const char *s, const char *e
     s = skip_blank(s, e);
     if (s == e)
         return 0;
-    return help ? parse_help(p, fi, s, e) : parse_type(p, fi, s, e);
+    /* Kept for the next body when the line names fi itself (not a suffix of it). */
+    usual = usual && p->fams[fi - 1].name_len == len && p->fams[fi - 1].bare;
+    if (help) {
+        rc = parse_help(p, fi, s, e, UINT32_MAX);
+        if (rc == 0 && usual)
+            cache_comment(p, fi, 1, line, e, memchr(s, '\\', (size_t)(e - s)) == NULL);
+        return rc;
+    }
+    enum cmh_prom_type t = CMH_PROM_UNTYPED;
+    rc = parse_type(p, fi, s, e, &t);
+    if (rc == 0 && usual)
+        cache_comment(p, fi, 0, line, e, (uint8_t)t);
+    return rc;
 }
 
 int cmh_prom_label_ptr_cmp(const void *a, const void *b)
@@ -1086,6 +1432,118 @@ static int check_special_label(struct cmh_prom_parser *p, enum cmh_prom_type t, 
     return 0;
 }
 
+/* The rest of a wanted sample line of family fi from its value at s: value, timestamp, checks that
+ * need the value, then the events. */
+static int sample_tail(struct cmh_prom_parser *p, uint32_t fi, enum cmh_prom_suffix sfx,
+                       const char *name, size_t name_len, const struct cmh_prom_label *labels,
+                       size_t nl, const char *s, const char *e)
+{
+    struct cmh_prom_fam *f = &p->fams[fi - 1];
+    enum cmh_prom_type type = (enum cmh_prom_type)f->type;
+    char b[64];
+    struct cmh_prom_sample smp;
+    const char *v = s;
+    s = until_blank(s, e);
+    if (parse_float(num_buf(p, (size_t)(s - v)), v, (size_t)(s - v), &smp.value) != 0)
+        return fail(p, -EINVAL, "expected float as value, got %s", Q(b, v, (size_t)(s - v)));
+    smp.has_timestamp = 0;
+    smp.timestamp_ms = 0;
+    s = skip_blank(s, e);
+    if (s < e) {
+        const char *t = s;
+        s = until_blank(s, e);
+        if (parse_int64(t, (size_t)(s - t), &smp.timestamp_ms) != 0)
+            return fail(p, -EINVAL, "expected integer as timestamp, got %s",
+                        Q(b, t, (size_t)(s - t)));
+        smp.has_timestamp = 1;
+        s = skip_blank(s, e);
+        if (s < e)
+            return fail(p, -EINVAL, "spurious string after timestamp: %s",
+                        Q(b, s, (size_t)(e - s)));
+    }
+    if (type == CMH_PROM_HISTOGRAM || type == CMH_PROM_GAUGE_HISTOGRAM) {
+        if (sfx == CMH_PROM_SUFFIX_COUNT && smp.value < 0)
+            return fail(p, -EINVAL, "negative count for histogram %s",
+                        Q(b, p->names + f->name_off, f->name_len));
+        if (sfx == CMH_PROM_SUFFIX_BUCKET && smp.value < 0)
+            return fail(p, -EINVAL, "negative bucket population for histogram %s",
+                        Q(b, p->names + f->name_off, f->name_len));
+    }
+    if (p->finished)
+        return 0; /* the unterminated last line is only checked, never delivered */
+
+    if ((f->flags & F_ANNOUNCED) == 0) {
+        f->flags |= F_ANNOUNCED;
+        if (p->opt.on_family != NULL) {
+            struct cmh_prom_family fam = {p->names + f->name_off, f->name_len, type, NULL, 0};
+            if (p->help_fam == fi) {
+                fam.help = p->help_coff != UINT32_MAX ? p->cache + p->help_coff : p->help;
+                fam.help_len = p->help_len;
+            }
+            if (p->opt.on_family(p->opt.arg, &fam) != 0)
+                return fail(p, -ECANCELED, "aborted by the family callback");
+            f = &p->fams[fi - 1];
+        }
+    }
+    p->stats.samples++;
+    if (p->opt.on_sample != NULL) {
+        smp.family = p->names + f->name_off;
+        smp.family_len = f->name_len;
+        smp.name = name;
+        smp.name_len = name_len;
+        smp.type = type;
+        smp.suffix = sfx;
+        smp.labels = labels;
+        smp.nlabels = nl;
+        smp.line = (unsigned long)p->stats.lines;
+        if (p->opt.on_sample(p->opt.arg, &smp) != 0)
+            return fail(p, -ECANCELED, "aborted by the sample callback");
+    }
+    return 0;
+}
+
+/* The current family's next series entry when the line at s starts with its key (avail: bytes
+ * readable at s, more than the key), else NULL. */
+static inline const struct cmh_prom_series *series_match(const struct cmh_prom_parser *p,
+                                                         const char *s, size_t avail)
+{
+    uint32_t c = p->cur;
+    if (c == 0)
+        return NULL;
+    const struct cmh_prom_fam *f = &p->fams[c - 1];
+    if (f->ser_cur >= f->ser_n)
+        return NULL;
+    const struct cmh_prom_series *k = &p->series[f->ser_first + f->ser_cur];
+    if (avail <= k->key_len || k->type != f->type ||
+        !eq_bytes(s, p->cache + k->key_off, k->key_len))
+        return NULL;
+    return k;
+}
+
+/* The sample line s..e, which starts with the key of series entry k of the current family: name,
+ * suffix and labels come from the entry, the rest is parsed as parse_sample does. 1 when the entry
+ * does not apply after all (nothing done). */
+static int sample_cached(struct cmh_prom_parser *p, const struct cmh_prom_series *k, const char *s,
+                         const char *e)
+{
+    uint32_t c = p->cur;
+    struct cmh_prom_fam *f = &p->fams[c - 1];
+    const char *v = skip_blank(s + k->key_len, e);
+    /* "name {labels} value" is read with labels: not this entry's "name value". */
+    if (*v == '{')
+        return 1;
+    enum cmh_prom_suffix sfx = (enum cmh_prom_suffix)k->sfx;
+    if (sfx != CMH_PROM_SUFFIX_NONE && !suffix_is_fams(p, f, s, k->name_len, sfx))
+        return 1;
+    if (!wanted(p, f))
+        return 1;
+    f->ser_cur++;
+    f->flags |= F_TYPE | F_SAMPLES;
+    /* The name and labels are views into the kept key: the same bytes as the line's. */
+    return sample_tail(p, c, sfx, p->cache + k->key_off, k->name_len,
+                       k->nl != 0 ? &p->slabels[k->lab] : NULL, k->nl, v, e);
+}
+
 static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
 {
     char *sc = p->scratch;
@@ -1093,11 +1551,15 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
     size_t name_len = 0;
     uint32_t fi = 0;
     enum cmh_prom_suffix sfx = CMH_PROM_SUFFIX_NONE;
+    const char *s0 = s;
     int braces = *s == '{';
     char b[64];
     int rc;
 
     if (!braces) {
+        const struct cmh_prom_series *k = series_match(p, s, (size_t)(e - s) + 1);
+        if (k != NULL && (rc = sample_cached(p, k, s, e)) != 1)
+            return rc;
         int cur_prefix;
         const char *q = scan_name(p, s, e, &cur_prefix);
         if (q == s || (q < e && *q != ' ' && *q != '\t' && *q != '{'))
@@ -1271,87 +1733,30 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
     rc = check_special_label(p, type, nl);
     if (rc != 0)
         return rc;
-
-    struct cmh_prom_sample smp;
-    const char *v = s;
-    s = until_blank(s, e);
-    if (parse_float(num_buf(p, (size_t)(s - v)), v, (size_t)(s - v), &smp.value) != 0)
-        return fail(p, -EINVAL, "expected float as value, got %s", Q(b, v, (size_t)(s - v)));
-    smp.has_timestamp = 0;
-    smp.timestamp_ms = 0;
-    s = skip_blank(s, e);
-    if (s < e) {
-        const char *t = s;
-        s = until_blank(s, e);
-        if (parse_int64(t, (size_t)(s - t), &smp.timestamp_ms) != 0)
-            return fail(p, -EINVAL, "expected integer as timestamp, got %s",
-                        Q(b, t, (size_t)(s - t)));
-        smp.has_timestamp = 1;
-        s = skip_blank(s, e);
-        if (s < e)
-            return fail(p, -EINVAL, "spurious string after timestamp: %s",
-                        Q(b, s, (size_t)(e - s)));
-    }
-    if (type == CMH_PROM_HISTOGRAM || type == CMH_PROM_GAUGE_HISTOGRAM) {
-        if (sfx == CMH_PROM_SUFFIX_COUNT && smp.value < 0)
-            return fail(p, -EINVAL, "negative count for histogram %s",
-                        Q(b, p->names + f->name_off, f->name_len));
-        if (sfx == CMH_PROM_SUFFIX_BUCKET && smp.value < 0)
-            return fail(p, -EINVAL, "negative bucket population for histogram %s",
-                        Q(b, p->names + f->name_off, f->name_len));
-    }
-    if (p->finished)
-        return 0; /* the unterminated last line is only checked, never delivered */
-
-    if ((f->flags & F_ANNOUNCED) == 0) {
-        f->flags |= F_ANNOUNCED;
-        if (p->opt.on_family != NULL) {
-            struct cmh_prom_family fam = {p->names + f->name_off, f->name_len, type, NULL, 0};
-            if (p->help_fam == fi) {
-                fam.help = p->help;
-                fam.help_len = p->help_len;
-            }
-            if (p->opt.on_family(p->opt.arg, &fam) != 0)
-                return fail(p, -ECANCELED, "aborted by the family callback");
-            f = &p->fams[fi - 1];
-        }
-    }
-    p->stats.samples++;
-    if (p->opt.on_sample != NULL) {
-        smp.family = p->names + f->name_off;
-        smp.family_len = f->name_len;
-        smp.name = name;
-        smp.name_len = name_len;
-        smp.type = type;
-        smp.suffix = sfx;
-        smp.labels = p->labels;
-        smp.nlabels = nl;
-        smp.line = (unsigned long)p->stats.lines;
-        if (p->opt.on_sample(p->opt.arg, &smp) != 0)
-            return fail(p, -ECANCELED, "aborted by the sample callback");
-    }
-    return 0;
+    if (!braces)
+        cache_series(p, fi, s0, (size_t)(s - s0), name_len, sfx, nl);
+    return sample_tail(p, fi, sfx, name, name_len, p->labels, nl, s, e);
 }
 
-/* The hot path of the interest filter: a sample line of the previous line's family (or one of its
- * suffixes, known not to be a family of its own), already decided unwanted in this body. Checks
- * only that the line starts with that name and a delimiter, then the caller moves to the next
- * '\n'. Anything else returns 0 and goes through the full parser. */
-static inline int skip_fast(struct cmh_prom_parser *p, const char *s, const char *e)
+/* The hot path of the interest filter: whether the line at s is a sample of the current family (or
+ * of one of its suffixes, known not to be a family of its own), whose samples are decided unwanted
+ * for its type. Checks only that the line starts with that name and a delimiter; the rest of the
+ * line is not read. avail: bytes readable at s. */
+static inline int skip_match(const struct cmh_prom_parser *p, const char *s, size_t avail)
 {
     uint32_t c = p->cur;
     if (c == 0)
         return 0;
     const struct cmh_prom_fam *f = &p->fams[c - 1];
     size_t fl = f->name_len;
-    if (f->want != 0 || f->want_type != f->type || !f->bare || (f->flags & F_SAMPLES) == 0 ||
-        (size_t)(e - s) <= fl || !eq_bytes(s, p->names + f->name_off, fl))
+    if (f->want != 0 || f->want_type != f->type || !f->bare || avail <= fl ||
+        !eq_bytes(s, p->names + f->name_off, fl))
         return 0;
-    const char *q = s + fl;
+    const char *q = s + fl, *end = s + avail;
     if (*q != ' ' && *q != '{' && *q != '\t') {
-        while (q < e && (cls[(unsigned char)*q] & C_NAME))
+        while (q < end && (cls[(unsigned char)*q] & C_NAME))
             q++;
-        if (q == e || (*q != ' ' && *q != '{' && *q != '\t'))
+        if (q == end || (*q != ' ' && *q != '{' && *q != '\t'))
             return 0;
         size_t n = (size_t)(q - s);
         enum cmh_prom_suffix k = trailing_suffix(s, n);
@@ -1359,15 +1764,87 @@ static inline int skip_fast(struct cmh_prom_parser *p, const char *s, const char
             sfx_defs[k].len != n - fl || (f->sfx_known & SB(k)) == 0 || (f->sfx_shadow & SB(k)))
             return 0;
     }
+    return 1;
+}
+
+/* What parse_sample does with a line skip_match accepted. */
+static inline void skip_line(struct cmh_prom_parser *p)
+{
+    p->fams[p->cur - 1].flags |= F_TYPE | F_SAMPLES;
     p->stats.lines++;
     p->stats.skipped++;
-    return 1;
+}
+
+/* The first '\n' in [q, end), eight bytes at a time; NULL when there is none. */
+static inline const char *find_nl(const char *q, const char *end)
+{
+    while (end - q >= 8) {
+        uint64_t w, x;
+        memcpy(&w, q, 8);
+        x = w ^ 0x0a0a0a0a0a0a0a0aull;
+        uint64_t hit = (x - 0x0101010101010101ull) & ~x & 0x8080808080808080ull;
+        if (hit != 0)
+            return q + (__builtin_ctzll(hit) >> 3); /* the lowest flagged byte is a true hit */
+        q += 8;
+    }
+    while (q < end && *q != '\n')
+        q++;
+    return q < end ? q : NULL;
+}
+
+/* A line at s, ending before end, that the cache predicts (a kept HELP or TYPE line, a kept series,
+ * or an unwanted sample of the current family): handled as parse_line would, and the pointer past
+ * its '\n' returned (*rc: 0 or the error); NULL when it needs the general path (nothing done). Only
+ * the part of the line the cache does not cover is scanned for the '\n'. */
+static inline const char *fast_line(struct cmh_prom_parser *p, const char *s, const char *end,
+                                    int *rc)
+{
+    size_t avail = (size_t)(end - s);
+    const char *nl;
+    if (*s == '#') {
+        if (avail < 8 || s[1] != ' ' || s[6] != ' ')
+            return NULL;
+        int help = s[2] == 'H';
+        uint32_t g = comment_match(p, s, avail, help);
+        if (g == 0)
+            return NULL;
+        nl = s + (help ? p->fams[g - 1].help_len : p->fams[g - 1].type_len);
+        p->stats.lines++;
+        *rc = comment_cached(p, g, s, nl, help);
+        return nl + 1;
+    }
+    const struct cmh_prom_series *k = series_match(p, s, avail);
+    if (k != NULL) {
+        nl = find_nl(s + k->key_len, end);
+        if (nl == NULL || (size_t)(nl - s) > p->opt.max_line ||
+            2 * (size_t)(nl - s) + SCRATCH_SLACK > p->scratch_cap)
+            return NULL;
+        p->stats.lines++;
+        int r = sample_cached(p, k, s, nl);
+        if (r == 1) {
+            p->stats.lines--;
+            return NULL;
+        }
+        *rc = r;
+        return nl + 1;
+    }
+    if (skip_match(p, s, avail)) {
+        nl = find_nl(s + p->fams[p->cur - 1].name_len, end);
+        if (nl == NULL || (size_t)(nl - s) > p->opt.max_line)
+            return NULL;
+        skip_line(p);
+        *rc = 0;
+        return nl + 1;
+    }
+    return NULL;
 }
 
 static int parse_line(struct cmh_prom_parser *p, const char *s, const char *e)
 {
-    if (skip_fast(p, s, e))
+    if (skip_match(p, s, (size_t)(e - s) + 1)) {
+        skip_line(p);
         return 0;
+    }
     p->stats.lines++;
     s = skip_blank(s, e);
     if (s == e)
@@ -1424,6 +1901,9 @@ void cmh_prom_close(struct cmh_prom_parser *p)
     cmh_free(p->fams);
     cmh_free(p->slots);
     cmh_free(p->names);
+    cmh_free(p->cache);
+    cmh_free(p->series);
+    cmh_free(p->slabels);
     memset(p, 0, sizeof *p);
 }
 
@@ -1437,6 +1917,9 @@ void cmh_prom_reset(struct cmh_prom_parser *p)
         if (p->slots != NULL)
             memset(p->slots, 0, (size_t)p->slots_cap * sizeof *p->slots);
         p->gen = 0;
+        cache_clear(p);
+    } else {
+        cache_trim(p);
     }
     p->gen++;
     p->cur = 0;
@@ -1484,7 +1967,14 @@ int cmh_prom_feed(struct cmh_prom_parser *p, const char *buf, size_t len)
         s = nl + 1;
     }
     while (s < e) {
-        const char *nl = memchr(s, '\n', (size_t)(e - s));
+        const char *nl = fast_line(p, s, e, &rc);
+        if (nl != NULL) {
+            if (rc != 0)
+                return rc;
+            s = nl;
+            continue;
+        }
+        nl = memchr(s, '\n', (size_t)(e - s));
         if (nl == NULL) {
             if ((size_t)(e - s) > max)
                 return too_long(p);

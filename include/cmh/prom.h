@@ -119,7 +119,8 @@ struct cmh_prom_stats {
     uint64_t skipped; /* sample lines of unwanted families */
 };
 
-struct cmh_prom_fam; /* private */
+struct cmh_prom_fam;    /* private */
+struct cmh_prom_series; /* private */
 
 /* Embeddable; every field is private except stats. */
 struct cmh_prom_parser {
@@ -142,12 +143,22 @@ struct cmh_prom_parser {
     uint32_t slots_cap;
     char *names;
     size_t names_len, names_cap;
-    uint32_t gen;      /* body number: entries of other bodies only cache want decisions */
-    uint32_t cur;      /* index + 1 of the family of the previous line, 0 when none */
-    uint32_t help_fam; /* index + 1 of the family whose HELP text is in help */
+    uint32_t gen;       /* body number: entries of other bodies only cache want decisions */
+    uint32_t cur;       /* index + 1 of the family of the previous line, 0 when none */
+    uint32_t help_fam;  /* index + 1 of the family whose HELP text is in help */
+    uint32_t help_coff; /* or in the line cache at this offset; UINT32_MAX when not */
     char *help;
     size_t help_len, help_cap;
     int finished;
+    /* Line cache: HELP/TYPE lines and sample lines up to their value, as earlier bodies had them,
+     * with what parsing them found; a line that starts with the same bytes is not parsed again.
+     * Bytes arena (live: bytes still referenced), series entries, their labels. */
+    char *cache;
+    size_t cache_len, cache_cap, cache_live;
+    struct cmh_prom_series *series;
+    uint32_t nseries, series_cap;
+    struct cmh_prom_label *slabels;
+    uint32_t nslabels, slabels_cap;
 };
 
 /* Initialises p with copies of opt's values (opt may be NULL: defaults, no callbacks) and small

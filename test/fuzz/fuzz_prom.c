@@ -1,7 +1,8 @@
 /* Fuzzes the Prometheus text parser. The first byte picks a line cap, whether the interest filter
  * is on, and the chunk sizes; the rest is the body. Every body is parsed three ways that must give
  * the same events and error: whole, in the picked chunks, and one byte at a time on a reused
- * (reset) parser. A filtered parse must equal the unfiltered one filtered in the callbacks. */
+ * (reset) parser, and whole again on that parser after it saw the body and a variant of it (its
+ * line cache warm). A filtered parse must equal the unfiltered one filtered in the callbacks. */
 #include "../unit/test_prom_transcript.h"
 
 #include <stdint.h>
@@ -58,7 +59,34 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t one = 1;
     tr_end(&bytes, tr_parse(&p, body, len, &one, 1), &p);
     same(&whole, &bytes);
+
+    /* The line cache: the parser has just seen this body, then a variant of it with every digit
+     * changed (same lines, other values and some other keys); parsed whole after either, the body
+     * must give what a fresh parser gives. */
+    struct transcript warm = {0}, scratch = {0};
+    char *variant = malloc(len + 1);
+    if (variant != NULL) {
+        for (size_t i = 0; i < len; i++)
+            variant[i] =
+                body[i] >= '0' && body[i] <= '9' ? (char)('0' + (body[i] - '0' + 3) % 10) : body[i];
+        for (int round = 0; round < 2; round++) {
+            if (round == 1) {
+                p.opt.arg = &scratch;
+                cmh_prom_reset(&p);
+                tr_end(&scratch, tr_parse(&p, variant, len, NULL, 0), &p);
+            }
+            p.opt.arg = &warm;
+            warm.len = 0;
+            warm.oom = 0;
+            cmh_prom_reset(&p);
+            tr_end(&warm, tr_parse(&p, body, len, NULL, 0), &p);
+            same(&whole, &warm);
+        }
+        free(variant);
+    }
     cmh_prom_close(&p);
+    tr_free(&warm);
+    tr_free(&scratch);
 
     if (filter) {
         oracle.want = want_some;

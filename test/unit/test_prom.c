@@ -64,6 +64,32 @@ static void assert_same(const struct transcript *a, const struct transcript *b, 
     }
 }
 
+/* A parser to reuse, recording into t, with the name filter set when filtered; its want callback.
+ */
+static cmh_prom_want_cb *reused_init(struct cmh_prom_parser *p, struct transcript *t, int filtered,
+                                     struct cmh_prom_names *set)
+{
+    cmh_prom_want_cb *want = filtered ? cmh_prom_want_names : NULL;
+    struct cmh_prom_options o = tr_options(t, want, set, 0);
+    assert_int_equal(cmh_prom_init(p, &o), 0);
+    return want;
+}
+
+/* Parses body on the reused parser p (into t, in chunks of sizes) and checks it gives exactly what
+ * a fresh parser gives. */
+static void check_reused(struct cmh_prom_parser *p, struct transcript *t, const char *body,
+                         size_t len, cmh_prom_want_cb *want, void *want_arg, const size_t *sizes,
+                         size_t nsizes, const char *what)
+{
+    struct transcript fresh = {0};
+    parse_whole(&fresh, body, len, want, want_arg, 0);
+    t->len = 0;
+    cmh_prom_reset(p);
+    tr_end(t, tr_parse(p, body, len, sizes, nsizes), p);
+    assert_same(&fresh, t, what);
+    tr_free(&fresh);
+}
+
 /* Whole, 1-byte, and `trials` random splits (on one reused parser) give the same transcript. */
 static void check_invariance(const char *body, size_t len, const char *what, int trials,
                              uint64_t *seed, size_t max_line)
@@ -133,37 +159,73 @@ static void chunk_split_invariance_reference_cases_and_ipamd(void **state)
 }
 
 /* Random expositions mixing every construct, valid and not: splitting must never matter. */
+/* Lines random bodies are made of: every type, suffixes, families named like another's suffix,
+ * escapes, UTF-8, blanks, comments, and malformed lines of many kinds. */
+static const char *const pieces[] = {
+    "# HELP f help \\\\ \\n text\n",
+    "# TYPE f summary\n",
+    "# TYPE f histogram\n",
+    "# TYPE f counter\n",
+    "# TYPE f_count gauge\n",
+    "f{quantile=\"0.5\"} 1\n",
+    "f_sum 2.5e3 1700000000000\n",
+    "f_count 7\n",
+    "f_bucket{le=\"+Inf\"} 3\n",
+    "f_total 1\n",
+    "f_created 12\n",
+    "g{a=\"\\\"x\\\\\",b=\"\xc3\xa9\"} NaN\n",
+    "g -Inf\n",
+    "h{a=\"1\",a=\"2\"} 1\n",
+    "{\"u.t.f\",\"l.n\"=\"v\"} 1\n",
+    "   \t\n",
+    "# EOF\n",
+    "x 0x1p3\n",
+    "y 1_000\n",
+    "z{l=\"\xbd\"} 1\n",
+    "w 1 2 3\n",
+    "v{le=\"a\"} 1\n",
+    "f{quantile=\"x\"} 1\n",
+    "# UNIT f seconds\n",
+    "q 123456789012345678901234567890.5e-3\n",
+    "# HELP f F help.\n",
+    "# HELP f F \\\\help\\n.\n",
+    "# TYPE f gauge\n",
+    "# HELP f_count Its own.\n",
+    "f{quantile=\"0.9\",a=\"x\"} 2\n",
+    "f{quantile=\"x\"} 2\n",
+    "f_sum{a=\"x\"} 2.5e3 1700000000000\n",
+    "f_count -7\n",
+    "f_count {a=\"b\"} 7\n",
+    "f_bucket{le=\"1\"} -3\n",
+    "f 1\n",
+    "f  1\n",
+    "f {a=\"b\"} 1\n",
+    "f{a=\"b\"}  1\n",
+    "f{a=\"b\"} x\n",
+    "f{a=\"b\",a=\"c\"} 1\n",
+    "f{a=\"\\\"q\\\"\"} 1\n",
+    "# HELP g G.\n",
+    "# TYPE g gauge\n",
+    "g{a=\"1\",b=\"2\"} 3\n",
+    "g{a=\"1\",b=\"2\"} 4 5\n",
+    "g{a=\"1\",b=\"2\"}\n",
+    "g 1\n",
+    "g_total 2\n",
+    "# HELP g_total Own family.\n",
+    "# TYPE g_total counter\n",
+    "# TYPE g counter\n",
+    "g\n",
+    "g_sum 2\n",
+    "\n",
+    "# other comment\n",
+    "h 1\n",
+};
+#define NPIECES (sizeof pieces / sizeof pieces[0])
+
 static void chunk_split_invariance_random_bodies(void **state)
 {
     (void)state;
-    static const char *const pieces[] = {
-        "# HELP f help \\\\ \\n text\n",
-        "# TYPE f summary\n",
-        "# TYPE f histogram\n",
-        "# TYPE f counter\n",
-        "# TYPE f_count gauge\n",
-        "f{quantile=\"0.5\"} 1\n",
-        "f_sum 2.5e3 1700000000000\n",
-        "f_count 7\n",
-        "f_bucket{le=\"+Inf\"} 3\n",
-        "f_total 1\n",
-        "f_created 12\n",
-        "g{a=\"\\\"x\\\\\",b=\"\xc3\xa9\"} NaN\n",
-        "g -Inf\n",
-        "h{a=\"1\",a=\"2\"} 1\n",
-        "{\"u.t.f\",\"l.n\"=\"v\"} 1\n",
-        "   \t\n",
-        "# EOF\n",
-        "x 0x1p3\n",
-        "y 1_000\n",
-        "z{l=\"\xbd\"} 1\n",
-        "w 1 2 3\n",
-        "v{le=\"a\"} 1\n",
-        "f{quantile=\"x\"} 1\n",
-        "# UNIT f seconds\n",
-        "q 123456789012345678901234567890.5e-3\n",
-    };
-    const size_t np = sizeof pieces / sizeof pieces[0];
+    const size_t np = NPIECES;
     uint64_t seed = 12345;
     char body[4096];
     for (int n = 0; n < 400; n++) {
@@ -470,22 +532,89 @@ static void family_prediction_across_reused_bodies(void **state)
     struct cmh_prom_names set = {names, 2};
     const size_t nb = sizeof bodies / sizeof bodies[0];
     for (int filtered = 0; filtered < 2; filtered++) {
-        cmh_prom_want_cb *want = filtered ? cmh_prom_want_names : NULL;
         struct transcript t = {0};
         struct cmh_prom_parser p;
-        struct cmh_prom_options o = tr_options(&t, want, &set, 0);
-        assert_int_equal(cmh_prom_init(&p, &o), 0);
+        cmh_prom_want_cb *want = reused_init(&p, &t, filtered, &set);
         /* Forward, backward and forward again: every body after every other. */
         for (size_t k = 0; k < 3 * nb; k++) {
             size_t i = k / nb == 1 ? nb - 1 - k % nb : k % nb;
-            struct transcript fresh = {0};
-            parse_whole(&fresh, bodies[i], strlen(bodies[i]), want, &set, 0);
-            t.len = 0;
-            cmh_prom_reset(&p);
-            tr_end(&t, tr_parse(&p, bodies[i], strlen(bodies[i]), NULL, 0), &p);
-            assert_same(&fresh, &t, bodies[i]);
-            tr_free(&fresh);
+            check_reused(&p, &t, bodies[i], strlen(bodies[i]), want, &set, NULL, 0, bodies[i]);
         }
+        cmh_prom_close(&p);
+        tr_free(&t);
+    }
+}
+
+/* The line cache: a parser that has seen other bodies (so its kept lines hit, miss, or hit and then
+ * must not apply) gives for every body exactly what a fresh parser gives, with and without the
+ * filter, in random chunks. Bodies: random families of every type, their HELP/TYPE lines, series
+ * with labels, suffixes, families named like another's suffix, escapes, blanks and errors; and the
+ * ipamD scrape with values changed, lines dropped and lines repeated. */
+static void line_cache_warm_parser_equals_fresh(void **state)
+{
+    (void)state;
+    const size_t nl = NPIECES;
+    static const char *const names[] = {"f", "g*"};
+    struct cmh_prom_names set = {names, 2};
+    uint64_t seed = 777;
+    char body[2048];
+    size_t len;
+    for (int filtered = 0; filtered < 2; filtered++) {
+        struct transcript t = {0};
+        struct cmh_prom_parser p;
+        cmh_prom_want_cb *want = reused_init(&p, &t, filtered, &set);
+        /* A few templates, each parsed many times with small edits: kept lines mostly hit. */
+        for (int tpl = 0; tpl < 60; tpl++) {
+            size_t pick[24], n = 1 + (size_t)(rng_next(&seed) % 24);
+            for (size_t i = 0; i < n; i++)
+                pick[i] = (size_t)(rng_next(&seed) % nl);
+            for (int round = 0; round < 12; round++) {
+                len = 0;
+                for (size_t i = 0; i < n; i++) {
+                    size_t li = pick[i];
+                    if (rng_next(&seed) % 8 == 0)
+                        li = (size_t)(rng_next(&seed) % nl); /* an edit */
+                    size_t pl = strlen(pieces[li]);
+                    memcpy(body + len, pieces[li], pl);
+                    len += pl;
+                }
+                size_t sizes[4];
+                for (size_t i = 0; i < 4; i++)
+                    sizes[i] = 1 + (size_t)(rng_next(&seed) % (round % 3 == 0 ? 7 : 400));
+                check_reused(&p, &t, body, len, want, &set, sizes, 4, "body after other bodies");
+            }
+        }
+
+        /* The ipamD scrape as nodes differ: values changed, lines dropped or repeated. */
+        size_t ilen;
+        char path[1024];
+        snprintf(path, sizeof path, "%s/testdata/ipamd/cni_test1.data", CMH_SHARED_DIR);
+        char *ipamd = read_file(path, &ilen);
+        char *var = malloc(2 * ilen + 1);
+        assert_non_null(var);
+        for (int round = 0; round < 200; round++) {
+            size_t vl = 0;
+            for (const char *q = ipamd; q < ipamd + ilen;) {
+                const char *e = memchr(q, '\n', (size_t)(ipamd + ilen - q));
+                size_t ll = (size_t)(e - q) + 1;
+                uint64_t r = rng_next(&seed) % 64;
+                int copies = round % 4 == 0 ? 1 : r == 0 ? 0 : r == 1 ? 2 : 1;
+                for (int c = 0; c < copies; c++) {
+                    for (size_t i = 0; i < ll; i++) {
+                        char ch = q[i];
+                        /* Values change (the digits after the last blank). */
+                        if (round % 2 && ch >= '0' && ch <= '9' &&
+                            memchr(q + i, ' ', ll - i) == NULL)
+                            ch = (char)('0' + (ch - '0' + round) % 10);
+                        var[vl++] = ch;
+                    }
+                }
+                q = e + 1;
+            }
+            check_reused(&p, &t, var, vl, want, &set, NULL, 0, "ipamD variant after others");
+        }
+        free(var);
+        free(ipamd);
         cmh_prom_close(&p);
         tr_free(&t);
     }
@@ -613,12 +742,12 @@ static void line_cap_is_an_error_not_an_allocation(void **state)
     assert_int_equal(p.stats.samples, 1);
     /* One byte more is -E2BIG naming the line, fed whole or in pieces, and no buffer grew past
      * its bound (line: max_line, scratch: 2 * max_line + slack). */
-    for (int pieces = 0; pieces < 2; pieces++) {
+    for (int split = 0; split < 2; split++) {
         cmh_prom_reset(&p);
         memcpy(big, "ok 1\n", 5);
         memset(big + 5, 'b', 4 * cap - 5);
         int rc = 0;
-        if (pieces)
+        if (split)
             for (size_t off = 0; off < 4 * cap && rc == 0; off += 4096)
                 rc = cmh_prom_feed(&p, big + off, 4096);
         else
@@ -712,6 +841,7 @@ int main(void)
         cmocka_unit_test(numbers_exact_and_go_only_forms_rejected),
         cmocka_unit_test(short_decimals_match_strtod),
         cmocka_unit_test(family_prediction_across_reused_bodies),
+        cmocka_unit_test(line_cache_warm_parser_equals_fresh),
         cmocka_unit_test(label_values_unescaped_and_utf8_checked),
         cmocka_unit_test(malformed_lines_name_line_and_reason),
         cmocka_unit_test(errors_are_sticky_and_callbacks_can_abort),
