@@ -31,10 +31,11 @@ struct cmh_prom_fam {
     uint8_t bare; /* the name is a valid unquoted metric name */
     /* Line cache (see "line cache" below): this entry's HELP and TYPE lines of an earlier body
      * (offsets in p->cache, length 0 when none), the type that TYPE line gave, whether the HELP
-     * text has no backslash; its sample lines' series entries, and how many of its wanted sample
-     * lines this body has had so far (the next entry to compare with). */
+     * text has no backslash; its sample lines' series entries, the next entry to compare with in
+     * this body, and whether the last wanted line of this family in this body was not kept. */
     uint8_t type_cached;
     uint8_t help_plain;
+    uint8_t ser_miss;
     /* The suffix this entry's own name ends with (NONE when none), and the entry (index + 1) named
      * without it: 0 when there was none while the table had base_nfams entries. */
     uint8_t own_sfx;
@@ -66,6 +67,10 @@ enum { F_TYPE = 1, F_HELP = 2, F_SAMPLES = 4, F_ANNOUNCED = 8 };
 #define MAX_LINE_LIMIT (1024u * 1024u * 1024u)
 /* Room in scratch beyond the line, for a number copied out of a line of maximal length. */
 #define SCRATCH_SLACK 64
+
+/* For the per-line steps of the hot path, which the compiler would leave as calls: a call with its
+ * spills costs as much as the step (callgrind, test/bench/prom.bench.sh). */
+#define ALWAYS_INLINE inline __attribute__((always_inline))
 
 /* Character classes of the hot loops, one table lookup per byte. */
 enum { C_NAME0 = 1, C_NAME = 2, C_LNAME0 = 4, C_LNAME = 8, C_DIGIT = 16 };
@@ -116,34 +121,25 @@ static const double pow10_exact[] = {1e0,  1e1,  1e2,  1e3,  1e4,  1e5,  1e6,  1
                                      1e8,  1e9,  1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
                                      1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22};
 
-/* a[0..n) == b[0..n), eight bytes at a time: names are short, and a library call costs more than
- * the comparison itself on the per-line paths. */
+static inline uint64_t load64(const char *s)
+{
+    uint64_t w;
+    memcpy(&w, s, 8);
+    return w;
+}
+
+/* a[0..n) == b[0..n): names and most keys are short, and up to 32 bytes a library call costs more
+ * than the comparison itself on the per-line paths. */
 static inline int eq_bytes(const char *a, const char *b, size_t n)
 {
+    if (n > 32)
+        return memcmp(a, b, n) == 0; /* past 32 bytes libc's vector compare is cheaper */
     if (n >= 8) {
-        /* Sixteen bytes a step, then what is left as one or two (overlapping) words. */
-        const char *ae = a + n - 8, *be = b + n - 8;
-        while (n > 16) {
-            uint64_t x0, y0, x1, y1;
-            memcpy(&x0, a, 8);
-            memcpy(&y0, b, 8);
-            memcpy(&x1, a + 8, 8);
-            memcpy(&y1, b + 8, 8);
-            if (((x0 ^ y0) | (x1 ^ y1)) != 0)
-                return 0;
-            a += 16;
-            b += 16;
-            n -= 16;
-        }
-        /* At most sixteen bytes are left, and the last eight of them end where ae does. */
-        uint64_t x0 = 0, y0 = 0, x1, y1;
-        if (n > 8) {
-            memcpy(&x0, a, 8);
-            memcpy(&y0, b, 8);
-        }
-        memcpy(&x1, ae, 8);
-        memcpy(&y1, be, 8);
-        return ((x0 ^ y0) | (x1 ^ y1)) == 0;
+        /* Two or four words that cover the range, overlapping. */
+        uint64_t d = (load64(a) ^ load64(b)) | (load64(a + n - 8) ^ load64(b + n - 8));
+        if (n > 16)
+            d |= (load64(a + 8) ^ load64(b + 8)) | (load64(a + n - 16) ^ load64(b + n - 16));
+        return d == 0;
     }
     if (n >= 4) {
         uint32_t x, y, x2, y2;
@@ -467,6 +463,32 @@ static inline int parse_float(char *scratch, const char *s, size_t n, double *ou
     return parse_float_slow(scratch, s, n, out);
 }
 
+/* The commonest sample values, read in one pass: an integer of at most 15 digits, or "NaN", ended
+ * by a blank or the line's '\n'. Their end, with *out what parse_float gives; NULL for anything
+ * else. */
+static inline const char *quick_value(const char *s, double *out)
+{
+    const char *q = s;
+    uint64_t v = 0;
+    unsigned d;
+    while (q - s < 15 && (d = (unsigned)(unsigned char)*q - '0') <= 9) {
+        v = v * 10 + d;
+        q++;
+    }
+    double x = (double)v;
+    if (q == s) {
+        /* Each test stops at the line's '\n', so nothing past it is read. */
+        if (s[0] != 'N' || s[1] != 'a' || s[2] != 'N')
+            return NULL;
+        q = s + 3;
+        x = NAN;
+    }
+    if (*q != ' ' && *q != '\t' && *q != '\n')
+        return NULL;
+    *out = x;
+    return q;
+}
+
 /* Go's strconv.ParseInt(s, 10, 64). */
 static int parse_int64(const char *s, size_t n, int64_t *out)
 {
@@ -759,6 +781,7 @@ static int fam_declare(struct cmh_prom_parser *p, const char *s, size_t n, uint3
     f->sfx_known = 0;
     f->sfx_shadow = 0;
     f->ser_cur = 0;
+    f->ser_miss = 0;
     /* A family named base + suffix shadows that suffix of base: from now on such samples are its.
      * (base is the index + 1 of the family named s minus sfx in this body, 0 when none.) */
     if (sfx != CMH_PROM_SUFFIX_NONE && base != 0) {
@@ -772,8 +795,8 @@ static int fam_declare(struct cmh_prom_parser *p, const char *s, size_t n, uint3
 /* Whether s (n bytes: the name of family f and a suffix k that f's type allows) is a sample name of
  * f: unless it names a family of its own in this body, which is looked up once per body and suffix.
  */
-static int suffix_is_fams(struct cmh_prom_parser *p, struct cmh_prom_fam *f, const char *s,
-                          size_t n, enum cmh_prom_suffix k)
+static inline int suffix_is_fams(struct cmh_prom_parser *p, struct cmh_prom_fam *f, const char *s,
+                                 size_t n, enum cmh_prom_suffix k)
 {
     if ((f->sfx_known & SB(k)) == 0) {
         uint32_t other = fam_in_body(p, s, n);
@@ -940,7 +963,7 @@ static inline int wanted(struct cmh_prom_parser *p, struct cmh_prom_fam *f)
  * an uncached line. Predicted are the HELP and TYPE lines of the current family and of the family
  * that followed it last time, and for the i-th wanted sample line of the current family in this
  * body, its i-th series entry. A wrong prediction costs one comparison. The cache is bounded by
- * max_state like the family table, and dropped whole when mostly stale. */
+ * max_cache, and dropped whole when mostly stale. */
 
 static size_t cache_bytes(const struct cmh_prom_parser *p)
 {
@@ -955,13 +978,17 @@ static void cache_clear(struct cmh_prom_parser *p)
         f->help_len = f->type_len = 0;
         f->ser_first = f->ser_n = 0;
     }
-    p->cache_len = p->cache_live = 0;
+    p->cache_len = p->cache_live = p->cache_seen = 0;
     p->nseries = p->nslabels = 0;
 }
 
 /* Drops the cache at the start of a body when most of it is stale: lines replaced by others. */
 static void cache_trim(struct cmh_prom_parser *p)
 {
+    /* Nothing was kept since the last look (every line kept adds bytes): nothing went stale. */
+    if (p->cache_len == p->cache_seen)
+        return;
+    p->cache_seen = p->cache_len;
     size_t live_series = 0, live_labels = 0;
     for (uint32_t i = 0; i < p->nfams; i++) {
         const struct cmh_prom_fam *f = &p->fams[i];
@@ -983,7 +1010,7 @@ static int cache_room(struct cmh_prom_parser *p, void **v, uint32_t *cap, size_t
     size_t c = *cap ? *cap : 64;
     while (c < need)
         c *= 2;
-    if (c > UINT32_MAX || cache_bytes(p) + (c - *cap) * size > p->opt.max_state)
+    if (c > UINT32_MAX || cache_bytes(p) + (c - *cap) * size > p->opt.max_cache)
         return -1;
     void *n = cmh_reallocarray(*v, c, size);
     if (n == NULL)
@@ -1000,7 +1027,7 @@ static uint32_t cache_put(struct cmh_prom_parser *p, const char *s, size_t n)
         size_t c = p->cache_cap ? p->cache_cap : 4096;
         while (c < p->cache_len + n)
             c *= 2;
-        if (c > UINT32_MAX || cache_bytes(p) + (c - p->cache_cap) > p->opt.max_state)
+        if (c > UINT32_MAX || cache_bytes(p) + (c - p->cache_cap) > p->opt.max_cache)
             return UINT32_MAX;
         char *nb = cmh_realloc(p->cache, c);
         if (nb == NULL)
@@ -1050,7 +1077,21 @@ static void cache_series(struct cmh_prom_parser *p, uint32_t fi, const char *s, 
                          size_t name_len, enum cmh_prom_suffix sfx, size_t nl)
 {
     struct cmh_prom_fam *f = &p->fams[fi - 1];
-    uint32_t i = f->ser_cur++;
+    uint32_t i = f->ser_cur;
+    struct cmh_prom_series *k = i < f->ser_n ? &p->series[f->ser_first + i] : NULL;
+    if (k != NULL && k->key_len == key_len && k->type == f->type &&
+        eq_bytes(p->cache + k->key_off, s, key_len)) {
+        f->ser_cur++; /* the kept line (the cache was not asked: another family was current) */
+        f->ser_miss = 0;
+        return;
+    }
+    if (k != NULL && !f->ser_miss) {
+        /* Perhaps a series this body has and the kept ones not: the next line may be entry i. */
+        f->ser_miss = 1;
+        return;
+    }
+    /* Entry i was replaced (two misses in a row), or this is past the kept ones: keep this. */
+    f->ser_cur++;
     /* The key must end where nothing after it could change how it reads: at a blank or the '}'
      * (a line "name" alone would otherwise key "name_sum 1"). */
     if (key_len == 0 || key_len > SERIES_KEY_MAX || nl > SERIES_LABELS_MAX || i > f->ser_n ||
@@ -1064,10 +1105,6 @@ static void cache_series(struct cmh_prom_parser *p, uint32_t fi, const char *s, 
             (uintptr_t)l->value < lo || (uintptr_t)l->value + l->value_len > hi)
             return;
     }
-    struct cmh_prom_series *k = i < f->ser_n ? &p->series[f->ser_first + i] : NULL;
-    if (k != NULL && k->key_len == key_len && k->type == f->type &&
-        eq_bytes(p->cache + k->key_off, s, key_len))
-        return;
     uint32_t off = cache_put(p, s, key_len);
     if (off == UINT32_MAX)
         return;
@@ -1078,6 +1115,7 @@ static void cache_series(struct cmh_prom_parser *p, uint32_t fi, const char *s, 
             goto drop;
         p->nslabels += (uint32_t)nl;
     }
+    uint32_t slot;
     if (k == NULL) {
         /* A new last entry: f's entries move to the end of the array unless they are there. */
         int at_end = f->ser_n > 0 && f->ser_first + f->ser_n == p->nseries;
@@ -1091,12 +1129,13 @@ static void cache_series(struct cmh_prom_parser *p, uint32_t fi, const char *s, 
             f->ser_first = p->nseries;
             p->nseries += f->ser_n;
         }
-        k = &p->series[p->nseries++];
+        slot = p->nseries++;
         f->ser_n++;
     } else {
         p->cache_live -= k->key_len;
+        slot = f->ser_first + i;
     }
-    *k = (struct cmh_prom_series){
+    p->series[slot] = (struct cmh_prom_series){
         off, (uint32_t)key_len, lab, (uint16_t)nl, (uint16_t)name_len, (uint8_t)sfx, f->type};
     const char *a = p->cache + off;
     for (size_t j = 0; j < nl; j++) {
@@ -1268,8 +1307,8 @@ static inline uint32_t comment_match(const struct cmh_prom_parser *p, const char
 
 /* Applies the kept HELP or TYPE line s..e of entry g as parse_comment would, without scanning it.
  */
-static int comment_cached(struct cmh_prom_parser *p, uint32_t g, const char *s, const char *e,
-                          int help)
+static ALWAYS_INLINE int comment_cached(struct cmh_prom_parser *p, uint32_t g, const char *s,
+                                        const char *e, int help)
 {
     const struct cmh_prom_fam *f = &p->fams[g - 1];
     /* The name is f's (lines are kept only for bare names); whether it starts with the current
@@ -1434,18 +1473,24 @@ static int check_special_label(struct cmh_prom_parser *p, enum cmh_prom_type t, 
 
 /* The rest of a wanted sample line of family fi from its value at s: value, timestamp, checks that
  * need the value, then the events. */
-static int sample_tail(struct cmh_prom_parser *p, uint32_t fi, enum cmh_prom_suffix sfx,
-                       const char *name, size_t name_len, const struct cmh_prom_label *labels,
-                       size_t nl, const char *s, const char *e)
+static ALWAYS_INLINE int sample_tail(struct cmh_prom_parser *p, uint32_t fi,
+                                     enum cmh_prom_suffix sfx, const char *name, size_t name_len,
+                                     const struct cmh_prom_label *labels, size_t nl, const char *s,
+                                     const char *e)
 {
     struct cmh_prom_fam *f = &p->fams[fi - 1];
     enum cmh_prom_type type = (enum cmh_prom_type)f->type;
     char b[64];
     struct cmh_prom_sample smp;
-    const char *v = s;
-    s = until_blank(s, e);
-    if (parse_float(num_buf(p, (size_t)(s - v)), v, (size_t)(s - v), &smp.value) != 0)
-        return fail(p, -EINVAL, "expected float as value, got %s", Q(b, v, (size_t)(s - v)));
+    const char *q = quick_value(s, &smp.value);
+    if (q != NULL) {
+        s = q;
+    } else {
+        const char *v = s;
+        s = until_blank(s, e);
+        if (parse_float(num_buf(p, (size_t)(s - v)), v, (size_t)(s - v), &smp.value) != 0)
+            return fail(p, -EINVAL, "expected float as value, got %s", Q(b, v, (size_t)(s - v)));
+    }
     smp.has_timestamp = 0;
     smp.timestamp_ms = 0;
     s = skip_blank(s, e);
@@ -1502,8 +1547,9 @@ static int sample_tail(struct cmh_prom_parser *p, uint32_t fi, enum cmh_prom_suf
     return 0;
 }
 
-/* The current family's next series entry when the line at s starts with its key (avail: bytes
- * readable at s, more than the key), else NULL. */
+/* The current family's next series entry, or the one after it (this body lacks a kept series),
+ * when the line at s starts with its key (avail: bytes readable at s, more than the key); else
+ * NULL. */
 static inline const struct cmh_prom_series *series_match(const struct cmh_prom_parser *p,
                                                          const char *s, size_t avail)
 {
@@ -1511,20 +1557,20 @@ static inline const struct cmh_prom_series *series_match(const struct cmh_prom_p
     if (c == 0)
         return NULL;
     const struct cmh_prom_fam *f = &p->fams[c - 1];
-    if (f->ser_cur >= f->ser_n)
-        return NULL;
-    const struct cmh_prom_series *k = &p->series[f->ser_first + f->ser_cur];
-    if (avail <= k->key_len || k->type != f->type ||
-        !eq_bytes(s, p->cache + k->key_off, k->key_len))
-        return NULL;
-    return k;
+    for (uint32_t i = f->ser_cur; i < f->ser_n && i <= f->ser_cur + 1; i++) {
+        const struct cmh_prom_series *k = &p->series[f->ser_first + i];
+        if (avail > k->key_len && k->type == f->type &&
+            eq_bytes(s, p->cache + k->key_off, k->key_len))
+            return k;
+    }
+    return NULL;
 }
 
 /* The sample line s..e, which starts with the key of series entry k of the current family: name,
  * suffix and labels come from the entry, the rest is parsed as parse_sample does. 1 when the entry
  * does not apply after all (nothing done). */
-static int sample_cached(struct cmh_prom_parser *p, const struct cmh_prom_series *k, const char *s,
-                         const char *e)
+static ALWAYS_INLINE int sample_cached(struct cmh_prom_parser *p, const struct cmh_prom_series *k,
+                                       const char *s, const char *e)
 {
     uint32_t c = p->cur;
     struct cmh_prom_fam *f = &p->fams[c - 1];
@@ -1537,7 +1583,8 @@ static int sample_cached(struct cmh_prom_parser *p, const struct cmh_prom_series
         return 1;
     if (!wanted(p, f))
         return 1;
-    f->ser_cur++;
+    f->ser_cur = (uint32_t)(k - &p->series[f->ser_first]) + 1;
+    f->ser_miss = 0;
     f->flags |= F_TYPE | F_SAMPLES;
     /* The name and labels are views into the kept key: the same bytes as the line's. */
     return sample_tail(p, c, sfx, p->cache + k->key_off, k->name_len,
@@ -1742,7 +1789,7 @@ static int parse_sample(struct cmh_prom_parser *p, const char *s, const char *e)
  * of one of its suffixes, known not to be a family of its own), whose samples are decided unwanted
  * for its type. Checks only that the line starts with that name and a delimiter; the rest of the
  * line is not read. avail: bytes readable at s. */
-static inline int skip_match(const struct cmh_prom_parser *p, const char *s, size_t avail)
+static ALWAYS_INLINE int skip_match(const struct cmh_prom_parser *p, const char *s, size_t avail)
 {
     uint32_t c = p->cur;
     if (c == 0)
@@ -1871,6 +1918,8 @@ int cmh_prom_init(struct cmh_prom_parser *p, const struct cmh_prom_options *opt)
         p->opt.max_line = CMH_PROM_MAX_LINE_DEFAULT;
     if (p->opt.max_state == 0)
         p->opt.max_state = CMH_PROM_MAX_STATE_DEFAULT;
+    if (p->opt.max_cache == 0)
+        p->opt.max_cache = CMH_PROM_MAX_CACHE_DEFAULT;
     if (p->opt.max_line > MAX_LINE_LIMIT)
         return -EINVAL;
     int rc = -ENOMEM;

@@ -25,6 +25,10 @@
 #define CMH_PROM_MAX_LINE_DEFAULT (64u * 1024u)
 /* Default bound on the per-body family table (entries plus names), in bytes. */
 #define CMH_PROM_MAX_STATE_DEFAULT (1024u * 1024u)
+/* Default bound on the line cache: the lines of earlier bodies kept so that the same lines are
+ * compared rather than parsed again (about 20 KiB for an ipamD scrape). Lines past it are parsed
+ * as if there were no cache. */
+#define CMH_PROM_MAX_CACHE_DEFAULT (64u * 1024u)
 /* Longest error reason, including the terminating NUL. */
 #define CMH_PROM_REASON_MAX 192
 
@@ -97,6 +101,7 @@ typedef int cmh_prom_sample_cb(void *arg, const struct cmh_prom_sample *sample);
 struct cmh_prom_options {
     size_t max_line;        /* 0: CMH_PROM_MAX_LINE_DEFAULT */
     size_t max_state;       /* 0: CMH_PROM_MAX_STATE_DEFAULT; bounds the family table of one body */
+    size_t max_cache;       /* 0: CMH_PROM_MAX_CACHE_DEFAULT; bounds the line cache */
     cmh_prom_want_cb *want; /* NULL: every family is wanted */
     void *want_arg;
     cmh_prom_family_cb *on_family; /* may be NULL */
@@ -154,7 +159,7 @@ struct cmh_prom_parser {
      * with what parsing them found; a line that starts with the same bytes is not parsed again.
      * Bytes arena (live: bytes still referenced), series entries, their labels. */
     char *cache;
-    size_t cache_len, cache_cap, cache_live;
+    size_t cache_len, cache_cap, cache_live, cache_seen;
     struct cmh_prom_series *series;
     uint32_t nseries, series_cap;
     struct cmh_prom_label *slabels;
@@ -167,7 +172,9 @@ struct cmh_prom_parser {
 int cmh_prom_init(struct cmh_prom_parser *p, const struct cmh_prom_options *opt);
 /* Frees everything p owns. Safe on a zeroed or already closed parser. */
 void cmh_prom_close(struct cmh_prom_parser *p);
-/* Makes p ready for a new body without freeing its buffers; cached filter decisions are kept. */
+/* Makes p ready for a new body without freeing its buffers; cached filter decisions and the line
+ * cache are kept. A reused parser gives exactly the events and errors a fresh one would: the cache
+ * only spares it scanning lines it has seen before. */
 void cmh_prom_reset(struct cmh_prom_parser *p);
 
 /* Feeds the next len bytes of the body; a line may span any number of calls. Callbacks run inside

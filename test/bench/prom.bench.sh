@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prometheus parser benchmark: our parser (all families, and with the daemon's interest filter
-# cmh_agg_want) vs a memchr-only line splitter on the same in-memory bytes, then promtool
+# Prometheus parser benchmark: our parser (all families; with the daemon's interest filter
+# cmh_agg_want on a body seen before, on other nodes' variants of it in turn, and with a fresh
+# parser) vs a memchr-only line splitter on the same in-memory bytes, then promtool
 # (Debian's `prometheus`, the Go reference parser) vs our `parse` command on the same large file,
 # wall time side by side.
 # Usage: prom.bench.sh BUILD_DIR. Prints a table and machine-readable `BENCH prom ...` lines.
@@ -53,13 +54,19 @@ else
 fi
 
 if command -v valgrind >/dev/null; then
-  echo "-- instructions per line (callgrind, 200 passes over the ipamD scrape)"
+  echo "-- instructions per line (callgrind: 200 passes over the ipamD scrape less 0 passes)"
   lines=$(wc -l < "$ipamd")
-  for mode in full filter memchr; do
-    ir=$(valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bench" --passes "$mode" 200 \
-           "$ipamd" 2>&1 | awk '/Collected/ { print $4 }' | tr -d ,)
-    per=$(awk -v ir="$ir" -v l="$lines" 'BEGIN { printf "%.0f", ir / 200 / l }')
-    printf "%-8s %6s instructions/line\n" "$mode" "$per"
-    echo "BENCH prom input=ipamd mode=$mode callgrind_ir_per_line=$per"
+  ir() {
+    valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bench" --passes "$1" "$2" "$ipamd" \
+      2>&1 | awk '/Collected/ { print $4 }' | tr -d ,
+  }
+  mem=""
+  for mode in memchr full filter fleet cold; do
+    per=$(awk -v a="$(ir "$mode" 200)" -v b="$(ir "$mode" 0)" -v l="$lines" \
+            'BEGIN { printf "%.1f", (a - b) / 200 / l }')
+    [ -z "$mem" ] && mem=$per
+    ratio=$(awk -v a="$per" -v b="$mem" 'BEGIN { printf "%.2f", a / b }')
+    printf "%-8s %8s instructions/line %6sx memchr\n" "$mode" "$per" "$ratio"
+    echo "BENCH prom input=ipamd mode=$mode callgrind_ir_per_line=$per ratio_vs_memchr=$ratio"
   done
 fi
