@@ -60,13 +60,14 @@ if command -v valgrind >/dev/null; then
     valgrind --tool=callgrind --callgrind-out-file=/dev/null "$bench" --passes "$1" "$2" "$ipamd" \
       2>&1 | awk '/Collected/ { print $4 }' | tr -d ,
   }
-  mem=""
-  for mode in memchr full filter fleet cold; do
-    per=$(awk -v a="$(ir "$mode" 200)" -v b="$(ir "$mode" 0)" -v l="$lines" \
-            'BEGIN { printf "%.1f", (a - b) / 200 / l }')
-    [ -z "$mem" ] && mem=$per
-    ratio=$(awk -v a="$per" -v b="$mem" 'BEGIN { printf "%.2f", a / b }')
-    printf "%-8s %8s instructions/line %6sx memchr\n" "$mode" "$per" "$ratio"
-    echo "BENCH prom input=ipamd mode=$mode callgrind_ir_per_line=$per ratio_vs_memchr=$ratio"
+  declare -A per
+  for mode in memchr memchr-fleet full filter fleet cold; do
+    per[$mode]=$(awk -v a="$(ir "$mode" 200)" -v b="$(ir "$mode" 0)" -v l="$lines" \
+                   'BEGIN { printf "%.1f", (a - b) / 200 / l }')
+    base=memchr
+    [ "$mode" = fleet ] || [ "$mode" = memchr-fleet ] && base=memchr-fleet
+    ratio=$(awk -v a="${per[$mode]}" -v b="${per[$base]}" 'BEGIN { printf "%.2f", a / b }')
+    printf "%-12s %8s instructions/line %6sx memchr\n" "$mode" "${per[$mode]}" "$ratio"
+    echo "BENCH prom input=ipamd mode=$mode callgrind_ir_per_line=${per[$mode]} ratio_vs_memchr=$ratio"
   done
 fi

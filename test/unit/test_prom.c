@@ -559,10 +559,14 @@ static void line_cache_warm_parser_equals_fresh(void **state)
     uint64_t seed = 777;
     char body[2048];
     size_t len;
-    for (int filtered = 0; filtered < 2; filtered++) {
+    /* Filter off and on; the default cache, and one so small that most lines find it full. */
+    for (int run = 0; run < 4; run++) {
+        int filtered = run & 1;
         struct transcript t = {0};
         struct cmh_prom_parser p;
         cmh_prom_want_cb *want = reused_init(&p, &t, filtered, &set);
+        size_t max_cache = run < 2 ? CMH_PROM_MAX_CACHE_DEFAULT : 700;
+        p.opt.max_cache = max_cache;
         /* A few templates, each parsed many times with small edits: kept lines mostly hit. */
         for (int tpl = 0; tpl < 60; tpl++) {
             size_t pick[24], n = 1 + (size_t)(rng_next(&seed) % 24);
@@ -612,6 +616,8 @@ static void line_cache_warm_parser_equals_fresh(void **state)
                 q = e + 1;
             }
             check_reused(&p, &t, var, vl, want, &set, NULL, 0, "ipamD variant after others");
+            /* The cache keeps to its bound (its byte arena is the largest of its parts). */
+            assert_true(p.cache_cap <= max_cache);
         }
         free(var);
         free(ipamd);
