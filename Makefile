@@ -53,7 +53,7 @@ fmt-check: deps
 fuzz:
 	@.ci/deps.sh $(BUILD_DEPS) $(FUZZ_DEPS)
 	@CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMH_FUZZ=ON \
-	  -DCMH_SANITIZE=ON -DCMH_WERROR=OFF >/dev/null
+	  -DCMH_SANITIZE=ON -DCMH_WERROR=ON >/dev/null
 	@cmake --build $(FUZZ_BUILD) -j $(JOBS)
 
 # Benchmarks: every test/bench/*.bench.sh in name order against $(BUILD).

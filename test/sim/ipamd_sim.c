@@ -228,6 +228,9 @@ static void set_header(struct family *f, const char *help, const char *type)
 
 /* A sample line with a value slot; key is "name{labels}" and the rendered prefix adds a space. */
 static void add_series(struct plan *p, const char *family, int vidx, int kind, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static void add_series(struct plan *p, const char *family, int vidx, int kind, const char *fmt, ...)
 {
     char key[256];
     va_list ap;

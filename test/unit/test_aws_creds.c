@@ -192,6 +192,8 @@ static void on_guard(uv_timer_t *t)
     fail_msg("test loop still running after 20 s");
 }
 
+static void env_add(struct fx *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 static void env_add(struct fx *f, const char *fmt, ...)
 {
     va_list ap;
@@ -511,7 +513,7 @@ static void test_web_identity_token_file_reread_each_refresh(void **state)
     char b1[1024], b2[1024];
     snprintf(b1, sizeof b1, STS_OK_BODY, 1);
     snprintf(b2, sizeof b2, STS_OK_BODY, 2);
-    const struct ex script[] = {{"POST", "/", 200, b1, 0}, {"POST", "/", 200, b2, 0}, {NULL}};
+    const struct ex script[] = {{"POST", "/", 200, b1, 0}, {"POST", "/", 200, b2, 0}, {0}};
     standin_script(script);
     assert_int_equal(fx_provider(&f), 0);
     struct got *g = get_one(&f);
@@ -551,7 +553,7 @@ static void test_web_identity_sts_5xx_and_garbage(void **state)
     env_add(&f, "AWS_ROLE_ARN=arn:aws:iam::123456789012:role/r");
     env_add(&f, "AWS_WEB_IDENTITY_TOKEN_FILE=%s", dir);
     const struct ex script[] = {
-        {"POST", "/", 503, "<html>busy</html>", 0}, {"POST", "/", 200, "<Foo/>", 0}, {NULL}};
+        {"POST", "/", 503, "<html>busy</html>", 0}, {"POST", "/", 200, "<Foo/>", 0}, {0}};
     standin_script(script);
     assert_int_equal(fx_provider(&f), 0);
     struct got *g = get_one(&f);
@@ -576,7 +578,7 @@ static void test_container_token_env_localhost_and_https(void **state)
          0},
         {"GET", "/v1/credentials", 400, "{\"code\":\"InvalidToken\",\"message\":\"bad token\"}", 0},
         {"GET", "/v1/credentials", 400, "{\"code\":\"InvalidToken\",\"message\":\"bad token\"}", 0},
-        {NULL}};
+        {0}};
     standin_script(script);
     assert_int_equal(fx_provider(&f), 0);
     struct got *g = get_one(&f);
@@ -609,7 +611,7 @@ static void test_container_token_env_localhost_and_https(void **state)
                               "{\"AccessKeyId\":\"ASIATLS\",\"SecretAccessKey\":\"s\","
                               "\"Token\":\"t\",\"Expiration\":\"{{EXP+3600}}\"}",
                               0},
-                             {NULL}};
+                             {0}};
     standin_script(tls);
     assert_int_equal(fx_provider(&f), 0);
     g = get_one(&f);
@@ -634,7 +636,7 @@ static void test_sts_endpoint_from_aws_endpoint_url(void **state)
     env_add(&f, "AWS_ROLE_ARN=arn:aws:iam::123456789012:role/r");
     env_add(&f, "AWS_WEB_IDENTITY_TOKEN_FILE=%s", tok);
     snprintf(body, sizeof body, STS_OK_BODY, 7);
-    const struct ex script[] = {{"POST", "/", 200, body, 0}, {NULL}};
+    const struct ex script[] = {{"POST", "/", 200, body, 0}, {0}};
     standin_script(script);
     assert_int_equal(fx_provider(&f), 0);
     struct got *g = get_one(&f);
@@ -687,7 +689,7 @@ static void test_imds_token_timeout_named_hop_limit(void **state)
     struct fx f;
     fx_init(&f, 0);
     f.opts.imds_timeout_ms = 300;
-    const struct ex script[] = {{"PUT", "/latest/api/token", 0, "", 6}, {NULL}};
+    const struct ex script[] = {{"PUT", "/latest/api/token", 0, "", 6}, {0}};
     standin_script(script);
     assert_int_equal(fx_provider(&f), 0);
     uint64_t t0 = uv_hrtime();
@@ -735,7 +737,7 @@ static void test_refresh_5_minutes_before_expiry(void **state)
         {"PUT", "/latest/api/token", 200, "tok", 0}, {"GET", list, 200, "node-role", 0},
         {"GET", role, 200, IMDS_CREDS("400"), 0},    {"GET", list, 200, "node-role", 0},
         {"GET", role, 200, IMDS_CREDS("290"), 0},    {"GET", list, 200, "node-role", 0},
-        {"GET", role, 200, IMDS_CREDS("3600"), 0},   {NULL}};
+        {"GET", role, 200, IMDS_CREDS("3600"), 0},   {0}};
     standin_script(script);
     assert_int_equal(fx_provider(&f), 0);
     assert_string_equal(get_one(&f)->akid, "ASIA400");
@@ -767,7 +769,7 @@ static void test_imds_401_takes_a_new_token_next_time(void **state)
         {"PUT", "/latest/api/token", 200, "tok2", 0},
         {"GET", list, 200, "r", 0},
         {"GET", "/latest/meta-data/iam/security-credentials/r", 200, IMDS_CREDS("3600"), 0},
-        {NULL}};
+        {0}};
     standin_script(script);
     assert_int_equal(fx_provider(&f), 0);
     struct got *g = get_one(&f);
@@ -791,7 +793,7 @@ static void test_concurrent_gets_share_one_refresh(void **state)
         {"PUT", "/latest/api/token", 200, "tok", 0},
         {"GET", "/latest/meta-data/iam/security-credentials/", 200, "r\n", 0},
         {"GET", "/latest/meta-data/iam/security-credentials/r", 200, IMDS_CREDS("3600"), 0},
-        {NULL}};
+        {0}};
     standin_script(script);
     assert_int_equal(fx_provider(&f), 0);
     for (int i = 0; i < 6; i++)
@@ -869,7 +871,7 @@ static void test_region_and_cluster_sources(void **state)
     env_add(&f, "AWS_REGION=ap-south-1");
     const struct ex script[] = {{"PUT", "/latest/api/token", 200, "tok", 0},
                                 {"GET", "/latest/meta-data/tags/instance", 404, "", 0},
-                                {NULL}};
+                                {0}};
     standin_script(script);
     assert_int_equal(fx_provider(&f), 0);
     resolve(&f);
@@ -903,7 +905,7 @@ static void test_free_cancels_in_flight(void **state)
 {
     struct fx f;
     fx_init(&f, 0);
-    const struct ex script[] = {{"PUT", "/latest/api/token", 0, "", 2}, {NULL}};
+    const struct ex script[] = {{"PUT", "/latest/api/token", 0, "", 2}, {0}};
     standin_script(script);
     assert_int_equal(fx_provider(&f), 0);
     get(&f);
@@ -1068,10 +1070,10 @@ static void test_allocation_failures(void **state)
         {"PUT", "/latest/api/token", 200, "tok", 0},
         {"GET", "/latest/meta-data/iam/security-credentials/", 200, "r", 0},
         {"GET", "/latest/meta-data/iam/security-credentials/r", 200, IMDS_CREDS("3600"), 0},
-        {NULL}};
+        {0}};
     char sts[1024];
     snprintf(sts, sizeof sts, STS_OK_BODY, 1);
-    const struct ex web[] = {{"POST", "/", 200, sts, 0}, {NULL}};
+    const struct ex web[] = {{"POST", "/", 200, sts, 0}, {0}};
     char tokfile[1024];
     snprintf(tokfile, sizeof tokfile, "%s/web_identity_token_env/fs/token.jwt", CASES);
     for (int flow = 0; flow < 3; flow++) {

@@ -49,6 +49,8 @@ static int read_line(struct fx *f, char *buf, size_t len, int timeout_s)
 }
 
 /* Sends one control command and returns the answer ("OK {...}"). */
+static const char *fake(struct fx *f, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 static const char *fake(struct fx *f, const char *fmt, ...)
 {
     char cmd[512];

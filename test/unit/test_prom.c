@@ -520,9 +520,8 @@ static void family_prediction_across_reused_bodies(void **state)
         "# TYPE foo_bar gauge\nfoo_bar{l=\"v\"} 2\n# TYPE x summary\nx_sum 1\nx_count 2\n"
         "x{quantile=\"0.5\"} 3\n",
         "a_total 1\nfoo_bar 2\nfoo 3\nfoo_bar_baz 4\nx_count 1\nx 2\n",
-        "# TYPE a counter\na_total 7\nfo 1\nfoo 2\nfoo_ 3\n# TYPE x histogram\nx_bucket{le=\"1\"} "
-        "1\n"
-        "x_count 1\nx_sum 2\nfoo_bar 9\n",
+        "# TYPE a counter\na_total 7\nfo 1\nfoo 2\nfoo_ 3\n# TYPE x histogram\n"
+        "x_bucket{le=\"1\"} 1\nx_count 1\nx_sum 2\nfoo_bar 9\n",
         "# HELP foo F\\\\oo.\n# TYPE foo summary\nfoo_count 1\nfoo_sum 2\n# TYPE foo_count gauge\n"
         "foo_count 3\na 1\nfoo_bar 1\nfoo 5\n",
         "x 1\nfoo_bar 2\nfoo 3\na_total 4\n",
