@@ -303,6 +303,9 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
             cmh_buf_printf(body, "ready: %u targets, last round %u fresh, %u stale, %u failed\n",
                            d->collector.agg.last.targets, d->collector.agg.last.fresh,
                            d->collector.agg.last.stale, d->collector.agg.last.failed);
+        /* The subnet view is an extra: a failing fetch is said, but keeps nobody from ready. */
+        if (d->subnet_why[0] != '\0')
+            cmh_buf_printf(body, "degraded: subnet view: last fetch failed: %s\n", d->subnet_why);
         return ready ? 200 : 503;
     }
     if (strcmp(path, "/metrics") == 0) {
@@ -402,16 +405,30 @@ static void start_publish(struct cmh_daemon *d)
         uv_timer_start(&d->publish_retry, on_publish_retry, 30000, 0);
 }
 
+static void on_subnets_fetched(void *arg, int rc, const char *why)
+{
+    struct cmh_daemon *d = arg;
+    if (rc == 0) {
+        d->expose.subnet_fetches_ok++;
+        d->expose.subnet_last_ok = (double)wall_ms() / 1000.0;
+        d->subnet_why[0] = '\0';
+    } else {
+        d->expose.subnet_fetches_failed++;
+        snprintf(d->subnet_why, sizeof d->subnet_why, "%s", why != NULL ? why : "failed");
+    }
+}
+
 /* SUBNET_METRICS: the subnet view, fetched now and every SUBNET_METRICS_INTERVAL. */
 static int start_subnets(struct cmh_daemon *d)
 {
+    d->expose.subnets = 1;
     char url[300];
     int in_cluster = cmh_discovery_server_url(url, sizeof url, getenv("KUBERNETES_SERVICE_HOST"),
                                               getenv("KUBERNETES_SERVICE_PORT")) == 0;
     int rc = start_curl(d);
     if (rc == 0)
         rc = cmh_ec2_watch_new(&d->subnets, &d->loop, &d->curl, &d->cfg, environ,
-                               in_cluster ? url : NULL, &d->log, NULL, NULL);
+                               in_cluster ? url : NULL, &d->log, on_subnets_fetched, d);
     return rc;
 }
 
@@ -452,6 +469,7 @@ int cmh_daemon_use_collector(struct cmh_daemon *d)
     rc = cmh_http_server_start(&d->http, &d->loop, &ho, http_handler, d, &d->log);
     /* Even on failure the listener may be closing: close_all waits for it. */
     d->has_http = 1;
+    d->expose.http = &d->http;
     return rc;
 }
 

@@ -155,6 +155,28 @@ void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c
         proxy_metrics(c, out);
     if (cw != NULL)
         cloudwatch_metrics(cw, out);
+    if (e->subnets) {
+        family(out, "subnet_fetches_total", "counter",
+               "EC2 DescribeSubnets fetches of the subnet view (SUBNET_METRICS) by result.");
+        cmh_buf_printf(out, PREFIX "subnet_fetches_total{result=\"ok\"} %llu\n",
+                       e->subnet_fetches_ok);
+        cmh_buf_printf(out, PREFIX "subnet_fetches_total{result=\"error\"} %llu\n",
+                       e->subnet_fetches_failed);
+        family(
+            out, "subnet_last_success_timestamp_seconds", "gauge",
+            "When the subnet view was last fetched; 0 before the first good fetch. Subnet and AZ "
+            "datums stop 3 intervals after it.");
+        sample(out, PREFIX "subnet_last_success_timestamp_seconds", "", "", e->subnet_last_ok);
+    }
+    if (e->http != NULL) {
+        scalar(out, "http_accept_errors_total", "counter",
+               "Connections to this server that could not be accepted (EMFILE...).",
+               e->http->accept_errors);
+        scalar(out, "http_requests_rejected_total", "counter",
+               "Requests and connections to this server refused: too large, malformed, or over "
+               "the connection limit.",
+               e->http->rejected);
+    }
     if (c->log != NULL)
         scalar(out, "log_lines_lost_total", "counter",
                "Log lines that could not be written (full disk, closed pipe).",

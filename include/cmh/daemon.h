@@ -62,8 +62,10 @@ struct cmh_daemon {
     uv_timer_t publish_retry; /* re-resolves region/cluster id after a failure */
     uint64_t stop_at;         /* uv_now when the stop began */
     int flushed;
-    /* SUBNET_METRICS: the subnet view (include/cmh/ec2.h). */
+    /* SUBNET_METRICS: the subnet view (include/cmh/ec2.h), and why its last fetch failed ("" when
+     * it did not), for /readyz. */
     struct cmh_ec2_watch *subnets;
+    char subnet_why[200];
 };
 
 /* Takes ownership of *cfg (left zeroed) and the log settings; sets up the loop, timers and signal

@@ -8,11 +8,16 @@
 #include "cmh/collector.h"
 #include "cmh/http_server.h"
 
-/* Cumulative sums of the published counter increases: exposed as Prometheus counters. */
+/* Cumulative sums of the published counter increases: exposed as Prometheus counters. The
+ * daemon's parts outside the collector are set by the daemon as they change. */
 struct cmh_expose {
     double counters[CMH_M_COUNT];
     double lat_sum, lat_count;
     int have_round;
+    const struct cmh_http_server *http; /* our HTTP server's own errors; NULL: not shown */
+    int subnets;                        /* SUBNET_METRICS: the subnet view's fetches are shown */
+    unsigned long long subnet_fetches_ok, subnet_fetches_failed;
+    double subnet_last_ok; /* Unix seconds of the last good fetch, 0 when none */
 };
 
 /* Adds the finished round's counter increases (a->datums) to the cumulative sums. */

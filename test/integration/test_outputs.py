@@ -12,7 +12,7 @@ import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish, read_events, stop_proc  # noqa: E402
+from testlib import check, failures, finish, parse_metrics, read_events, stop_proc  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 SHARED = os.environ["CMH_SHARED_DIR"]
@@ -118,6 +118,12 @@ try:
     s.close()
     st, body, _ = get("GET", "/healthz")
     check("still serving", st == 200)
+    st, body, _ = get("GET", "/metrics")
+    own = parse_metrics(body)
+    check("/metrics counts the two refused requests, and no accept error",
+          own.get("cni_metrics_helper_http_requests_rejected_total") == 2
+          and own.get("cni_metrics_helper_http_accept_errors_total") == 0,
+          {k: v for k, v in own.items() if "http_" in k})
 finally:
     rc = stop_proc(p, timeout=10)
     peer.shutdown()

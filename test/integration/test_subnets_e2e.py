@@ -16,10 +16,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish, read_events  # noqa: E402
+from testlib import check, failures, finish, parse_metrics, read_events  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
@@ -34,6 +35,15 @@ def http(url, method="GET", body=None):
                                  data=json.dumps(body).encode() if body is not None else None)
     with urllib.request.urlopen(req, timeout=10) as r:
         return r.read()
+
+
+def http_status(url):
+    """(status, body text) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 # Nodes are 127.86.0.1 .. 127.86.0.12: nodes 0-6 in subnet a1 (us-west-2a), 7-10 in b2
@@ -82,8 +92,9 @@ try:
            "AWS_SECRET_ACCESS_KEY": "e2e-secret", "AWS_ENDPOINT_URL_CLOUDWATCH": cw_url,
            "AWS_ENDPOINT_URL_EC2": ec2_url, "AWS_EC2_METADATA_DISABLED": "true",
            "LOG_FORMAT": "json", "METRIC_UPDATE_INTERVAL": "3600", "SCRAPE_JITTER": "0",
-           "PROMETHEUS_ADDRESS": "127.0.0.1", "PROMETHEUS_PORT": "0", "CW_BACKOFF_BASE": "50ms",
-           "CW_BACKOFF_CAP": "300ms", "HTTP_TIMEOUT": "3", "SUBNET_METRICS": "true",
+           "PROMETHEUS_ADDRESS": "127.0.0.1", "PROMETHEUS_PORT": "0", "USE_PROMETHEUS": "true",
+           "CW_BACKOFF_BASE": "50ms", "CW_BACKOFF_CAP": "300ms", "HTTP_TIMEOUT": "3",
+           "SUBNET_METRICS": "true",
            "SUBNET_METRICS_INTERVAL": "10", "CW_PER_AZ": "true", "CW_PER_NODE": "true",
            "CW_PER_NODE_MAX": str(PER_NODE_MAX)}
     # The first fetch meets throttling and a 500 before it succeeds.
@@ -314,9 +325,25 @@ try:
           ("assignIPAddresses", ()) in got and
           any(k[1] and k[1][0][0] == "NodeName" for k in got))
     check("stale view: logged", any(e.get("msg", "").startswith("subnet view stale") for e in events))
+    port = next(e["port"] for e in events if e.get("msg") == "listening")
+    own = "http://127.0.0.1:%d" % port
+    st, body = http_status(own + "/readyz")
+    check("stale view: /readyz still ready, and says the subnet view's last fetch failed",
+          st == 200 and "degraded: subnet view: last fetch failed" in body, (st, body))
+    m = parse_metrics(http(own + "/metrics").decode())
+    failed_before = m.get('cni_metrics_helper_subnet_fetches_total{result="error"}', 0)
+    last_ok = m.get("cni_metrics_helper_subnet_last_success_timestamp_seconds", 0)
+    check("stale view: /metrics counts the failed fetches, the last good one is 30 s or more ago",
+          failed_before >= 1 and m.get('cni_metrics_helper_subnet_fetches_total{result="ok"}', 0) >= 1
+          and 30 <= time.time() - last_ok < 120, (failed_before, last_ok))
     http(ec2_url + "/faults", "POST", {"script": []})
     check("fetch after EC2 recovered", wait_for("subnets fetched", 25) is not None)
     verify("recovered")
+    st, body = http_status(own + "/readyz")
+    m = parse_metrics(http(own + "/metrics").decode())
+    check("recovered: /readyz no longer degraded, last success timestamp moved",
+          st == 200 and "degraded" not in body and
+          m.get("cni_metrics_helper_subnet_last_success_timestamp_seconds", 0) > last_ok, (st, body))
 
     daemon.send_signal(signal.SIGTERM)
     rc = daemon.wait(timeout=20)
