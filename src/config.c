@@ -5,10 +5,13 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #define FIELD(f) offsetof(struct cmh_config, f)
 #define SEC      1000ull
@@ -38,6 +41,10 @@ const struct cmh_config_var cmh_config_vars[] = {
      "Log lines as logfmt text or as one JSON object each."},
     {"HTTP_TIMEOUT", CMH_CFG_DURATION, FIELD(http_timeout_ms), "10", 1 * SEC, 300 * SEC, NULL, 0,
      "Timeout of one HTTPS request to AWS or Kubernetes; bare numbers are seconds."},
+    {"AWS_CA_BUNDLE", CMH_CFG_STR, FIELD(aws_ca_bundle), NULL, 0, 0, NULL, CMH_CFG_READABLE,
+     "PEM bundle trusted for AWS HTTPS endpoints (CloudWatch, STS, EC2) instead of the system "
+     "store, as in the AWS SDKs (a TLS-inspecting proxy, a private endpoint's CA). Kubernetes "
+     "keeps K8S_CA_FILE."},
     {"SCRAPE_TARGETS", CMH_CFG_TARGETS, FIELD(targets), NULL, 0, 0, NULL, 0,
      "Static targets, comma-separated `name=host:port`, `host:port` or `host` (port "
      "IPAMD_METRICS_PORT); IPv6 as `[addr]:port`. Set: Kubernetes discovery is off."},
@@ -405,7 +412,8 @@ static void describe_range(const struct cmh_config_var *var, char *buf, size_t l
         break;
     }
     case CMH_CFG_STR:
-        snprintf(buf, len, "any text");
+        snprintf(buf, len,
+                 var->flags & CMH_CFG_READABLE ? "the path of a readable file" : "any text");
         break;
     case CMH_CFG_TARGETS:
         snprintf(buf, len, "comma-separated name=host:port, host:port or host");
@@ -450,6 +458,17 @@ int cmh_config_set(struct cmh_config *cfg, const struct cmh_config_var *var, con
         }
         break;
     case CMH_CFG_STR: {
+        if (var->flags & CMH_CFG_READABLE) {
+            /* Non-blocking, so that a FIFO named by mistake cannot hang the start. */
+            int fd = open(value, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+            struct stat st;
+            int e = fd < 0 ? errno : fstat(fd, &st) != 0 ? errno : S_ISREG(st.st_mode) ? 0 : -1;
+            if (fd >= 0)
+                close(fd);
+            if (e != 0)
+                return fail(err, -EINVAL, "%s=%s: cannot read the file: %s", var->name, value,
+                            e > 0 ? strerror(e) : "not a regular file");
+        }
         char *copy = cmh_strdup(value);
         if (copy == NULL)
             return fail(err, -ENOMEM, "out of memory");

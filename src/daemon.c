@@ -176,7 +176,9 @@ static int start_curl(struct cmh_daemon *d)
 {
     if (d->has_curl)
         return 0;
-    struct cmh_curl_uv_opts co = {.timeout_ms = d->cfg.http_timeout_ms};
+    /* AWS requests trust AWS_CA_BUNDLE; Kubernetes requests name their own CA (K8S_CA_FILE). */
+    struct cmh_curl_uv_opts co = {.timeout_ms = d->cfg.http_timeout_ms,
+                                  .ca_file = d->cfg.aws_ca_bundle};
     int rc = cmh_curl_uv_init(&d->curl, &d->loop, &co, &d->log);
     if (rc != 0) {
         CMH_LOG(&d->log, CMH_LOG_ERROR, "cannot set up HTTPS (libcurl)", CMH_INT("error", rc));

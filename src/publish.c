@@ -22,6 +22,9 @@ struct cmh_publish {
     int resolving;
     int freeing; /* callbacks cancelled by free reach no one */
     char why[256];
+    /* Why the last credentials request failed ("" when it did not): with no credentials nothing
+     * is published, which /readyz must say. */
+    char creds_why[320];
     cmh_publish_ready_cb cb;
     void *arg;
     void (*flush_cb)(void *arg);
@@ -30,6 +33,7 @@ struct cmh_publish {
 
 /* One credentials request of the publisher, carried through the provider's callback. */
 struct creds_call {
+    struct cmh_publish *p;
     cmh_cloudwatch_creds_cb cb;
     void *arg;
 };
@@ -38,7 +42,13 @@ static void on_aws_creds(struct cmh_aws_provider *prov, int rc,
                          const struct cmh_aws_credentials *creds, const char *why, void *arg)
 {
     struct creds_call *call = arg;
+    struct cmh_publish *p = call->p;
     (void)prov;
+    if (!p->freeing)
+        snprintf(p->creds_why, sizeof p->creds_why, "%s",
+                 rc == 0       ? ""
+                 : why != NULL ? why
+                               : "no AWS credentials");
     if (rc == 0) {
         struct cmh_sigv4_credentials c = {creds->access_key_id, creds->secret_access_key,
                                           creds->session_token};
@@ -55,6 +65,7 @@ static int creds_get(void *ctx, cmh_cloudwatch_creds_cb cb, void *arg)
     struct creds_call *call = cmh_malloc(sizeof *call);
     if (call == NULL)
         return -ENOMEM;
+    call->p = p;
     call->cb = cb;
     call->arg = arg;
     int rc = cmh_aws_creds_get(p->aws, on_aws_creds, call);
@@ -189,6 +200,10 @@ int cmh_publish_ready(const struct cmh_publish *p, const char **why)
     if (p->cw == NULL) {
         *why = p->why;
         return -EAGAIN;
+    }
+    if (p->creds_why[0] != '\0') {
+        *why = p->creds_why;
+        return -EACCES;
     }
     if (cmh_cloudwatch_ready(p->cw) != 0) {
         *why = "CloudWatch answers AccessDenied: grant cloudwatch:PutMetricData (see the log)";

@@ -650,7 +650,8 @@ static int start(struct report *r, char *const *envp)
     r->has_coll = 1;
     uv_timer_start(&r->deadline, on_deadline, REPORT_DEADLINE_MS, 0);
     if (r->cfg.targets.n == 0 || r->cfg.subnet_metrics) {
-        struct cmh_curl_uv_opts co = {.timeout_ms = r->cfg.http_timeout_ms};
+        struct cmh_curl_uv_opts co = {.timeout_ms = r->cfg.http_timeout_ms,
+                                      .ca_file = r->cfg.aws_ca_bundle};
         rc = cmh_curl_uv_init(&r->curl, &r->loop, &co, &r->log);
         if (rc != 0)
             return rc;

@@ -31,6 +31,7 @@ struct cmh_config {
     int log_level;  /* enum cmh_log_level */
     int log_format; /* enum cmh_log_format */
     uint64_t http_timeout_ms;
+    char *aws_ca_bundle; /* PEM bundle for AWS HTTPS endpoints; NULL = the system store */
     struct cmh_target_list targets;
     uint64_t ipamd_port;
     uint64_t prometheus_port;
@@ -88,7 +89,8 @@ enum cmh_config_type {
     CMH_CFG_TARGETS,  /* struct cmh_target_list */
 };
 
-#define CMH_CFG_SECRET 1u /* never logged: the effective-config line shows <redacted> */
+#define CMH_CFG_SECRET   1u /* never logged: the effective-config line shows <redacted> */
+#define CMH_CFG_READABLE 2u /* STR: a path; a file that cannot be read is a configuration error */
 
 struct cmh_config_var {
     const char *name;

@@ -41,8 +41,9 @@ int cmh_publish_flush(struct cmh_publish *p, uint64_t deadline_ms, void (*cb)(vo
 /* Publisher figures; zeroes before ready. */
 void cmh_publish_stats(const struct cmh_publish *p, struct cmh_cloudwatch_stats *out);
 
-/* 0 when ready and not refused for lack of permission; else -EAGAIN (resolving) or -EACCES
- * (AccessDenied), with a sentence for /readyz in why. */
+/* 0 when ready and not refused for lack of permission; else -EAGAIN (resolving) or -EACCES (the
+ * last credentials request failed, or CloudWatch answers AccessDenied), with a sentence for /readyz
+ * in why. */
 int cmh_publish_ready(const struct cmh_publish *p, const char **why);
 
 /* Abandons what is in flight and frees p (memory of pending requests goes when curl_uv ends

@@ -17,6 +17,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     char *value = cmh_strndup((const char *)data + 1, size - 1);
     if (value == NULL)
         return 0;
+    /* A path variable opens its file: only names in the working directory, never a device. */
+    if ((var->flags & CMH_CFG_READABLE) && strchr(value, '/') != NULL) {
+        cmh_free(value);
+        return 0;
+    }
     struct cmh_config cfg;
     char err[CMH_CONFIG_ERR_MAX];
     char *env[] = {NULL};

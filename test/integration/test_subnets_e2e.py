@@ -16,11 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish, parse_metrics, read_events  # noqa: E402
+from testlib import check, failures, finish, http, http_status, parse_metrics, read_events, stop_all  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
@@ -28,22 +26,6 @@ SRC = os.environ["CMH_SOURCE_DIR"]
 SHARED = os.environ["CMH_SHARED_DIR"]
 NODES = 12
 PER_NODE_MAX = 5
-
-
-def http(url, method="GET", body=None):
-    req = urllib.request.Request(url, method=method,
-                                 data=json.dumps(body).encode() if body is not None else None)
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return r.read()
-
-
-def http_status(url):
-    """(status, body text) of a GET, error statuses included."""
-    try:
-        with urllib.request.urlopen(url, timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 # Nodes are 127.86.0.1 .. 127.86.0.12: nodes 0-6 in subnet a1 (us-west-2a), 7-10 in b2
@@ -354,16 +336,5 @@ try:
     check("CloudWatch stand-in: every request valid", cst["bad_signature"] == 0 and
           cst["invalid_params"] == 0, cst)
 finally:
-    if daemon is not None:
-        daemon.kill()
-        daemon.wait()
-    for p in (cw, ec2):
-        p.stdin.close()
-        p.wait(timeout=10)
-    try:
-        http(control + "/quit", "POST")
-    except Exception:
-        pass
-    sim.terminate()
-    sim.wait(timeout=10)
+    stop_all(daemon, [cw, ec2], sim, control)
 finish()

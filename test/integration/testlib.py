@@ -6,6 +6,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 
 failures = []
 _passed = [0]
@@ -68,3 +70,37 @@ def parse_metrics(body):
             k, v = line.rsplit(" ", 1)
             out[k] = float(v)
     return out
+
+
+def http(url, method="GET", body=None, timeout=10):
+    """The answer's body to a request (body, when given, sent as JSON); raises on an error status."""
+    req = urllib.request.Request(url, method=method,
+                                 data=json.dumps(body).encode() if body is not None else None)
+    with urllib.request.urlopen(req, timeout=timeout) as r:
+        return r.read()
+
+
+def http_status(url, timeout=10):
+    """(status, text) of a GET, error statuses included."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def stop_all(daemon, peers, sim, control):
+    """Ends a test that ran a daemon, stand-ins reading their stdin (closed: they exit) and the
+    ipamD simulator (asked to quit on its control URL, then terminated); every wait bounded."""
+    if daemon is not None:
+        daemon.kill()
+        daemon.wait()
+    for p in peers:
+        p.stdin.close()
+        p.wait(timeout=10)
+    try:
+        http(control + "/quit", "POST")
+    except Exception:
+        pass
+    sim.terminate()
+    sim.wait(timeout=10)

@@ -2,7 +2,8 @@
 document cannot silently go stale:
 
 - source: TLS verification set once, unconditionally, in the one module that includes libcurl;
-  no verbose/debug callback; no redirects; the only trust-anchor variable is K8S_CA_FILE;
+  no verbose/debug callback; no redirects; the only trust-anchor variables are AWS_CA_BUNDLE and
+  K8S_CA_FILE;
 - IMDSv2 only: against a loopback IMDS that issues tokens, every GET carries the issued token;
   against one that refuses the token PUT (403, 404, 405), no GET is ever sent (no IMDSv1 fallback);
 - allow-lists: a container credential URL or a CloudWatch endpoint with user information
@@ -70,7 +71,8 @@ help_text = subprocess.run([BIN, "--help"], capture_output=True, text=True, time
 TLS_WORDS = {"CA", "CACERT", "CERT", "CERTS", "TLS", "SSL", "INSECURE", "VERIFY", "SKIP", "BUNDLE"}
 tls_vars = sorted(v for v in re.findall(r"^  ([A-Z][A-Z0-9_]+) \(", help_text, re.MULTILINE)
                   if TLS_WORDS & set(v.split("_")))
-check("the only trust-anchor setting is K8S_CA_FILE", tls_vars == ["K8S_CA_FILE"], tls_vars)
+check("the only trust-anchor settings are AWS_CA_BUNDLE and K8S_CA_FILE (nothing turns verification off)",
+      tls_vars == ["AWS_CA_BUNDLE", "K8S_CA_FILE"], tls_vars)
 
 
 # ---- a loopback peer that records requests ----------------------------------------------------

@@ -21,6 +21,8 @@ struct good {
 
 /* At least one good value for every variable, including the boundaries of every range. */
 static const struct good goods[] = {
+    {"AWS_CA_BUNDLE", CMH_SOURCE_DIR "/test/unit/test_config.c",
+     CMH_SOURCE_DIR "/test/unit/test_config.c"},
     {"USE_CLOUDWATCH", "yes", "true"},
     {"USE_CLOUDWATCH", "No", "false"},
     {"USE_CLOUDWATCH", "TRUE", "true"},
@@ -118,6 +120,7 @@ struct bad {
 };
 
 static const struct bad bads[] = {
+    {"AWS_CA_BUNDLE", "/nonexistent/ca.pem", "cannot read the file: No such file or directory"},
     {"USE_CLOUDWATCH", "1", "yes, true, no or false"},
     {"USE_CLOUDWATCH", "enabled", "yes, true, no or false"},
     {"USE_PROMETHEUS", "y", "yes, true, no or false"},
