@@ -35,9 +35,7 @@ import math
 import os
 import random
 import shutil
-import socket
 import ssl
-import struct
 import subprocess
 import tempfile
 import threading
@@ -57,6 +55,9 @@ MODEL = SESSION.get_service_model("cloudwatch")
 OP = MODEL.operation_model("PutMetricData")
 XMLNS = MODEL.metadata["xmlNamespace"]
 
+# The "reset" fault's half answer, before the RST.
+HALF_ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 500\r\n\r\n"
+               b"<PutMetricDataResp")
 LOCK = threading.Lock()
 STATE = {}
 
@@ -298,17 +299,6 @@ class Handler(BaseHTTPRequestHandler):
     def reply_json(self, obj, status=200):
         self.reply(status, json.dumps(obj).encode(), "application/json")
 
-    def reset_conn(self):
-        try:
-            self.request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-        self.close_connection = True
-        try:
-            self.request.close()
-        except OSError:
-            pass
-
     def do_GET(self):
         path = urlsplit(self.path).path
         with LOCK:
@@ -374,20 +364,9 @@ class Handler(BaseHTTPRequestHandler):
             request_no = STATE["stats"]["requests"]
         fault = self.next_fault()
         kind = fault["kind"] if fault else "ok"
-        if kind == "reset":
-            # Half an answer, then RST: the client must see a broken response (a reset before
-            # any byte on a reused connection is retried by libcurl itself: "reset_early").
-            self.count("reset")
-            try:
-                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n"
-                                 b"Content-Length: 500\r\n\r\n<PutMetricDataResp")
-                self.wfile.flush()
-            except OSError:
-                pass
-            return self.reset_conn()
-        if kind == "reset_early":
-            self.count("reset_early")
-            return self.reset_conn()
+        if kind in ("reset", "reset_early"):
+            self.count(kind)
+            return standin_common.reset_connection(self, HALF_ANSWER if kind == "reset" else None)
         if kind == "stall":
             self.count("stall")
             time.sleep(ARGS.stall)

@@ -27,8 +27,6 @@ UnauthorizedOperation), "expired" (400 RequestExpired), "garbage" (200 with a no
 import argparse
 import base64
 import json
-import socket
-import struct
 import sys
 import threading
 import uuid
@@ -47,6 +45,9 @@ OP = MODEL.operation_model("DescribeSubnets")
 XMLNS = MODEL.metadata["xmlNamespace"].rstrip("/") + "/"
 VERSION = MODEL.metadata["apiVersion"]
 
+# The "reset" fault's half answer, before the RST.
+HALF_ANSWER = (b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\nContent-Length: 500\r\n\r\n"
+               b"<DescribeSubnetsResp")
 LOCK = threading.Lock()
 STATE = {}
 
@@ -240,19 +241,7 @@ class Handler(BaseHTTPRequestHandler):
         elif kind == "garbage":
             self.reply(200, "<html>proxy error</html", "text/html")
         elif kind in ("reset", "reset_early"):
-            # "reset": half an answer, then RST, so the client sees a broken response. A reset
-            # before any byte on a reused connection is retried by libcurl itself, invisibly to
-            # the caller's attempt count: that is "reset_early".
-            if kind == "reset":
-                try:
-                    self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/xml\r\n"
-                                     b"Content-Length: 500\r\n\r\n<DescribeSubnetsResp")
-                    self.wfile.flush()
-                except OSError:
-                    pass
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.close()
-            self.close_connection = True
+            standin_common.reset_connection(self, HALF_ANSWER if kind == "reset" else None)
         else:
             raise ValueError("unknown fault " + kind)
         return True

@@ -3,6 +3,8 @@ credentials, the SigV4 check with botocore as the independent oracle, and the se
 closes lifetime."""
 import datetime
 import os
+import socket
+import struct
 import sys
 import threading
 import time
@@ -107,3 +109,23 @@ def serve_until_stdin_closes(servers, ready_line, lifetime, cleanup=None):
         if cleanup:
             cleanup()
     os._exit(0)
+
+
+def reset_connection(handler, partial=None):
+    """Ends the handler's connection with a TCP RST, after partial (bytes: half an answer) when
+    given. A reset before any byte of the answer on a reused connection is retried by libcurl
+    itself, invisibly to the client's attempt count; after half an answer the client sees a broken
+    response."""
+    sock = handler.connection
+    try:
+        if partial:
+            handler.wfile.write(partial)
+            handler.wfile.flush()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except OSError:
+        pass
+    handler.close_connection = True
+    try:
+        sock.close()
+    except OSError:
+        pass
