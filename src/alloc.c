@@ -85,6 +85,16 @@ char *cmh_strdup(const char *s)
     return cmh_strndup(s, SIZE_MAX);
 }
 
+char *cmh_strdup_opt(const char *s, int *rc)
+{
+    if (s == NULL)
+        return NULL;
+    char *c = cmh_strdup(s);
+    if (c == NULL)
+        *rc = -ENOMEM;
+    return c;
+}
+
 void cmh_free(void *p)
 {
     free(p);

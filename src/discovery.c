@@ -522,28 +522,18 @@ static void mark_dirty(struct cmh_discovery *d)
         uv_timer_start(&d->notify, on_notify, 0, 0);
 }
 
-/* Reads the token when it is older than token_max_age_ms or was refused. Synchronous: a few
- * bytes from the kubelet's tmpfs, at most once a minute. */
+/* Reads the token when due (see cmh_k8s_token). Synchronous: a few bytes from the kubelet's
+ * tmpfs, at most once a minute or after a refusal. */
 static void refresh_token(struct cmh_discovery *d)
 {
-    uint64_t now = uv_now(d->loop);
-    if (d->token_file == NULL)
-        return;
-    if (d->token != NULL && !d->token_stale && now - d->token_read_ms < d->token_max_age_ms)
-        return;
-    char *tok = NULL, why[300];
-    if (cmh_k8s_token_read(d->token_file, &tok, why, sizeof why) != 0) {
+    char why[300];
+    int rc = cmh_k8s_token_refresh(&d->tok, uv_now(d->loop), why, sizeof why);
+    if (rc < 0)
         set_error(d, "%s", why);
-        return;
-    }
-    if (d->token != NULL && strcmp(d->token, tok) != 0 && d->log != NULL)
+    else if (rc == 1 && d->log != NULL)
         CMH_LOG(d->log, CMH_LOG_INFO, "service-account token rotated",
-                CMH_STR("file", d->token_file));
-    cmh_free(d->token);
-    d->token = tok;
-    d->token_read_ms = now;
-    d->token_stale = false;
-    d->st.token_reads++;
+                CMH_STR("file", d->tok.file));
+    d->st.token_reads = d->tok.reads;
 }
 
 /* Appends s to the growing buffer, percent-encoding it when enc is set. */
@@ -628,21 +618,13 @@ static void start_request(struct cmh_discovery *d)
     refresh_token(d);
     cmh_free(d->url);
     d->url = NULL;
-    cmh_free(d->auth_header);
-    d->auth_header = NULL;
     rc = build_url(d, &d->url);
     if (rc != 0)
         goto fail;
     size_t nh = 0;
     d->headers[nh++] = "Accept: application/json";
-    if (d->token != NULL) {
-        d->auth_header = cmh_k8s_bearer_header(d->token);
-        if (d->auth_header == NULL) {
-            rc = -ENOMEM;
-            goto fail;
-        }
-        d->headers[nh++] = d->auth_header;
-    }
+    if (d->tok.header != NULL)
+        d->headers[nh++] = d->tok.header;
     memset(&d->req, 0, sizeof d->req);
     d->req.method = "GET";
     d->req.url = d->url;
@@ -688,8 +670,9 @@ static void handle_line(struct cmh_discovery *d, const char *line, size_t len)
     int rc = cmh_discovery_parse_event(&d->pods, line, len, &ev);
     if (rc != 0) {
         d->abort_bad = true;
-        set_error(d, "bad watch event (%s): %.80s", rc == -ENOMEM ? "out of memory" : "not JSON",
-                  line);
+        /* line is not terminated: it may point into libcurl's chunk. */
+        set_error(d, "bad watch event (%s): %.*s", rc == -ENOMEM ? "out of memory" : "not JSON",
+                  (int)(len < 80 ? len : 80), line);
         return;
     }
     if (ev.type == CMH_K8S_EV_ERROR) {
@@ -770,7 +753,7 @@ static void list_done(struct cmh_discovery *d, const struct cmh_curl_uv_response
     }
     if (res->status != 200) {
         if (res->status == 401 || res->status == 403)
-            d->token_stale = true;
+            cmh_k8s_token_refused(&d->tok);
         if (res->error != CMH_CURL_OK)
             set_error(d, "pod list failed: %s (%s)", cmh_curl_uv_error_name(res->error),
                       res->error_text);
@@ -859,7 +842,7 @@ static void watch_done(struct cmh_discovery *d, const struct cmh_curl_uv_respons
         return;
     }
     if (res->status == 401 || res->status == 403)
-        d->token_stale = true;
+        cmh_k8s_token_refused(&d->tok);
     if (res->error != CMH_CURL_OK)
         set_error(d, "pod watch failed: %s (%s)", cmh_curl_uv_error_name(res->error),
                   res->error_text);
@@ -891,22 +874,12 @@ static void free_all(struct cmh_discovery *d)
     cmh_discovery_pods_free(&d->listing);
     cmh_discovery_set_release(d->set);
     d->set = NULL;
-    char **strs[] = {&d->server, &d->ns,    &d->selector,    &d->token_file, &d->ca_file,
-                     &d->cont,   &d->token, &d->auth_header, &d->url,        &d->line};
+    cmh_k8s_token_free(&d->tok);
+    char **strs[] = {&d->server, &d->ns, &d->selector, &d->ca_file, &d->cont, &d->url, &d->line};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         cmh_free(*strs[i]);
         *strs[i] = NULL;
     }
-}
-
-static char *dup_or_null(const char *s, int *rc)
-{
-    if (s == NULL)
-        return NULL;
-    char *c = cmh_strdup(s);
-    if (c == NULL)
-        *rc = -ENOMEM;
-    return c;
 }
 
 int cmh_discovery_start(struct cmh_discovery *d, uv_loop_t *loop, struct cmh_curl_uv *curl,
@@ -926,11 +899,14 @@ int cmh_discovery_start(struct cmh_discovery *d, uv_loop_t *loop, struct cmh_cur
             CMH_LOG(log, CMH_LOG_ERROR, "bad Kubernetes discovery settings", CMH_STR("error", err));
         return -EINVAL;
     }
-    d->server = dup_or_null(opts->server, &rc);
-    d->ns = dup_or_null(opts->namespace_name ? opts->namespace_name : DEFAULT_NAMESPACE, &rc);
-    d->selector = dup_or_null(opts->label_selector ? opts->label_selector : DEFAULT_SELECTOR, &rc);
-    d->token_file = dup_or_null(opts->token_file, &rc);
-    d->ca_file = dup_or_null(opts->ca_file, &rc);
+    d->server = cmh_strdup_opt(opts->server, &rc);
+    d->ns = cmh_strdup_opt(opts->namespace_name ? opts->namespace_name : DEFAULT_NAMESPACE, &rc);
+    d->selector =
+        cmh_strdup_opt(opts->label_selector ? opts->label_selector : DEFAULT_SELECTOR, &rc);
+    d->ca_file = cmh_strdup_opt(opts->ca_file, &rc);
+    if (cmh_k8s_token_init(&d->tok, opts->token_file,
+                           opts->token_max_age_ms ? opts->token_max_age_ms : DEFAULT_TOKEN_AGE))
+        rc = -ENOMEM;
     d->set = cmh_discovery_set_build(&d->pods, 0);
     if (rc != 0 || d->set == NULL) {
         rc = -ENOMEM;
@@ -943,7 +919,6 @@ int cmh_discovery_start(struct cmh_discovery *d, uv_loop_t *loop, struct cmh_cur
     d->backoff_cap_ms = opts->backoff_cap_ms ? opts->backoff_cap_ms : DEFAULT_CAP_MS;
     if (d->backoff_cap_ms < d->backoff_base_ms)
         d->backoff_cap_ms = d->backoff_base_ms;
-    d->token_max_age_ms = opts->token_max_age_ms ? opts->token_max_age_ms : DEFAULT_TOKEN_AGE;
     d->page_limit = opts->page_limit ? opts->page_limit : DEFAULT_PAGE;
     d->rng = cmh_rng_seed(opts->seed);
     d->last_error[0] = '\0';

@@ -155,24 +155,13 @@ static const char *jstr(json_t *obj, const char *key)
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
-/* Reads the token when it is older than a minute or was refused. Synchronous: a few bytes from
- * the kubelet's tmpfs, at most once a minute. */
+/* Reads the token when due (see cmh_k8s_token). Synchronous: a few bytes from the kubelet's
+ * tmpfs, at most once a minute or after a refusal. */
 static void refresh_token(struct cmh_leader *l)
 {
-    uint64_t now = uv_now(l->loop);
-    if (l->token_file == NULL)
-        return;
-    if (l->token != NULL && !l->token_stale && now - l->token_read_ms < TOKEN_MAX_AGE_MS)
-        return;
-    char *tok = NULL, why[300];
-    if (cmh_k8s_token_read(l->token_file, &tok, why, sizeof why) != 0) {
+    char why[300];
+    if (cmh_k8s_token_refresh(&l->tok, uv_now(l->loop), why, sizeof why) < 0)
         set_error(l, "%s", why);
-        return;
-    }
-    cmh_free(l->token);
-    l->token = tok;
-    l->token_read_ms = now;
-    l->token_stale = false;
 }
 
 /* ---- leadership ---- */
@@ -273,14 +262,8 @@ static int send_request(struct cmh_leader *l, int step, char *body)
     l->headers[nh++] = "Accept: application/json";
     if (body != NULL)
         l->headers[nh++] = "Content-Type: application/json";
-    cmh_free(l->auth_header);
-    l->auth_header = NULL;
-    if (l->token != NULL) {
-        l->auth_header = cmh_k8s_bearer_header(l->token);
-        if (l->auth_header == NULL)
-            return -ENOMEM;
-        l->headers[nh++] = l->auth_header;
-    }
+    if (l->tok.header != NULL)
+        l->headers[nh++] = l->tok.header;
     static const char *const methods[] = {"GET", "POST", "PUT", "PUT"};
     memset(&l->req, 0, sizeof l->req);
     l->req.method = methods[step];
@@ -510,7 +493,7 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         set_error(l, "Lease request failed: %s (%s)", cmh_curl_uv_error_name(res->error),
                   res->error_text);
     } else if (res->status == 401 || res->status == 403) {
-        l->token_stale = true;
+        cmh_k8s_token_refused(&l->tok);
         set_error(l, "Lease request answered HTTP %ld: %.120s", res->status, res->body);
     } else if (res->status >= 300 && res->status != 404 && res->status != 409) {
         set_error(l, "Lease request answered HTTP %ld: %.120s", res->status, res->body);
@@ -531,35 +514,25 @@ static void free_all(struct cmh_leader *l)
 {
     json_decref(l->record);
     l->record = NULL;
-    char **strs[] = {&l->server,  &l->ns,          &l->name, &l->identity, &l->token_file,
-                     &l->ca_file, &l->auth_header, &l->url,  &l->body,     &l->token};
+    cmh_k8s_token_free(&l->tok);
+    char **strs[] = {&l->server, &l->ns, &l->name, &l->identity, &l->ca_file, &l->url, &l->body};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         cmh_free(*strs[i]);
         *strs[i] = NULL;
     }
 }
 
-static char *dup_or_null(const char *s, int *rc)
-{
-    if (s == NULL)
-        return NULL;
-    char *c = cmh_strdup(s);
-    if (c == NULL)
-        *rc = -ENOMEM;
-    return c;
-}
-
 static char *default_identity(int *rc)
 {
     const char *pod = getenv("POD_NAME");
     if (pod != NULL && pod[0] != '\0' && strlen(pod) <= 253)
-        return dup_or_null(pod, rc);
+        return cmh_strdup_opt(pod, rc);
     char host[256] = "";
     char buf[300];
     if (gethostname(host, sizeof host - 1) != 0 || host[0] == '\0')
         snprintf(host, sizeof host, "unknown");
     snprintf(buf, sizeof buf, "%s_%ld", host, (long)getpid());
-    return dup_or_null(buf, rc);
+    return cmh_strdup_opt(buf, rc);
 }
 
 int cmh_leader_start(struct cmh_leader *l, uv_loop_t *loop, struct cmh_curl_uv *curl,
@@ -579,12 +552,13 @@ int cmh_leader_start(struct cmh_leader *l, uv_loop_t *loop, struct cmh_curl_uv *
             CMH_LOG(log, CMH_LOG_ERROR, "bad leader election settings", CMH_STR("error", err));
         return -EINVAL;
     }
-    l->server = dup_or_null(opts->server, &rc);
-    l->ns = dup_or_null(opts->namespace_name ? opts->namespace_name : DEFAULT_NAMESPACE, &rc);
-    l->name = dup_or_null(opts->lease_name ? opts->lease_name : DEFAULT_LEASE, &rc);
-    l->identity = opts->identity ? dup_or_null(opts->identity, &rc) : default_identity(&rc);
-    l->token_file = dup_or_null(opts->token_file, &rc);
-    l->ca_file = dup_or_null(opts->ca_file, &rc);
+    l->server = cmh_strdup_opt(opts->server, &rc);
+    l->ns = cmh_strdup_opt(opts->namespace_name ? opts->namespace_name : DEFAULT_NAMESPACE, &rc);
+    l->name = cmh_strdup_opt(opts->lease_name ? opts->lease_name : DEFAULT_LEASE, &rc);
+    l->identity = opts->identity ? cmh_strdup_opt(opts->identity, &rc) : default_identity(&rc);
+    if (cmh_k8s_token_init(&l->tok, opts->token_file, TOKEN_MAX_AGE_MS) != 0)
+        rc = -ENOMEM;
+    l->ca_file = cmh_strdup_opt(opts->ca_file, &rc);
     if (rc != 0) {
         free_all(l);
         return -ENOMEM;

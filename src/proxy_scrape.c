@@ -56,38 +56,22 @@ int cmh_proxy_scrape_url(char *buf, size_t len, const char *server, const char *
     return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
 }
 
-/* Reads the token when it is older than token_max_age_ms or was refused. A few bytes from the
- * kubelet's tmpfs, at most once a minute: a blocking read is fine. A failed read keeps the old
- * token. */
+/* Reads the token when due (see cmh_k8s_token). A few bytes from the kubelet's tmpfs, at most
+ * once a minute or after a refusal: a blocking read is fine. A failure is logged once until it
+ * changes or a read succeeds. */
 static void refresh_token(struct cmh_proxy_scrape *p)
 {
-    if (p->token_file == NULL)
-        return;
-    uint64_t now = uv_now(p->loop);
-    if (p->token != NULL && !p->token_stale && now - p->token_read_ms < p->token_max_age_ms)
-        return;
-    char *tok = NULL;
     char why[256];
-    p->token_read_ms = now;
-    p->token_stale = 0;
-    if (cmh_k8s_token_read(p->token_file, &tok, why, sizeof why) != 0) {
+    int rc = cmh_k8s_token_refresh(&p->tok, uv_now(p->loop), why, sizeof why);
+    if (rc < 0) {
         if (strcmp(why, p->last_token_error) != 0)
             CMH_LOG(p->log, CMH_LOG_WARN, "proxy scraping: cannot read the token",
                     CMH_STR("error", why));
         snprintf(p->last_token_error, sizeof p->last_token_error, "%s", why);
-        return;
+    } else if (p->tok.reads != p->stats.token_reads) {
+        p->last_token_error[0] = '\0';
     }
-    p->last_token_error[0] = '\0';
-    p->stats.token_reads++;
-    char *auth = cmh_k8s_bearer_header(tok);
-    if (auth == NULL) {
-        cmh_free(tok);
-        return;
-    }
-    cmh_free(p->token);
-    cmh_free(p->auth);
-    p->token = tok;
-    p->auth = auth;
+    p->stats.token_reads = p->tok.reads;
 }
 
 static void on_req_done(struct cmh_curl_uv_req *creq, const struct cmh_curl_uv_response *res);
@@ -136,8 +120,8 @@ static int start_req(struct cmh_proxy_scrape *p, struct cmh_proxy_scrape_req *r,
     c->url = r->url;
     size_t nh = 0;
     r->headers[nh++] = "Accept: text/plain";
-    if (p->auth != NULL)
-        r->headers[nh++] = p->auth;
+    if (p->tok.header != NULL)
+        r->headers[nh++] = p->tok.header;
     c->headers = r->headers;
     c->nheaders = nh;
     c->on_data = on_data;
@@ -208,7 +192,7 @@ static void on_req_done(struct cmh_curl_uv_req *creq, const struct cmh_curl_uv_r
             result = CMH_SCRAPE_PARSE_ERROR;
     }
     if (status == 401) {
-        p->token_stale = 1;
+        cmh_k8s_token_refused(&p->tok);
         p->stats.unauthorized++;
     }
     if (res->http_version == 2)
@@ -247,15 +231,15 @@ int cmh_proxy_scrape_init(struct cmh_proxy_scrape *p, uv_loop_t *loop,
     p->timeout_ms = o->timeout_ms ? o->timeout_ms : 5000;
     p->max_body = o->max_body ? o->max_body : 4u << 20;
     p->streams = o->streams ? o->streams : DEFAULT_STREAMS;
-    p->token_max_age_ms = o->token_max_age_ms ? o->token_max_age_ms : DEFAULT_TOKEN_AGE;
-    int rc = -ENOMEM;
-    p->server = cmh_strdup(o->server);
-    p->ns = cmh_strdup(o->namespace_name);
-    p->token_file = o->token_file != NULL ? cmh_strdup(o->token_file) : NULL;
+    int rc = cmh_k8s_token_init(&p->tok, o->token_file,
+                                o->token_max_age_ms ? o->token_max_age_ms : DEFAULT_TOKEN_AGE);
+    p->server = cmh_strdup_opt(o->server, &rc);
+    p->ns = cmh_strdup_opt(o->namespace_name, &rc);
     p->reqs = cmh_calloc(p->streams, sizeof *p->reqs);
-    if (p->server == NULL || p->ns == NULL || (o->token_file != NULL && p->token_file == NULL) ||
-        p->reqs == NULL)
+    if (rc != 0 || p->reqs == NULL) {
+        rc = -ENOMEM;
         goto fail;
+    }
     for (unsigned i = p->streams; i-- > 0;) {
         p->reqs[i].p = p;
         p->reqs[i].next_free = p->free_reqs;
@@ -275,7 +259,7 @@ int cmh_proxy_scrape_init(struct cmh_proxy_scrape *p, uv_loop_t *loop,
 fail:
     cmh_free(p->server);
     cmh_free(p->ns);
-    cmh_free(p->token_file);
+    cmh_k8s_token_free(&p->tok);
     cmh_free(p->reqs);
     memset(p, 0, sizeof *p);
     return rc;
@@ -348,12 +332,10 @@ static void on_curl_closed(struct cmh_curl_uv *c)
     struct cmh_proxy_scrape *p = container_of(c, struct cmh_proxy_scrape, curl);
     cmh_free(p->server);
     cmh_free(p->ns);
-    cmh_free(p->token_file);
-    cmh_free(p->token);
-    cmh_free(p->auth);
+    cmh_k8s_token_free(&p->tok);
     cmh_free(p->reqs);
     cmh_free(p->queue);
-    p->server = p->ns = p->token_file = p->token = p->auth = NULL;
+    p->server = p->ns = NULL;
     p->reqs = p->free_reqs = NULL;
     p->queue = NULL;
     if (p->close_cb != NULL)

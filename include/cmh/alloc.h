@@ -14,6 +14,10 @@ char *cmh_strdup(const char *s);
 char *cmh_strndup(const char *s, size_t n);
 void cmh_free(void *p);
 
+/* A copy of s, or NULL for NULL; when the copy cannot be made, NULL with *rc = -ENOMEM (so a run
+ * of copies needs one check at its end). */
+char *cmh_strdup_opt(const char *s, int *rc);
+
 #ifdef CMH_FAULT_INJECT
 /* Test hook: the nth allocation from now (1-based) fails and every later one succeeds; 0 turns the
  * hook off. Returns nothing; cmh_alloc_count() says how many allocations were made since. */

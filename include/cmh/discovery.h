@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include "cmh/curl_uv.h"
+#include "cmh/k8s_token.h"
 
 struct cmh_log;
 struct cmh_config;
@@ -106,9 +107,9 @@ struct cmh_discovery {
     cmh_discovery_change_cb on_change;
     void *arg;
     /* Private. */
-    char *server, *ns, *selector, *token_file, *ca_file;
+    char *server, *ns, *selector, *ca_file;
     uint64_t watch_timeout_ms, request_timeout_ms, backoff_base_ms, backoff_cap_ms;
-    uint64_t token_max_age_ms;
+    struct cmh_k8s_token tok;
     size_t page_limit;
     uint64_t rng;
     struct cmh_discovery_pods pods;    /* what the API says now */
@@ -116,11 +117,7 @@ struct cmh_discovery {
     struct cmh_discovery_set *set;     /* published */
     char rv[64];                       /* resume point of the watch */
     char *cont;                        /* continue token of a paginated list */
-    char *token;
-    uint64_t token_read_ms;
-    bool token_stale;
     char *url;
-    char *auth_header;
     const char *headers[2];
     struct cmh_curl_uv_req req;
     bool in_flight;

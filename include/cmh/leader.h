@@ -11,6 +11,7 @@
 #include <uv.h>
 
 #include "cmh/curl_uv.h"
+#include "cmh/k8s_token.h"
 
 struct cmh_log;
 struct cmh_config;
@@ -56,14 +57,11 @@ struct cmh_leader {
     cmh_leader_change_cb on_change;
     void *arg;
     /* Private. */
-    char *server, *ns, *name, *identity, *token_file, *ca_file;
+    char *server, *ns, *name, *identity, *ca_file;
     uint64_t lease_ms, renew_ms, retry_ms, request_ms;
     uint64_t rng;
-    char *token;
-    uint64_t token_read_ms;
-    bool token_stale;
-    char *url; /* of the request in flight */
-    char *auth_header;
+    struct cmh_k8s_token tok;
+    char *url;  /* of the request in flight */
     char *body; /* of the request in flight */
     const char *headers[3];
     struct cmh_curl_uv_req req;

@@ -7,6 +7,7 @@
 #define CMH_PROXY_SCRAPE_H
 
 #include "cmh/curl_uv.h"
+#include "cmh/k8s_token.h"
 #include "cmh/scrape.h"
 #include "cmh/scrape_mode.h"
 
@@ -69,12 +70,10 @@ struct cmh_proxy_scrape {
     cmh_proxy_scrape_done_cb done;
     void *arg;
     /* Private. */
-    char *server, *ns, *token_file;
-    uint64_t timeout_ms, max_body, token_max_age_ms;
+    char *server, *ns;
+    uint64_t timeout_ms, max_body;
     unsigned streams, inflight;
-    char *token, *auth;
-    uint64_t token_read_ms;
-    int token_stale;
+    struct cmh_k8s_token tok;
     char last_token_error[256];
     struct cmh_proxy_scrape_req *reqs; /* streams of them */
     struct cmh_proxy_scrape_req *free_reqs;
