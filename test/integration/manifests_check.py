@@ -1,32 +1,49 @@
-"""Renders manifests/ (the kustomize base and overlays, and the Helm chart under several values
-files, among them the original eks-charts chart's) and checks every rendering against the code:
+"""Renders manifests/ (the kustomize base, every overlay, every combination of a credentials
+overlay with the components, and the Helm chart under many values files, among them the original
+eks-charts chart's) and checks every rendering against the code:
 
 - every environment variable is one the daemon knows (`--help` of the binary under test, read at
-  test time) or a standard AWS SDK variable, enum/bool values are accepted, and the daemon started
-  with the rendered environment accepts it (no exit 2, no "unknown variable" warning);
-- RBAC grants exactly what the code uses: pods get/list/watch in the watched namespace, bound to
-  the Deployment's ServiceAccount; pods/proxy get if and only if the rendered SCRAPE_MODE is not
-  direct (and src/ scrapes through pods/proxy); leases only with leader election; no cluster-wide
-  role, no wildcards (and if src/ starts using leases, this test says the manifests must follow);
+  test time) or a standard AWS SDK variable, enum/bool values are accepted, no variable is set
+  twice, and the daemon started with the rendered environment accepts it (no exit 2, no "unknown
+  variable" warning; leader-election timings pass the daemon's own check);
+- RBAC grants exactly what the code uses, with the verbs read from src/: pods (the URLs the code
+  builds: a collection read is list, a watch=1 query is watch, a single pod would be get) in the
+  watched namespace, bound to the Deployment's ServiceAccount; pods/proxy get if and only if the
+  rendered SCRAPE_MODE is not direct; the Lease verbs (the HTTP methods of the Lease code) if and
+  only if LEADER_ELECTION is on; ENIConfig list (the only cluster-wide grant) if and only if
+  SUBNET_METRICS is on; no wildcards;
 - the probes' paths answer on the daemon (liveness 200, readiness 200/503, an unknown path 404),
   and their port is the container port the daemon listens on (PROMETHEUS_PORT);
-- the pod is hardened (non-root, read-only root, no capabilities, seccomp RuntimeDefault), one
-  replica replaced with Recreate, memory requests and limits, grace period above SHUTDOWN_TIMEOUT;
+- the pod is hardened (non-root, read-only root, no capabilities, seccomp RuntimeDefault), memory
+  requests and limits, grace period above SHUTDOWN_TIMEOUT; without leader election one replica
+  replaced with Recreate; with it POD_NAME from the pod's name, 2+ replicas, a rolling update
+  that never goes below the replica count, a PodDisruptionBudget (minAvailable 1) and preferred
+  anti-affinity by node over the Deployment's own pods, lease timings in the order the daemon needs;
+- every documented combination has what it promises (the IRSA annotation and AWS_CLUSTER_ID survive
+  every component; each component's env, RBAC and objects are there), in either component order;
 - the IAM policy grants cloudwatch:PutMetricData only, on the daemon's namespace, and the IRSA
   trust policy and Pod Identity association name the rendered ServiceAccount;
-- the chart's values are a superset of the original chart's.
-Renders with test/integration/manifests_render.py; when `kubectl` is on PATH its `kustomize` must
-produce the same objects (a differential check of the renderer). Finally, deliberately broken
-renderings must be rejected, so the checks themselves can fail.
+- the chart's values are a superset of the original chart's; the original values file is refused
+  (it names AWS's image) and the documented upgrade (`--set image.registry=...`) gets our tag;
+  either spelling of a feature (env.LEADER_ELECTION / leaderElection.enabled, env.SUBNET_METRICS /
+  subnetMetrics.enabled, env.SCRAPE_MODE / scrapeMode) renders the same objects.
+Renders with test/integration/manifests_render.py; when `kubectl` with kustomize v4+ is on PATH
+its `kustomize` must produce the same objects for every kustomize rendering (a differential check
+of the renderer), and refuse what the renderer refuses. Finally, deliberately broken renderings
+must be rejected, so the checks themselves can fail.
 """
+import atexit
 import copy
 import glob
+import itertools
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -124,17 +141,72 @@ def by_kind(objs, kind):
 
 # --- checks of one rendering --------------------------------------------------------------------
 
-def code_uses(pattern):
-    hits = []
-    for path in glob.glob(os.path.join(SRC, "src", "**", "*.c"), recursive=True):
+def src_files():
+    for path in sorted(glob.glob(os.path.join(SRC, "src", "**", "*.c"), recursive=True)):
         with open(path, errors="replace") as f:
-            if re.search(pattern, f.read()):
-                hits.append(os.path.relpath(path, SRC))
-    return hits
+            yield os.path.relpath(path, SRC), f.read()
+
+
+def literals(text):
+    return re.findall(r'"((?:[^"\\\n]|\\.)*)"', text)
+
+
+def code_uses(pattern):
+    return [rel for rel, text in src_files() if re.search(pattern, text)]
 
 
 USES_LEASES = code_uses(r'"[^"\n]*coordination\.k8s\.io')
 USES_PROXY = code_uses(r'"[^"\n]*/pods/[^"\n]*/proxy|"[^"\n]*/proxy/metrics')
+
+
+def pod_verbs_from_src():
+    """The pods verbs the code needs, from the URLs it builds: the collection (`/pods?...`) is
+    list, with a `watch=1` query in the same file watch; a single pod (`/pods/NAME`, other than
+    its proxy subresource) get."""
+    verbs = {}
+    for rel, text in src_files():
+        lits = literals(text)
+        if any(re.search(r"/pods\?", x) for x in lits):
+            verbs.setdefault("list", []).append(rel)
+            if any(re.search(r"[?&]watch=(1|true)\b", x) for x in lits):
+                verbs.setdefault("watch", []).append(rel)
+        if any(re.search(r"/pods/", x) and "/proxy" not in x for x in lits):
+            verbs.setdefault("get", []).append(rel)
+    return verbs
+
+
+def lease_verbs_from_src():
+    """The Lease verbs: the HTTP methods named in the files that build Lease URLs."""
+    verbs = {"GET": "get", "POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}
+    out = set()
+    for rel in USES_LEASES:
+        with open(os.path.join(SRC, rel), errors="replace") as f:
+            out |= {verbs[x] for x in literals(f.read()) if x in verbs}
+    return out
+
+
+POD_VERBS = pod_verbs_from_src()
+LEASE_VERBS = lease_verbs_from_src()
+# Discovery lists then watches: if these are not found, the derivation above has gone blind.
+check(f"src/ pods verbs derived from the URLs it builds: {sorted(POD_VERBS)}",
+      {"list", "watch"} <= set(POD_VERBS), POD_VERBS)
+check(f"src/ Lease verbs derived from the Lease code's methods: {sorted(LEASE_VERBS)}",
+      not USES_LEASES or LEASE_VERBS, USES_LEASES)
+
+
+def is_on(v):
+    return str(v or "").lower() in ("true", "yes")
+
+
+def env_entry(c, name):
+    hits = [e for e in c.get("env") or [] if e["name"] == name]
+    return hits[0] if len(hits) == 1 else None
+
+
+def selects(selector, labels):
+    ml = (selector or {}).get("matchLabels") or {}
+    return bool(ml) and not (selector or {}).get("matchExpressions") and \
+        all(labels.get(k) == v for k, v in ml.items())
 
 
 def check_rendering(label, objs):
@@ -199,14 +271,14 @@ def check_rendering(label, objs):
                 for res in rule.get("resources") or []:
                     for v in rule.get("verbs") or []:
                         grants.add((g, res, v))
-    wanted = {("", "pods", "get"), ("", "pods", "list"), ("", "pods", "watch")}
-    if str(effective(env, "LEADER_ELECTION") or "").lower() in ("true", "yes"):
-        wanted |= {("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")}
+    wanted = {("", "pods", v) for v in POD_VERBS}
+    elect = is_on(effective(env, "LEADER_ELECTION"))
+    if elect:
+        wanted |= {("coordination.k8s.io", "leases", v) for v in LEASE_VERBS}
     # USES_PROXY: pods/proxy get exactly where SCRAPE_MODE may use it (auto, proxy).
     if USES_PROXY and str(effective(env, "SCRAPE_MODE") or "").lower() != "direct":
         wanted.add(("", "pods/proxy", "get"))
-    check(f"{label}: RBAC grants exactly pods get/list/watch (+ pods/proxy get unless SCRAPE_MODE=direct, "
-          "+ leases with LEADER_ELECTION)",
+    check(f"{label}: RBAC grants exactly what src/ uses as configured (pods, pods/proxy, leases)",
           grants == wanted,
           f"extra {sorted(grants - wanted)}, missing {sorted(wanted - grants)}")
     bound = False
@@ -266,12 +338,44 @@ def check_rendering(label, objs):
     check(f"{label}: memory request and limit, request <= limit",
           req is not None and lim is not None and mem_bytes(req) <= mem_bytes(lim), res)
     # Two publishers would double every CloudWatch Sum: one replica replaced with Recreate, or
-    # several only with leader election.
-    elect = str(effective(env, "LEADER_ELECTION") or "").lower() in ("true", "yes")
-    check(f"{label}: one replica replaced with Recreate, or leader election (never two publishers)",
-          elect or (spec.get("replicas", 1) == 1 and
-                    (spec.get("strategy") or {}).get("type") == "Recreate"),
-          (spec.get("replicas"), spec.get("strategy")))
+    # several only with leader election, and then everything the election needs.
+    replicas = spec.get("replicas", 1)
+    strategy = spec.get("strategy") or {}
+    pdbs = by_kind(objs, "PodDisruptionBudget")
+    pod_labels = spec["template"]["metadata"].get("labels") or {}
+    if not elect:
+        check(f"{label}: without leader election one replica replaced with Recreate (never two publishers)",
+              replicas == 1 and strategy.get("type") == "Recreate", (replicas, strategy))
+        check(f"{label}: without leader election no PodDisruptionBudget (it would block drains)", not pdbs,
+              pdbs)
+    else:
+        pn = env_entry(c, "POD_NAME") or {}
+        check(f"{label}: leader election: POD_NAME is the pod's name (downward API)",
+              (pn.get("valueFrom") or {}).get("fieldRef", {}).get("fieldPath") == "metadata.name", pn)
+        ru = strategy.get("rollingUpdate") or {}
+        check(f"{label}: leader election: rolling update that keeps every replica until its successor is "
+              "ready (maxUnavailable 0, maxSurge 1+)",
+              strategy.get("type") == "RollingUpdate" and ru.get("maxUnavailable") == 0
+              and int(str(ru.get("maxSurge", 0)).rstrip("%") or 0) >= 1, strategy)
+        lease, renew, retry = (parse_seconds(effective(env, f"LEADER_ELECTION_{x}") or "")
+                               for x in ("LEASE_DURATION", "RENEW_DEADLINE", "RETRY_PERIOD"))
+        check(f"{label}: leader election: retry period < renew deadline < lease duration",
+              None not in (lease, renew, retry) and retry < renew < lease, (retry, renew, lease))
+        if replicas >= 2:
+            check(f"{label}: leader election: a PodDisruptionBudget minAvailable 1 over the Deployment's pods",
+                  len(pdbs) == 1 and pdbs[0]["spec"].get("minAvailable") == 1
+                  and "maxUnavailable" not in pdbs[0]["spec"]
+                  and pdbs[0]["metadata"].get("namespace") == ns
+                  and selects(pdbs[0]["spec"].get("selector"), pod_labels), pdbs)
+            terms = (((pod.get("affinity") or {}).get("podAntiAffinity") or {})
+                     .get("preferredDuringSchedulingIgnoredDuringExecution") or [])
+            check(f"{label}: leader election: preferred anti-affinity by hostname over the Deployment's pods",
+                  any(t.get("podAffinityTerm", {}).get("topologyKey") == "kubernetes.io/hostname"
+                      and selects(t["podAffinityTerm"].get("labelSelector"), pod_labels) for t in terms),
+                  pod.get("affinity"))
+        else:
+            check(f"{label}: leader election with one replica: no PodDisruptionBudget (it would block drains)",
+                  not pdbs, pdbs)
     with open(os.path.join(MAN, "iam", "policy.json")) as f:
         allowed_ns = {s.get("Condition", {}).get("StringEquals", {}).get("cloudwatch:namespace")
                       for s in json.load(f).get("Statement", [])}
@@ -292,10 +396,17 @@ def run_daemon_with(label, objs):
     for e in c.get("env") or []:
         if "valueFrom" not in e:
             env[e["name"]] = str(e.get("value", ""))
-    # This build has no CloudWatch publisher or discovery in every variant, and a test never leaves
-    # the machine: log datums, scrape one closed loopback port, listen on loopback.
+        elif e["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[e["name"]] = "cni-metrics-helper-test"
+    # A test never leaves the machine: log datums, scrape one closed loopback port, listen on
+    # loopback. Leader election and the subnet view run against a closed port on 127.61.0.1 (no
+    # test listens there): they retry and log, and the daemon has checked their settings.
     env.update({"USE_CLOUDWATCH": "no", "SCRAPE_TARGETS": "127.0.0.1:9", "PROMETHEUS_ADDRESS": "127.0.0.1",
-                "PROMETHEUS_PORT": "0", "LOG_FORMAT": "json", "AWS_EC2_METADATA_DISABLED": "true"})
+                "PROMETHEUS_PORT": "0", "LOG_FORMAT": "json", "AWS_EC2_METADATA_DISABLED": "true",
+                "KUBERNETES_SERVICE_HOST": "127.61.0.1", "KUBERNETES_SERVICE_PORT": "9",
+                "K8S_TOKEN_FILE": TOKEN_FILE, "K8S_CA_FILE": TOKEN_FILE, "AWS_REGION": "us-west-2",
+                "AWS_ENDPOINT_URL_EC2": "http://127.61.0.1:9", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE",
+                "AWS_SECRET_ACCESS_KEY": "not-a-secret"})
     p = subprocess.Popen([BIN], env=env, stderr=subprocess.PIPE, text=True)
     port, warnings, lines = None, [], []
     try:
@@ -311,13 +422,15 @@ def run_daemon_with(label, objs):
                 continue
             if ev.get("msg") == "unknown variable ignored":
                 warnings.append(ev.get("name"))
+            if ev.get("level") == "error":
+                warnings.append(ev.get("msg") + ": " + str(ev.get("error", "")))
             if ev.get("msg") == "listening":
                 port = ev.get("port")
                 break
         if not check(f"{label}: daemon starts with the rendered environment", port is not None,
                      f"exit {p.poll()}: {''.join(lines[-5:])}"):
             return
-        check(f"{label}: daemon warns about no variable", not warnings, warnings)
+        check(f"{label}: daemon warns about no variable and logs no error", not warnings, warnings)
         probes = {c["livenessProbe"]["httpGet"]["path"]: {200},
                   c["readinessProbe"]["httpGet"]["path"]: {200, 503},
                   "/no-such-path": {404}}
@@ -342,21 +455,104 @@ def run_daemon_with(label, objs):
 
 # --- kustomize -------------------------------------------------------------------------------
 
+WORK = tempfile.mkdtemp(prefix="cmh-manifests-")
+atexit.register(shutil.rmtree, WORK, True)
+TOKEN_FILE = os.path.join(WORK, "token")
+with open(TOKEN_FILE, "w") as f:
+    f.write("not-a-token\n")
+
+# Every overlay is an entry point, every component an option added to one: all are rendered.
+OVERLAYS = sorted(os.listdir(os.path.join(MAN, "overlays")))
+COMPONENTS = sorted(os.listdir(os.path.join(MAN, "components")))
+CREDENTIALS = ("irsa", "pod-identity")
+check("components are leader-election, direct-only, subnet-metrics; credentials overlays irsa, pod-identity",
+      set(COMPONENTS) == {"leader-election", "direct-only", "subnet-metrics"}
+      and set(CREDENTIALS) <= set(OVERLAYS), (COMPONENTS, OVERLAYS))
+
+# label -> directory; combinations are written as overlays of their own in WORK, as an operator
+# would (resources: the credentials overlay; components: the options).
+kdirs = {"kustomize base": os.path.join(MAN, "base")}
+kdirs.update({f"kustomize overlays/{o}": os.path.join(MAN, "overlays", o) for o in OVERLAYS})
+combos = {}  # label -> (credentials, set of components)
+
+
+def write_overlay(name, resources, components):
+    d = os.path.join(WORK, name)
+    os.makedirs(d)
+    with open(os.path.join(d, "kustomization.yaml"), "w") as f:
+        yaml.safe_dump({"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                        "resources": [os.path.relpath(r, d) for r in resources],
+                        "components": [os.path.relpath(c, d) for c in components]}, f)
+    return d
+
+
+for cred in CREDENTIALS:
+    for n in range(1, len(COMPONENTS) + 1):
+        for subset in itertools.combinations(COMPONENTS, n):
+            orders = [subset] if n == 1 else [subset, tuple(reversed(subset))]
+            for i, order in enumerate(orders):
+                label = f"kustomize {cred} + {' + '.join(order)}"
+                kdirs[label] = write_overlay(f"{cred}-{len(kdirs)}", [os.path.join(MAN, "overlays", cred)],
+                                             [os.path.join(MAN, "components", c) for c in order])
+                combos[label] = (cred, set(subset))
+
+# The README's own examples ("Deploying"): the overlay its heredoc writes (its relative paths
+# resolved from manifests/overlays/<name>/, where the README puts it) and the helm command's --set
+# values, rendered and checked like the rest.
+with open(os.path.join(SRC, "README.md")) as f:
+    m = re.search(r"^## Deploying\n(.*?)^## ", f.read(), re.S | re.M)
+DEPLOYING = m.group(1) if m else ""
+m = re.search(r"cat > manifests/overlays/([\w-]+)/kustomization\.yaml <<'EOF'\n(.*?)\nEOF\n", DEPLOYING, re.S)
+README_OVERLAY = yaml.safe_load(m.group(2)) if m else None
+if check("README Deploying: a kustomize overlay example", isinstance(README_OVERLAY, dict), DEPLOYING[:200]):
+    home = os.path.join(MAN, "overlays", m.group(1))
+    d = os.path.join(WORK, "readme-example")
+    os.makedirs(d)
+    k = dict(README_OVERLAY)
+    for field in ("resources", "components"):
+        k[field] = [os.path.relpath(os.path.normpath(os.path.join(home, x)), d) for x in k.get(field) or []]
+    with open(os.path.join(d, "kustomization.yaml"), "w") as f:
+        yaml.safe_dump(k, f)
+    kdirs["kustomize README example"] = d
+
 renders = {}
-for d in ("base", "overlays/irsa", "overlays/pod-identity", "overlays/leader-election", "overlays/direct-only",
-              "overlays/subnet-metrics"):
+for label, d in kdirs.items():
     try:
-        renders[f"kustomize {d}"] = mr.kustomize(os.path.join(MAN, d))
-        check(f"kustomize {d}: renders", True)
+        renders[label] = mr.kustomize(d)
+        check(f"{label}: renders", True)
     except (mr.RenderError, OSError, KeyError) as e:
-        check(f"kustomize {d}: renders", False, e)
+        check(f"{label}: renders", False, e)
+
+# What kustomize refuses, the renderer refuses: two overlays that both hold the base (the mistake
+# the components replace), a component listed as a resource, an overlay listed as a component.
+REFUSED = {
+    "two credentials overlays as resources": write_overlay(
+        "refused-two-overlays", [os.path.join(MAN, "overlays", c) for c in CREDENTIALS], []),
+    "a component as a resource": write_overlay(
+        "refused-component-resource", [os.path.join(MAN, "overlays", "irsa"),
+                                       os.path.join(MAN, "components", "direct-only")], []),
+    "an overlay as a component": write_overlay(
+        "refused-overlay-component", [os.path.join(MAN, "base")], [os.path.join(MAN, "overlays", "irsa")]),
+}
+for what, d in REFUSED.items():
+    try:
+        mr.kustomize(d)
+        check(f"manifests_render refuses {what}", False, "rendered")
+    except mr.RenderError:
+        check(f"manifests_render refuses {what}", True)
+
 
 def kustomize_major(kubectl):
     """Major version of the kustomize inside kubectl (Debian 12's kubernetes-client 1.20 embeds
-    kustomize v2, which predates `patches` and directory resources: not a usable oracle)."""
+    kustomize v2, which predates `patches`, components and directory resources: not a usable
+    oracle)."""
     r = subprocess.run([kubectl, "version", "--client"], capture_output=True, text=True, timeout=60)
     m = re.search(r"Kustomize Version: v(\d+)", r.stdout)
     return int(m.group(1)) if m else 0
+
+
+def obj_key(o):
+    return (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
 
 
 kubectl = shutil.which("kubectl")
@@ -364,19 +560,20 @@ if kubectl and kustomize_major(kubectl) < 4:
     print(f"note  {kubectl} embeds kustomize older than v4: not used as an oracle")
     kubectl = None
 if kubectl:
-    for d in ("base", "overlays/irsa", "overlays/pod-identity", "overlays/leader-election", "overlays/direct-only",
-              "overlays/subnet-metrics"):
-        r = subprocess.run([kubectl, "kustomize", os.path.join(MAN, d)], capture_output=True, text=True,
-                           timeout=120)
-        if not check(f"kubectl kustomize {d}: renders", r.returncode == 0, r.stderr):
+    for label, d in kdirs.items():
+        r = subprocess.run([kubectl, "kustomize", d], capture_output=True, text=True, timeout=120)
+        if not check(f"kubectl {label}: renders", r.returncode == 0, r.stderr):
             continue
-        theirs = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(r.stdout) if o}
-        ours = {(o["kind"], o["metadata"]["name"]): o for o in renders.get(f"kustomize {d}", [])}
-        check(f"kubectl kustomize {d}: same objects as manifests_render.py", theirs == ours,
-              f"only kubectl {sorted(set(theirs) - set(ours))}, differing "
-              f"{[k for k in theirs if k in ours and theirs[k] != ours[k]]}")
+        theirs = {obj_key(o): o for o in yaml.safe_load_all(r.stdout) if o}
+        ours = {obj_key(o): o for o in renders.get(label, [])}
+        check(f"kubectl {label}: same objects as manifests_render.py", theirs == ours,
+              f"only kubectl {sorted(set(theirs) - set(ours))}, only ours {sorted(set(ours) - set(theirs))}, "
+              f"differing {[k for k in theirs if k in ours and theirs[k] != ours[k]]}")
+    for what, d in REFUSED.items():
+        r = subprocess.run([kubectl, "kustomize", d], capture_output=True, text=True, timeout=120)
+        check(f"kubectl kustomize refuses {what}", r.returncode != 0, r.stdout[:200])
 else:
-    print("note  kubectl not on PATH: kustomize rendered by manifests_render.py only")
+    print("note  no kubectl with kustomize v4+: kustomize rendered by manifests_render.py only")
 
 VERSION = subprocess.run([BIN, "--version"], capture_output=True, text=True, timeout=30).stdout.split()[-1]
 base = renders.get("kustomize base", [])
@@ -400,14 +597,88 @@ if base:
         if "valueFrom" in e or n not in VARS or n == "AWS_CLUSTER_ID":
             continue
         d = VARS[n]["default"]
-        same = d is not None and (str(v).lower() == d.lower())
+        if VARS[n]["type"] == "duration":
+            same = d is not None and parse_seconds(v) == parse_seconds(d)
+        else:
+            same = d is not None and (str(v).lower() == d.lower())
         check(f"kustomize base: {n}={v} is the daemon's default", same, f"daemon default {d}")
-for label in ("kustomize overlays/irsa", "kustomize overlays/pod-identity"):
-    objs = renders.get(label, [])
-    if objs:
-        c = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
-        cid = [e.get("value") for e in c["env"] if e["name"] == "AWS_CLUSTER_ID"]
-        check(f"{label}: sets AWS_CLUSTER_ID", cid and cid[0], cid)
+    # The options an operator turns on are written out in the base, so the components only change
+    # values and the daemon's defaults are visible in one place.
+    listed = {e["name"] for e in c.get("env") or []}
+    tunables = {"SCRAPE_MODE", "LEADER_ELECTION", "LEADER_ELECTION_LEASE_DURATION",
+                "LEADER_ELECTION_RENEW_DEADLINE", "LEADER_ELECTION_RETRY_PERIOD", "SUBNET_METRICS",
+                "CW_PER_AZ", "METRIC_UPDATE_INTERVAL", "AWS_CLUSTER_ID", "USE_PROMETHEUS", "POD_NAME"}
+    check("kustomize base: lists every variable the components and overlays set, with its default",
+          tunables <= listed, sorted(tunables - listed))
+
+
+def cluster_id_of(overlay):
+    """AWS_CLUSTER_ID as the overlay's own deployment-patch.yaml sets it (the operator's value)."""
+    patch = mr.load_yaml_docs(os.path.join(MAN, "overlays", overlay, "deployment-patch.yaml"))[0]
+    return [e["value"] for e in patch["spec"]["template"]["spec"]["containers"][0]["env"]
+            if e["name"] == "AWS_CLUSTER_ID"][0]
+
+
+def check_features(label, objs, cred, le, direct, subnets, cluster_id=None):
+    """What the documented combination promises, whatever the component order: the credentials
+    overlay's annotation and AWS_CLUSTER_ID (or the operator's, cluster_id) survive, each option
+    is there, nothing else is."""
+    d = by_kind(objs, "Deployment")[0]
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in c["env"] if "valueFrom" not in e}
+    sa = by_kind(objs, "ServiceAccount")[0]
+    ann = sa["metadata"].get("annotations") or {}
+    if cred == "irsa":
+        check(f"{label}: keeps the IRSA role annotation",
+              re.match(r"^arn:aws[a-z-]*:iam::\d{12}:role/.+", ann.get("eks.amazonaws.com/role-arn", "")),
+              ann)
+    else:
+        check(f"{label}: no IRSA annotation (Pod Identity)", "eks.amazonaws.com/role-arn" not in ann, ann)
+    want_id = cluster_id or cluster_id_of(cred)
+    check(f"{label}: AWS_CLUSTER_ID is {want_id}", env.get("AWS_CLUSTER_ID") == want_id, env.get("AWS_CLUSTER_ID"))
+    rules = {(r, v) for role in by_kind(objs, "Role") for rule in role["rules"]
+             for r in rule["resources"] for v in rule["verbs"]}
+    check(f"{label}: leader election {'on' if le else 'off'}: LEADER_ELECTION, replicas, leases, "
+          "PodDisruptionBudget",
+          is_on(env.get("LEADER_ELECTION")) == le and d["spec"].get("replicas", 1) == (2 if le else 1)
+          and (("leases", "update") in rules) == le and bool(by_kind(objs, "PodDisruptionBudget")) == le,
+          (env.get("LEADER_ELECTION"), d["spec"].get("replicas"), sorted(rules)))
+    check(f"{label}: direct only {'on' if direct else 'off'}: SCRAPE_MODE and pods/proxy",
+          env.get("SCRAPE_MODE") == ("direct" if direct else "auto")
+          and (("pods/proxy", "get") in rules) != direct, (env.get("SCRAPE_MODE"), sorted(rules)))
+    check(f"{label}: subnet metrics {'on' if subnets else 'off'}: SUBNET_METRICS, CW_PER_AZ, ENIConfig grant",
+          is_on(env.get("SUBNET_METRICS")) == subnets and is_on(env.get("CW_PER_AZ")) == subnets
+          and len(by_kind(objs, "ClusterRole")) == len(by_kind(objs, "ClusterRoleBinding")) == int(subnets),
+          (env.get("SUBNET_METRICS"), env.get("CW_PER_AZ"), [o["kind"] for o in objs]))
+
+
+for label, (cred, comps) in combos.items():
+    if label in renders:
+        check_features(label, renders[label], cred, "leader-election" in comps, "direct-only" in comps,
+                       "subnet-metrics" in comps)
+for cred in CREDENTIALS:
+    if f"kustomize overlays/{cred}" in renders:
+        check_features(f"kustomize overlays/{cred}", renders[f"kustomize overlays/{cred}"], cred,
+                       False, False, False)
+label = "kustomize README example"
+if label in renders:
+    patches = [yaml.safe_load(p["patch"]) for p in README_OVERLAY.get("patches") or []]
+    want_id = [e["value"] for p in patches if p["kind"] == "Deployment"
+               for e in p["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"] == "AWS_CLUSTER_ID"]
+    check_features(label, renders[label], "irsa", True, False, True, cluster_id=want_id[0] if want_id else "?")
+    img = README_OVERLAY["images"][0]
+    sa = by_kind(renders[label], "ServiceAccount")[0]
+    check(f"{label}: its image and role ARN",
+          by_kind(renders[label], "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["image"]
+          == f"{img['newName']}:{img['newTag']}" and sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+          == [p for p in patches if p["kind"] == "ServiceAccount"][0]["metadata"]["annotations"][
+              "eks.amazonaws.com/role-arn"], sa)
+example = renders.get("kustomize overlays/irsa-leader-election-subnet-metrics")
+same = renders.get("kustomize irsa + leader-election + subnet-metrics")
+if check("kustomize overlays/irsa-leader-election-subnet-metrics: rendered", example is not None):
+    check_features("kustomize overlays/irsa-leader-election-subnet-metrics", example, "irsa", True, False, True)
+    check("kustomize overlays/irsa-leader-election-subnet-metrics: the same objects as irsa + the two components",
+          same is not None and {obj_key(o): o for o in example} == {obj_key(o): o for o in same})
 irsa = renders.get("kustomize overlays/irsa", [])
 if irsa:
     sa = by_kind(irsa, "ServiceAccount")[0]
@@ -493,9 +764,19 @@ with open(os.path.join(CHART, "values.yaml")) as f:
 missing = sorted(key_paths(ORIGINAL_VALUES) - key_paths(OUR_VALUES))
 check("helm: values are a superset of the original chart's", not missing, missing)
 
+ECR = "111122223333.dkr.ecr.us-west-2.amazonaws.com/cni-metrics-helper"
+APP_VERSION = str(chart_meta.get("appVersion"))
+LE_ON = {"leaderElection": {"enabled": True}}
 HELM_CASES = {
     "defaults": ([], "cni-metrics-helper", "kube-system"),
-    "original values file": ([ORIGINAL_VALUES], "cni-metrics-helper", "kube-system"),
+    # The documented upgrade from the original chart: its values file, our image's repository.
+    "original values file with image.registry": ([ORIGINAL_VALUES, {"image": {"registry": ECR}}],
+                                                 "cni-metrics-helper", "kube-system"),
+    "original values file with image.registry and our tag": (
+        [ORIGINAL_VALUES, {"image": {"registry": ECR, "tag": "0.2.0"}}], "cni-metrics-helper", "kube-system"),
+    "own ECR in the account/region/domain form": (
+        [{"image": {"registry": None, "account": "111122223333", "region": "eu-west-1"}}],
+        "cni-metrics-helper", "kube-system"),
     "typical user values": ([{
         "image": {"override": "111122223333.dkr.ecr.eu-west-1.amazonaws.com/cni-metrics-helper:0.1.0"},
         "env": {"AWS_CLUSTER_ID": "prod-1", "METRIC_UPDATE_INTERVAL": 60, "USE_PROMETHEUS": True,
@@ -507,32 +788,201 @@ HELM_CASES = {
         "podAnnotations": {"a": "b"}, "imagePullSecrets": [{"name": "regcred"}],
         "affinity": {"nodeAffinity": {}}, "revisionHistoryLimit": 3,
     }], "cni-metrics-helper", "kube-system"),
-    "leader election": ([{"leaderElection": {"enabled": True}, "env": {"AWS_CLUSTER_ID": "c1"}}],
-                        "cni-metrics-helper", "kube-system"),
+    # Each feature in both spellings, and both at once: the same objects (checked below).
+    "leader election": ([LE_ON, {"env": {"AWS_CLUSTER_ID": "c1"}}], "cni-metrics-helper", "kube-system"),
+    "leader election through env": ([{"env": {"AWS_CLUSTER_ID": "c1", "LEADER_ELECTION": "true"}}],
+                                    "cni-metrics-helper", "kube-system"),
+    "leader election both ways": ([LE_ON, {"env": {"AWS_CLUSTER_ID": "c1", "LEADER_ELECTION": True}}],
+                                  "cni-metrics-helper", "kube-system"),
+    "leader election on, env says false": ([LE_ON, {"env": {"LEADER_ELECTION": "false"}}],
+                                           "cni-metrics-helper", "kube-system"),
+    "leader election, lease timings": ([{"leaderElection": {
+        "enabled": True, "leaseDuration": "30s", "renewDeadline": "20s", "retryPeriod": "4s"},
+        "env": {"LEADER_ELECTION_RETRY_PERIOD": "5s"}}], "cni-metrics-helper", "kube-system"),
+    "leader election, one replica": ([{"leaderElection": {"enabled": True, "replicas": 1}}],
+                                     "cni-metrics-helper", "kube-system"),
+    "leader election, own affinity": ([LE_ON, {"affinity": {"nodeAffinity": {"x": 1}}}],
+                                      "cni-metrics-helper", "kube-system"),
+    "leader election, own anti-affinity": ([LE_ON, {"affinity": {"podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 5, "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname",
+            "labelSelector": {"matchLabels": {"k8s-app": "cni-metrics-helper"}}}}]}}}],
+        "cni-metrics-helper", "kube-system"),
     "direct only": ([{"scrapeMode": "direct"}], "cni-metrics-helper", "kube-system"),
-    "subnet metrics": ([{"subnetMetrics": {"enabled": True}}], "cni-metrics-helper", "kube-system"),
     "direct only through env": ([{"env": {"SCRAPE_MODE": "direct"}}], "cni-metrics-helper", "kube-system"),
+    "direct only through env, other case": ([{"env": {"SCRAPE_MODE": "Direct"}}], "cni-metrics-helper",
+                                            "kube-system"),
+    "empty SCRAPE_MODE and PROMETHEUS_ADDRESS": ([{"env": {"SCRAPE_MODE": "", "PROMETHEUS_ADDRESS": ""}}],
+                                                 "cni-metrics-helper", "kube-system"),
+    "subnet metrics": ([{"subnetMetrics": {"enabled": True}}], "cni-metrics-helper", "kube-system"),
+    "subnet metrics through env": ([{"env": {"SUBNET_METRICS": "true"}}], "cni-metrics-helper", "kube-system"),
+    "subnet metrics through env, CW_PER_AZ off": ([{"env": {"SUBNET_METRICS": "yes", "CW_PER_AZ": "false"}}],
+                                                  "cni-metrics-helper", "kube-system"),
+    "irsa, leader election, subnet metrics, direct": ([{
+        "image": {"registry": ECR}, "leaderElection": {"enabled": True}, "subnetMetrics": {"enabled": True},
+        "scrapeMode": "direct", "env": {"AWS_CLUSTER_ID": "prod-1"},
+        "serviceAccount": {"annotations": {
+            "eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/cni-metrics-helper"}},
+    }], "cni-metrics-helper", "kube-system"),
     "other namespace, own ServiceAccount, port": ([{
         "fullnameOverride": None, "serviceAccount": {"create": False, "name": "cmh"},
         "env": {"PROMETHEUS_PORT": "9101", "SHUTDOWN_TIMEOUT": "20"},
         "image": {"registry": "registry.example/cmh", "tag": "1.2.3"},
     }], "metrics", "monitoring"),
 }
-helm_renders = {}
+
+
+def helm_set(values, arg):
+    """One `helm --set key=value` into values, as Helm's strvals parses it: the key splits at
+    unescaped dots (\\. is a dot in a key), true/false are booleans, integers are numbers, null
+    deletes."""
+    key, _, raw = arg.partition("=")
+    path = [p.replace("\0", ".") for p in key.replace("\\.", "\0").split(".")]
+    value = {"true": True, "false": False, "null": None}.get(raw, raw)
+    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
+        value = int(value)
+    cur = values
+    for p in path[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[path[-1]] = value
+
+
+m = re.search(r"```sh\n(helm upgrade --install .*?)\n```", DEPLOYING, re.S)
+README_HELM = {}
+if check("README Deploying: a helm example", m is not None, DEPLOYING[:200]):
+    argv = shlex.split(m.group(1).replace("\\\n", " "))
+    for i, a in enumerate(argv):
+        if a == "--set":
+            helm_set(README_HELM, argv[i + 1])
+    HELM_CASES["README example"] = ([README_HELM], "cni-metrics-helper", "kube-system")
+
+# Values the chart must refuse, and a word the message must carry so the operator knows the fix.
+HELM_REFUSED = {
+    # The original chart's values file names AWS's image (602401143452...): refused, naming the fix.
+    "original values file": ([ORIGINAL_VALUES], "image.registry"),
+    "override with AWS's image": ([{"image": {
+        "override": "602401143452.dkr.ecr.us-west-2.amazonaws.com/cni-metrics-helper:v1.21.2"}}], "image.registry"),
+    "registry in AWS's China account": ([{"image": {
+        "registry": "918309763551.dkr.ecr.cn-north-1.amazonaws.com.cn/cni-metrics-helper"}}], "image.registry"),
+    "public ECR eks/cni-metrics-helper": ([{"image": {"override": "public.ecr.aws/eks/cni-metrics-helper:v1.20.0"}}],
+                                          "image.registry"),
+    "env.POD_NAME": ([{"env": {"POD_NAME": "x"}}], "downward API"),
+}
+helm_renders, helm_notes = {}, {}
 for case, (values, release, ns) in HELM_CASES.items():
     try:
         objs, notes = mr.helm_template(CHART, values, release, ns, with_notes=True)
         helm_renders[f"helm {case}"] = objs
+        helm_notes[f"helm {case}"] = notes
         check(f"helm {case}: renders", True)
         check(f"helm {case}: NOTES render", bool(notes and notes.strip()))
     except mr.RenderError as e:
         check(f"helm {case}: renders", False, e)
+for case, (values, word) in HELM_REFUSED.items():
+    try:
+        mr.helm_template(CHART, values)
+        check(f"helm {case}: refused", False, "rendered")
+    except mr.RenderError as e:
+        check(f"helm {case}: refused with a message naming {word}", "fail:" in str(e) and word in str(e), e)
 
-h = helm_renders.get("helm original values file")
-if h:
-    d = by_kind(h, "Deployment")[0]
-    check("helm original values file: upgrade-compatible selector k8s-app=cni-metrics-helper",
+
+def helm_ctr(label):
+    return by_kind(helm_renders[label], "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+
+
+def helm_env(label):
+    return {e["name"]: e.get("value") for e in helm_ctr(label)["env"] if "valueFrom" not in e}
+
+
+IMAGES = {
+    "original values file with image.registry": f"{ECR}:{APP_VERSION}",
+    "original values file with image.registry and our tag": f"{ECR}:0.2.0",
+    "own ECR in the account/region/domain form":
+        f"111122223333.dkr.ecr.eu-west-1.amazonaws.com/cni-metrics-helper:{APP_VERSION}",
+    "defaults": f"cni-metrics-helper:{APP_VERSION}",
+}
+for case, want in IMAGES.items():
+    if f"helm {case}" in helm_renders:
+        got = helm_ctr(f"helm {case}")["image"]
+        check(f"helm {case}: image {want}", got == want, got)
+label = "helm original values file with image.registry"
+if label in helm_renders:
+    d = by_kind(helm_renders[label], "Deployment")[0]
+    check(f"{label}: upgrade-compatible selector k8s-app=cni-metrics-helper",
           d["spec"]["selector"] == {"matchLabels": {"k8s-app": "cni-metrics-helper"}}, d["spec"]["selector"])
+    check(f"{label}: NOTES say the original's v1.21.2 tag was replaced by {APP_VERSION}",
+          "v1.21.2" in helm_notes[label] and APP_VERSION in helm_notes[label], helm_notes[label])
+
+
+def comparable(objs):
+    """The objects with the env in name order (the order variables are written in is no difference)."""
+    out = {}
+    for o in copy.deepcopy(objs):
+        if o["kind"] == "Deployment":
+            for c in o["spec"]["template"]["spec"]["containers"]:
+                c["env"] = sorted(c["env"], key=lambda e: e["name"])
+        out[obj_key(o)] = o
+    return out
+
+
+SAME = [("leader election", "leader election through env", "leader election both ways"),
+        ("direct only", "direct only through env", "direct only through env, other case"),
+        ("subnet metrics", "subnet metrics through env")]
+for group in SAME:
+    got = [helm_renders.get(f"helm {c}") for c in group]
+    if all(g is not None for g in got):
+        first = comparable(got[0])
+        check(f"helm {' = '.join(group)}: the same objects", all(comparable(g) == first for g in got[1:]),
+              [sorted(set(comparable(g)) ^ set(first)) for g in got[1:]])
+if "helm leader election" in helm_renders:
+    check("helm leader election: Deployment, Role with leases, PodDisruptionBudget",
+          sorted(o["kind"] for o in helm_renders["helm leader election"]) ==
+          ["Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "ServiceAccount"])
+label = "helm leader election on, env says false"
+if label in helm_renders:
+    d = by_kind(helm_renders[label], "Deployment")[0]
+    check(f"{label}: env wins: off, one replica, no PodDisruptionBudget",
+          helm_env(label)["LEADER_ELECTION"] == "false" and d["spec"]["replicas"] == 1
+          and not by_kind(helm_renders[label], "PodDisruptionBudget"), d["spec"])
+label = "helm leader election, lease timings"
+if label in helm_renders:
+    e = helm_env(label)
+    check(f"{label}: leaderElection timings, env.LEADER_ELECTION_RETRY_PERIOD wins",
+          (e["LEADER_ELECTION_LEASE_DURATION"], e["LEADER_ELECTION_RENEW_DEADLINE"],
+           e["LEADER_ELECTION_RETRY_PERIOD"]) == ("30s", "20s", "5s"), e)
+label = "helm leader election, own affinity"
+if label in helm_renders:
+    aff = by_kind(helm_renders[label], "Deployment")[0]["spec"]["template"]["spec"]["affinity"]
+    check(f"{label}: the user's nodeAffinity and our podAntiAffinity", set(aff) == {"nodeAffinity", "podAntiAffinity"}
+          and aff["nodeAffinity"] == {"x": 1}, aff)
+label = "helm leader election, own anti-affinity"
+if label in helm_renders:
+    aff = by_kind(helm_renders[label], "Deployment")[0]["spec"]["template"]["spec"]["affinity"]
+    check(f"{label}: the user's podAntiAffinity as given",
+          aff == HELM_CASES["leader election, own anti-affinity"][0][1]["affinity"], aff)
+label = "helm subnet metrics through env, CW_PER_AZ off"
+if label in helm_renders:
+    e = helm_env(label)
+    check(f"{label}: SUBNET_METRICS and CW_PER_AZ once each, as env says",
+          e.get("SUBNET_METRICS") == "true" and e.get("CW_PER_AZ") == "false"
+          and len(by_kind(helm_renders[label], "ClusterRole")) == 1, e)
+label = "helm empty SCRAPE_MODE and PROMETHEUS_ADDRESS"
+if label in helm_renders:
+    env_list = helm_ctr(label)["env"]
+    addr = [e for e in env_list if e["name"] == "PROMETHEUS_ADDRESS"]
+    check(f"{label}: SCRAPE_MODE auto, PROMETHEUS_ADDRESS the pod IP, once each",
+          helm_env(label).get("SCRAPE_MODE") == "auto" and len(addr) == 1 and "valueFrom" in addr[0], env_list)
+label = "helm irsa, leader election, subnet metrics, direct"
+if label in helm_renders:
+    h = helm_renders[label]
+    e = helm_env(label)
+    rules = {(r, v) for role in by_kind(h, "Role") for rule in role["rules"] for r in rule["resources"]
+             for v in rule["verbs"]}
+    check(f"{label}: annotation, AWS_CLUSTER_ID, LEADER_ELECTION, SUBNET_METRICS, SCRAPE_MODE, no pods/proxy",
+          by_kind(h, "ServiceAccount")[0]["metadata"]["annotations"]["eks.amazonaws.com/role-arn"].endswith(
+              "role/cni-metrics-helper") and e["AWS_CLUSTER_ID"] == "prod-1" and e["LEADER_ELECTION"] == "true"
+          and e["SUBNET_METRICS"] == "true" and e["SCRAPE_MODE"] == "direct"
+          and ("pods/proxy", "get") not in rules and ("leases", "update") in rules, (e, sorted(rules)))
 h = helm_renders.get("helm typical user values")
 if h:
     d = by_kind(h, "Deployment")[0]
@@ -558,17 +1008,33 @@ if h:
           d["metadata"]["name"] == "metrics-cni-metrics-helper" and not by_kind(h, "ServiceAccount")
           and d["spec"]["template"]["spec"]["serviceAccountName"] == "cmh"
           and c["image"] == "registry.example/cmh:1.2.3", (d["metadata"]["name"], c["image"]))
-h = helm_renders.get("helm defaults")
-if h and base:
-    # The chart and the kustomize base describe the same pod.
-    def pod_shape(objs):
-        d = by_kind(objs, "Deployment")[0]
-        c = d["spec"]["template"]["spec"]["containers"][0]
-        return (c["resources"], c["securityContext"], d["spec"]["template"]["spec"]["securityContext"],
-                c["ports"], c["livenessProbe"], c["readinessProbe"], d["spec"]["strategy"],
-                by_kind(objs, "Role")[0]["rules"])
-    check("helm defaults: same resources, security, probes, strategy and RBAC as the kustomize base",
-          pod_shape(h) == pod_shape(base))
+
+
+def pod_shape(objs):
+    d = by_kind(objs, "Deployment")[0]
+    c = d["spec"]["template"]["spec"]["containers"][0]
+    pdb = by_kind(objs, "PodDisruptionBudget")
+    return (c["resources"], c["securityContext"], d["spec"]["template"]["spec"]["securityContext"],
+            c["ports"], c["livenessProbe"], c["readinessProbe"], d["spec"]["strategy"], d["spec"]["replicas"],
+            sorted(json.dumps(r, sort_keys=True) for r in by_kind(objs, "Role")[0]["rules"]),
+            pdb[0]["spec"]["minAvailable"] if pdb else None)
+
+
+label = "helm README example"
+if label in helm_renders:
+    check_features(label, helm_renders[label], "irsa", True, False, True,
+                   cluster_id=README_HELM.get("env", {}).get("AWS_CLUSTER_ID"))
+    check(f"{label}: image is image.registry:appVersion",
+          helm_ctr(label)["image"] == f"{README_HELM['image']['registry']}:{APP_VERSION}", helm_ctr(label)["image"])
+
+# The chart and the kustomize manifests describe the same pod, with and without the options.
+for hl, kl in (("helm defaults", "kustomize base"), ("helm README example", "kustomize README example"),
+               ("helm irsa, leader election, subnet metrics, direct",
+                "kustomize irsa + direct-only + leader-election + subnet-metrics")):
+    if hl in helm_renders and kl in renders:
+        check(f"{hl}: same resources, security, probes, strategy, replicas, RBAC and PDB as {kl}",
+              pod_shape(helm_renders[hl]) == pod_shape(renders[kl]),
+              (pod_shape(helm_renders[hl]), pod_shape(renders[kl])))
 
 # --- every rendering -----------------------------------------------------------------------------
 
@@ -576,19 +1042,17 @@ all_renders = dict(renders)
 all_renders.update(helm_renders)
 for label, objs in all_renders.items():
     check_rendering(label, objs)
-for label in ("kustomize base", "helm defaults", "helm other namespace, own ServiceAccount, port"):
-    if label in all_renders:
+for label in ("kustomize base", "kustomize irsa + direct-only + leader-election + subnet-metrics",
+              "helm defaults", "helm other namespace, own ServiceAccount, port",
+              "helm irsa, leader election, subnet metrics, direct"):
+    if check(f"{label}: rendered for the daemon", label in all_renders):
         run_daemon_with(label, all_renders[label])
 
 # Leases are used only by leader election: granted only where LEADER_ELECTION is on (checked per
 # rendering above), and an opt-in rendering must exist once the code uses them.
-le = renders.get("kustomize overlays/leader-election", [])
-check("src/ uses leases only with an opt-in grant (overlays/leader-election, helm leaderElection)",
-      not USES_LEASES or (le and "helm leader election" in helm_renders),
+check("src/ uses leases only with an opt-in grant (components/leader-election, helm leaderElection)",
+      not USES_LEASES or ("kustomize irsa + leader-election" in renders and "helm leader election" in helm_renders),
       f"{USES_LEASES} use coordination.k8s.io")
-if le:
-    d = by_kind(le, "Deployment")[0]
-    check("leader-election overlay: 2 replicas", d["spec"]["replicas"] == 2, d["spec"])
 # pods/proxy is used by the default (SCRAPE_MODE=auto): granted by default (checked per rendering
 # above), with a way to drop it that also turns the proxy off.
 check("src/ scrapes through pods/proxy", bool(USES_PROXY), "the proxy scraper is gone: drop the grant")
@@ -600,7 +1064,7 @@ def rendered_mode(objs):
     return str(effective(env, "SCRAPE_MODE") or "").lower()
 
 
-for label in ("kustomize overlays/direct-only", "helm direct only", "helm direct only through env"):
+for label in ("kustomize irsa + direct-only", "helm direct only", "helm direct only through env"):
     objs = all_renders.get(label)
     if check(f"{label}: rendered", objs is not None):
         grants = [r for role in by_kind(objs, "Role") for r in role.get("rules") or []
@@ -649,7 +1113,7 @@ check("iam subnet-metrics: exactly ec2:DescribeSubnets on *, allowed",
       [(x.get("Effect"), x.get("Action"), x.get("Resource")) for x in sst] ==
       [("Allow", "ec2:DescribeSubnets", "*")], sst)
 check("iam subnet-metrics: the code calls DescribeSubnets", "DescribeSubnets" in called, sorted(called))
-for label in ("kustomize overlays/subnet-metrics", "helm subnet metrics"):
+for label in ("kustomize pod-identity + subnet-metrics", "helm subnet metrics", "helm subnet metrics through env"):
     objs = renders.get(label) or helm_renders.get(label)
     if check(f"{label}: rendered", objs is not None):
         c = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
@@ -663,8 +1127,8 @@ check("iam: the code calls no AWS action the policy lacks", not needs_policy, so
 # --- the checks must be able to fail --------------------------------------------------------------
 
 
-def mutate(fn):
-    objs = copy.deepcopy(base)
+def mutate(fn, start):
+    objs = copy.deepcopy(start)
     fn(objs)
     return objs
 
@@ -675,6 +1139,14 @@ def dep_of(objs):
 
 def ctr_of(objs):
     return dep_of(objs)["spec"]["template"]["spec"]["containers"][0]
+
+
+def drop_env(objs, name):
+    ctr_of(objs)["env"] = [e for e in ctr_of(objs)["env"] if e["name"] != name]
+
+
+def drop_kind(objs, kind):
+    objs[:] = [o for o in objs if o.get("kind") != kind]
 
 
 def set_env(objs, name, value):
@@ -718,6 +1190,30 @@ MUTANTS = {
     "grace below SHUTDOWN_TIMEOUT": lambda o: set_env(o, "SHUTDOWN_TIMEOUT", "40s"),
     "short grace period": lambda o: dep_of(o)["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=5),
     "no memory limit": lambda o: ctr_of(o)["resources"].pop("limits"),
+    "pods get granted (src/ never reads one pod)": lambda o: by_kind(o, "Role")[0]["rules"][0].update(
+        verbs=["get", "list", "watch"]),
+    "pods watch missing": lambda o: by_kind(o, "Role")[0]["rules"][0].update(verbs=["list"]),
+    "a variable set twice": lambda o: ctr_of(o)["env"].append({"name": "SCRAPE_MODE", "value": "auto"}),
+    "LEADER_ELECTION=true alone (no leases, one replica, Recreate)": lambda o: set_env(o, "LEADER_ELECTION", "true"),
+    "PodDisruptionBudget with one replica": lambda o: o.append(copy.deepcopy(
+        by_kind(renders.get("kustomize irsa + leader-election", []), "PodDisruptionBudget")[0])),
+}
+# Broken variants of the leader-election rendering.
+LE_MUTANTS = {
+    "leader election without POD_NAME": lambda o: drop_env(o, "POD_NAME"),
+    "leader election with a fixed POD_NAME": lambda o: set_env(o, "POD_NAME", "helper"),
+    "leader election with Recreate": lambda o: dep_of(o)["spec"].update(strategy={"type": "Recreate"}),
+    "leader election with maxUnavailable 1": lambda o: dep_of(o)["spec"]["strategy"]["rollingUpdate"].update(
+        maxUnavailable=1),
+    "leader election without a PodDisruptionBudget": lambda o: drop_kind(o, "PodDisruptionBudget"),
+    "PodDisruptionBudget over other pods": lambda o: by_kind(o, "PodDisruptionBudget")[0]["spec"].update(
+        selector={"matchLabels": {"k8s-app": "other"}}),
+    "PodDisruptionBudget minAvailable 0": lambda o: by_kind(o, "PodDisruptionBudget")[0]["spec"].update(
+        minAvailable=0),
+    "leader election without anti-affinity": lambda o: dep_of(o)["spec"]["template"]["spec"].pop("affinity"),
+    "lease duration below the renew deadline": lambda o: set_env(o, "LEADER_ELECTION_LEASE_DURATION", "5s"),
+    "leader election without the leases grant": lambda o: by_kind(o, "Role")[0].update(
+        rules=[r for r in by_kind(o, "Role")[0]["rules"] if "leases" not in r["resources"]]),
 }
 IAM_MUTANTS = {
     "cloudwatch:*": lambda p: p["Statement"][0].update(Action="cloudwatch:*"),
@@ -729,9 +1225,12 @@ IAM_MUTANTS = {
 real = failures
 quiet = True
 caught = {}
-if base:
+le_render = renders.get("kustomize irsa + leader-election")
+if base and le_render:
     for name, fn in MUTANTS.items():
-        caught[name] = check_rendering(f"mutant {name}", mutate(fn))
+        caught[name] = check_rendering(f"mutant {name}", mutate(fn, base))
+    for name, fn in LE_MUTANTS.items():
+        caught[name] = check_rendering(f"mutant {name}", mutate(fn, le_render))
 for name, fn in IAM_MUTANTS.items():
     p = copy.deepcopy(POLICY)
     fn(p)
@@ -740,6 +1239,9 @@ quiet = False
 failures = real
 for name, n in caught.items():
     check(f"the checks reject a mutant: {name}", n > 0)
+check("the mutants ran", bool(base and le_render) and len(caught) == len(MUTANTS) + len(LE_MUTANTS) + len(IAM_MUTANTS))
+print(f"note  {len(caught)} deliberately broken renderings, {len(all_renders)} renderings checked "
+      f"({len(renders)} kustomize, {len(helm_renders)} helm), {len(HELM_REFUSED) + len(REFUSED)} refusals")
 
 print(f"{failures} failure(s)")
 sys.exit(1 if failures else 0)

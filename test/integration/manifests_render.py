@@ -3,12 +3,16 @@ helm): the subset of kustomize and of Helm's Go templates that manifests/ uses, 
 outside that subset is an error, never silently ignored, so the chart and the kustomizations stay
 within what this renderer (and the real tools) agree on.
 
-Kustomize: resources (files and directories), namespace, images, patches (strategic merge, by
-kind and name), patchesStrategicMerge. Helm: values.yaml coalesced with user values (null
-deletes), .Values/.Release/.Chart/.Capabilities, text/template actions (if/else if/else, with,
-range over lists and maps with $k, $v, define/include/template, variables, pipelines, trim
-markers, comments) and the functions default, quote, toYaml, indent, nindent, trunc, trimSuffix,
-printf, contains, eq, ne, not, and, or, empty, required, fail.
+Kustomize: resources (files and directories), components (`kind: Component` directories, applied
+after the resources and before the including kustomization's own patches), namespace, images,
+patches (strategic merge by kind and name; JSON 6902 add/remove/replace/test with a target),
+patchesStrategicMerge; a resource id (kind, namespace, name) added twice is an error, as in
+kustomize. Helm: values.yaml coalesced with user values (null deletes),
+.Values/.Release/.Chart/.Capabilities, text/template actions (if/else if/else, with, range over
+lists and maps with $k, $v, define/include/template, variables, pipelines, trim markers,
+comments) and the functions default, quote, toYaml, indent, nindent, trunc, trimSuffix, printf,
+contains, eq, ne, gt, not, and, or (both short-circuit, as since Go 1.18), empty, required, fail,
+index, dict, hasKey, toString, lower, int, regexMatch.
 
 Usage: manifests_render.py kustomize DIR
        manifests_render.py helm CHART_DIR [--release NAME] [--namespace NS] [-f VALUES.yaml]...
@@ -44,8 +48,9 @@ MERGE_KEYS = {
 CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
                   "PriorityClass", "StorageClass", "PersistentVolume", "Node"}
 
-KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "namespace", "images", "patches",
-                        "patchesStrategicMerge"}
+KUSTOMIZATION_FIELDS = {"apiVersion", "kind", "resources", "components", "namespace", "images",
+                        "patches", "patchesStrategicMerge"}
+TARGET_FIELDS = {"kind", "name", "namespace", "group", "version"}
 
 
 def load_yaml_docs(path):
@@ -70,19 +75,20 @@ def smp_merge(base, patch, field=None):
         return out
     if isinstance(base, list) and isinstance(patch, list) and field in MERGE_KEYS:
         key = MERGE_KEYS[field]
-        out = [copy.deepcopy(x) for x in base]
-        added = []
+        first, used = [], set()
         for item in patch:
             if not isinstance(item, dict) or key not in item:
                 raise RenderError(f"patch of {field} needs {key} on every item")
-            for i, cur in enumerate(out):
-                if isinstance(cur, dict) and cur.get(key) == item[key]:
-                    out[i] = smp_merge(cur, item, None)
+            for i, cur in enumerate(base):
+                if i not in used and isinstance(cur, dict) and cur.get(key) == item[key]:
+                    first.append(smp_merge(cur, item, None))
+                    used.add(i)
                     break
             else:
-                added.append(copy.deepcopy(item))
-        # As kustomize does: items only the patch has come first, in the patch's order.
-        return added + out
+                first.append(copy.deepcopy(item))
+        # As kustomize (kyaml) does: the patch's items first, merged or new, in the patch's order,
+        # then the items only the base has, in the base's order.
+        return first + [copy.deepcopy(x) for i, x in enumerate(base) if i not in used]
     return copy.deepcopy(patch)
 
 
@@ -122,36 +128,124 @@ def set_images(obj, images):
     visit(obj)
 
 
-def kustomize(directory):
+def json_pointer(path):
+    if not path.startswith("/"):
+        raise RenderError(f"JSON patch path {path!r} must start with /")
+    return [p.replace("~1", "/").replace("~0", "~") for p in path[1:].split("/")]
+
+
+def json6902(obj, ops, where):
+    """RFC 6902 add, remove, replace and test on one object (a test that fails is an error, as in
+    kustomize, so a patch that relies on a list's layout cannot silently edit the wrong item)."""
+    obj = copy.deepcopy(obj)
+    for op in ops:
+        kind = op.get("op")
+        if kind not in ("add", "remove", "replace", "test"):
+            raise RenderError(f"{where}: JSON patch op {kind!r} is outside the supported subset")
+        parts = json_pointer(op["path"])
+        parent = obj
+        for p in parts[:-1]:
+            if isinstance(parent, list):
+                parent = parent[int(p)]
+            elif isinstance(parent, dict) and p in parent:
+                parent = parent[p]
+            else:
+                raise RenderError(f"{where}: JSON patch path {op['path']} does not exist")
+        last = parts[-1]
+        if isinstance(parent, list):
+            n = len(parent) if last == "-" and kind == "add" else int(last)
+            if not 0 <= n <= len(parent) - (0 if kind == "add" else 1):
+                raise RenderError(f"{where}: JSON patch index {op['path']} out of range")
+        elif not isinstance(parent, dict) or (kind != "add" and last not in parent):
+            raise RenderError(f"{where}: JSON patch path {op['path']} does not exist")
+        else:
+            n = last
+        if kind == "test":
+            if parent[n] != op.get("value"):
+                raise RenderError(f"{where}: JSON patch test failed at {op['path']}: "
+                                  f"{parent[n]!r} != {op.get('value')!r}")
+        elif kind == "remove":
+            del parent[n]
+        elif kind == "replace":
+            parent[n] = copy.deepcopy(op["value"])
+        elif isinstance(parent, list):
+            parent.insert(n, copy.deepcopy(op["value"]))
+        else:
+            parent[n] = copy.deepcopy(op["value"])
+    return obj
+
+
+def target_matches(obj, target):
+    md = obj.get("metadata") or {}
+    group, _, version = obj.get("apiVersion", "").rpartition("/")
+    return all((
+        target.get("kind") in (None, obj.get("kind")),
+        target.get("name") in (None, md.get("name")),
+        target.get("namespace") in (None, md.get("namespace")),
+        target.get("group") in (None, group),
+        target.get("version") in (None, version),
+    ))
+
+
+def res_id(o):
+    return (o.get("kind"), (o.get("metadata") or {}).get("namespace"), (o.get("metadata") or {}).get("name"))
+
+
+def add_resources(objs, new, where):
+    """kustomize refuses a second resource with an id it already holds."""
+    ids = {res_id(o) for o in objs}
+    for o in new:
+        if res_id(o) in ids:
+            raise RenderError(f"{where}: may not add resource with an already registered id: {res_id(o)}")
+        ids.add(res_id(o))
+        objs.append(o)
+
+
+def kustomize(directory, want_kind="Kustomization", objs=None):
+    """Renders the kustomization in directory; a Component (want_kind) is applied to objs, the
+    resources accumulated so far by the kustomization that lists it."""
     path = os.path.join(directory, "kustomization.yaml")
     with open(path) as f:
         k = yaml.safe_load(f)
     unknown = set(k) - KUSTOMIZATION_FIELDS
     if unknown:
         raise RenderError(f"{path}: fields outside the supported subset: {sorted(unknown)}")
-    objs = []
+    kind = k.get("kind", "Kustomization")
+    if kind != want_kind:
+        raise RenderError(f"{path}: expected kind {want_kind!r}, got {kind!r} (a Component is listed "
+                          "under components:, a Kustomization under resources:)")
+    objs = [] if objs is None else objs
     for res in k.get("resources", []):
         p = os.path.normpath(os.path.join(directory, res))
-        if os.path.isdir(p):
-            objs.extend(kustomize(p))
-        else:
-            objs.extend(load_yaml_docs(p))
+        add_resources(objs, kustomize(p) if os.path.isdir(p) else load_yaml_docs(p), path)
+    for comp in k.get("components", []):
+        objs = kustomize(os.path.normpath(os.path.join(directory, comp)), "Component", objs)
     patches = []
     for p in k.get("patchesStrategicMerge", []):
-        patches.extend(load_yaml_docs(os.path.join(directory, p)))
+        patches.extend((None, d) for d in load_yaml_docs(os.path.join(directory, p)))
     for p in k.get("patches", []):
-        if "target" in p or "options" in p:
-            raise RenderError(f"{path}: patch targets/options are outside the supported subset")
+        if "options" in p or set(p.get("target") or {}) - TARGET_FIELDS:
+            raise RenderError(f"{path}: patch options/target fields are outside the supported subset")
         if "path" in p:
-            patches.extend(load_yaml_docs(os.path.join(directory, p["path"])))
+            docs = load_yaml_docs(os.path.join(directory, p["path"]))
         else:
-            patches.extend(d for d in yaml.safe_load_all(p["patch"]) if d is not None)
-    for patch in patches:
-        kind, name = patch.get("kind"), patch.get("metadata", {}).get("name")
-        hits = [i for i, o in enumerate(objs) if o.get("kind") == kind and o["metadata"]["name"] == name]
-        if len(hits) != 1:
-            raise RenderError(f"{path}: patch for {kind}/{name} matches {len(hits)} resources")
-        objs[hits[0]] = smp_merge(objs[hits[0]], patch)
+            docs = [d for d in yaml.safe_load_all(p["patch"]) if d is not None]
+        if "target" in p:
+            if len(docs) != 1 or not isinstance(docs[0], list):
+                raise RenderError(f"{path}: a patch with a target must be a JSON 6902 list of operations")
+            patches.append((p["target"], docs[0]))
+        else:
+            patches.extend((None, d) for d in docs)
+    for target, patch in patches:
+        if target is None:
+            target = {"kind": patch.get("kind"), "name": patch.get("metadata", {}).get("name")}
+        hits = [i for i, o in enumerate(objs) if target_matches(o, target)]
+        if target.get("name") is None or len(hits) != 1:
+            raise RenderError(f"{path}: patch for {target} matches {len(hits)} resources")
+        if isinstance(patch, list):
+            objs[hits[0]] = json6902(objs[hits[0]], patch, path)
+        else:
+            objs[hits[0]] = smp_merge(objs[hits[0]], patch)
     ns = k.get("namespace")
     if ns:
         sa_names = {o["metadata"]["name"] for o in objs if o.get("kind") == "ServiceAccount"}
@@ -353,6 +447,29 @@ def to_text(v):
     return str(v)
 
 
+def to_string(v):
+    """Sprig's toString: fmt's %v (a nil is "<nil>", a whole float has no decimals)."""
+    if v is None or v is NO_VALUE:
+        return "<nil>"
+    if isinstance(v, (dict, list)):
+        raise RenderError("toString of a map or list is outside the supported subset")
+    return to_text(v)
+
+
+def to_int(v):
+    """Sprig's int (cast.ToInt): numbers truncate, numeric strings parse, anything else is 0."""
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (int, float)):
+        return int(v)
+    if isinstance(v, str):
+        try:
+            return int(v, 0)
+        except ValueError:
+            return 0
+    return 0
+
+
 def go_quote(s):
     return json.dumps(s, ensure_ascii=False)
 
@@ -408,12 +525,19 @@ class Engine:
             "eq": lambda a, *b: any(self.norm(a) == self.norm(x) for x in b),
             "ne": lambda a, b: self.norm(a) != self.norm(b),
             "not": lambda a: not truthy(a),
-            "and": lambda *a: next((x for x in a if not truthy(x)), a[-1]),
-            "or": lambda *a: next((x for x in a if truthy(x)), a[-1]),
+            "gt": self.gt,
             "empty": lambda v=NO_VALUE: not truthy(v),
             "required": self.required,
             "fail": self.fail,
             "include": self.include,
+            "index": self.index,
+            "dict": self.dict,
+            "hasKey": self.has_key,
+            "toString": to_string,
+            "lower": lambda s: self.want_str("lower", s).lower(),
+            "int": to_int,
+            "regexMatch": lambda rx, s: re.search(self.want_str("regexMatch", rx),
+                                                  self.want_str("regexMatch", s)) is not None,
         }
 
     @staticmethod
@@ -429,6 +553,47 @@ class Engine:
     @staticmethod
     def fail(msg):
         raise RenderError(f"fail: {msg}")
+
+    @staticmethod
+    def want_str(fn, s):
+        # Sprig's string functions take a Go string: anything else is a template error.
+        if not isinstance(s, str):
+            raise RenderError(f"wrong type for value in {fn}; expected string; got {type(s).__name__}")
+        return s
+
+    @staticmethod
+    def gt(a, b):
+        # Go compares basic kinds only with their own kind (int with int, float with float...).
+        kinds = [("int" if isinstance(x, int) and not isinstance(x, bool) else type(x).__name__)
+                 for x in (a, b)]
+        if kinds[0] != kinds[1] or kinds[0] not in ("int", "float", "str"):
+            raise RenderError(f"incompatible types for comparison: {kinds}")
+        return a > b
+
+    @staticmethod
+    def index(coll, *keys):
+        for k in keys:
+            if isinstance(coll, dict):
+                coll = coll.get(k, NO_VALUE)  # Go: the map's zero value for a missing key
+            elif isinstance(coll, list):
+                if not isinstance(k, int) or not 0 <= k < len(coll):
+                    raise RenderError(f"index out of range: {k}")
+                coll = coll[k]
+            else:
+                raise RenderError(f"can't index item of type {type(coll).__name__}")
+        return coll
+
+    @staticmethod
+    def dict(*kv):
+        if len(kv) % 2:
+            kv = kv + ("",)  # Sprig: a missing last value is ""
+        return {to_string(kv[i]): kv[i + 1] for i in range(0, len(kv), 2)}
+
+    @staticmethod
+    def has_key(d, key):
+        if not isinstance(d, dict):
+            raise RenderError(f"hasKey: expected a map, got {type(d).__name__}")
+        return key in d
 
     def include(self, name, data):
         if name not in self.defines:
@@ -493,19 +658,23 @@ class Engine:
         cmds.append(cur)
         return cmds
 
-    def args(self, toks, dot, scopes):
+    def args(self, toks):
+        """The command's words; a parenthesised group stays unevaluated (("group", toks)) until
+        its value is needed, so that and/or can stop early as Go's do."""
         out, i = [], 0
         while i < len(toks):
             t = toks[i]
             if t == ("punct", "("):
                 depth, j = 1, i + 1
                 while depth:
+                    if j >= len(toks):
+                        raise RenderError("unclosed (")
                     if toks[j] == ("punct", "("):
                         depth += 1
                     elif toks[j] == ("punct", ")"):
                         depth -= 1
                     j += 1
-                out.append(self.pipeline(toks[i + 1:j - 1], dot, scopes))
+                out.append(("group", toks[i + 1:j - 1]))
                 i = j
             else:
                 out.append(("tok", t))
@@ -513,17 +682,28 @@ class Engine:
         return out
 
     def command(self, toks, dot, scopes, prev):
-        items = self.args(toks, dot, scopes)
+        items = self.args(toks)
         if not items:
             raise RenderError("empty command")
 
         def val(x):
-            return self.operand(x[1], dot, scopes) if isinstance(x, tuple) and x and x[0] == "tok" else x
+            if x[0] == "group":
+                return self.pipeline(x[1], dot, scopes)
+            return self.operand(x[1], dot, scopes)
 
         head = items[0]
-        if isinstance(head, tuple) and head[0] == "tok" and head[1][0] == "ident" and \
-                head[1][1] not in ("true", "false", "nil"):
+        if head[0] == "tok" and head[1][0] == "ident" and head[1][1] not in ("true", "false", "nil"):
             name = head[1][1]
+            if name in ("and", "or"):
+                # Go 1.18+: arguments are evaluated left to right only until the result is known
+                # (a piped value, already evaluated, comes last).
+                rest = items[1:] + ([("value", prev)] if prev is not NO_ARG else [])
+                if not rest:
+                    raise RenderError(f"wrong arguments to {name}: none")
+                for i, x in enumerate(rest):
+                    v = x[1] if x[0] == "value" else val(x)
+                    if i == len(rest) - 1 or truthy(v) == (name == "or"):
+                        return v
             if name not in self.funcs:
                 raise RenderError(f"function {name!r} is outside the supported subset")
             argv = [val(x) for x in items[1:]]

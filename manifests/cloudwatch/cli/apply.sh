@@ -7,8 +7,19 @@
 #   apply.sh --render DIR CLUSTER_ID SNS_TOPIC_ARN REGION ACCOUNT_ID   only write the filled files
 #
 # The files are generated from ../alarms.yaml with its default thresholds; edit a filled file to
-# change one. Without SUBNET_METRICS=true on the helper, skip alarm-subnet-free-ips-low.json.
+# change one. SUBNET_ALARM=false (the template's SubnetAlarm=false) leaves out the emptiest-subnet
+# alarm and its entry in the dashboard's alarm widget: set it when the helper runs without
+# SUBNET_METRICS=true, since that alarm treats no subnet datum as breaching.
 set -eu
+
+subnet_alarm=${SUBNET_ALARM:-true}
+case $subnet_alarm in
+true | false) ;;
+*)
+    echo "$0: SUBNET_ALARM '$subnet_alarm' is not valid (expected true or false)" >&2
+    exit 2
+    ;;
+esac
 
 render=""
 if [ "${1:-}" = "--render" ]; then
@@ -42,9 +53,17 @@ esac
 here=$(cd "$(dirname "$0")" && pwd)
 out=${render:-$(mktemp -d)}
 mkdir -p "$out"
+# Without the subnet alarm, its ARN leaves the alarm widget (a JSON string inside the dashboard
+# body, so its quotes are escaped there): what the template gives with SubnetAlarm=false.
+subnet=alarm-subnet-free-ips-low.json
+drop='s|\\"arn:[^\\]*:alarm:cni-@CLUSTER_ID@-subnet-free-ips-low\\",||'
+[ "$subnet_alarm" = true ] && drop=''
 for f in "$here"/*.json; do
-    sed -e "s|@CLUSTER_ID@|$cluster|g" -e "s|@SNS_TOPIC_ARN@|$topic|g" -e "s|@REGION@|$region|g" \
-        -e "s|@ACCOUNT_ID@|$account|g" -e "s|@PARTITION@|$partition|g" "$f" >"$out/$(basename "$f")"
+    name=$(basename "$f")
+    [ "$subnet_alarm" = false ] && [ "$name" = "$subnet" ] && continue
+    sed -e "$drop" -e "s|@CLUSTER_ID@|$cluster|g" -e "s|@SNS_TOPIC_ARN@|$topic|g" \
+        -e "s|@REGION@|$region|g" -e "s|@ACCOUNT_ID@|$account|g" -e "s|@PARTITION@|$partition|g" \
+        "$f" >"$out/$name"
 done
 [ -n "$render" ] && exit 0
 
