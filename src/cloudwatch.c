@@ -494,6 +494,7 @@ struct cmh_cloudwatch {
     struct cmh_cloudwatch_stats stats;
 
     int flushing, flushed, abandoned;
+    int standby; /* this replica lost the lease: send nothing (cmh_cloudwatch_standby) */
     cmh_cloudwatch_flush_cb flush_cb;
     void *flush_arg;
 
@@ -592,7 +593,7 @@ static void schedule(struct cmh_cloudwatch *cw, uint64_t delay)
 
 static void kick(struct cmh_cloudwatch *cw)
 {
-    if (cw->st == ST_IDLE && !cw->freeing && cw->q.n > 0)
+    if (cw->st == ST_IDLE && !cw->freeing && !cw->standby && cw->q.n > 0)
         schedule(cw, 0);
 }
 
@@ -604,6 +605,24 @@ static void idle(struct cmh_cloudwatch *cw)
         kick(cw);
     else if (cw->flushing && !cw->flushed)
         finish_flush(cw);
+}
+
+/* Drops the datums from index from to the tail (those not in flight when from == inflight_n) as
+ * dropped_not_leader; returns how many. */
+static size_t drop_not_leader(struct cmh_cloudwatch *cw, size_t from)
+{
+    size_t n = 0;
+    while (cw->q.n > from) {
+        struct qd *e = q_at(&cw->q, cw->q.n - 1);
+        cmh_free(e->strs);
+        e->strs = NULL;
+        cw->q.n--;
+        n++;
+    }
+    cw->stats.dropped_not_leader += n;
+    cw->nseg = 0;
+    cw->attempt = 0;
+    return n;
 }
 
 static void drop_aged(struct cmh_cloudwatch *cw)
@@ -847,6 +866,12 @@ static void fail_attempt(struct cmh_cloudwatch *cw, enum cmh_cw_class cls, const
     uint64_t delay;
     cw->stats.batches_failed++;
     set_last_error(cw, code && code[0] ? code : cmh_cloudwatch_class_name(cls));
+    if (cw->standby) {
+        /* Not the leader any more: nothing is retried. */
+        drop_not_leader(cw, 0);
+        idle(cw);
+        return;
+    }
     switch (cls) {
     case CMH_CW_EXPIRED:
         if (!cw->refreshed) {
@@ -953,6 +978,10 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         cw->refreshed = 0;
         seg_consume(cw, n);
         idle(cw);
+        return;
+    }
+    if (cls == CMH_CW_INVALID && cw->standby) {
+        fail_attempt(cw, cls, code, -1); /* dropped, not split: we are no longer the leader */
         return;
     }
     if (cls == CMH_CW_INVALID) {
@@ -1111,6 +1140,11 @@ int cmh_cloudwatch_enqueue(struct cmh_cloudwatch *cw, const struct cmh_datum *d,
             cw->stats.dropped_shutdown++;
             continue;
         }
+        if (cw->standby) {
+            cw->stats.enqueued++;
+            cw->stats.dropped_not_leader++;
+            continue;
+        }
         if (cmh_cloudwatch_datum_valid(&d[i]) != 0) {
             cw->stats.enqueued++;
             cw->stats.dropped_invalid++;
@@ -1178,6 +1212,28 @@ int cmh_cloudwatch_flush(struct cmh_cloudwatch *cw, uint64_t deadline_ms,
         schedule(cw, due);
     }
     return 0;
+}
+
+void cmh_cloudwatch_standby(struct cmh_cloudwatch *cw, bool standby)
+{
+    if (cw->freeing || (cw->standby != 0) == standby)
+        return;
+    cw->standby = standby;
+    if (!standby) {
+        CMH_LOG(cw->log, CMH_LOG_INFO, "cloudwatch: leader again, publishing",
+                CMH_UINT("dropped_not_leader", cw->stats.dropped_not_leader));
+        kick(cw);
+        return;
+    }
+    /* The datums waiting (not those of a request in flight, which cannot be recalled) go now, at
+     * the moment the lease is lost, so none is sent after another replica may lead. */
+    size_t dropped = drop_not_leader(cw, cw->inflight_n);
+    CMH_LOG(cw->log, CMH_LOG_WARN, "cloudwatch: not leader; queued datums dropped",
+            CMH_UINT("dropped", dropped), CMH_UINT("in_flight", cw->inflight_n));
+    if (cw->st == ST_TIMER) {
+        uv_timer_stop(&cw->timer);
+        idle(cw); /* ends a flush that only waited for a backoff */
+    }
 }
 
 void cmh_cloudwatch_stats(const struct cmh_cloudwatch *cw, struct cmh_cloudwatch_stats *out)

@@ -554,8 +554,9 @@ void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_ro
     if (cw != NULL) {
         kv[n++] = CMH_UINT("cw_published", cw->published);
         kv[n++] = CMH_UINT("cw_queued", cw->in_queue);
-        kv[n++] = CMH_UINT("cw_dropped", cw->dropped_overflow + cw->dropped_age +
-                                             cw->dropped_invalid + cw->dropped_shutdown);
+        kv[n++] =
+            CMH_UINT("cw_dropped", cw->dropped_overflow + cw->dropped_age + cw->dropped_invalid +
+                                       cw->dropped_shutdown + cw->dropped_not_leader);
         if (cw->last_error[0])
             kv[n++] = CMH_STR("cw_last_error", cw->last_error);
     }

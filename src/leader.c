@@ -1,11 +1,15 @@
 /* Leader election over a coordination.k8s.io/v1 Lease, with client-go's leaderelection semantics.
- * Every retry period an attempt GETs the Lease; absent, it is created with us as holder; held by
- * another replica, it is taken over (an update carrying the resourceVersion, so a concurrent writer
- * gets 409) only when the record has not changed, by our own monotonic clock, for a whole lease
- * duration; held by us, it is renewed. A leader whose last successful renewal attempt started more
- * than the renew deadline ago stops leading (a timer, so a hung request cannot delay it): since the
- * others measure the lease duration from when they saw that renewal, which is later, the old leader
- * has stopped before anybody can take over. A JSON-facing module: includes jansson. */
+ * An attempt GETs the Lease; absent, it is created with us as holder; held by another replica, it
+ * is taken over (an update carrying the resourceVersion, so a concurrent writer gets 409) only
+ * when the record has not changed, by our own monotonic clock, for the lease duration the record
+ * gives (the holder's, as client-go reads it; ours when it gives none); held by us, it is renewed.
+ * The leader attempts every retry period; a candidate every half to whole retry period, and also
+ * at the moment the lease it saw would expire, so a crashed leader is replaced within one lease
+ * duration and one retry period of its last renewal. A leader whose last successful renewal
+ * attempt started more than the renew deadline ago stops leading (a timer, so a hung request
+ * cannot delay it): since the others measure the lease duration, which is longer, from when they
+ * saw that renewal, which is later, the old leader has stopped before anybody can take over.
+ * A JSON-facing module: includes jansson. */
 #include "cmh/leader.h"
 
 #include "cmh/alloc.h"
@@ -155,6 +159,61 @@ static const char *jstr(json_t *obj, const char *key)
     return json_is_string(v) ? json_string_value(v) : NULL;
 }
 
+/* Copies the string (or null/absent: "") member key of obj into buf; false when it is another
+ * type or does not fit. */
+static bool copy_member(json_t *obj, const char *key, char *buf, size_t len)
+{
+    json_t *v = json_object_get(obj, key);
+    buf[0] = '\0';
+    if (v == NULL || json_is_null(v))
+        return true;
+    if (!json_is_string(v) || json_string_length(v) >= len)
+        return false;
+    memcpy(buf, json_string_value(v), json_string_length(v) + 1);
+    return true;
+}
+
+/* The Lease in body and what the elector reads from it; NULL (rec zeroed) when it is not one. */
+static json_t *lease_load(const char *body, size_t len, struct cmh_lease_record *rec)
+{
+    json_error_t jerr;
+    memset(rec, 0, sizeof *rec);
+    json_t *root = body != NULL ? json_loadb(body, len, 0, &jerr) : NULL;
+    json_t *meta = json_is_object(root) ? json_object_get(root, "metadata") : NULL;
+    json_t *spec = json_is_object(root) ? json_object_get(root, "spec") : NULL;
+    if (json_is_null(spec))
+        spec = NULL;
+    if ((spec != NULL && !json_is_object(spec)) ||
+        !copy_member(meta, "resourceVersion", rec->resource_version,
+                     sizeof rec->resource_version) ||
+        rec->resource_version[0] == '\0' ||
+        !copy_member(spec, "holderIdentity", rec->holder, sizeof rec->holder) ||
+        !copy_member(spec, "renewTime", rec->renew_time, sizeof rec->renew_time)) {
+        json_decref(root);
+        memset(rec, 0, sizeof *rec);
+        return NULL;
+    }
+    json_t *secs = json_object_get(spec, "leaseDurationSeconds");
+    if (json_is_integer(secs) && json_integer_value(secs) > 0) {
+        json_int_t v = json_integer_value(secs);
+        rec->duration_ms =
+            (uint64_t)(v < CMH_LEADER_LEASE_MAX_S ? v : CMH_LEADER_LEASE_MAX_S) * 1000;
+    }
+    json_t *tr = json_object_get(spec, "leaseTransitions");
+    if (json_is_integer(tr) && json_integer_value(tr) >= 0)
+        rec->transitions = (int64_t)json_integer_value(tr);
+    return root;
+}
+
+int cmh_leader_lease_parse(const char *body, size_t len, struct cmh_lease_record *out)
+{
+    json_t *root = lease_load(body, len, out);
+    if (root == NULL)
+        return -EPROTO;
+    json_decref(root);
+    return 0;
+}
+
 /* Reads the token when due (see cmh_k8s_token). Synchronous: a few bytes from the kubelet's
  * tmpfs, at most once a minute or after a refusal. */
 static void refresh_token(struct cmh_leader *l)
@@ -202,33 +261,46 @@ static void on_retry(uv_timer_t *t)
         attempt(l);
 }
 
-/* The next attempt: the leader renews every retry period; candidates wait a jittered period
- * (client-go's JitterUntil with factor 1.2) so that they do not all ask at once. */
+/* True while another replica holds the lease we saw and it has not expired by our clock. */
+static bool held_by_other(const struct cmh_leader *l, uint64_t now)
+{
+    return l->holder[0] != '\0' && strcmp(l->holder, l->identity) != 0 &&
+           now < l->observed_ms + l->observed_lease_ms;
+}
+
+/* The next attempt: the leader renews every retry period. Candidates wait a jittered half to
+ * whole retry period, so that they do not all ask at once (client-go waits 1 to 2.2 periods), and
+ * so that they see the holder's last renewal within one retry period of it; and they attempt at
+ * the very moment the lease they saw expires, not at the next period after it. */
 static void schedule(struct cmh_leader *l)
 {
     uint64_t delay = l->retry_ms;
-    if (!l->leader)
-        delay += cmh_rng_next(&l->rng) % (l->retry_ms * 6 / 5 + 1);
+    if (!l->leader) {
+        uint64_t now = uv_now(l->loop);
+        delay = l->retry_ms / 2 + cmh_rng_next(&l->rng) % (l->retry_ms / 2 + 1);
+        if (held_by_other(l, now) && l->observed_ms + l->observed_lease_ms - now < delay)
+            delay = l->observed_ms + l->observed_lease_ms - now;
+    }
     int rc = uv_timer_start(&l->retry, on_retry, delay, 0);
     if (rc != 0 && l->log != NULL)
         CMH_LOG(l->log, CMH_LOG_ERROR, "cannot arm the leader election timer",
                 CMH_STR("error", uv_strerror(rc)));
 }
 
-/* Remembers the record; the observation time moves only when something in it changed. */
-static void observe(struct cmh_leader *l, json_t *lease)
+/* Remembers the record (lease, taken, read into rec); the observation time moves only when
+ * something in it changed, and the lease duration is the record's (client-go: a follower waits
+ * the holder's duration, not its own). */
+static void observe(struct cmh_leader *l, json_t *lease, const struct cmh_lease_record *rec)
 {
-    json_t *spec = json_object_get(lease, "spec");
-    const char *holder = jstr(spec, "holderIdentity");
-    const char *renew = jstr(spec, "renewTime");
-    const char *rv = jstr(json_object_get(lease, "metadata"), "resourceVersion");
-    char key[sizeof l->observed];
-    snprintf(key, sizeof key, "%s|%s|%s", holder ? holder : "", renew ? renew : "", rv ? rv : "");
-    if (strcmp(key, l->observed) != 0) {
-        memcpy(l->observed, key, sizeof key);
+    const struct cmh_lease_record *o = &l->observed;
+    if (strcmp(o->holder, rec->holder) != 0 || strcmp(o->renew_time, rec->renew_time) != 0 ||
+        strcmp(o->resource_version, rec->resource_version) != 0 ||
+        o->duration_ms != rec->duration_ms) {
+        l->observed = *rec;
         l->observed_ms = uv_now(l->loop);
+        l->observed_lease_ms = rec->duration_ms ? rec->duration_ms : l->lease_ms;
     }
-    snprintf(l->holder, sizeof l->holder, "%s", holder ? holder : "");
+    snprintf(l->holder, sizeof l->holder, "%s", rec->holder);
     json_decref(l->record);
     l->record = lease;
 }
@@ -375,27 +447,13 @@ static void renewed(struct cmh_leader *l)
     set_leader(l, true, "acquired or renewed the lease");
 }
 
-static json_t *parse_lease(const struct cmh_curl_uv_response *res)
-{
-    json_error_t jerr;
-    json_t *root = json_loadb(res->body, res->body_len, 0, &jerr);
-    json_t *meta = json_is_object(root) ? json_object_get(root, "metadata") : NULL;
-    json_t *spec = json_is_object(root) ? json_object_get(root, "spec") : NULL;
-    if (jstr(meta, "resourceVersion") == NULL || (spec != NULL && !json_is_object(spec))) {
-        json_decref(root);
-        return NULL;
-    }
-    return root;
-}
-
 static void get_done(struct cmh_leader *l, const struct cmh_curl_uv_response *res)
 {
     int rc;
     if (res->status == 404) {
         /* Deleted while another replica held it: that one may still be leading, so let its
          * lease lapse by our clock first, as if the record were still there. */
-        if (!l->leader && l->holder[0] != '\0' && strcmp(l->holder, l->identity) != 0 &&
-            uv_now(l->loop) < l->observed_ms + l->lease_ms) {
+        if (!l->leader && held_by_other(l, uv_now(l->loop))) {
             schedule(l);
             return;
         }
@@ -411,14 +469,15 @@ static void get_done(struct cmh_leader *l, const struct cmh_curl_uv_response *re
         }
         return;
     }
-    json_t *lease = res->status == 200 ? parse_lease(res) : NULL;
+    struct cmh_lease_record rec;
+    json_t *lease = res->status == 200 ? lease_load(res->body, res->body_len, &rec) : NULL;
     if (lease == NULL) {
         if (res->status == 200)
             set_error(l, "the Lease answer is not a Lease: %.120s", res->body);
         failed(l);
         return;
     }
-    observe(l, lease);
+    observe(l, lease, &rec);
     if (l->holder[0] != '\0' && strcmp(l->holder, l->identity) != 0) {
         if (l->leader) {
             /* Another replica wrote itself in: we lost the lease (after a partition, say). */
@@ -426,7 +485,7 @@ static void get_done(struct cmh_leader *l, const struct cmh_curl_uv_response *re
             set_leader(l, false, "the lease is held by another replica");
             return;
         }
-        if (uv_now(l->loop) < l->observed_ms + l->lease_ms) {
+        if (held_by_other(l, uv_now(l->loop))) {
             schedule(l); /* held, and not yet expired by our own clock */
             return;
         }
@@ -450,14 +509,17 @@ static void write_done(struct cmh_leader *l, const struct cmh_curl_uv_response *
         failed(l);
         return;
     }
-    json_t *lease = (res->status == 200 || res->status == 201) ? parse_lease(res) : NULL;
+    struct cmh_lease_record rec;
+    json_t *lease = (res->status == 200 || res->status == 201)
+                        ? lease_load(res->body, res->body_len, &rec)
+                        : NULL;
     if (lease == NULL) {
         if (res->status == 200 || res->status == 201)
             set_error(l, "the Lease answer is not a Lease: %.120s", res->body);
         failed(l);
         return;
     }
-    observe(l, lease);
+    observe(l, lease, &rec);
     renewed(l);
 }
 
@@ -479,6 +541,22 @@ static void release_done(struct cmh_leader *l, const struct cmh_curl_uv_response
     finish_if_closed(l);
 }
 
+/* Gives the lease up (holderIdentity cleared) when the record says we hold it. Best effort: on
+ * failure it expires by itself. */
+static void release(struct cmh_leader *l)
+{
+    int rc = -ENOENT;
+    if (l->record != NULL && strcmp(l->holder, l->identity) == 0) {
+        char *body = lease_body(l, true);
+        rc = body ? send_request(l, STEP_RELEASE, body) : -ENOMEM;
+    }
+    l->releasing = rc == 0;
+    if (rc != 0 && rc != -ENOENT && l->log != NULL)
+        CMH_LOG(l->log, CMH_LOG_WARN,
+                "leader election: could not release the lease (it expires by itself)",
+                CMH_STR("error", strerror(-rc)));
+}
+
 static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res)
 {
     struct cmh_leader *l = container_of(req, struct cmh_leader, req);
@@ -487,7 +565,23 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         release_done(l, res);
         return;
     }
-    if (l->stopping || res->error == CMH_CURL_ERR_CANCELLED)
+    if (l->stopping) {
+        /* Stopped while leading with this request in flight: it may have renewed the Lease, and
+         * the release must carry the resourceVersion it left, or it gets 409 and the others wait a
+         * whole lease duration. */
+        if (!l->releasing)
+            return;
+        struct cmh_lease_record rec;
+        json_t *lease = res->error == CMH_CURL_OK && (res->status == 200 || res->status == 201)
+                            ? lease_load(res->body, res->body_len, &rec)
+                            : NULL;
+        if (lease != NULL)
+            observe(l, lease, &rec);
+        release(l);
+        finish_if_closed(l);
+        return;
+    }
+    if (res->error == CMH_CURL_ERR_CANCELLED)
         return;
     if (res->error != CMH_CURL_OK) {
         set_error(l, "Lease request failed: %s (%s)", cmh_curl_uv_error_name(res->error),
@@ -625,20 +719,16 @@ void cmh_leader_stop(struct cmh_leader *l, cmh_leader_close_cb close_cb)
     bool was_leader = l->leader;
     l->leader = false;
     l->st.is_leader = false;
-    if (l->in_flight)
-        cmh_curl_uv_cancel(l->curl, &l->req);
-    l->in_flight = false;
     uv_timer_stop(&l->retry);
     uv_timer_stop(&l->deadline);
-    if (was_leader && l->record != NULL && strcmp(l->holder, l->identity) == 0) {
-        char *body = lease_body(l, true);
-        int rc = body ? send_request(l, STEP_RELEASE, body) : -ENOMEM;
-        if (rc == 0)
-            l->releasing = true;
-        else if (l->log != NULL)
-            CMH_LOG(l->log, CMH_LOG_WARN,
-                    "leader election: could not release the lease (it expires by itself)",
-                    CMH_STR("error", strerror(-rc)));
+    if (was_leader && l->in_flight) {
+        l->releasing = true; /* on_done releases once the request in flight ended */
+    } else {
+        if (l->in_flight)
+            cmh_curl_uv_cancel(l->curl, &l->req);
+        l->in_flight = false;
+        if (was_leader)
+            release(l);
     }
     uv_close((uv_handle_t *)&l->retry, on_retry_closed);
     uv_close((uv_handle_t *)&l->deadline, on_deadline_closed);

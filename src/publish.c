@@ -20,7 +20,8 @@ struct cmh_publish {
     char *endpoint_override;
     char *cluster_id;
     int resolving;
-    int freeing; /* callbacks cancelled by free reach no one */
+    int freeing;  /* callbacks cancelled by free reach no one */
+    bool standby; /* not the leader (cmh_publish_standby), applied once cw exists */
     char why[256];
     /* Why the last credentials request failed ("" when it did not): with no credentials nothing
      * is published, which /readyz must say. */
@@ -114,6 +115,7 @@ static void on_resolved(struct cmh_aws_provider *prov, int rc, const char *regio
         p->cb(p, rc, p->why, "see the error logged before this line", p->arg);
         return;
     }
+    cmh_cloudwatch_standby(p->cw, p->standby);
     char shown[512];
     cmh_aws_url_for_log(endpoint, shown, sizeof shown);
     CMH_LOG(p->log, CMH_LOG_INFO, "publishing to CloudWatch", CMH_STR("region", region),
@@ -185,6 +187,13 @@ int cmh_publish_flush(struct cmh_publish *p, uint64_t deadline_ms, void (*cb)(vo
     if (p->cw == NULL)
         return -EAGAIN;
     return cmh_cloudwatch_flush(p->cw, deadline_ms, on_flushed, p);
+}
+
+void cmh_publish_standby(struct cmh_publish *p, bool standby)
+{
+    p->standby = standby;
+    if (p->cw != NULL)
+        cmh_cloudwatch_standby(p->cw, standby);
 }
 
 void cmh_publish_stats(const struct cmh_publish *p, struct cmh_cloudwatch_stats *out)

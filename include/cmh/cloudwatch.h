@@ -4,6 +4,7 @@
 #ifndef CMH_CLOUDWATCH_H
 #define CMH_CLOUDWATCH_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -101,15 +102,16 @@ struct cmh_cloudwatch_opts {
 void cmh_cloudwatch_opts_from_config(struct cmh_cloudwatch_opts *o, const struct cmh_config *cfg);
 
 /* Accounting. At every moment: enqueued == published + dropped_overflow + dropped_age +
- * dropped_invalid + dropped_shutdown + in_queue. */
+ * dropped_invalid + dropped_shutdown + dropped_not_leader + in_queue. */
 struct cmh_cloudwatch_stats {
     uint64_t enqueued;
     uint64_t published;
-    uint64_t dropped_overflow; /* the queue was full: the oldest went */
-    uint64_t dropped_age;      /* older than max_age before it could be sent */
-    uint64_t dropped_invalid;  /* rejected by CloudWatch (isolated by splitting) or by us */
-    uint64_t dropped_shutdown; /* still queued (or in flight) at the flush deadline or free */
-    uint64_t in_queue;         /* waiting, including those in the request in flight */
+    uint64_t dropped_overflow;   /* the queue was full: the oldest went */
+    uint64_t dropped_age;        /* older than max_age before it could be sent */
+    uint64_t dropped_invalid;    /* rejected by CloudWatch (isolated by splitting) or by us */
+    uint64_t dropped_shutdown;   /* still queued (or in flight) at the flush deadline or free */
+    uint64_t dropped_not_leader; /* queued when this replica lost the lease (see _standby) */
+    uint64_t in_queue;           /* waiting, including those in the request in flight */
     uint64_t in_flight;
     uint64_t requests;                     /* PutMetricData attempts sent */
     uint64_t batches_ok;                   /* attempts answered 200 */
@@ -144,6 +146,14 @@ typedef void (*cmh_cloudwatch_flush_cb)(struct cmh_cloudwatch *cw, void *arg);
  * dropped_shutdown too. Returns 0 or -EBUSY (a flush is already running). */
 int cmh_cloudwatch_flush(struct cmh_cloudwatch *cw, uint64_t deadline_ms,
                          cmh_cloudwatch_flush_cb cb, void *arg);
+
+/* With leader election: standby true when this replica lost the lease. Every queued datum not
+ * in the request in flight is dropped at once as dropped_not_leader, no request starts while in
+ * standby, and what is enqueued meanwhile is dropped_not_leader too. A request already in flight
+ * cannot be recalled: if it succeeds its datums count as published, otherwise as
+ * dropped_not_leader (never retried). A flush running then ends as soon as that request ended.
+ * standby false (the lease regained) resumes sending. Idempotent. */
+void cmh_cloudwatch_standby(struct cmh_cloudwatch *cw, bool standby);
 
 void cmh_cloudwatch_stats(const struct cmh_cloudwatch *cw, struct cmh_cloudwatch_stats *out);
 

@@ -29,13 +29,36 @@ struct cmh_leader_opts {
     const char *identity;       /* NULL: POD_NAME, else "<hostname>_<pid>" */
     const char *token_file;     /* re-read every minute and after a 401; NULL = no token */
     const char *ca_file;        /* PEM bundle of the cluster CA; NULL = the system store */
-    uint64_t lease_duration_ms; /* others take over this long after the lease last changed;
-                                   0 = 15 s */
+    uint64_t lease_duration_ms; /* written to the Lease as leaseDurationSeconds (rounded up to
+                                   whole seconds): others take over that long after they saw the
+                                   lease last change; 0 = 15 s */
     uint64_t renew_deadline_ms; /* the leader gives up when it could not renew for this long;
                                    0 = 10 s; must be < lease_duration_ms */
     uint64_t retry_period_ms;   /* between attempts; 0 = 2 s; must be < renew_deadline_ms */
     uint64_t seed;              /* PRNG seed for the jitter of candidates; 0 = from the clock */
 };
+
+/* Longest leaseDurationSeconds of a Lease honoured (a larger value counts as this): above the
+ * longest LEADER_ELECTION_LEASE_DURATION, so a replica of ours is always waited for in full. */
+#define CMH_LEADER_LEASE_MAX_S 3600
+
+/* What the elector reads from a Lease (cmh_leader_lease_parse). */
+struct cmh_lease_record {
+    char holder[254];          /* spec.holderIdentity; "" when absent, null or empty */
+    char renew_time[64];       /* spec.renewTime as written; "" when absent or null */
+    char resource_version[64]; /* metadata.resourceVersion; never "" */
+    uint64_t duration_ms; /* spec.leaseDurationSeconds * 1000, at most CMH_LEADER_LEASE_MAX_S s;
+                             0 when absent or not a positive integer (then a follower waits its
+                             own lease duration) */
+    int64_t transitions;  /* spec.leaseTransitions; 0 when absent or not an integer >= 0 */
+};
+
+/* Pure: parses a Lease (the body of a GET, POST or PUT answer) into *out. Returns 0, or -EPROTO
+ * when body is not a JSON object with a string metadata.resourceVersion of 1-63 bytes, a spec
+ * that is an object (or absent/null), a holderIdentity that is a string of at most 253 bytes (the
+ * longest identity) or null, and a renewTime that is a string of at most 63 bytes or null; then
+ * *out is zeroed. */
+int cmh_leader_lease_parse(const char *body, size_t len, struct cmh_lease_record *out);
 
 /* Counters and state, for /readyz, self-metrics and logs. */
 struct cmh_leader_status {
@@ -66,11 +89,12 @@ struct cmh_leader {
     const char *headers[3];
     struct cmh_curl_uv_req req;
     bool in_flight;
-    int step;             /* what the request in flight is (GET, POST, PUT, release) */
-    void *record;         /* json_t *: the Lease as last read or written */
-    char observed[512];   /* holder, renewTime and resourceVersion of the record last seen */
-    uint64_t observed_ms; /* uv_now when observed last changed */
-    uint64_t attempt_ms;  /* uv_now when the attempt in progress started */
+    int step;                         /* what the request in flight is (GET, POST, PUT, release) */
+    void *record;                     /* json_t *: the Lease as last read or written */
+    struct cmh_lease_record observed; /* the record last seen */
+    uint64_t observed_ms;             /* uv_now when observed last changed */
+    uint64_t observed_lease_ms;       /* its lease duration (ours when it gave none) */
+    uint64_t attempt_ms;              /* uv_now when the attempt in progress started */
     bool leader;
     uv_timer_t retry, deadline;
     unsigned open_handles;
@@ -102,7 +126,9 @@ bool cmh_leader_is_leader(const struct cmh_leader *l);
 
 /* Stops campaigning: cmh_leader_is_leader is false from this call on and on_change no longer
  * fires. When leader, releases the Lease (holderIdentity cleared, one PUT bounded by the request
- * timeout, best effort) so another replica takes over at once. close_cb (may be NULL) fires from
+ * timeout, best effort) so another replica takes over at once; a request still in flight is let
+ * end first (it may have renewed the Lease: the release names the resourceVersion it left).
+ * close_cb (may be NULL) fires from
  * the loop once the release ended and the timers are closed, after which l may be freed. */
 void cmh_leader_stop(struct cmh_leader *l, cmh_leader_close_cb close_cb);
 

@@ -11,6 +11,8 @@
 
 #include <uv.h>
 
+#include <stdbool.h>
+
 struct cmh_log;
 struct cmh_aws_provider;
 struct cmh_publish;
@@ -37,6 +39,11 @@ int cmh_publish_datums(struct cmh_publish *p, const struct cmh_datum *d, size_t 
 /* Flushes within deadline_ms; cb fires from the loop when done (at once if not ready). */
 int cmh_publish_flush(struct cmh_publish *p, uint64_t deadline_ms, void (*cb)(void *arg),
                       void *arg);
+
+/* With leader election: standby true when this replica lost the lease, false when it holds it
+ * (see cmh_cloudwatch_standby: what is queued is dropped as not_leader, nothing more is sent).
+ * Before ready, remembered and applied when the publisher starts. */
+void cmh_publish_standby(struct cmh_publish *p, bool standby);
 
 /* Publisher figures; zeroes before ready. */
 void cmh_publish_stats(const struct cmh_publish *p, struct cmh_cloudwatch_stats *out);
