@@ -432,8 +432,12 @@ struct cmh_ec2 {
     int busy;
     int resolving;
     /* The call in progress. */
-    char **ids;
+    char **ids; /* still to describe: an id EC2 does not know moves to missing */
     size_t nids;
+    char **missing; /* room for every id of the call */
+    size_t nmissing;
+    int single;      /* one id per request: EC2 said an id is unknown but not which */
+    size_t single_i; /* the id of ids being described in that mode */
     unsigned attempt;
     unsigned pages;
     size_t kept;   /* subnets of the pages answered so far: a failed attempt's are dropped */
@@ -486,6 +490,13 @@ static void free_call(struct cmh_ec2 *e)
     cmh_free(e->ids);
     e->ids = NULL;
     e->nids = 0;
+    for (size_t i = 0; i < e->nmissing; i++)
+        cmh_free(e->missing[i]);
+    cmh_free(e->missing);
+    e->missing = NULL;
+    e->nmissing = 0;
+    e->single = 0;
+    e->single_i = 0;
     cmh_subnet_list_free(&e->list);
 }
 
@@ -566,10 +577,14 @@ static int build_form(struct cmh_ec2 *e, size_t *out_len)
     int rc = form_add(&form, &len, &cap, "Action", "DescribeSubnets");
     if (rc == 0)
         rc = form_add(&form, &len, &cap, "Version", "2016-11-15");
-    for (size_t i = 0; rc == 0 && i < e->nids; i++) {
-        char name[32];
-        snprintf(name, sizeof name, "SubnetId.%zu", i + 1);
-        rc = form_add(&form, &len, &cap, name, e->ids[i]);
+    if (e->single && e->single_i < e->nids) {
+        rc = form_add(&form, &len, &cap, "SubnetId.1", e->ids[e->single_i]);
+    } else {
+        for (size_t i = 0; rc == 0 && i < e->nids; i++) {
+            char name[32];
+            snprintf(name, sizeof name, "SubnetId.%zu", i + 1);
+            rc = form_add(&form, &len, &cap, name, e->ids[i]);
+        }
     }
     /* MaxResults only when listing everything (EC2 refuses it together with ids). */
     if (rc == 0 && e->nids == 0)
@@ -737,6 +752,71 @@ static int code_is(const char *code, const char *const *list)
     return 0;
 }
 
+/* 1 when msg names id as a whole word ("The subnet ID 'subnet-0a1b2c3d' does not exist"): a
+ * character that cannot be part of an id on both sides, so a message cut short in the middle of
+ * a longer id does not name its prefix. */
+static int names_id(const char *msg, const char *id)
+{
+    size_t n = strlen(id);
+    for (const char *p = strstr(msg, id); p != NULL; p = strstr(p + 1, id)) {
+        unsigned char before = p > msg ? (unsigned char)p[-1] : 0;
+        unsigned char after = (unsigned char)p[n];
+        if (before != 0 && after != 0 && !isalnum(before) && before != '-' && !isalnum(after) &&
+            after != '-')
+            return 1;
+    }
+    return 0;
+}
+
+/* Moves ids[i] to the missing ones (their room was made when the call started). */
+static void drop_id(struct cmh_ec2 *e, size_t i)
+{
+    e->missing[e->nmissing++] = e->ids[i];
+    memmove(&e->ids[i], &e->ids[i + 1], (e->nids - i - 1) * sizeof e->ids[0]);
+    e->nids--;
+}
+
+/* InvalidSubnetID.NotFound for a call with ids: one deleted subnet must not hide the others. The
+ * ids the message names are left out and the rest asked again; when it names none of ours (the
+ * wording changed), the ids are described one request each, so that only the unknown ones are
+ * left out. Every pass drops at least one id, so a call makes at most nids more requests. */
+static void not_found(struct cmh_ec2 *e, const char *code, const char *msg)
+{
+    size_t before = e->nids;
+    if (e->single) {
+        drop_id(e, e->single_i); /* single_i now names the next id */
+    } else {
+        for (size_t i = 0; i < e->nids;) {
+            if (names_id(msg, e->ids[i]))
+                drop_id(e, i);
+            else
+                i++;
+        }
+        if (e->nids == before) {
+            CMH_LOG(e->log, CMH_LOG_WARN,
+                    "EC2 says a subnet of SUBNET_IDS does not exist but not which; asking for each "
+                    "id on its own",
+                    CMH_STR("code", code), CMH_STR("message", msg), CMH_UINT("ids", e->nids));
+            e->single = 1;
+            e->single_i = 0;
+        }
+        e->kept = 0; /* start over: the dropped ids' subnets were never answered */
+    }
+    if (e->nids == 0) {
+        finish(e, -ENOENT,
+               "EC2 knows none of the %zu subnets of SUBNET_IDS (%s: %s); fix SUBNET_IDS",
+               e->nmissing, code, msg);
+        return;
+    }
+    if (e->single && e->single_i >= e->nids) {
+        finish(e, 0, NULL);
+        return;
+    }
+    e->attempt = 0;
+    e->token[0] = '\0';
+    later(e, 0);
+}
+
 static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res)
 {
     static const char *const throttled[] = {"RequestLimitExceeded",
@@ -785,6 +865,11 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         e->refreshed = 0;
         e->kept = e->list.n;
         if (e->page.next_token[0] == '\0') {
+            if (e->single && ++e->single_i < e->nids) {
+                e->token[0] = '\0';
+                later(e, 0); /* the next id on its own */
+                return;
+            }
             finish(e, 0, NULL);
             return;
         }
@@ -816,8 +901,10 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         e->refreshed = 1;
         cmh_aws_creds_invalidate(e->aws);
         retry(e, what);
+    } else if (strcmp(code, "InvalidSubnetID.NotFound") == 0 && e->nids > 0) {
+        not_found(e, code, msg);
     } else if (strncmp(code, "InvalidSubnetID", 15) == 0) {
-        finish(e, -ENOENT, "EC2 does not know a subnet of SUBNET_IDS (%s: %s)", code, msg);
+        finish(e, -ENOENT, "EC2 refused a subnet id of SUBNET_IDS (%s: %s)", code, msg);
     } else {
         finish(e, -EPROTO, "EC2 DescribeSubnets refused: %s", what);
     }
@@ -911,6 +998,11 @@ int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t n
             }
         }
         e->nids = nids;
+        e->missing = cmh_calloc(nids, sizeof *e->missing);
+        if (e->missing == NULL) {
+            free_call(e);
+            return -ENOMEM;
+        }
     }
     e->page.subnets = &e->list;
     e->token[0] = '\0';
@@ -935,6 +1027,12 @@ void cmh_ec2_take(struct cmh_subnet_list *src, struct cmh_subnet_list *dst)
 uint64_t cmh_ec2_requests(const struct cmh_ec2 *e)
 {
     return e->requests;
+}
+
+size_t cmh_ec2_missing(const struct cmh_ec2 *e, const char *const **ids)
+{
+    *ids = (const char *const *)e->missing;
+    return e->nmissing;
 }
 
 static void on_timer_closed(uv_handle_t *h)
@@ -981,6 +1079,8 @@ struct cmh_ec2_watch {
     int eni_in_flight;
     char **eni_ids; /* subnets named by ENIConfigs, from the last good list */
     size_t neni;
+    char **missing; /* ids of SUBNET_IDS EC2 did not know at the last good fetch */
+    size_t nmissing;
     int fetching;
     struct cmh_subnet_list all;  /* the last good fetch */
     struct cmh_subnet_list view; /* what the last view call returned */
@@ -1039,6 +1139,41 @@ static void watch_fetch_done(struct cmh_ec2_watch *w, int rc, const char *why)
         w->on_fetch(w->arg, rc, why);
 }
 
+static int named(char *const *v, size_t n, const char *id);
+
+/* After a good fetch: the ids of SUBNET_IDS that EC2 did not know, each logged once when it goes
+ * missing (and once when it is back), not at every fetch. */
+static void note_missing(struct cmh_ec2_watch *w)
+{
+    const char *const *ids;
+    size_t n = cmh_ec2_missing(w->ec2, &ids);
+    char **keep = n > 0 ? cmh_calloc(n, sizeof *keep) : NULL;
+    size_t k = 0;
+    if (n > 0 && keep == NULL)
+        return; /* out of memory: the previous list stays */
+    for (size_t i = 0; i < n; i++) {
+        if (!named(w->missing, w->nmissing, ids[i]))
+            CMH_LOG(w->log, CMH_LOG_WARN,
+                    "a subnet of SUBNET_IDS does not exist (InvalidSubnetID.NotFound); left out, "
+                    "the others are fetched",
+                    CMH_STR("subnet", ids[i]), CMH_STR("fix", "remove it from SUBNET_IDS"));
+        if ((keep[k] = cmh_strdup(ids[i])) != NULL)
+            k++;
+    }
+    for (size_t i = 0; i < w->nmissing; i++)
+        if (!named(keep, k, w->missing[i]))
+            CMH_LOG(w->log, CMH_LOG_INFO, "a subnet of SUBNET_IDS exists again",
+                    CMH_STR("subnet", w->missing[i]));
+    free_strv(w->missing, w->nmissing);
+    w->missing = keep;
+    w->nmissing = k;
+}
+
+size_t cmh_ec2_watch_missing(const struct cmh_ec2_watch *w)
+{
+    return w->nmissing;
+}
+
 static void on_subnets(struct cmh_ec2 *e, int rc, struct cmh_subnet_list *subnets, const char *why,
                        void *arg)
 {
@@ -1056,8 +1191,10 @@ static void on_subnets(struct cmh_ec2 *e, int rc, struct cmh_subnet_list *subnet
     if (w->fetched_at == 0)
         w->fetched_at = 1;
     w->stale_logged = 0;
+    note_missing(w);
     CMH_LOG(w->log, CMH_LOG_INFO, "subnets fetched", CMH_UINT("subnets", w->all.n),
-            CMH_UINT("eniconfig_subnets", w->neni), CMH_UINT("requests", cmh_ec2_requests(w->ec2)));
+            CMH_UINT("eniconfig_subnets", w->neni), CMH_UINT("missing", w->nmissing),
+            CMH_UINT("requests", cmh_ec2_requests(w->ec2)));
     watch_fetch_done(w, 0, NULL);
 }
 
@@ -1094,13 +1231,19 @@ static void on_eniconfigs(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_
             CMH_LOG(w->log, CMH_LOG_WARN, "ENIConfig list not understood; previous one kept",
                     CMH_INT("error", rc));
         }
+    } else if (res->error == CMH_CURL_OK && res->status == 403) {
+        /* No RBAC to list ENIConfigs: custom-networking subnets would silently drop out. */
+        CMH_LOG(w->log, CMH_LOG_WARN,
+                "ENIConfig list forbidden (403): this service account may not list "
+                "eniconfigs.crd.k8s.amazonaws.com; previous list kept",
+                CMH_UINT("eniconfig_subnets", w->neni),
+                CMH_STR("fix", "grant list on eniconfigs: the kustomize component "
+                               "manifests/components/subnet-metrics, or Helm "
+                               "subnetMetrics.enabled=true"));
     } else {
         CMH_LOG(w->log, CMH_LOG_WARN, "ENIConfig list failed; previous one kept",
                 CMH_STR("error", cmh_curl_uv_error_name(res->error)),
-                CMH_INT("status", res->status),
-                CMH_STR("fix", res->status == 403 ? "apply manifests/overlays/subnet-metrics "
-                                                    "(list eniconfigs)"
-                                                  : ""));
+                CMH_INT("status", res->status), CMH_UINT("eniconfig_subnets", w->neni));
     }
     describe(w);
 }
@@ -1283,6 +1426,7 @@ void cmh_ec2_watch_free(struct cmh_ec2_watch *w)
     cmh_ec2_free(w->ec2);
     free_strv(w->ids, w->nids);
     free_strv(w->eni_ids, w->neni);
+    free_strv(w->missing, w->nmissing);
     cmh_free(w->eni_url);
     cmh_free(w->auth);
     cmh_subnet_list_free(&w->all);

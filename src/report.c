@@ -77,19 +77,29 @@ static const char *keep(struct report *r, const char *s)
 
 struct node_row {
     struct cmh_agg_node_info ni;
+    int has_max; /* its scrape had awscni_ip_max: headroom is known */
     const char *ip;
     const char *az;
     const char *subnet;
 };
 
+/* 0: headroom known; 1: scraped, but without awscni_ip_max (unknown is not exhausted); 2: failed.
+ */
+static int row_rank(const struct node_row *r)
+{
+    return !r->ni.fresh ? 2 : !r->has_max ? 1 : 0;
+}
+
 static int cmp_row(const void *x, const void *y)
 {
     const struct node_row *a = x, *b = y;
-    /* Failed nodes last; then the least headroom first; then by name. */
-    if (a->ni.fresh != b->ni.fresh)
-        return a->ni.fresh ? -1 : 1;
+    /* The least headroom first; nodes of unknown capacity after them, failed ones last; then by
+     * name. */
+    int ka = row_rank(a), kb = row_rank(b);
+    if (ka != kb)
+        return ka < kb ? -1 : 1;
     double ra = a->ni.max - a->ni.assigned, rb = b->ni.max - b->ni.assigned;
-    if (ra != rb)
+    if (ka == 0 && ra != rb)
         return ra < rb ? -1 : 1;
     return strcmp(a->ni.name, b->ni.name);
 }
@@ -146,11 +156,12 @@ static void emit_report(struct report *r)
         r->watch != NULL && r->fetch_rc == 0 ? cmh_ec2_watch_view(r->watch, sn, r->n) : NULL;
 
     /* Nodes, with their subnet and AZ when known. */
-    size_t fresh = 0, failed = 0;
+    size_t fresh = 0, failed = 0, unknown_max = 0;
     double min_room = 0;
     int has_min_room = 0;
     for (size_t i = 0; i < nn; i++) {
         cmh_agg_node_info(a, i, &rows[i].ni);
+        rows[i].has_max = rows[i].ni.fresh && ((rows[i].ni.present >> CMH_M_IP_MAX) & 1);
         rows[i].ip = ip_of(r, rows[i].ni.name);
         rows[i].az = view != NULL ? CMH_SUBNETS_AZ_UNKNOWN : "";
         rows[i].subnet = "";
@@ -159,15 +170,15 @@ static void emit_report(struct report *r)
             rows[i].az = view->v[s].az;
             rows[i].subnet = view->v[s].id;
         }
-        if (rows[i].ni.fresh) {
-            fresh++;
+        if (rows[i].has_max) {
             double room = rows[i].ni.max - rows[i].ni.assigned;
             if (!has_min_room || room < min_room)
                 min_room = room;
             has_min_room = 1;
-        } else {
-            failed++;
         }
+        fresh += rows[i].ni.fresh != 0;
+        failed += rows[i].ni.fresh == 0;
+        unknown_max += rows[i].ni.fresh && !rows[i].has_max;
     }
     qsort(rows, nn, sizeof *rows, cmp_row);
 
@@ -205,31 +216,44 @@ static void emit_report(struct report *r)
     qsort(subs, nsub, sizeof *subs, cmp_subnet_free);
     qsort(azs, naz, sizeof *azs, cmp_az);
 
-    /* The cluster, and the verdict. */
-    double assigned = 0, total = 0, max = 0;
+    /* The cluster, and the verdict. Headroom and utilization count only the nodes whose capacity
+     * is known: a node without awscni_ip_max would otherwise look full. */
+    double assigned = 0, total = 0, max = 0, known_assigned = 0;
     for (size_t i = 0; i < nn; i++)
         if (rows[i].ni.fresh) {
             assigned += rows[i].ni.assigned;
             total += rows[i].ni.total;
-            max += rows[i].ni.max;
         }
-    double util = max > 0 ? 100.0 * assigned / max : 0;
-    double headroom = max - assigned;
+    for (size_t i = 0; i < nn; i++)
+        if (rows[i].has_max) {
+            max += rows[i].ni.max;
+            known_assigned += rows[i].ni.assigned;
+        }
+    double util = max > 0 ? 100.0 * known_assigned / max : 0;
+    double headroom = max - known_assigned;
+    int has_headroom = has_min_room; /* some node's capacity is known */
     char reasons[4][256];
     size_t nreasons = 0;
     uint64_t min_free = r->cfg.report_min_free_ips, max_util = r->cfg.report_max_utilization;
+    /* No free IP at all crosses the line whatever REPORT_MIN_FREE_IPS says (0 included). */
+    double floor_ips = min_free > 0 ? (double)min_free : 1;
     if (max_util < 100 && max > 0 && util > (double)max_util)
         snprintf(reasons[nreasons++], sizeof reasons[0],
                  "cluster IP utilization %.1f%% is above REPORT_MAX_UTILIZATION=%llu%%", util,
                  (unsigned long long)max_util);
-    if (min_free > 0 && headroom < (double)min_free)
+    if (has_headroom && headroom < floor_ips)
         snprintf(reasons[nreasons++], sizeof reasons[0],
-                 "cluster headroom %.0f IPs is below REPORT_MIN_FREE_IPS=%llu", headroom,
+                 min_free > 0 ? "cluster headroom %.0f IPs is below REPORT_MIN_FREE_IPS=%llu"
+                              : "cluster headroom %.0f IPs: no node can take another pod IP "
+                                "(REPORT_MIN_FREE_IPS=%llu)",
+                 headroom, (unsigned long long)min_free);
+    if (nsub > 0 && (double)subs[0]->available < floor_ips)
+        snprintf(reasons[nreasons++], sizeof reasons[0],
+                 min_free > 0 ? "subnet %s (%s) has %lld free IPs, below REPORT_MIN_FREE_IPS=%llu"
+                              : "subnet %s (%s) has %lld free IPs: exhausted "
+                                "(REPORT_MIN_FREE_IPS=%llu)",
+                 subs[0]->id, subs[0]->az, (long long)subs[0]->available,
                  (unsigned long long)min_free);
-    if (min_free > 0 && nsub > 0 && subs[0]->available < (int64_t)min_free)
-        snprintf(reasons[nreasons++], sizeof reasons[0],
-                 "subnet %s (%s) has %lld free IPs, below REPORT_MIN_FREE_IPS=%llu", subs[0]->id,
-                 subs[0]->az, (long long)subs[0]->available, (unsigned long long)min_free);
     const char *problem = NULL;
     if (nn == 0)
         problem = "no scrape target";
@@ -263,8 +287,9 @@ static void emit_report(struct report *r)
         json_object_set_new(cl, "total", json_real(total));
         json_object_set_new(cl, "max", json_real(max));
         json_object_set_new(cl, "available", json_real(total - assigned));
-        json_object_set_new(cl, "headroom", json_real(headroom));
+        json_object_set_new(cl, "headroom", has_headroom ? json_real(headroom) : json_null());
         json_object_set_new(cl, "utilization_pct", json_real(util));
+        json_object_set_new(cl, "nodes_max_unknown", json_integer((json_int_t)unknown_max));
         if (has_min_room)
             json_object_set_new(cl, "min_node_headroom", json_real(min_room));
         if (nsub > 0)
@@ -281,11 +306,13 @@ static void emit_report(struct report *r)
             if (x->ni.fresh) {
                 json_object_set_new(o, "assigned", json_real(x->ni.assigned));
                 json_object_set_new(o, "total", json_real(x->ni.total));
-                json_object_set_new(o, "max", json_real(x->ni.max));
+                json_object_set_new(o, "max", x->has_max ? json_real(x->ni.max) : json_null());
                 json_object_set_new(o, "enis", json_real(x->ni.eni_allocated));
                 json_object_set_new(o, "enis_max", json_real(x->ni.eni_max));
                 json_object_set_new(o, "free_warm", json_real(x->ni.total - x->ni.assigned));
-                json_object_set_new(o, "headroom", json_real(x->ni.max - x->ni.assigned));
+                json_object_set_new(o, "headroom",
+                                    x->has_max ? json_real(x->ni.max - x->ni.assigned)
+                                               : json_null());
             }
             if (view != NULL) {
                 json_object_set_new(o, "availability_zone", json_string(x->az));
@@ -342,9 +369,15 @@ static void emit_report(struct report *r)
             printf("  %-*s %-*s %-*s %s\n", nw, x->ni.name, iw, x->ip, aw, x->az, "scrape failed");
             continue;
         }
-        printf("  %-*s %-*s %-*s %8.0f %8.0f %8.0f %6.0f %7.0f %9.0f %8.0f\n", nw, x->ni.name, iw,
-               x->ip, aw, x->az, x->ni.assigned, x->ni.total, x->ni.max, x->ni.eni_allocated,
-               x->ni.eni_max, x->ni.total - x->ni.assigned, x->ni.max - x->ni.assigned);
+        /* Unknown capacity is shown as "?", never as a number that looks like exhaustion. */
+        char mx[32] = "?", room[32] = "?";
+        if (x->has_max) {
+            snprintf(mx, sizeof mx, "%.0f", x->ni.max);
+            snprintf(room, sizeof room, "%.0f", x->ni.max - x->ni.assigned);
+        }
+        printf("  %-*s %-*s %-*s %8.0f %8.0f %8s %6.0f %7.0f %9.0f %8s\n", nw, x->ni.name, iw,
+               x->ip, aw, x->az, x->ni.assigned, x->ni.total, mx, x->ni.eni_allocated,
+               x->ni.eni_max, x->ni.total - x->ni.assigned, room);
     }
     if (view != NULL) {
         printf("\nSubnets (%zu), emptiest first:\n  %-26s %-14s %-20s %10s\n", nsub, "SUBNET", "AZ",
@@ -358,9 +391,15 @@ static void emit_report(struct report *r)
             printf("  %-14s %10lld %8zu %6zu %9.0f %9.0f\n", azs[i].az, (long long)azs[i].free_ips,
                    azs[i].subnets, azs[i].nodes, azs[i].assigned, azs[i].max);
     }
-    printf("\nCluster %s: %.0f assigned, %.0f in warm pools, %.0f max; %.0f free warm, %.0f "
-           "headroom, utilization %.1f%%",
-           a->cluster_id, assigned, total, max, total - assigned, headroom, util);
+    printf("\nCluster %s: %.0f assigned, %.0f in warm pools, %.0f max; %.0f free warm, ",
+           a->cluster_id, assigned, total, max, total - assigned);
+    if (has_headroom)
+        printf("%.0f headroom, utilization %.1f%%", headroom, util);
+    else
+        printf("headroom unknown");
+    if (unknown_max > 0)
+        printf(" (%zu node%s without awscni_ip_max left out)", unknown_max,
+               unknown_max == 1 ? "" : "s");
     if (has_min_room)
         printf("; node closest to running out has %.0f", min_room);
     if (nsub > 0)
@@ -658,9 +697,9 @@ static int start(struct report *r, char *const *envp)
         r->has_curl = 1;
     }
     if (r->cfg.subnet_metrics) {
+        /* In a cluster the ENIConfig subnets count whatever the targets are, as in the daemon. */
         rc = cmh_ec2_watch_new(&r->watch, &r->loop, &r->curl, &r->cfg, envp,
-                               in_cluster && r->cfg.targets.n == 0 ? url : NULL, &r->log, on_fetch,
-                               r);
+                               in_cluster ? url : NULL, &r->log, on_fetch, r);
         if (rc != 0)
             return rc;
     }

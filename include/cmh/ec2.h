@@ -74,10 +74,17 @@ int cmh_ec2_new(struct cmh_ec2 **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
                 const struct cmh_ec2_opts *opts, struct cmh_log *log);
 
 /* Describes the subnets with these ids (nids > 0, SubnetId.N), or every subnet of the region
- * (nids 0), following NextToken to the last page. ids are copied. Returns 0, or -EBUSY while a
- * call is running, -ENOMEM. */
+ * (nids 0), following NextToken to the last page. ids are copied. An id EC2 does not know
+ * (InvalidSubnetID.NotFound) is left out and the others are asked again: the ids the message
+ * names, or, when it names none of them, every id in a request of its own. The callback then has
+ * rc 0 and cmh_ec2_missing says which were left out; rc -ENOENT when none exists. Returns 0, or
+ * -EBUSY while a call is running, -ENOMEM. */
 int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t nids,
                              cmh_ec2_done_cb cb, void *arg);
+
+/* The ids of the call whose callback is running that EC2 does not know, in the order they were
+ * found; owned by e, valid during the callback only. Returns their number. */
+size_t cmh_ec2_missing(const struct cmh_ec2 *e, const char *const **ids);
 
 /* Moves the result out of a done callback's list into *dst (freed first). */
 void cmh_ec2_take(struct cmh_subnet_list *src, struct cmh_subnet_list *dst);
@@ -97,10 +104,12 @@ struct cmh_ec2_watch;
 /* Fires after every fetch (rc 0, or < 0 with why), from the loop. */
 typedef void (*cmh_ec2_fetch_cb)(void *arg, int rc, const char *why);
 
-/* Fetches the subnets now and then every SUBNET_METRICS_INTERVAL: SUBNET_IDS when set, else every
- * subnet of the region (kept whole; cmh_ec2_watch_view picks the cluster's) plus, with k8s_server
- * (NULL: none), the subnets named by ENIConfig resources (crd.k8s.amazonaws.com/v1alpha1; 404 =
- * the CRD is absent = none), listed with the service-account token and CA of the config. cfg,
+/* Fetches the subnets now and then every SUBNET_METRICS_INTERVAL: SUBNET_IDS when set (ENIConfigs
+ * are then not read; an unknown id is left out), else every subnet of the region (kept whole;
+ * cmh_ec2_watch_view picks the cluster's) plus, with k8s_server (NULL: none), the subnets named
+ * by ENIConfig resources (crd.k8s.amazonaws.com/v1alpha1; 404 = the CRD is absent = none; any
+ * other failure, 403 without RBAC included, keeps the previous list), listed before every fetch
+ * with the service-account token and CA of the config. cfg,
  * envp (read in new) and log are borrowed; on_fetch may be NULL. Returns 0, -EINVAL for a bad
  * SUBNET_IDS or endpoint (logged), -ENOMEM. */
 int cmh_ec2_watch_new(struct cmh_ec2_watch **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
@@ -112,6 +121,10 @@ int cmh_ec2_watch_new(struct cmh_ec2_watch **out, uv_loop_t *loop, struct cmh_cu
  * when no fetch succeeded yet or the last good one is older than 3 intervals (stale: logged). */
 const struct cmh_subnet_list *cmh_ec2_watch_view(struct cmh_ec2_watch *w,
                                                  const struct cmh_subnets_node *nodes, size_t n);
+
+/* How many ids of SUBNET_IDS EC2 did not know at the last good fetch (each is logged once when it
+ * goes missing; the view holds the others). */
+size_t cmh_ec2_watch_missing(const struct cmh_ec2_watch *w);
 
 /* Stops fetching and frees w (keep running the loop until its handles closed). */
 void cmh_ec2_watch_free(struct cmh_ec2_watch *w);

@@ -16,7 +16,13 @@ and against the metrics the daemon under test publishes:
 - the `put-metric-alarm` / `put-dashboard` files under manifests/cloudwatch/cli/ are exactly what
   the template gives with placeholder values (`--update` regenerates them), and cli/apply.sh
   renders them into files that validate and equal the template resolved with the same values;
-- deliberately broken alarms and dashboards are rejected, so the checks themselves can fail.
+- what the issue asks of the alarms holds: the emptiest-subnet alarm is one Metrics Insights MIN
+  over every subnet and treats missing data as breaching, because a live daemon whose
+  DescribeSubnets is denied publishes no subnet datum at all (checked here) while its other
+  metrics flow; `SUBNET_ALARM=false cli/apply.sh` leaves out that alarm and its dashboard entry,
+  exactly as the template's SubnetAlarm=false;
+- deliberately broken alarms and dashboards are rejected, so the checks themselves can fail (their
+  number is printed, not written down anywhere else).
 """
 import copy
 import json
@@ -305,10 +311,11 @@ def inspect_emitted(tmp):
     return got
 
 
-def live_emitted(tmp):
+def live_emitted(tmp, ec2_faults=()):
     """What the daemon really publishes with SUBNET_METRICS, CW_PER_AZ and CW_PER_NODE on: the
     ipamD fleet simulator (8 nodes in two /29 subnets of two AZs), the EC2 stand-in that knows
-    those subnets and the CloudWatch stand-in; three rounds, then what arrived at "CloudWatch".
+    those subnets (answering with ec2_faults first, e.g. "denied": a blind subnet view) and the
+    CloudWatch stand-in; three rounds, then what arrived at "CloudWatch".
     Returns ({metric: {frozenset(dimension names)}}, why-not text)."""
     build = os.environ.get("CMH_BUILD_DIR") or os.path.dirname(BIN)
     sim_bin = os.path.join(build, "test", "ipamd_sim")
@@ -341,7 +348,8 @@ def live_emitted(tmp):
         peers = {}
         for name, script in (("ec2", ec2_py), ("cw", cw_py)):
             args = ["/usr/bin/python3", script, "--key", key, "--region", "eu-west-1",
-                    "--lifetime", "120"] + (["--truth", truth] if name == "ec2" else [])
+                    "--lifetime", "120"] + (["--truth", truth, "--faults", json.dumps(list(ec2_faults))]
+                                            if name == "ec2" else [])
             p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=subprocess.DEVNULL, text=True)
             procs.append(p)
@@ -672,6 +680,32 @@ def cli_files(tpl):
     return files
 
 
+def intent_problems(alarms):
+    """What the issue asks of the alarms, beyond being valid: the emptiest subnet is one MIN over
+    every subnet and a blind subnet view alarms (missing data breaching: the daemon publishes no
+    subnet datum when it cannot see the subnets); a silent helper alarms; any failed IP
+    assignment alarms."""
+    out = []
+    sub = alarms.get("EmptiestSubnetLow")
+    if sub is not None:
+        q, _ = mi_parse(sub["Metrics"][0]["Expression"])
+        if not (q and q["fn"] == "MIN" and q["metric"] == "subnetAvailableIPAddresses"
+                and set(q["dims"]) == {"CLUSTER_ID", "SubnetId"}):
+            out.append("EmptiestSubnetLow: not a Metrics Insights MIN over every subnet")
+        if sub.get("TreatMissingData") != "breaching":
+            out.append("EmptiestSubnetLow: a blind subnet view (no datum) must be breaching")
+        if sub.get("ComparisonOperator") != "LessThanThreshold":
+            out.append("EmptiestSubnetLow: must fire below the threshold")
+    silent = alarms.get("HelperSilent", {})
+    if silent.get("TreatMissingData") != "breaching" or silent.get("MetricName") != "scrapeTargetsFresh":
+        out.append("HelperSilent: no fresh scrape or no datum must be breaching")
+    noip = alarms.get("NoAvailableIPs", {})
+    if not (noip.get("Statistic") == "Sum" and noip.get("Threshold") == 0.0
+            and noip.get("ComparisonOperator") == "GreaterThanThreshold"):
+        out.append("NoAvailableIPs: must fire on any failed assignment (Sum > 0)")
+    return out
+
+
 def references(node, acc):
     """Every Ref and ${...} name in a template subtree."""
     if isinstance(node, list):
@@ -765,18 +799,19 @@ def main():
         check("every dashboard metric was published by a live daemon", not probs, probs)
 
     # Semantics the issue asks for.
-    mi = alarms["EmptiestSubnetLow"]["Metrics"][0]["Expression"]
-    q, _ = mi_parse(mi)
-    check("emptiest-subnet alarm is a Metrics Insights MIN over every subnet",
-          q and q["fn"] == "MIN" and q["metric"] == "subnetAvailableIPAddresses"
-          and set(q["dims"]) == {"CLUSTER_ID", "SubnetId"}, mi)
-    check("helper-silent alarm treats missing data as breaching",
-          alarms["HelperSilent"]["TreatMissingData"] == "breaching"
-          and alarms["HelperSilent"]["MetricName"] == "scrapeTargetsFresh")
-    check("no-available-IPs alarm fires on any failed assignment (Sum > 0)",
-          alarms["NoAvailableIPs"]["Statistic"] == "Sum"
-          and alarms["NoAvailableIPs"]["Threshold"] == 0.0
-          and alarms["NoAvailableIPs"]["ComparisonOperator"] == "GreaterThanThreshold")
+    probs = intent_problems(alarms)
+    check("the alarms do what the issue asks (MIN over every subnet, blind = breaching, ...)",
+          not probs, probs)
+    # A blind subnet view (DescribeSubnets denied) is missing data, not a low number: the daemon
+    # publishes no subnet datum at all, while the helper's own metrics still flow.
+    with tempfile.TemporaryDirectory() as tmp:
+        blind, why = live_emitted(tmp, ec2_faults=["denied"] * 50)
+    if check("a live daemon with ec2:DescribeSubnets denied published", blind is not None, why):
+        check("blind subnet view: no subnet datum at all (so the subnet alarm sees missing data)",
+              not {"subnetAvailableIPAddresses", "clusterMinSubnetAvailableIPAddresses"} & set(blind),
+              sorted(blind))
+        check("blind subnet view: the cluster metrics still flow (helper-silent stays quiet)",
+              {"scrapeTargetsFresh", "assignIPAddresses"} <= set(blind), sorted(blind))
     off, off_dash, _ = template_outputs(tpl, dict(TEST_VALUES, SubnetAlarm="false"))
     check("SubnetAlarm=false drops only the subnet alarm",
           set(alarms) - set(off) == {"EmptiestSubnetLow"})
@@ -828,6 +863,37 @@ def main():
                              capture_output=True, text=True, timeout=30)
         check("apply.sh refuses a cluster id that could break out of a quoted value",
               bad.returncode != 0)
+    # SUBNET_ALARM=false: the counterpart of the template's SubnetAlarm=false.
+    args = [TEST_VALUES["ClusterId"], TEST_VALUES["SnsTopicArn"], TEST_VALUES["AWS::Region"],
+            TEST_VALUES["AWS::AccountId"]]
+    with tempfile.TemporaryDirectory() as out:
+        r = subprocess.run(["sh", os.path.join(CLIDIR, "apply.sh"), "--render", out] + args,
+                           capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, SUBNET_ALARM="false"))
+        check("SUBNET_ALARM=false apply.sh --render succeeds", r.returncode == 0, r.stderr)
+        got = sorted(os.listdir(out))
+        check("SUBNET_ALARM=false: every file but the subnet alarm's",
+              got == sorted(n for n in want if n != "alarm-subnet-free-ips-low.json"), got)
+        off_by_name = {p["AlarmName"]: p for p in off.values()}
+        for n in got:
+            with open(os.path.join(out, n), encoding="utf-8") as f:
+                doc = json.load(f)
+            if n == "dashboard.json":
+                check("SUBNET_ALARM=false: the dashboard equals the template's with SubnetAlarm=false",
+                      doc == off_dash)
+                probs = dashboard_problems(doc, Ctx(emitted, ctx.namespace, ctx.cluster,
+                                                    list(off_by_name)))
+                check("SUBNET_ALARM=false: the dashboard lists exactly the alarms created", not probs,
+                      probs)
+            else:
+                check(f"SUBNET_ALARM=false: {n} equals the template's",
+                      doc == off_by_name.get(doc.get("AlarmName")))
+    with tempfile.TemporaryDirectory() as out:
+        r = subprocess.run(["sh", os.path.join(CLIDIR, "apply.sh"), "--render", out] + args,
+                           capture_output=True, text=True, timeout=30,
+                           env=dict(os.environ, SUBNET_ALARM="no"))
+        check("apply.sh refuses SUBNET_ALARM other than true or false",
+              r.returncode == 2 and not os.listdir(out), (r.returncode, r.stderr))
 
     # cfn-lint (AWS's CloudFormation linter, not a Debian package) when the machine has it.
     lint = shutil.which("cfn-lint")
@@ -872,6 +938,21 @@ def main():
         a = copy.deepcopy(src)
         mutate(a)
         check(f"a broken alarm is rejected: {what}", alarm_problems(a, ctx), a)
+    # Valid alarms that would not do the job: intent_problems must see them.
+    intent_mutants = {
+        "subnet alarm quiet when blind": ("EmptiestSubnetLow", lambda a: a.update(
+            TreatMissingData="missing")),
+        "subnet alarm MAX, not MIN": ("EmptiestSubnetLow", lambda a: a["Metrics"][0].update(
+            Expression=a["Metrics"][0]["Expression"].replace("MIN(", "MAX("))),
+        "helper-silent quiet when silent": ("HelperSilent", lambda a: a.update(
+            TreatMissingData="notBreaching")),
+        "no-available-IPs waits for two": ("NoAvailableIPs", lambda a: a.update(Threshold=1.0)),
+    }
+    for what, (lid, mutate) in intent_mutants.items():
+        bad = copy.deepcopy(alarms)
+        mutate(bad[lid])
+        check(f"a valid but useless alarm is rejected: {what}",
+              intent_problems(bad) and not alarm_problems(bad[lid], ctx), intent_problems(bad))
 
     def dash_mutant(fn):
         d = copy.deepcopy(dashboard)
@@ -906,6 +987,8 @@ def main():
     d = copy.deepcopy(dashboard)
     d.pop("DashboardName")
     check("a broken dashboard is rejected: no name (botocore)", dashboard_problems(d, ctx))
+    print("broken variants tried: %d alarms, %d valid but useless alarms, %d dashboards"
+          % (len(mutants), len(intent_mutants), len(dmut) + 2))
 
     # The markdown reader: dimension sets from a Dimensions column and the "never alone" rule.
     sample = ("| CloudWatch metric | Unit | From ipamD | Aggregation | Dimensions | Meaning |\n"

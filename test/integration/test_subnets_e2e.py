@@ -5,9 +5,12 @@ Subnet and AZ numbers equal the stand-in's truth; only the cluster's subnets are
 holding a node's IP); per-AZ IP gauges equal the simulator's truth of the nodes in that AZ (a node
 in no known subnet under "unknown"); the per-node cap keeps the nodes nearest to exhaustion; a
 subnet drained mid-scenario shows in clusterMinSubnetAvailableIPAddresses and in `report`'s exit
-status (3), healthy again -> 0; `report --json` equals the same truth, and in a cluster it lists
-the pods once (no watch) and adds ENIConfig subnets; with EC2 failing for 3 intervals the view is
-stale and no subnet datum is published until a fetch succeeds again."""
+status (3), healthy again -> 0; a subnet drained to 0 free IPs makes `report` exit 3 with no
+threshold set; `report --json` equals the same truth, and in a cluster it lists the pods once (no
+watch) and adds ENIConfig subnets, with static SCRAPE_TARGETS too (as the daemon does); with EC2
+failing for 3 intervals the view is stale and no subnet datum is published until a fetch succeeds
+again. Waits for "a fetch after X" read the daemon's fetch counter on /metrics, so a fetch logged
+before X cannot stand in for it."""
 import json
 import os
 import re
@@ -126,6 +129,20 @@ try:
 
     first = wait_for("round")
     check("first round ran", first is not None)
+    own = "http://127.0.0.1:%d" % next(e["port"] for e in events if e.get("msg") == "listening")
+
+    def fetches_ok():
+        m = parse_metrics(http(own + "/metrics").decode())
+        return m.get('cni_metrics_helper_subnet_fetches_total{result="ok"}', 0)
+
+    def wait_fetch_after(before, limit_s=25):
+        """True once a good fetch started after `before` was read has ended (bounded)."""
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            if fetches_ok() > before:
+                return True
+            time.sleep(0.2)
+        return False
     fetched = wait_for("subnets fetched", 30)
     check("subnets fetched through throttling and a 500", fetched is not None and
           fetched["subnets"] == len(SUBNETS), fetched)
@@ -196,9 +213,12 @@ try:
     check("report names the subnets and AZs", "subnet-0000b002" in r.stdout and "us-west-2b" in r.stdout
           and "subnet-0000c003" not in r.stdout, r.stdout[-800:])
 
-    # Drain b2 (us-west-2b): the next fetch shows it.
+    # Drain b2 (us-west-2b): the next fetch shows it. A fetch ending after the counter is read
+    # may have been answered before the drain; the one after it started later (fetches never
+    # overlap), so it saw the drain: wait for two.
     http(ec2_url + "/subnet", "POST", {"SubnetId": "subnet-0000b002", "AvailableIpAddressCount": 3})
-    check("fetch after the drain", wait_for("subnets fetched", 25) is not None)
+    before = fetches_ok()
+    check("two fetches after the drain", wait_fetch_after(before + 1, 35), before)
     got = verify("drained")
     if got is not None:
         check("drained subnet is the cluster minimum",
@@ -223,6 +243,17 @@ try:
           [n["headroom"] for n in rows] == sorted(n["headroom"] for n in rows), [n.get("headroom") for n in rows])
     check("report --json: status", doc.get("status") == "threshold_crossed" and doc.get("exit_code") == 3,
           doc.get("status"))
+    # Drained to 0 free IPs: exhausted, so exit 3 with no threshold set at all.
+    http(ec2_url + "/subnet", "POST", {"SubnetId": "subnet-0000b002", "AvailableIpAddressCount": 0})
+    r = report({"REPORT_MAX_UTILIZATION": "100"})
+    check("report, a subnet with 0 free IPs and REPORT_MIN_FREE_IPS unset: exit 3", r.returncode == 3,
+          (r.returncode, r.stdout[-600:], r.stderr[-300:]))
+    check("report says the subnet is exhausted", "THRESHOLD: subnet subnet-0000b002 (us-west-2b) has 0 "
+          "free IPs: exhausted" in r.stdout, r.stdout[-600:])
+    http(ec2_url + "/subnet", "POST", {"SubnetId": "subnet-0000b002", "AvailableIpAddressCount": 1})
+    r = report({"REPORT_MAX_UTILIZATION": "100"})
+    check("report, 1 free IP and REPORT_MIN_FREE_IPS unset: exit 0", r.returncode == 0,
+          (r.returncode, r.stdout[-600:]))
 
     # Healthy again.
     http(ec2_url + "/subnet", "POST", {"SubnetId": "subnet-0000b002", "AvailableIpAddressCount": 300})
@@ -278,6 +309,14 @@ try:
         check("report: the ENIConfig's subnet joins the view (5 free IPs < 50: exit 3)",
               rj.returncode == 3 and doc.get("subnets", [{}])[0].get("subnet") == "subnet-0000c003",
               (rj.returncode, doc.get("subnets")))
+        # Static SCRAPE_TARGETS in a cluster: the ENIConfig subnets count too, as in the daemon.
+        rj = report(dict(thresholds, **dict(kenv, SCRAPE_TARGETS=targets)), json_out=True)
+        doc = json.loads(rj.stdout) if rj.stdout.startswith("{") else {}
+        check("report with SCRAPE_TARGETS in a cluster: the ENIConfig's subnet is in the view",
+              rj.returncode == 3 and len(doc.get("nodes", [])) == NODES and
+              {s["subnet"] for s in doc.get("subnets", [])} ==
+              {"subnet-0000a001", "subnet-0000b002", "subnet-0000c003"},
+              (rj.returncode, doc.get("subnets"), rj.stderr[-300:]))
         st = json.loads(api_cmd("stats")[3:])
         check("report listed the pods once and never watched", st.get("watches", 0) == 0, st)
         # SCRAPE_MODE=proxy: report scrapes as the daemon would, every node through the pod proxy.
@@ -307,8 +346,6 @@ try:
           ("assignIPAddresses", ()) in got and
           any(k[1] and k[1][0][0] == "NodeName" for k in got))
     check("stale view: logged", any(e.get("msg", "").startswith("subnet view stale") for e in events))
-    port = next(e["port"] for e in events if e.get("msg") == "listening")
-    own = "http://127.0.0.1:%d" % port
     st, body = http_status(own + "/readyz")
     check("stale view: /readyz still ready, and says the subnet view's last fetch failed",
           st == 200 and "degraded: subnet view: last fetch failed" in body, (st, body))
@@ -318,8 +355,9 @@ try:
     check("stale view: /metrics counts the failed fetches, the last good one is 30 s or more ago",
           failed_before >= 1 and m.get('cni_metrics_helper_subnet_fetches_total{result="ok"}', 0) >= 1
           and 30 <= time.time() - last_ok < 120, (failed_before, last_ok))
+    before = fetches_ok()
     http(ec2_url + "/faults", "POST", {"script": []})
-    check("fetch after EC2 recovered", wait_for("subnets fetched", 25) is not None)
+    check("fetch after EC2 recovered", wait_fetch_after(before, 25), before)
     verify("recovered")
     st, body = http_status(own + "/readyz")
     m = parse_metrics(http(own + "/metrics").decode())

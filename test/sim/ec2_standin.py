@@ -19,6 +19,10 @@ seconds pass. Control routes (plain JSON, on the same port):
   POST /faults    {"script": [FAULT, ...]} faults for the next DescribeSubnets requests, in order
   POST /reset     counters and faults forgotten (the truth stays)
 --faults '[FAULT, ...]' sets the script from the start.
+Unknown ids answer 400 InvalidSubnetID.NotFound; --notfound-message says how the message names
+them: "first" (EC2's wording, "The subnet ID 'subnet-...' does not exist", the first unknown id
+only), "all" (every unknown id, "The subnet IDs 'subnet-a, subnet-b' do not exist", as EC2 words
+InvalidInstanceID.NotFound) or "vague" (no id at all: a wording the client cannot read).
 FAULT: "ok", "throttle" (503 RequestLimitExceeded), "500" (InternalError), "denied" (403
 UnauthorizedOperation), "expired" (400 RequestExpired), "garbage" (200 with a non-XML body),
 "reset" (half an answer, then TCP RST), "reset_early" (RST before any answer), or
@@ -54,6 +58,7 @@ STATE = {}
 
 def reset_counters():
     STATE.update(stats={"requests": 0, "pages": 0, "describe_by_ids": 0, "describe_all": 0,
+                        "not_found": 0,
                         "bad_signature": 0, "invalid": 0, "faults": {}, "errors": []},
                  script=[])
 
@@ -197,8 +202,15 @@ class Handler(BaseHTTPRequestHandler):
             known = {s["SubnetId"]: s for s in subnets}
             missing = [i for i in params["SubnetIds"] if i not in known]
             if missing:
-                return self.invalid(400, "InvalidSubnetID.NotFound",
-                                    "The subnet ID '%s' does not exist" % missing[0])
+                with LOCK:
+                    STATE["stats"]["not_found"] += 1
+                if ARGS.notfound_message == "all" and len(missing) > 1:
+                    text = "The subnet IDs '%s' do not exist" % ", ".join(missing)
+                elif ARGS.notfound_message == "vague":
+                    text = "One or more subnet IDs do not exist"
+                else:
+                    text = "The subnet ID '%s' does not exist" % missing[0]
+                return self.reply(400, error_xml("InvalidSubnetID.NotFound", text))
             subnets = [known[i] for i in params["SubnetIds"]]
         start = 0
         if "NextToken" in params:
@@ -260,6 +272,7 @@ def main():
     ap.add_argument("--page-size", type=int, default=2)
     ap.add_argument("--faults", default="[]", help="JSON list: the fault script from the start")
     ap.add_argument("--bind", default="127.0.0.1")
+    ap.add_argument("--notfound-message", choices=("first", "all", "vague"), default="first")
     ARGS = ap.parse_args()
     if not ARGS.bind.startswith("127."):
         sys.exit("--bind must be a loopback address")
