@@ -211,9 +211,8 @@ static size_t url_encode(char *out, const char *s)
     return n;
 }
 
-static int valid_region(const char *s)
+static int valid_region_n(const char *s, size_t n)
 {
-    size_t n = strlen(s);
     if (n == 0 || n > 32)
         return 0;
     for (size_t i = 0; i < n; i++)
@@ -222,20 +221,30 @@ static int valid_region(const char *s)
     return 1;
 }
 
-/* A header value or a file token: printable, no CR/LF (header injection), not empty. */
-static int valid_token(const char *s)
+static int valid_region(const char *s)
 {
-    if (*s == '\0')
+    return valid_region_n(s, strlen(s));
+}
+
+/* A header value or a file token: printable, no CR/LF (header injection) or NUL, not empty. */
+static int valid_token_n(const char *s, size_t n)
+{
+    if (n == 0)
         return 0;
-    for (const unsigned char *c = (const unsigned char *)s; *c != '\0'; c++)
-        if (*c < 0x20 || *c == 0x7f)
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
             return 0;
     return 1;
 }
 
+static int valid_token(const char *s)
+{
+    return valid_token_n(s, strlen(s));
+}
+
 /* Plain-http hosts that may serve container credentials: loopback, the ECS agent and the EKS
  * Pod Identity agent (documented allow-list of the AWS SDKs). Any host may serve https. */
-static int container_url_allowed(const char *url, char *why, size_t whylen)
+int cmh_aws_container_url_allowed(const char *url, char *why, size_t whylen)
 {
     int https = strncasecmp(url, "https://", 8) == 0;
     if (!https && strncasecmp(url, "http://", 7) != 0) {
@@ -655,6 +664,62 @@ out:
 }
 
 /* ---------------------------------------------------------------------------------------------
+ * IMDS text answers (pure) */
+
+/* The length of the first line of body: up to the first CR or LF, or all of it. */
+static size_t first_line(const char *body, size_t len)
+{
+    size_t n = 0;
+    while (n < len && body[n] != '\r' && body[n] != '\n')
+        n++;
+    return n;
+}
+
+static int dup_checked(const char *s, size_t n, int ok, char **out)
+{
+    *out = NULL;
+    if (!ok)
+        return -EPROTO;
+    *out = cmh_strndup(s, n);
+    return *out != NULL ? 0 : -ENOMEM;
+}
+
+int cmh_aws_imds_parse_region(const char *body, size_t len, char **out)
+{
+    size_t n = first_line(body, len);
+    return dup_checked(body, n, valid_region_n(body, n), out);
+}
+
+int cmh_aws_imds_parse_role(const char *body, size_t len, char **out)
+{
+    size_t n = first_line(body, len);
+    return dup_checked(body, n, valid_token_n(body, n) && n <= 128 && memchr(body, '/', n) == NULL,
+                       out);
+}
+
+int cmh_aws_imds_parse_text(const char *body, size_t len, size_t max, char **out)
+{
+    return dup_checked(body, len, len <= max && valid_token_n(body, len), out);
+}
+
+const char *cmh_aws_imds_cluster_tag(const char *body, size_t len)
+{
+    for (size_t t = 0; t < sizeof cluster_tags / sizeof cluster_tags[0]; t++) {
+        size_t tl = strlen(cluster_tags[t]);
+        size_t i = 0;
+        while (i < len) {
+            size_t n = first_line(body + i, len - i);
+            if (n == tl && memcmp(body + i, cluster_tags[t], n) == 0)
+                return cluster_tags[t];
+            i += n;
+            while (i < len && (body[i] == '\r' || body[i] == '\n'))
+                i++;
+        }
+    }
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------------------------
  * Jobs: requests with a timeout and retries, token files, results delivered from a timer */
 
 static void on_defer(uv_timer_t *t);
@@ -1067,10 +1132,10 @@ static void on_imds_token(struct job *j, const struct cmh_curl_uv_response *res)
         imds_token_failed(j, res->error == CMH_CURL_ERR_CONNECT ? -ECONNREFUSED : -EIO, why);
         return;
     }
-    char *tok = cmh_strndup(res->body, res->body_len);
-    if (tok == NULL || !valid_token(tok)) {
-        cmh_free(tok);
-        job_finish(j, tok == NULL ? -ENOMEM : -EPROTO, "IMDSv2 token unusable");
+    char *tok;
+    int rc = cmh_aws_imds_parse_text(res->body, res->body_len, 1024, &tok);
+    if (rc != 0) {
+        job_finish(j, rc, "IMDSv2 token unusable");
         return;
     }
     cmh_free(p->imds_token);
@@ -1193,12 +1258,10 @@ static void on_imds_role_list(struct job *j, const struct cmh_curl_uv_response *
         job_finish(j, -EIO, "IMDS role listing: %s", d);
         return;
     }
-    size_t n = strcspn(res->body, "\r\n");
     cmh_free(j->role);
-    j->role = cmh_strndup(res->body, n);
-    if (j->role == NULL || n == 0 || n > 128 || strchr(j->role, '/') != NULL ||
-        !valid_token(j->role)) {
-        job_finish(j, -EPROTO, "IMDS role listing: no usable role name");
+    int rc = cmh_aws_imds_parse_role(res->body, res->body_len, &j->role);
+    if (rc != 0) {
+        job_finish(j, rc, "IMDS role listing: no usable role name");
         return;
     }
     char path[256];
@@ -1414,18 +1477,15 @@ static void on_tag_value(struct job *j, const struct cmh_curl_uv_response *res)
     struct cmh_aws_provider *p = j->p;
     if (job_retry(j, res))
         return;
-    if (res->error == CMH_CURL_OK && res->status == 200 && res->body_len > 0 &&
-        res->body_len <= 255) {
-        char *v = cmh_strndup(res->body, res->body_len);
-        if (v != NULL && valid_token(v)) {
-            p->cluster_id = v;
-            p->cluster_from = "imds-instance-tag";
-            CMH_LOG(p->log, CMH_LOG_INFO, "aws: cluster id from an instance tag",
-                    CMH_STR("tag", j->role), CMH_STR("cluster_id", v));
-            resolve_done(j);
-            return;
-        }
-        cmh_free(v);
+    char *v;
+    if (res->error == CMH_CURL_OK && res->status == 200 &&
+        cmh_aws_imds_parse_text(res->body, res->body_len, 255, &v) == 0) {
+        p->cluster_id = v;
+        p->cluster_from = "imds-instance-tag";
+        CMH_LOG(p->log, CMH_LOG_INFO, "aws: cluster id from an instance tag",
+                CMH_STR("tag", j->role), CMH_STR("cluster_id", v));
+        resolve_done(j);
+        return;
     }
     char d[320];
     describe(res, d, sizeof d);
@@ -1441,24 +1501,14 @@ static void on_tag_list(struct job *j, const struct cmh_curl_uv_response *res)
     if (job_retry(j, res))
         return;
     if (res->error == CMH_CURL_OK && res->status == 200) {
-        for (size_t t = 0; t < sizeof cluster_tags / sizeof cluster_tags[0]; t++) {
-            size_t tl = strlen(cluster_tags[t]);
-            const char *s = res->body;
-            while (*s != '\0') {
-                size_t n = strcspn(s, "\r\n");
-                if (n == tl && memcmp(s, cluster_tags[t], n) == 0) {
-                    cmh_free(j->role);
-                    j->role = cmh_strdup(cluster_tags[t]);
-                    char path[128];
-                    snprintf(path, sizeof path, "/latest/meta-data/tags/instance/%s",
-                             cluster_tags[t]);
-                    imds_get(j, path, on_tag_value);
-                    return;
-                }
-                s += n;
-                while (*s == '\r' || *s == '\n')
-                    s++;
-            }
+        const char *tag = cmh_aws_imds_cluster_tag(res->body, res->body_len);
+        if (tag != NULL) {
+            cmh_free(j->role);
+            j->role = cmh_strdup(tag);
+            char path[128];
+            snprintf(path, sizeof path, "/latest/meta-data/tags/instance/%s", tag);
+            imds_get(j, path, on_tag_value);
+            return;
         }
         resolve_default_cluster(j, "no cluster-name tag among the instance tags in IMDS");
     } else {
@@ -1498,10 +1548,10 @@ static void on_region(struct job *j, const struct cmh_curl_uv_response *res)
                    d);
         return;
     }
-    char *r = cmh_strndup(res->body, strcspn(res->body, "\r\n"));
-    if (r == NULL || !valid_region(r)) {
-        cmh_free(r);
-        job_finish(j, -EPROTO, "region from IMDS is not a region name; set AWS_REGION");
+    char *r;
+    int rc = cmh_aws_imds_parse_region(res->body, res->body_len, &r);
+    if (rc != 0) {
+        job_finish(j, rc, "region from IMDS is not a region name; set AWS_REGION");
         return;
     }
     p->region = r;
@@ -1659,7 +1709,7 @@ static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_op
         }
         if (p->container_url == NULL)
             return -ENOMEM;
-        if (!container_url_allowed(p->container_url, why, sizeof why)) {
+        if (!cmh_aws_container_url_allowed(p->container_url, why, sizeof why)) {
             char shown[512];
             cmh_aws_url_for_log(p->container_url, shown, sizeof shown);
             CMH_LOG(p->log, CMH_LOG_ERROR, "aws: container credentials endpoint refused",

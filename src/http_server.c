@@ -12,21 +12,27 @@
 
 #define URL_MAX 1024
 
-struct cmh_http_conn {
+/* The request side of one connection, without its socket: what its reads feed and the answer they
+ * produce. Embedded in a connection; cmh_http_server_feed runs one on the stack. */
+struct exchange {
     struct cmh_http_server *s;
-    struct cmh_http_conn *prev, *next;
-    uv_tcp_t tcp;
-    uv_timer_t timer;
-    uv_write_t wreq;
     llhttp_t parser;
     char url[URL_MAX];
     size_t url_len;
     int url_too_long;
     size_t bytes;
     int responded;
+    struct cmh_buf out; /* the answer, once responded (cap == (size_t)-1: out of memory) */
+};
+
+struct cmh_http_conn {
+    struct cmh_http_conn *prev, *next;
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t wreq;
+    struct exchange x;
     int closing;
     int pending; /* handles not yet closed */
-    struct cmh_buf out;
     char rbuf[4096];
 };
 
@@ -96,8 +102,8 @@ static void on_conn_handle_closed(uv_handle_t *h)
     struct cmh_http_conn *c = h->data;
     if (--c->pending > 0)
         return;
-    struct cmh_http_server *s = c->s;
-    cmh_buf_free(&c->out);
+    struct cmh_http_server *s = c->x.s;
+    cmh_buf_free(&c->x.out);
     cmh_free(c);
     s->pending_closes--;
     maybe_server_closed(s);
@@ -108,7 +114,7 @@ static void conn_close(struct cmh_http_conn *c)
     if (c->closing)
         return;
     c->closing = 1;
-    struct cmh_http_server *s = c->s;
+    struct cmh_http_server *s = c->x.s;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -152,79 +158,71 @@ static const char *reason_phrase(int status)
     }
 }
 
-/* Sends status + body, then closes: one request per connection keeps the server simple and its
- * resources bounded; probes and Prometheus reconnect cheaply. */
-static void respond(struct cmh_http_conn *c, int status, const char *ctype, const char *body,
-                    size_t len, int head_only)
+/* Builds the answer, status + body, in x->out; the connection sends it and closes: one request
+ * per connection keeps the server simple and its resources bounded; probes and Prometheus
+ * reconnect cheaply. */
+static void respond(struct exchange *x, int status, const char *ctype, const char *body, size_t len,
+                    int head_only)
 {
-    if (c->responded)
+    if (x->responded)
         return;
-    c->responded = 1;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-    uv_timer_stop(&c->timer);
-    c->out.len = 0;
-    cmh_buf_printf(&c->out,
+    x->responded = 1;
+    x->out.len = 0;
+    cmh_buf_printf(&x->out,
                    "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s"
                    "Connection: close\r\n\r\n",
                    status, reason_phrase(status), ctype, len,
                    status == 405 ? "Allow: GET, HEAD\r\n" : "");
     if (!head_only)
-        cmh_buf_append(&c->out, body, len);
-    if (c->out.cap == (size_t)-1) {
-        conn_close(c);
-        return;
-    }
-    uv_buf_t b = uv_buf_init(c->out.data, (unsigned)c->out.len);
-    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0)
-        conn_close(c);
+        cmh_buf_append(&x->out, body, len);
 }
 
-static void respond_text(struct cmh_http_conn *c, int status, const char *text)
+static void respond_text(struct exchange *x, int status, const char *text)
 {
-    respond(c, status, "text/plain; charset=utf-8", text, strlen(text), 0);
+    respond(x, status, "text/plain; charset=utf-8", text, strlen(text), 0);
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
-    struct cmh_http_conn *c = p->data;
-    if (c->url_len + len >= URL_MAX) {
-        c->url_too_long = 1;
+    struct exchange *x = p->data;
+    if (x->url_len + len >= URL_MAX) {
+        x->url_too_long = 1;
         return 0;
     }
-    memcpy(c->url + c->url_len, at, len);
-    c->url_len += len;
+    memcpy(x->url + x->url_len, at, len);
+    x->url_len += len;
     return 0;
 }
 
 static int on_message_complete(llhttp_t *p)
 {
-    struct cmh_http_conn *c = p->data;
-    struct cmh_http_server *s = c->s;
+    struct exchange *x = p->data;
+    struct cmh_http_server *s = x->s;
     s->requests++;
     uint8_t method = llhttp_get_method(p);
-    if (c->url_too_long) {
-        respond_text(c, 414, "request target too long\n");
+    if (x->url_too_long) {
+        respond_text(x, 414, "request target too long\n");
         return HPE_PAUSED;
     }
     if (method != HTTP_GET && method != HTTP_HEAD) {
-        respond_text(c, 405, "only GET and HEAD\n");
+        respond_text(x, 405, "only GET and HEAD\n");
         return HPE_PAUSED;
     }
-    c->url[c->url_len] = '\0';
-    char *q = strchr(c->url, '?');
+    x->url[x->url_len] = '\0';
+    char *q = strchr(x->url, '?');
     if (q != NULL)
         *q = '\0';
     struct cmh_buf body = {0};
     const char *ctype = "text/plain; charset=utf-8";
-    int status = s->handler(s->handler_arg, c->url, &body, &ctype);
+    int status = s->handler(s->handler_arg, x->url, &body, &ctype);
     if (body.cap == (size_t)-1) {
         cmh_buf_free(&body);
-        respond_text(c, 500, "out of memory\n");
+        respond_text(x, 500, "out of memory\n");
         return HPE_PAUSED;
     }
     if (status == 404 && body.len == 0)
         cmh_buf_printf(&body, "not found; paths: /metrics /healthz /readyz\n");
-    respond(c, status, ctype, body.data ? body.data : "", body.len, method == HTTP_HEAD);
+    respond(x, status, ctype, body.data ? body.data : "", body.len, method == HTTP_HEAD);
     cmh_buf_free(&body);
     return HPE_PAUSED; /* one request per connection */
 }
@@ -234,6 +232,71 @@ static const llhttp_settings_t settings = {
     .on_url = on_url,
     .on_message_complete = on_message_complete,
 };
+
+static void exchange_init(struct exchange *x, struct cmh_http_server *s)
+{
+    memset(x, 0, sizeof *x);
+    x->s = s;
+    llhttp_init(&x->parser, HTTP_REQUEST, &settings);
+    x->parser.data = x;
+}
+
+/* Feeds one read of n bytes. Returns 1 when this read produced the answer (in x->out), else 0;
+ * reads after the answer are ignored. */
+static int exchange_read(struct exchange *x, const char *buf, size_t n)
+{
+    if (n == 0 || x->responded)
+        return 0;
+    /* Checked before parsing: a request that completes in the read that crosses the limit must
+     * not be answered as if it were small. */
+    x->bytes += n;
+    if (x->bytes > x->s->opt.max_request) {
+        x->s->rejected++;
+        respond_text(x, 431, "request too large\n");
+        return 1;
+    }
+    enum llhttp_errno err = llhttp_execute(&x->parser, buf, n);
+    if (!x->responded && err != HPE_OK && err != HPE_PAUSED) {
+        x->s->rejected++;
+        respond_text(x, 400, "malformed request\n");
+    }
+    return x->responded;
+}
+
+int cmh_http_server_feed(struct cmh_http_server *s, const uv_buf_t *reads, size_t nreads,
+                         size_t *used, struct cmh_buf *out)
+{
+    struct exchange x;
+    int answered = 0;
+    size_t i = 0;
+    exchange_init(&x, s);
+    while (i < nreads && !answered) {
+        answered = exchange_read(&x, reads[i].base, reads[i].len);
+        i++;
+    }
+    *used = i;
+    memset(out, 0, sizeof *out);
+    if (!answered || x.out.cap == (size_t)-1) {
+        cmh_buf_free(&x.out);
+        return answered ? -ENOMEM : 0;
+    }
+    *out = x.out;
+    return 1;
+}
+
+/* Sends the answer the reads produced, then closes. */
+static void conn_send(struct cmh_http_conn *c)
+{
+    uv_read_stop((uv_stream_t *)&c->tcp);
+    uv_timer_stop(&c->timer);
+    if (c->x.out.cap == (size_t)-1) {
+        conn_close(c);
+        return;
+    }
+    uv_buf_t b = uv_buf_init(c->x.out.data, (unsigned)c->x.out.len);
+    if (uv_write(&c->wreq, (uv_stream_t *)&c->tcp, &b, 1, on_written) != 0)
+        conn_close(c);
+}
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
@@ -250,23 +313,8 @@ static void on_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf)
         conn_close(c);
         return;
     }
-    if (n == 0 || c->responded)
-        return;
-    /* Checked before parsing: a request that completes in the read that crosses the limit must
-     * not be answered as if it were small. */
-    c->bytes += (size_t)n;
-    if (c->bytes > c->s->opt.max_request) {
-        c->s->rejected++;
-        respond_text(c, 431, "request too large\n");
-        return;
-    }
-    enum llhttp_errno err = llhttp_execute(&c->parser, buf->base, (size_t)n);
-    if (c->responded)
-        return;
-    if (err != HPE_OK && err != HPE_PAUSED) {
-        c->s->rejected++;
-        respond_text(c, 400, "malformed request\n");
-    }
+    if (exchange_read(&c->x, buf->base, (size_t)n))
+        conn_send(c);
 }
 
 static void on_idle(uv_timer_t *t)
@@ -290,7 +338,7 @@ static void on_connection(uv_stream_t *l, int status)
     struct cmh_http_conn *c = cmh_calloc(1, sizeof *c);
     if (c == NULL)
         return; /* the connection waits in the backlog; the next accept retries */
-    c->s = s;
+    exchange_init(&c->x, s);
     if (uv_tcp_init(s->loop, &c->tcp) != 0) {
         cmh_free(c);
         return;
@@ -308,8 +356,6 @@ static void on_connection(uv_stream_t *l, int status)
         conn_close(c);
         return;
     }
-    llhttp_init(&c->parser, HTTP_REQUEST, &settings);
-    c->parser.data = c;
     uv_timer_start(&c->timer, on_idle, s->opt.idle_ms, 0);
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
         conn_close(c);

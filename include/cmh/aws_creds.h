@@ -5,6 +5,7 @@
 #ifndef CMH_AWS_CREDS_H
 #define CMH_AWS_CREDS_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -107,5 +108,26 @@ void cmh_aws_creds_doc_clear(struct cmh_aws_creds_doc *doc);
 
 /* "2021-09-21T04:16:53Z" (optional .fraction, Z or ±hh:mm) to ms since the epoch; -EINVAL else. */
 int cmh_aws_parse_time(const char *s, int64_t *ms);
+
+/* Pure parsers of IMDS's text answers, exposed for tests and fuzzing: body is len bytes (no
+ * terminator needed). Each returns 0 with a cmh_malloc'd copy in *out, -EPROTO (*out NULL) when
+ * the answer is unusable, -ENOMEM. The region (placement/region): its first line (up to CR or LF)
+ * when a region name, 1..32 of [a-z0-9-]. */
+int cmh_aws_imds_parse_region(const char *body, size_t len, char **out);
+/* The role (iam/security-credentials/): its first line when 1..128 bytes, printable (no control
+ * byte or DEL), without '/'. */
+int cmh_aws_imds_parse_role(const char *body, size_t len, char **out);
+/* A whole answer used as a header or dimension value (the session token, max 1024; an instance
+ * tag's value, max 255): 1..max printable bytes (no CR, LF, NUL or other control byte). */
+int cmh_aws_imds_parse_text(const char *body, size_t len, size_t max, char **out);
+/* The instance tag listing (tags/instance, one key per line): the first of the tags naming the
+ * cluster (eks:cluster-name, CLUSTER_ID, eks:eks-cluster-name, aws:eks:cluster-name, in that
+ * order of preference) that is a whole line of it; a static string, or NULL. */
+const char *cmh_aws_imds_cluster_tag(const char *body, size_t len);
+
+/* The AWS_CONTAINER_CREDENTIALS_* URL gate: 1 when url has no user information and is https://
+ * to any host, or http:// to a host of the AWS SDKs' allow-list (127.0.0.0/8, ::1, localhost,
+ * 169.254.170.2, 169.254.170.23, fd00:ec2::23); else 0 with a sentence in why. */
+int cmh_aws_container_url_allowed(const char *url, char *why, size_t whylen);
 
 #endif
