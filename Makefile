@@ -47,8 +47,8 @@ fmt-check: deps
 	@clang-format --dry-run -Werror $(FMT_FILES) || \
 	  { echo "unformatted code: run 'make fmt'"; exit 1; }
 
-# libFuzzer targets (clang, ASan+UBSan): build-fuzz/fuzz_*. Warnings are gated by the gcc builds of
-# `make test` (and clang-tidy); clang's extra ones in test code do not stop fuzzing. Run one with
+# libFuzzer targets (clang, ASan+UBSan, warnings are errors as in the gcc builds): build-fuzz/fuzz_*.
+# Run one with
 #   build-fuzz/test/fuzz_config -max_total_time=600 test/fuzz/corpus/config
 fuzz:
 	@.ci/deps.sh $(BUILD_DEPS) $(FUZZ_DEPS)

@@ -2,6 +2,7 @@
 
 #include "cmh/alloc.h"
 #include "cmh/log.h"
+#include "cmh/subnets.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -40,7 +41,9 @@ const struct cmh_config_var cmh_config_vars[] = {
     {"LOG_FORMAT", CMH_CFG_ENUM, FIELD(log_format), "text", 0, 0, log_formats, 0,
      "Log lines as logfmt text or as one JSON object each."},
     {"HTTP_TIMEOUT", CMH_CFG_DURATION, FIELD(http_timeout_ms), "10", 1 * SEC, 300 * SEC, NULL, 0,
-     "Timeout of one HTTPS request to AWS or Kubernetes; bare numbers are seconds."},
+     "Timeout of one HTTPS request to AWS (CloudWatch, STS, IMDS, EC2); bare numbers are seconds. "
+     "Kubernetes requests have their own: a pod list page 30 s, a watch its K8S_WATCH_TIMEOUT "
+     "plus a grace, a Lease request half the renew deadline."},
     {"AWS_CA_BUNDLE", CMH_CFG_STR, FIELD(aws_ca_bundle), NULL, 0, 0, NULL, CMH_CFG_READABLE,
      "PEM bundle trusted for AWS HTTPS endpoints (CloudWatch, STS, EC2) instead of the system "
      "store, as in the AWS SDKs (a TLS-inspecting proxy, a private endpoint's CA). Kubernetes "
@@ -64,6 +67,9 @@ const struct cmh_config_var cmh_config_vars[] = {
     {"SCRAPE_CONCURRENCY", CMH_CFG_UINT, FIELD(scrape_concurrency), "1000", 1, 100000, NULL, 0,
      "Most ipamD connections open at once (scraping and idle keep-alive together); capped at the "
      "open-file limit."},
+    {"SCRAPE_MAX_NODES", CMH_CFG_UINT, FIELD(scrape_max_nodes), "100000", 1, 1000000, NULL, 0,
+     "Most nodes scraped: aws-node pods beyond it are not kept (a warning says how many; /readyz "
+     "says degraded), more SCRAPE_TARGETS are a configuration error. Bounds memory."},
     {"SCRAPE_TIMEOUT", CMH_CFG_DURATION, FIELD(scrape_timeout_ms), "5", 10, 300 * SEC, NULL, 0,
      "Deadline of one scrape, from connect to the last body byte."},
     {"SCRAPE_ROUND_TIMEOUT", CMH_CFG_DURATION, FIELD(scrape_round_timeout_ms), "0", 0, 3600 * SEC,
@@ -106,9 +112,10 @@ const struct cmh_config_var cmh_config_vars[] = {
     {"SUBNET_METRICS_INTERVAL", CMH_CFG_DURATION, FIELD(subnet_interval_ms), "300", 10 * SEC,
      24 * 3600 * SEC, NULL, 0,
      "Time between DescribeSubnets calls; a view older than 3 intervals is not published."},
-    {"SUBNET_IDS", CMH_CFG_STR, FIELD(subnet_ids), NULL, 0, 0, NULL, 0,
-     "Comma-separated subnet ids to watch. Unset: the subnets holding a node's IP plus those "
-     "named by ENIConfig resources."},
+    {"SUBNET_IDS", CMH_CFG_STR, FIELD(subnet_ids), NULL, 0, 0, NULL, CMH_CFG_SUBNETS,
+     "Comma-separated subnet ids to watch (ENIConfigs are then not read; an id EC2 does not know "
+     "is left out and logged). Unset: the subnets holding a node's IP plus those named by "
+     "ENIConfig resources."},
     {"CW_PER_AZ", CMH_CFG_BOOL, FIELD(cw_per_az), "false", 0, 0, NULL, 0,
      "With SUBNET_METRICS: also publish the IP gauges per AvailabilityZone (nodes mapped by IP)."},
     {"CW_PER_NODE", CMH_CFG_BOOL, FIELD(cw_per_node), "false", 0, 0, NULL, 0,
@@ -141,7 +148,7 @@ const struct cmh_config_var cmh_config_vars[] = {
     {"LEADER_ELECTION_LEASE_DURATION", CMH_CFG_DURATION, FIELD(leader_lease_duration_ms), "15",
      1 * SEC, 300 * SEC, NULL, 0,
      "How long the others wait, after the lease last changed, before taking it over (failover "
-     "time)."},
+     "time). Written to the Lease in whole seconds (rounded up), which the others honour."},
     {"LEADER_ELECTION_RENEW_DEADLINE", CMH_CFG_DURATION, FIELD(leader_renew_deadline_ms), "10", 500,
      300 * SEC, NULL, 0,
      "A leader that cannot renew for this long stops publishing; shorter than the lease "
@@ -413,7 +420,10 @@ static void describe_range(const struct cmh_config_var *var, char *buf, size_t l
     }
     case CMH_CFG_STR:
         snprintf(buf, len,
-                 var->flags & CMH_CFG_READABLE ? "the path of a readable file" : "any text");
+                 var->flags & CMH_CFG_READABLE  ? "the path of a readable file"
+                 : var->flags & CMH_CFG_SUBNETS ? "comma-separated subnet ids, subnet- and 8 to "
+                                                  "17 hex digits each"
+                                                : "any text");
         break;
     case CMH_CFG_TARGETS:
         snprintf(buf, len, "comma-separated name=host:port, host:port or host");
@@ -468,6 +478,12 @@ int cmh_config_set(struct cmh_config *cfg, const struct cmh_config_var *var, con
             if (e != 0)
                 return fail(err, -EINVAL, "%s=%s: cannot read the file: %s", var->name, value,
                             e > 0 ? strerror(e) : "not a regular file");
+        }
+        char why[160];
+        if ((var->flags & CMH_CFG_SUBNETS) && cmh_subnets_check_ids(value, why, sizeof why) < 0) {
+            describe_range(var, accepted, sizeof accepted);
+            return fail(err, -EINVAL, "%s=%s: invalid value (%s); accepted: %s", var->name, value,
+                        why, accepted);
         }
         char *copy = cmh_strdup(value);
         if (copy == NULL)
@@ -545,6 +561,13 @@ int cmh_config_load(struct cmh_config *cfg, char *const *envp, char err[CMH_CONF
     if (rc != 0) {
         cmh_config_free(cfg);
         return rc;
+    }
+    if (cfg->targets.n > cfg->scrape_max_nodes) {
+        snprintf(err, CMH_CONFIG_ERR_MAX,
+                 "SCRAPE_TARGETS: %zu targets, more than SCRAPE_MAX_NODES=%llu", cfg->targets.n,
+                 (unsigned long long)cfg->scrape_max_nodes);
+        cmh_config_free(cfg);
+        return -EINVAL;
     }
     /* Targets given without a port use IPAMD_METRICS_PORT, whatever order they were read in. */
     for (size_t i = 0; i < cfg->targets.n; i++)

@@ -87,11 +87,12 @@ static void on_collector_done(struct cmh_collector *c, const struct cmh_scrape_r
         else if (rc != 0)
             CMH_LOG(&d->log, CMH_LOG_ERROR, "out of memory queueing datums; round not published",
                     CMH_UINT("round", c->agg.round), CMH_UINT("datums", c->agg.datums.n));
-        if (d->pub != NULL)
-            cmh_publish_stats(d->pub, &cw);
     }
-    cmh_collector_log_round(c, st, !d->cfg.use_cloudwatch && publish,
-                            d->pub != NULL && publish ? &cw : NULL);
+    /* A follower's round line shows its publisher's figures too: what it dropped on losing the
+     * lease is seen there. */
+    if (d->pub != NULL)
+        cmh_publish_stats(d->pub, &cw);
+    cmh_collector_log_round(c, st, !d->cfg.use_cloudwatch && publish, d->pub != NULL ? &cw : NULL);
     cmh_daemon_work_end(d);
 }
 
@@ -193,8 +194,17 @@ static void on_leader_change(struct cmh_leader *l, bool is_leader, void *arg)
     struct cmh_daemon *d = arg;
     struct cmh_leader_status st;
     cmh_leader_status(l, &st);
+    /* The leader module steps down before another replica may take the lease over; what is queued
+     * goes at that moment, so nothing of ours is sent once another replica may lead. */
+    struct cmh_cloudwatch_stats cw = {.requests = 0};
+    if (d->pub != NULL) {
+        cmh_publish_standby(d->pub, !is_leader);
+        cmh_publish_stats(d->pub, &cw);
+    }
     CMH_LOG(&d->log, CMH_LOG_INFO, is_leader ? "leader: publishing" : "not leader: not publishing",
-            CMH_STR("identity", st.identity), CMH_STR("holder", st.holder));
+            CMH_STR("identity", st.identity), CMH_STR("holder", st.holder),
+            CMH_UINT("cw_dropped_not_leader", cw.dropped_not_leader),
+            CMH_UINT("cw_requests", cw.requests));
 }
 
 /* LEADER_ELECTION: campaign for the Lease; rounds publish only while we hold it. */
@@ -308,6 +318,15 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
         /* The subnet view is an extra: a failing fetch is said, but keeps nobody from ready. */
         if (d->subnet_why[0] != '\0')
             cmh_buf_printf(body, "degraded: subnet view: last fetch failed: %s\n", d->subnet_why);
+        if (d->has_disc) {
+            struct cmh_discovery_status st;
+            cmh_discovery_status(&d->disc, &st);
+            if (st.pods_refused > 0)
+                cmh_buf_printf(body,
+                               "degraded: %llu aws-node pods beyond SCRAPE_MAX_NODES=%zu are not "
+                               "scraped\n",
+                               (unsigned long long)st.pods_refused, st.max_pods);
+        }
         return ready ? 200 : 503;
     }
     if (strcmp(path, "/metrics") == 0) {
@@ -412,6 +431,7 @@ static void on_subnets_fetched(void *arg, int rc, const char *why)
     struct cmh_daemon *d = arg;
     if (rc == 0) {
         d->expose.subnet_fetches_ok++;
+        d->expose.subnet_ids_missing = d->subnets != NULL ? cmh_ec2_watch_missing(d->subnets) : 0;
         d->expose.subnet_last_ok = (double)wall_ms() / 1000.0;
         d->subnet_why[0] = '\0';
     } else {

@@ -72,9 +72,14 @@ void cmh_discovery_pods_free(struct cmh_discovery_pods *pods)
     cmh_free(pods->v);
     pods->v = NULL;
     pods->n = pods->cap = 0;
+    pods->refused = 0;
 }
 
 /* Inserts or replaces; *changed says whether anything differs from before. */
+enum { PUT_KEPT, PUT_ADDED, PUT_REFUSED };
+
+/* Adds or updates a pod. Returns PUT_KEPT (known pod, *changed says whether it changed),
+ * PUT_ADDED, PUT_REFUSED (new, but max pods are kept already), or -ENOMEM. */
 static int pods_put(struct cmh_discovery_pods *pods, const char *name, const char *node,
                     const char *ip, bool running, bool *changed)
 {
@@ -84,7 +89,7 @@ static int pods_put(struct cmh_discovery_pods *pods, const char *name, const cha
         struct cmh_discovery_pod *p = &pods->v[i];
         if (strcmp(p->node, node) == 0 && strcmp(p->ip, ip) == 0 && p->running == running) {
             *changed = false;
-            return 0;
+            return PUT_KEPT;
         }
         if (strcmp(p->node, node) != 0) {
             char *n = cmh_strdup(node);
@@ -96,7 +101,11 @@ static int pods_put(struct cmh_discovery_pods *pods, const char *name, const cha
         snprintf(p->ip, sizeof p->ip, "%s", ip);
         p->running = running;
         *changed = true;
-        return 0;
+        return PUT_KEPT;
+    }
+    if (pods->max != 0 && pods->n >= pods->max) {
+        *changed = false;
+        return PUT_REFUSED;
     }
     if (pods->n == pods->cap) {
         size_t cap = pods->cap ? pods->cap * 2 : 16;
@@ -117,7 +126,7 @@ static int pods_put(struct cmh_discovery_pods *pods, const char *name, const cha
     pods->v[i] = p;
     pods->n++;
     *changed = true;
-    return 0;
+    return PUT_ADDED;
 }
 
 static bool pods_del(struct cmh_discovery_pods *pods, const char *name)
@@ -212,8 +221,10 @@ int cmh_discovery_parse_list(struct cmh_discovery_pods *pods, const char *buf, s
         if (pod_view(item, &v) != 0)
             continue; /* one odd item does not hide the others */
         rc = pods_put(pods, v.name, v.node, v.ip, v.running, &changed);
-        if (rc != 0)
+        if (rc < 0)
             goto out;
+        pods->refused += rc == PUT_REFUSED;
+        rc = 0;
     }
 out:
     json_decref(root);
@@ -256,9 +267,20 @@ int cmh_discovery_parse_event(struct cmh_discovery_pods *pods, const char *line,
     if (strcmp(type, "ADDED") == 0 || strcmp(type, "MODIFIED") == 0) {
         ev->type = type[0] == 'A' ? CMH_K8S_EV_ADDED : CMH_K8S_EV_MODIFIED;
         rc = pods_put(pods, v.name, v.node, v.ip, v.running, &ev->changed);
+        /* Each pod beyond max is counted once: at the list or at its ADDED. A MODIFIED that
+         * adds was one of them (a watch from a list's resourceVersion misses nothing). */
+        if (rc == PUT_REFUSED && ev->type == CMH_K8S_EV_ADDED)
+            pods->refused++;
+        else if (rc == PUT_ADDED && ev->type == CMH_K8S_EV_MODIFIED && pods->refused > 0)
+            pods->refused--;
+        rc = rc < 0 ? rc : 0;
     } else if (strcmp(type, "DELETED") == 0) {
         ev->type = CMH_K8S_EV_DELETED;
         ev->changed = pods_del(pods, v.name);
+        if (!ev->changed && pods->refused > 0)
+            pods->refused--; /* one of those beyond max */
+        else if (ev->changed && pods->refused > 0)
+            ev->relist = true; /* a place freed: a list fills it */
     } else {
         rc = -EBADMSG;
     }
@@ -375,6 +397,7 @@ void cmh_discovery_opts_from_config(struct cmh_discovery_opts *opts, const struc
     opts->token_file = cfg->k8s_token_file;
     opts->ca_file = cfg->k8s_ca_file;
     opts->watch_timeout_ms = cfg->k8s_watch_timeout_ms;
+    opts->max_pods = (size_t)cfg->scrape_max_nodes;
 }
 
 static bool dns_label(const char *s)
@@ -486,6 +509,11 @@ static void publish(struct cmh_discovery *d)
         d->dirty = true;
         return;
     }
+    if (d->pods.refused > d->refused_logged && d->log != NULL)
+        CMH_LOG(d->log, CMH_LOG_WARN,
+                "more aws-node pods than SCRAPE_MAX_NODES: the ones beyond it are not scraped",
+                CMH_UINT("max_nodes", d->pods.max), CMH_UINT("not_kept", d->pods.refused));
+    d->refused_logged = d->pods.refused;
     bool was_empty = d->st.no_pods;
     d->st.no_pods = d->synced && d->pods.n == 0;
     if (d->st.no_pods && !was_empty && d->log != NULL)
@@ -643,7 +671,7 @@ static void start_request(struct cmh_discovery *d)
         d->req.on_data = on_watch_data;
         d->line_len = 0;
         d->line_skip = false;
-        d->abort_gone = d->abort_bad = false;
+        d->abort_gone = d->abort_bad = d->abort_room = false;
         d->watch_got_data = false;
         d->st.watches++;
         d->st.state = "watching";
@@ -660,20 +688,22 @@ fail:
         schedule(d, true);
 }
 
-static void handle_line(struct cmh_discovery *d, const char *line, size_t len)
+/* Applies one complete line; returns whether the pods map changed. */
+static bool handle_line(struct cmh_discovery *d, const char *line, size_t len)
 {
     struct cmh_discovery_event ev;
     while (len > 0 && (line[len - 1] == '\r' || line[len - 1] == ' '))
         len--;
-    if (len == 0 || d->abort_gone || d->abort_bad)
-        return;
+    if (len == 0 || d->abort_gone || d->abort_bad || d->abort_room)
+        return false;
+    uint64_t refused = d->pods.refused;
     int rc = cmh_discovery_parse_event(&d->pods, line, len, &ev);
     if (rc != 0) {
         d->abort_bad = true;
         /* line is not terminated: it may point into libcurl's chunk. */
         set_error(d, "bad watch event (%s): %.*s", rc == -ENOMEM ? "out of memory" : "not JSON",
                   (int)(len < 80 ? len : 80), line);
-        return;
+        return false;
     }
     if (ev.type == CMH_K8S_EV_ERROR) {
         if (ev.code == 410)
@@ -682,35 +712,32 @@ static void handle_line(struct cmh_discovery *d, const char *line, size_t len)
             d->abort_bad = true;
             set_error(d, "watch ERROR event with code %ld", ev.code);
         }
-        return;
+        return false;
     }
     if (ev.rv[0] != '\0')
         memcpy(d->rv, ev.rv, sizeof d->rv);
-    if (ev.changed)
-        mark_dirty(d);
+    if (ev.relist)
+        d->abort_room = true;
+    /* A count of pods beyond max that changed is news too (the warning, /readyz). */
+    return ev.changed || d->pods.refused != refused;
 }
 
-static int on_watch_data(struct cmh_curl_uv_req *req, long status, const char *data, size_t len)
+int cmh_discovery_watch_feed(struct cmh_discovery *d, const char *data, size_t len, bool *changed)
 {
-    struct cmh_discovery *d = container_of(req, struct cmh_discovery, req);
-    if (status != 200)
-        return 0; /* an error body: the status decides in on_done */
-    if (!d->watch_got_data) {
-        d->watch_got_data = true;
-        d->watching = true;
-        d->attempt = 0;
-    }
+    size_t max = d->line_max ? d->line_max : CMH_DISCOVERY_LINE_MAX;
+    *changed = false;
     while (len > 0) {
         const char *nl = memchr(data, '\n', len);
         size_t n = nl ? (size_t)(nl - data) : len;
+        /* The bound holds however the stream is cut: a whole line in one chunk included. */
+        if (d->line_len + n > max) {
+            set_error(d, "watch event longer than %zu bytes", max);
+            d->abort_bad = true;
+            return 1;
+        }
         if (d->line_len == 0 && nl != NULL) {
-            handle_line(d, data, n); /* whole line in this chunk: no copy */
+            *changed |= handle_line(d, data, n); /* whole line in this chunk: no copy */
         } else {
-            if (d->line_len + n > CMH_DISCOVERY_LINE_MAX) {
-                set_error(d, "watch event longer than %d bytes", CMH_DISCOVERY_LINE_MAX);
-                d->abort_bad = true;
-                return 1;
-            }
             if (d->line_len + n > d->line_cap) {
                 size_t cap = d->line_cap ? d->line_cap : 4096;
                 while (cap < d->line_len + n)
@@ -726,16 +753,33 @@ static int on_watch_data(struct cmh_curl_uv_req *req, long status, const char *d
             memcpy(d->line + d->line_len, data, n);
             d->line_len += n;
             if (nl != NULL) {
-                handle_line(d, d->line, d->line_len);
+                *changed |= handle_line(d, d->line, d->line_len);
                 d->line_len = 0;
             }
         }
-        if (d->abort_gone || d->abort_bad)
+        if (d->abort_gone || d->abort_bad || d->abort_room)
             return 1;
         data += nl ? n + 1 : n;
         len -= nl ? n + 1 : n;
     }
     return 0;
+}
+
+static int on_watch_data(struct cmh_curl_uv_req *req, long status, const char *data, size_t len)
+{
+    struct cmh_discovery *d = container_of(req, struct cmh_discovery, req);
+    if (status != 200)
+        return 0; /* an error body: the status decides in on_done */
+    if (!d->watch_got_data) {
+        d->watch_got_data = true;
+        d->watching = true;
+        d->attempt = 0;
+    }
+    bool changed;
+    int stop = cmh_discovery_watch_feed(d, data, len, &changed);
+    if (changed)
+        mark_dirty(d);
+    return stop;
 }
 
 static void list_done(struct cmh_discovery *d, const struct cmh_curl_uv_response *res)
@@ -780,6 +824,7 @@ static void list_done(struct cmh_discovery *d, const struct cmh_curl_uv_response
     cmh_discovery_pods_free(&d->pods);
     d->pods = d->listing;
     memset(&d->listing, 0, sizeof d->listing);
+    d->listing.max = d->pods.max;
     cmh_free(d->cont);
     d->cont = NULL;
     memcpy(d->rv, rv, sizeof d->rv);
@@ -826,6 +871,15 @@ static void watch_done(struct cmh_discovery *d, const struct cmh_curl_uv_respons
         return;
     }
     if (d->abort_bad) {
+        relist(d, true);
+        return;
+    }
+    if (d->abort_room) {
+        if (d->log != NULL)
+            CMH_LOG(d->log, CMH_LOG_INFO,
+                    "a pod left while more than SCRAPE_MAX_NODES exist: listing again to take one "
+                    "of the others in",
+                    CMH_UINT("not_kept", d->pods.refused));
         relist(d, true);
         return;
     }
@@ -920,6 +974,7 @@ int cmh_discovery_start(struct cmh_discovery *d, uv_loop_t *loop, struct cmh_cur
     if (d->backoff_cap_ms < d->backoff_base_ms)
         d->backoff_cap_ms = d->backoff_base_ms;
     d->page_limit = opts->page_limit ? opts->page_limit : DEFAULT_PAGE;
+    d->pods.max = d->listing.max = opts->max_pods ? opts->max_pods : CMH_DISCOVERY_MAX_PODS;
     d->rng = cmh_rng_seed(opts->seed);
     d->last_error[0] = '\0';
     d->st.state = "listing";
@@ -1003,6 +1058,8 @@ void cmh_discovery_status(const struct cmh_discovery *d, struct cmh_discovery_st
     st->synced = d->synced;
     st->watching = d->watching;
     st->pods = d->pods.n;
+    st->pods_refused = d->pods.refused;
+    st->max_pods = d->pods.max;
     st->targets = d->set != NULL ? d->set->n : 0;
     st->generation = d->set != NULL ? d->set->generation : 0;
     st->last_error = d->last_error;

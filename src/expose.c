@@ -68,7 +68,8 @@ static void cloudwatch_metrics(const struct cmh_cloudwatch_stats *cw, struct cmh
                     {"dropped_overflow", cw->dropped_overflow},
                     {"dropped_age", cw->dropped_age},
                     {"dropped_invalid", cw->dropped_invalid},
-                    {"dropped_shutdown", cw->dropped_shutdown}};
+                    {"dropped_shutdown", cw->dropped_shutdown},
+                    {"dropped_not_leader", cw->dropped_not_leader}};
     family(out, "cloudwatch_datums_total", "counter", "Datums by how they ended.");
     for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++)
         cmh_buf_printf(out, PREFIX "cloudwatch_datums_total{outcome=\"%s\"} %llu\n",
@@ -167,6 +168,10 @@ void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c
             "When the subnet view was last fetched; 0 before the first good fetch. Subnet and AZ "
             "datums stop 3 intervals after it.");
         sample(out, PREFIX "subnet_last_success_timestamp_seconds", "", "", e->subnet_last_ok);
+        scalar(out, "subnet_ids_missing", "gauge",
+               "Subnets of SUBNET_IDS that EC2 did not know (deleted?) at the last good fetch; "
+               "left out of the view, each logged once.",
+               (unsigned long long)e->subnet_ids_missing);
     }
     if (e->http != NULL) {
         scalar(out, "http_accept_errors_total", "counter",

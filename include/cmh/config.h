@@ -41,6 +41,7 @@ struct cmh_config {
     char *prometheus_address;
     /* Scrape engine (include/cmh/scrape.h; cmh_scrape_opts_from_config derives the rest). */
     uint64_t scrape_concurrency;
+    uint64_t scrape_max_nodes;
     uint64_t scrape_timeout_ms;
     uint64_t scrape_round_timeout_ms; /* 0: derived from interval_ms */
     uint64_t scrape_max_body;
@@ -91,6 +92,7 @@ enum cmh_config_type {
 
 #define CMH_CFG_SECRET   1u /* never logged: the effective-config line shows <redacted> */
 #define CMH_CFG_READABLE 2u /* STR: a path; a file that cannot be read is a configuration error */
+#define CMH_CFG_SUBNETS  4u /* STR: comma-separated subnet ids (cmh_subnets_check_ids) */
 
 struct cmh_config_var {
     const char *name;

@@ -48,6 +48,7 @@ struct cmh_discovery_opts {
     uint64_t backoff_cap_ms;     /* 0 = 30 s */
     uint64_t token_max_age_ms;   /* re-read the token after this long; 0 = 60 s */
     size_t page_limit;           /* pods per list page; 0 = 500 */
+    size_t max_pods;             /* pods kept at most (MAX_NODES); 0 = CMH_DISCOVERY_MAX_PODS */
     uint64_t seed;               /* PRNG seed for the jitter; 0 = from the clock */
 };
 
@@ -59,11 +60,13 @@ struct cmh_discovery_status {
     size_t pods;    /* pods matching the selector, whatever their phase */
     size_t targets; /* Running pods with a hostIP */
     uint64_t generation;
-    uint64_t lists;         /* full lists completed */
-    uint64_t relists_gone;  /* relists forced by 410 Gone */
-    uint64_t watches;       /* watch requests started */
-    uint64_t errors;        /* failed requests (network, HTTP status, bad JSON) */
-    uint64_t token_reads;   /* times the token file was read */
+    uint64_t lists;        /* full lists completed */
+    uint64_t relists_gone; /* relists forced by 410 Gone */
+    uint64_t watches;      /* watch requests started */
+    uint64_t errors;       /* failed requests (network, HTTP status, bad JSON) */
+    uint64_t token_reads;  /* times the token file was read */
+    uint64_t pods_refused; /* aws-node pods not kept because max_pods are */
+    size_t max_pods;
     const char *last_error; /* "" when none yet; valid until the next discovery call */
     const char *state;      /* "listing", "watching", "backoff", "stopped" */
 };
@@ -79,7 +82,12 @@ struct cmh_discovery_pod {
 struct cmh_discovery_pods {
     struct cmh_discovery_pod *v; /* sorted by name */
     size_t n, cap;
+    size_t max;       /* a new pod beyond this many is not kept; 0: no bound */
+    uint64_t refused; /* pods not kept because of max (each counted once) */
 };
+
+/* Default bound on the pods kept: EKS's largest clusters, with room. */
+#define CMH_DISCOVERY_MAX_PODS 100000
 
 enum cmh_discovery_event_type {
     CMH_K8S_EV_ADDED,
@@ -95,6 +103,7 @@ struct cmh_discovery_event {
     char rv[64];  /* object.metadata.resourceVersion ("" for ERROR) */
     long code;    /* ERROR: the Status code (410 = Gone) */
     bool changed; /* the pods map changed */
+    bool relist;  /* a kept pod left while pods beyond max exist: list again to take one in */
 };
 
 /* Longest watch line accepted (one pod object); a longer one ends the watch as an error. */
@@ -114,6 +123,7 @@ struct cmh_discovery {
     uint64_t rng;
     struct cmh_discovery_pods pods;    /* what the API says now */
     struct cmh_discovery_pods listing; /* pages of a list in progress */
+    uint64_t refused_logged;           /* pods.refused when last logged */
     struct cmh_discovery_set *set;     /* published */
     char rv[64];                       /* resume point of the watch */
     char *cont;                        /* continue token of a paginated list */
@@ -122,10 +132,11 @@ struct cmh_discovery {
     struct cmh_curl_uv_req req;
     bool in_flight;
     int mode; /* 0 list, 1 watch */
-    bool abort_gone, abort_bad;
+    bool abort_gone, abort_bad, abort_room;
     bool watch_got_data;
     char *line;
     size_t line_len, line_cap;
+    size_t line_max; /* longest watch line; 0 = CMH_DISCOVERY_LINE_MAX (the fuzzer lowers it) */
     bool line_skip;
     unsigned attempt;
     uv_timer_t retry, notify;
@@ -189,5 +200,16 @@ int cmh_discovery_parse_event(struct cmh_discovery_pods *pods, const char *line,
 /* Builds a target set from pods (Running with a hostIP). Returns NULL on -ENOMEM. */
 struct cmh_discovery_set *cmh_discovery_set_build(const struct cmh_discovery_pods *pods,
                                                   uint64_t generation);
+
+/* The watch stream's framing (what libcurl's chunks of a 200 watch answer go through; a test and
+ * fuzz seam, no I/O): cuts data into lines, a line possibly spanning chunks (kept in d->line) and
+ * never longer than d->line_max, applies each non-blank line as an event to d->pods and d->rv and
+ * records failures in d->last_error and d->st.errors (logged when d->log is set). Only those
+ * fields, d->line* and d->abort_* are used: a zeroed struct with pods.max set is enough.
+ * *changed says whether the pods map, or the count of pods beyond its bound, changed. Returns 0
+ * to go on, or 1 when the watch must end: an ERROR event (410: d->abort_gone), a bad event, a line
+ * too long or out of memory (d->abort_bad), a kept pod deleted while pods beyond the bound wait
+ * (d->abort_room: a list takes one in); later data is then not applied. */
+int cmh_discovery_watch_feed(struct cmh_discovery *d, const char *data, size_t len, bool *changed);
 
 #endif

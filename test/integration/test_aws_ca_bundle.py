@@ -5,17 +5,21 @@ AWS_WEB_IDENTITY_TOKEN_FILE) from an STS stand-in that serves HTTPS under a CA m
 - without it, TLS verification fails: nothing reaches STS, nothing is published, and /readyz
   says the STS call failed on the certificate;
 - with it, an STS AccessDenied is named on /readyz;
+- STS answering 503, Throttling and a bare 500 before it answers: the rounds made meanwhile are
+  published once it does, every datum accounted for;
 - a bundle that cannot be read stops the start with an error naming the variable."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish, http, http_status, read_events, stop_all, stop_proc  # noqa: E402
+from testlib import (check, failures, finish, http, http_status, parse_metrics, read_events, stop_all,  # noqa: E402
+                     stop_proc)
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
@@ -40,6 +44,16 @@ STS_DENIED = """<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"
 </ErrorResponse>
 """
 
+STS_UNAVAILABLE = """<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error><Type>Receiver</Type><Code>ServiceUnavailable</Code><Message>Service unavailable</Message></Error>
+  <RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c8</RequestId>
+</ErrorResponse>
+"""
+STS_THROTTLED = """<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
+  <Error><Type>Sender</Type><Code>Throttling</Code><Message>Rate exceeded</Message></Error>
+  <RequestId>c6104cbe-af31-11e0-8154-cbc7ccf896c9</RequestId>
+</ErrorResponse>
+"""
 
 def standin(cmd):
     aws.stdin.write(json.dumps(cmd) + "\n")
@@ -146,6 +160,59 @@ try:
           "sts:AssumeRoleWithWebIdentity" in body, (st, body))
     check("STS AccessDenied: nothing more published", datums() == n1, datums())
     check("daemon 3 stopped cleanly", stop() == 0)
+
+    # 5. STS failing (503, throttling, a 500 with no XML), then answering: the rounds made meanwhile
+    #    are kept and published once credentials come; produced = received + dropped, exactly.
+    standin({"cmd": "reset"})
+    fail = [{"method": "POST", "path": "/", "status": 503, "body": STS_UNAVAILABLE,
+             "headers": {"content-type": "text/xml"}},
+            {"method": "POST", "path": "/", "status": 400, "body": STS_THROTTLED,
+             "headers": {"content-type": "text/xml"}},
+            {"method": "POST", "path": "/", "status": 500, "body": "oops",
+             "headers": {"content-type": "text/plain"}}]
+    standin({"cmd": "script", "exchanges": fail + [{"method": "POST", "path": "/", "status": 200, "body": STS_OK,
+                                                      "headers": {"content-type": "text/xml"}}]})
+    before = datums()
+    daemon = subprocess.Popen([BIN], env=dict(base_env, AWS_CA_BUNDLE=ca, USE_PROMETHEUS="true",
+                                              CW_BACKOFF_BASE="100ms", CW_BACKOFF_CAP="1"),
+                              stderr=subprocess.PIPE, text=True)
+    port = [None]
+    seen = []
+
+    def note(ev):
+        if ev.get("msg") == "listening":
+            port[0] = ev["port"]
+        elif ev.get("msg") == "cloudwatch has no credentials":
+            seen.append(ev.get("why", ""))
+
+    rounds = [read_events(daemon, "round", 15, note)]
+    for _ in range(2):  # a round after each of the first two failures: made while STS fails
+        read_events(daemon, "cloudwatch has no credentials", 15, note)
+        daemon.send_signal(signal.SIGUSR1)
+        rounds.append(read_events(daemon, "round", 15, note))
+    own = "http://127.0.0.1:%s" % port[0]
+    m, deadline = {}, time.monotonic() + 30
+    while time.monotonic() < deadline:
+        m = parse_metrics(http(own + "/metrics").decode())
+        if m.get("cni_metrics_helper_cloudwatch_queue_datums", 1) == 0 and datums() > before:
+            break
+        time.sleep(0.3)
+    produced = sum(r["datums"] for r in rounds if r)
+    received = datums() - before
+    dropped = sum(v for k, v in m.items() if k.startswith('cni_metrics_helper_cloudwatch_datums_total{outcome="dropped'))
+    check("STS 503/throttling/500: the failures seen, every round while it failed",
+          len([r for r in rounds if r]) == 3 and len(seen) >= 2 and
+          "ServiceUnavailable" in " ".join(seen) and "Throttling" in " ".join(seen), (rounds, seen))
+    check("STS recovered: produced = received + dropped, none dropped",
+          produced > 0 and received + dropped == produced and dropped == 0, (produced, received, dropped))
+    st = json.loads(http(cw_url + "/stats"))
+    check("STS recovered: every request signed with the STS credentials", st["bad_signature"] == 0, st)
+    log = standin({"cmd": "log"})
+    check("STS recovered: four AssumeRoleWithWebIdentity calls, the script used up",
+          len([r for r in log["requests"] if r["listener"] == "https"]) == 4 and log["left"] == 0, log)
+    st, body = http_status(own + "/readyz")
+    check("STS recovered: /readyz 200", st == 200, (st, body))
+    check("daemon 5 stopped cleanly", stop() == 0)
 
     # 4. A bundle that cannot be read is a configuration error.
     r = subprocess.run([BIN], env=dict(base_env, AWS_CA_BUNDLE=os.path.join(tmp, "missing.pem")),

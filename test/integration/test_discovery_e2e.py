@@ -38,7 +38,11 @@ def api_cmd(line):
     return api.stdout.readline().strip()
 
 
+msgs = []
+
+
 def note_port(ev):
+    msgs.append(ev.get("msg", ""))
     if ev.get("msg") == "listening":
         global http_port
         http_port = ev["port"]
@@ -77,7 +81,8 @@ try:
     env = {"PATH": "/usr/bin:/bin", "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": port,
            "K8S_CA_FILE": ca, "K8S_TOKEN_FILE": token_file, "USE_CLOUDWATCH": "no", "LOG_FORMAT": "json",
            "METRIC_UPDATE_INTERVAL": "3600", "SCRAPE_JITTER": "0", "SCRAPE_TIMEOUT": "500ms",
-           "PROMETHEUS_ADDRESS": "127.0.0.1", "PROMETHEUS_PORT": "0", "AWS_CLUSTER_ID": "disc"}
+           "PROMETHEUS_ADDRESS": "127.0.0.1", "PROMETHEUS_PORT": "0", "AWS_CLUSTER_ID": "disc",
+           "SCRAPE_MAX_NODES": "7"}
     daemon = subprocess.Popen([BIN], env=env, stderr=subprocess.PIPE, text=True)
     http_port = None
     # The first round may run before the first list completes: step until the 4 pods are seen.
@@ -140,6 +145,34 @@ try:
         if "no aws-node pods" in body:
             break
     check("readyz names the missing aws-node pods", st == 503 and "no aws-node pods" in body, (st, body))
+    step(0.2)
+    check("the log names the missing aws-node pods (EKS Auto Mode has none)",
+          any(m.startswith("no aws-node pods") and "EKS Auto Mode" in m for m in msgs), msgs[-20:])
+
+    # SCRAPE_MAX_NODES=7: an eighth aws-node pod is not kept and /readyz says so; when a kept one
+    # leaves, a new list takes it in.
+    for i in range(6):
+        api_cmd(f"add aws-node-{i} {nodes[i][0]} {nodes[i][1]}")
+    api_cmd("add aws-node-6 nodeZ6 127.77.0.206")
+    api_cmd("add aws-node-7 nodeZ7 127.77.0.207")
+    for _ in range(10):
+        r = step(0.5)
+        st, body = readyz()
+        if r and r["targets"] == 7 and "beyond" in body:
+            break
+    check("SCRAPE_MAX_NODES: 7 of 8 pods kept, the 8th said on /readyz",
+          r and r["targets"] == 7 and r["fresh"] == 6 and
+          "degraded: 1 aws-node pods beyond SCRAPE_MAX_NODES=7 are not scraped" in body, (r, body))
+    check("SCRAPE_MAX_NODES: the log warns", any(m.startswith("more aws-node pods than SCRAPE_MAX_NODES") for m in msgs),
+          msgs[-20:])
+    api_cmd("del aws-node-6")
+    for _ in range(10):
+        r = step(1)
+        st, body = readyz()
+        if r and r["targets"] == 7 and "beyond" not in body:
+            break
+    check("SCRAPE_MAX_NODES: a freed place is taken by the pod beyond",
+          r and r["targets"] == 7 and "beyond" not in body, (r, body))
 finally:
     if daemon is not None:
         rc = stop_proc(daemon)

@@ -23,9 +23,10 @@ daemon's own /metrics counters, and /proc.
               the unsent buffer, its first round publishes no counter (no spike), and its
               datums equal the truth model of a freshly started helper.
 
-STS errors are not in this matrix: the daemon trusts only the system CA store for STS (there is
-no AWS_CA_BUNDLE), so a loopback STS cannot be reached end to end; the unit test
-aws_creds_chain_replays_recorded_traffic covers STS 5xx and garbage answers.
+STS errors are tested end to end by test_aws_ca_bundle.py (an HTTPS STS stand-in trusted through
+AWS_CA_BUNDLE: certificate failure, AccessDenied, 503/Throttling/500 then recovery with every
+datum accounted for); the unit test aws_creds_chain_replays_recorded_traffic covers the answer
+classes.
 
 Sizes: FAULT_MATRIX_NODES and FAULT_MATRIX_ROUNDS (nodes row), FAULT_MATRIX_API_DOWN_S (k8s row);
 `make soak` runs the matrix at full size first (5,000 nodes x 30 rounds, the API down 180 s).

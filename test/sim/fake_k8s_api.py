@@ -31,12 +31,22 @@ on standard output:
   stall SECONDS      open and new watches send nothing for that long (the slow watch)
   down SECONDS       every connection is closed at once for that long (the API is down)
   fragment on|off    write each watch event in 7-byte chunks
-  token NEW          rotate the token: write NEW to the token file; only NEW is accepted
+  token NEW [file=no]  rotate the token: write NEW to the token file; only NEW is accepted
+                     (file=no: the file keeps the old token, as when the kubelet is late)
+  lease NAME HOLDER SECONDS [ns=kube-system]   write a Lease as another replica would: holder
+                     HOLDER ("-" for none), renewTime now, leaseDurationSeconds the JSON value
+                     SECONDS ("none" leaves it out), a new resourceVersion
   eniconfig NAME SUBNET  an ENIConfig (GET /apis/crd.k8s.amazonaws.com/v1alpha1/eniconfigs
                      lists them; 404 until the first one, as when the CRD is not installed)
+  eniconfig-del NAME     the ENIConfig is deleted (the CRD stays: an empty list, not a 404)
+  eniconfig-forbid on|off  the ENIConfig list answers 403 Forbidden (no RBAC to list them)
+                     while on; stats count eniconfig_lists (every list request, 403 included)
   proxy POD HOST:PORT   the pod proxy reaches POD at HOST:PORT (not its hostIP)
   proxyfault POD KIND   KIND = 503 (answer 503 at once), slow=SECONDS (wait before answering),
                         none; POD may be * (every pod)
+  leasedelay SECONDS a Lease update is applied at once but answered SECONDS later (0: at once)
+  leasebarrier N     the next N Lease GETs wait for each other (at most 5 s) and are answered
+                     together, so N candidates race on the same state (one wins, the rest 409)
   stats              counters (lists, watches, unauthorized, injected failures, ...)
                      (h2_connections, h2_streams, h1_connections, proxy_requests,
                      proxy_by_pod, proxy_unauthorized, proxy_unreachable, proxy_faults)
@@ -90,6 +100,8 @@ STATE = {
               "proxy_faults": 0},
     "proxy": {},         # pod -> (host, port) the pod proxy dials instead of the hostIP
     "proxy_fault": {},   # pod (or "*") -> ("503",) | ("slow", seconds)
+    "lease_barrier": 0,  # Lease GETs still to arrive before the held ones are answered
+    "lease_delay": 0.0,  # seconds between applying a Lease update and answering it
 }
 
 
@@ -195,14 +207,36 @@ def command(line):
         elif op == "eniconfig":
             # eniconfig NAME SUBNET: an ENIConfig (cluster-scoped; the CRD exists from then on).
             STATE.setdefault("eniconfigs", {})[pos[0]] = pos[1]
+        elif op == "eniconfig-del":
+            STATE.setdefault("eniconfigs", {}).pop(pos[0], None)
+        elif op == "eniconfig-forbid":
+            STATE["eniconfig_forbid"] = pos[0] == "on"
         elif op == "fragment":
             STATE["fragment"] = pos[0] == "on"
         elif op == "token":
             STATE["token"] = pos[0]
-            tmp = ARGS.token_file + ".tmp"
-            with open(tmp, "w") as f:
-                f.write(pos[0] + "\n")
-            os.replace(tmp, ARGS.token_file)
+            if kv.get("file", "yes") != "no":
+                tmp = ARGS.token_file + ".tmp"
+                with open(tmp, "w") as f:
+                    f.write(pos[0] + "\n")
+                os.replace(tmp, ARGS.token_file)
+        elif op == "leasedelay":
+            STATE["lease_delay"] = float(pos[0])
+        elif op == "leasebarrier":
+            STATE["lease_barrier"] = int(pos[0])
+        elif op == "lease":
+            ns = kv.get("ns", "kube-system")
+            now = time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime())
+            spec = {"acquireTime": now, "renewTime": now, "leaseTransitions": 0}
+            if pos[1] != "-":
+                spec["holderIdentity"] = pos[1]
+            if pos[2] != "none":
+                spec["leaseDurationSeconds"] = json.loads(pos[2])
+            STATE["rv"] += 1
+            STATE["leases"][(ns, pos[0])] = {
+                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": pos[0], "namespace": ns, "resourceVersion": str(STATE["rv"])},
+                "spec": spec}
         elif op == "proxy":
             host, port = pos[1].rsplit(":", 1)
             STATE["proxy"][pos[0]] = (host, int(port))
@@ -317,6 +351,13 @@ class Handler(BaseHTTPRequestHandler):
         if parts == ["apis", "crd.k8s.amazonaws.com", "v1alpha1", "eniconfigs"]:
             with COND:
                 enis = STATE.get("eniconfigs")
+                STATE["stats"]["eniconfig_lists"] = STATE["stats"].get("eniconfig_lists", 0) + 1
+                forbid = STATE.get("eniconfig_forbid", False)
+            if forbid:  # what the API server answers a service account without the ClusterRole
+                return self.send_json(403, status(
+                    403, "Forbidden", 'eniconfigs.crd.k8s.amazonaws.com is forbidden: User '
+                    '"system:serviceaccount:kube-system:cni-metrics-helper" cannot list resource '
+                    '"eniconfigs" in API group "crd.k8s.amazonaws.com" at the cluster scope'))
             if enis is None:  # the CRD is not installed: 404, as the API server answers
                 return self.send_json(404, status(404, "NotFound", "the server could not find "
                                                   "the requested resource"))
@@ -328,6 +369,11 @@ class Handler(BaseHTTPRequestHandler):
                                                   for n, sn in sorted(enis.items())]})
         if len(parts) == 7 and parts[5] == "leases":
             with COND:
+                if STATE["lease_barrier"] > 0:
+                    STATE["lease_barrier"] -= 1
+                    COND.notify_all()
+                    COND.wait_for(lambda: STATE["lease_barrier"] == 0, timeout=5)
+                    STATE["lease_barrier"] = 0
                 lease = STATE["leases"].get((parts[4], parts[6]))
             if lease is None:
                 return self.send_json(404, status(404, "NotFound", "lease not found"))
@@ -369,6 +415,9 @@ class Handler(BaseHTTPRequestHandler):
             STATE["rv"] += 1
             obj["metadata"]["resourceVersion"] = str(STATE["rv"])
             STATE["leases"][(parts[4], parts[6])] = obj
+            delay = STATE["lease_delay"]
+        if delay > 0:
+            time.sleep(delay)
         self.send_json(200, obj)
 
     def proxy_h1(self, path):

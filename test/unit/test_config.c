@@ -62,6 +62,8 @@ static const struct good goods[] = {
     {"PROM_MAX_LINE", "1MiB", "1048576"},
     {"SCRAPE_CONCURRENCY", "1", "1"},
     {"SCRAPE_CONCURRENCY", "100000", "100000"},
+    {"SCRAPE_MAX_NODES", "1", "1"},
+    {"SCRAPE_MAX_NODES", "1000000", "1000000"},
     {"SCRAPE_TIMEOUT", "10ms", "10ms"},
     {"SCRAPE_TIMEOUT", "300", "300s"},
     {"SCRAPE_ROUND_TIMEOUT", "0", "0s"},
@@ -75,7 +77,8 @@ static const struct good goods[] = {
     {"SUBNET_METRICS", "yes", "true"},
     {"SUBNET_METRICS_INTERVAL", "10", "10s"},
     {"SUBNET_METRICS_INTERVAL", "1440m", "86400s"},
-    {"SUBNET_IDS", "subnet-0a1b,subnet-2c3d", "subnet-0a1b,subnet-2c3d"},
+    {"SUBNET_IDS", "subnet-0a1b2c3d,subnet-0123456789abcdef0",
+     "subnet-0a1b2c3d,subnet-0123456789abcdef0"},
     {"CW_PER_AZ", "true", "true"},
     {"CW_PER_NODE", "no", "false"},
     {"CW_PER_NODE_MAX", "10000", "10000"},
@@ -159,6 +162,8 @@ static const struct bad bads[] = {
     {"PROM_MAX_LINE", "64KB", "KiB, MiB or GiB"},
     {"SCRAPE_CONCURRENCY", "0", "from 1 to 100000"},
     {"SCRAPE_CONCURRENCY", "100001", "from 1 to 100000"},
+    {"SCRAPE_MAX_NODES", "0", "from 1 to 1000000"},
+    {"SCRAPE_MAX_NODES", "1000001", "from 1 to 1000000"},
     {"SCRAPE_TIMEOUT", "9ms", "from 10ms"},
     {"SCRAPE_TIMEOUT", "301", "to 300s"},
     {"SCRAPE_ROUND_TIMEOUT", "3601", "to 3600s"},
@@ -168,6 +173,8 @@ static const struct bad bads[] = {
     {"SCRAPE_KEEPALIVE", "2", "yes, true, no or false"},
     {"SUBNET_METRICS", "1", "yes, true, no or false"},
     {"SUBNET_METRICS_INTERVAL", "9", "from 10s to 86400s"},
+    {"SUBNET_IDS", "subnet-0a1b2c3d,subnet-0a1b", "'subnet-0a1b' is not a subnet id"},
+    {"SUBNET_IDS", "subnet-0a1b2c3d,", "subnet- and 8 to 17 hex digits each"},
     {"CW_PER_AZ", "maybe", "yes, true, no or false"},
     {"CW_PER_NODE", "on", "yes, true, no or false"},
     {"CW_PER_NODE_MAX", "0", "from 1 to 10000"},
@@ -245,7 +252,7 @@ static void every_variable_has_a_good_and_a_bad_case(void **state)
         for (size_t i = 0; i < sizeof bads / sizeof bads[0]; i++)
             bad += strcmp(bads[i].var, var->name) == 0;
         /* Free text has no bad value. */
-        int needs_bad = var->type != CMH_CFG_STR;
+        int needs_bad = var->type != CMH_CFG_STR || (var->flags & CMH_CFG_SUBNETS);
         if (!good || (needs_bad && !bad))
             fail_msg("%s lacks a %s case in this test", var->name, good ? "bad" : "good");
     }
@@ -296,6 +303,20 @@ static void target_without_port_takes_ipamd_port_whatever_the_order(void **state
     assert_string_equal(cfg.targets.v[0].name, "node-a");
     assert_string_equal(cfg.targets.v[0].host, "127.0.0.9");
     assert_int_equal(cfg.targets.v[0].port, 9999);
+    cmh_config_free(&cfg);
+}
+
+static void more_static_targets_than_scrape_max_nodes_is_an_error(void **state)
+{
+    (void)state;
+    struct cmh_config cfg;
+    char err[CMH_CONFIG_ERR_MAX];
+    char *env[] = {"SCRAPE_TARGETS=127.0.0.2,127.0.0.3,127.0.0.4", "SCRAPE_MAX_NODES=2", NULL};
+    assert_int_equal(cmh_config_load(&cfg, env, err), -EINVAL);
+    assert_non_null(strstr(err, "3 targets, more than SCRAPE_MAX_NODES=2"));
+    env[1] = "SCRAPE_MAX_NODES=3";
+    assert_int_equal(cmh_config_load(&cfg, env, err), 0);
+    assert_int_equal(cfg.targets.n, 3);
     cmh_config_free(&cfg);
 }
 
@@ -389,6 +410,7 @@ int main(void)
         cmocka_unit_test(defaults_match_the_documented_ones),
         cmocka_unit_test(empty_value_counts_as_unset),
         cmocka_unit_test(target_without_port_takes_ipamd_port_whatever_the_order),
+        cmocka_unit_test(more_static_targets_than_scrape_max_nodes_is_an_error),
         cmocka_unit_test(unknown_variables_with_our_prefixes_are_reported_with_a_suggestion),
         cmocka_unit_test(effective_configuration_is_one_line_with_every_variable),
         cmocka_unit_test(help_lists_every_variable_with_default_and_accepted_values),

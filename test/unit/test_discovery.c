@@ -452,6 +452,70 @@ static void discovery_options_checked(void **state)
     assert_non_null(strstr(err, "KUBERNETES_SERVICE_HOST"));
 }
 
+/* The pod store keeps at most max pods; each pod beyond is counted once (at the list or its
+ * ADDED) and uncounted when it leaves or takes a freed place; a kept pod leaving while some are
+ * beyond asks for a list. */
+static void put_event(struct cmh_discovery_pods *pods, const char *type, const char *name,
+                      struct cmh_discovery_event *ev)
+{
+    char line[256];
+    snprintf(line, sizeof line,
+             "{\"type\":\"%s\",\"object\":{\"metadata\":{\"name\":\"%s\",\"resourceVersion\":"
+             "\"5\"},\"status\":{\"phase\":\"Running\",\"hostIP\":\"10.0.1.1\"}}}",
+             type, name);
+    assert_int_equal(cmh_discovery_parse_event(pods, line, strlen(line), ev), 0);
+}
+
+static void discovery_pods_bounded_by_max(void **state)
+{
+    (void)state;
+    struct cmh_discovery_pods pods = {.max = 2};
+    char rv[64], cont[64];
+    struct cmh_discovery_event ev;
+    const char *list = "{\"metadata\":{\"resourceVersion\":\"1\"},\"items\":["
+                       "{\"metadata\":{\"name\":\"c\"},\"status\":{\"phase\":\"Running\","
+                       "\"hostIP\":\"10.0.0.3\"}},"
+                       "{\"metadata\":{\"name\":\"a\"},\"status\":{\"phase\":\"Running\","
+                       "\"hostIP\":\"10.0.0.1\"}},"
+                       "{\"metadata\":{\"name\":\"b\"},\"status\":{\"phase\":\"Running\","
+                       "\"hostIP\":\"10.0.0.2\"}}]}";
+    assert_int_equal(
+        cmh_discovery_parse_list(&pods, list, strlen(list), rv, sizeof rv, cont, sizeof cont), 0);
+    assert_int_equal(pods.n, 2);
+    assert_int_equal(pods.refused, 1);
+    assert_string_equal(pods.v[0].name, "a");
+    assert_string_equal(pods.v[1].name, "c");
+    put_event(&pods, "MODIFIED", "c", &ev); /* a kept pod changes */
+    assert_true(ev.changed);
+    assert_string_equal(pods.v[1].ip, "10.0.1.1");
+    put_event(&pods, "MODIFIED", "b", &ev); /* the one beyond: not counted again */
+    assert_false(ev.changed);
+    assert_int_equal(pods.refused, 1);
+    put_event(&pods, "ADDED", "d", &ev); /* a new one beyond */
+    assert_false(ev.changed);
+    assert_int_equal(pods.n, 2);
+    assert_int_equal(pods.refused, 2);
+    put_event(&pods, "DELETED", "a", &ev); /* a place frees: list again */
+    assert_true(ev.changed);
+    assert_true(ev.relist);
+    assert_int_equal(pods.n, 1);
+    put_event(&pods, "MODIFIED", "d", &ev); /* one beyond takes it before the list */
+    assert_true(ev.changed);
+    assert_false(ev.relist);
+    assert_int_equal(pods.n, 2);
+    assert_int_equal(pods.refused, 1);
+    put_event(&pods, "DELETED", "b", &ev); /* the last one beyond leaves */
+    assert_false(ev.changed);
+    assert_false(ev.relist);
+    assert_int_equal(pods.refused, 0);
+    put_event(&pods, "DELETED", "c", &ev); /* none beyond: no list needed */
+    assert_true(ev.changed);
+    assert_false(ev.relist);
+    cmh_discovery_pods_free(&pods);
+    assert_int_equal(pods.refused, 0);
+    assert_int_equal(pods.max, 2);
+}
+
 /* The pure parsers on hand-written lines: odd items are skipped, bad lines rejected. */
 static void discovery_parsers_on_hand_written_json(void **state)
 {
@@ -507,6 +571,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(discovery_options_checked),
         cmocka_unit_test(discovery_parsers_on_hand_written_json),
+        cmocka_unit_test(discovery_pods_bounded_by_max),
         cmocka_unit_test_setup_teardown(discovery_follows_pods_added_deleted_and_reiped, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(discovery_410_mid_watch_relists_without_losing_targets,
