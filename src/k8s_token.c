@@ -20,6 +20,8 @@ int cmh_k8s_token_read(const char *file, char **out, char *why, size_t whylen)
     FILE *f = fopen(file, "re");
     if (f == NULL) {
         int err = errno;
+        if (err <= 0)
+            err = EIO; /* never 0: 0 means success */
         snprintf(why, whylen, "cannot read the token file %s: %s", file, strerror(err));
         cmh_free(buf);
         return -err;
@@ -69,6 +71,10 @@ int cmh_k8s_token_refresh(struct cmh_k8s_token *t, uint64_t now_ms, char *why, s
     t->read_ms = now_ms;
     char *tok = NULL;
     int rc = cmh_k8s_token_read(t->file, &tok, why, whylen);
+    if (rc == 0 && tok == NULL) { /* not by contract; keeps the analyzer's every path sound */
+        snprintf(why, whylen, "cannot read the token file %s", t->file);
+        rc = -EIO;
+    }
     if (rc != 0)
         return rc;
     if (t->token != NULL && strcmp(t->token, tok) == 0) {
