@@ -348,14 +348,14 @@ static void check_invariant(struct fx *f)
     struct cmh_cloudwatch_stats s;
     cmh_cloudwatch_stats(f->cw, &s);
     uint64_t rhs = s.published + s.dropped_overflow + s.dropped_age + s.dropped_invalid +
-                   s.dropped_shutdown + s.in_queue;
+                   s.dropped_shutdown + s.dropped_not_leader + s.in_queue;
     if (s.enqueued != rhs)
-        fail_msg("accounting broken: enqueued %llu != published %llu + drops %llu/%llu/%llu/%llu "
-                 "+ in_queue %llu",
+        fail_msg("accounting broken: enqueued %llu != published %llu + drops "
+                 "%llu/%llu/%llu/%llu/%llu + in_queue %llu",
                  (unsigned long long)s.enqueued, (unsigned long long)s.published,
                  (unsigned long long)s.dropped_overflow, (unsigned long long)s.dropped_age,
                  (unsigned long long)s.dropped_invalid, (unsigned long long)s.dropped_shutdown,
-                 (unsigned long long)s.in_queue);
+                 (unsigned long long)s.dropped_not_leader, (unsigned long long)s.in_queue);
     f->invariant_checks++;
 }
 
@@ -975,6 +975,56 @@ static void flush_sends_queue_or_counts_rest_at_deadline(void **state)
     fx_close(&f);
 }
 
+/* Standby (the lease was lost): what is queued is dropped as dropped_not_leader at once, a request
+ * in flight that then fails is dropped, not retried, nothing is queued or sent while in standby,
+ * and leading again publishes what comes next. */
+static void standby_drops_queue_and_sends_nothing(void **state)
+{
+    (void)state;
+    struct fx f;
+    struct cmh_cloudwatch_opts o;
+    char url[128];
+    fx_opts(&f, &o, url, sizeof url);
+    o.max_batch_datums = 100;
+    fx_init(&f, &o, 1500); /* the stand-in's stall (3 s) is a timeout at 1.5 s */
+    standin_reset(&f);
+    standin_faults(&f, "{\"script\":[\"stall\"]}");
+    struct datums d, d2;
+    make_datums(&d, 300, wall_now_ms() - 1000, "m", 0);
+    make_datums(&d2, 50, wall_now_ms() - 500, "k", 0);
+    assert_int_equal(cmh_cloudwatch_enqueue(f.cw, d.v, d.n), 0);
+    struct cmh_cloudwatch_stats s;
+    uint64_t t0 = now_ms();
+    do {
+        uv_run(&f.loop, UV_RUN_ONCE);
+        cmh_cloudwatch_stats(f.cw, &s);
+    } while (s.in_flight == 0 && now_ms() - t0 < 5000);
+    assert_int_equal(s.in_flight, 100); /* the first batch, stalled */
+    cmh_cloudwatch_standby(f.cw, true);
+    cmh_cloudwatch_stats(f.cw, &s);
+    assert_int_equal(s.dropped_not_leader, 200);
+    assert_int_equal(s.in_queue, 100);
+    assert_int_equal(cmh_cloudwatch_enqueue(f.cw, d.v, 20), 0);
+    cmh_cloudwatch_stats(f.cw, &s);
+    assert_int_equal(s.dropped_not_leader, 220);
+    run_for(&f, 2500); /* the stalled request times out: dropped, not retried */
+    cmh_cloudwatch_stats(f.cw, &s);
+    assert_int_equal(s.dropped_not_leader, 320);
+    assert_int_equal(s.in_queue, 0);
+    assert_int_equal(s.published, 0);
+    assert_int_equal(s.batches_failed, 1);
+    check_invariant(&f);
+    cmh_cloudwatch_standby(f.cw, false);
+    assert_int_equal(cmh_cloudwatch_enqueue(f.cw, d2.v, d2.n), 0);
+    run_until_empty(&f, 10000);
+    expect_exactly(&f, &d2, NULL); /* none of the first 320 reached the stand-in */
+    cmh_cloudwatch_stats(f.cw, &s);
+    assert_int_equal(s.published, 50);
+    fx_close(&f);
+    free_datums(&d);
+    free_datums(&d2);
+}
+
 static void https_endpoint_with_test_ca(void **state)
 {
     (void)state;
@@ -1122,6 +1172,7 @@ int main(void)
         cmocka_unit_test(expired_token_refreshes_credentials_once),
         cmocka_unit_test(overflow_and_age_drops_are_exact),
         cmocka_unit_test(flush_sends_queue_or_counts_rest_at_deadline),
+        cmocka_unit_test(standby_drops_queue_and_sends_nothing),
         cmocka_unit_test(https_endpoint_with_test_ca),
         cmocka_unit_test(max_attempts_requeue_then_delivery_with_async_credentials),
         cmocka_unit_test(free_with_request_or_credentials_pending),
