@@ -670,7 +670,6 @@ static void start_request(struct cmh_discovery *d)
         d->req.timeout_ms = d->watch_timeout_ms + grace;
         d->req.on_data = on_watch_data;
         d->line_len = 0;
-        d->line_skip = false;
         d->abort_gone = d->abort_bad = d->abort_room = false;
         d->watch_got_data = false;
         d->st.watches++;

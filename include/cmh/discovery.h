@@ -137,7 +137,6 @@ struct cmh_discovery {
     char *line;
     size_t line_len, line_cap;
     size_t line_max; /* longest watch line; 0 = CMH_DISCOVERY_LINE_MAX (the fuzzer lowers it) */
-    bool line_skip;
     unsigned attempt;
     uv_timer_t retry, notify;
     unsigned open_handles;

@@ -18,8 +18,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import (check, failures, finish, http, http_status, parse_metrics, read_events, stop_all,  # noqa: E402
-                     stop_proc)
+from testlib import (check, finish, http, http_status, parse_metrics, read_events,  # noqa: E402
+                     spawn_ipamd_sim, stop_all, stop_proc)
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
@@ -65,10 +65,7 @@ tmp = tempfile.mkdtemp(prefix="cmh-cabundle-")
 token = os.path.join(tmp, "token")
 with open(token, "w") as f:
     f.write("irsa.jwt.token\n")
-sim = subprocess.Popen([os.path.join(BUILD, "test", "ipamd_sim"), "--nodes", "2", "--base", "127.152.0.1",
-                        "--seed", "5", "--template", os.path.join(SHARED, "testdata/ipamd/cni_test1.data"),
-                        "--truth-dir", tmp, "--targets-out", os.path.join(tmp, "targets"), "--workers", "1"],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+sim = spawn_ipamd_sim(BUILD, SHARED, tmp, 2, "127.152.0.1", seed=5)
 aws = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/aws_standin.py"), "--lifetime", "120"],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 cw = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/cloudwatch_standin.py"),

@@ -15,7 +15,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish, read_events, stop_proc  # noqa: E402
+from testlib import check, failures, finish, read_events, spawn_ipamd_sim, stop_proc  # noqa: E402
 from truth_model import Model  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
@@ -31,10 +31,7 @@ def http(url, method="GET", body=None):
 
 
 tmp = tempfile.mkdtemp(prefix="cmh-cw-")
-sim = subprocess.Popen([os.path.join(BUILD, "test", "ipamd_sim"), "--nodes", "12", "--base", "127.78.0.1",
-                        "--seed", "11", "--template", os.path.join(SHARED, "testdata/ipamd/cni_test1.data"),
-                        "--truth-dir", tmp, "--targets-out", os.path.join(tmp, "targets"), "--workers", "1"],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+sim = spawn_ipamd_sim(BUILD, SHARED, tmp, 12, "127.78.0.1", seed=11)
 cw = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/cloudwatch_standin.py"),
                        "--key", "AKIDE2E:e2e-secret", "--region", "us-west-2", "--lifetime", "280",
                        "--stall", "2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -12,7 +12,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish, read_events, stop_proc  # noqa: E402
+from testlib import check, finish, read_events, spawn_ipamd_sim, stop_proc  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
@@ -22,10 +22,7 @@ PY = "/usr/bin/python3"
 
 
 tmp = tempfile.mkdtemp(prefix="cmh-disc-")
-sim = subprocess.Popen([os.path.join(BUILD, "test", "ipamd_sim"), "--nodes", "6", "--base", "127.77.0.1",
-                        "--template", os.path.join(SHARED, "testdata/ipamd/cni_test1.data"),
-                        "--targets-out", os.path.join(tmp, "targets"), "--workers", "1"],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+sim = spawn_ipamd_sim(BUILD, SHARED, tmp, 6, "127.77.0.1", truth=False)
 api = subprocess.Popen([PY, os.path.join(SRC, "test/sim/fake_k8s_api.py"), "--token-file",
                         os.path.join(tmp, "token"), "--lifetime", "280"],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

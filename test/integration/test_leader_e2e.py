@@ -24,7 +24,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, finish, http, parse_metrics  # noqa: E402
+from testlib import check, finish, http, parse_metrics, spawn_ipamd_sim  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
@@ -34,10 +34,7 @@ LEASE_S, RETRY_S = 2.0, 0.2  # whole seconds: followers wait the Lease's leaseDu
 SLACK_S = 0.4  # a GET and a PUT, the log pipe, a loaded 2-core machine (ASan included)
 
 tmp = tempfile.mkdtemp(prefix="cmh-leader-")
-sim = subprocess.Popen([os.path.join(BUILD, "test", "ipamd_sim"), "--nodes", "4", "--base", "127.79.0.1",
-                        "--template", os.path.join(SHARED, "testdata/ipamd/cni_test1.data"),
-                        "--targets-out", os.path.join(tmp, "targets"), "--workers", "1"],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+sim = spawn_ipamd_sim(BUILD, SHARED, tmp, 4, "127.79.0.1", truth=False)
 api = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/fake_k8s_api.py"), "--token-file",
                         os.path.join(tmp, "token"), "--lifetime", "150"],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

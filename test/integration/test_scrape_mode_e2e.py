@@ -24,7 +24,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish, parse_metrics, read_events, stop_proc  # noqa: E402
+from testlib import check, failures, finish, parse_metrics, read_events, spawn_ipamd_sim, stop_proc  # noqa: E402
 from truth_model import TABLE, Model, ts_ms  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
@@ -42,10 +42,7 @@ def start_sim():
     """The fleet on its own 127.x.0.1.. addresses at the ipamD port (discovered pods are scraped at
     IPAMD_METRICS_PORT); another test holding those addresses makes us take the next block."""
     for net in (147, 148, 149, 150):
-        p = subprocess.Popen([os.path.join(BUILD, "test", "ipamd_sim"), "--nodes", str(NODES), "--base",
-                              f"127.{net}.0.1", "--template", os.path.join(SHARED, "testdata/ipamd/cni_test1.data"),
-                              "--truth-dir", tmp, "--targets-out", os.path.join(tmp, "targets"), "--workers", "1"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        p = spawn_ipamd_sim(BUILD, SHARED, tmp, NODES, f"127.{net}.0.1")
         ready = p.stdout.readline()
         lines = [l.split() for l in open(os.path.join(tmp, "targets"))] if ready.startswith("READY") else []
         if lines and all(l[2] == "61678" and l[1].startswith(f"127.{net}.") for l in lines):

@@ -22,7 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, finish, http, parse_metrics, read_events, stop_all, stop_proc  # noqa: E402
+from testlib import check, finish, http, parse_metrics, read_events, spawn_ipamd_sim, stop_all, stop_proc  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
@@ -50,11 +50,7 @@ tmp = tempfile.mkdtemp(prefix="cmh-subnet-modes-")
 truth_file = os.path.join(tmp, "subnets.json")
 with open(truth_file, "w", encoding="utf-8") as f:
     json.dump({"subnets": SUBNETS}, f)
-sim = subprocess.Popen([os.path.join(BUILD, "test", "ipamd_sim"), "--nodes", str(NODES), "--base",
-                        "127.87.0.1", "--seed", "9", "--template",
-                        os.path.join(SHARED, "testdata/ipamd/cni_test1.data"), "--truth-dir", tmp,
-                        "--targets-out", os.path.join(tmp, "targets"), "--workers", "1"],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+sim = spawn_ipamd_sim(BUILD, SHARED, tmp, NODES, "127.87.0.1", seed=9)
 ec2 = subprocess.Popen([PY, os.path.join(SRC, "test/sim/ec2_standin.py"), "--key", "AKIDMODES:modes",
                         "--region", "us-west-2", "--lifetime", "280", "--truth", truth_file],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -21,7 +21,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish, http, http_status, parse_metrics, read_events, stop_all  # noqa: E402
+from testlib import check, finish, http, http_status, parse_metrics, read_events, spawn_ipamd_sim, stop_all  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
@@ -51,11 +51,7 @@ tmp = tempfile.mkdtemp(prefix="cmh-subnets-")
 truth_file = os.path.join(tmp, "subnets.json")
 with open(truth_file, "w") as f:
     json.dump({"subnets": SUBNETS}, f)
-sim = subprocess.Popen([os.path.join(BUILD, "test", "ipamd_sim"), "--nodes", str(NODES), "--base",
-                        "127.86.0.1", "--seed", "8", "--template",
-                        os.path.join(SHARED, "testdata/ipamd/cni_test1.data"), "--truth-dir", tmp,
-                        "--targets-out", os.path.join(tmp, "targets"), "--workers", "1"],
-                       stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+sim = spawn_ipamd_sim(BUILD, SHARED, tmp, NODES, "127.86.0.1", seed=8)
 cw = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/cloudwatch_standin.py"),
                        "--key", "AKIDE2E:e2e-secret", "--region", "us-west-2", "--lifetime", "280"],
                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -2,6 +2,7 @@
 ("N passed, N failed") with the exit status, and the daemon's plumbing (its JSON log read up to
 an event, a bounded stop, its /metrics page parsed)."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -87,6 +88,20 @@ def http_status(url, timeout=10):
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
+
+
+def spawn_ipamd_sim(build, shared, tmp, nodes, base, seed=None, truth=True):
+    """The ipamD fleet simulator serving cni_test1.data: `nodes` endpoints from address `base`, one
+    worker, the target list ("name ip port" lines) in tmp/targets and, with truth, the truth files
+    in tmp. Returns the Popen; its first stdout line says READY with the control address."""
+    args = [os.path.join(build, "test", "ipamd_sim"), "--nodes", str(nodes), "--base", base,
+            "--template", os.path.join(shared, "testdata/ipamd/cni_test1.data"),
+            "--targets-out", os.path.join(tmp, "targets"), "--workers", "1"]
+    if seed is not None:
+        args += ["--seed", str(seed)]
+    if truth:
+        args += ["--truth-dir", tmp]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
 def stop_all(daemon, peers, sim, control):
