@@ -2,7 +2,7 @@
 v1.23.1's collectors on prometheus/client_golang's default registry, served by
 promhttp.Handler() on net/http), one process per node, the daemon with static targets and a 2 s
 interval, and the CloudWatch stand-in (botocore checks every request). Every datum of every round
-must equal what the README's aggregation rules give on what the peers served, exactly.
+must equal what docs/aggregation.md's rules give on what the peers served, exactly.
 
 The truth comes from the peers: each reports every scrape it answered (when, the request's
 Accept-Encoding, the response head as it went on the wire, every awscni_* sample served), and
@@ -348,6 +348,7 @@ def main():
                 peers[4].add("awscni_aws_utils_error_count", 1, fn="GetENILimits", error="unknown")
 
         summaries = []
+        longest = 0.0
         for r in range(1, ROUNDS + 1):
             s = read_events(daemon, "round", 15)
             if not check(f"round {r} finished", s is not None):
@@ -357,7 +358,9 @@ def main():
                 if p.proc is not None:
                     p.collect()
             if r < ROUNDS:
+                t = time.monotonic()
                 step(r)
+                longest = max(longest, time.monotonic() - t)
         stop_proc(daemon)
         daemon = None
         for p in peers + [late]:
@@ -374,7 +377,8 @@ def main():
         if not check("one timestamp per round", len(tss) == ROUNDS, (len(tss), ROUNDS)):
             return
         verify(peers + [late], tss, by_ts, summaries, restarted, stopped, late)
-        print(f"whole test: {time.monotonic() - t0:.1f} s")
+        print(f"whole test: {time.monotonic() - t0:.1f} s; longest step between rounds {longest:.2f} s "
+              f"(interval {INTERVAL_MS / 1000:g} s)")
     finally:
         stop_proc(daemon)
         if cw is not None:
