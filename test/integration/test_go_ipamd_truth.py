@@ -43,7 +43,7 @@ STALE_ROUNDS = 2
 ROUNDS = 10
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish, read_events, stop_proc
+from testlib import check, finish, read_events, stop_proc
 from testlib import http as http_body  # noqa: E402
 from truth_model import TABLE, Model  # noqa: E402
 
@@ -275,7 +275,12 @@ def peer_self_check(p):
           not any("quantile" in s.labels for s in fams["awscni_aws_api_latency_ms"].samples))
     check("peer: real go_* and process_* families", "go_goroutines" in fams and "process_start_time_seconds" in fams
           and "go_memstats_alloc_bytes" in fams and "process_resident_memory_bytes" in fams, sorted(fams)[:5])
-    p.collect()
+    # Our client has the last byte a moment before the peer's tap has seen its write return.
+    for _ in range(100):
+        p.collect()
+        if len(p.served) >= 2:
+            break
+        time.sleep(0.02)
     mine = p.served[-2:]
     check("peer: its wire record matches what the client saw",
           [(s["chunked"], s["content_encoding"], s["accept_encoding"]) for s in mine] ==
@@ -413,7 +418,7 @@ def verify(nodes, tss, by_ts, summaries, restarted, stopped, late):
     print("Accept-Encoding the daemon sent: %s" % sorted(encodings))
 
     model = Model(STALE_ROUNDS)
-    bad = bad_zero = 0
+    differ, lacking = [], []  # (round, {metric: (got, expected)})
     zero_rounds = []
     fresh_by_round = []
     for i, ts in enumerate(tss):
@@ -423,10 +428,11 @@ def verify(nodes, tss, by_ts, summaries, restarted, stopped, late):
         fresh_by_round.append({n: s["values"] for n, s in served.items()})
         exp = model.round(ts, truth)
         # From the second round on, with a node answering, every counter of the table is
-        # published: 0 when no node has the family.
+        # published: 0 when no node that answered has the family. Checked apart from the rest.
         zero = {}
         if i > 0 and served:
-            zero = {cw: 0.0 for fam, (cw, kind) in TABLE.items() if kind == "counter" and cw not in exp}
+            families = {k.split("{", 1)[0] for s in served.values() for k in s["values"]}
+            zero = {cw: 0.0 for fam, (cw, kind) in TABLE.items() if kind == "counter" and fam not in families}
         if zero:
             zero_rounds.append(i + 1)
         got = {}
@@ -437,26 +443,26 @@ def verify(nodes, tss, by_ts, summaries, restarted, stopped, late):
             got[d["metric"]] = ((d["stats"]["count"], d["stats"]["sum"], d["stats"]["min"], d["stats"]["max"])
                                 if "stats" in d else d["value"])
         present = {k: v for k, v in got.items() if k not in zero}
+        exp = {k: v for k, v in exp.items() if k not in zero}
         if present != exp:
-            bad += 1
-            failures.append(f"round {i + 1} differs (got, expected): " + str(
-                {k: (present.get(k), exp.get(k)) for k in set(present) | set(exp) if present.get(k) != exp.get(k)}))
-        missing = {k: got.get(k) for k in zero if got.get(k) != 0.0}
+            differ.append((i + 1, {k: (present.get(k), exp.get(k)) for k in set(present) | set(exp)
+                                   if present.get(k) != exp.get(k)}))
+        missing = {k: (got.get(k), 0.0) for k in zero if got.get(k) != 0.0}
         if missing:
-            bad_zero += 1
-            if bad_zero <= 2:
-                failures.append(f"round {i + 1}: counters of families on no node not published as 0: {missing}")
+            lacking.append((i + 1, missing))
         check(f"round {i + 1}: datum count = the daemon's", len(by_ts[ts]) == summaries[i]["datums"],
               (len(by_ts[ts]), summaries[i]["datums"]))
         check(f"round {i + 1}: fresh/stale/failed = the truth's", (summaries[i]["fresh"], summaries[i]["stale"],
               summaries[i]["failed"]) == (exp["scrapeTargetsFresh"], exp["scrapeTargetsStale"],
                                           exp["scrapeTargetsFailed"]), (summaries[i], exp))
-    check(f"every datum of every round equals the truth ({len(tss)} rounds)", bad == 0, f"{bad} rounds differ")
-    check("from the second round every counter of the metric table is published, 0 when no node has "
-          "the family", bad_zero == 0, f"{bad_zero} of rounds {zero_rounds} lack them")
+    check(f"every datum of every round equals the truth ({len(tss)} rounds)", not differ,
+          f"{len(differ)} rounds differ (got, expected): {differ[:2]}")
+    check("from the second round every counter of the metric table is published, 0 when no node that "
+          "answered has the family", not lacking,
+          f"{len(lacking)} of rounds {zero_rounds} lack them (got, expected): {lacking[:2]}")
 
     # The scenario happened as scripted (in the truth, whatever the timing).
-    check("scenario: counter families on no node in rounds 2..", 2 in zero_rounds, zero_rounds)
+    check("scenario: counter families on no node that answered, from round 2", 2 in zero_rounds, zero_rounds)
     def fam_on(i, fam):
         """The nodes that served a series of fam in round i + 1."""
         return [n for n, v in fresh_by_round[i].items() if any(k.split("{")[0] == fam for k in v)]
