@@ -34,10 +34,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
 BIN = os.environ["CMH_BIN"]
 GO_PEER = os.path.join(BUILD, "test", "ipamd_go")
-INVENTORY = os.path.join(SHARED, "testdata/ipamd/ipamd_metric_inventory.tsv")
+# The test data: in the repository (CMH_DATA_DIR) or in the shared folder beside it.
+if "CMH_DATA_DIR" in os.environ:
+    INVENTORY = os.path.join(os.environ["CMH_DATA_DIR"], "ipamd/ipamd_metric_inventory.tsv")
+else:
+    INVENTORY = os.path.join(os.environ["CMH_SHARED_DIR"], "testdata/ipamd/ipamd_metric_inventory.tsv")
 INTERVAL_MS = 2000
 STALE_ROUNDS = 2
 ROUNDS = 10
