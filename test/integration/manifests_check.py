@@ -1076,7 +1076,7 @@ if label in helm_renders:
           and [o["metadata"]["name"] for o in by_kind(helm_renders[label], "Lease")] == ["cmh-prod"]
           and [r.get("resourceNames") for r in lease_rules] == [["cmh-prod"]], lease_rules)
 label = "helm network policy, Prometheus namespace, own ports and egress"
-if label in helm_renders:
+if label in helm_renders and check(f"{label}: a NetworkPolicy", by_kind(helm_renders[label], "NetworkPolicy")):
     np = by_kind(helm_renders[label], "NetworkPolicy")[0]
     mon = pod_peer("monitoring", labels={"app.kubernetes.io/name": "prometheus"})
     check(f"{label}: Prometheus's namespace reaches port 9102 and nothing else; other namespaces do not",
@@ -1163,8 +1163,9 @@ def pod_shape(objs):
     d = by_kind(objs, "Deployment")[0]
     c = d["spec"]["template"]["spec"]["containers"][0]
     pdb = by_kind(objs, "PodDisruptionBudget")
-    np = copy.deepcopy(by_kind(objs, "NetworkPolicy")[0]["spec"])
-    np.pop("podSelector")  # helm's adds the release's instance label
+    np = copy.deepcopy([x["spec"] for x in by_kind(objs, "NetworkPolicy")])
+    for x in np:
+        x.pop("podSelector")  # helm's adds the release's instance label
     return (c["resources"], c["securityContext"], d["spec"]["template"]["spec"]["securityContext"],
             c["ports"], c["livenessProbe"], c["readinessProbe"], d["spec"]["strategy"], d["spec"]["replicas"],
             sorted(json.dumps(r, sort_keys=True) for r in by_kind(objs, "Role")[0]["rules"]),
