@@ -59,6 +59,7 @@ import urllib.request
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import manifests_tools as mt  # noqa: E402
 from manifests_tools import RenderError  # noqa: E402
+from testlib import stop_proc  # noqa: E402
 
 import yaml  # noqa: E402
 
@@ -517,14 +518,8 @@ def check_rendering(label, objs, netpol=True, metrics_from=None):
 def run_daemon_with(label, objs):
     """Starts the daemon with the rendered environment (loopback overrides only) and probes the
     rendered paths on it."""
-    dep = by_kind(objs, "Deployment")[0]
-    c = dep["spec"]["template"]["spec"]["containers"][0]
-    env = {"PATH": "/usr/bin:/bin"}
-    for e in c.get("env") or []:
-        if "valueFrom" not in e:
-            env[e["name"]] = str(e.get("value", ""))
-        elif e["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
-            env[e["name"]] = "cni-metrics-helper-test"
+    c = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    env = mt.daemon_env(objs, "cni-metrics-helper-test")
     # A test never leaves the machine: log datums, scrape one closed loopback port, listen on
     # loopback. Leader election and the subnet view run against a closed port on 127.61.0.1 (no
     # test listens there): they retry and log, and the daemon has checked their settings.
@@ -571,12 +566,7 @@ def run_daemon_with(label, objs):
                 status = str(e)
             check(f"{label}: GET {path} answers {sorted(okay)}", status in okay, status)
     finally:
-        p.terminate()
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_proc(p, timeout=20)
         p.stderr.close()
 
 

@@ -29,7 +29,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import manifests_tools as mt  # noqa: E402
-from testlib import check, finish  # noqa: E402
+from testlib import check, finish, stop_proc  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 SRC = os.environ["CMH_SOURCE_DIR"]
@@ -92,12 +92,8 @@ class Daemon:
     """The daemon with the rendered Deployment's environment, pointed at api (loopback only)."""
 
     def __init__(self, objs, api, pod_name, **overrides):
-        c = mt.by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
-        env = {"PATH": "/usr/bin:/bin"}
-        for e in c.get("env") or []:
-            if "valueFrom" not in e:
-                env[e["name"]] = str(e.get("value", ""))
-        env.update({"POD_NAME": pod_name, "USE_CLOUDWATCH": "no", "PROMETHEUS_ADDRESS": "127.0.0.1",
+        env = mt.daemon_env(objs, pod_name)
+        env.update({"USE_CLOUDWATCH": "no", "PROMETHEUS_ADDRESS": "127.0.0.1",
                     "PROMETHEUS_PORT": "0", "LOG_FORMAT": "json", "AWS_EC2_METADATA_DISABLED": "true",
                     "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": api.port,
                     "K8S_CA_FILE": api.ca, "K8S_TOKEN_FILE": api.token_file, "AWS_REGION": "us-west-2",
@@ -131,12 +127,7 @@ class Daemon:
         return False
 
     def stop(self):
-        self.p.terminate()
-        try:
-            self.p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait()
+        stop_proc(self.p, timeout=20)
 
 
 def rendered():

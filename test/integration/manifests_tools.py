@@ -95,3 +95,16 @@ def helm_notes(workdir, values_list, release="cni-metrics-helper", namespace="ku
 
 def by_kind(objs, kind):
     return [o for o in objs if o.get("kind") == kind]
+
+
+def daemon_env(objs, pod_name):
+    """The rendered Deployment's environment as the daemon would get it: PATH, every literal
+    value, and POD_NAME (the downward API's metadata.name) as pod_name."""
+    c = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    env = {"PATH": "/usr/bin:/bin"}
+    for e in c.get("env") or []:
+        if "valueFrom" not in e:
+            env[e["name"]] = str(e.get("value", ""))
+        elif e["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
+            env[e["name"]] = pod_name
+    return env
