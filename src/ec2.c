@@ -8,6 +8,7 @@
 #include "cmh/aws_endpoint.h"
 #include "cmh/config.h"
 #include "cmh/curl_uv.h"
+#include "cmh/forecast.h"
 #include "cmh/k8s_token.h"
 #include "cmh/log.h"
 #include "cmh/rng.h"
@@ -1085,6 +1086,8 @@ struct cmh_ec2_watch {
     struct cmh_subnet_list all;  /* the last good fetch */
     struct cmh_subnet_list view; /* what the last view call returned */
     uint64_t fetched_at;         /* uv_now of the last good fetch; 0 = none */
+    struct forecast *fc;         /* one per subnet of all, same order */
+    size_t nfc;
     int stale_logged;
     cmh_ec2_fetch_cb on_fetch;
     void *arg;
@@ -1130,6 +1133,54 @@ int cmh_ec2_parse_eniconfigs(const char *buf, size_t len, char ***ids, size_t *n
 out:
     json_decref(root);
     return rc;
+}
+
+/* The history of one subnet's free addresses, for its time to exhaustion. */
+struct forecast {
+    char id[CMH_SUBNET_ID_MAX];
+    struct cmh_forecast_series fs;
+};
+
+static void free_forecasts(struct forecast *fc, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        cmh_forecast_series_close(&fc[i].fs);
+    cmh_free(fc);
+}
+
+/* A good fetch: each subnet's history (matched by id to the previous fetch, both sorted; subnets
+ * gone are forgotten) gets the new count, and its forecast is set on the subnet. Out of memory
+ * costs the forecasts (history starts again), not the fetch. */
+static void forecast_update(struct cmh_ec2_watch *w, struct cmh_subnet_list *l)
+{
+    double now_s = (double)uv_now(w->loop) / 1000.0;
+    double window_s = (double)w->cfg->forecast_window_ms / 1000.0;
+    double interval_s = (double)w->cfg->subnet_interval_ms / 1000.0;
+    struct forecast *fc = cmh_calloc(l->n ? l->n : 1, sizeof *fc);
+    size_t j = 0;
+    for (size_t i = 0; i < l->n; i++) {
+        if (fc == NULL) {
+            l->v[i].has_tte = 0;
+            continue;
+        }
+        while (j < w->nfc && strcmp(w->fc[j].id, l->v[i].id) < 0)
+            cmh_forecast_series_close(&w->fc[j++].fs);
+        snprintf(fc[i].id, sizeof fc[i].id, "%s", l->v[i].id);
+        if (j < w->nfc && strcmp(w->fc[j].id, l->v[i].id) == 0) {
+            fc[i].fs = w->fc[j].fs;
+            memset(&w->fc[j++].fs, 0, sizeof w->fc[0].fs);
+        } else {
+            cmh_forecast_series_init(&fc[i].fs, window_s, interval_s);
+        }
+        double tte = 0;
+        l->v[i].has_tte =
+            cmh_forecast_series_add(&fc[i].fs, now_s, (double)l->v[i].available) == 0 &&
+            cmh_forecast_series_estimate(&fc[i].fs, &tte) == 0;
+        l->v[i].tte_s = tte;
+    }
+    free_forecasts(w->fc, w->nfc);
+    w->fc = fc;
+    w->nfc = fc != NULL ? l->n : 0;
 }
 
 static void watch_fetch_done(struct cmh_ec2_watch *w, int rc, const char *why)
@@ -1186,6 +1237,7 @@ static void on_subnets(struct cmh_ec2 *e, int rc, struct cmh_subnet_list *subnet
         watch_fetch_done(w, rc, why);
         return;
     }
+    forecast_update(w, subnets);
     cmh_ec2_take(subnets, &w->all);
     w->fetched_at = uv_now(w->loop);
     if (w->fetched_at == 0)
@@ -1319,6 +1371,13 @@ int cmh_ec2_watch_new(struct cmh_ec2_watch **out, uv_loop_t *loop, struct cmh_cu
         CMH_LOG(log, CMH_LOG_ERROR, "bad SUBNET_IDS", CMH_STR("error", err));
         return -EINVAL;
     }
+    if (cfg->forecast_window_ms < 2 * cfg->subnet_interval_ms)
+        CMH_LOG(log, CMH_LOG_WARN,
+                "FORECAST_WINDOW is shorter than two SUBNET_METRICS_INTERVALs: no time to "
+                "exhaustion will be published",
+                CMH_UINT("forecast_window_ms", cfg->forecast_window_ms),
+                CMH_UINT("subnet_interval_ms", cfg->subnet_interval_ms),
+                CMH_STR("fix", "raise FORECAST_WINDOW or lower SUBNET_METRICS_INTERVAL"));
     struct cmh_ec2_watch *w = cmh_calloc(1, sizeof *w);
     if (w == NULL)
         return -ENOMEM;
@@ -1389,8 +1448,6 @@ const struct cmh_subnet_list *cmh_ec2_watch_view(struct cmh_ec2_watch *w,
         return NULL;
     }
     w->view.n = 0;
-    if (w->nids > 0)
-        return &w->all;
     unsigned char *keep = cmh_calloc(w->all.n ? w->all.n : 1, 1);
     if (keep == NULL)
         return NULL;
@@ -1400,13 +1457,19 @@ const struct cmh_subnet_list *cmh_ec2_watch_view(struct cmh_ec2_watch *w,
             keep[s] = 1;
     }
     for (size_t i = 0; i < w->all.n; i++) {
-        if ((keep[i] || named(w->eni_ids, w->neni, w->all.v[i].id)) &&
+        if ((w->nids > 0 || keep[i] || named(w->eni_ids, w->neni, w->all.v[i].id)) &&
             cmh_subnet_list_push(&w->view, &w->all.v[i]) != 0) {
             cmh_free(keep);
             return NULL;
         }
     }
     cmh_free(keep);
+    /* A forecast counts down from its fetch: the moment of exhaustion stays where it was seen. */
+    for (size_t i = 0; i < w->view.n; i++) {
+        struct cmh_subnet *s = &w->view.v[i];
+        if (s->has_tte && s->tte_s < CMH_FORECAST_CAP_S)
+            s->tte_s = s->tte_s > (double)age / 1000.0 ? s->tte_s - (double)age / 1000.0 : 0;
+    }
     return &w->view;
 }
 
@@ -1431,5 +1494,6 @@ void cmh_ec2_watch_free(struct cmh_ec2_watch *w)
     cmh_free(w->auth);
     cmh_subnet_list_free(&w->all);
     cmh_subnet_list_free(&w->view);
+    free_forecasts(w->fc, w->nfc);
     uv_close((uv_handle_t *)&w->timer, on_watch_timer_closed);
 }
