@@ -17,6 +17,11 @@ seconds pass. Control routes (plain JSON, on the same port):
   GET  /stats     counters: requests, pages, describe calls by kind, bad_signature, faults, errors
   POST /subnet    {"SubnetId": id, "AvailableIpAddressCount": n} drains or refills a subnet
   POST /faults    {"script": [FAULT, ...]} faults for the next DescribeSubnets requests, in order
+  POST /drain     {"SubnetId": id, "points": [[t, n], ...]} a scripted drain: from now, the subnet's
+                  AvailableIpAddressCount is the n of the last point whose t (seconds since this
+                  request, increasing) has passed (the first point's n before that)
+  POST /outage    {"seconds": s} every DescribeSubnets request fails (500 InternalError) for s
+                  seconds: the daemon's subnet view goes stale
   POST /reset     counters and faults forgotten (the truth stays)
 --faults '[FAULT, ...]' sets the script from the start.
 Unknown ids answer 400 InvalidSubnetID.NotFound; --notfound-message says how the message names
@@ -32,7 +37,9 @@ import argparse
 import base64
 import json
 import sys
+import bisect
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
@@ -117,7 +124,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         n = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(n)
-        if self.path in ("/subnet", "/faults", "/reset"):
+        if self.path in ("/subnet", "/faults", "/reset", "/drain", "/outage"):
             return self.control(json.loads(body or b"{}"))
         self.describe(body)
 
@@ -127,6 +134,14 @@ class Handler(BaseHTTPRequestHandler):
                 reset_counters()
             elif self.path == "/faults":
                 STATE["script"] = list(cmd.get("script", []))
+            elif self.path == "/drain":
+                times = [float(p[0]) for p in cmd["points"]]
+                if times != sorted(times) or not times:
+                    return self.reply_json({"error": "points must be in time order"}, 400)
+                STATE["drains"][cmd["SubnetId"]] = (time.monotonic(), times,
+                                                    [int(p[1]) for p in cmd["points"]])
+            elif self.path == "/outage":
+                STATE["outage_until"] = time.monotonic() + float(cmd["seconds"])
             elif self.path == "/subnet":
                 for s in STATE["subnets"]:
                     if s["SubnetId"] == cmd["SubnetId"]:
@@ -193,9 +208,17 @@ class Handler(BaseHTTPRequestHandler):
             return self.invalid(400, "InvalidParameterCombination",
                                 "The parameter SubnetIds cannot be used with MaxResults")
         fault = next_fault()
+        if fault is None and time.monotonic() < STATE["outage_until"]:
+            fault = "500"
         if fault is not None and self.fault(fault):
             return
         with LOCK:
+            now = time.monotonic()
+            for s in STATE["subnets"]:
+                d = STATE["drains"].get(s["SubnetId"])
+                if d is not None:
+                    k = bisect.bisect_right(d[1], now - d[0])
+                    s["AvailableIpAddressCount"] = d[2][max(k - 1, 0)]
             subnets = [dict(s) for s in STATE["subnets"]]
             STATE["stats"]["describe_by_ids" if ids else "describe_all"] += 1
         if ids:
@@ -280,6 +303,7 @@ def main():
     with open(ARGS.truth) as f:
         STATE["subnets"] = json.load(f)["subnets"]
     reset_counters()
+    STATE.update(drains={}, outage_until=0.0)
     STATE["script"] = json.loads(ARGS.faults)
     ThreadingHTTPServer.daemon_threads = True
     http = ThreadingHTTPServer((ARGS.bind, 0), Handler)
