@@ -13,7 +13,7 @@
 #define THEIL_SEN_MAX 256
 /* CMH_FC_OLS_LOWER: the rate of decline taken this many standard errors of the slope slower than
  * least squares finds it (0 when that is not a decline). */
-#define LOWER_SE 2.0
+#define LOWER_SE 1.0
 
 const char *cmh_forecast_method_name(enum cmh_forecast_method m)
 {

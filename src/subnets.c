@@ -310,7 +310,8 @@ static int node_datums(struct cmh_agg *a, const struct cmh_subnets_opts *o)
 }
 
 /* Time to exhaustion: per subnet that has a forecast, the soonest per AZ (of azs[0..naz): none
- * without CW_PER_AZ), the soonest overall. */
+ * without CW_PER_AZ), the soonest overall; and the free /28 blocks and their forecast per subnet
+ * that has them. */
 static int forecast_datums(struct cmh_agg *a, const struct cmh_subnet_list *view,
                            const char *const *azs, size_t naz)
 {
@@ -318,9 +319,13 @@ static int forecast_datums(struct cmh_agg *a, const struct cmh_subnet_list *view
     double min = 0;
     for (size_t i = 0; i < view->n && rc == 0; i++) {
         const struct cmh_subnet *s = &view->v[i];
-        if (!s->has_tte)
-            continue;
         struct cmh_dim dim = {"SubnetId", s->id};
+        if (s->has_free_prefixes)
+            rc = cmh_agg_emit(a, CMH_M_SUBNET_FREE_PREFIXES, (double)s->free_prefixes, &dim, 1);
+        if (rc == 0 && s->has_prefix_tte)
+            rc = cmh_agg_emit(a, CMH_M_SUBNET_PREFIX_TTE, s->prefix_tte_s, &dim, 1);
+        if (rc != 0 || !s->has_tte)
+            continue;
         rc = cmh_agg_emit(a, CMH_M_SUBNET_TTE, s->tte_s, &dim, 1);
         if (!any || s->tte_s < min)
             min = s->tte_s;

@@ -25,7 +25,7 @@ enum cmh_forecast_method {
     CMH_FC_EWMA,      /* exponentially weighted mean of the per-interval rates */
     CMH_FC_OLS,       /* least-squares slope */
     CMH_FC_THEIL_SEN, /* median of the pairwise slopes */
-    CMH_FC_OLS_LOWER, /* least-squares slope less two of its standard errors */
+    CMH_FC_OLS_LOWER, /* least-squares slope less one standard error */
     CMH_FC_METHODS
 };
 #define CMH_FORECAST_METHOD CMH_FC_OLS_LOWER

@@ -40,6 +40,10 @@ struct cmh_subnet {
      * 0, capped at CMH_FORECAST_CAP_S; only when has_tte (enough history, no stale gap). */
     int has_tte;
     double tte_s;
+    /* SUBNET_PREFIX_METRICS: aligned /28 blocks with no address in use, and their forecast. */
+    int has_free_prefixes, has_prefix_tte;
+    int64_t free_prefixes;
+    double prefix_tte_s;
 };
 
 struct cmh_subnet_list {
