@@ -13,7 +13,10 @@ the defaults: SUBNET_METRICS_INTERVAL 10 s (300 s), FORECAST_WINDOW 60 s (30 min
   - stale: EC2 failing for longer than 3 intervals: no subnet datum while the view is stale, and
     after it recovers no forecast until a new window has filled (nothing across the gap);
   - clusterMinTimeToIPExhaustion is the least of the subnets' values of its round, the per-AZ value
-    the least of the AZ's subnets, and /metrics shows the same figures."""
+    the least of the AZ's subnets, and /metrics shows the same figures;
+  - `report` with REPORT_MIN_TIME_TO_EXHAUSTION samples a window and shows a "runs out in" column:
+    exit 3 when the steady subnet runs out within the threshold (300 s here), 0 with a threshold
+    (20 s) no subnet crosses."""
 import json
 import math
 import os
@@ -136,8 +139,14 @@ try:
         own = own_url()
     check("daemon listening", own is not None)
 
+    # Two reports, sampling a window alongside the daemon.
+    time.sleep(20)
+    renv = {k: v for k, v in env.items() if k != "AWS_ENDPOINT_URL_CLOUDWATCH"}
+    reports = {thr: subprocess.Popen([BIN, "report"], env=dict(renv, REPORT_MIN_TIME_TO_EXHAUSTION=thr),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               for thr in ("300s", "20s")}
     # /metrics mid-run, once forecasts exist: the same figures as the round's datums.
-    time.sleep(WINDOW + 3 * INTERVAL)
+    time.sleep(WINDOW + 3 * INTERVAL - 20)
     page = parse_metrics(http(own + "/metrics").decode())
     per_subnet = {k: v for k, v in page.items()
                   if k.startswith("cni_metrics_helper_subnet_time_to_ip_exhaustion_seconds{")}
@@ -145,6 +154,28 @@ try:
     cmin = page.get('cni_metrics_helper_cluster_min_time_to_ip_exhaustion_seconds{cluster_id="fc"}')
     check("/metrics: cluster min is the least subnet", per_subnet and cmin == min(per_subnet.values()),
           (cmin, per_subnet))
+
+    outs = {}
+    for thr, p in reports.items():
+        try:
+            out, err = p.communicate(timeout=120)
+            outs[thr] = (p.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            outs[thr] = (None, "", "timed out")
+    rc, out, err = outs["300s"]
+    row = next((l for l in out.splitlines() if STEADY in l and "10.19.0.0/20" in l), "")
+    check("report: exit 3 when a subnet runs out within REPORT_MIN_TIME_TO_EXHAUSTION", rc == 3,
+          (rc, out[-600:], err[-300:]))
+    check("report: a RUNS OUT IN column", "RUNS OUT IN" in out and re.search(r"\d+(s|m)\s*$", row),
+          row)
+    check("report: the reason names the subnet",
+          re.search(r"THRESHOLD: subnet %s .* runs out of IPs in" % STEADY, out), out[-400:])
+    flat_row = next((l for l in out.splitlines() if FLAT in l and "10.19.16.0/20" in l), "")
+    check("report: the flat subnet does not run out within 7 days", flat_row.endswith(">7d"), flat_row)
+    rc, out, err = outs["20s"]
+    check("report: exit 0 when no subnet runs out within the threshold", rc == 0,
+          (rc, out[-600:], err[-300:]))
 
     time.sleep(max(0.0, start + RUN - time.time()))
     outage_at = time.time()
