@@ -1101,6 +1101,22 @@ out:
     return 0;
 }
 
+/* Starts a call whose callback and inputs are set: its first request comes from the loop. */
+static void begin(struct cmh_ec2 *e, const char *action, void *arg)
+{
+    e->page.subnets = &e->list;
+    e->action = action;
+    e->token[0] = '\0';
+    e->attempt = 0;
+    e->pages = 0;
+    e->kept = 0;
+    e->used_kept = 0;
+    e->refreshed = 0;
+    e->arg = arg;
+    e->busy = 1;
+    later(e, 0); /* never call back inside this call */
+}
+
 int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t nids,
                              cmh_ec2_done_cb cb, void *arg)
 {
@@ -1126,17 +1142,8 @@ int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t n
             return -ENOMEM;
         }
     }
-    e->page.subnets = &e->list;
-    e->action = "DescribeSubnets";
-    e->token[0] = '\0';
-    e->attempt = 0;
-    e->pages = 0;
-    e->kept = 0;
-    e->refreshed = 0;
     e->cb = cb;
-    e->arg = arg;
-    e->busy = 1;
-    later(e, 0); /* never call back inside this call */
+    begin(e, "DescribeSubnets", arg);
     return 0;
 }
 
@@ -1148,18 +1155,8 @@ int cmh_ec2_subnet_usage(struct cmh_ec2 *e, const char *subnet_id, cmh_ec2_usage
         return -EINVAL;
     free_call(e);
     snprintf(e->usage_id, sizeof e->usage_id, "%s", subnet_id);
-    e->page.subnets = &e->list;
-    e->action = "DescribeNetworkInterfaces";
-    e->token[0] = '\0';
-    e->attempt = 0;
-    e->pages = 0;
-    e->kept = 0;
-    e->used_kept = 0;
-    e->refreshed = 0;
     e->ucb = cb;
-    e->arg = arg;
-    e->busy = 1;
-    later(e, 0);
+    begin(e, "DescribeNetworkInterfaces", arg);
     return 0;
 }
 

@@ -28,7 +28,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, finish, http, parse_metrics, spawn_ipamd_sim, stop_all  # noqa: E402
+from testlib import check, finish, http, parse_metrics, stop_all  # noqa: E402
+from subnet_peers import Peers, own_url  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
@@ -90,32 +91,15 @@ tmp = tempfile.mkdtemp(prefix="cmh-forecast-")
 truth_file = os.path.join(tmp, "subnets.json")
 with open(truth_file, "w") as f:
     json.dump({"subnets": SUBNETS}, f)
-sim = spawn_ipamd_sim(BUILD, SHARED, tmp, 2, "127.87.0.1", seed=19, truth=False)
-life = str(int(RUN + OUTAGE + AFTER + 60))
-cw = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/cloudwatch_standin.py"),
-                       "--key", "AKIDFC:fc-secret", "--region", "us-west-2", "--lifetime", life],
-                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-ec2 = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/ec2_standin.py"),
-                        "--key", "AKIDFC:fc-secret", "--region", "us-west-2", "--lifetime", life,
-                        "--truth", truth_file, "--page-size", "2"],
-                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+peers = Peers(BUILD, SHARED, tmp, "fc", "127.87.0.1", 2, 19, truth_file, RUN + OUTAGE + AFTER + 60)
 daemon = None
-control = ""
 try:
-    control = "http://" + re.search(r"control=(\S+)", sim.stdout.readline()).group(1)
-    cw_url = "http://127.0.0.1:" + re.search(r"http=(\d+)", cw.stdout.readline()).group(1)
-    ec2_url = "http://127.0.0.1:" + re.search(r"http=(\d+)", ec2.stdout.readline()).group(1)
-    targets = ",".join("%s=%s:%s" % tuple(l.split()) for l in open(os.path.join(tmp, "targets")))
-    env = {"PATH": "/usr/bin:/bin", "SCRAPE_TARGETS": targets, "USE_CLOUDWATCH": "yes",
-           "AWS_REGION": "us-west-2", "AWS_CLUSTER_ID": "fc", "AWS_ACCESS_KEY_ID": "AKIDFC",
-           "AWS_SECRET_ACCESS_KEY": "fc-secret", "AWS_ENDPOINT_URL_CLOUDWATCH": cw_url,
-           "AWS_ENDPOINT_URL_EC2": ec2_url, "AWS_EC2_METADATA_DISABLED": "true",
-           "LOG_FORMAT": "json", "METRIC_UPDATE_INTERVAL": "%gs" % ROUND, "SCRAPE_JITTER": "0",
-           "PROMETHEUS_ADDRESS": "127.0.0.1", "PROMETHEUS_PORT": "0", "USE_PROMETHEUS": "true",
-           "CW_BACKOFF_BASE": "50ms", "CW_BACKOFF_CAP": "300ms", "HTTP_TIMEOUT": "3",
-           "SUBNET_METRICS": "true", "SUBNET_IDS": ",".join(s["SubnetId"] for s in SUBNETS),
-           "SUBNET_METRICS_INTERVAL": "%gs" % INTERVAL, "FORECAST_WINDOW": "%gs" % WINDOW,
-           "CW_PER_AZ": "true"}
+    cw_url, ec2_url = peers.cw_url, peers.ec2_url
+    env = dict(peers.env, METRIC_UPDATE_INTERVAL="%gs" % ROUND)
+    env.update({
+        "SUBNET_IDS": ",".join(s["SubnetId"] for s in SUBNETS),
+        "SUBNET_METRICS_INTERVAL": "%gs" % INTERVAL, "FORECAST_WINDOW": "%gs" % WINDOW,
+        "CW_PER_AZ": "true"})
     scripts = {STEADY: steady_points(), FLAT: flat_points(), DAILY: daily_points()}
     log_path = os.path.join(tmp, "daemon.log")
     log = open(log_path, "w")
@@ -125,18 +109,7 @@ try:
     daemon = subprocess.Popen([BIN], env=env, stderr=log, text=True)
     end_steady = start + exhausted_at(scripts[STEADY])
 
-    def own_url():
-        for line in open(log_path):
-            ev = json.loads(line)
-            if ev.get("msg") == "listening":
-                return "http://127.0.0.1:%d" % ev["port"]
-        return None
-
-    own = None
-    deadline = time.monotonic() + 20
-    while own is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        own = own_url()
+    own = own_url(log_path)
     check("daemon listening", own is not None)
 
     # Two reports, sampling a window alongside the daemon.
@@ -260,5 +233,5 @@ try:
     units = {d["unit"] for d in ds if "TimeTo" in d["metric"]}
     check("unit Seconds", units == {"Seconds"}, units)
 finally:
-    stop_all(daemon, [cw, ec2], sim, control)
+    stop_all(daemon, [peers.cw, peers.ec2], peers.sim, peers.control)
 finish()

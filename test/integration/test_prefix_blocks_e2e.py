@@ -10,14 +10,14 @@ import ipaddress
 import json
 import os
 import random
-import re
 import subprocess
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, finish, http, parse_metrics, spawn_ipamd_sim, stop_all  # noqa: E402
+from testlib import check, finish, http, parse_metrics, stop_all  # noqa: E402
+from subnet_peers import Peers, own_url  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
@@ -70,31 +70,15 @@ tmp = tempfile.mkdtemp(prefix="cmh-prefix-")
 truth_file = os.path.join(tmp, "subnets.json")
 with open(truth_file, "w") as f:
     json.dump({"subnets": SUBNETS, "interfaces": interfaces, "reservations": reservations}, f)
-sim = spawn_ipamd_sim(BUILD, SHARED, tmp, 1, "127.88.0.1", seed=28, truth=False)
-cw = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/cloudwatch_standin.py"),
-                       "--key", "AKIDPX:px-secret", "--region", "us-west-2", "--lifetime", "150"],
-                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-ec2 = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/ec2_standin.py"),
-                        "--key", "AKIDPX:px-secret", "--region", "us-west-2", "--lifetime", "150",
-                        "--truth", truth_file, "--page-size", "2"],
-                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+peers = Peers(BUILD, SHARED, tmp, "px", "127.88.0.1", 1, 28, truth_file, 150)
 daemon = None
-control = ""
 try:
-    control = "http://" + re.search(r"control=(\S+)", sim.stdout.readline()).group(1)
-    cw_url = "http://127.0.0.1:" + re.search(r"http=(\d+)", cw.stdout.readline()).group(1)
-    ec2_url = "http://127.0.0.1:" + re.search(r"http=(\d+)", ec2.stdout.readline()).group(1)
-    targets = ",".join("%s=%s:%s" % tuple(l.split()) for l in open(os.path.join(tmp, "targets")))
-    env = {"PATH": "/usr/bin:/bin", "SCRAPE_TARGETS": targets, "USE_CLOUDWATCH": "yes",
-           "AWS_REGION": "us-west-2", "AWS_CLUSTER_ID": "px", "AWS_ACCESS_KEY_ID": "AKIDPX",
-           "AWS_SECRET_ACCESS_KEY": "px-secret", "AWS_ENDPOINT_URL_CLOUDWATCH": cw_url,
-           "AWS_ENDPOINT_URL_EC2": ec2_url, "AWS_EC2_METADATA_DISABLED": "true",
-           "LOG_FORMAT": "json", "METRIC_UPDATE_INTERVAL": "2s", "SCRAPE_JITTER": "0",
-           "PROMETHEUS_ADDRESS": "127.0.0.1", "PROMETHEUS_PORT": "0", "USE_PROMETHEUS": "true",
-           "CW_BACKOFF_BASE": "50ms", "CW_BACKOFF_CAP": "300ms", "HTTP_TIMEOUT": "3",
-           "SUBNET_METRICS": "true", "SUBNET_IDS": "%s,%s" % (A, B),
-           "SUBNET_METRICS_INTERVAL": "10s", "SUBNET_PREFIX_METRICS": "true",
-           "SUBNET_PREFIX_INTERVAL": "10s", "FORECAST_WINDOW": "30s"}
+    cw_url, ec2_url = peers.cw_url, peers.ec2_url
+    env = dict(peers.env, METRIC_UPDATE_INTERVAL="2s")
+    env.update({
+        "SUBNET_IDS": "%s,%s" % (A, B),
+        "SUBNET_METRICS_INTERVAL": "10s", "SUBNET_PREFIX_METRICS": "true",
+        "SUBNET_PREFIX_INTERVAL": "10s", "FORECAST_WINDOW": "30s"})
     # Every DescribeSubnets and usage request pops the script: the first few see throttling.
     http(ec2_url + "/faults", "POST", {"script": ["ok", "throttle", "ok", "throttle"]})
     want = {A: oracle(A, interfaces, reservations), B: oracle(B, interfaces, reservations)}
@@ -140,11 +124,7 @@ try:
         time.sleep(0.5)
     check("prefix forecast published", tte, tte)
     check("prefix forecast within [0, 604800]", all(0 <= v <= 604800 for _, v in tte), tte[:3])
-    own = None
-    for line in open(log_path):
-        ev = json.loads(line)
-        if ev.get("msg") == "listening":
-            own = "http://127.0.0.1:%d" % ev["port"]
+    own = own_url(log_path)
     page = parse_metrics(http(own + "/metrics").decode())
     check("/metrics: free /28 blocks per subnet",
           page.get('cni_metrics_helper_subnet_free_ipv4_prefixes{cluster_id="px",subnet_id="%s"}'
@@ -172,5 +152,5 @@ try:
     check("pagination followed (more interface pages than walks)", len(pages_a) > walks >= 3,
           (len(pages_a), walks))
 finally:
-    stop_all(daemon, [cw, ec2], sim, control)
+    stop_all(daemon, [peers.cw, peers.ec2], peers.sim, peers.control)
 finish()

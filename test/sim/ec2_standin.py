@@ -101,6 +101,35 @@ def subnet_xml(s):
                 else "", v6=v6, n=int(s["AvailableIpAddressCount"]))
 
 
+def page_of(items, params, size):
+    """(the page of items that params' NextToken points at, the <nextToken> element or ""), or
+    None for a token we did not hand out."""
+    start = 0
+    if "NextToken" in params:
+        try:
+            start = int(base64.b64decode(params["NextToken"]).decode().split(":")[1])
+        except (ValueError, IndexError):
+            return None
+    token = ""
+    if start + size < len(items):
+        token = "<nextToken>%s</nextToken>" % base64.b64encode(
+            ("page:%d:%s" % (start + size, "x" * 40)).encode()).decode()
+    return items[start:start + size], token
+
+
+def paging_param(k, v, params):
+    """MaxResults, NextToken and DryRun, common to the three actions: True when k is one."""
+    if k == "MaxResults":
+        params["MaxResults"] = int(v)
+    elif k == "NextToken":
+        params["NextToken"] = v
+    elif k == "DryRun":
+        params["DryRun"] = v == "true"
+    else:
+        return False
+    return True
+
+
 def eni_xml(i):
     ips = i.get("PrivateIpAddresses", [])
     return ("<item><networkInterfaceId>{id}</networkInterfaceId><subnetId>{sub}</subnetId>"
@@ -216,13 +245,7 @@ class Handler(BaseHTTPRequestHandler):
                     ids[int(k.split(".", 1)[1])] = v
                 except ValueError:
                     return self.invalid(400, "UnknownParameter", k)
-            elif k == "MaxResults":
-                params["MaxResults"] = int(v)
-            elif k == "NextToken":
-                params["NextToken"] = v
-            elif k == "DryRun":
-                params["DryRun"] = v == "true"
-            else:
+            elif not paging_param(k, v, params):
                 return self.invalid(400, "UnknownParameter", "The parameter %s is not recognized" % k)
         if ids:
             if sorted(ids) != list(range(1, len(ids) + 1)):
@@ -263,18 +286,10 @@ class Handler(BaseHTTPRequestHandler):
                     text = "The subnet ID '%s' does not exist" % missing[0]
                 return self.reply(400, error_xml("InvalidSubnetID.NotFound", text))
             subnets = [known[i] for i in params["SubnetIds"]]
-        start = 0
-        if "NextToken" in params:
-            try:
-                start = int(base64.b64decode(params["NextToken"]).decode().split(":")[1])
-            except (ValueError, IndexError):
-                return self.invalid(400, "InvalidParameterValue", "bad NextToken")
-        size = min(ARGS.page_size, params.get("MaxResults", ARGS.page_size))
-        page = subnets[start:start + size]
-        token = ""
-        if start + size < len(subnets):
-            token = "<nextToken>%s</nextToken>" % base64.b64encode(
-                ("page:%d:%s" % (start + size, "x" * 40)).encode()).decode()
+        paged = page_of(subnets, params, min(ARGS.page_size, params.get("MaxResults", ARGS.page_size)))
+        if paged is None:
+            return self.invalid(400, "InvalidParameterValue", "bad NextToken")
+        page, token = paged
         with LOCK:
             STATE["stats"]["pages"] += 1
         self.reply(200, '<?xml version="1.0" encoding="UTF-8"?>\n<DescribeSubnetsResponse '
@@ -287,12 +302,8 @@ class Handler(BaseHTTPRequestHandler):
         params, filters = {}, {}
         for k, v in flat.items():
             parts = k.split(".")
-            if k == "MaxResults":
-                params["MaxResults"] = int(v)
-            elif k == "NextToken":
-                params["NextToken"] = v
-            elif k == "DryRun":
-                params["DryRun"] = v == "true"
+            if paging_param(k, v, params):
+                pass
             elif k == "SubnetId" and action == "GetSubnetCidrReservations":
                 params["SubnetId"] = v
             elif parts[0] == "Filter" and len(parts) in (3, 4) and parts[1].isdigit():
@@ -335,18 +346,10 @@ class Handler(BaseHTTPRequestHandler):
         else:
             with LOCK:
                 items = [dict(r) for r in STATE["reservations"] if r["SubnetId"] == params["SubnetId"]]
-        start = 0
-        if "NextToken" in params:
-            try:
-                start = int(base64.b64decode(params["NextToken"]).decode().split(":")[1])
-            except (ValueError, IndexError):
-                return self.invalid(400, "InvalidParameterValue", "bad NextToken")
-        size = min(ARGS.page_size * 3, mr or 1000)
-        page = items[start:start + size]
-        token = ""
-        if start + size < len(items):
-            token = "<nextToken>%s</nextToken>" % base64.b64encode(
-                ("page:%d:%s" % (start + size, "y" * 40)).encode()).decode()
+        paged = page_of(items, params, min(ARGS.page_size * 3, mr or 1000))
+        if paged is None:
+            return self.invalid(400, "InvalidParameterValue", "bad NextToken")
+        page, token = paged
         if action == "DescribeNetworkInterfaces":
             body = "<networkInterfaceSet>%s</networkInterfaceSet>" % "".join(eni_xml(i) for i in page)
         else:
@@ -355,8 +358,8 @@ class Handler(BaseHTTPRequestHandler):
                         "<item><subnetCidrReservationId>scr-%017x</subnetCidrReservationId>"
                         "<subnetId>%s</subnetId><cidr>%s</cidr><reservationType>prefix"
                         "</reservationType><ownerId>111122223333</ownerId></item>"
-                        % (k, escape(r["SubnetId"]), escape(r["Cidr"]))
-                        for k, r in enumerate(page, start)))
+                        % (abs(hash(r["Cidr"])), escape(r["SubnetId"]), escape(r["Cidr"]))
+                        for r in page))
         self.reply(200, '<?xml version="1.0" encoding="UTF-8"?>\n<%sResponse xmlns="%s">\n'
                    '  <requestId>%s</requestId>\n  %s%s\n</%sResponse>\n'
                    % (action, XMLNS, uuid.uuid4(), body, token, action))
