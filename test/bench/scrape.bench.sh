@@ -31,7 +31,8 @@ build="$(cd "${1:-build}" && pwd)"
 here="$(cd "$(dirname "$0")" && pwd)"
 sim_bin="$build/test/ipamd_sim"
 bench_bin="$build/test/bench_scrape"
-export CMH_SHARED_DIR="${CMH_SHARED_DIR:-$(cd "$here/../../../shared" && pwd)}"
+# The bodies served: the real ipamD scrape of test/data (the figures in the docs were measured so).
+template="${CMH_DATA_DIR:-$here/../data}/ipamd/cni_test1.data"
 nodes_list="${BENCH_NODES:-1000 2000 5000 10000 100000}"
 prom_nodes="${BENCH_PROM_NODES:-2000 5000}"
 conc="${BENCH_CONCURRENCY:-1000}"
@@ -68,7 +69,7 @@ start_sim() {
   targets="$tmp/targets.$n"
   taskset -c $sim_cpu "$sim_bin" --nodes "$n" --base $base --port $port \
     --workers $(((n + per - 1) / per)) --idle-timeout-ms "$idle" --targets-out "$targets" \
-    --restart 0 >"$tmp/sim.out" 2>"$tmp/sim.err" &
+    --restart 0 --template "$template" >"$tmp/sim.out" 2>"$tmp/sim.err" &
   sim_pid=$!
   for _ in $(seq 1 600); do
     grep -q READY "$tmp/sim.out" 2>/dev/null && break

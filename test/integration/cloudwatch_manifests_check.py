@@ -45,7 +45,7 @@ from testlib import check, finish  # noqa: E402
 SRC = os.environ.get("CMH_SOURCE_DIR") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("CMH_BIN") or os.path.join(SRC, "build", "cni-metrics-helper")
-SHARED = os.environ.get("CMH_SHARED_DIR") or os.path.join(SRC, "..", "shared")
+DATA = os.environ.get("CMH_DATA_DIR") or os.path.join(SRC, "test", "data")
 CWDIR = os.path.join(SRC, "manifests", "cloudwatch")
 TEMPLATE = os.path.join(CWDIR, "alarms.yaml")
 CLIDIR = os.path.join(CWDIR, "cli")
@@ -291,7 +291,7 @@ def daemon_metrics():
 def inspect_emitted(tmp):
     """What one round of the real aggregator publishes for two rounds of a real ipamD scrape, with
     the failed-assignment counter added so that it is published too."""
-    with open(os.path.join(SHARED, "testdata", "ipamd", "cni_test1.data"), encoding="utf-8") as f:
+    with open(os.path.join(DATA, "ipamd", "cni_test1.data"), encoding="utf-8") as f:
         base = f.read()
     files = []
     for i, n in enumerate((3, 8)):
@@ -339,7 +339,7 @@ def live_emitted(tmp, ec2_faults=()):
     try:
         sim = subprocess.Popen([sim_bin, "--nodes", "8", "--base", "127.83.0.2", "--seed", "8",
                                 "--workers", "1", "--targets-out", os.path.join(tmp, "targets"),
-                                "--template", os.path.join(SHARED, "testdata", "ipamd",
+                                "--template", os.path.join(DATA, "ipamd",
                                                            "cni_test1.data")],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         procs.append(sim)

@@ -21,7 +21,7 @@ from truth_model import Model  # noqa: E402
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 
 
 def http(url, method="GET", body=None):
@@ -31,7 +31,7 @@ def http(url, method="GET", body=None):
 
 
 tmp = tempfile.mkdtemp(prefix="cmh-cw-")
-sim = spawn_ipamd_sim(BUILD, SHARED, tmp, 12, "127.78.0.1", seed=11)
+sim = spawn_ipamd_sim(BUILD, DATA, tmp, 12, "127.78.0.1", seed=11)
 cw = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/cloudwatch_standin.py"),
                        "--key", "AKIDE2E:e2e-secret", "--region", "us-west-2", "--lifetime", "280",
                        "--stall", "2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,

@@ -30,7 +30,7 @@ from truth_model import TABLE, Model, ts_ms  # noqa: E402
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 PY = "/usr/bin/python3"
 NODES = 6
 DEAD = [0, 1, 2]  # auto mode: these pods' hostIPs refuse connections
@@ -42,7 +42,7 @@ def start_sim():
     """The fleet on its own 127.x.0.1.. addresses at the ipamD port (discovered pods are scraped at
     IPAMD_METRICS_PORT); another test holding those addresses makes us take the next block."""
     for net in (147, 148, 149, 150):
-        p = spawn_ipamd_sim(BUILD, SHARED, tmp, NODES, f"127.{net}.0.1")
+        p = spawn_ipamd_sim(BUILD, DATA, tmp, NODES, f"127.{net}.0.1")
         ready = p.stdout.readline()
         lines = [l.split() for l in open(os.path.join(tmp, "targets"))] if ready.startswith("READY") else []
         if lines and all(l[2] == "61678" and l[1].startswith(f"127.{net}.") for l in lines):

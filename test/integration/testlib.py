@@ -90,12 +90,12 @@ def http_status(url, timeout=10):
         return e.code, e.read().decode()
 
 
-def spawn_ipamd_sim(build, shared, tmp, nodes, base, seed=None, truth=True):
+def spawn_ipamd_sim(build, data, tmp, nodes, base, seed=None, truth=True):
     """The ipamD fleet simulator serving cni_test1.data: `nodes` endpoints from address `base`, one
     worker, the target list ("name ip port" lines) in tmp/targets and, with truth, the truth files
     in tmp. Returns the Popen; its first stdout line says READY with the control address."""
     args = [os.path.join(build, "test", "ipamd_sim"), "--nodes", str(nodes), "--base", base,
-            "--template", os.path.join(shared, "testdata/ipamd/cni_test1.data"),
+            "--template", os.path.join(data, "ipamd/cni_test1.data"),
             "--targets-out", os.path.join(tmp, "targets"), "--workers", "1"]
     if seed is not None:
         args += ["--seed", str(seed)]

@@ -8,6 +8,10 @@
  *             [--control 127.0.0.1:PORT] [--idle-timeout-ms 5000] [--churn PCT]
  *             [--restart PCT] [--trickle-ms 100]
  *
+ * --template: a real ipamD scrape (e.g. test/data/ipamd/cni_test1.data) whose HELP/TYPE text and
+ * go_/process_ families are served as they are; without it, the go_/process_ families the Go
+ * client's default collectors export (builtin_template below).
+ *
  * Node i (0-based) is named node-%06u and listens on base+i (as a 32-bit address) at --port;
  * when that address cannot be bound it listens on 127.0.0.1 with a kernel-chosen port instead.
  * --targets-out gets one line per node: "name ip port". On start the parent prints
@@ -249,15 +253,102 @@ static int cmp_family(const void *a, const void *b)
     return strcmp(((const struct family *)a)->name, ((const struct family *)b)->name);
 }
 
-/* Reads the template: HELP/TYPE text of every family, and go_/process_ lines (kept as they are,
- * except the few that vary per node). Then adds our awscni_ families and sorts by name, as the Go
- * client orders them. */
+/* The template without --template: the families client_golang's default Go and process
+ * collectors export next to ipamD's own (names, HELP and TYPE as client_golang v1.23 writes them;
+ * the values are a plausible ipamD process, the five per-node ones replaced below). */
+static const char builtin_template[] =
+    "# HELP go_gc_duration_seconds A summary of the wall-time pause (stop-the-world) duration in "
+    "garbage collection cycles.\n"
+    "# TYPE go_gc_duration_seconds summary\n"
+    "go_gc_duration_seconds{quantile=\"0\"} 2.4011e-05\n"
+    "go_gc_duration_seconds{quantile=\"0.25\"} 4.1213e-05\n"
+    "go_gc_duration_seconds{quantile=\"0.5\"} 6.0347e-05\n"
+    "go_gc_duration_seconds{quantile=\"0.75\"} 0.000102519\n"
+    "go_gc_duration_seconds{quantile=\"1\"} 0.004125003\n"
+    "go_gc_duration_seconds_sum 0.512094113\n"
+    "go_gc_duration_seconds_count 6142\n"
+    "# HELP go_gc_gogc_percent Heap size target percentage configured by the user, otherwise 100. "
+    "This value is set by the GOGC environment variable, and the runtime/debug.SetGCPercent "
+    "function. Sourced from /gc/gogc:percent.\n"
+    "# TYPE go_gc_gogc_percent gauge\n"
+    "go_gc_gogc_percent 100\n"
+    "# HELP go_goroutines Number of goroutines that currently exist.\n"
+    "# TYPE go_goroutines gauge\n"
+    "go_goroutines 31\n"
+    "# HELP go_info Information about the Go environment.\n"
+    "# TYPE go_info gauge\n"
+    "go_info{version=\"go1.24.6\"} 1\n"
+    "# HELP go_memstats_alloc_bytes Number of bytes allocated in heap and currently in use. "
+    "Equals to /memory/classes/heap/objects:bytes.\n"
+    "# TYPE go_memstats_alloc_bytes gauge\n"
+    "go_memstats_alloc_bytes 9.384312e+06\n"
+    "# HELP go_memstats_alloc_bytes_total Total number of bytes allocated in heap until now, even "
+    "if released already. Equals to /gc/heap/allocs:bytes.\n"
+    "# TYPE go_memstats_alloc_bytes_total counter\n"
+    "go_memstats_alloc_bytes_total 1.2731990208e+10\n"
+    "# HELP go_memstats_heap_objects Number of currently allocated objects. Equals to "
+    "/gc/heap/objects:objects.\n"
+    "# TYPE go_memstats_heap_objects gauge\n"
+    "go_memstats_heap_objects 51873\n"
+    "# HELP go_memstats_last_gc_time_seconds Number of seconds since 1970 of last garbage "
+    "collection.\n"
+    "# TYPE go_memstats_last_gc_time_seconds gauge\n"
+    "go_memstats_last_gc_time_seconds 1.7650123456789e+09\n"
+    "# HELP go_memstats_sys_bytes Number of bytes obtained from system. Equals to "
+    "/memory/classes/total:byte.\n"
+    "# TYPE go_memstats_sys_bytes gauge\n"
+    "go_memstats_sys_bytes 2.4724488e+07\n"
+    "# HELP go_sched_gomaxprocs_threads The current runtime.GOMAXPROCS setting, or the number of "
+    "operating system threads that can execute user-level Go code simultaneously. Sourced from "
+    "/sched/gomaxprocs:threads.\n"
+    "# TYPE go_sched_gomaxprocs_threads gauge\n"
+    "go_sched_gomaxprocs_threads 2\n"
+    "# HELP go_threads Number of OS threads created.\n"
+    "# TYPE go_threads gauge\n"
+    "go_threads 12\n"
+    "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+    "# TYPE process_cpu_seconds_total counter\n"
+    "process_cpu_seconds_total 1391.13\n"
+    "# HELP process_max_fds Maximum number of open file descriptors.\n"
+    "# TYPE process_max_fds gauge\n"
+    "process_max_fds 1.048576e+06\n"
+    "# HELP process_network_receive_bytes_total Number of bytes received by the process over the "
+    "network.\n"
+    "# TYPE process_network_receive_bytes_total counter\n"
+    "process_network_receive_bytes_total 8.1736812e+07\n"
+    "# HELP process_network_transmit_bytes_total Number of bytes sent by the process over the "
+    "network.\n"
+    "# TYPE process_network_transmit_bytes_total counter\n"
+    "process_network_transmit_bytes_total 4.4092318e+07\n"
+    "# HELP process_open_fds Number of open file descriptors.\n"
+    "# TYPE process_open_fds gauge\n"
+    "process_open_fds 14\n"
+    "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+    "# TYPE process_resident_memory_bytes gauge\n"
+    "process_resident_memory_bytes 4.6596096e+07\n"
+    "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+    "# TYPE process_start_time_seconds gauge\n"
+    "process_start_time_seconds 1.76498112e+09\n"
+    "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+    "# TYPE process_virtual_memory_bytes gauge\n"
+    "process_virtual_memory_bytes 1.303420928e+09\n"
+    "# HELP process_virtual_memory_max_bytes Maximum amount of virtual memory available in "
+    "bytes.\n"
+    "# TYPE process_virtual_memory_max_bytes gauge\n"
+    "process_virtual_memory_max_bytes 1.8446744073709552e+19\n";
+
+/* Reads the template (a file, or builtin_template when template_path is NULL): HELP/TYPE text of
+ * every family, and go_/process_ lines (kept as they are, except the few that vary per node).
+ * Then adds our awscni_ families and sorts by name, as the Go client orders them. */
 static void plan_build(struct plan *p, const char *template_path)
 {
     memset(p, 0, sizeof *p);
-    FILE *f = fopen(template_path, "r");
+    FILE *f = template_path != NULL
+                  ? fopen(template_path, "r")
+                  : fmemopen((void *)builtin_template, sizeof builtin_template - 1, "r");
     if (f == NULL) {
-        fprintf(stderr, "ipamd_sim: cannot open template %s: %s\n", template_path, strerror(errno));
+        fprintf(stderr, "ipamd_sim: cannot open template %s: %s\n",
+                template_path != NULL ? template_path : "(builtin)", strerror(errno));
         exit(2);
     }
     char line[4096];
@@ -2018,10 +2109,7 @@ int main(int argc, char **argv)
     o.restart = 1;
     o.trickle_ms = 100;
     snprintf(o.control_ip, sizeof o.control_ip, "127.0.0.1");
-    const char *shared = getenv("CMH_SHARED_DIR");
-    static char tpl[4096];
-    snprintf(tpl, sizeof tpl, "%s/testdata/ipamd/cni_test1.data", shared ? shared : "../shared");
-    o.template_path = tpl;
+    o.template_path = NULL; /* builtin_template */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;

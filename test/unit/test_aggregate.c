@@ -504,7 +504,7 @@ static void metric_table_is_sorted_and_covers_the_ipamd_inventory(void **state)
     assert_int_equal(cmh_metric_lookup("awscni_ip", 9), -1);
     assert_int_equal(cmh_metric_lookup("awscni_ip_maxx", 14), -1);
     /* Every family of the inventory is classified. */
-    FILE *f = fopen(CMH_SHARED_DIR "/testdata/ipamd/ipamd_metric_inventory.tsv", "r");
+    FILE *f = fopen(CMH_DATA_DIR "/ipamd/ipamd_metric_inventory.tsv", "r");
     assert_non_null(f);
     char line[1024];
     int families = 0;

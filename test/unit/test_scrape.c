@@ -442,8 +442,8 @@ static int setup(void **state)
     f->o.seed = 42;
     f->consumer = (struct cmh_scrape_consumer){&f->tc, t_begin, t_body, t_end};
     char path[4096];
-    snprintf(path, sizeof path, "%s/testdata/ipamd/cni_test1.data",
-             getenv("CMH_SHARED_DIR") ? getenv("CMH_SHARED_DIR") : CMH_SHARED_DIR);
+    snprintf(path, sizeof path, "%s/ipamd/cni_test1.data",
+             getenv("CMH_DATA_DIR") ? getenv("CMH_DATA_DIR") : CMH_DATA_DIR);
     f->ipamd = slurp(path, &f->ipamd_len);
     struct cmh_prom_options po = {.max_line = 4096};
     assert_int_equal(cmh_prom_init(&f->tc.parser, &po), 0);
