@@ -16,8 +16,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish, http, read_events, spawn_ipamd_sim  # noqa: E402
-from truth_model import Model  # noqa: E402
+from testlib import check, finish, http, read_events, spawn_cloudwatch_standin, spawn_ipamd_sim  # noqa: E402
+from truth_model import Model, check_published_rounds  # noqa: E402
 
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
@@ -65,13 +65,10 @@ check("--version prints the CMake version", v.stdout.strip() == f"cni-metrics-he
 tmp = tempfile.mkdtemp(prefix="cmh-image-")
 name = f"cmh-image-test-{os.getpid()}"
 sim = spawn_ipamd_sim(BUILD, DATA, tmp, NODES, "127.154.0.1", seed=21)
-cw = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/cloudwatch_standin.py"),
-                       "--key", "AKIDIMAGE:image-secret", "--region", "eu-west-1", "--lifetime", "280"],
-                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+cw, standin = spawn_cloudwatch_standin(SRC, "AKIDIMAGE:image-secret", "eu-west-1", 280)
 ctr = None
 try:
     control = "http://" + re.search(r"control=(\S+)", sim.stdout.readline()).group(1)
-    standin = "http://127.0.0.1:" + re.search(r"http=(\d+)", cw.stdout.readline()).group(1)
     targets = ",".join("%s=%s:%s" % tuple(l.split()) for l in open(os.path.join(tmp, "targets")))
     env = {"SCRAPE_TARGETS": targets, "USE_CLOUDWATCH": "yes", "AWS_REGION": "eu-west-1",
            "AWS_CLUSTER_ID": "image", "AWS_ACCESS_KEY_ID": "AKIDIMAGE",
@@ -133,26 +130,7 @@ try:
     check("SIGTERM: everything flushed", stopped is not None and stopped.get("cw_dropped_shutdown") == 0
           and stopped.get("cw_published") == len(datums), (stopped, len(datums)))
 
-    by_ts = {}
-    for d in datums:
-        by_ts.setdefault(d["timestamp_ms"], []).append(d)
-    tss = sorted(by_ts)
-    check("one timestamp per round", len(tss) == len(rounds), (len(tss), len(rounds)))
-    bad = 0
-    for ts, (summary, truth) in zip(tss, rounds):
-        exp = model.round(ts, truth)
-        got = {}
-        for d in by_ts[ts]:
-            if d["namespace"] != "Kubernetes" or d["dimensions"] != {"CLUSTER_ID": "image"}:
-                bad += 1
-            got[d["metric"]] = (d["stats"]["count"], d["stats"]["sum"], d["stats"]["min"],
-                                d["stats"]["max"]) if "stats" in d else d["value"]
-        if got != exp or len(by_ts[ts]) != len(got):
-            bad += 1
-            diff = {k: (got.get(k), exp.get(k)) for k in set(got) | set(exp) if got.get(k) != exp.get(k)}
-            failures.append(f"round at {ts} differs (got, expected): {diff}")
-        check(f"round at {ts}: datum count = the daemon's", len(by_ts[ts]) == summary["datums"],
-              (len(by_ts[ts]), summary["datums"]))
+    bad = check_published_rounds(model, datums, rounds, "image")
     check("every datum equals the simulator's truth, once", bad == 0 and len(datums) > 0,
           (bad, len(datums)))
     st = json.loads(http(standin + "/stats"))

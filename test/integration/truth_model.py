@@ -4,7 +4,11 @@ kinds) comes from the daemon, through --help-metrics-markdown."""
 import calendar
 import os
 import subprocess
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import check, failures  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 
@@ -158,6 +162,38 @@ class Model:
                    scrapeTargetsStale=float(stale), scrapeTargetsFailed=float(failed))
         self.rounds_finished += 1
         return out
+
+
+def check_published_rounds(model, datums, rounds, cluster):
+    """Checks what the CloudWatch stand-in received (`datums`) against the model, round by round:
+    `rounds` lists (the daemon's round event, the simulator's truth nodes) in order. One timestamp
+    per round; each round's datums, in namespace Kubernetes with dimension CLUSTER_ID=`cluster` and
+    each metric once, equal the model's values, and are as many as the daemon's round said. Returns
+    the number of bad rounds and datums (the first two differences are recorded as failures)."""
+    by_ts = {}
+    for d in datums:
+        by_ts.setdefault(d["timestamp_ms"], []).append(d)
+    tss = sorted(by_ts)
+    check("one timestamp per round", len(tss) == len(rounds), (len(tss), len(rounds)))
+    bad = 0
+    for ts, (summary, truth) in zip(tss, rounds):
+        exp = model.round(ts, truth)
+        got = {}
+        for d in by_ts[ts]:
+            if d["namespace"] != "Kubernetes" or d["dimensions"] != {"CLUSTER_ID": cluster}:
+                bad += 1
+            if d["metric"] in got:
+                bad += 1
+            got[d["metric"]] = (d["stats"]["count"], d["stats"]["sum"], d["stats"]["min"], d["stats"]["max"]) \
+                if "stats" in d else d["value"]
+        if got != exp:
+            bad += 1
+            if bad <= 2:
+                diff = {k: (got.get(k), exp.get(k)) for k in set(got) | set(exp) if got.get(k) != exp.get(k)}
+                failures.append(f"round at {ts} differs (got, expected): {diff}")
+        check(f"round at {ts}: datum count = the daemon's", len(by_ts[ts]) == summary["datums"],
+              (len(by_ts[ts]), summary["datums"]))
+    return bad
 
 
 def ts_ms(ts):
