@@ -13,7 +13,7 @@ FUZZ_DEPS  := clang libclang-rt-14-dev
 BENCH_DEPS := prometheus wrk valgrind
 IMAGE_DEPS := podman buildah runc debootstrap
 
-# The one version: CMake's project(VERSION), read here for the image tag (docs/release.md).
+# The one version: CMake's project(VERSION), read here for the image tag (docs/image.md).
 VERSION := $(shell awk '/^project.cni-metrics-helper VERSION / {print $$3}' CMakeLists.txt)
 IMAGE   ?= cni-metrics-helper
 PODMAN  ?= podman

@@ -6,9 +6,9 @@
 #    plain `podman run` works afterwards:
 #    - runtime "runc": crun refuses hosts with hybrid cgroups ("cgroups in hybrid mode not
 #      supported") and is not needed;
-#    - default_ulimits within this host's limits: podman asks for RLIMIT_NOFILE 1048576 and
-#      RLIMIT_NPROC 4194304 for root's containers, which the runtime fails to set (EPERM) above the
-#      hard limits its monitor (conmon) runs with: the host's, and NPROC at most kernel.pid_max.
+#    - default_ulimits within this host's limits: podman gives root's containers RLIMIT_NOFILE
+#      1048576, which the runtime fails to set (EPERM: "error setting rlimits") where the host's
+#      hard limit is lower; RLIMIT_NPROC fails the same way above the hard limit or kernel.pid_max.
 # 2. The base images of the Dockerfile, debian:12 and debian:12-slim, when podman's storage does not
 #    have them already: built with debootstrap (minbase, bookworm) from the Debian archive apt uses
 #    and imported. Where a registry is reachable, pull the official images instead
