@@ -5,7 +5,6 @@ API answering 500) keeps the last good set. With an API that never answers the l
 round runs once K8S_SYNC_TIMEOUT has passed, and /readyz and the log say why."""
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -13,27 +12,19 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fault_peers import K8sApi  # noqa: E402
 from testlib import check, finish, http_status, read_events, spawn_ipamd_sim, stop_proc  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
-SRC = os.environ["CMH_SOURCE_DIR"]
 SHARED = os.environ["CMH_SHARED_DIR"]
-PY = "/usr/bin/python3"
 NODES = 5
 
 tmp = tempfile.mkdtemp(prefix="cmh-sync-")
 sim = spawn_ipamd_sim(BUILD, SHARED, tmp, NODES, "127.91.0.1", truth=False)
-api = subprocess.Popen([PY, os.path.join(SRC, "test/sim/fake_k8s_api.py"), "--token-file",
-                        os.path.join(tmp, "token"), "--lifetime", "250"],
-                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+api = K8sApi(tmp, 250)
+api_cmd = api.cmd
 daemon = None
-
-
-def api_cmd(line):
-    api.stdin.write(line + "\n")
-    api.stdin.flush()
-    return api.stdout.readline().strip()
 
 
 def start_daemon(port, ca, token_file, **extra):
@@ -69,9 +60,7 @@ try:
     ready = sim.stdout.readline()
     check("simulator ready", ready.startswith("READY"), ready)
     nodes = [l.split() for l in open(os.path.join(tmp, "targets"))]
-    m = re.search(r"port=(\d+) ca=(\S+) token_file=(\S+)", api.stdout.readline())
-    check("fake API ready", m is not None)
-    port, ca, token_file = m.groups()
+    port, ca, token_file = api.port, api.ca, api.token_file
     for i, (name, ip, _) in enumerate(nodes):
         api_cmd(f"add aws-node-{i} {name} {ip}")
     check("simulator nodes on their own 127.91.0.x addresses",
@@ -135,8 +124,7 @@ try:
 finally:
     if daemon is not None:
         stop_proc(daemon)
-    api.stdin.close()
-    api.wait(timeout=40)
+    api.stop()
     sim.terminate()
     sim.wait(timeout=10)
 
