@@ -53,6 +53,8 @@ on standard output:
   proxy POD HOST:PORT   the pod proxy reaches POD at HOST:PORT (not its hostIP)
   proxyfault POD KIND   KIND = 503 (answer 503 at once), slow=SECONDS (wait before answering),
                         none; POD may be * (every pod)
+  listdelay SECONDS [N]  the next N pod lists (default 1) are answered SECONDS late, with the
+                     pods as they are then (an API server slow to answer the first list)
   leasedelay SECONDS a Lease update is applied at once but answered SECONDS later (0: at once)
   leasebarrier N     the next N Lease GETs wait for each other (at most 5 s) and are answered
                      together, so N candidates race on the same state (one wins, the rest 409)
@@ -112,6 +114,7 @@ STATE = {
     "proxy_fault": {},   # pod (or "*") -> ("503",) | ("slow", seconds)
     "lease_barrier": 0,  # Lease GETs still to arrive before the held ones are answered
     "lease_delay": 0.0,  # seconds between applying a Lease update and answering it
+    "list_delay": (0.0, 0),  # (seconds, how many more pod lists) answered that late
 }
 
 
@@ -323,6 +326,8 @@ def command(line):
                 with open(tmp, "w") as f:
                     f.write(pos[0] + "\n")
                 os.replace(tmp, ARGS.token_file)
+        elif op == "listdelay":
+            STATE["list_delay"] = (float(pos[0]), int(pos[1]) if len(pos) > 1 else 1)
         elif op == "leasedelay":
             STATE["lease_delay"] = float(pos[0])
         elif op == "leasebarrier":
@@ -547,6 +552,12 @@ class Handler(BaseHTTPRequestHandler):
     def list(self, ns, q):
         sel = q.get("labelSelector", "")
         limit = int(q.get("limit", "0") or "0")
+        with COND:
+            delay, n = STATE["list_delay"]
+            if n > 0:
+                STATE["list_delay"] = (delay, n - 1)
+        if n > 0 and delay > 0:
+            time.sleep(delay)
         with COND:
             STATE["stats"]["lists"] += 1
             list_rv, after = STATE["rv"], ""
