@@ -10,6 +10,9 @@
 
 /* Per-node state. vals[] holds, by metric id: for gauges the last good value, for counters this
  * round's increase. Series of counters and of the latency summary are kept sorted by key. */
+/* How early a process_start_time_seconds may read (see observe_node). */
+#define START_TIME_SLACK_MS 1000.0
+
 struct cmh_agg_node {
     char *name;
     uint64_t hash;
@@ -453,9 +456,11 @@ int cmh_agg_commit(struct cmh_agg *a, const char *name, struct cmh_agg_scrape *s
     int first = !n->has_state;
     int restarted = !first && s->has_start && n->has_start && s->start_time != n->start_time;
     /* A node seen for the first time counts its whole values only if its process started after
-     * our previous round: everything it counted then happened within this round. */
+     * our previous round: everything it counted then happened within this round. client_golang
+     * reports the start as /proc/stat's boot time, whole seconds, plus the start ticks, so it
+     * reads up to a second early; the slack only concerns counts no round has published. */
     int whole = first && a->prev_start_ms > 0 && s->has_start &&
-                s->start_time * 1000.0 > (double)a->prev_start_ms;
+                s->start_time * 1000.0 + START_TIME_SLACK_MS > (double)a->prev_start_ms;
     double dsum = 0, dcount = 0;
     for (int id = 0; id < CMH_M_FAMILIES; id++)
         n->vals[id] = cmh_metrics[id].kind == CMH_METRIC_GAUGE_SUM ? s->gauge[id] : 0;

@@ -30,6 +30,8 @@ def metric_table():
 
 TABLE = metric_table()
 LAT_FAMILY = "awscni_aws_api_latency_ms"
+# How early process_start_time_seconds may read (client_golang: boot time in whole seconds).
+START_SLACK_MS = 1000.0
 
 
 def classify(series):
@@ -70,7 +72,8 @@ class Model:
             start = vals.get("process_start_time_seconds")
             first = not st["has_state"]
             restarted = (not first and start is not None and st["start"] is not None and start != st["start"])
-            whole = first and self.prev_start_ms > 0 and start is not None and start * 1000.0 > self.prev_start_ms
+            whole = (first and self.prev_start_ms > 0 and start is not None
+                     and start * 1000.0 + START_SLACK_MS > self.prev_start_ms)
             gauges, present, inc, series = {}, set(), {}, {}
             dsum = dcount = 0.0
             for key, v in vals.items():

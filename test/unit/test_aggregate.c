@@ -247,14 +247,22 @@ static void first_seen_node_counts_only_if_started_after_previous_round(void **s
     young.start = 1700000010; /* after round 1 started */
     veteran.ipamd_err_a = 9999;
     veteran.start = 1600000000; /* long before */
+    /* client_golang's start time reads up to a second early (boot time in whole seconds). */
+    struct node_vals early = base, late_by_2s = base;
+    early.ipamd_err_a = 40;
+    early.start = 1699999999.5; /* "started" 0.5 s before round 1: within the slack */
+    late_by_2s.ipamd_err_a = 500;
+    late_by_2s.start = 1699999998; /* 2 s before round 1: history */
     cmh_agg_round_begin(&r.agg, 2, 1700000030000);
     scrape(&r, "old", &old);
     scrape(&r, "young", &young);
     scrape(&r, "veteran", &veteran);
+    scrape(&r, "early", &early);
+    scrape(&r, "late_by_2s", &late_by_2s);
     cmh_agg_round_finish(&r.agg);
-    assert_true(value_of(&r.agg, "ipamdErr") == 6);
-    assert_true(value_of(&r.agg, "noAvailableIPAddrs") == 2);
-    assert_true(value_of(&r.agg, "scrapeTargets") == 3);
+    assert_true(value_of(&r.agg, "ipamdErr") == 6 + 40);
+    assert_true(value_of(&r.agg, "noAvailableIPAddrs") == 2 + base.no_ip);
+    assert_true(value_of(&r.agg, "scrapeTargets") == 5);
     rig_close(&r);
 }
 
