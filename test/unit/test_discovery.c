@@ -452,6 +452,18 @@ static void discovery_options_checked(void **state)
     assert_non_null(strstr(err, "KUBERNETES_SERVICE_HOST"));
 }
 
+/* The kept pod named name (the store is in no order; the target set is by name). */
+static const struct cmh_discovery_pod *pod_named(const struct cmh_discovery_pods *pods,
+                                                 const char *name)
+{
+    assert_int_equal(cmh_discovery_pods_check(pods), 0);
+    for (size_t i = 0; i < pods->n; i++)
+        if (strcmp(pods->v[i].name, name) == 0)
+            return &pods->v[i];
+    fail_msg("no pod %s", name);
+    return NULL;
+}
+
 /* The pod store keeps at most max pods; each pod beyond is counted once (at the list or its
  * ADDED) and uncounted when it leaves or takes a freed place; a kept pod leaving while some are
  * beyond asks for a list. */
@@ -483,11 +495,11 @@ static void discovery_pods_bounded_by_max(void **state)
         cmh_discovery_parse_list(&pods, list, strlen(list), rv, sizeof rv, cont, sizeof cont), 0);
     assert_int_equal(pods.n, 2);
     assert_int_equal(pods.refused, 1);
-    assert_string_equal(pods.v[0].name, "a");
-    assert_string_equal(pods.v[1].name, "c");
+    pod_named(&pods, "a");
+    pod_named(&pods, "c");
     put_event(&pods, "MODIFIED", "c", &ev); /* a kept pod changes */
     assert_true(ev.changed);
-    assert_string_equal(pods.v[1].ip, "10.0.1.1");
+    assert_string_equal(pod_named(&pods, "c")->ip, "10.0.1.1");
     put_event(&pods, "MODIFIED", "b", &ev); /* the one beyond: not counted again */
     assert_false(ev.changed);
     assert_int_equal(pods.refused, 1);
@@ -532,8 +544,7 @@ static void discovery_parsers_on_hand_written_json(void **state)
     assert_string_equal(rv, "7");
     assert_string_equal(cont, "c1");
     assert_int_equal(pods.n, 2);
-    assert_string_equal(pods.v[0].name, "a");
-    assert_string_equal(pods.v[0].node, "");
+    assert_string_equal(pod_named(&pods, "a")->node, "");
     assert_int_equal(cmh_discovery_parse_list(&pods, "[]", 2, rv, sizeof rv, cont, sizeof cont),
                      -EBADMSG);
     const char *longrv = "{\"metadata\":{\"resourceVersion\":\"123456789\"},\"items\":[]}";
