@@ -269,6 +269,7 @@ static bool pods_del(struct cmh_discovery_pods *pods, const char *name)
         uint32_t *to_last = tree_link(pods, at(pods, last)->name);
         *at(pods, i) = *at(pods, last);
         *to_last = i;
+        pods->steps++;
     }
     pods->n--;
     return true;

@@ -97,7 +97,7 @@ struct cmh_discovery_pods {
     uint32_t root;    /* the tree's root (index into v plus one; 0 = empty) */
     size_t targets;   /* pods that are targets (Running with a hostIP) */
     uint64_t version; /* grows whenever the targets (names, nodes, addresses) may have changed */
-    uint64_t steps;   /* name comparisons and rotations so far: the work, for tests and benches */
+    uint64_t steps;   /* name comparisons, rotations and pods moved so far: the work done */
 };
 
 /* Default bound on the pods kept: EKS's largest clusters, with room. */
