@@ -525,6 +525,18 @@ static int cut_done(struct cmh_discovery_list_parser *p)
     return rc;
 }
 
+/* One byte inside a string (after its opening quote): whether it is the closing quote. */
+static bool string_ends(struct cmh_discovery_list_parser *p, char c)
+{
+    if (p->esc)
+        p->esc = false;
+    else if (c == '\\')
+        p->esc = true;
+    else
+        return c == '"';
+    return false;
+}
+
 /* One byte of a value being cut; *again is set when the byte ends a scalar and belongs to what
  * follows. */
 static int cut_byte(struct cmh_discovery_list_parser *p, char c, bool *again)
@@ -541,25 +553,14 @@ static int cut_byte(struct cmh_discovery_list_parser *p, char c, bool *again)
         int rc = cut_add(p, c);
         if (rc != 0)
             return rc;
-        if (p->esc)
-            p->esc = false;
-        else if (c == '\\')
-            p->esc = true;
-        else if (c == '"')
-            return cut_done(p);
-        return 0;
+        return string_ends(p, c) ? cut_done(p) : 0;
     }
     default: {
         int rc = cut_add(p, c);
         if (rc != 0)
             return rc;
         if (p->in_str) {
-            if (p->esc)
-                p->esc = false;
-            else if (c == '\\')
-                p->esc = true;
-            else if (c == '"')
-                p->in_str = false;
+            p->in_str = !string_ends(p, c);
         } else if (c == '"') {
             p->in_str = true;
         } else if (c == '{' || c == '[') {
@@ -572,6 +573,18 @@ static int cut_byte(struct cmh_discovery_list_parser *p, char c, bool *again)
         return 0;
     }
     }
+}
+
+/* After a member or an item: ',' goes on to the next, close ends the container. */
+static int after_value(struct cmh_discovery_list_parser *p, char c, char close, int next, int end)
+{
+    if (c == ',')
+        p->state = next;
+    else if (c == close)
+        p->state = end;
+    else
+        return -EBADMSG;
+    return 0;
 }
 
 static int list_byte(struct cmh_discovery_list_parser *p, char c)
@@ -623,12 +636,7 @@ static int list_byte(struct cmh_discovery_list_parser *p, char c)
             rc = cut_start(p, c, p->key);
             break;
         case L_NEXT:
-            if (c == ',')
-                p->state = L_KEY;
-            else if (c == '}')
-                p->state = L_END;
-            else
-                rc = -EBADMSG;
+            rc = after_value(p, c, '}', L_KEY, L_END);
             break;
         case L_ITEM0:
             if (c == ']') {
@@ -640,12 +648,7 @@ static int list_byte(struct cmh_discovery_list_parser *p, char c)
             rc = cut_start(p, c, K_ITEM);
             break;
         case L_ITEM_NEXT:
-            if (c == ',')
-                p->state = L_ITEM;
-            else if (c == ']')
-                p->state = L_NEXT;
-            else
-                rc = -EBADMSG;
+            rc = after_value(p, c, ']', L_ITEM, L_NEXT);
             break;
         default: /* L_END: only whitespace may follow */
             rc = -EBADMSG;
