@@ -445,7 +445,7 @@ static int cut_start(struct cmh_discovery_list_parser *p, char c, int key)
         return -EBADMSG;
     p->key = key;
     p->len = 0;
-    p->depth = 0;
+    p->values = 1;
     p->in_str = p->esc = p->too_large = false;
     p->cut = c == '"' ? CUT_STRING : c == '{' || c == '[' ? CUT_NESTED : CUT_SCALAR;
     p->depth = p->cut == CUT_NESTED;
@@ -537,6 +537,38 @@ static bool string_ends(struct cmh_discovery_list_parser *p, char c)
     return false;
 }
 
+/* One byte of a nested value after its opening bracket: strings and brackets are followed and the
+ * values begun counted (over CMH_DISCOVERY_ITEM_VALUES, the value is too large: jansson's tree of
+ * many small values is many times their bytes). Returns 1 when the value closes, 0, or -EBADMSG
+ * when nested deeper than jansson reads. */
+static int nest_byte(struct cmh_discovery_list_parser *p, char c)
+{
+    if (p->in_str) {
+        p->in_str = !string_ends(p, c);
+    } else if (c == '"') {
+        p->in_str = true;
+    } else if (c == '{' || c == '[' || c == ',') {
+        if (c != ',' && ++p->depth > CUT_DEPTH_MAX)
+            return -EBADMSG;
+        if (++p->values > CMH_DISCOVERY_ITEM_VALUES)
+            p->too_large = true;
+    } else if (c == '}' || c == ']') {
+        if (--p->depth == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Whether one watch line holds more values than an item may (see nest_byte). */
+static bool line_too_large(const char *line, size_t len)
+{
+    struct cmh_discovery_list_parser p = {.depth = 1};
+    for (size_t i = 0; i < len && !p.too_large; i++)
+        if (nest_byte(&p, line[i]) != 0)
+            break; /* closed or too deep: jansson decides */
+    return p.too_large;
+}
+
 /* One byte of a value being cut; *again is set when the byte ends a scalar and belongs to what
  * follows. */
 static int cut_byte(struct cmh_discovery_list_parser *p, char c, bool *again)
@@ -557,20 +589,9 @@ static int cut_byte(struct cmh_discovery_list_parser *p, char c, bool *again)
     }
     default: {
         int rc = cut_add(p, c);
-        if (rc != 0)
-            return rc;
-        if (p->in_str) {
-            p->in_str = !string_ends(p, c);
-        } else if (c == '"') {
-            p->in_str = true;
-        } else if (c == '{' || c == '[') {
-            if (++p->depth > CUT_DEPTH_MAX)
-                return -EBADMSG;
-        } else if (c == '}' || c == ']') {
-            if (--p->depth == 0)
-                return cut_done(p);
-        }
-        return 0;
+        if (rc == 0)
+            rc = nest_byte(p, c);
+        return rc == 1 ? cut_done(p) : rc;
     }
     }
 }
@@ -700,8 +721,10 @@ int cmh_discovery_parse_event(struct cmh_discovery_pods *pods, const char *line,
 {
     int rc = 0;
     json_error_t jerr;
-    json_t *root = json_loadb(line, len, 0, &jerr);
     memset(ev, 0, sizeof *ev);
+    if (line_too_large(line, len))
+        return -E2BIG;
+    json_t *root = json_loadb(line, len, 0, &jerr);
     const char *type = jstr(root, "type");
     json_t *obj = json_is_object(root) ? json_object_get(root, "object") : NULL;
     if (type == NULL || !json_is_object(obj)) {
@@ -1204,6 +1227,11 @@ fail:
         schedule(d, true);
 }
 
+const char *cmh_discovery_event_error(int rc)
+{
+    return rc == -ENOMEM ? "out of memory" : rc == -E2BIG ? "too many values" : "not JSON";
+}
+
 /* Applies one complete line; returns whether the pods map changed. */
 static bool handle_line(struct cmh_discovery *d, const char *line, size_t len)
 {
@@ -1217,7 +1245,7 @@ static bool handle_line(struct cmh_discovery *d, const char *line, size_t len)
     if (rc != 0) {
         d->abort_bad = true;
         /* line is not terminated: it may point into libcurl's chunk. */
-        set_error(d, "bad watch event (%s): %.*s", rc == -ENOMEM ? "out of memory" : "not JSON",
+        set_error(d, "bad watch event (%s): %.*s", cmh_discovery_event_error(rc),
                   (int)(len < 80 ? len : 80), line);
         return false;
     }

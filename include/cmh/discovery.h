@@ -122,9 +122,12 @@ struct cmh_discovery_event {
 
 /* Longest watch line accepted (one pod object); a longer one ends the watch as an error. */
 #define CMH_DISCOVERY_LINE_MAX (1024 * 1024)
-/* Largest pod object of a list page held at once (the page itself is never held); a larger one
- * is skipped and counted. */
-#define CMH_DISCOVERY_ITEM_MAX CMH_DISCOVERY_LINE_MAX
+/* Largest pod object of a list page held at once (the page itself is never held), in bytes and in
+ * JSON values (objects, arrays and members or elements: a real aws-node pod has about 1,200); a
+ * larger one is skipped and counted. A watch event line over the values bound is refused. These
+ * bound jansson's tree of one pod to about 15 MB whatever it holds. */
+#define CMH_DISCOVERY_ITEM_MAX    CMH_DISCOVERY_LINE_MAX
+#define CMH_DISCOVERY_ITEM_VALUES 65536
 
 /* A PodList page parsed as it streams (see cmh_discovery_list_begin). Private fields. */
 struct cmh_discovery_list_parser {
@@ -136,6 +139,7 @@ struct cmh_discovery_list_parser {
     char *buf; /* the value being cut: one item, key or top-level value */
     size_t len, cap;
     unsigned depth; /* brackets open in the value being cut */
+    size_t values;  /* values begun in it */
     bool in_str, esc, too_large;
     bool seen_meta, meta_ok, seen_items;
     char *rv, *cont; /* metadata.resourceVersion and .continue (NULL when absent) */
@@ -256,9 +260,12 @@ int cmh_discovery_list_end(struct cmh_discovery_list_parser *p, char *rv, size_t
  * Returns 0, -EBADMSG (not a PodList), -E2BIG (a field too long for its buffer) or -ENOMEM. */
 int cmh_discovery_parse_list(struct cmh_discovery_pods *pods, const char *buf, size_t len, char *rv,
                              size_t rvlen, char *cont, size_t contlen);
-/* Applies one watch event line to pods. Returns 0 with ev filled, -EBADMSG or -ENOMEM. */
+/* Applies one watch event line to pods. Returns 0 with ev filled, -EBADMSG, -E2BIG (more than
+ * CMH_DISCOVERY_ITEM_VALUES values) or -ENOMEM; on an error pods is unchanged. */
 int cmh_discovery_parse_event(struct cmh_discovery_pods *pods, const char *line, size_t len,
                               struct cmh_discovery_event *ev);
+/* How the watch log names a parse_event error ("not JSON", "too many values", "out of memory"). */
+const char *cmh_discovery_event_error(int rc);
 /* Builds a target set from pods (Running with a hostIP). Returns NULL on -ENOMEM. */
 struct cmh_discovery_set *cmh_discovery_set_build(const struct cmh_discovery_pods *pods,
                                                   uint64_t generation);

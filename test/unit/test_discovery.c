@@ -685,6 +685,28 @@ static void discovery_list_page_streamed_in_any_chunks(void **state)
     assert_int_equal(p.items_too_large, 1);
     assert_int_equal(pods.n, 1);
     pod_named(&pods, "s");
+    /* An item of more values than the bound (small bytes, a large tree): skipped too; a watch
+     * event of as many values is refused and changes nothing. */
+    struct text many = {0};
+    text_add(&many, "{\"metadata\":{},\"items\":[{\"metadata\":{\"name\":\"m\"},\"x\":[");
+    for (int i = 0; i < CMH_DISCOVERY_ITEM_VALUES; i++)
+        text_add(&many, "%s{}", i ? "," : "");
+    text_add(&many, "]},{\"metadata\":{\"name\":\"t\"}}]}");
+    cmh_discovery_list_begin(&p, &pods, 0);
+    assert_int_equal(cmh_discovery_list_feed(&p, many.p, many.len), 0);
+    assert_int_equal(cmh_discovery_list_end(&p, rv, sizeof rv, cont, sizeof cont), 0);
+    assert_int_equal(p.items_too_large, 1);
+    assert_int_equal(pods.n, 2);
+    pod_named(&pods, "t");
+    many.len = 0;
+    text_add(&many, "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"m\"},\"x\":[");
+    for (int i = 0; i < CMH_DISCOVERY_ITEM_VALUES; i++)
+        text_add(&many, "%s0", i ? "," : "");
+    text_add(&many, "]}}");
+    struct cmh_discovery_event ev;
+    assert_int_equal(cmh_discovery_parse_event(&pods, many.p, many.len, &ev), -E2BIG);
+    assert_int_equal(pods.n, 2);
+    free(many.p);
     cmh_discovery_pods_free(&pods);
 }
 
