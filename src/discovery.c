@@ -1378,6 +1378,10 @@ static void list_done(struct cmh_discovery *d, const struct cmh_curl_uv_response
         set_error(d, "pod list answered HTTP %ld: %.120s", res->status, d->err_body);
         goto retry;
     }
+    if (rc == -EFBIG) {
+        set_error(d, "pod list page larger than %u bytes", LIST_MAX_BODY);
+        goto retry;
+    }
     if (rc != 0) {
         set_error(d, "pod list answer is not a PodList (%s)", strerror(-rc));
         goto retry;
