@@ -1053,9 +1053,11 @@ static void publish(struct cmh_discovery *d)
                 "no aws-node pods: the Kubernetes API lists no pod matching the selector (EKS Auto "
                 "Mode has none); nothing to scrape",
                 CMH_STR("namespace", d->ns), CMH_STR("label_selector", d->selector));
-    if (!changed && !d->unnotified)
+    /* The first list is always told, even when it found nothing: a caller waits for it. */
+    if (!changed && !d->unnotified && (d->sync_told || !d->synced))
         return;
     d->unnotified = false;
+    d->sync_told = d->synced;
     if (d->log != NULL)
         log_targets_changed(d);
     if (d->on_change != NULL)
