@@ -288,6 +288,19 @@ def command(line):
             if "phase" in kv:
                 pod["status"]["phase"] = kv["phase"]
             record("MODIFIED", ns, pod)
+        elif op == "storm":
+            # storm NAME COUNT [same]: COUNT MODIFIED events for one pod, each flipping its phase
+            # between Pending and Running (ending where it began when COUNT is even), or with
+            # "same" changing only an annotation (nothing discovery keeps).
+            ns = kv.get("ns", "kube-system")
+            pod = STATE["pods"][(ns, pos[0])]
+            for i in range(int(pos[1])):
+                if len(pos) > 2 and pos[2] == "same":
+                    pod["metadata"]["annotations"]["note"] = "storm-%d" % i
+                else:
+                    pod["status"]["phase"] = (
+                        "Pending" if pod["status"]["phase"] == "Running" else "Running")
+                record("MODIFIED", ns, pod)
         elif op == "del":
             ns = kv.get("ns", "kube-system")
             pod = STATE["pods"].pop((ns, pos[0]))
