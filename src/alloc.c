@@ -9,6 +9,18 @@
 /* Test-only state: the one deliberate global, compiled only into fault-injection builds. */
 static unsigned long alloc_count;
 static unsigned long alloc_fail_at;
+static void (*on_free)(void *p);
+
+void cmh_alloc_on_free(void (*fn)(void *p))
+{
+    on_free = fn;
+}
+
+static void before_free(void *p)
+{
+    if (on_free != NULL && p != NULL)
+        on_free(p);
+}
 
 void cmh_alloc_fail_at(unsigned long n)
 {
@@ -30,6 +42,11 @@ static int should_fail(void)
 static int should_fail(void)
 {
     return 0;
+}
+
+static void before_free(void *p)
+{
+    (void)p;
 }
 #endif
 
@@ -97,5 +114,20 @@ char *cmh_strdup_opt(const char *s, int *rc)
 
 void cmh_free(void *p)
 {
+    before_free(p);
     free(p);
+}
+
+void cmh_wipe(void *p, size_t n)
+{
+    if (p != NULL && n > 0)
+        explicit_bzero(p, n);
+}
+
+void cmh_free_secret(char *s)
+{
+    if (s == NULL)
+        return;
+    cmh_wipe(s, strlen(s));
+    cmh_free(s);
 }
