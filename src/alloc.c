@@ -1,6 +1,7 @@
 #include "cmh/alloc.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -124,10 +125,23 @@ void cmh_wipe(void *p, size_t n)
         explicit_bzero(p, n);
 }
 
-void cmh_free_secret(char *s)
+void cmh_free_secret(void *p)
 {
-    if (s == NULL)
+    if (p == NULL)
         return;
-    cmh_wipe(s, strlen(s));
-    cmh_free(s);
+    cmh_wipe(p, malloc_usable_size(p));
+    cmh_free(p);
+}
+
+void *cmh_realloc_secret(void *p, size_t n)
+{
+    if (p == NULL)
+        return cmh_malloc(n);
+    size_t old = malloc_usable_size(p);
+    void *q = cmh_malloc(n ? n : 1);
+    if (q == NULL)
+        return NULL;
+    memcpy(q, p, old < n ? old : n);
+    cmh_free_secret(p);
+    return q;
 }

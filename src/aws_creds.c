@@ -599,7 +599,8 @@ static char *trim_dup(const char *s)
 
 int cmh_aws_creds_parse_sts_xml(const char *buf, size_t len, struct cmh_aws_creds_doc *doc)
 {
-    static const XML_Memory_Handling_Suite mem = {cmh_malloc, cmh_realloc, cmh_free};
+    /* expat's buffers hold the document, credentials included: wiped when released. */
+    static const XML_Memory_Handling_Suite mem = {cmh_malloc, cmh_realloc_secret, cmh_free_secret};
     memset(doc, 0, sizeof *doc);
     if (len > DOC_MAX)
         return -EPROTO;
@@ -660,7 +661,7 @@ out:
         cmh_free_secret(x->text[i]);
     if (x->xp != NULL)
         XML_ParserFree(x->xp);
-    cmh_free(x);
+    cmh_free_secret(x); /* its text buffer held the last field */
     return rc;
 }
 

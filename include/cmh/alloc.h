@@ -20,9 +20,12 @@ char *cmh_strdup_opt(const char *s, int *rc);
 
 /* Overwrites n bytes at p with zeros in a way the compiler cannot drop (explicit_bzero). */
 void cmh_wipe(void *p, size_t n);
-/* cmh_free for a string that held a secret (a key, a token, a header carrying one): its bytes
- * are wiped first. NULL is fine. */
-void cmh_free_secret(char *s);
+/* cmh_free for a block that held a secret (a key, a token, a header or a document carrying
+ * one): the whole block is wiped first. NULL is fine. */
+void cmh_free_secret(void *p);
+/* cmh_realloc for such a block: the old block is wiped before it is released, also when the
+ * data moves. */
+void *cmh_realloc_secret(void *p, size_t n);
 
 #ifdef CMH_FAULT_INJECT
 /* Test hook: the nth allocation from now (1-based) fails and every later one succeeds; 0 turns the
