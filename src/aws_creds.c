@@ -1703,7 +1703,7 @@ static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_op
         if (p->region == NULL && p->sts_url == NULL)
             CMH_LOG(p->log, CMH_LOG_WARN,
                     "aws: no region for STS: using the global endpoint; set AWS_REGION",
-                    CMH_STR("endpoint", "https://sts.amazonaws.com/"));
+                    CMH_URL("endpoint", "https://sts.amazonaws.com/"));
         return 0;
     }
     if (rel != NULL || full != NULL) {
