@@ -138,7 +138,8 @@ const struct cmh_config_var cmh_config_vars[] = {
      "Service-account token for the Kubernetes API; re-read as it rotates."},
     {"K8S_CA_FILE", CMH_CFG_STR, FIELD(k8s_ca_file),
      "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", 0, 0, NULL, 0,
-     "CA bundle that signs the Kubernetes API server certificate."},
+     "CA bundle that signs the Kubernetes API server certificate; the only anchors trusted for "
+     "it (the system store is not used)."},
     {"K8S_WATCH_TIMEOUT", CMH_CFG_DURATION, FIELD(k8s_watch_timeout_ms), "5m", 1 * SEC, 3600 * SEC,
      NULL, 0, "Length of one pod watch request; the watch is then resumed from where it was."},
     {"LEADER_ELECTION", CMH_CFG_BOOL, FIELD(leader_election), "false", 0, 0, NULL, 0,
