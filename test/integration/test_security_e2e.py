@@ -88,18 +88,16 @@ def wait_for(pred, limit_s, step=0.2):
     return pred()
 
 
-class Impostor:
-    """A TLS listener on 127.0.0.1 that records TCP accepts, failed handshakes and every HTTP
-    request head (with its body) it gets, answering 500."""
+class Listener:
+    """A TCP listener on 127.0.0.1 (kernel-chosen port) that counts accepts and hands each
+    connection to self.one on a thread of its own."""
 
-    def __init__(self, certdir):
-        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        self.ctx.load_cert_chain(os.path.join(certdir, "srv.pem"), os.path.join(certdir, "srv.key"))
+    def __init__(self):
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
-        self.accepts, self.handshake_failures, self.requests = 0, 0, []
+        self.accepts = 0
         self.lock = threading.Lock()
         threading.Thread(target=self.serve, daemon=True).start()
 
@@ -113,6 +111,28 @@ class Impostor:
                 self.accepts += 1
             threading.Thread(target=self.one, args=(c,), daemon=True).start()
 
+
+def read_head(s):
+    """Bytes up to the end of an HTTP request head (or what came before EOF, at most 64 KiB)."""
+    data = b""
+    while b"\r\n\r\n" not in data and len(data) < 65536:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+class Impostor(Listener):
+    """A TLS listener that records failed handshakes and every HTTP request head (with its body)
+    it gets, answering 500."""
+
+    def __init__(self, certdir):
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(os.path.join(certdir, "srv.pem"), os.path.join(certdir, "srv.key"))
+        self.handshake_failures, self.requests = 0, []
+        super().__init__()
+
     def one(self, c):
         c.settimeout(5)
         try:
@@ -123,12 +143,7 @@ class Impostor:
             c.close()
             return
         try:
-            data = b""
-            while b"\r\n\r\n" not in data and len(data) < 65536:
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
+            data = read_head(s)
             if data:
                 time.sleep(0.2)
                 s.settimeout(0.3)
@@ -202,35 +217,20 @@ def scenario_ca():
     check("daemon stopped cleanly", stop_proc(d) == 0)
 
 
-class Proxy:
-    """An HTTP proxy on 127.0.0.1 that records every request line: a CONNECT is tunnelled to its
-    target, a request in absolute form is answered 502."""
+class Proxy(Listener):
+    """An HTTP proxy that records every request line: a CONNECT is tunnelled to its target, a
+    request in absolute form is answered 502."""
 
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
         self.seen = []
-        threading.Thread(target=self.serve, daemon=True).start()
-
-    def serve(self):
-        while True:
-            try:
-                c, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self.one, args=(c,), daemon=True).start()
+        super().__init__()
 
     def one(self, c):
         c.settimeout(10)
         try:
-            data = b""
-            while b"\r\n\r\n" not in data and len(data) < 65536:
-                chunk = c.recv(4096)
-                if not chunk:
-                    return
-                data += chunk
+            data = read_head(c)
+            if b"\r\n\r\n" not in data:
+                return
             line = data.split(b"\r\n", 1)[0].decode("latin-1")
             self.seen.append(line)
             method, target = line.split(" ")[:2]
@@ -315,8 +315,6 @@ def scenario_proxy():
     wait_for(lambda: any(r["listener"] == "https" for r in imds_log()) and
              any(r["listener"] == "http" and r["method"] == "GET" for r in imds_log()), 20)
     reqs = imds_log()
-    if os.environ.get("CMH_DEBUG"):
-        print("".join(log[-40:]))
     k8s.stdin.write("stats\n")
     k8s.stdin.flush()
     kstats = json.loads(k8s.stdout.readline().split(" ", 1)[1])
@@ -557,8 +555,6 @@ def scenario_probeflood():
     m = parse_metrics(http(own + "/metrics").decode())
     rejected = sum(v for k, v in m.items() if k.startswith("cni_metrics_helper_http_requests_rejected_total"))
     bad = [r for r in results if r[0] != 200 or not isinstance(r[1], float) or r[1] > 1.0]
-    if os.environ.get("CMH_DEBUG"):
-        print(results, rejected, connects, m.get("cni_metrics_helper_http_requests_total"))
     check("the flood hit the connection cap (connections closed to make room)", rejected > 64 and connects > 110,
           (rejected, connects))
     check("30 /healthz probes under the flood: each 200 within 1 s", len(results) == 30 and not bad, bad[:5])

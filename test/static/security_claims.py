@@ -6,6 +6,8 @@ document cannot silently go stale:
   K8S_CA_FILE, and a CA file always turns libcurl's built-in CA path off; the Kubernetes API, IMDS
   and container-credential requests never use a proxy, STS does; URLs are logged through the one
   redaction; the process is made non-dumpable first thing;
+- docs: every threat paragraph of docs/security.md names a test, and every test named after
+  *Tests:* exists in CTest;
 - IMDSv2 only: against a loopback IMDS that issues tokens, every GET carries the issued token;
   against one that refuses the token PUT (403, 404, 405), no GET is ever sent (no IMDSv1 fallback);
 - allow-lists: a container credential URL or a CloudWatch endpoint with user information
@@ -91,6 +93,23 @@ check("URLs are logged only as CMH_URL (the one redaction), never as plain strin
 check("the process makes itself non-dumpable first thing in main",
       re.search(r"int main\(int argc, char \*\*argv\)\s*\{[^}]*?prctl\(PR_SET_DUMPABLE, 0L",
                 source("main.c"), re.S) is not None)
+# ---- docs/security.md names real tests ------------------------------------------------------
+with open(os.path.join(SRC, "docs", "security.md"), encoding="utf-8") as f:
+    doc = f.read()
+listed = subprocess.run(["ctest", "-N"], cwd=os.environ["CMH_BUILD_DIR"], capture_output=True,
+                        text=True, timeout=60).stdout
+known = set(re.findall(r"Test +#\d+: (\S+)", listed))
+threats = doc.split("## Threats and how they are met", 1)[-1].split("\n## ", 1)[0]
+paragraphs = [p for p in threats.split("\n\n") if p.startswith("**")]
+untested = [p.split("**")[1] for p in paragraphs
+            if not any(n in known for n in re.findall(r"`([a-z0-9_]+)`", p))]
+check("docs/security.md: every threat paragraph names a test that exists", paragraphs and not untested,
+      untested)
+cited = {n for p in paragraphs for clause in re.findall(r"\*Tests:\*(.*)", p, re.S)
+         for n in re.findall(r"`([a-z0-9_]+)`", clause) if "_" in n}
+missing = sorted(n for n in cited if n not in known)
+check("docs/security.md: every test named after *Tests:* is a CTest test", cited and not missing,
+      missing)
 help_text = subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=30).stdout
 TLS_WORDS = {"CA", "CACERT", "CERT", "CERTS", "TLS", "SSL", "INSECURE", "VERIFY", "SKIP", "BUNDLE"}
 tls_vars = sorted(v for v in re.findall(r"^  ([A-Z][A-Z0-9_]+) \(", help_text, re.MULTILINE)
