@@ -14,7 +14,7 @@
               that user;
   readyz307   CloudWatch answering 307 to every request: /readyz turns 503 after 3 intervals
               without a success, naming it, and ready again once a request succeeds;
-  probeflood  110 clients (idle, slow, reconnecting at once, from one address or thirty): 30
+  probeflood  110 clients (idle, slow, connect-and-close, from one address or thirty): 30
               /healthz probes over 10 s are each answered 200 within 1 s, while the connection
               cap is hit.
 """
@@ -462,8 +462,9 @@ def scenario_readyz307():
 
 class Flood:
     """Clients on a selector, each (kind, source address): "idle" connects and sends nothing,
-    "slow" drips a request a byte every 200 ms, "churn" connects and closes at once; every client
-    reconnects as soon as its connection ends."""
+    "slow" drips a request a byte every 200 ms, "churn" connects and closes at once; idle and slow
+    clients reconnect as soon as their connection ends, churn ones 5 ms later (each still a few
+    hundred connections a second: they load the accept path, the others hold the slots)."""
 
     def __init__(self, port, clients):
         self.port, self.clients = port, clients
@@ -490,6 +491,7 @@ class Flood:
         for kind, src in self.clients:
             self.open(sel, kind, src)
         req = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        later = []  # (when, kind, src): churn clients waiting to reconnect
         deadline = time.monotonic() + 30
         while not self.stop.is_set() and time.monotonic() < deadline:
             for key, ev in sel.select(0.05):
@@ -510,8 +512,14 @@ class Flood:
                 if closed:
                     sel.unregister(s)
                     s.close()
-                    self.open(sel, st["kind"], st["src"])
+                    if st["kind"] == "churn":
+                        later.append((time.monotonic() + 0.005, st["kind"], st["src"]))
+                    else:
+                        self.open(sel, st["kind"], st["src"])
             now = time.monotonic()
+            for item in [x for x in later if x[0] <= now]:
+                later.remove(item)
+                self.open(sel, item[1], item[2])
             for key in list(sel.get_map().values()):
                 st = key.data
                 if st["kind"] == "slow" and now >= st["next"] and st["sent"] < len(req) - 1:

@@ -107,7 +107,10 @@ check("docs/security.md: every threat paragraph names a test that exists", parag
       untested)
 cited = {n for p in paragraphs for clause in re.findall(r"\*Tests:\*(.*)", p, re.S)
          for n in re.findall(r"`([a-z0-9_]+)`", clause) if "_" in n}
-missing = sorted(n for n in cited if n not in known)
+# A test some builds leave out (static analysis outside the sanitizer build) is registered by name.
+with open(os.path.join(SRC, "test", "CMakeLists.txt"), encoding="utf-8") as f:
+    registered = f.read()
+missing = sorted(n for n in cited if n not in known and not re.search(r"\b%s\b" % n, registered))
 check("docs/security.md: every test named after *Tests:* is a CTest test", cited and not missing,
       missing)
 help_text = subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=30).stdout
