@@ -512,7 +512,7 @@ static int64_t wall_ms(void)
 static void free_request_bufs(struct cmh_cloudwatch *cw)
 {
     for (size_t i = 0; i < cw->nhdr; i++)
-        cmh_free(cw->hdr[i]);
+        cmh_free_secret(cw->hdr[i]); /* Authorization, X-Amz-Security-Token */
     cw->nhdr = 0;
     cmh_free(cw->gz);
     cw->gz = NULL;
@@ -963,6 +963,10 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         cmh_cloudwatch_parse_error(res->body, res->body_len, code, sizeof code, msg, sizeof msg);
     enum cmh_cw_class cls = cmh_cloudwatch_classify(res->error, res->status, code);
     cw->stats.attempts[cls]++;
+    if (cls == CMH_CW_OK)
+        cw->stats.failing_since_ms = 0;
+    else if (cw->stats.failing_since_ms == 0)
+        cw->stats.failing_since_ms = uv_now(cw->loop) > 0 ? uv_now(cw->loop) : 1;
     if (cls == CMH_CW_NETWORK && code[0] == '\0')
         snprintf(code, sizeof code, "%s", cmh_curl_uv_error_name(res->error));
     if (cls == CMH_CW_OK) {
@@ -1103,13 +1107,11 @@ int cmh_cloudwatch_new(struct cmh_cloudwatch **out, uv_loop_t *loop, struct cmh_
     cw->o.namespace_ = cw->ns;
     rc = cmh_aws_endpoint_split(cw->endpoint, &cw->host, &cw->path, &cw->allow_http);
     if (rc != 0) {
-        char shown[512];
-        cmh_aws_url_for_log(cw->endpoint, shown, sizeof shown);
         CMH_LOG(log, CMH_LOG_ERROR,
                 rc == -EPROTONOSUPPORT
                     ? "CloudWatch endpoint: plain http is allowed only to a loopback address"
                     : "CloudWatch endpoint is not an https:// URL",
-                CMH_STR("endpoint", shown));
+                CMH_URL("endpoint", cw->endpoint));
         if (rc == -EPROTONOSUPPORT)
             rc = -EINVAL;
         goto out;
@@ -1219,6 +1221,7 @@ void cmh_cloudwatch_standby(struct cmh_cloudwatch *cw, bool standby)
     if (cw->freeing || (cw->standby != 0) == standby)
         return;
     cw->standby = standby;
+    cw->stats.failing_since_ms = 0;
     if (!standby) {
         CMH_LOG(cw->log, CMH_LOG_INFO, "cloudwatch: leader again, publishing",
                 CMH_UINT("dropped_not_leader", cw->stats.dropped_not_leader));
@@ -1245,7 +1248,12 @@ void cmh_cloudwatch_stats(const struct cmh_cloudwatch *cw, struct cmh_cloudwatch
 
 int cmh_cloudwatch_ready(const struct cmh_cloudwatch *cw)
 {
-    return cw->stats.access_denied ? -EACCES : 0;
+    if (cw->stats.access_denied)
+        return -EACCES;
+    if (!cw->standby && cw->o.unready_after_ms > 0 && cw->stats.failing_since_ms > 0 &&
+        uv_now(cw->loop) - cw->stats.failing_since_ms >= cw->o.unready_after_ms)
+        return -ETIMEDOUT;
+    return 0;
 }
 
 void cmh_cloudwatch_free(struct cmh_cloudwatch *cw)

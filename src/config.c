@@ -138,7 +138,8 @@ const struct cmh_config_var cmh_config_vars[] = {
      "Service-account token for the Kubernetes API; re-read as it rotates."},
     {"K8S_CA_FILE", CMH_CFG_STR, FIELD(k8s_ca_file),
      "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", 0, 0, NULL, 0,
-     "CA bundle that signs the Kubernetes API server certificate."},
+     "CA bundle that signs the Kubernetes API server certificate; the only anchors trusted for "
+     "it (the system store is not used)."},
     {"K8S_SYNC_TIMEOUT", CMH_CFG_DURATION, FIELD(k8s_sync_timeout_ms), "60", 1 * SEC, 3600 * SEC,
      NULL, 0,
      "With Kubernetes discovery the first round waits for the first pod list, at most this long; "

@@ -1195,6 +1195,7 @@ static void start_request(struct cmh_discovery *d)
     d->req.headers = d->headers;
     d->req.nheaders = nh;
     d->req.ca_file = d->ca_file;
+    d->req.no_proxy = 1;
     if (d->mode == MODE_LIST) {
         /* The page streams through the parser: never held whole. */
         d->req.on_data = on_list_data;
@@ -1563,7 +1564,7 @@ int cmh_discovery_start(struct cmh_discovery *d, uv_loop_t *loop, struct cmh_cur
     d->open_handles = 2;
     d->started = true;
     if (log != NULL)
-        CMH_LOG(log, CMH_LOG_INFO, "kubernetes discovery starting", CMH_STR("server", d->server),
+        CMH_LOG(log, CMH_LOG_INFO, "kubernetes discovery starting", CMH_URL("server", d->server),
                 CMH_STR("namespace", d->ns), CMH_STR("label_selector", d->selector));
     /* The first request starts from the loop, never inside this call. */
     d->mode = MODE_LIST;

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 extern char **environ;
@@ -83,6 +84,11 @@ int main(int argc, char **argv)
 {
     /* A peer that closes while we write must be an error return, never a killed process. */
     signal(SIGPIPE, SIG_IGN);
+    /* No core file and no ptrace by another process of the same user: the memory holds AWS
+     * credentials and the service-account token. */
+    if (prctl(PR_SET_DUMPABLE, 0L, 0L, 0L, 0L) != 0)
+        fprintf(stderr, "cni-metrics-helper: cannot make the process non-dumpable: %s\n",
+                strerror(errno));
     if (argc < 2)
         return run_daemon();
     const char *cmd = argv[1];

@@ -127,6 +127,7 @@ static int start_req(struct cmh_proxy_scrape *p, struct cmh_proxy_scrape_req *r,
     c->on_data = on_data;
     c->timeout_ms = job->timeout_ms ? job->timeout_ms : p->timeout_ms;
     c->http2 = 1;
+    c->no_proxy = 1;
     r->target = job->target;
     r->ctx = NULL;
     r->began = 0;

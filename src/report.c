@@ -635,6 +635,7 @@ static void list_page(struct report *r)
     r->list_req.headers = r->list_headers;
     r->list_req.nheaders = nh;
     r->list_req.ca_file = r->cfg.k8s_ca_file;
+    r->list_req.no_proxy = 1;
     r->list_req.max_body = 64u << 20;
     if (rc == 0)
         rc = cmh_curl_uv_start(&r->curl, &r->list_req, on_list);
