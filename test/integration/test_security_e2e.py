@@ -38,7 +38,7 @@ from testlib import (check, finish, http, http_status, parse_metrics, read_event
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 sys.path.insert(0, os.path.join(SRC, "test", "sim"))
 import testca  # noqa: E402
 
@@ -196,6 +196,8 @@ def scenario_ca():
     d, own = start_daemon({
         "KUBERNETES_SERVICE_HOST": "127.0.0.1", "KUBERNETES_SERVICE_PORT": str(k8s.port),
         "K8S_CA_FILE": os.path.join(incluster, "ca.pem"), "K8S_TOKEN_FILE": token,
+        # The impostor never lists pods: rounds, and so credentials, start after this wait.
+        "K8S_SYNC_TIMEOUT": "1",
         "USE_CLOUDWATCH": "true", "AWS_REGION": "us-west-2", "AWS_CLUSTER_ID": "ca-test",
         "AWS_ROLE_ARN": "arn:aws:iam::123456789012:role/cmh", "AWS_WEB_IDENTITY_TOKEN_FILE": wit,
         "AWS_ENDPOINT_URL_STS": "https://127.0.0.1:%d/" % sts.port,
@@ -284,7 +286,7 @@ def scenario_proxy():
     purl = "http://127.0.0.1:%d" % proxy.port
     proxy_env = {"http_proxy": purl, "HTTPS_PROXY": purl, "https_proxy": purl, "ALL_PROXY": purl,
                  "all_proxy": purl}
-    sim = spawn_ipamd_sim(BUILD, SHARED, TMP, 1, "127.153.0.1", seed=3)
+    sim = spawn_ipamd_sim(BUILD, DATA, TMP, 1, "127.153.0.1", seed=3)
     sim_line = sim.stdout.readline()
     targets = ",".join("%s=%s:%s" % tuple(l.split()) for l in open(os.path.join(TMP, "targets")))
     # 1. Region from IMDS, credentials from STS (web identity), a Lease on the Kubernetes API.
@@ -423,7 +425,7 @@ def scenario_dumpable():
 
 
 def scenario_readyz307():
-    sim = spawn_ipamd_sim(BUILD, SHARED, TMP, 1, "127.154.0.1", seed=4)
+    sim = spawn_ipamd_sim(BUILD, DATA, TMP, 1, "127.154.0.1", seed=4)
     sim_line = sim.stdout.readline()
     targets = ",".join("%s=%s:%s" % tuple(l.split()) for l in open(os.path.join(TMP, "targets")))
     cw = spawn([PY, os.path.join(SRC, "test/sim/cloudwatch_standin.py"), "--key", "AKIDSTATIC:secretstatic",
