@@ -216,6 +216,8 @@ try:
           all(st["proxy_by_pod"].get(f"aws-node-{i}", 0) == rounds for i in range(NODES)), st["proxy_by_pod"])
     check("proxy: the simulator saw only the proxy's requests",
           sst["requests"] - before_sim["requests"] == rounds * NODES, (sst["requests"], before_sim["requests"]))
+    check("proxy: every proxied scrape asked for gzip (SCRAPE_GZIP's default), equal to the truth above",
+          st["proxy_gzip"] - before_api["proxy_gzip"] == rounds * NODES, st["proxy_gzip"])
     mt = metrics()
     check("proxy: /metrics counts proxied scrapes",
           mt.get('cni_metrics_helper_proxy_scrapes_total{result="ok"}') == rounds * NODES, mt)
