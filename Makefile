@@ -68,7 +68,8 @@ bench: build
 soak: build
 	@test/soak/soak.sh $(BUILD)
 
-# Regenerates the README's configuration section from the table in src/config.c.
+# Regenerates the generated tables of docs/configuration.md (src/config.c) and docs/metrics.md
+# (src/metrics.c).
 readme: build
 	@test/integration/check_readme_config.sh --update
 

@@ -123,7 +123,8 @@ const struct cmh_config_var cmh_config_vars[] = {
     {"CW_PER_AZ", CMH_CFG_BOOL, FIELD(cw_per_az), "false", 0, 0, NULL, 0,
      "With SUBNET_METRICS: also publish the IP gauges per AvailabilityZone (nodes mapped by IP)."},
     {"CW_PER_NODE", CMH_CFG_BOOL, FIELD(cw_per_node), "false", 0, 0, NULL, 0,
-     "Also publish the IP gauges per NodeName (each node adds custom metrics: see the README)."},
+     "Also publish the IP gauges per NodeName (each node adds custom metrics: see "
+     "docs/design.md)."},
     {"CW_PER_NODE_MAX", CMH_CFG_UINT, FIELD(cw_per_node_max), "100", 1, 10000, NULL, 0,
      "CW_PER_NODE: at most this many nodes, those nearest to exhaustion first."},
     {"REPORT_MIN_FREE_IPS", CMH_CFG_UINT, FIELD(report_min_free_ips), "0", 0, 1000000, NULL, 0,

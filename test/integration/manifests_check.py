@@ -496,15 +496,15 @@ for cred in CREDENTIALS:
                                              [os.path.join(MAN, "components", c) for c in order])
                 combos[label] = (cred, set(subset))
 
-# The README's own examples ("Deploying"): the overlay its heredoc writes (its relative paths
+# The README's own examples ("Install"): the overlay its heredoc writes (its relative paths
 # resolved from manifests/overlays/<name>/, where the README puts it) and the helm command's --set
 # values, rendered and checked like the rest.
 with open(os.path.join(SRC, "README.md")) as f:
-    m = re.search(r"^## Deploying\n(.*?)^## ", f.read(), re.S | re.M)
+    m = re.search(r"^## Install\n(.*?)^## ", f.read(), re.S | re.M)
 DEPLOYING = m.group(1) if m else ""
 m = re.search(r"cat > manifests/overlays/([\w-]+)/kustomization\.yaml <<'EOF'\n(.*?)\nEOF\n", DEPLOYING, re.S)
 README_OVERLAY = yaml.safe_load(m.group(2)) if m else None
-if check("README Deploying: a kustomize overlay example", isinstance(README_OVERLAY, dict), DEPLOYING[:200]):
+if check("README Install: a kustomize overlay example", isinstance(README_OVERLAY, dict), DEPLOYING[:200]):
     home = os.path.join(MAN, "overlays", m.group(1))
     d = os.path.join(WORK, "readme-example")
     os.makedirs(d)
@@ -849,7 +849,7 @@ def helm_set(values, arg):
 
 m = re.search(r"```sh\n(helm upgrade --install .*?)\n```", DEPLOYING, re.S)
 README_HELM = {}
-if check("README Deploying: a helm example", m is not None, DEPLOYING[:200]):
+if check("README Install: a helm example", m is not None, DEPLOYING[:200]):
     argv = shlex.split(m.group(1).replace("\\\n", " "))
     for i, a in enumerate(argv):
         if a == "--set":

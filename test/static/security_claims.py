@@ -1,4 +1,4 @@
-"""Re-checks the mechanical claims of SECURITY.md against the code and the running daemon, so the
+"""Re-checks the mechanical claims of docs/security.md against the code and the running daemon, so the
 document cannot silently go stale:
 
 - source: TLS verification set once, unconditionally, in the one module that includes libcurl;
