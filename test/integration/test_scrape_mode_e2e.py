@@ -235,6 +235,15 @@ try:
           s and s["failures"] in ("reset:1,content_type:1,body_too_large:1", "truncated:1,content_type:1,body_too_large:1")
           and s["fresh"] == 3, s)
     equals_truth("pod faults through the proxy: datums equal the truth", model, r)
+    # gzip faults relayed by the proxy: a bomb (6 KB inflating past SCRAPE_MAX_BODY), a gzip stream
+    # cut in half inside a complete response, a coding we cannot read; those nodes alone fail.
+    urllib.request.urlopen(urllib.request.Request(control + "/faults", data=b"bomb=3,gzcut=4,encoding=5",
+                                                  method="POST"), timeout=10).read()
+    r = step()
+    s = r and r["summary"]
+    check("gzip faults through the proxy: classed like direct ones, those nodes only",
+          s and s["failures"] == "content_encoding:1,gzip_too_large:1,gzip_error:1" and s["fresh"] == 3, s)
+    equals_truth("gzip faults through the proxy: datums equal the truth", model, r)
     urllib.request.urlopen(urllib.request.Request(control + "/faults", data=b"", method="POST"), timeout=10).read()
     r = step()
     check("pod faults cleared", r and r["summary"]["fresh"] == NODES, r and r["summary"])
