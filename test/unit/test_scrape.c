@@ -1289,6 +1289,7 @@ static void opts_from_config_keep_round_inside_interval(void **state)
 struct pr_seen {
     size_t body;
     int begun, ended;
+    char buf[4096]; /* the body's first bytes */
 };
 
 static int pr_begin(void *arg, size_t target, void **ctx)
@@ -1302,6 +1303,8 @@ static int pr_begin(void *arg, size_t target, void **ctx)
 static int pr_body(void *ctx, const char *buf, size_t len)
 {
     struct pr_seen *s = ctx;
+    size_t room = s->body < sizeof s->buf ? sizeof s->buf - s->body : 0;
+    memcpy(s->buf + s->body, buf, len < room ? len : room);
     s->body += len;
     return memchr(buf, '\0', len) != NULL ? -1 : 0;
 }
@@ -1416,40 +1419,10 @@ static size_t gz_response(char *out, size_t cap, const char *coding, const void 
     return n + len;
 }
 
-struct gz_seen {
-    char buf[4096];
-    size_t len;
-    int begun, ended;
-};
-
-static int gs_begin(void *arg, size_t target, void **ctx)
-{
-    struct gz_seen *s = arg;
-    s->begun++;
-    *ctx = s;
-    return 0;
-}
-
-static int gs_body(void *ctx, const char *buf, size_t len)
-{
-    struct gz_seen *s = ctx;
-    size_t n = len < sizeof s->buf - s->len ? len : sizeof s->buf - s->len;
-    memcpy(s->buf + s->len, buf, n);
-    s->len += len;
-    return 0;
-}
-
-static int gs_end(void *ctx, enum cmh_scrape_result r)
-{
-    struct gz_seen *s = ctx;
-    s->ended++;
-    return 0;
-}
-
 static enum cmh_scrape_result gz_parse(const struct cmh_scrape_opts *o, const char *resp,
-                                       size_t len, size_t chunk, struct gz_seen *seen)
+                                       size_t len, size_t chunk, struct pr_seen *seen)
 {
-    struct cmh_scrape_consumer consumer = {seen, gs_begin, gs_body, gs_end};
+    struct cmh_scrape_consumer consumer = {seen, pr_begin, pr_body, pr_end};
     memset(seen, 0, sizeof *seen);
     enum cmh_scrape_result r =
         cmh_scrape_parse_response(o, &consumer, resp, len, chunk, NULL, NULL);
@@ -1467,19 +1440,19 @@ static void parse_response_gzip_chunked_every_split_and_every_fault(void **state
     size_t gl;
     unsigned char *gz = deflate_gzip(body, blen, &gl);
     char resp[8192];
-    struct gz_seen seen;
+    struct pr_seen seen;
 
     /* chunked + gzip, every read size from 1 byte (a split at every boundary) to the whole */
     size_t n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", gz, gl, 1);
     for (size_t chunk = 0; chunk <= n; chunk++) {
         assert_int_equal(gz_parse(&o, resp, n, chunk, &seen), CMH_SCRAPE_OK);
-        assert_int_equal(seen.len, blen);
+        assert_int_equal(seen.body, blen);
         assert_memory_equal(seen.buf, body, blen);
     }
     /* x-gzip, surrounding blanks, any case; identity as well */
     n = gz_response(resp, sizeof resp, "Content-Encoding:  X-GZip \r\n", gz, gl, 0);
     assert_int_equal(gz_parse(&o, resp, n, 3, &seen), CMH_SCRAPE_OK);
-    assert_int_equal(seen.len, blen);
+    assert_int_equal(seen.body, blen);
     n = gz_response(resp, sizeof resp, "Content-Encoding: identity\r\n", body, blen, 1);
     assert_int_equal(gz_parse(&o, resp, n, 1, &seen), CMH_SCRAPE_OK);
     assert_memory_equal(seen.buf, body, blen);
@@ -1490,19 +1463,19 @@ static void parse_response_gzip_chunked_every_split_and_every_fault(void **state
     n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", two, 2 * gl, 1);
     for (size_t chunk = 1; chunk <= 9; chunk++) {
         assert_int_equal(gz_parse(&o, resp, n, chunk, &seen), CMH_SCRAPE_OK);
-        assert_int_equal(seen.len, 2 * blen);
+        assert_int_equal(seen.body, 2 * blen);
         assert_memory_equal(seen.buf + blen, body, blen);
     }
     /* an empty body is an empty body */
     n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", "", 0, 0);
     assert_int_equal(gz_parse(&o, resp, n, 0, &seen), CMH_SCRAPE_OK);
-    assert_int_equal(seen.len, 0);
+    assert_int_equal(seen.body, 0);
 
     /* cut short: at every length, in a complete chunked response or in one ended by close */
     for (size_t cut = 1; cut < gl; cut++) {
         n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", gz, cut, 1);
         assert_int_equal(gz_parse(&o, resp, n, 7, &seen), CMH_SCRAPE_GZIP_ERROR);
-        assert_true(seen.len <= blen); /* the trailer may be what is missing */
+        assert_true(seen.body <= blen); /* the trailer may be what is missing */
         n = (size_t)snprintf(resp, sizeof resp,
                              "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
                              "Content-Encoding: gzip\r\n\r\n");
@@ -1523,7 +1496,7 @@ static void parse_response_gzip_chunked_every_split_and_every_fault(void **state
     /* not gzip at all */
     n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", body, blen, 0);
     assert_int_equal(gz_parse(&o, resp, n, 0, &seen), CMH_SCRAPE_GZIP_ERROR);
-    assert_int_equal(seen.len, 0);
+    assert_int_equal(seen.body, 0);
     /* codings we cannot read: never begun */
     static const char *const bad[] = {"br", "deflate", "gzip, gzip", "compress", "zstd", ""};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
@@ -1548,7 +1521,7 @@ static void parse_response_gzip_chunked_every_split_and_every_fault(void **state
     n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", gz, gl, 1);
     for (size_t chunk = 0; chunk <= 50; chunk += 5) {
         assert_int_equal(gz_parse(&o, resp, n, chunk, &seen), CMH_SCRAPE_GZIP_TOO_LARGE);
-        assert_int_equal(seen.len, 1024);
+        assert_int_equal(seen.body, 1024);
     }
     /* exactly the cap is fine */
     free(gz);
@@ -1559,7 +1532,7 @@ static void parse_response_gzip_chunked_every_split_and_every_fault(void **state
     free(nl);
     n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", gz, gl, 1);
     assert_int_equal(gz_parse(&o, resp, n, 0, &seen), CMH_SCRAPE_OK);
-    assert_int_equal(seen.len, 1024);
+    assert_int_equal(seen.body, 1024);
     free(gz);
 }
 
