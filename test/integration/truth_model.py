@@ -132,11 +132,13 @@ class Model:
         out = {}
         counters = self.rounds_finished > 0 and fresh > 0
         for fam, (cw, kind) in TABLE.items():
+            # Every counter from the second round on in which a node answered, 0 when no node has
+            # the family (client_golang creates a labelled series at its first increment).
+            if kind == "counter" and counters:
+                out[cw] = sums.get(fam, 0.0)
             if fam not in present:
                 continue
             if kind == "gauge":
-                out[cw] = sums.get(fam, 0.0)
-            elif kind == "counter" and counters:
                 out[cw] = sums.get(fam, 0.0)
             elif kind == "latency" and counters and lat is not None:
                 out[cw] = tuple(lat)
