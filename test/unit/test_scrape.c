@@ -599,7 +599,9 @@ static void target_of(struct cmh_scrape_target *t, const struct peer *p)
 }
 
 /* One target against a peer in mode; returns its record. */
-static struct cmh_scrape_record one(struct fx *f, enum mode mode)
+/* One target against a peer in mode; returns its record, and what the peer counted in *seen
+ * (may be NULL). */
+static struct cmh_scrape_record one_seen(struct fx *f, enum mode mode, struct peer *seen)
 {
     struct peer p;
     peer_start(&p, &f->loop, mode, f->ipamd, f->ipamd_len);
@@ -613,7 +615,14 @@ static struct cmh_scrape_record one(struct fx *f, enum mode mode)
     assert_int_equal(f->st.count[r.result], 1);
     assert_int_equal(f->st.targets, 1);
     finish(f, &p);
+    if (seen != NULL)
+        *seen = p;
     return r;
+}
+
+static struct cmh_scrape_record one(struct fx *f, enum mode mode)
+{
+    return one_seen(f, mode, NULL);
 }
 
 static size_t log_lines_with(struct fx *f, const char *needle)
@@ -826,13 +835,7 @@ static void gzip_asked_inflated_byte_exact_same_samples_as_identity(void **state
     uint64_t expect = samples_of(f->ipamd, f->ipamd_len);
     f->tc.use_prom = 1;
     struct peer p;
-    peer_start(&p, &f->loop, M_GZIP, f->ipamd, f->ipamd_len);
-    scraper_up(f);
-    struct cmh_scrape_target t;
-    target_of(&t, &p);
-    run_round(f, &t, 1);
-    size_t n;
-    struct cmh_scrape_record r = cmh_scraper_records(&f->s, &n)[0];
+    struct cmh_scrape_record r = one_seen(f, M_GZIP, &p);
     assert_int_equal(r.result, CMH_SCRAPE_OK);
     assert_int_equal(p.asked_gzip, 1);
     assert_int_equal(f->st.gzip, 1);
@@ -842,25 +845,19 @@ static void gzip_asked_inflated_byte_exact_same_samples_as_identity(void **state
     assert_true(p.gz_len > 2048); /* more than one chunk */
     assert_true(r.bytes < p.gz_len + 400);
     uint32_t gz_bytes = r.bytes;
-    finish(f, &p);
 
     /* The same body without gzip: same samples, about four times the bytes. */
     assert_int_equal(uv_loop_init(&f->loop), 0);
     f->closed = 0;
     f->o.gzip = 0;
     memset(f->tc.buf, 0, f->tc.len);
-    peer_start(&p, &f->loop, M_GZIP, f->ipamd, f->ipamd_len);
-    scraper_up(f);
-    target_of(&t, &p);
-    run_round(f, &t, 1);
-    r = cmh_scraper_records(&f->s, &n)[0];
+    r = one_seen(f, M_GZIP, &p);
     assert_int_equal(r.result, CMH_SCRAPE_OK);
     assert_int_equal(p.asked_gzip, 0);
     assert_int_equal(f->st.gzip, 0);
     assert_memory_equal(f->tc.buf, f->ipamd, f->ipamd_len);
     assert_int_equal(f->tc.samples, expect);
     assert_true(r.bytes > 3 * gz_bytes);
-    finish(f, &p);
 }
 
 /* SCRAPE_GZIP=false: no Accept-Encoding line at all. */
@@ -869,16 +866,9 @@ static void gzip_off_sends_no_accept_encoding(void **state)
     struct fx *f = *state;
     f->o.gzip = 0;
     struct peer p;
-    peer_start(&p, &f->loop, M_OK, f->ipamd, f->ipamd_len);
-    scraper_up(f);
-    struct cmh_scrape_target t;
-    target_of(&t, &p);
-    run_round(f, &t, 1);
-    size_t n;
-    assert_int_equal(cmh_scraper_records(&f->s, &n)[0].result, CMH_SCRAPE_OK);
+    assert_int_equal(one_seen(f, M_OK, &p).result, CMH_SCRAPE_OK);
     assert_int_equal(p.requests, 1);
     assert_int_equal(p.any_ae, 0);
-    finish(f, &p);
     /* SCRAPE_GZIP is what sets it. */
     struct cmh_config cfg;
     memset(&cfg, 0, sizeof cfg);
