@@ -4,6 +4,7 @@
 #include "cmh/aws_endpoint.h"
 #include "cmh/rng.h"
 #include "cmh/config.h"
+#include "cmh/gz.h"
 #include "cmh/log.h"
 #include "cmh/sigv4.h"
 
@@ -15,8 +16,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <zlib.h>
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -671,30 +670,10 @@ static void set_last_error(struct cmh_cloudwatch *cw, const char *what)
 
 static int gzip_body(struct cmh_cloudwatch *cw, const char *in, size_t len)
 {
-    z_stream zs;
-    memset(&zs, 0, sizeof zs);
-    if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
-        Z_OK)
-        return -ENOMEM;
-    int rc = 0;
-    size_t cap = deflateBound(&zs, (uLong)len) + 32;
-    cw->gz = cmh_malloc(cap);
-    if (cw->gz == NULL) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    zs.next_in = (Bytef *)(uintptr_t)in;
-    zs.avail_in = (uInt)len;
-    zs.next_out = cw->gz;
-    zs.avail_out = (uInt)cap;
-    if (deflate(&zs, Z_FINISH) != Z_STREAM_END) {
-        rc = -EIO;
-        goto out;
-    }
-    cw->gz_len = zs.total_out;
-out:
-    deflateEnd(&zs);
-    return rc;
+    cmh_free(cw->gz);
+    cw->gz = NULL;
+    cw->gz_len = 0;
+    return cmh_gzip(in, len, &cw->gz, &cw->gz_len);
 }
 
 static int add_header(struct cmh_cloudwatch *cw, const char *name, const char *value)

@@ -647,3 +647,17 @@ void cmh_curl_uv_cancel(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req)
         return;
     finish(c, req, CURLE_OK, CMH_CURL_ERR_CANCELLED);
 }
+
+const char *cmh_curl_uv_header(const struct cmh_curl_uv_req *req, const char *name, size_t index,
+                               size_t *amount)
+{
+    struct curl_header *h;
+    if (amount != NULL)
+        *amount = 0;
+    if (req->easy == NULL ||
+        curl_easy_header(req->easy, name, index, CURLH_HEADER, -1, &h) != CURLHE_OK)
+        return NULL;
+    if (amount != NULL)
+        *amount = h->amount;
+    return h->value;
+}

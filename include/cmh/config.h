@@ -47,6 +47,7 @@ struct cmh_config {
     uint64_t scrape_max_body;
     uint64_t scrape_jitter_ms;
     bool scrape_keepalive;
+    bool scrape_gzip;
     int scrape_mode;                   /* enum cmh_scrape_mode (include/cmh/scrape_mode.h) */
     uint64_t scrape_direct_recheck_ms; /* auto: a node on the proxy tries direct again after this */
     /* CloudWatch publisher (include/cmh/cloudwatch.h; cmh_cloudwatch_opts_from_config). */

@@ -157,4 +157,10 @@ void cmh_curl_uv_close(struct cmh_curl_uv *c, cmh_curl_uv_close_cb close_cb);
  * returns. Does nothing when req is not in flight. */
 void cmh_curl_uv_cancel(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req);
 
+/* From inside req's on_data: the value of the index-th response header called name (any case),
+ * or NULL when there is none; *amount (may be NULL) gets how many such headers there are. The
+ * value is valid until on_data returns. */
+const char *cmh_curl_uv_header(const struct cmh_curl_uv_req *req, const char *name, size_t index,
+                               size_t *amount);
+
 #endif

@@ -415,6 +415,8 @@ def verify(nodes, tss, by_ts, summaries, restarted, stopped, late):
             check(f"round {i + 1} {n}: gzip exactly when asked",
                   (s["content_encoding"] == "gzip") == wants_gzip, (s["accept_encoding"], s["content_encoding"]))
     print("Accept-Encoding the daemon sent: %s" % sorted(encodings))
+    check("the daemon asks every node for gzip (SCRAPE_GZIP's default), so the datums below come from "
+          "inflated bodies", encodings == {"gzip"}, encodings)
 
     model = Model(STALE_ROUNDS)
     differ, lacking = [], []  # (round, {metric: (got, expected)})

@@ -61,7 +61,8 @@ on standard output:
   getlease NAME [ns=kube-system]  the stored Lease as JSON (null when absent), as an admin sees it
   stats              counters (lists, watches, unauthorized, injected failures, ...)
                      (h2_connections, h2_streams, h1_connections, proxy_requests,
-                     proxy_by_pod, proxy_unauthorized, proxy_unreachable, proxy_faults)
+                     proxy_by_pod, proxy_unauthorized, proxy_unreachable, proxy_faults,
+                     proxy_gzip)
 """
 import argparse
 import http.client
@@ -109,7 +110,7 @@ STATE = {
               "watch_open": 0, "lease_conflicts": 0, "tokens_seen": [],
               "h2_connections": 0, "h2_streams": 0, "h1_connections": 0, "proxy_requests": 0,
               "proxy_by_pod": {}, "proxy_unauthorized": 0, "proxy_unreachable": 0,
-              "proxy_faults": 0, "forbidden": 0, "forbidden_requests": []},
+              "proxy_faults": 0, "proxy_gzip": 0, "forbidden": 0, "forbidden_requests": []},
     "proxy": {},         # pod -> (host, port) the pod proxy dials instead of the hostIP
     "proxy_fault": {},   # pod (or "*") -> ("503",) | ("slow", seconds)
     "lease_barrier": 0,  # Lease GETs still to arrive before the held ones are answered
@@ -552,7 +553,8 @@ class Handler(BaseHTTPRequestHandler):
     def proxy_h1(self, path):
         """The pod proxy over HTTP/1.1: the whole answer, then the connection closes."""
         self.close_connection = True
-        events = list(proxy_events(path, "Bearer " + STATE["token"]))
+        events = list(proxy_events(path, "Bearer " + STATE["token"],
+                                   self.headers.get("Accept-Encoding", "")))
         status, headers = events[0][1], events[0][2]
         body = b"".join(e[1] for e in events if e[0] == "data")
         self.send_response(status)
@@ -680,9 +682,11 @@ def status_body(code, reason, message):
     return json.dumps(status(code, reason, message)).encode()
 
 
-def proxy_events(path, auth):
+def proxy_events(path, auth, accept_encoding=""):
     """Yields ("headers", status, [(name, value)]), then ("data", bytes)..., then ("end",) or
-    ("reset",): what the pod proxy answers for path (the gate included)."""
+    ("reset",): what the pod proxy answers for path (the gate included). Like the API server's
+    proxy, the client's Accept-Encoding goes to the pod and the body comes back as the pod sent it
+    (the count of requests that asked for gzip is in stats proxy_gzip)."""
     parts = path.strip("/").split("/")
     with COND:
         st = STATE["stats"]
@@ -740,7 +744,13 @@ def proxy_events(path, auth):
         return
     try:
         c = http.client.HTTPConnection(target[0], target[1], timeout=10)
-        c.request("GET", rest, headers={"Accept": "text/plain", "Connection": "close"})
+        fwd = {"Accept": "text/plain", "Connection": "close"}
+        if accept_encoding:
+            fwd["Accept-Encoding"] = accept_encoding
+            if "gzip" in accept_encoding:
+                with COND:
+                    st["proxy_gzip"] += 1
+        c.request("GET", rest, headers=fwd)
         r = c.getresponse()
     except OSError as e:
         with COND:
@@ -837,7 +847,8 @@ class H2Connection:
             h = dict(ev.headers)
             threading.Thread(target=self.worker, daemon=True,
                              args=(ev.stream_id, h.get(":method", ""), h.get(":path", ""),
-                                   h.get("authorization", ""))).start()
+                                   h.get("authorization", ""),
+                                   h.get("accept-encoding", ""))).start()
         elif isinstance(ev, h2.events.DataReceived):
             self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         elif isinstance(ev, h2.events.StreamReset):
@@ -848,12 +859,12 @@ class H2Connection:
             return False
         return True
 
-    def worker(self, sid, method, path, auth):
+    def worker(self, sid, method, path, auth, accept_encoding):
         try:
             if method != "GET":
                 events = iter([("headers", 405, []), ("end",)])
             else:
-                events = proxy_events(urlsplit(path).path, auth)
+                events = proxy_events(urlsplit(path).path, auth, accept_encoding)
             for e in events:
                 self.out.put((sid, e))
                 self.wake_w.send(b"x")

@@ -38,9 +38,12 @@
  * timeout), trickle (64 bytes per --trickle-ms: response timeout), reset (half the body then RST),
  * status500, garbage (non-HTTP bytes, then close: malformed), truncate (Content-Length, half the
  * body, then FIN), oversize (a chunked body of 6 MiB: body too large), ctype (text/html),
- * badtext (a malformed first line of awscni_assigned_ip_addresses: parse error); and two that
- * must succeed: chunked
- * (Transfer-Encoding: chunked), eofbody (no Content-Length, body ends at close).
+ * badtext (a malformed first line of awscni_assigned_ip_addresses: parse error), bomb (a gzip
+ * body, asked for or not, of about 6 KB that inflates to the 6 MiB of comment lines: gzip too
+ * large), gzcut (gzip, asked for or not: the first half of the stream in a complete chunked
+ * response: gzip error), encoding (Content-Encoding: br: content encoding); and two that must
+ * succeed: chunked (Transfer-Encoding: chunked, gzip too when asked), eofbody (no
+ * Content-Length, body ends at close).
  *
  * Truth (--truth-dir DIR), written for epoch 0 at start and for every epoch at /advance:
  *   DIR/epoch-EEEEEE.nodes.jsonl  one line per node (all nodes, present or not):
@@ -56,8 +59,8 @@
  *   "ok" means a correct scraper gets a good scrape of this node this epoch (present and no fault
  *   but chunked/eofbody). Values are written with %.17g, so they read back exactly.
  *
- * A request that accepts gzip gets a gzip body (Content-Encoding: gzip), as promhttp in ipamD
- * does; faults are always served uncompressed.
+ * A request that accepts gzip gets a gzip body (Content-Encoding: gzip) in chunks of 2 KB, as
+ * promhttp on Go's net/http does in ipamD; other faults are served uncompressed.
  *
  * Idle keep-alive connections are closed after --idle-timeout-ms (ipamD: 5 s), like ipamD's Go
  * server (ReadTimeout 5s, no IdleTimeout). A request with "Connection: close" is answered and
@@ -583,12 +586,15 @@ enum fault {
     F_BADTEXT,
     F_CHUNKED,
     F_EOFBODY,
+    F_BOMB,
+    F_GZCUT,
+    F_ENCODING,
     F_N
 };
 
 static const char *const fault_names[F_N] = {
-    "none",     "refuse",   "stall", "trickle", "reset",   "status500", "garbage",
-    "truncate", "oversize", "ctype", "badtext", "chunked", "eofbody"};
+    "none",     "refuse", "stall",   "trickle", "reset",   "status500", "garbage", "truncate",
+    "oversize", "ctype",  "badtext", "chunked", "eofbody", "bomb",      "gzcut",   "encoding"};
 
 struct fault_sel {
     int kind;
@@ -732,6 +738,8 @@ struct worker {
     size_t out_cap;
     char *pad; /* the oversize body, shared by all writes */
     size_t pad_len;
+    unsigned char *bomb; /* pad gzip-compressed, made at the first bomb */
+    size_t bomb_len;
     uint64_t requests, conns_open, conns_total;
     FILE *truth;
 };
@@ -1258,6 +1266,29 @@ static unsigned char *gzip_body(const char *body, size_t len, size_t *out_len)
 
 static const char ctype_ok[] = "text/plain; version=0.0.4; charset=utf-8";
 
+/* A 200 with data[0..len) in chunks of at most chunk bytes; extra header lines before the blank. */
+static void send_chunked(struct sim_conn *c, const char *extra, const void *data, size_t len,
+                         size_t chunk, int close_after)
+{
+    char *o = xmalloc(len + (len / chunk + 1) * 16 + 512);
+    size_t n = (size_t)snprintf(o, 512,
+                                "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%s"
+                                "Transfer-Encoding: chunked\r\n%s\r\n",
+                                ctype_ok, extra, close_after ? "Connection: close\r\n" : "");
+    for (size_t off = 0; off < len; off += chunk) {
+        size_t k = len - off < chunk ? len - off : chunk;
+        n += (size_t)snprintf(o + n, 16, "%zx\r\n", k);
+        memcpy(o + n, (const char *)data + off, k);
+        n += k;
+        memcpy(o + n, "\r\n", 2);
+        n += 2;
+    }
+    memcpy(o + n, "0\r\n\r\n", 5);
+    uv_buf_t b = uv_buf_init(o, (unsigned)(n + 5));
+    send_bufs(c, &b, 1, close_after, 1);
+    free(o);
+}
+
 static void respond(struct sim_conn *c)
 {
     struct worker *w = c->w;
@@ -1304,6 +1335,11 @@ static void respond(struct sim_conn *c)
             send_bufs(c, b + 1, 2, close_after, 0);
         return;
     }
+    case F_BOMB:
+        if (w->bomb == NULL)
+            w->bomb = gzip_body(w->pad, w->pad_len, &w->bomb_len);
+        send_chunked(c, "Content-Encoding: gzip\r\n", w->bomb, w->bomb_len, 2048, close_after);
+        return;
     default:
         break;
     }
@@ -1322,6 +1358,18 @@ static void respond(struct sim_conn *c)
     blen += prelen;
     char *body = w->out + H;
     const char *ct = fault == F_CTYPE ? "text/html; charset=utf-8" : ctype_ok;
+    if (((fault == F_NONE || fault == F_CHUNKED) && c->gzip) || fault == F_GZCUT) {
+        /* Real ipamD (promhttp) compresses for clients that accept gzip, as Prometheus does, and
+         * Go's server chunks a body past 2 KB. */
+        if (n->gz_epoch != w->epoch + 1) {
+            free(n->gz);
+            n->gz = gzip_body(body, blen, &n->gz_len);
+            n->gz_epoch = w->epoch + 1;
+        }
+        send_chunked(c, "Content-Encoding: gzip\r\n", n->gz,
+                     fault == F_GZCUT ? n->gz_len / 2 : n->gz_len, 2048, close_after);
+        return;
+    }
     if (fault == F_CHUNKED) {
         /* Re-frame the body as chunks of 1000 bytes after it in the buffer. */
         size_t need = H + blen * 2 + 4096;
@@ -1352,30 +1400,15 @@ static void respond(struct sim_conn *c)
         return;
     }
     int hl;
-    if (fault == F_NONE && c->gzip) {
-        /* Real ipamD (promhttp) compresses for clients that accept gzip, as Prometheus does. */
-        if (n->gz_epoch != w->epoch + 1) {
-            free(n->gz);
-            n->gz = gzip_body(body, blen, &n->gz_len);
-            n->gz_epoch = w->epoch + 1;
-        }
-        hl = snprintf(hdr, sizeof hdr,
-                      "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: %s\r\n"
-                      "Content-Length: %zu\r\n%s\r\n",
-                      ct, n->gz_len, close_after ? "Connection: close\r\n" : "");
-        uv_buf_t b[2] = {uv_buf_init(hdr, (unsigned)hl),
-                         uv_buf_init((char *)n->gz, (unsigned)n->gz_len)};
-        send_bufs(c, b, 2, close_after, 1);
-        return;
-    }
     if (fault == F_EOFBODY) {
         hl = snprintf(hdr, sizeof hdr,
                       "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nConnection: close\r\n\r\n", ct);
         close_after = 1;
     } else {
         hl = snprintf(hdr, sizeof hdr,
-                      "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n", ct,
-                      blen, close_after ? "Connection: close\r\n" : "");
+                      "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%sContent-Length: %zu\r\n%s\r\n", ct,
+                      fault == F_ENCODING ? "Content-Encoding: br\r\n" : "", blen,
+                      close_after ? "Connection: close\r\n" : "");
     }
     char *start = body - hl;
     memcpy(start, hdr, (size_t)hl);
