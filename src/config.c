@@ -30,6 +30,11 @@ const struct cmh_config_var cmh_config_vars[] = {
      "instead."},
     {"USE_PROMETHEUS", CMH_CFG_BOOL, FIELD(use_prometheus), "false", 0, 0, NULL, 0,
      "Serve the cluster aggregates and self-metrics on our own /metrics (PROMETHEUS_PORT)."},
+    {"PROMETHEUS_ORIGINAL_NAMES", CMH_CFG_BOOL, FIELD(prometheus_original_names), "false", 0, 0,
+     NULL, 0,
+     "Also serve the six cluster gauges under the names AWS's helper used with USE_PROMETHEUS "
+     "(awscni_assigned_ip_addresses... without labels), for dashboards built on it. Off by "
+     "default: a Prometheus that also scrapes ipamD would mix them with the per-node series."},
     {"METRIC_UPDATE_INTERVAL", CMH_CFG_DURATION, FIELD(interval_ms), "30", 1 * SEC, 3600 * SEC,
      NULL, 0, "Time between scrape rounds; bare numbers are seconds."},
     {"AWS_REGION", CMH_CFG_STR, FIELD(aws_region), NULL, 0, 0, NULL, 0,

@@ -25,6 +25,7 @@ struct cmh_target_list {
 struct cmh_config {
     bool use_cloudwatch;
     bool use_prometheus;
+    bool prometheus_original_names; /* also the original helper's six awscni_ gauges */
     uint64_t interval_ms;
     char *aws_region;
     char *cluster_id;

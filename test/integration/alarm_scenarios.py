@@ -154,7 +154,8 @@ def first_alarm(states):
 class Node:
     def __init__(self, ip):
         self.lock = threading.Lock()
-        self.values = {"assigned": 0, "total": 0, "max": 0, "prefixes": 0, "noavail": 0}
+        self.values = {"assigned": 0, "total": 0, "max": 0, "prefixes": 0, "noavail": 0,
+                       "enis": 1, "enimax": 3}
         node = self
 
         class H(BaseHTTPRequestHandler):
@@ -167,6 +168,10 @@ class Node:
                         f"awscni_total_ip_addresses {v['total']}\n"
                         "# TYPE awscni_ip_max gauge\n"
                         f"awscni_ip_max {v['max']}\n"
+                        "# TYPE awscni_eni_allocated gauge\n"
+                        f"awscni_eni_allocated {v['enis']}\n"
+                        "# TYPE awscni_eni_max gauge\n"
+                        f"awscni_eni_max {v['enimax']}\n"
                         "# TYPE awscni_total_ipv4_prefixes gauge\n"
                         f"awscni_total_ipv4_prefixes {v['prefixes']}\n"
                         "# TYPE awscni_no_available_ip_addresses counter\n"
