@@ -10,9 +10,11 @@ is 30 virtual seconds and a datum's timestamp maps to virtual time.
 The alarms, resolved from the template with its defaults, are then evaluated by a small evaluator
 written from CloudWatch's documented semantics: per period the statistic of the datums in it, a
 metric math expression over the queries' values (arithmetic, comparisons, IF, FILL), the
-comparison with the threshold, M of the last N periods breaching, and TreatMissingData (missing:
-no state change when every period is missing; notBreaching/breaching: a missing period counts as
-good/bad; ignore: the state is kept). The definitions themselves are checked against botocore's
+comparison with the threshold, M of the last N periods breaching; with at least M datapoints in
+the range only those are evaluated, with fewer the missing ones are filled per TreatMissingData
+(breaching: bad, notBreaching: good, missing/ignore: ALARM only when every present one breaches;
+none present: INSUFFICIENT_DATA for missing, the state kept for ignore). CloudWatch's look-back
+beyond N periods for missing datapoints is not modelled. The definitions themselves are checked against botocore's
 model by cloudwatch_manifests_check.py.
 
 Scenarios:
@@ -128,18 +130,19 @@ def evaluate(alarm, datums, first_vt, last_vt):
     while end * period <= last_vt:
         window = [values.get(p) for p in range(end - n, end)]
         present = [v for v in window if v is not None]
-        if tmd == "breaching":
-            bad = sum(1 for v in window if v is None or op(v, thr))
+        bad = sum(1 for v in present if op(v, thr))
+        if len(present) >= m:
+            # Enough datapoints: CloudWatch evaluates the existing ones only.
             state = "ALARM" if bad >= m else "OK"
+        elif tmd == "breaching":
+            state = "ALARM" if bad + (n - len(present)) >= m else "OK"
         elif tmd == "notBreaching":
-            bad = sum(1 for v in present if op(v, thr))
             state = "ALARM" if bad >= m else "OK"
         elif not present:
             state = "INSUFFICIENT_DATA" if tmd == "missing" else state
         else:
-            bad = sum(1 for v in present if op(v, thr))
-            # Fewer datapoints than M present: CloudWatch needs all of them breaching.
-            state = "ALARM" if bad >= min(m, len(present)) else "OK"
+            # missing/ignore with fewer than M datapoints: ALARM when every one of them breaches.
+            state = "ALARM" if bad == len(present) else "OK"
         out.append((end * period, state))
         end += 1
     return out
@@ -342,12 +345,16 @@ def main():
             q["Expression"] = "100 * assigned / slots"
     check("drain: capacity counted in slots (blind to prefix delegation) would have paged",
           first_alarm(evaluate(naive, dr, 0, dr_end)) is not None)
+    print("drain (virtual minutes): subnet alarm at %s, failing-assignments alarm at %s"
+          % (sub and sub / 60, fail and fail / 60))
     quiet = evaluate(by["HelperSilent"], dr, 0, dr_end - 60)
     check("helper-silent is quiet while the helper publishes", first_alarm(quiet) is None,
           quiet[-3:])
     # The helper stopped at dr_end: the dead-man alarm fires within its minutes after.
     after = evaluate(by["HelperSilent"], dr, 0, dr_end + 8 * 60)
     went = first_alarm(after)
+    print("helper stopped at %.1f, helper-silent at %s (virtual minutes)"
+          % (dr_end / 60, went and went / 60))
     check("helper stopped: helper-silent fires within its 5 minutes (plus one)",
           went is not None and dr_end <= went <= dr_end + 7 * 60, (went, dr_end))
     check("helper stopped: pod-ip-assignments-failing clears (no data is no failure)",
@@ -371,11 +378,15 @@ def main():
     check("evaluator: 2 of 5 breaching stays OK", evaluate(h, pts([1, 0, 0, None, 1]), 0, 300)[-1][1]
           == "OK")
     hb = dict(h, TreatMissingData="breaching")
-    check("evaluator: missing counts as breaching", evaluate(hb, pts([1, None, None, 0, 0]), 0, 300)
+    check("evaluator: breaching, fewer than M present: missing ones count as bad", evaluate(hb, pts([1, None, None, None, 0]), 0, 300)
           [-1][1] == "ALARM")
     hm = dict(h, TreatMissingData="missing")
     check("evaluator: all missing is INSUFFICIENT_DATA", evaluate(hm, [], 0, 300)[-1][1]
           == "INSUFFICIENT_DATA")
+    check("evaluator: missing, fewer than M present, all breaching: ALARM (AWS's - - X - - row)",
+          evaluate(hm, pts([None, None, 1, None, None]), 0, 300)[-1][1] == "ALARM")
+    check("evaluator: breaching, M present and good: OK (existing datapoints only)",
+          evaluate(hb, pts([0, 0, 0, None, None]), 0, 300)[-1][1] == "OK")
     check("evaluator: math IF/FILL", math_eval("100 * a / IF(FILL(p, 0) > 0, 16 * s, s)",
                                                {"a": 8, "p": None, "s": 10}) == 80.0 and
           math_eval("100 * a / IF(FILL(p, 0) > 0, 16 * s, s)", {"a": 8, "p": 2, "s": 10}) == 5.0)
