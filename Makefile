@@ -8,7 +8,8 @@ JOBS       ?= $(shell nproc)
 BUILD_DEPS := cmake make gcc pkg-config libuv1-dev libjansson-dev libmbedtls-dev \
               libcurl4-openssl-dev zlib1g-dev libcmocka-dev libexpat1-dev node-llhttp clang-format
 TEST_DEPS  := python3 python3-botocore python3-prometheus-client prometheus python3-yaml python3-h2 \
-              cppcheck clang-tidy
+              golang-go golang-github-prometheus-client-golang-dev \
+              cppcheck clang-tidy unzip
 FUZZ_DEPS  := clang libclang-rt-14-dev
 BENCH_DEPS := prometheus wrk valgrind
 
@@ -20,6 +21,7 @@ all: build
 
 deps:
 	@.ci/deps.sh $(BUILD_DEPS) $(TEST_DEPS)
+	@.ci/k8s-tools.sh
 
 build: deps
 	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null

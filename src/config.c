@@ -144,6 +144,10 @@ const struct cmh_config_var cmh_config_vars[] = {
     {"K8S_CA_FILE", CMH_CFG_STR, FIELD(k8s_ca_file),
      "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", 0, 0, NULL, 0,
      "CA bundle that signs the Kubernetes API server certificate."},
+    {"K8S_SYNC_TIMEOUT", CMH_CFG_DURATION, FIELD(k8s_sync_timeout_ms), "60", 1 * SEC, 3600 * SEC,
+     NULL, 0,
+     "With Kubernetes discovery the first round waits for the first pod list, at most this long; "
+     "then rounds run without it, and /readyz and the log say why."},
     {"K8S_WATCH_TIMEOUT", CMH_CFG_DURATION, FIELD(k8s_watch_timeout_ms), "5m", 1 * SEC, 3600 * SEC,
      NULL, 0, "Length of one pod watch request; the watch is then resumed from where it was."},
     {"LEADER_ELECTION", CMH_CFG_BOOL, FIELD(leader_election), "false", 0, 0, NULL, 0,

@@ -521,10 +521,12 @@ static void publish(struct cmh_discovery *d)
                 "no aws-node pods: the Kubernetes API lists no pod matching the selector (EKS Auto "
                 "Mode has none); nothing to scrape",
                 CMH_STR("namespace", d->ns), CMH_STR("label_selector", d->selector));
-    if (set_equal(set, d->set)) {
+    /* The first list is always told, even when it found nothing: a caller waits for it. */
+    if (set_equal(set, d->set) && (d->sync_told || !d->synced)) {
         cmh_discovery_set_release(set);
         return;
     }
+    d->sync_told = d->synced;
     cmh_discovery_set_release(d->set);
     d->set = set;
     if (d->log != NULL)

@@ -179,6 +179,14 @@ void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c
         cmh_buf_printf(out, PREFIX "scrapes_total{result=\"%s\"} %llu\n",
                        cmh_scrape_result_name((enum cmh_scrape_result)r),
                        (unsigned long long)c->results_total[r]);
+    scalar(out, "scrape_unknown_families_total", "counter",
+           "ipamD families (awscni_*) not in the metric table, once per family and good scrape: "
+           "read, not published (a newer VPC CNI?); each name is logged once.",
+           a->unknown_total);
+    scalar(out, "ipamd_unknown_families", "gauge",
+           "Distinct unknown awscni_ family names seen since start, at most 64 (each named once "
+           "in the log).",
+           a->nunknown);
     if (c->has_proxy)
         proxy_metrics(c, out);
     if (cw != NULL)

@@ -8,7 +8,12 @@
     "{CLUSTER_ID, NodeName} with CW_PER_NODE=true (at most CW_PER_NODE_MAX nodes, nearest to "     \
     "exhaustion first)"
 
-/* Names and meanings of the original helper's 20 metrics are kept; new metrics have new names. */
+/* Names and meanings of the original helper's 20 metrics are kept; new metrics have new names.
+ * When they are published: a gauge in every round in which a counted node (fresh, or stale within
+ * STALE_ROUNDS) has its family; a counter in every round from the second on in which at least one
+ * node answered, 0 when no node has the family (client_golang creates a labelled series at its
+ * first increment, and awscni_no_available_ip_addresses may be absent on a healthy node); the
+ * latency statistic set only in a round with calls; derived metrics as their meaning says. */
 const struct cmh_metric cmh_metrics[CMH_M_COUNT] = {
     [CMH_M_ADD_IP_REQ] = {"awscni_add_ip_req_count", "addReqCount", CMH_METRIC_COUNTER, COUNT,
                           "Add-IP requests from the CNI plugin (pod creations) in the round.",
@@ -194,7 +199,7 @@ static const char *aggregation(enum cmh_metric_kind kind)
     case CMH_METRIC_GAUGE_SUM:
         return "gauge, sum over nodes";
     case CMH_METRIC_COUNTER:
-        return "counter, sum of per-node increases";
+        return "counter, sum of per-node increases (0 when no node has the family)";
     case CMH_METRIC_LATENCY:
         return "statistic set (SampleCount, Sum, Min, Max)";
     case CMH_METRIC_DERIVED:

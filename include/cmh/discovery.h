@@ -31,8 +31,9 @@ struct cmh_discovery_set {
     struct cmh_discovery_target *v;
 };
 
-/* Fires from the loop (never inside a discovery call) after the target set changed; the new set
- * is published before the call. Changes that arrive together are coalesced into one call. */
+/* Fires from the loop (never inside a discovery call) after the target set changed, and after the
+ * first full list even when it changed nothing (it may have found no pod); the new set is
+ * published before the call. Changes that arrive together are coalesced into one call. */
 typedef void (*cmh_discovery_change_cb)(struct cmh_discovery *d, void *arg);
 typedef void (*cmh_discovery_close_cb)(struct cmh_discovery *d);
 
@@ -141,6 +142,7 @@ struct cmh_discovery {
     uv_timer_t retry, notify;
     unsigned open_handles;
     bool started, stopping, dirty, synced, watching;
+    bool sync_told; /* on_change fired after the first list */
     struct cmh_discovery_status st;
     char last_error[256];
     cmh_discovery_close_cb close_cb;

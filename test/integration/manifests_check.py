@@ -10,8 +10,13 @@ eks-charts chart's) and checks every rendering against the code:
   builds: a collection read is list, a watch=1 query is watch, a single pod would be get) in the
   watched namespace, bound to the Deployment's ServiceAccount; pods/proxy get if and only if the
   rendered SCRAPE_MODE is not direct; the Lease verbs (the HTTP methods of the Lease code) if and
-  only if LEADER_ELECTION is on; ENIConfig list (the only cluster-wide grant) if and only if
-  SUBNET_METRICS is on; no wildcards;
+  only if LEADER_ELECTION is on, on our Lease alone (resourceNames = LEADER_ELECTION_LEASE_NAME)
+  and without create, because the Lease itself is rendered (empty) in the watched namespace;
+  ENIConfig list (the only cluster-wide grant) if and only if SUBNET_METRICS is on; no wildcards;
+- the NetworkPolicy selects the Deployment's pods, admits on the metrics port only the peers the
+  operator names (none by default: the kubelet's probes come from the node), and lets out exactly
+  TCP 443, the ipamD port, DNS and TCP 80 to the link-local credential endpoints (evaluated on
+  sample destinations, allowed and refused);
 - the probes' paths answer on the daemon (liveness 200, readiness 200/503, an unknown path 404),
   and their port is the container port the daemon listens on (PROMETHEUS_PORT);
 - the pod is hardened (non-root, read-only root, no capabilities, seccomp RuntimeDefault), memory
@@ -22,19 +27,22 @@ eks-charts chart's) and checks every rendering against the code:
 - every documented combination has what it promises (the IRSA annotation and AWS_CLUSTER_ID survive
   every component; each component's env, RBAC and objects are there), in either component order;
 - the IAM policy grants cloudwatch:PutMetricData only, on the daemon's namespace, and the IRSA
-  trust policy and Pod Identity association name the rendered ServiceAccount;
+  trust policy and Pod Identity association name the rendered ServiceAccount; the Pod Identity
+  trust policy is bound to the association's account and cluster (aws:SourceAccount,
+  aws:SourceArn);
 - the chart's values are a superset of the original chart's; the original values file is refused
   (it names AWS's image) and the documented upgrade (`--set image.registry=...`) gets our tag;
   either spelling of a feature (env.LEADER_ELECTION / leaderElection.enabled, env.SUBNET_METRICS /
   subnetMetrics.enabled, env.SCRAPE_MODE / scrapeMode) renders the same objects.
-Renders with test/integration/manifests_render.py; when `kubectl` with kustomize v4+ is on PATH
-its `kustomize` must produce the same objects for every kustomize rendering (a differential check
-of the renderer), and refuse what the renderer refuses. Finally, deliberately broken renderings
-must be rejected, so the checks themselves can fail.
+Renders with the real tools (test/integration/manifests_tools.py: `kubectl kustomize` of kubectl
+1.30, kustomize v5, and helm 3.17, both installed by `make deps`); `helm lint --strict` passes for
+every values case; kustomize refuses the combinations the README warns against. Finally,
+deliberately broken renderings must be rejected, so the checks themselves can fail.
 """
 import atexit
 import copy
 import glob
+import ipaddress
 import itertools
 import json
 import os
@@ -49,7 +57,9 @@ import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import manifests_render as mr  # noqa: E402
+import manifests_tools as mt  # noqa: E402
+from manifests_tools import RenderError  # noqa: E402
+from testlib import stop_proc  # noqa: E402
 
 import yaml  # noqa: E402
 
@@ -209,8 +219,111 @@ def selects(selector, labels):
         all(labels.get(k) == v for k, v in ml.items())
 
 
-def check_rendering(label, objs):
-    """Returns the number of failed checks for this rendering."""
+# --- NetworkPolicy: an evaluator of the rules, for sample peers ----------------------------------
+
+def np_port_ok(ports, proto, port, named):
+    """ports of a rule admit proto/port (named: the pod's port names -> numbers)."""
+    if not ports:
+        return True
+    for p in ports:
+        pp = named.get(p.get("port"), p.get("port"))
+        if p.get("protocol", "TCP") == proto and (pp is None or pp == port
+                                                  or (p.get("endPort") and pp <= port <= p["endPort"])):
+            return True
+    return False
+
+
+def np_peer_ok(peer, who, policy_ns):
+    """peer (a from/to entry) matches who: {"ip", "ns", "ns_labels", "pod_labels"}."""
+    if "ipBlock" in peer:
+        addr = ipaddress.ip_address(who["ip"])
+        net = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+        return addr.version == net.version and addr in net and not any(
+            addr in ipaddress.ip_network(e) for e in peer["ipBlock"].get("except") or []
+            if ipaddress.ip_network(e).version == addr.version)
+    if who.get("pod_labels") is None:
+        return False  # not a pod: only ipBlocks match it
+    if "namespaceSelector" in peer:
+        nsel = peer["namespaceSelector"] or {}
+        if not all((who.get("ns_labels") or {}).get(k) == v for k, v in (nsel.get("matchLabels") or {}).items()):
+            return False
+    elif who.get("ns") != policy_ns:
+        return False
+    psel = peer.get("podSelector") or {}
+    return all(who["pod_labels"].get(k) == v for k, v in (psel.get("matchLabels") or {}).items())
+
+
+def np_allows(np, direction, proto, port, who, named=None):
+    spec = np.get("spec") or {}
+    if direction not in (spec.get("policyTypes") or []):
+        return True
+    key, peers = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    for rule in spec.get(key) or []:
+        if np_port_ok(rule.get("ports"), proto, port, named or {}) and (
+                not rule.get(peers) or any(np_peer_ok(p, who, np["metadata"].get("namespace"))
+                                           for p in rule[peers])):
+            return True
+    return False
+
+
+def pod_peer(ns, ip="10.0.9.9", labels=None):
+    return {"ip": ip, "ns": ns, "ns_labels": {"kubernetes.io/metadata.name": ns},
+            "pod_labels": labels or {"app": "anything"}}
+
+
+# What the helper talks to (allowed) and what it has no business reaching (refused).
+EGRESS_ALLOWED = [("TCP", 443, "172.20.0.1", "the API server's ClusterIP"),
+                  ("TCP", 443, "10.0.3.17", "an API server endpoint"),
+                  ("TCP", 443, "52.94.133.131", "a CloudWatch/STS/EC2 endpoint"),
+                  ("TCP", 443, "2600:1f14:fff:f810::1", "an endpoint over IPv6"),
+                  ("TCP", "ipamd", "10.0.12.34", "another node's ipamD"),
+                  ("TCP", "ipamd", "2600:1f14::5", "a node's ipamD over IPv6"),
+                  ("UDP", 53, "172.20.0.10", "cluster DNS"), ("TCP", 53, "169.254.20.10", "NodeLocal DNS"),
+                  ("TCP", 80, "169.254.170.23", "the EKS Pod Identity Agent"),
+                  ("TCP", 80, "fd00:ec2::23", "the EKS Pod Identity Agent over IPv6"),
+                  ("TCP", 80, "169.254.169.254", "instance metadata")]
+EGRESS_REFUSED = [("TCP", 80, "93.184.216.34", "plain HTTP to the internet"),
+                  ("TCP", 5432, "10.0.0.5", "a database in the VPC"), ("TCP", 22, "10.0.0.5", "SSH"),
+                  ("UDP", 123, "169.254.169.123", "NTP"), ("TCP", 10250, "10.0.12.34", "a kubelet")]
+
+
+def check_network_policy(label, objs, pod, c, env, ns, pod_labels, metrics_from):
+    nps = by_kind(objs, "NetworkPolicy")
+    if not check(f"{label}: one NetworkPolicy, in the Deployment's namespace, over its pods, Ingress and Egress",
+                 len(nps) == 1 and nps[0]["metadata"].get("namespace") == ns
+                 and selects(nps[0]["spec"].get("podSelector"), pod_labels)
+                 and set(nps[0]["spec"].get("policyTypes") or []) == {"Ingress", "Egress"}, nps):
+        return
+    np = nps[0]
+    port = int(effective(env, "PROMETHEUS_PORT"))
+    named = {p.get("name"): p["containerPort"] for p in c.get("ports") or []}
+    ipamd = int(effective(env, "IPAMD_METRICS_PORT"))
+    for rule in np["spec"].get("ingress") or []:
+        check(f"{label}: NetworkPolicy: each ingress rule names its peers and only the metrics port {port}",
+              bool(rule.get("from")) and bool(rule.get("ports"))
+              and all(named.get(p.get("port"), p.get("port")) == port and p.get("protocol", "TCP") == "TCP"
+                      and not p.get("endPort") for p in rule["ports"]), rule)
+    peers = [p for r in np["spec"].get("ingress") or [] for p in r.get("from") or []]
+    check(f"{label}: NetworkPolicy admits to the metrics port exactly the peers configured: {metrics_from or 'none'}",
+          peers == (metrics_from or []), peers)
+    for who in (pod_peer("default"), pod_peer(ns), pod_peer(ns, labels=pod_labels),
+                pod_peer("default", "2600:1f14::9")):
+        check(f"{label}: NetworkPolicy: a pod in {who['ns']} at {who['ip']} cannot reach the metrics port",
+              not np_allows(np, "Ingress", "TCP", port, who, named)
+              or any(np_peer_ok(p, who, ns) for p in metrics_from or []), np["spec"].get("ingress"))
+    for proto, p, ip, what in EGRESS_ALLOWED:
+        p = ipamd if p == "ipamd" else p
+        check(f"{label}: NetworkPolicy lets out {proto} {p} to {ip} ({what})",
+              np_allows(np, "Egress", proto, p, {"ip": ip, "pod_labels": None}), np["spec"].get("egress"))
+    for proto, p, ip, what in EGRESS_REFUSED:
+        check(f"{label}: NetworkPolicy keeps in {proto} {p} to {ip} ({what})",
+              not np_allows(np, "Egress", proto, p, {"ip": ip, "pod_labels": None}), np["spec"].get("egress"))
+
+
+def check_rendering(label, objs, netpol=True, metrics_from=None):
+    """Returns the number of failed checks for this rendering. netpol False: the rendering is one
+    where the NetworkPolicy was turned off (helm networkPolicy.enabled=false); metrics_from: the
+    peers the operator admitted to the metrics port (helm networkPolicy.metricsFrom)."""
     before = failures
     deps = by_kind(objs, "Deployment")
     if not check(f"{label}: one Deployment", len(deps) == 1, [o.get("kind") for o in objs]):
@@ -265,22 +378,33 @@ def check_rendering(label, objs):
         check(f"{label}: Role {r['metadata']['name']} in the watched namespace {watch_ns}",
               r["metadata"].get("namespace") == watch_ns, r["metadata"].get("namespace"))
         for rule in r.get("rules") or []:
-            check(f"{label}: rule names no resourceNames/nonResourceURLs",
-                  "resourceNames" not in rule and "nonResourceURLs" not in rule, rule)
+            check(f"{label}: rule names no nonResourceURLs", "nonResourceURLs" not in rule, rule)
+            # A grant is (group, resource, verb, name): name None for every object of the kind.
             for g in rule.get("apiGroups") or []:
                 for res in rule.get("resources") or []:
                     for v in rule.get("verbs") or []:
-                        grants.add((g, res, v))
-    wanted = {("", "pods", v) for v in POD_VERBS}
+                        for n in rule.get("resourceNames") or [None]:
+                            grants.add((g, res, v, n))
+    wanted = {("", "pods", v, None) for v in POD_VERBS}
     elect = is_on(effective(env, "LEADER_ELECTION"))
+    lease_name = effective(env, "LEADER_ELECTION_LEASE_NAME")
+    leases = [o for o in by_kind(objs, "Lease")]
     if elect:
-        wanted |= {("coordination.k8s.io", "leases", v) for v in LEASE_VERBS}
+        # Our Lease by name, and no create (it cannot be limited to a name): the Lease is shipped.
+        wanted |= {("coordination.k8s.io", "leases", v, lease_name) for v in LEASE_VERBS - {"create"}}
+        check(f"{label}: leader election: the Lease {lease_name} is rendered, empty, in {watch_ns} "
+              "(the daemon would create it only when absent, and create is not granted)",
+              len(leases) == 1 and leases[0]["metadata"].get("name") == lease_name
+              and leases[0]["metadata"].get("namespace") == watch_ns
+              and not (leases[0].get("spec") or {}).get("holderIdentity"), leases)
+    else:
+        check(f"{label}: no Lease without leader election", not leases, leases)
     # USES_PROXY: pods/proxy get exactly where SCRAPE_MODE may use it (auto, proxy).
     if USES_PROXY and str(effective(env, "SCRAPE_MODE") or "").lower() != "direct":
-        wanted.add(("", "pods/proxy", "get"))
-    check(f"{label}: RBAC grants exactly what src/ uses as configured (pods, pods/proxy, leases)",
+        wanted.add(("", "pods/proxy", "get", None))
+    check(f"{label}: RBAC grants exactly what src/ uses as configured (pods, pods/proxy, our Lease by name)",
           grants == wanted,
-          f"extra {sorted(grants - wanted)}, missing {sorted(wanted - grants)}")
+          f"extra {sorted(grants - wanted, key=str)}, missing {sorted(wanted - grants, key=str)}")
     bound = False
     for rb in by_kind(objs, "RoleBinding"):
         ref = rb["roleRef"]
@@ -384,20 +508,18 @@ def check_rendering(label, objs):
     grace = pod.get("terminationGracePeriodSeconds", 30)
     stop = parse_seconds(effective(env, "SHUTDOWN_TIMEOUT") or "10")
     check(f"{label}: grace period {grace}s above SHUTDOWN_TIMEOUT {stop}s", stop is not None and grace > stop)
+    if netpol:
+        check_network_policy(label, objs, pod, c, env, ns, pod_labels, metrics_from)
+    else:
+        check(f"{label}: no NetworkPolicy when turned off", not by_kind(objs, "NetworkPolicy"))
     return failures - before
 
 
 def run_daemon_with(label, objs):
     """Starts the daemon with the rendered environment (loopback overrides only) and probes the
     rendered paths on it."""
-    dep = by_kind(objs, "Deployment")[0]
-    c = dep["spec"]["template"]["spec"]["containers"][0]
-    env = {"PATH": "/usr/bin:/bin"}
-    for e in c.get("env") or []:
-        if "valueFrom" not in e:
-            env[e["name"]] = str(e.get("value", ""))
-        elif e["valueFrom"].get("fieldRef", {}).get("fieldPath") == "metadata.name":
-            env[e["name"]] = "cni-metrics-helper-test"
+    c = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
+    env = mt.daemon_env(objs, "cni-metrics-helper-test")
     # A test never leaves the machine: log datums, scrape one closed loopback port, listen on
     # loopback. Leader election and the subnet view run against a closed port on 127.61.0.1 (no
     # test listens there): they retry and log, and the daemon has checked their settings.
@@ -444,12 +566,7 @@ def run_daemon_with(label, objs):
                 status = str(e)
             check(f"{label}: GET {path} answers {sorted(okay)}", status in okay, status)
     finally:
-        p.terminate()
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        stop_proc(p, timeout=20)
         p.stderr.close()
 
 
@@ -518,13 +635,13 @@ if check("README Install: a kustomize overlay example", isinstance(README_OVERLA
 renders = {}
 for label, d in kdirs.items():
     try:
-        renders[label] = mr.kustomize(d)
+        renders[label] = mt.kustomize(d)
         check(f"{label}: renders", True)
-    except (mr.RenderError, OSError, KeyError) as e:
+    except RenderError as e:
         check(f"{label}: renders", False, e)
 
-# What kustomize refuses, the renderer refuses: two overlays that both hold the base (the mistake
-# the components replace), a component listed as a resource, an overlay listed as a component.
+# What kustomize refuses: two overlays that both hold the base (the mistake the components
+# replace), a component listed as a resource, an overlay listed as a component.
 REFUSED = {
     "two credentials overlays as resources": write_overlay(
         "refused-two-overlays", [os.path.join(MAN, "overlays", c) for c in CREDENTIALS], []),
@@ -536,44 +653,15 @@ REFUSED = {
 }
 for what, d in REFUSED.items():
     try:
-        mr.kustomize(d)
-        check(f"manifests_render refuses {what}", False, "rendered")
-    except mr.RenderError:
-        check(f"manifests_render refuses {what}", True)
-
-
-def kustomize_major(kubectl):
-    """Major version of the kustomize inside kubectl (Debian 12's kubernetes-client 1.20 embeds
-    kustomize v2, which predates `patches`, components and directory resources: not a usable
-    oracle)."""
-    r = subprocess.run([kubectl, "version", "--client"], capture_output=True, text=True, timeout=60)
-    m = re.search(r"Kustomize Version: v(\d+)", r.stdout)
-    return int(m.group(1)) if m else 0
+        mt.kustomize(d)
+        check(f"kubectl kustomize refuses {what}", False, "rendered")
+    except RenderError:
+        check(f"kubectl kustomize refuses {what}", True)
 
 
 def obj_key(o):
     return (o["kind"], o["metadata"].get("namespace"), o["metadata"]["name"])
 
-
-kubectl = shutil.which("kubectl")
-if kubectl and kustomize_major(kubectl) < 4:
-    print(f"note  {kubectl} embeds kustomize older than v4: not used as an oracle")
-    kubectl = None
-if kubectl:
-    for label, d in kdirs.items():
-        r = subprocess.run([kubectl, "kustomize", d], capture_output=True, text=True, timeout=120)
-        if not check(f"kubectl {label}: renders", r.returncode == 0, r.stderr):
-            continue
-        theirs = {obj_key(o): o for o in yaml.safe_load_all(r.stdout) if o}
-        ours = {obj_key(o): o for o in renders.get(label, [])}
-        check(f"kubectl {label}: same objects as manifests_render.py", theirs == ours,
-              f"only kubectl {sorted(set(theirs) - set(ours))}, only ours {sorted(set(ours) - set(theirs))}, "
-              f"differing {[k for k in theirs if k in ours and theirs[k] != ours[k]]}")
-    for what, d in REFUSED.items():
-        r = subprocess.run([kubectl, "kustomize", d], capture_output=True, text=True, timeout=120)
-        check(f"kubectl kustomize refuses {what}", r.returncode != 0, r.stdout[:200])
-else:
-    print("note  no kubectl with kustomize v4+: kustomize rendered by manifests_render.py only")
 
 VERSION = subprocess.run([BIN, "--version"], capture_output=True, text=True, timeout=30).stdout.split()[-1]
 base = renders.get("kustomize base", [])
@@ -614,7 +702,8 @@ if base:
 
 def cluster_id_of(overlay):
     """AWS_CLUSTER_ID as the overlay's own deployment-patch.yaml sets it (the operator's value)."""
-    patch = mr.load_yaml_docs(os.path.join(MAN, "overlays", overlay, "deployment-patch.yaml"))[0]
+    with open(os.path.join(MAN, "overlays", overlay, "deployment-patch.yaml")) as f:
+        patch = yaml.safe_load(f)
     return [e["value"] for e in patch["spec"]["template"]["spec"]["containers"][0]["env"]
             if e["name"] == "AWS_CLUSTER_ID"][0]
 
@@ -705,15 +794,39 @@ if pid:
           assoc.get("namespace") == sa["metadata"]["namespace"]
           and assoc.get("serviceAccount") == sa["metadata"]["name"], assoc)
     with open(os.path.join(MAN, "overlays", "pod-identity", "iam-trust-policy.json")) as f:
-        trust = json.load(f)
+        PID_TRUST = json.load(f)
+    PID_SA, PID_ASSOC = sa, assoc
+
+
+def check_pod_identity_trust(label, trust, assoc, sa):
+    """The Pod Identity trust policy admits the EKS Auth service for the association's ServiceAccount
+    only, and only on behalf of the association's account and cluster (aws:SourceAccount,
+    aws:SourceArn: without them any cluster in any account could assume the role for a
+    ServiceAccount of that name)."""
+    before = failures
     st = trust["Statement"]
-    tags = st[0].get("Condition", {}).get("StringEquals", {}) if len(st) == 1 else {}
-    check("pod-identity: trust policy lets pods.eks.amazonaws.com AssumeRole and TagSession "
-          "for the rendered ServiceAccount only",
+    cond = st[0].get("Condition", {}) if len(st) == 1 else {}
+    tags = cond.get("StringEquals", {})
+    check(f"{label}: lets pods.eks.amazonaws.com AssumeRole and TagSession for the rendered ServiceAccount only",
           len(st) == 1 and st[0]["Principal"] == {"Service": "pods.eks.amazonaws.com"}
           and sorted(st[0]["Action"]) == ["sts:AssumeRole", "sts:TagSession"]
           and tags.get("aws:RequestTag/kubernetes-namespace") == sa["metadata"]["namespace"]
           and tags.get("aws:RequestTag/kubernetes-service-account") == sa["metadata"]["name"], st)
+    m = re.match(r"^arn:(aws[a-z-]*):iam::(\d{12}):role/", assoc.get("roleArn", ""))
+    partition, account = (m.group(1), m.group(2)) if m else (None, None)
+    arn = (cond.get("ArnEquals") or {}).get("aws:SourceArn", "")
+    am = re.match(r"^arn:(aws[a-z-]*):eks:([a-z0-9-]+):(\d{12}):cluster/(.+)$", arn)
+    check(f"{label}: aws:SourceAccount is the role's account {account}",
+          account is not None and tags.get("aws:SourceAccount") == account, (tags, assoc))
+    check(f"{label}: aws:SourceArn (ArnEquals) is the association's cluster {assoc.get('clusterName')} "
+          "in that account",
+          am is not None and am.group(1) == partition and am.group(3) == account
+          and am.group(4) == assoc.get("clusterName") and "*" not in arn, (cond, assoc))
+    return failures - before
+
+
+if pid:
+    check_pod_identity_trust("pod-identity trust policy", PID_TRUST, PID_ASSOC, PID_SA)
 
 # --- Helm ----------------------------------------------------------------------------------------
 
@@ -824,6 +937,16 @@ HELM_CASES = {
         "serviceAccount": {"annotations": {
             "eks.amazonaws.com/role-arn": "arn:aws:iam::111122223333:role/cni-metrics-helper"}},
     }], "cni-metrics-helper", "kube-system"),
+    "leader election, own lease name": ([LE_ON, {"env": {"LEADER_ELECTION_LEASE_NAME": "cmh-prod"}}],
+                                        "cni-metrics-helper", "kube-system"),
+    "network policy off": ([{"networkPolicy": {"enabled": False}}], "cni-metrics-helper", "kube-system"),
+    "network policy, Prometheus namespace, own ports and egress": ([{
+        "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {
+            "kubernetes.io/metadata.name": "monitoring"}}}],
+            "extraEgress": [{"ports": [{"protocol": "TCP", "port": 3128}],
+                             "to": [{"ipBlock": {"cidr": "10.0.0.10/32"}}]}]},
+        "env": {"PROMETHEUS_PORT": "9102", "IPAMD_METRICS_PORT": "61679", "USE_PROMETHEUS": "true"}}],
+        "cni-metrics-helper", "kube-system"),
     "other namespace, own ServiceAccount, port": ([{
         "fullnameOverride": None, "serviceAccount": {"create": False, "name": "cmh"},
         "env": {"PROMETHEUS_PORT": "9101", "SHUTDOWN_TIMEOUT": "20"},
@@ -832,29 +955,18 @@ HELM_CASES = {
 }
 
 
-def helm_set(values, arg):
-    """One `helm --set key=value` into values, as Helm's strvals parses it: the key splits at
-    unescaped dots (\\. is a dot in a key), true/false are booleans, integers are numbers, null
-    deletes."""
-    key, _, raw = arg.partition("=")
-    path = [p.replace("\0", ".") for p in key.replace("\\.", "\0").split(".")]
-    value = {"true": True, "false": False, "null": None}.get(raw, raw)
-    if isinstance(value, str) and re.fullmatch(r"-?[0-9]+", value):
-        value = int(value)
-    cur = values
-    for p in path[:-1]:
-        cur = cur.setdefault(p, {})
-    cur[path[-1]] = value
-
-
+HELM_EXTRA = {}  # case -> more helm arguments (the README's --set flags, as written)
 m = re.search(r"```sh\n(helm upgrade --install .*?)\n```", DEPLOYING, re.S)
-README_HELM = {}
+README_SETS = {}
 if check("README Install: a helm example", m is not None, DEPLOYING[:200]):
     argv = shlex.split(m.group(1).replace("\\\n", " "))
-    for i, a in enumerate(argv):
-        if a == "--set":
-            helm_set(README_HELM, argv[i + 1])
-    HELM_CASES["README example"] = ([README_HELM], "cni-metrics-helper", "kube-system")
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    README_SETS = dict(x.replace("\\.", ".").split("=", 1) for x in sets)
+    check("README helm example: release cni-metrics-helper, this chart, kube-system",
+          argv[3:5] == ["cni-metrics-helper", "manifests/helm/cni-metrics-helper"]
+          and ("-n" in argv or "--namespace" in argv) and "kube-system" in argv, argv)
+    HELM_CASES["README example"] = ([], "cni-metrics-helper", "kube-system")
+    HELM_EXTRA["README example"] = [x for v in sets for x in ("--set", v)]
 
 # Values the chart must refuse, and a word the message must carry so the operator knows the fix.
 HELM_REFUSED = {
@@ -870,20 +982,27 @@ HELM_REFUSED = {
 }
 helm_renders, helm_notes = {}, {}
 for case, (values, release, ns) in HELM_CASES.items():
+    extra = HELM_EXTRA.get(case, [])
     try:
-        objs, notes = mr.helm_template(CHART, values, release, ns, with_notes=True)
-        helm_renders[f"helm {case}"] = objs
-        helm_notes[f"helm {case}"] = notes
+        helm_renders[f"helm {case}"] = mt.helm_template(WORK, values, release, ns, extra)
+        helm_notes[f"helm {case}"] = mt.helm_notes(WORK, values, release, ns, extra)
         check(f"helm {case}: renders", True)
-        check(f"helm {case}: NOTES render", bool(notes and notes.strip()))
-    except mr.RenderError as e:
+        check(f"helm {case}: NOTES render", bool(helm_notes[f"helm {case}"].strip()))
+    except RenderError as e:
         check(f"helm {case}: renders", False, e)
+    # helm lint --strict with the same values: no warning, no error (an INFO, such as the missing
+    # icon, is no finding).
+    r = mt.run([mt.HELM, "lint", "--strict", mt.CHART, "--namespace", ns]
+               + [x for f in mt.write_values(WORK, values) for x in ("-f", f)] + extra)
+    findings = [ln for ln in r.stdout.splitlines() if re.match(r"^\[(WARNING|ERROR)\]", ln)]
+    check(f"helm lint --strict {case}: clean", r.returncode == 0 and not findings, r.stdout + r.stderr)
 for case, (values, word) in HELM_REFUSED.items():
     try:
-        mr.helm_template(CHART, values)
+        mt.helm_template(WORK, values)
         check(f"helm {case}: refused", False, "rendered")
-    except mr.RenderError as e:
-        check(f"helm {case}: refused with a message naming {word}", "fail:" in str(e) and word in str(e), e)
+    except RenderError as e:
+        check(f"helm {case}: refused with a message naming {word}",
+              "execution error" in str(e) and word in str(e), e)
 
 
 def helm_ctr(label):
@@ -935,9 +1054,29 @@ for group in SAME:
         check(f"helm {' = '.join(group)}: the same objects", all(comparable(g) == first for g in got[1:]),
               [sorted(set(comparable(g)) ^ set(first)) for g in got[1:]])
 if "helm leader election" in helm_renders:
-    check("helm leader election: Deployment, Role with leases, PodDisruptionBudget",
+    check("helm leader election: Deployment, Role with leases, Lease, PodDisruptionBudget, NetworkPolicy",
           sorted(o["kind"] for o in helm_renders["helm leader election"]) ==
-          ["Deployment", "PodDisruptionBudget", "Role", "RoleBinding", "ServiceAccount"])
+          ["Deployment", "Lease", "NetworkPolicy", "PodDisruptionBudget", "Role", "RoleBinding",
+           "ServiceAccount"])
+label = "helm leader election, own lease name"
+if label in helm_renders:
+    lease_rules = [r for r in by_kind(helm_renders[label], "Role")[0]["rules"] if "leases" in r["resources"]]
+    check(f"{label}: LEADER_ELECTION_LEASE_NAME, the Lease and the grant all name cmh-prod",
+          helm_env(label).get("LEADER_ELECTION_LEASE_NAME") == "cmh-prod"
+          and [o["metadata"]["name"] for o in by_kind(helm_renders[label], "Lease")] == ["cmh-prod"]
+          and [r.get("resourceNames") for r in lease_rules] == [["cmh-prod"]], lease_rules)
+label = "helm network policy, Prometheus namespace, own ports and egress"
+if label in helm_renders and check(f"{label}: a NetworkPolicy", by_kind(helm_renders[label], "NetworkPolicy")):
+    np = by_kind(helm_renders[label], "NetworkPolicy")[0]
+    mon = pod_peer("monitoring", labels={"app.kubernetes.io/name": "prometheus"})
+    check(f"{label}: Prometheus's namespace reaches port 9102 and nothing else; other namespaces do not",
+          np_allows(np, "Ingress", "TCP", 9102, mon) and not np_allows(np, "Ingress", "TCP", 9103, mon)
+          and not np_allows(np, "Ingress", "TCP", 9102, pod_peer("default")), np["spec"]["ingress"])
+    check(f"{label}: extraEgress lets out the proxy, the ipamD port follows IPAMD_METRICS_PORT",
+          np_allows(np, "Egress", "TCP", 3128, {"ip": "10.0.0.10", "pod_labels": None})
+          and not np_allows(np, "Egress", "TCP", 3128, {"ip": "10.0.0.11", "pod_labels": None})
+          and np_allows(np, "Egress", "TCP", 61679, {"ip": "10.0.7.7", "pod_labels": None})
+          and not np_allows(np, "Egress", "TCP", 61678, {"ip": "10.0.7.7", "pod_labels": None}), np["spec"]["egress"])
 label = "helm leader election on, env says false"
 if label in helm_renders:
     d = by_kind(helm_renders[label], "Deployment")[0]
@@ -1014,25 +1153,30 @@ def pod_shape(objs):
     d = by_kind(objs, "Deployment")[0]
     c = d["spec"]["template"]["spec"]["containers"][0]
     pdb = by_kind(objs, "PodDisruptionBudget")
+    np = copy.deepcopy([x["spec"] for x in by_kind(objs, "NetworkPolicy")])
+    for x in np:
+        x.pop("podSelector")  # helm's adds the release's instance label
     return (c["resources"], c["securityContext"], d["spec"]["template"]["spec"]["securityContext"],
             c["ports"], c["livenessProbe"], c["readinessProbe"], d["spec"]["strategy"], d["spec"]["replicas"],
             sorted(json.dumps(r, sort_keys=True) for r in by_kind(objs, "Role")[0]["rules"]),
-            pdb[0]["spec"]["minAvailable"] if pdb else None)
+            pdb[0]["spec"]["minAvailable"] if pdb else None, np,
+            [(x["metadata"]["namespace"], x["metadata"]["name"], x.get("spec")) for x in by_kind(objs, "Lease")])
 
 
 label = "helm README example"
 if label in helm_renders:
     check_features(label, helm_renders[label], "irsa", True, False, True,
-                   cluster_id=README_HELM.get("env", {}).get("AWS_CLUSTER_ID"))
+                   cluster_id=README_SETS.get("env.AWS_CLUSTER_ID"))
     check(f"{label}: image is image.registry:appVersion",
-          helm_ctr(label)["image"] == f"{README_HELM['image']['registry']}:{APP_VERSION}", helm_ctr(label)["image"])
+          helm_ctr(label)["image"] == f"{README_SETS.get('image.registry')}:{APP_VERSION}", helm_ctr(label)["image"])
 
 # The chart and the kustomize manifests describe the same pod, with and without the options.
 for hl, kl in (("helm defaults", "kustomize base"), ("helm README example", "kustomize README example"),
                ("helm irsa, leader election, subnet metrics, direct",
                 "kustomize irsa + direct-only + leader-election + subnet-metrics")):
     if hl in helm_renders and kl in renders:
-        check(f"{hl}: same resources, security, probes, strategy, replicas, RBAC and PDB as {kl}",
+        check(f"{hl}: same resources, security, probes, strategy, replicas, RBAC, PDB, NetworkPolicy and "
+              f"Lease as {kl}",
               pod_shape(helm_renders[hl]) == pod_shape(renders[kl]),
               (pod_shape(helm_renders[hl]), pod_shape(renders[kl])))
 
@@ -1041,7 +1185,9 @@ for hl, kl in (("helm defaults", "kustomize base"), ("helm README example", "kus
 all_renders = dict(renders)
 all_renders.update(helm_renders)
 for label, objs in all_renders.items():
-    check_rendering(label, objs)
+    case = HELM_CASES.get(label[len("helm "):], [[]])[0] if label.startswith("helm ") else []
+    metrics_from = [x for v in case for x in (v.get("networkPolicy") or {}).get("metricsFrom") or []]
+    check_rendering(label, objs, netpol=label != "helm network policy off", metrics_from=metrics_from)
 for label in ("kustomize base", "kustomize irsa + direct-only + leader-election + subnet-metrics",
               "helm defaults", "helm other namespace, own ServiceAccount, port",
               "helm irsa, leader election, subnet metrics, direct"):
@@ -1195,6 +1341,20 @@ MUTANTS = {
     "pods watch missing": lambda o: by_kind(o, "Role")[0]["rules"][0].update(verbs=["list"]),
     "a variable set twice": lambda o: ctr_of(o)["env"].append({"name": "SCRAPE_MODE", "value": "auto"}),
     "LEADER_ELECTION=true alone (no leases, one replica, Recreate)": lambda o: set_env(o, "LEADER_ELECTION", "true"),
+    "no NetworkPolicy": lambda o: drop_kind(o, "NetworkPolicy"),
+    "NetworkPolicy ingress open to all": lambda o: by_kind(o, "NetworkPolicy")[0]["spec"].update(ingress=[{}]),
+    "NetworkPolicy ingress from a namespace to another port": lambda o: by_kind(o, "NetworkPolicy")[0][
+        "spec"].update(ingress=[{"from": [{"namespaceSelector": {}}], "ports": [{"port": 22}]}]),
+    "NetworkPolicy ingress from every pod of its namespace": lambda o: by_kind(o, "NetworkPolicy")[0][
+        "spec"].update(ingress=[{"from": [{"podSelector": {}}], "ports": [{"port": 61681}]}]),
+    "NetworkPolicy egress to all": lambda o: by_kind(o, "NetworkPolicy")[0]["spec"]["egress"].append({}),
+    "NetworkPolicy egress without 443": lambda o: by_kind(o, "NetworkPolicy")[0]["spec"]["egress"][0].update(
+        ports=[{"protocol": "TCP", "port": 61678}]),
+    "NetworkPolicy port 80 anywhere": lambda o: by_kind(o, "NetworkPolicy")[0]["spec"]["egress"][2].pop("to"),
+    "NetworkPolicy over other pods": lambda o: by_kind(o, "NetworkPolicy")[0]["spec"].update(
+        podSelector={"matchLabels": {"k8s-app": "other"}}),
+    "NetworkPolicy ingress only": lambda o: by_kind(o, "NetworkPolicy")[0]["spec"].update(policyTypes=["Ingress"]),
+    "ipamD port moved, NetworkPolicy not": lambda o: set_env(o, "IPAMD_METRICS_PORT", "61679"),
     "PodDisruptionBudget with one replica": lambda o: o.append(copy.deepcopy(
         by_kind(renders.get("kustomize irsa + leader-election", []), "PodDisruptionBudget")[0])),
 }
@@ -1212,6 +1372,16 @@ LE_MUTANTS = {
         minAvailable=0),
     "leader election without anti-affinity": lambda o: dep_of(o)["spec"]["template"]["spec"].pop("affinity"),
     "lease duration below the renew deadline": lambda o: set_env(o, "LEADER_ELECTION_LEASE_DURATION", "5s"),
+    "Lease grant without resourceNames (every Lease)": lambda o: [
+        r.pop("resourceNames", None) for r in by_kind(o, "Role")[0]["rules"] if "leases" in r["resources"]],
+    "Lease grant with create": lambda o: [
+        r["verbs"].append("create") for r in by_kind(o, "Role")[0]["rules"] if "leases" in r["resources"]],
+    "Lease grant on another Lease": lambda o: [
+        r.update(resourceNames=["kube-controller-manager"]) for r in by_kind(o, "Role")[0]["rules"]
+        if "leases" in r["resources"]],
+    "Lease not shipped": lambda o: drop_kind(o, "Lease"),
+    "Lease in another namespace": lambda o: by_kind(o, "Lease")[0]["metadata"].update(namespace="default"),
+    "Lease name differs from LEADER_ELECTION_LEASE_NAME": lambda o: set_env(o, "LEADER_ELECTION_LEASE_NAME", "x"),
     "leader election without the leases grant": lambda o: by_kind(o, "Role")[0].update(
         rules=[r for r in by_kind(o, "Role")[0]["rules"] if "leases" not in r["resources"]]),
 }
@@ -1235,11 +1405,27 @@ for name, fn in IAM_MUTANTS.items():
     p = copy.deepcopy(POLICY)
     fn(p)
     caught["IAM " + name] = check_iam(f"mutant IAM {name}", p)
+TRUST_MUTANTS = {
+    "no aws:SourceAccount": lambda t: t["Statement"][0]["Condition"]["StringEquals"].pop("aws:SourceAccount"),
+    "aws:SourceAccount of another account": lambda t: t["Statement"][0]["Condition"]["StringEquals"].update(
+        {"aws:SourceAccount": "444455556666"}),
+    "no aws:SourceArn": lambda t: t["Statement"][0]["Condition"].pop("ArnEquals"),
+    "aws:SourceArn of every cluster": lambda t: t["Statement"][0]["Condition"]["ArnEquals"].update(
+        {"aws:SourceArn": "arn:aws:eks:us-west-2:111122223333:cluster/*"}),
+    "aws:SourceArn of another cluster": lambda t: t["Statement"][0]["Condition"]["ArnEquals"].update(
+        {"aws:SourceArn": "arn:aws:eks:us-west-2:111122223333:cluster/other"}),
+}
+if pid:
+    for name, fn in TRUST_MUTANTS.items():
+        t = copy.deepcopy(PID_TRUST)
+        fn(t)
+        caught["Pod Identity trust " + name] = check_pod_identity_trust(f"mutant trust {name}", t, PID_ASSOC, PID_SA)
 quiet = False
 failures = real
 for name, n in caught.items():
     check(f"the checks reject a mutant: {name}", n > 0)
-check("the mutants ran", bool(base and le_render) and len(caught) == len(MUTANTS) + len(LE_MUTANTS) + len(IAM_MUTANTS))
+check("the mutants ran", bool(base and le_render and pid) and len(caught) ==
+      len(MUTANTS) + len(LE_MUTANTS) + len(IAM_MUTANTS) + len(TRUST_MUTANTS))
 print(f"note  {len(caught)} deliberately broken renderings, {len(all_renders)} renderings checked "
       f"({len(renders)} kustomize, {len(helm_renders)} helm), {len(HELM_REFUSED) + len(REFUSED)} refusals")
 

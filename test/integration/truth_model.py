@@ -26,6 +26,8 @@ def metric_table():
 
 TABLE = metric_table()
 LAT_FAMILY = "awscni_aws_api_latency_ms"
+# How early process_start_time_seconds may read (client_golang: boot time in whole seconds).
+START_SLACK_MS = 1000.0
 
 
 def classify(series):
@@ -66,7 +68,8 @@ class Model:
             start = vals.get("process_start_time_seconds")
             first = not st["has_state"]
             restarted = (not first and start is not None and st["start"] is not None and start != st["start"])
-            whole = first and self.prev_start_ms > 0 and start is not None and start * 1000.0 > self.prev_start_ms
+            whole = (first and self.prev_start_ms > 0 and start is not None
+                     and start * 1000.0 + START_SLACK_MS > self.prev_start_ms)
             gauges, present, inc, series = {}, set(), {}, {}
             dsum = dcount = 0.0
             for key, v in vals.items():
@@ -132,11 +135,13 @@ class Model:
         out = {}
         counters = self.rounds_finished > 0 and fresh > 0
         for fam, (cw, kind) in TABLE.items():
+            # Every counter from the second round on in which a node answered, 0 when no node has
+            # the family (client_golang creates a labelled series at its first increment).
+            if kind == "counter" and counters:
+                out[cw] = sums.get(fam, 0.0)
             if fam not in present:
                 continue
             if kind == "gauge":
-                out[cw] = sums.get(fam, 0.0)
-            elif kind == "counter" and counters:
                 out[cw] = sums.get(fam, 0.0)
             elif kind == "latency" and counters and lat is not None:
                 out[cw] = tuple(lat)

@@ -19,6 +19,15 @@ API (every request needs "Authorization: Bearer <current token>", else 401):
        back; 503 with a Status when the pod cannot be reached (as the API server does). Served
        over HTTP/2 (ALPN h2: every request a stream of one connection) and over HTTP/1.1.
 
+RBAC (--rbac FILE): FILE is a JSON list of rendered objects. Its Roles, ClusterRoles and their
+bindings authorize the token's user, the ServiceAccount --rbac-subject NS:NAME, as the API server's
+RBAC authorizer does (a Role's rules in its namespace through a RoleBinding there, a ClusterRole's
+everywhere through a ClusterRoleBinding; verbs from the method and path: GET of a collection is
+list, with watch=1 watch, of one object get, POST create, PUT update; resourceNames match only a
+request that names its object, so never a create); any other request answers 403 Forbidden, and
+its "verb group/resource ns/name" is kept in stats forbidden_requests. Its Lease objects exist
+from the start, as if applied. Without --rbac every authenticated request is allowed.
+
 Control: one command per line on standard input, one answer line ("OK <json>" or "ERR <text>")
 on standard output:
   add NAME NODE IP [phase=Running] [ns=kube-system] [labels=k8s-app=aws-node]
@@ -44,9 +53,12 @@ on standard output:
   proxy POD HOST:PORT   the pod proxy reaches POD at HOST:PORT (not its hostIP)
   proxyfault POD KIND   KIND = 503 (answer 503 at once), slow=SECONDS (wait before answering),
                         none; POD may be * (every pod)
+  listdelay SECONDS [N]  the next N pod lists (default 1) are answered SECONDS late, with the
+                     pods as they are then (an API server slow to answer the first list)
   leasedelay SECONDS a Lease update is applied at once but answered SECONDS later (0: at once)
   leasebarrier N     the next N Lease GETs wait for each other (at most 5 s) and are answered
                      together, so N candidates race on the same state (one wins, the rest 409)
+  getlease NAME [ns=kube-system]  the stored Lease as JSON (null when absent), as an admin sees it
   stats              counters (lists, watches, unauthorized, injected failures, ...)
                      (h2_connections, h2_streams, h1_connections, proxy_requests,
                      proxy_by_pod, proxy_unauthorized, proxy_unreachable, proxy_faults)
@@ -97,12 +109,106 @@ STATE = {
               "watch_open": 0, "lease_conflicts": 0, "tokens_seen": [],
               "h2_connections": 0, "h2_streams": 0, "h1_connections": 0, "proxy_requests": 0,
               "proxy_by_pod": {}, "proxy_unauthorized": 0, "proxy_unreachable": 0,
-              "proxy_faults": 0},
+              "proxy_faults": 0, "forbidden": 0, "forbidden_requests": []},
     "proxy": {},         # pod -> (host, port) the pod proxy dials instead of the hostIP
     "proxy_fault": {},   # pod (or "*") -> ("503",) | ("slow", seconds)
     "lease_barrier": 0,  # Lease GETs still to arrive before the held ones are answered
     "lease_delay": 0.0,  # seconds between applying a Lease update and answering it
+    "list_delay": (0.0, 0),  # (seconds, how many more pod lists) answered that late
 }
+
+
+RBAC = {"rules": None, "user": ("kube-system", "cni-metrics-helper")}  # rules: None = allow all
+
+
+def load_rbac(path, subject):
+    """The rules that apply to subject (ns, name), each with the namespace it holds in (None: every
+    namespace), from the rendered objects in path; and the Leases among them, stored as applied."""
+    with open(path) as f:
+        objs = json.load(f)
+    ns, name = subject.split(":", 1)
+    RBAC["user"] = (ns, name)
+    roles = {(o["metadata"].get("namespace"), o["metadata"]["name"]): o.get("rules") or []
+             for o in objs if o.get("kind") == "Role"}
+    croles = {o["metadata"]["name"]: o.get("rules") or [] for o in objs if o.get("kind") == "ClusterRole"}
+    rules = []
+    for b in objs:
+        if b.get("kind") not in ("RoleBinding", "ClusterRoleBinding"):
+            continue
+        if not any(sub.get("kind") == "ServiceAccount" and sub.get("name") == name
+                   and sub.get("namespace") == ns for sub in b.get("subjects") or []):
+            continue
+        ref = b["roleRef"]
+        where = b["metadata"].get("namespace") if b["kind"] == "RoleBinding" else None
+        if ref["kind"] == "ClusterRole":
+            got = croles.get(ref["name"], [])
+        elif b["kind"] == "RoleBinding":
+            got = roles.get((where, ref["name"]), [])
+        else:
+            got = []  # a ClusterRoleBinding cannot refer to a Role
+        rules += [(where, r) for r in got]
+    RBAC["rules"] = rules
+    for o in objs:
+        if o.get("kind") == "Lease":
+            lease = copy.deepcopy(o)
+            STATE["rv"] += 1
+            lease["metadata"]["resourceVersion"] = str(STATE["rv"])
+            lease.setdefault("spec", {})
+            STATE["leases"][(lease["metadata"]["namespace"], lease["metadata"]["name"])] = lease
+
+
+def request_attrs(method, path, query):
+    """(verb, apiGroup, resource, namespace, name) of a request, as the API server reads it."""
+    parts = [p for p in path.split("/") if p]
+    if parts[:2] == ["api", "v1"]:
+        group, rest = "", parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 3:
+        group, rest = parts[1], parts[3:]
+    else:
+        return (method.lower(), "", "", None, "")
+    ns = None
+    if len(rest) >= 2 and rest[0] == "namespaces":
+        ns, rest = rest[1], rest[2:]
+    resource = rest[0] if rest else ""
+    name = rest[1] if len(rest) > 1 else ""
+    if len(rest) > 2:
+        resource += "/" + rest[2]  # a subresource (pods/proxy): named by its object
+        name = name.split(":", 1)[0]
+    if method == "GET":
+        verb = "get" if name else ("watch" if query.get("watch") in ("1", "true") else "list")
+    else:
+        verb = {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method)
+    return (verb, group, resource, ns, name)
+
+
+def rbac_allowed(method, path):
+    """None when allowed, else the Forbidden message; counts and records a refusal."""
+    if RBAC["rules"] is None:
+        return None
+    url = urlsplit(path)
+    q = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+    verb, group, resource, ns, name = request_attrs(method, url.path, q)
+    for where, r in RBAC["rules"]:
+        if where is not None and where != ns:
+            continue
+        if not any(x in ("*", verb) for x in r.get("verbs") or []):
+            continue
+        if not any(x in ("*", group) for x in r.get("apiGroups") or []):
+            continue
+        if not any(x in ("*", resource) for x in r.get("resources") or []):
+            continue
+        if r.get("resourceNames") and name not in r["resourceNames"]:
+            continue
+        return None
+    what = "%s %s%s %s/%s" % (verb, group + "/" if group else "", resource, ns or "", name)
+    with COND:
+        STATE["stats"]["forbidden"] += 1
+        if len(STATE["stats"]["forbidden_requests"]) < 200:
+            STATE["stats"]["forbidden_requests"].append(what)
+    user = "system:serviceaccount:%s:%s" % RBAC["user"]
+    scope = ('in the namespace "%s"' % ns) if ns else "at the cluster scope"
+    return ('%s%s "%s" is forbidden: User "%s" cannot %s resource "%s" in API group "%s" %s'
+            % (resource, "." + group if group else "", name, user, verb, resource, group, scope))
 
 
 def make_certs(d):
@@ -220,6 +326,8 @@ def command(line):
                 with open(tmp, "w") as f:
                     f.write(pos[0] + "\n")
                 os.replace(tmp, ARGS.token_file)
+        elif op == "listdelay":
+            STATE["list_delay"] = (float(pos[0]), int(pos[1]) if len(pos) > 1 else 1)
         elif op == "leasedelay":
             STATE["lease_delay"] = float(pos[0])
         elif op == "leasebarrier":
@@ -250,6 +358,9 @@ def command(line):
                 STATE["proxy_fault"][pos[0]] = ("slow", float(kind[5:]))
             else:
                 return "ERR unknown proxy fault " + kind
+        elif op == "getlease":
+            # getlease NAME [ns=kube-system]: the stored Lease (null when absent), past RBAC.
+            return "OK " + json.dumps(STATE["leases"].get((kv.get("ns", "kube-system"), pos[0])))
         elif op == "stats":
             pass
         else:
@@ -322,8 +433,13 @@ class Handler(BaseHTTPRequestHandler):
                 code = STATE["fail"].pop(0)
                 st["injected"] += 1
             else:
+                code = 0
+        if code == 0:
+            forbidden = rbac_allowed(self.command, self.path)
+            if forbidden is None:
                 return True
-        if code is None:
+            self.send_json(403, status(403, "Forbidden", forbidden))
+        elif code is None:
             self.send_json(401, status(401, "Unauthorized", "Unauthorized"))
         else:
             self.send_json(code, status(code, "InternalError", "injected failure"))
@@ -436,6 +552,12 @@ class Handler(BaseHTTPRequestHandler):
     def list(self, ns, q):
         sel = q.get("labelSelector", "")
         limit = int(q.get("limit", "0") or "0")
+        with COND:
+            delay, n = STATE["list_delay"]
+            if n > 0:
+                STATE["list_delay"] = (delay, n - 1)
+        if n > 0 and delay > 0:
+            time.sleep(delay)
         with COND:
             STATE["stats"]["lists"] += 1
             list_rv, after = STATE["rv"], ""
@@ -565,6 +687,12 @@ def proxy_events(path, auth):
     if not ok:
         yield ("headers", 401, jh)
         yield ("data", status_body(401, "Unauthorized", "Unauthorized"))
+        yield ("end",)
+        return
+    forbidden = rbac_allowed("GET", path)
+    if forbidden is not None:
+        yield ("headers", 403, jh)
+        yield ("data", status_body(403, "Forbidden", forbidden))
         yield ("end",)
         return
     if len(parts) < 7 or parts[:2] != ["api", "v1"] or parts[2] != "namespaces" or parts[4] != "pods":
@@ -777,7 +905,12 @@ def main():
     ap.add_argument("--token", default="token-0")
     ap.add_argument("--lifetime", type=float, default=300)
     ap.add_argument("--bookmark-interval", type=float, default=1.0)
+    ap.add_argument("--rbac", help="JSON list of rendered objects: enforce their RBAC, apply their Leases")
+    ap.add_argument("--rbac-subject", default="kube-system:cni-metrics-helper",
+                    help="NS:NAME, the ServiceAccount the token stands for")
     ARGS = ap.parse_args()
+    if ARGS.rbac:
+        load_rbac(ARGS.rbac, ARGS.rbac_subject)
     d = tempfile.mkdtemp(prefix="fake-k8s-")
     try:
         make_certs(d)

@@ -61,6 +61,11 @@ RBAC, POD_NAME, replicas, rolling update, PodDisruptionBudget, anti-affinity) fo
 {{- include "cni-metrics-helper.feature" (dict "env" .Values.env "key" "LEADER_ELECTION" "flag" .Values.leaderElection.enabled) }}
 {{- end }}
 
+{{/* LEADER_ELECTION_LEASE_NAME: the Lease the chart ships and the Role grants by name. */}}
+{{- define "cni-metrics-helper.leaseName" -}}
+{{- default "cni-metrics-helper" .Values.env.LEADER_ELECTION_LEASE_NAME }}
+{{- end }}
+
 {{/* SUBNET_METRICS: env.SUBNET_METRICS or subnetMetrics.enabled (the ENIConfig ClusterRole and
 CW_PER_AZ follow it). */}}
 {{- define "cni-metrics-helper.subnetMetrics" -}}
