@@ -18,7 +18,7 @@ beyond N periods for missing datapoints is not modelled. The definitions themsel
 model by cloudwatch_manifests_check.py.
 
 Scenarios:
-  scale-up  pods arrive, ipamD attaches ENIs and fails assignments for about a minute and a half,
+  scale-up  pods arrive, ipamD attaches ENIs and fails assignments for about a minute,
             capacity and subnet stay healthy: nothing may page (the former one-failed-assignment
             alarm would have: checked, so the scenario is shown to contain failures);
   drain     prefix delegation on (assigned / slots above 100%, a healthy PD cluster); the subnet
@@ -48,7 +48,7 @@ SRC = cwm.SRC
 BIN = cwm.BIN
 SCALE = 30  # virtual seconds per real second
 KEY = "AKIDSCENARIO:scenario-secret"
-SUBNET_CIDR = "127.87.0.0/24"
+SUBNET_CIDR = "127.95.0.0/24"
 SUBNET_USABLE = 256 - 5
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +211,7 @@ def post(url, doc):
 def run_scenario(name, minutes, timeline, tmp):
     """Runs the daemon for `minutes` virtual minutes while timeline(virtual minute) gives
     (per-node values, subnet used percent). Returns (datums with "vt", virtual end, why-not)."""
-    nodes = [Node("127.87.0.2"), Node("127.87.0.3")]
+    nodes = [Node("127.95.0.2"), Node("127.95.0.3")]
     truth = os.path.join(tmp, f"{name}-subnets.json")
     state0, used0 = timeline(0.0)
     with open(truth, "w", encoding="utf-8") as f:
@@ -286,10 +286,11 @@ def node_values(assigned, slots, prefixes, noavail):
 
 
 def scale_up(vmin):
-    """Secondary-IP mode. Pods arrive in minutes 3-6; assignments fail in minutes 4.0-5.5 while
-    ENIs attach (3 failures per node per 30 s round); the subnet stays half used."""
+    """Secondary-IP mode. Pods arrive in minutes 3-6; assignments fail twice, half a minute
+    apart, while ENIs attach (3 failures per node each time), so they land in one or two
+    one-minute periods however the rounds fall; the subnet stays half used."""
     assigned = 40 + int(min(max(vmin - 3, 0), 3) * 12)  # 40 -> 76 of 100 slots
-    fails = 0 if vmin < 4 else int(min(vmin - 4, 1.5) * 2) * 3
+    fails = 0 if vmin < 4.2 else 3 if vmin < 4.7 else 6
     return node_values(assigned, 100, 0, fails), 50
 
 

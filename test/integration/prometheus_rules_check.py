@@ -44,14 +44,14 @@ ORIGINAL = {"awscni_eni_max": "enimax", "awscni_ip_max": "max", "awscni_eni_allo
 
 def live_page(tmp, original):
     """/metrics of a daemon after three rounds, and the nodes' values it scraped."""
-    nodes = [Node("127.88.0.2"), Node("127.88.0.3")]
+    nodes = [Node("127.96.0.2"), Node("127.96.0.3")]
     vals = [dict(assigned=30, total=40, max=58, prefixes=0, noavail=4, enis=2, enimax=3),
             dict(assigned=12, total=20, max=29, prefixes=3, noavail=1, enis=1, enimax=4)]
     for n, v in zip(nodes, vals):
         n.set(**v)
     truth = os.path.join(tmp, "subnets.json")
     with open(truth, "w", encoding="utf-8") as f:
-        json.dump({"subnets": [{"SubnetId": "subnet-0b0b0b0b", "CidrBlock": "127.88.0.0/24",
+        json.dump({"subnets": [{"SubnetId": "subnet-0b0b0b0b", "CidrBlock": "127.96.0.0/24",
                                 "Ipv6CidrBlocks": [], "AvailabilityZone": "eu-west-1a",
                                 "AvailableIpAddressCount": 100}]}, f)
     ec2 = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test", "sim", "ec2_standin.py"),
