@@ -536,6 +536,7 @@ int cmh_daemon_use_collector(struct cmh_daemon *d)
     /* Even on failure the listener may be closing: close_all waits for it. */
     d->has_http = 1;
     d->expose.http = &d->http;
+    d->expose.original_names = d->cfg.prometheus_original_names;
     return rc;
 }
 

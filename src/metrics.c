@@ -137,6 +137,22 @@ const struct cmh_metric cmh_metrics[CMH_M_COUNT] = {
                                      "The node closest to running out: min over fresh nodes of "
                                      "maxIPAddresses - assignIPAddresses.",
                                      "min_node_available_ip_addresses"},
+    [CMH_M_SUBNET_TOTAL_IP] = {NULL, "subnetTotalIPAddresses", CMH_METRIC_DERIVED, COUNT,
+                               "Usable IPv4 addresses of a subnet: its CIDR block's size less the "
+                               "5 AWS reserves, per subnet and summed over an AZ's subnets; only "
+                               "with SUBNET_METRICS=true, never with {CLUSTER_ID} alone.",
+                               NULL},
+    [CMH_M_SUBNET_IP_UTILIZATION] = {NULL, "subnetIPUtilization", CMH_METRIC_DERIVED, "Percent",
+                                     "100 * (subnetTotalIPAddresses - subnetAvailableIPAddresses) "
+                                     "/ subnetTotalIPAddresses: how full a subnet (or an AZ's "
+                                     "subnets together) is; only with SUBNET_METRICS=true, never "
+                                     "with {CLUSTER_ID} alone.",
+                                     NULL},
+    [CMH_M_MAX_SUBNET_IP_UTILIZATION] = {NULL, "clusterMaxSubnetIPUtilization", CMH_METRIC_DERIVED,
+                                         "Percent",
+                                         "The fullest subnet: max over the cluster's subnets of "
+                                         "subnetIPUtilization (SUBNET_METRICS=true).",
+                                         "max_subnet_ip_utilization_percent"},
 };
 
 /* Dimension sets beyond {CLUSTER_ID}, and when they are published. */
@@ -149,6 +165,12 @@ static const char *const extra_dims[CMH_M_COUNT] = {
     [CMH_M_SUBNET_AVAILABLE_IP] = "{CLUSTER_ID, SubnetId} one per subnet; {CLUSTER_ID, "
                                   "AvailabilityZone} the sum over the AZ's subnets "
                                   "(SUBNET_METRICS=true)",
+    [CMH_M_SUBNET_TOTAL_IP] = "{CLUSTER_ID, SubnetId} one per subnet with an IPv4 block; "
+                              "{CLUSTER_ID, AvailabilityZone} the sum over the AZ's subnets "
+                              "(SUBNET_METRICS=true)",
+    [CMH_M_SUBNET_IP_UTILIZATION] = "{CLUSTER_ID, SubnetId} one per subnet with an IPv4 block; "
+                                    "{CLUSTER_ID, AvailabilityZone} over the AZ's subnets "
+                                    "together (SUBNET_METRICS=true)",
 };
 // NOLINTEND(bugprone-suspicious-missing-comma)
 

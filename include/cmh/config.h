@@ -25,6 +25,7 @@ struct cmh_target_list {
 struct cmh_config {
     bool use_cloudwatch;
     bool use_prometheus;
+    bool prometheus_original_names; /* also the original helper's six awscni_ gauges */
     uint64_t interval_ms;
     char *aws_region;
     char *cluster_id;
@@ -114,12 +115,23 @@ extern const size_t cmh_config_nvars;
 /* Prefixes of our own variables: unknown names with them draw a warning (a likely typo). */
 extern const char *const cmh_config_prefixes[];
 
+/* Variables the daemon reads outside the table: the standard AWS SDK ones and what Kubernetes
+ * sets. Each has a line of help for --help; a test derives the names from the source. */
+struct cmh_config_other {
+    const char *name;
+    const char *help;
+};
+extern const struct cmh_config_other cmh_config_others[];
+extern const size_t cmh_config_nothers;
+
 #define CMH_CONFIG_ERR_MAX 512
 
 /* Fills cfg from envp (a NULL-terminated "NAME=value" array, like environ). An empty value counts
  * as unset. On a bad value returns -EINVAL with one line in err naming the variable, the value and
- * what is accepted; cfg is then freed. On -ENOMEM err says so. cfg is owned by the caller and
- * released with cmh_config_free. */
+ * what is accepted; cfg is then freed. So that a typo never sends the numbers elsewhere, a set
+ * variable one edit (or a letter case) away from one that decides where they go (AWS_CLUSTER_ID,
+ * CW_NAMESPACE, AWS_REGION, ...) is refused the same way, naming the intended variable. On -ENOMEM
+ * err says so. cfg is owned by the caller and released with cmh_config_free. */
 int cmh_config_load(struct cmh_config *cfg, char *const *envp, char err[CMH_CONFIG_ERR_MAX]);
 void cmh_config_free(struct cmh_config *cfg);
 
