@@ -16,13 +16,13 @@ class Peers:
     `cluster`, nodes from address `base`, EC2 truth from truth_file. .env is the daemon's
     environment without the test's own settings."""
 
-    def __init__(self, build, shared, tmp, cluster, base, nodes, seed, truth_file, lifetime):
+    def __init__(self, build, data, tmp, cluster, base, nodes, seed, truth_file, lifetime):
         key, secret = "AKID" + cluster.upper(), cluster + "-secret"
         common = ["--key", "%s:%s" % (key, secret), "--region", "us-west-2",
                   "--lifetime", str(int(lifetime))]
         pipes = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                      text=True)
-        self.sim = spawn_ipamd_sim(build, shared, tmp, nodes, base, seed=seed, truth=False)
+        self.sim = spawn_ipamd_sim(build, data, tmp, nodes, base, seed=seed, truth=False)
         self.cw = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/cloudwatch_standin.py")]
                                    + common, **pipes)
         self.ec2 = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/ec2_standin.py")]

@@ -34,7 +34,7 @@ from subnet_peers import Peers, own_url  # noqa: E402
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 
 SCALE = 30.0
 INTERVAL, WINDOW, ROUND = 300 / SCALE, 1800 / SCALE, 60 / SCALE
@@ -91,7 +91,7 @@ tmp = tempfile.mkdtemp(prefix="cmh-forecast-")
 truth_file = os.path.join(tmp, "subnets.json")
 with open(truth_file, "w") as f:
     json.dump({"subnets": SUBNETS}, f)
-peers = Peers(BUILD, SHARED, tmp, "fc", "127.87.0.1", 2, 19, truth_file, RUN + OUTAGE + AFTER + 60)
+peers = Peers(BUILD, DATA, tmp, "fc", "127.87.0.1", 2, 19, truth_file, RUN + OUTAGE + AFTER + 60)
 daemon = None
 try:
     cw_url, ec2_url = peers.cw_url, peers.ec2_url

@@ -22,7 +22,7 @@ from subnet_peers import Peers, own_url  # noqa: E402
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 A, B = "subnet-0000b281", "subnet-0000b282"
 CIDR = {A: "10.28.0.0/22", B: "10.28.16.0/20"}
 rng = random.Random(28)
@@ -70,7 +70,7 @@ tmp = tempfile.mkdtemp(prefix="cmh-prefix-")
 truth_file = os.path.join(tmp, "subnets.json")
 with open(truth_file, "w") as f:
     json.dump({"subnets": SUBNETS, "interfaces": interfaces, "reservations": reservations}, f)
-peers = Peers(BUILD, SHARED, tmp, "px", "127.88.0.1", 1, 28, truth_file, 150)
+peers = Peers(BUILD, DATA, tmp, "px", "127.88.0.1", 1, 28, truth_file, 150)
 daemon = None
 try:
     cw_url, ec2_url = peers.cw_url, peers.ec2_url
