@@ -1249,6 +1249,9 @@ for path in glob.glob(os.path.join(SRC, "src", "**", "*.c"), recursive=True):
     called |= set(re.findall(r'"[^"\n]*Action=([A-Za-z]+)', text))
     called |= set(re.findall(r'GraniteServiceVersion20100801\.([A-Za-z]+)', text))
     called |= set(re.findall(r'"Action", "([A-Za-z]+)"', text))  # form_add-style builders (ec2.c)
+    # ec2.c: a call starts with begin(e, "Action", ...) and may move on (e->action = "Action").
+    called |= set(re.findall(r'\bbegin\(e, "([A-Za-z]+)"', text))
+    called |= set(re.findall(r'e->action = "([A-Za-z]+)"', text))
 # SUBNET_METRICS: ec2:DescribeSubnets, in its own opt-in policy (Resource "*": the action has no
 # resource-level permissions), and nothing else there.
 with open(os.path.join(MAN, "iam", "subnet-metrics-policy.json")) as f:
@@ -1265,8 +1268,18 @@ for label in ("kustomize pod-identity + subnet-metrics", "helm subnet metrics", 
         env = {e["name"]: e.get("value") for e in c.get("env") or []}
         check(f"{label}: SUBNET_METRICS=true and a ClusterRole", env.get("SUBNET_METRICS") == "true"
               and len(by_kind(objs, "ClusterRole")) == 1, env)
+# SUBNET_PREFIX_METRICS: the free /28 count's two read-only actions, in their own opt-in policy.
+with open(os.path.join(MAN, "iam", "subnet-prefix-metrics-policy.json")) as f:
+    PREFIX_POLICY = json.load(f)
+pst = PREFIX_POLICY.get("Statement", [])
+check("iam subnet-prefix-metrics: exactly ec2:DescribeNetworkInterfaces and "
+      "ec2:GetSubnetCidrReservations on *, allowed",
+      [(x.get("Effect"), sorted(x.get("Action") or []), x.get("Resource")) for x in pst] ==
+      [("Allow", ["ec2:DescribeNetworkInterfaces", "ec2:GetSubnetCidrReservations"], "*")], pst)
+check("iam subnet-prefix-metrics: the code calls both",
+      {"DescribeNetworkInterfaces", "GetSubnetCidrReservations"} <= called, sorted(called))
 needs_policy = called - {"PutMetricData", "AssumeRoleWithWebIdentity", "GetCallerIdentity",
-                         "DescribeSubnets"}
+                         "DescribeSubnets", "DescribeNetworkInterfaces", "GetSubnetCidrReservations"}
 check("iam: the code calls no AWS action the policy lacks", not needs_policy, sorted(needs_policy))
 
 # --- the checks must be able to fail --------------------------------------------------------------
