@@ -338,31 +338,31 @@ static void ec2_xml_interfaces_and_reservations_answers(void **state)
     assert_int_equal(used.v[1].prefix, 29);
     assert_string_equal(page.next_token, "");
     cmh_ec2_cidrs_free(&used);
-    /* The wrong action's answer is not an empty one. */
-    assert_int_equal(parse_usage("GetSubnetCidrReservations", enis_answer, sizeof enis_answer - 1,
-                                 0, &used, &page),
-                     -EPROTO);
-    cmh_ec2_cidrs_free(&used);
-    assert_int_equal(
-        parse_usage("DescribeNetworkInterfaces", page1, sizeof page1 - 1, 0, &used, &page),
-        -EPROTO);
-    cmh_ec2_cidrs_free(&used);
+    /* Refused: the wrong action's answer (it is not an empty one), a bad address, an IPv6 prefix
+     * where IPv4 is meant. */
     static const char bad_ip[] =
         "<DescribeNetworkInterfacesResponse><networkInterfaceSet><item><privateIpAddressesSet>"
         "<item><privateIpAddress>10.0.0.300</privateIpAddress></item></privateIpAddressesSet>"
         "</item></networkInterfaceSet></DescribeNetworkInterfacesResponse>";
-    assert_int_equal(
-        parse_usage("DescribeNetworkInterfaces", bad_ip, sizeof bad_ip - 1, 0, &used, &page),
-        -EPROTO);
-    cmh_ec2_cidrs_free(&used);
     static const char v6_prefix[] =
         "<DescribeNetworkInterfacesResponse><networkInterfaceSet><item><ipv4PrefixSet>"
         "<item><ipv4Prefix>2600:1f18::/80</ipv4Prefix></item></ipv4PrefixSet>"
         "</item></networkInterfaceSet></DescribeNetworkInterfacesResponse>";
-    assert_int_equal(
-        parse_usage("DescribeNetworkInterfaces", v6_prefix, sizeof v6_prefix - 1, 0, &used, &page),
-        -EPROTO);
-    cmh_ec2_cidrs_free(&used);
+    const struct {
+        const char *action, *doc;
+        size_t len;
+    } refused[] = {
+        {"GetSubnetCidrReservations", enis_answer, sizeof enis_answer - 1},
+        {"DescribeNetworkInterfaces", page1, sizeof page1 - 1},
+        {"DescribeNetworkInterfaces", bad_ip, sizeof bad_ip - 1},
+        {"DescribeNetworkInterfaces", v6_prefix, sizeof v6_prefix - 1},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        assert_int_equal(
+            parse_usage(refused[i].action, refused[i].doc, refused[i].len, 0, &used, &page),
+            -EPROTO);
+        cmh_ec2_cidrs_free(&used);
+    }
 }
 
 int main(void)
