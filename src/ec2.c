@@ -1395,7 +1395,8 @@ static void on_usage(struct cmh_ec2 *e, int rc, const struct cmh_ec2_cidrs *used
         CMH_LOG(w->log, CMH_LOG_DEBUG, "free /28 blocks counted", CMH_STR("subnet", id),
                 CMH_UINT("free", nfree), CMH_UINT("used", used->n));
     }
-    w->walk_i++;
+    /* Denied for one subnet is denied for all: the walk ends here, and is logged once. */
+    w->walk_i = rc == -EACCES ? w->nwalk : w->walk_i + 1;
     walk_next(w);
 }
 
