@@ -57,8 +57,11 @@ const struct cmh_config_var cmh_config_vars[] = {
      "Port of our own HTTP server (/metrics, /healthz, /readyz); 0 picks a free port (logged)."},
     {"SHUTDOWN_TIMEOUT", CMH_CFG_DURATION, FIELD(shutdown_timeout_ms), "10", 0, 300 * SEC, NULL, 0,
      "On SIGTERM/SIGINT, how long in-flight work may take to finish before exit."},
-    {"PROMETHEUS_ADDRESS", CMH_CFG_STR, FIELD(prometheus_address), "0.0.0.0", 0, 0, NULL, 0,
-     "Address our HTTP server listens on (kubelet probes reach it on the pod IP)."},
+    {"PROMETHEUS_ADDRESS", CMH_CFG_STR, FIELD(prometheus_address), "::", 0, 0, NULL, 0,
+     "Address our HTTP server listens on. The default, ::, is every address, IPv4 and IPv6 "
+     "(0.0.0.0 "
+     "where the host has no IPv6): the kubelet's probes reach the pod IP, kubectl port-forward "
+     "localhost."},
     {"STALE_ROUNDS", CMH_CFG_UINT, FIELD(stale_rounds), "2", 0, 100, NULL, 0,
      "Rounds a node whose scrape fails keeps contributing its last good gauges before it drops "
      "out."},

@@ -278,7 +278,7 @@ static void defaults_match_the_documented_ones(void **state)
     assert_int_equal(cfg.shutdown_timeout_ms, 10000);
     assert_int_equal(cfg.stale_rounds, 2);
     assert_int_equal(cfg.prom_max_line, 65536);
-    assert_string_equal(cfg.prometheus_address, "0.0.0.0");
+    assert_string_equal(cfg.prometheus_address, "::");
     cmh_config_free(&cfg);
 }
 
