@@ -432,14 +432,17 @@ def check_rendering(label, objs, netpol=True, metrics_from=None):
         resolved = ports[pp]["containerPort"] if isinstance(pp, str) and pp in ports else pp
         check(f"{label}: {probe} port is PROMETHEUS_PORT ({port})", resolved == port, pp)
         check(f"{label}: {probe} scheme is HTTP", hg.get("scheme", "HTTP") == "HTTP", hg.get("scheme"))
-    addr_env = [e for e in env_list if e["name"] == "PROMETHEUS_ADDRESS"]
-    if addr_env and "valueFrom" in addr_env[0]:
-        check(f"{label}: PROMETHEUS_ADDRESS is the pod IP",
-              addr_env[0]["valueFrom"].get("fieldRef", {}).get("fieldPath") == "status.podIP", addr_env)
-    else:
-        addr = effective(env, "PROMETHEUS_ADDRESS")
-        check(f"{label}: PROMETHEUS_ADDRESS reachable by the kubelet (not loopback)",
-              addr is not None and not addr.startswith("127.") and addr != "::1", addr)
+    # Every address of the pod: the kubelet's probes connect to the pod IP, kubectl port-forward
+    # to localhost inside the pod (IPv4 or IPv6); an address of one family or the pod IP alone
+    # leaves one of them out.
+    addr = effective(env, "PROMETHEUS_ADDRESS")
+    check(f"{label}: PROMETHEUS_ADDRESS is every address (probes and kubectl port-forward reach it)",
+          addr in ("::", "[::]") and not any("valueFrom" in e for e in env_list
+                                             if e["name"] == "PROMETHEUS_ADDRESS"), addr)
+    ps = pod
+    if ps.get("hostNetwork"):
+        check(f"{label}: host network resolves cluster names (dnsPolicy ClusterFirstWithHostNet)",
+              ps.get("dnsPolicy") == "ClusterFirstWithHostNet", ps.get("dnsPolicy"))
 
     # Hardening and shape.
     psc = pod.get("securityContext") or {}
@@ -454,8 +457,10 @@ def check_rendering(label, objs, netpol=True, metrics_from=None):
     check(f"{label}: not privileged", not csc.get("privileged"))
     sec = csc.get("seccompProfile") or psc.get("seccompProfile") or {}
     check(f"{label}: seccomp RuntimeDefault", sec.get("type") == "RuntimeDefault", sec)
-    check(f"{label}: no host namespaces",
-          not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")))
+    host_net = "host-network" in label or "host network" in label
+    check(f"{label}: no host namespaces (the node's network only where host network was chosen)",
+          not any(pod.get(k) for k in ("hostPID", "hostIPC")) and bool(pod.get("hostNetwork")) == host_net,
+          (host_net, pod.get("hostNetwork")))
     res = c.get("resources") or {}
     req = (res.get("requests") or {}).get("memory")
     lim = (res.get("limits") or {}).get("memory")
@@ -486,8 +491,10 @@ def check_rendering(label, objs, netpol=True, metrics_from=None):
         check(f"{label}: leader election: retry period < renew deadline < lease duration",
               None not in (lease, renew, retry) and retry < renew < lease, (retry, renew, lease))
         if replicas >= 2:
-            check(f"{label}: leader election: a PodDisruptionBudget minAvailable 1 over the Deployment's pods",
+            check(f"{label}: leader election: a PodDisruptionBudget minAvailable 1 over the Deployment's pods, "
+                  "unhealthy pods always evictable (an unready replica never blocks a drain)",
                   len(pdbs) == 1 and pdbs[0]["spec"].get("minAvailable") == 1
+                  and pdbs[0]["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow"
                   and "maxUnavailable" not in pdbs[0]["spec"]
                   and pdbs[0]["metadata"].get("namespace") == ns
                   and selects(pdbs[0]["spec"].get("selector"), pod_labels), pdbs)
@@ -582,8 +589,9 @@ with open(TOKEN_FILE, "w") as f:
 OVERLAYS = sorted(os.listdir(os.path.join(MAN, "overlays")))
 COMPONENTS = sorted(os.listdir(os.path.join(MAN, "components")))
 CREDENTIALS = ("irsa", "pod-identity")
-check("components are leader-election, direct-only, subnet-metrics; credentials overlays irsa, pod-identity",
-      set(COMPONENTS) == {"leader-election", "direct-only", "subnet-metrics"}
+check("components are leader-election, direct-only, subnet-metrics, host-network; credentials overlays irsa, "
+      "pod-identity",
+      set(COMPONENTS) == {"leader-election", "direct-only", "subnet-metrics", "host-network"}
       and set(CREDENTIALS) <= set(OVERLAYS), (COMPONENTS, OVERLAYS))
 
 # label -> directory; combinations are written as overlays of their own in WORK, as an operator
@@ -708,7 +716,7 @@ def cluster_id_of(overlay):
             if e["name"] == "AWS_CLUSTER_ID"][0]
 
 
-def check_features(label, objs, cred, le, direct, subnets, cluster_id=None):
+def check_features(label, objs, cred, le, direct, subnets, cluster_id=None, host_network=False):
     """What the documented combination promises, whatever the component order: the credentials
     overlay's annotation and AWS_CLUSTER_ID (or the operator's, cluster_id) survive, each option
     is there, nothing else is."""
@@ -732,6 +740,11 @@ def check_features(label, objs, cred, le, direct, subnets, cluster_id=None):
           is_on(env.get("LEADER_ELECTION")) == le and d["spec"].get("replicas", 1) == (2 if le else 1)
           and (("leases", "update") in rules) == le and bool(by_kind(objs, "PodDisruptionBudget")) == le,
           (env.get("LEADER_ELECTION"), d["spec"].get("replicas"), sorted(rules)))
+    ps = d["spec"]["template"]["spec"]
+    check(f"{label}: host network {'on' if host_network else 'off'}: hostNetwork, dnsPolicy",
+          bool(ps.get("hostNetwork")) == host_network
+          and ps.get("dnsPolicy") == ("ClusterFirstWithHostNet" if host_network else None),
+          (ps.get("hostNetwork"), ps.get("dnsPolicy")))
     check(f"{label}: direct only {'on' if direct else 'off'}: SCRAPE_MODE and pods/proxy",
           env.get("SCRAPE_MODE") == ("direct" if direct else "auto")
           and (("pods/proxy", "get") in rules) != direct, (env.get("SCRAPE_MODE"), sorted(rules)))
@@ -744,7 +757,7 @@ def check_features(label, objs, cred, le, direct, subnets, cluster_id=None):
 for label, (cred, comps) in combos.items():
     if label in renders:
         check_features(label, renders[label], cred, "leader-election" in comps, "direct-only" in comps,
-                       "subnet-metrics" in comps)
+                       "subnet-metrics" in comps, host_network="host-network" in comps)
 for cred in CREDENTIALS:
     if f"kustomize overlays/{cred}" in renders:
         check_features(f"kustomize overlays/{cred}", renders[f"kustomize overlays/{cred}"], cred,
@@ -880,8 +893,11 @@ check("helm: values are a superset of the original chart's", not missing, missin
 ECR = "111122223333.dkr.ecr.us-west-2.amazonaws.com/cni-metrics-helper"
 APP_VERSION = str(chart_meta.get("appVersion"))
 LE_ON = {"leaderElection": {"enabled": True}}
+# The chart has no default image (no node could pull one): every case names the operator's image,
+# through the cases' own image keys or, when they have none, this first values layer.
+OWN_IMAGE = {"image": {"registry": ECR}}
 HELM_CASES = {
-    "defaults": ([], "cni-metrics-helper", "kube-system"),
+    "defaults with image.registry": ([], "cni-metrics-helper", "kube-system"),
     # The documented upgrade from the original chart: its values file, our image's repository.
     "original values file with image.registry": ([ORIGINAL_VALUES, {"image": {"registry": ECR}}],
                                                  "cni-metrics-helper", "kube-system"),
@@ -928,6 +944,8 @@ HELM_CASES = {
     "empty SCRAPE_MODE and PROMETHEUS_ADDRESS": ([{"env": {"SCRAPE_MODE": "", "PROMETHEUS_ADDRESS": ""}}],
                                                  "cni-metrics-helper", "kube-system"),
     "subnet metrics": ([{"subnetMetrics": {"enabled": True}}], "cni-metrics-helper", "kube-system"),
+    "host network": ([{"hostNetwork": True}], "cni-metrics-helper", "kube-system"),
+    "host network with leader election": ([{"hostNetwork": True}, LE_ON], "cni-metrics-helper", "kube-system"),
     "subnet metrics through env": ([{"env": {"SUBNET_METRICS": "true"}}], "cni-metrics-helper", "kube-system"),
     "subnet metrics through env, CW_PER_AZ off": ([{"env": {"SUBNET_METRICS": "yes", "CW_PER_AZ": "false"}}],
                                                   "cni-metrics-helper", "kube-system"),
@@ -955,6 +973,19 @@ HELM_CASES = {
 }
 
 
+# AWS's own values.yaml of the chart versions in use (test/data/helm, copied from the VPC CNI
+# repository, SOURCES says which tag and commit): refused as they are, naming image.override; with
+# image.override (the key AWS's chart already has) the operator's image and nothing else.
+AWS_VALUES = {}
+for path in sorted(glob.glob(os.path.join(SRC, "test", "data", "helm", "aws-vpc-cni-*-values.yaml"))):
+    with open(path) as f:
+        AWS_VALUES[os.path.basename(path).split("-")[3]] = yaml.safe_load(f)
+check("helm: AWS's values files of v1.12 to v1.23 are in test/data/helm", len(AWS_VALUES) >= 5, sorted(AWS_VALUES))
+OUR_IMAGE = f"{ECR}:0.2.0"
+for tag, v in AWS_VALUES.items():
+    HELM_CASES[f"AWS's {tag} values with image.override"] = (
+        [v, {"image": {"override": OUR_IMAGE}}], "cni-metrics-helper", "kube-system")
+
 HELM_EXTRA = {}  # case -> more helm arguments (the README's --set flags, as written)
 m = re.search(r"```sh\n(helm upgrade --install .*?)\n```", DEPLOYING, re.S)
 README_SETS = {}
@@ -970,19 +1001,24 @@ if check("README Install: a helm example", m is not None, DEPLOYING[:200]):
 
 # Values the chart must refuse, and a word the message must carry so the operator knows the fix.
 HELM_REFUSED = {
+    # No image named: no default image is rendered (none a node could pull).
+    "defaults": ([], "image.override"),
     # The original chart's values file names AWS's image (602401143452...): refused, naming the fix.
-    "original values file": ([ORIGINAL_VALUES], "image.registry"),
+    "original values file": ([ORIGINAL_VALUES], "image.override"),
     "override with AWS's image": ([{"image": {
         "override": "602401143452.dkr.ecr.us-west-2.amazonaws.com/cni-metrics-helper:v1.21.2"}}], "image.registry"),
     "registry in AWS's China account": ([{"image": {
         "registry": "918309763551.dkr.ecr.cn-north-1.amazonaws.com.cn/cni-metrics-helper"}}], "image.registry"),
     "public ECR eks/cni-metrics-helper": ([{"image": {"override": "public.ecr.aws/eks/cni-metrics-helper:v1.20.0"}}],
                                           "image.registry"),
-    "env.POD_NAME": ([{"env": {"POD_NAME": "x"}}], "downward API"),
+    "env.POD_NAME": ([OWN_IMAGE, {"env": {"POD_NAME": "x"}}], "downward API"),
 }
+for tag, v in AWS_VALUES.items():
+    HELM_REFUSED[f"AWS's {tag} values as they are"] = ([v], "image.override")
 helm_renders, helm_notes = {}, {}
 for case, (values, release, ns) in HELM_CASES.items():
     extra = HELM_EXTRA.get(case, [])
+    values = [OWN_IMAGE] + values
     try:
         helm_renders[f"helm {case}"] = mt.helm_template(WORK, values, release, ns, extra)
         helm_notes[f"helm {case}"] = mt.helm_notes(WORK, values, release, ns, extra)
@@ -1018,8 +1054,9 @@ IMAGES = {
     "original values file with image.registry and our tag": f"{ECR}:0.2.0",
     "own ECR in the account/region/domain form":
         f"111122223333.dkr.ecr.eu-west-1.amazonaws.com/cni-metrics-helper:{APP_VERSION}",
-    "defaults": f"cni-metrics-helper:{APP_VERSION}",
+    "defaults with image.registry": f"{ECR}:{APP_VERSION}",
 }
+IMAGES.update({f"AWS's {tag} values with image.override": OUR_IMAGE for tag in AWS_VALUES})
 for case, want in IMAGES.items():
     if f"helm {case}" in helm_renders:
         got = helm_ctr(f"helm {case}")["image"]
@@ -1109,8 +1146,9 @@ label = "helm empty SCRAPE_MODE and PROMETHEUS_ADDRESS"
 if label in helm_renders:
     env_list = helm_ctr(label)["env"]
     addr = [e for e in env_list if e["name"] == "PROMETHEUS_ADDRESS"]
-    check(f"{label}: SCRAPE_MODE auto, PROMETHEUS_ADDRESS the pod IP, once each",
-          helm_env(label).get("SCRAPE_MODE") == "auto" and len(addr) == 1 and "valueFrom" in addr[0], env_list)
+    check(f"{label}: SCRAPE_MODE auto once, PROMETHEUS_ADDRESS left to the daemon's default",
+          [e["name"] for e in env_list].count("SCRAPE_MODE") == 1
+          and helm_env(label).get("SCRAPE_MODE") == "auto" and not addr, env_list)
 label = "helm irsa, leader election, subnet metrics, direct"
 if label in helm_renders:
     h = helm_renders[label]
@@ -1171,7 +1209,7 @@ if label in helm_renders:
           helm_ctr(label)["image"] == f"{README_SETS.get('image.registry')}:{APP_VERSION}", helm_ctr(label)["image"])
 
 # The chart and the kustomize manifests describe the same pod, with and without the options.
-for hl, kl in (("helm defaults", "kustomize base"), ("helm README example", "kustomize README example"),
+for hl, kl in (("helm defaults with image.registry", "kustomize base"), ("helm README example", "kustomize README example"),
                ("helm irsa, leader election, subnet metrics, direct",
                 "kustomize irsa + direct-only + leader-election + subnet-metrics")):
     if hl in helm_renders and kl in renders:
@@ -1189,7 +1227,7 @@ for label, objs in all_renders.items():
     metrics_from = [x for v in case for x in (v.get("networkPolicy") or {}).get("metricsFrom") or []]
     check_rendering(label, objs, netpol=label != "helm network policy off", metrics_from=metrics_from)
 for label in ("kustomize base", "kustomize irsa + direct-only + leader-election + subnet-metrics",
-              "helm defaults", "helm other namespace, own ServiceAccount, port",
+              "helm defaults with image.registry", "helm other namespace, own ServiceAccount, port",
               "helm irsa, leader election, subnet metrics, direct"):
     if check(f"{label}: rendered for the daemon", label in all_renders):
         run_daemon_with(label, all_renders[label])
@@ -1217,7 +1255,7 @@ for label in ("kustomize irsa + direct-only", "helm direct only", "helm direct o
                   if "pods/proxy" in (r.get("resources") or [])]
         check(f"{label}: SCRAPE_MODE=direct and no pods/proxy grant",
               rendered_mode(objs) == "direct" and not grants, (rendered_mode(objs), grants))
-for label in ("kustomize base", "helm defaults"):
+for label in ("kustomize base", "helm defaults with image.registry"):
     if label in all_renders:
         check(f"{label}: SCRAPE_MODE is auto (the default, which may use the proxy)",
               rendered_mode(all_renders[label]) == "auto", rendered_mode(all_renders[label]))
@@ -1333,6 +1371,9 @@ MUTANTS = {
     "role in default namespace": lambda o: by_kind(o, "Role")[0]["metadata"].update(namespace="default"),
     "other CloudWatch namespace": lambda o: set_env(o, "CW_NAMESPACE", "X"),
     "loopback listen address": lambda o: set_env(o, "PROMETHEUS_ADDRESS", "127.0.0.1"),
+    "IPv4-only listen address (no port-forward over ::1)": lambda o: set_env(o, "PROMETHEUS_ADDRESS", "0.0.0.0"),
+    "host network without dnsPolicy ClusterFirstWithHostNet": lambda o: dep_of(o)["spec"]["template"][
+        "spec"].update(hostNetwork=True),
     "grace below SHUTDOWN_TIMEOUT": lambda o: set_env(o, "SHUTDOWN_TIMEOUT", "40s"),
     "short grace period": lambda o: dep_of(o)["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=5),
     "no memory limit": lambda o: ctr_of(o)["resources"].pop("limits"),
@@ -1382,6 +1423,8 @@ LE_MUTANTS = {
     "Lease not shipped": lambda o: drop_kind(o, "Lease"),
     "Lease in another namespace": lambda o: by_kind(o, "Lease")[0]["metadata"].update(namespace="default"),
     "Lease name differs from LEADER_ELECTION_LEASE_NAME": lambda o: set_env(o, "LEADER_ELECTION_LEASE_NAME", "x"),
+    "PodDisruptionBudget that keeps unhealthy pods": lambda o: [p["spec"].pop("unhealthyPodEvictionPolicy", None)
+                                                               for p in by_kind(o, "PodDisruptionBudget")],
     "leader election without the leases grant": lambda o: by_kind(o, "Role")[0].update(
         rules=[r for r in by_kind(o, "Role")[0]["rules"] if "leases" not in r["resources"]]),
 }
