@@ -529,9 +529,12 @@ static void free_request(struct cmh_ec2 *e)
     e->xml = NULL;
 }
 
+/* The actions this client calls, spelled so the manifest tests can read them (IAM policy). */
+#define EC2_ACTION(name) name
+
 static const char *action(const struct cmh_ec2 *e)
 {
-    return e->tags_cb != NULL ? "DescribeTags" : "DescribeSubnets";
+    return e->tags_cb != NULL ? EC2_ACTION("DescribeTags") : EC2_ACTION("DescribeSubnets");
 }
 
 static void free_call(struct cmh_ec2 *e)

@@ -91,8 +91,9 @@ AWS_SDK_VARS = {
     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_EC2_METADATA_SERVICE_ENDPOINT",
     "AWS_EC2_METADATA_DISABLED", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_CLOUDWATCH",
     "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL_EC2",
-    # Not AWS: the pod's own name (downward API), the leader-election identity (src/leader.c).
-    "POD_NAME",
+    # Not AWS: the pod's own name (downward API), the leader-election identity (src/leader.c),
+    # and its node's name (spec.nodeName), whose providerID names the instance (src/cluster_id.c).
+    "POD_NAME", "NODE_NAME",
 }
 
 
@@ -167,6 +168,7 @@ def code_uses(pattern):
 
 USES_LEASES = code_uses(r'"[^"\n]*coordination\.k8s\.io')
 USES_PROXY = code_uses(r'"[^"\n]*/pods/[^"\n]*/proxy|"[^"\n]*/proxy/metrics')
+USES_NODE_GET = code_uses(r'"/api/v1/nodes/')
 
 
 def pod_verbs_from_src():
@@ -361,10 +363,21 @@ def check_rendering(label, objs, netpol=True, metrics_from=None):
     cgrants = {(g, res, v) for r in by_kind(objs, "ClusterRole") for rule in r.get("rules") or []
                for g in rule.get("apiGroups") or [] for res in rule.get("resources") or []
                for v in rule.get("verbs") or []}
-    check(f"{label}: cluster-wide RBAC exactly eniconfigs list, and only with SUBNET_METRICS",
-          cgrants == {("crd.k8s.amazonaws.com", "eniconfigs", "list")} if subnets_on else
-          not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding"),
-          (subnets_on, sorted(cgrants)))
+    # And nodes get (not list, not watch) wherever the RBAC is rendered: the node's providerID
+    # names the instance whose tags name the cluster (the code reads one node by name).
+    rbac_on = bool(by_kind(objs, "Role"))
+    want_c = ({("", "nodes", "get")} if rbac_on and USES_NODE_GET else set()) | \
+        ({("crd.k8s.amazonaws.com", "eniconfigs", "list")} if subnets_on else set())
+    check(f"{label}: cluster-wide RBAC exactly nodes get (the code reads its node), and eniconfigs list "
+          "only with SUBNET_METRICS, one ClusterRole and binding each",
+          cgrants == want_c and len(by_kind(objs, "ClusterRole")) == len(by_kind(objs, "ClusterRoleBinding"))
+          == int(bool(rbac_on and USES_NODE_GET)) + int(subnets_on),
+          (subnets_on, sorted(cgrants), [o["metadata"]["name"] for o in by_kind(objs, "ClusterRole")]))
+    if ("", "nodes", "get") in cgrants:
+        ne = [e for e in env_list if e["name"] == "NODE_NAME"]
+        check(f"{label}: NODE_NAME is the pod's node (downward API spec.nodeName)",
+              len(ne) == 1 and ne[0].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
+              ne)
     for crb in by_kind(objs, "ClusterRoleBinding"):
         check(f"{label}: ClusterRoleBinding binds a rendered ClusterRole to the Deployment's ServiceAccount",
               crb["roleRef"]["kind"] == "ClusterRole" and
@@ -750,7 +763,7 @@ def check_features(label, objs, cred, le, direct, subnets, cluster_id=None, host
           and (("pods/proxy", "get") in rules) != direct, (env.get("SCRAPE_MODE"), sorted(rules)))
     check(f"{label}: subnet metrics {'on' if subnets else 'off'}: SUBNET_METRICS, CW_PER_AZ, ENIConfig grant",
           is_on(env.get("SUBNET_METRICS")) == subnets and is_on(env.get("CW_PER_AZ")) == subnets
-          and len(by_kind(objs, "ClusterRole")) == len(by_kind(objs, "ClusterRoleBinding")) == int(subnets),
+          and len(by_kind(objs, "ClusterRole")) == len(by_kind(objs, "ClusterRoleBinding")) == int(subnets) + 1,
           (env.get("SUBNET_METRICS"), env.get("CW_PER_AZ"), [o["kind"] for o in objs]))
 
 
@@ -1091,10 +1104,11 @@ for group in SAME:
         check(f"helm {' = '.join(group)}: the same objects", all(comparable(g) == first for g in got[1:]),
               [sorted(set(comparable(g)) ^ set(first)) for g in got[1:]])
 if "helm leader election" in helm_renders:
-    check("helm leader election: Deployment, Role with leases, Lease, PodDisruptionBudget, NetworkPolicy",
+    check("helm leader election: Deployment, Role with leases, Lease, PodDisruptionBudget, NetworkPolicy, "
+          "the nodes ClusterRole",
           sorted(o["kind"] for o in helm_renders["helm leader election"]) ==
-          ["Deployment", "Lease", "NetworkPolicy", "PodDisruptionBudget", "Role", "RoleBinding",
-           "ServiceAccount"])
+          ["ClusterRole", "ClusterRoleBinding", "Deployment", "Lease", "NetworkPolicy",
+           "PodDisruptionBudget", "Role", "RoleBinding", "ServiceAccount"])
 label = "helm leader election, own lease name"
 if label in helm_renders:
     lease_rules = [r for r in by_kind(helm_renders[label], "Role")[0]["rules"] if "leases" in r["resources"]]
@@ -1141,7 +1155,7 @@ if label in helm_renders:
     e = helm_env(label)
     check(f"{label}: SUBNET_METRICS and CW_PER_AZ once each, as env says",
           e.get("SUBNET_METRICS") == "true" and e.get("CW_PER_AZ") == "false"
-          and len(by_kind(helm_renders[label], "ClusterRole")) == 1, e)
+          and len(by_kind(helm_renders[label], "ClusterRole")) == 2, e)
 label = "helm empty SCRAPE_MODE and PROMETHEUS_ADDRESS"
 if label in helm_renders:
     env_list = helm_ctr(label)["env"]
@@ -1288,6 +1302,7 @@ for path in glob.glob(os.path.join(SRC, "src", "**", "*.c"), recursive=True):
     called |= set(re.findall(r'"[^"\n]*Action=([A-Za-z]+)', text))
     called |= set(re.findall(r'GraniteServiceVersion20100801\.([A-Za-z]+)', text))
     called |= set(re.findall(r'"Action", "([A-Za-z]+)"', text))  # form_add-style builders (ec2.c)
+    called |= set(re.findall(r'EC2_ACTION\("([A-Za-z]+)"\)', text))  # ec2.c's action names
 # SUBNET_METRICS: ec2:DescribeSubnets, in its own opt-in policy (Resource "*": the action has no
 # resource-level permissions), and nothing else there.
 with open(os.path.join(MAN, "iam", "subnet-metrics-policy.json")) as f:
@@ -1302,10 +1317,15 @@ for label in ("kustomize pod-identity + subnet-metrics", "helm subnet metrics", 
     if check(f"{label}: rendered", objs is not None):
         c = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e.get("value") for e in c.get("env") or []}
-        check(f"{label}: SUBNET_METRICS=true and a ClusterRole", env.get("SUBNET_METRICS") == "true"
-              and len(by_kind(objs, "ClusterRole")) == 1, env)
+        check(f"{label}: SUBNET_METRICS=true and its ClusterRole beside the nodes one",
+              env.get("SUBNET_METRICS") == "true" and len(by_kind(objs, "ClusterRole")) == 2, env)
+# ec2:DescribeTags is asked only without AWS_CLUSTER_ID, as the original helper did; the shipped
+# policy leaves it out (it cannot be limited to one instance): the overlays set AWS_CLUSTER_ID,
+# and a denied call is logged and falls to the aws-node pods' CLUSTER_NAME (docs/migration.md).
+check("iam: the code asks DescribeTags (the original's cluster-id lookup)", "DescribeTags" in called,
+      sorted(called))
 needs_policy = called - {"PutMetricData", "AssumeRoleWithWebIdentity", "GetCallerIdentity",
-                         "DescribeSubnets"}
+                         "DescribeSubnets", "DescribeTags"}
 check("iam: the code calls no AWS action the policy lacks", not needs_policy, sorted(needs_policy))
 
 # --- the checks must be able to fail --------------------------------------------------------------
@@ -1356,6 +1376,10 @@ MUTANTS = {
     "wildcard verb": lambda o: by_kind(o, "Role")[0]["rules"][0].update(verbs=["*"]),
     "ClusterRole": lambda o: o.append({"kind": "ClusterRole", "metadata": {"name": "x"}, "rules": []}),
     "SUBNET_METRICS without the eniconfigs grant": lambda o: set_env(o, "SUBNET_METRICS", "true"),
+    "nodes list granted (the code gets one node)": lambda o: [r["rules"][0].update(verbs=["get", "list"])
+                                                         for r in by_kind(o, "ClusterRole")],
+    "no NODE_NAME beside the nodes grant": lambda o: ctr_of(o).update(
+        env=[e for e in ctr_of(o)["env"] if e["name"] != "NODE_NAME"]),
     "unknown env var": lambda o: ctr_of(o)["env"].append({"name": "CMH_NO_SUCH_VARIABLE", "value": "1"}),
     "bad enum value": lambda o: set_env(o, "LOG_FORMAT", "xml"),
     "Role not in K8S_NAMESPACE": lambda o: set_env(o, "K8S_NAMESPACE", "monitoring"),
