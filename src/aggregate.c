@@ -10,6 +10,9 @@
 
 /* Per-node state. vals[] holds, by metric id: for gauges the last good value, for counters this
  * round's increase. Series of counters and of the latency summary are kept sorted by key. */
+/* How early a process_start_time_seconds may read (see observe_node). */
+#define START_TIME_SLACK_MS 1000.0
+
 struct cmh_agg_node {
     char *name;
     uint64_t hash;
@@ -75,6 +78,7 @@ void cmh_agg_scrape_reset(struct cmh_agg_scrape *s)
     s->fam_len = 0;
     s->fam_id = -1;
     s->reason[0] = '\0';
+    s->unknown = 0;
 }
 
 void cmh_agg_scrape_close(struct cmh_agg_scrape *s)
@@ -84,18 +88,43 @@ void cmh_agg_scrape_close(struct cmh_agg_scrape *s)
     s->n = s->cap = 0;
 }
 
+#define IPAMD_PREFIX "awscni_"
+
 int cmh_agg_want(void *arg, const char *family, size_t len, enum cmh_prom_type type)
 {
     (void)arg;
     (void)type;
     int id = cmh_metric_lookup(family, len);
-    return id >= 0 && cmh_metrics[id].kind != CMH_METRIC_IGNORED;
+    if (id < 0) /* unknown: announced to on_family, to be counted */
+        return len >= sizeof IPAMD_PREFIX - 1 &&
+               memcmp(family, IPAMD_PREFIX, sizeof IPAMD_PREFIX - 1) == 0;
+    return cmh_metrics[id].kind != CMH_METRIC_IGNORED;
+}
+
+/* Copies name[0..len) into dst (CMH_AGG_UNKNOWN_NAME bytes), cut to fit. */
+static void copy_name(char *dst, const char *name, size_t len)
+{
+    if (len >= CMH_AGG_UNKNOWN_NAME)
+        len = CMH_AGG_UNKNOWN_NAME - 1;
+    memcpy(dst, name, len);
+    dst[len] = '\0';
+}
+
+int cmh_agg_on_family(void *arg, const struct cmh_prom_family *f)
+{
+    struct cmh_agg_scrape *s = arg;
+    if (cmh_metric_lookup(f->name, f->name_len) >= 0)
+        return 0;
+    if (s->unknown < CMH_AGG_UNKNOWN_PER_SCRAPE)
+        copy_name(s->unknown_names[s->unknown], f->name, f->name_len);
+    s->unknown++;
+    return 0;
 }
 
 static int refuse(struct cmh_agg_scrape *s, const struct cmh_prom_sample *x, const char *why)
 {
-    snprintf(s->reason, sizeof s->reason, "line %lu: %.*s: %s", x->line, (int)x->name_len, x->name,
-             why);
+    snprintf(s->reason, sizeof s->reason, "line %lu: %.*s %.17g: %s", x->line, (int)x->name_len,
+             x->name, x->value, why);
     return -1;
 }
 
@@ -144,6 +173,49 @@ static int has_label(const struct cmh_prom_sample *x, const char *name)
     return 0;
 }
 
+/* What one node's ipamD can report, from the VPC CNI's own instance table
+ * (pkg/vpc/vpc_ip_resource_limit.go of amazon-vpc-cni-k8s v1.23.0, 1,392 instance types): the most
+ * network interfaces of any type, over all its network cards, is 80 (trn1n.32xlarge); the most IPv4
+ * addresses per interface is 64; the most pod IPv4 addresses with prefix delegation, max over types
+ * of interfaces x (addresses per interface - 1) x 16, is 62,720 (trn1n.32xlarge: 80 x 49 x 16),
+ * and the most /28 prefixes 3,920. The bounds leave four times that for types newer than the table.
+ * A value beyond them is not a node's state but a broken or hostile endpoint: summed, one such node
+ * would hide the cluster's exhaustion (-999996 assigned) or make a sum +Inf (1.7e308). */
+#define NODE_MAX_ENIS     512.0     /* 80 x 4, rounded up */
+#define NODE_MAX_IPS      262144.0  /* 2^18 >= 62,720 x 4 */
+#define NODE_MAX_PREFIXES 16384.0   /* 2^14 >= 3,920 x 4 */
+#define NODE_MAX_ACTIONS  1048576.0 /* ipamD actions in flight; 2^20 keeps cluster sums exact */
+#define IPV6_PREFIX_IPS   281474976710656.0 /* 2^48: ipamD counts an IPv6 /80 as its addresses */
+/* A counter or a summary's _count/_sum: at most 2^53, where a double still counts by one (and a
+ * sum over any number of nodes stays finite). */
+#define MAX_COUNT 9007199254740992.0
+
+/* Whether v, one node's total of gauge family id, is a state some EC2 instance can be in. */
+static int gauge_possible(int id, double v)
+{
+    switch (id) {
+    case CMH_M_ENI_ALLOCATED:
+    case CMH_M_ENI_MAX:
+        return v <= NODE_MAX_ENIS;
+    case CMH_M_TOTAL_IPV4_PREFIXES:
+        return v <= NODE_MAX_PREFIXES;
+    case CMH_M_IPAMD_ACTION_INPROGRESS:
+        return v <= NODE_MAX_ACTIONS;
+    case CMH_M_TOTAL_IP:
+        /* IPv6 clusters: one /80 prefix per interface counts 2^48 addresses. */
+        if (v > NODE_MAX_IPS)
+            return fmod(v, IPV6_PREFIX_IPS) == 0 && v <= NODE_MAX_ENIS * IPV6_PREFIX_IPS;
+        return 1;
+    default: /* assigned, maximum and per-CIDR IP counts */
+        return v <= NODE_MAX_IPS;
+    }
+}
+
+static int is_count(double v, double max)
+{
+    return isfinite(v) && v >= 0 && v <= max && v == floor(v);
+}
+
 int cmh_agg_on_sample(void *arg, const struct cmh_prom_sample *x)
 {
     struct cmh_agg_scrape *s = arg;
@@ -165,21 +237,29 @@ int cmh_agg_on_sample(void *arg, const struct cmh_prom_sample *x)
     case CMH_METRIC_GAUGE_SUM:
         if (x->suffix != CMH_PROM_SUFFIX_NONE)
             return 0;
-        if (!isfinite(v))
-            return refuse(s, x, "gauge value is not a finite number");
+        if (!is_count(v, MAX_COUNT))
+            return refuse(s, x, "gauge value is not a count (negative, fractional or not finite)");
         s->gauge[id] += v;
+        if (!gauge_possible(id, s->gauge[id]))
+            return refuse(s, x, "the node's total is more than any EC2 instance can have");
         /* Kept in the scratch only to catch a series given twice. */
         return add_series(s, x, id);
     case CMH_METRIC_COUNTER:
         if (x->suffix != CMH_PROM_SUFFIX_NONE && x->suffix != CMH_PROM_SUFFIX_TOTAL)
             return 0; /* _created and the like */
-        if (!isfinite(v) || v < 0)
-            return refuse(s, x, "counter value is negative or not a finite number");
+        if (!is_count(v, MAX_COUNT))
+            return refuse(s, x,
+                          "counter value is not a count (negative, fractional, above 2^53 "
+                          "or not finite)");
         return add_series(s, x, id);
     case CMH_METRIC_LATENCY:
         if (x->suffix == CMH_PROM_SUFFIX_SUM || x->suffix == CMH_PROM_SUFFIX_COUNT) {
-            if (!isfinite(v) || v < 0)
-                return refuse(s, x, "summary _sum/_count is negative or not a finite number");
+            int ok = x->suffix == CMH_PROM_SUFFIX_COUNT ? is_count(v, MAX_COUNT)
+                                                        : isfinite(v) && v >= 0 && v <= MAX_COUNT;
+            if (!ok)
+                return refuse(s, x,
+                              "summary _sum/_count is negative, above 2^53, not finite, or "
+                              "a fractional _count");
             return add_series(s, x, id);
         }
         if (x->suffix == CMH_PROM_SUFFIX_NONE && has_label(x, "quantile") && isfinite(v)) {
@@ -205,6 +285,7 @@ void cmh_agg_prom_options(struct cmh_prom_options *o, struct cmh_agg_scrape *s)
 {
     memset(o, 0, sizeof *o);
     o->want = cmh_agg_want;
+    o->on_family = cmh_agg_on_family;
     o->on_sample = cmh_agg_on_sample;
     o->arg = s;
 }
@@ -324,6 +405,26 @@ static double increase(double cur, double last)
     return cur >= last ? cur - last : cur; /* went down: the process restarted */
 }
 
+/* The unknown families of a committed scrape: counted, and their names remembered (bounded). */
+static void note_unknown(struct cmh_agg *a, const struct cmh_agg_scrape *s)
+{
+    a->unknown_total += s->unknown;
+    uint32_t named =
+        s->unknown < CMH_AGG_UNKNOWN_PER_SCRAPE ? s->unknown : CMH_AGG_UNKNOWN_PER_SCRAPE;
+    for (uint32_t i = 0; i < named; i++) {
+        const char *name = s->unknown_names[i];
+        uint32_t k = 0;
+        while (k < a->nunknown && strcmp(a->unknown_names[k], name) != 0)
+            k++;
+        if (k < a->nunknown)
+            continue;
+        if (a->nunknown < CMH_AGG_UNKNOWN_KEPT)
+            copy_name(a->unknown_names[a->nunknown++], name, strlen(name));
+        else
+            a->unknown_untracked++;
+    }
+}
+
 int cmh_agg_commit(struct cmh_agg *a, const char *name, struct cmh_agg_scrape *s)
 {
     qsort(s->series, s->n, sizeof *s->series, cmp_series);
@@ -355,9 +456,11 @@ int cmh_agg_commit(struct cmh_agg *a, const char *name, struct cmh_agg_scrape *s
     int first = !n->has_state;
     int restarted = !first && s->has_start && n->has_start && s->start_time != n->start_time;
     /* A node seen for the first time counts its whole values only if its process started after
-     * our previous round: everything it counted then happened within this round. */
+     * our previous round: everything it counted then happened within this round. client_golang
+     * reports the start as /proc/stat's boot time, whole seconds, plus the start ticks, so it
+     * reads up to a second early; the slack only concerns counts no round has published. */
     int whole = first && a->prev_start_ms > 0 && s->has_start &&
-                s->start_time * 1000.0 > (double)a->prev_start_ms;
+                s->start_time * 1000.0 + START_TIME_SLACK_MS > (double)a->prev_start_ms;
     double dsum = 0, dcount = 0;
     for (int id = 0; id < CMH_M_FAMILIES; id++)
         n->vals[id] = cmh_metrics[id].kind == CMH_METRIC_GAUGE_SUM ? s->gauge[id] : 0;
@@ -396,6 +499,7 @@ int cmh_agg_commit(struct cmh_agg *a, const char *name, struct cmh_agg_scrape *s
         n->lat_min = s->has_q ? s->q_min : mean;
         n->lat_max = s->has_q ? s->q_max : mean;
     }
+    note_unknown(a, s);
     n->present = s->present;
     n->start_time = s->start_time;
     n->has_start = s->has_start;
@@ -481,7 +585,7 @@ int cmh_agg_round_finish(struct cmh_agg *a)
         a->sorted = 1;
     }
     double sum[CMH_M_FAMILIES] = {0};
-    uint32_t present = 0; /* families some contributing node exposed: the others are not sent */
+    uint32_t present = 0; /* families some contributing node exposed: other gauges are not sent */
     double lat_count = 0, lat_sum = 0, lat_min = 0, lat_max = 0;
     int has_lat = 0;
     uint32_t fresh = 0, stale = 0, failed = 0, at_capacity = 0;
@@ -535,13 +639,21 @@ int cmh_agg_round_finish(struct cmh_agg *a)
     a->has_total = 0;
     int rc = 0;
     /* Counters need a previous scrape to compare with (from the second round on) and at least
-     * one node that answered: a round where every scrape failed knows no increase, not zero. */
+     * one node that answered: a round where every scrape failed knows no increase, not zero.
+     * Then every counter of the table is published, 0 when no node has the family: client_golang
+     * creates a labelled series at its first increment, so on a healthy cluster most error
+     * families exist nowhere, and an alarm on them must see 0, not missing data. */
     int counters = a->rounds_finished > 0 && fresh > 0;
     for (int id = 0; id < CMH_M_FAMILIES && rc == 0; id++) {
         enum cmh_metric_kind kind = cmh_metrics[id].kind;
+        if (kind == CMH_METRIC_COUNTER) {
+            if (counters)
+                rc = emit(a, id, sum[id]);
+            continue;
+        }
         if (!((present >> id) & 1))
             continue;
-        if (kind == CMH_METRIC_GAUGE_SUM || (kind == CMH_METRIC_COUNTER && counters))
+        if (kind == CMH_METRIC_GAUGE_SUM)
             rc = emit(a, id, sum[id]);
         if (kind == CMH_METRIC_LATENCY && counters && has_lat) {
             struct cmh_datum d = {.metric = cmh_metrics[id].cw_name,

@@ -1,6 +1,7 @@
 #include "cmh/alloc.h"
 
 #include <errno.h>
+#include <malloc.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,6 +10,18 @@
 /* Test-only state: the one deliberate global, compiled only into fault-injection builds. */
 static unsigned long alloc_count;
 static unsigned long alloc_fail_at;
+static void (*on_free)(void *p);
+
+void cmh_alloc_on_free(void (*fn)(void *p))
+{
+    on_free = fn;
+}
+
+static void before_free(void *p)
+{
+    if (on_free != NULL && p != NULL)
+        on_free(p);
+}
 
 void cmh_alloc_fail_at(unsigned long n)
 {
@@ -30,6 +43,11 @@ static int should_fail(void)
 static int should_fail(void)
 {
     return 0;
+}
+
+static void before_free(void *p)
+{
+    (void)p;
 }
 #endif
 
@@ -97,5 +115,33 @@ char *cmh_strdup_opt(const char *s, int *rc)
 
 void cmh_free(void *p)
 {
+    before_free(p);
     free(p);
+}
+
+void cmh_wipe(void *p, size_t n)
+{
+    if (p != NULL && n > 0)
+        explicit_bzero(p, n);
+}
+
+void cmh_free_secret(void *p)
+{
+    if (p == NULL)
+        return;
+    cmh_wipe(p, malloc_usable_size(p));
+    cmh_free(p);
+}
+
+void *cmh_realloc_secret(void *p, size_t n)
+{
+    if (p == NULL)
+        return cmh_malloc(n);
+    size_t old = malloc_usable_size(p);
+    void *q = cmh_malloc(n ? n : 1);
+    if (q == NULL)
+        return NULL;
+    memcpy(q, p, old < n ? old : n);
+    cmh_free_secret(p);
+    return q;
 }

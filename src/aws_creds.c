@@ -97,6 +97,7 @@ struct job {
     size_t nhdr;
     char *body;
     int allow_http;
+    int no_proxy; /* IMDS and container credentials: never through a proxy */
     uint64_t timeout_ms;
     unsigned attempts;
     next_fn after_token;
@@ -382,9 +383,9 @@ int cmh_aws_parse_time(const char *s, int64_t *ms)
 
 void cmh_aws_creds_doc_clear(struct cmh_aws_creds_doc *doc)
 {
-    cmh_free(doc->access_key_id);
-    cmh_free(doc->secret_access_key);
-    cmh_free(doc->session_token);
+    cmh_free_secret(doc->access_key_id);
+    cmh_free_secret(doc->secret_access_key);
+    cmh_free_secret(doc->session_token);
     cmh_free(doc->error_code);
     cmh_free(doc->error_message);
     memset(doc, 0, sizeof *doc);
@@ -600,7 +601,8 @@ static char *trim_dup(const char *s)
 
 int cmh_aws_creds_parse_sts_xml(const char *buf, size_t len, struct cmh_aws_creds_doc *doc)
 {
-    static const XML_Memory_Handling_Suite mem = {cmh_malloc, cmh_realloc, cmh_free};
+    /* expat's buffers hold the document, credentials included: wiped when released. */
+    static const XML_Memory_Handling_Suite mem = {cmh_malloc, cmh_realloc_secret, cmh_free_secret};
     memset(doc, 0, sizeof *doc);
     if (len > DOC_MAX)
         return -EPROTO;
@@ -658,10 +660,10 @@ out:
     if (rc != 0)
         cmh_aws_creds_doc_clear(doc);
     for (int i = 0; i < F_COUNT; i++)
-        cmh_free(x->text[i]);
+        cmh_free_secret(x->text[i]);
     if (x->xp != NULL)
         XML_ParserFree(x->xp);
-    cmh_free(x);
+    cmh_free_secret(x); /* its text buffer held the last field */
     return rc;
 }
 
@@ -746,7 +748,7 @@ static void job_finish(struct job *j, int rc, const char *fmt, ...)
 static void call_free(struct call *c)
 {
     cmh_free(c->url);
-    cmh_free(c->body);
+    cmh_free_secret(c->body); /* STS: the web identity token */
     cmh_free(c);
 }
 
@@ -755,11 +757,11 @@ static void job_clear_request(struct job *j)
     cmh_free(j->url);
     j->url = NULL;
     for (size_t i = 0; i < j->nhdr; i++) {
-        cmh_free(j->hdr[i]);
+        cmh_free_secret(j->hdr[i]); /* an IMDS token or a container authorization token */
         j->hdr[i] = NULL;
     }
     j->nhdr = 0;
-    cmh_free(j->body);
+    cmh_free_secret(j->body);
     j->body = NULL;
 }
 
@@ -811,6 +813,7 @@ static int job_send(struct job *j)
     c->req.body_len = c->body != NULL ? strlen(c->body) : 0;
     c->req.max_body = DOC_MAX;
     c->req.allow_http = j->allow_http;
+    c->req.no_proxy = j->no_proxy;
     int rc = cmh_curl_uv_start(p->curl, &c->req, on_call_done);
     if (rc != 0) {
         call_free(c);
@@ -822,9 +825,13 @@ static int job_send(struct job *j)
     return 0;
 }
 
-/* Takes url, h0, h1 and body (allocated, may be NULL); starts the request. */
+/* Takes url, h0, h1 and body (allocated, may be NULL); starts the request. A credential
+ * endpoint (link-local or loopback: IMDS, Pod Identity, ECS) is reached directly, never through
+ * the proxy of HTTP_PROXY/ALL_PROXY, which would see and could answer the request; STS is an AWS
+ * service endpoint and honours HTTPS_PROXY/NO_PROXY as the AWS SDKs do. */
 static int job_request(struct job *j, const char *method, char *url, char *h0, char *h1, char *body,
-                       int allow_http, uint64_t timeout_ms, step_fn on_resp)
+                       int allow_http, int credential_endpoint, uint64_t timeout_ms,
+                       step_fn on_resp)
 {
     job_clear_request(j);
     j->method = method;
@@ -835,6 +842,7 @@ static int job_request(struct job *j, const char *method, char *url, char *h0, c
         j->hdr[j->nhdr++] = h1;
     j->body = body;
     j->allow_http = allow_http;
+    j->no_proxy = credential_endpoint;
     j->timeout_ms = timeout_ms;
     j->on_resp = on_resp;
     j->attempts = 1;
@@ -851,7 +859,7 @@ static int job_retry(struct job *j, const struct cmh_curl_uv_response *res)
     if (!transient || j->attempts >= IMDS_ATTEMPTS || j->p->closing)
         return 0;
     j->attempts++;
-    CMH_LOG(j->p->log, CMH_LOG_DEBUG, "aws: retrying metadata request", CMH_STR("url", j->url),
+    CMH_LOG(j->p->log, CMH_LOG_DEBUG, "aws: retrying metadata request", CMH_URL("url", j->url),
             CMH_UINT("attempt", j->attempts), CMH_INT("status", res->status),
             CMH_STR("error", cmh_curl_uv_error_name(res->error)));
     return job_send(j) == 0;
@@ -873,7 +881,7 @@ static void fs_done(struct job *j, int rc)
     j->fbuf = NULL;
     j->fs_busy = 0;
     if (j->p->closing) {
-        cmh_free(data);
+        cmh_free_secret(data);
         return;
     }
     if (rc == 0 && data != NULL) {
@@ -884,7 +892,7 @@ static void fs_done(struct job *j, int rc)
             data[--n] = '\0';
     }
     j->on_file(j, rc, data);
-    cmh_free(data);
+    cmh_free_secret(data); /* a web identity or a container authorization token */
 }
 
 static void maybe_free(struct cmh_aws_provider *p);
@@ -1146,7 +1154,7 @@ static void on_imds_token(struct job *j, const struct cmh_curl_uv_response *res)
         job_finish(j, rc, "IMDSv2 token unusable");
         return;
     }
-    cmh_free(p->imds_token);
+    cmh_free_secret(p->imds_token);
     p->imds_token = tok;
     p->imds_token_until = uv_now(p->loop) + (uint64_t)(IMDS_TOKEN_TTL_S - 60) * 1000;
     j->after_token(j);
@@ -1163,7 +1171,7 @@ static void imds_with_token(struct job *j, next_fn next)
     }
     int rc = job_request(j, "PUT", str_printf("%s/latest/api/token", p->imds_base),
                          str_printf("X-aws-ec2-metadata-token-ttl-seconds: %d", IMDS_TOKEN_TTL_S),
-                         NULL, NULL, 1, p->imds_timeout_ms, on_imds_token);
+                         NULL, NULL, 1, 1, p->imds_timeout_ms, on_imds_token);
     if (rc != 0)
         job_finish(j, rc, "cannot start the IMDSv2 token request");
 }
@@ -1173,7 +1181,7 @@ static void imds_get(struct job *j, const char *path, step_fn on_resp)
     struct cmh_aws_provider *p = j->p;
     int rc = job_request(j, "GET", str_printf("%s%s", p->imds_base, path),
                          str_printf("X-aws-ec2-metadata-token: %s", p->imds_token), NULL, NULL, 1,
-                         p->imds_timeout_ms, on_resp);
+                         1, p->imds_timeout_ms, on_resp);
     if (rc != 0)
         job_finish(j, rc, "cannot start the IMDS request %s", path);
 }
@@ -1191,9 +1199,9 @@ static void imds_forget_token_on_401(struct job *j, const struct cmh_curl_uv_res
 
 static void creds_take(struct cmh_aws_provider *p, struct cmh_aws_creds_doc *doc)
 {
-    cmh_free(p->c_akid);
-    cmh_free(p->c_secret);
-    cmh_free(p->c_token);
+    cmh_free_secret(p->c_akid);
+    cmh_free_secret(p->c_secret);
+    cmh_free_secret(p->c_token);
     p->c_akid = doc->access_key_id;
     p->c_secret = doc->secret_access_key;
     p->c_token = doc->session_token;
@@ -1298,7 +1306,9 @@ static void on_container_creds(struct job *j, const struct cmh_curl_uv_response 
             }
             cmh_aws_creds_doc_clear(&doc);
         }
-        job_finish(j, -EIO, "container credentials from %s: %s", j->p->container_url, d);
+        char shown[512];
+        cmh_url_redact(j->p->container_url, shown, sizeof shown);
+        job_finish(j, -EIO, "container credentials from %s: %s", shown, d);
         return;
     }
     creds_from_json(j, res, "container credentials");
@@ -1314,7 +1324,7 @@ static void container_send(struct job *j, const char *auth)
     }
     int rc = job_request(
         j, "GET", cmh_strdup(p->container_url), cmh_strdup("Accept: application/json"), h, NULL,
-        strncasecmp(p->container_url, "http://", 7) == 0, p->sts_timeout_ms, on_container_creds);
+        strncasecmp(p->container_url, "http://", 7) == 0, 1, p->sts_timeout_ms, on_container_creds);
     if (rc != 0)
         job_finish(j, rc, "cannot start the container credentials request");
 }
@@ -1339,9 +1349,11 @@ static void on_sts(struct job *j, const struct cmh_curl_uv_response *res)
 {
     char d[320];
     if (res->error != CMH_CURL_OK) {
+        char shown[512];
         describe(res, d, sizeof d);
+        cmh_url_redact(j->url, shown, sizeof shown);
         job_finish(j, res->error == CMH_CURL_ERR_TIMEOUT ? -ETIMEDOUT : -EIO,
-                   "STS AssumeRoleWithWebIdentity (%s): %s", j->url, d);
+                   "STS AssumeRoleWithWebIdentity (%s): %s", shown, d);
         return;
     }
     struct cmh_aws_creds_doc doc;
@@ -1413,9 +1425,12 @@ static void on_web_identity_token(struct job *j, int rc, const char *data)
     }
     rc = job_request(j, "POST", url,
                      cmh_strdup("Content-Type: application/x-www-form-urlencoded; charset=utf-8"),
-                     cmh_strdup("Accept: text/xml"), body, 0, p->sts_timeout_ms, on_sts);
-    if (rc != 0)
-        job_finish(j, rc, "cannot start the STS request to %s", j->url ? j->url : "?");
+                     cmh_strdup("Accept: text/xml"), body, 0, 0, p->sts_timeout_ms, on_sts);
+    if (rc != 0) {
+        char shown[512];
+        cmh_url_redact(j->url ? j->url : "?", shown, sizeof shown);
+        job_finish(j, rc, "cannot start the STS request to %s", shown);
+    }
 }
 
 static void creds_refresh_start(struct cmh_aws_provider *p)
@@ -1706,12 +1721,12 @@ static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_op
     if (imds != NULL && strncasecmp(imds, "http://", 7) != 0 &&
         strncasecmp(imds, "https://", 8) != 0) {
         CMH_LOG(p->log, CMH_LOG_ERROR, "aws: AWS_EC2_METADATA_SERVICE_ENDPOINT is not a URL",
-                CMH_STR("value", imds));
+                CMH_URL("value", imds));
         return -EINVAL;
     }
     if (sts != NULL && strncasecmp(sts, "https://", 8) != 0) {
         CMH_LOG(p->log, CMH_LOG_ERROR, "aws: the STS endpoint must be https",
-                CMH_STR("value", sts));
+                CMH_URL("value", sts));
         return -EINVAL;
     }
     p->imds_base = imds != NULL
@@ -1762,7 +1777,7 @@ static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_op
         if (p->region == NULL && p->sts_url == NULL)
             CMH_LOG(p->log, CMH_LOG_WARN,
                     "aws: no region for STS: using the global endpoint; set AWS_REGION",
-                    CMH_STR("endpoint", "https://sts.amazonaws.com/"));
+                    CMH_URL("endpoint", "https://sts.amazonaws.com/"));
         return 0;
     }
     if (rel != NULL || full != NULL) {
@@ -1784,10 +1799,8 @@ static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_op
         if (p->container_url == NULL)
             return -ENOMEM;
         if (!cmh_aws_container_url_allowed(p->container_url, why, sizeof why)) {
-            char shown[512];
-            cmh_aws_url_for_log(p->container_url, shown, sizeof shown);
             CMH_LOG(p->log, CMH_LOG_ERROR, "aws: container credentials endpoint refused",
-                    CMH_STR("url", shown), CMH_STR("why", why));
+                    CMH_URL("url", p->container_url), CMH_STR("why", why));
             return -EPERM;
         }
         const char *tf = env_get(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE");
@@ -1822,23 +1835,23 @@ static void provider_release(struct cmh_aws_provider *p)
     for (size_t i = 0; i < 2; i++) {
         job_clear_request(jobs[i]);
         cmh_free(jobs[i]->role);
-        cmh_free(jobs[i]->fbuf);
+        cmh_free_secret(jobs[i]->fbuf);
     }
     cmh_free(p->role_arn);
     cmh_free(p->token_file);
     cmh_free(p->session_name);
     cmh_free(p->sts_url);
     cmh_free(p->container_url);
-    cmh_free(p->container_token);
+    cmh_free_secret(p->container_token);
     cmh_free(p->container_token_file);
     cmh_free(p->imds_base);
     cmh_free(p->region);
     cmh_free(p->cluster_id);
     cmh_free(p->instance_id);
-    cmh_free(p->c_akid);
-    cmh_free(p->c_secret);
-    cmh_free(p->c_token);
-    cmh_free(p->imds_token);
+    cmh_free_secret(p->c_akid);
+    cmh_free_secret(p->c_secret);
+    cmh_free_secret(p->c_token);
+    cmh_free_secret(p->imds_token);
     cmh_free(p);
 }
 

@@ -114,14 +114,3 @@ int cmh_aws_header_add(char **hdr, size_t *n, size_t max, const char *name, cons
     hdr[(*n)++] = h;
     return 0;
 }
-
-void cmh_aws_url_for_log(const char *url, char *out, size_t len)
-{
-    const char *h = strstr(url, "://");
-    h = h != NULL ? h + 3 : url;
-    const char *at = memchr(h, '@', strcspn(h, "/?#"));
-    if (at == NULL)
-        snprintf(out, len, "%s", url);
-    else
-        snprintf(out, len, "%.*s<redacted>%s", (int)(h - url), url, at);
-}

@@ -4,6 +4,7 @@
 #include "cmh/aws_endpoint.h"
 #include "cmh/rng.h"
 #include "cmh/config.h"
+#include "cmh/gz.h"
 #include "cmh/log.h"
 #include "cmh/sigv4.h"
 
@@ -15,8 +16,6 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#include <zlib.h>
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -512,7 +511,7 @@ static int64_t wall_ms(void)
 static void free_request_bufs(struct cmh_cloudwatch *cw)
 {
     for (size_t i = 0; i < cw->nhdr; i++)
-        cmh_free(cw->hdr[i]);
+        cmh_free_secret(cw->hdr[i]); /* Authorization, X-Amz-Security-Token */
     cw->nhdr = 0;
     cmh_free(cw->gz);
     cw->gz = NULL;
@@ -671,30 +670,10 @@ static void set_last_error(struct cmh_cloudwatch *cw, const char *what)
 
 static int gzip_body(struct cmh_cloudwatch *cw, const char *in, size_t len)
 {
-    z_stream zs;
-    memset(&zs, 0, sizeof zs);
-    if (deflateInit2(&zs, Z_DEFAULT_COMPRESSION, Z_DEFLATED, 15 + 16, 8, Z_DEFAULT_STRATEGY) !=
-        Z_OK)
-        return -ENOMEM;
-    int rc = 0;
-    size_t cap = deflateBound(&zs, (uLong)len) + 32;
-    cw->gz = cmh_malloc(cap);
-    if (cw->gz == NULL) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    zs.next_in = (Bytef *)(uintptr_t)in;
-    zs.avail_in = (uInt)len;
-    zs.next_out = cw->gz;
-    zs.avail_out = (uInt)cap;
-    if (deflate(&zs, Z_FINISH) != Z_STREAM_END) {
-        rc = -EIO;
-        goto out;
-    }
-    cw->gz_len = zs.total_out;
-out:
-    deflateEnd(&zs);
-    return rc;
+    cmh_free(cw->gz);
+    cw->gz = NULL;
+    cw->gz_len = 0;
+    return cmh_gzip(in, len, &cw->gz, &cw->gz_len);
 }
 
 static int add_header(struct cmh_cloudwatch *cw, const char *name, const char *value)
@@ -963,6 +942,10 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         cmh_cloudwatch_parse_error(res->body, res->body_len, code, sizeof code, msg, sizeof msg);
     enum cmh_cw_class cls = cmh_cloudwatch_classify(res->error, res->status, code);
     cw->stats.attempts[cls]++;
+    if (cls == CMH_CW_OK)
+        cw->stats.failing_since_ms = 0;
+    else if (cw->stats.failing_since_ms == 0)
+        cw->stats.failing_since_ms = uv_now(cw->loop) > 0 ? uv_now(cw->loop) : 1;
     if (cls == CMH_CW_NETWORK && code[0] == '\0')
         snprintf(code, sizeof code, "%s", cmh_curl_uv_error_name(res->error));
     if (cls == CMH_CW_OK) {
@@ -1103,13 +1086,11 @@ int cmh_cloudwatch_new(struct cmh_cloudwatch **out, uv_loop_t *loop, struct cmh_
     cw->o.namespace_ = cw->ns;
     rc = cmh_aws_endpoint_split(cw->endpoint, &cw->host, &cw->path, &cw->allow_http);
     if (rc != 0) {
-        char shown[512];
-        cmh_aws_url_for_log(cw->endpoint, shown, sizeof shown);
         CMH_LOG(log, CMH_LOG_ERROR,
                 rc == -EPROTONOSUPPORT
                     ? "CloudWatch endpoint: plain http is allowed only to a loopback address"
                     : "CloudWatch endpoint is not an https:// URL",
-                CMH_STR("endpoint", shown));
+                CMH_URL("endpoint", cw->endpoint));
         if (rc == -EPROTONOSUPPORT)
             rc = -EINVAL;
         goto out;
@@ -1219,6 +1200,7 @@ void cmh_cloudwatch_standby(struct cmh_cloudwatch *cw, bool standby)
     if (cw->freeing || (cw->standby != 0) == standby)
         return;
     cw->standby = standby;
+    cw->stats.failing_since_ms = 0;
     if (!standby) {
         CMH_LOG(cw->log, CMH_LOG_INFO, "cloudwatch: leader again, publishing",
                 CMH_UINT("dropped_not_leader", cw->stats.dropped_not_leader));
@@ -1245,7 +1227,12 @@ void cmh_cloudwatch_stats(const struct cmh_cloudwatch *cw, struct cmh_cloudwatch
 
 int cmh_cloudwatch_ready(const struct cmh_cloudwatch *cw)
 {
-    return cw->stats.access_denied ? -EACCES : 0;
+    if (cw->stats.access_denied)
+        return -EACCES;
+    if (!cw->standby && cw->o.unready_after_ms > 0 && cw->stats.failing_since_ms > 0 &&
+        uv_now(cw->loop) - cw->stats.failing_since_ms >= cw->o.unready_after_ms)
+        return -ETIMEDOUT;
+    return 0;
 }
 
 void cmh_cloudwatch_free(struct cmh_cloudwatch *cw)

@@ -96,10 +96,29 @@ static void log_refused(struct cmh_collector *c, struct cmh_collector_slot *s)
     if (!cmh_ratelimit_allow(&c->parse_log))
         return;
     const struct cmh_prom_error *e = cmh_prom_error(&s->parser);
-    const char *reason = e->code != 0 ? e->reason : s->scratch.reason;
+    /* A body the aggregator refused stops the parser with -ECANCELED: its reason is the one. */
+    const char *reason = e->code != 0 && (e->code != -ECANCELED || s->scratch.reason[0] == '\0')
+                             ? e->reason
+                             : s->scratch.reason;
     CMH_LOG(c->log, CMH_LOG_WARN, "scrape discarded", CMH_STR("target", c->names[s->target]),
             CMH_STR("result", "parse_error"), CMH_UINT("line", e->code != 0 ? e->line : 0),
             CMH_STR("reason", reason));
+}
+
+/* An ipamD family we do not know is logged once per name (the aggregator bounds the names). */
+static void log_unknown(struct cmh_collector *c, const char *node)
+{
+    struct cmh_agg *a = &c->agg;
+    for (; a->unknown_logged < a->nunknown; a->unknown_logged++)
+        CMH_LOG(c->log, CMH_LOG_WARN,
+                "ipamD family not in the metric table: counted, not published",
+                CMH_STR("family", a->unknown_names[a->unknown_logged]), CMH_STR("target", node),
+                CMH_STR("fix", "a newer VPC CNI? see the metric reference for the versions known"));
+    if (a->unknown_untracked > 0 && !c->unknown_overflow_logged) {
+        c->unknown_overflow_logged = 1;
+        CMH_LOG(c->log, CMH_LOG_WARN, "more unknown ipamD families than are named; only counted",
+                CMH_UINT("named", a->nunknown));
+    }
 }
 
 static int on_end(void *ctx, enum cmh_scrape_result result)
@@ -113,6 +132,8 @@ static int on_end(void *ctx, enum cmh_scrape_result result)
             rc = cmh_agg_commit(&c->agg, c->names[s->target], &s->scratch);
         if (rc != 0)
             log_refused(c, s);
+        else if (c->agg.nunknown > c->agg.unknown_logged || c->agg.unknown_untracked > 0)
+            log_unknown(c, c->names[s->target]);
     } else if (result == CMH_SCRAPE_PARSE_ERROR) {
         log_refused(c, s);
     }

@@ -30,6 +30,11 @@ const struct cmh_config_var cmh_config_vars[] = {
      "instead."},
     {"USE_PROMETHEUS", CMH_CFG_BOOL, FIELD(use_prometheus), "false", 0, 0, NULL, 0,
      "Serve the cluster aggregates and self-metrics on our own /metrics (PROMETHEUS_PORT)."},
+    {"PROMETHEUS_ORIGINAL_NAMES", CMH_CFG_BOOL, FIELD(prometheus_original_names), "false", 0, 0,
+     NULL, 0,
+     "Also serve the six cluster gauges under the names AWS's helper used with USE_PROMETHEUS "
+     "(awscni_assigned_ip_addresses... without labels), for dashboards built on it. Off by "
+     "default: a Prometheus that also scrapes ipamD would mix them with the per-node series."},
     {"METRIC_UPDATE_INTERVAL", CMH_CFG_DURATION, FIELD(interval_ms), "30", 1 * SEC, 3600 * SEC,
      NULL, 0, "Time between scrape rounds; bare numbers are seconds."},
     {"AWS_REGION", CMH_CFG_STR, FIELD(aws_region), NULL, 0, 0, NULL, CMH_CFG_REGION,
@@ -88,6 +93,10 @@ const struct cmh_config_var cmh_config_vars[] = {
     {"SCRAPE_KEEPALIVE", CMH_CFG_BOOL, FIELD(scrape_keepalive), "true", 0, 0, NULL, 0,
      "Keep idle ipamD connections open for the next round (within SCRAPE_CONCURRENCY); ipamD "
      "closes them after 5s, so this only helps at short intervals."},
+    {"SCRAPE_GZIP", CMH_CFG_BOOL, FIELD(scrape_gzip), "true", 0, 0, NULL, 0,
+     "Ask nodes for gzip bodies (Accept-Encoding: gzip; ipamD's 13-15 KB scrape travels as about "
+     "3 KB). A gzip body is inflated as it streams, and its inflated size is bounded by "
+     "SCRAPE_MAX_BODY too."},
     {"SCRAPE_MODE", CMH_CFG_ENUM, FIELD(scrape_mode), "auto", 0, 0, scrape_modes, 0,
      "How discovered nodes are reached: direct (hostIP:IPAMD_METRICS_PORT), proxy (through the "
      "API server's pods/proxy, one HTTP/2 connection), or auto (direct; a node whose connect fails "
@@ -142,7 +151,12 @@ const struct cmh_config_var cmh_config_vars[] = {
      "Service-account token for the Kubernetes API; re-read as it rotates."},
     {"K8S_CA_FILE", CMH_CFG_STR, FIELD(k8s_ca_file),
      "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", 0, 0, NULL, 0,
-     "CA bundle that signs the Kubernetes API server certificate."},
+     "CA bundle that signs the Kubernetes API server certificate; the only anchors trusted for "
+     "it (the system store is not used)."},
+    {"K8S_SYNC_TIMEOUT", CMH_CFG_DURATION, FIELD(k8s_sync_timeout_ms), "60", 1 * SEC, 3600 * SEC,
+     NULL, 0,
+     "With Kubernetes discovery the first round waits for the first pod list, at most this long; "
+     "then rounds run without it, and /readyz and the log say why."},
     {"K8S_WATCH_TIMEOUT", CMH_CFG_DURATION, FIELD(k8s_watch_timeout_ms), "5m", 1 * SEC, 3600 * SEC,
      NULL, 0, "Length of one pod watch request; the watch is then resumed from where it was."},
     {"LEADER_ELECTION", CMH_CFG_BOOL, FIELD(leader_election), "false", 0, 0, NULL, 0,
@@ -164,6 +178,43 @@ const struct cmh_config_var cmh_config_vars[] = {
      "deadline."},
 };
 const size_t cmh_config_nvars = sizeof cmh_config_vars / sizeof cmh_config_vars[0];
+
+/* Read by the credential chain, the endpoints and discovery, as the AWS SDKs and Kubernetes name
+ * them; listed by --help. */
+const struct cmh_config_other cmh_config_others[] = {
+    {"AWS_DEFAULT_REGION", "Region when AWS_REGION is unset."},
+    {"AWS_ACCESS_KEY_ID", "Static credentials (with AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN)."},
+    {"AWS_SECRET_ACCESS_KEY", "Static credentials' secret."},
+    {"AWS_SESSION_TOKEN", "Static credentials' session token."},
+    {"AWS_ROLE_ARN", "IRSA: role assumed with the web identity token."},
+    {"AWS_WEB_IDENTITY_TOKEN_FILE", "IRSA: the projected service-account token."},
+    {"AWS_ROLE_SESSION_NAME", "IRSA: session name of the assumed role."},
+    {"AWS_CONTAINER_CREDENTIALS_FULL_URI", "EKS Pod Identity / container credentials endpoint."},
+    {"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "ECS-style container credentials path."},
+    {"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "Pod Identity: file holding the token."},
+    {"AWS_CONTAINER_AUTHORIZATION_TOKEN", "Container credentials token given inline."},
+    {"AWS_EC2_METADATA_DISABLED", "true: never ask instance metadata (IMDS)."},
+    {"AWS_EC2_METADATA_SERVICE_ENDPOINT", "IMDS endpoint override."},
+    {"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IMDS over IPv4 or IPv6."},
+    {"AWS_ENDPOINT_URL", "Endpoint override for every AWS service."},
+    {"AWS_ENDPOINT_URL_CLOUDWATCH", "CloudWatch endpoint override."},
+    {"AWS_ENDPOINT_URL_STS", "STS endpoint override."},
+    {"AWS_ENDPOINT_URL_EC2", "EC2 endpoint override (SUBNET_METRICS, cluster id from tags)."},
+    {"POD_NAME", "This pod's name: its identity in leader election (set from metadata.name)."},
+    {"KUBERNETES_SERVICE_HOST", "The API server, as Kubernetes sets it in every pod."},
+    {"KUBERNETES_SERVICE_PORT", "The API server's port, as Kubernetes sets it."},
+};
+const size_t cmh_config_nothers = sizeof cmh_config_others / sizeof cmh_config_others[0];
+
+/* Variables that decide where the numbers go: a near miss of one of them is refused, not warned
+ * about, since the daemon would otherwise publish under another cluster, namespace or region. */
+static const char *const destinations[] = {"AWS_CLUSTER_ID",
+                                           "CW_NAMESPACE",
+                                           "AWS_REGION",
+                                           "AWS_DEFAULT_REGION",
+                                           "USE_CLOUDWATCH",
+                                           "AWS_ENDPOINT_URL_CLOUDWATCH",
+                                           NULL};
 
 const char *const cmh_config_prefixes[] = {
     "USE_",        "METRIC_", "SCRAPE_",   "IPAMD_",  "PROMETHEUS_", "LOG_",
@@ -582,6 +633,68 @@ void cmh_config_free(struct cmh_config *cfg)
     }
 }
 
+static size_t distance(const char *a, const char *b);
+
+static int known_name(const char *name)
+{
+    if (cmh_config_find(name) != NULL)
+        return 1;
+    for (size_t i = 0; i < cmh_config_nothers; i++)
+        if (strcmp(cmh_config_others[i].name, name) == 0)
+            return 1;
+    return 0;
+}
+
+/* A set variable one edit, or only letter case, away from a destination variable. */
+static int near_miss(char *const *envp, char *err)
+{
+    for (char *const *e = envp; e != NULL && *e != NULL; e++) {
+        const char *eq = strchr(*e, '=');
+        char name[128], upper[128];
+        size_t n = eq ? (size_t)(eq - *e) : strlen(*e);
+        if (n == 0 || n >= sizeof name || eq == NULL || eq[1] == '\0')
+            continue;
+        memcpy(name, *e, n);
+        name[n] = '\0';
+        for (size_t i = 0; i <= n; i++)
+            upper[i] = (char)toupper((unsigned char)name[i]);
+        if (known_name(name))
+            continue;
+        for (const char *const *d = destinations; *d != NULL; d++) {
+            if (distance(upper, *d) <= 1)
+                return fail(err, -EINVAL,
+                            "%s is not a variable this daemon reads; did you mean %s? It decides "
+                            "where the numbers are published, so the start stops here: rename "
+                            "it or remove it",
+                            name, *d);
+        }
+    }
+    return 0;
+}
+
+/* CloudWatch refuses AWS/ namespaces (reserved for AWS services) and anything but 1-255 printable
+ * ASCII characters: every PutMetricData would fail, so the start stops instead. */
+static int check_namespace(const char *ns, char *err)
+{
+    size_t n = ns ? strlen(ns) : 0;
+    if (n >= 4 && strncmp(ns, "AWS/", 4) == 0)
+        return fail(err, -EINVAL,
+                    "CW_NAMESPACE=%s: namespaces starting with AWS/ are reserved for AWS services "
+                    "and CloudWatch refuses them; choose another (the default is Kubernetes, which "
+                    "the shipped alarms use)",
+                    ns);
+    int ok = n >= 1 && n <= 255;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (unsigned char)ns[i] >= 0x20 && (unsigned char)ns[i] <= 0x7e;
+    if (!ok)
+        return fail(
+            err, -EINVAL,
+            "CW_NAMESPACE=%s: invalid value; accepted: 1 to 255 printable ASCII characters, "
+            "not starting with AWS/",
+            ns ? ns : "");
+    return 0;
+}
+
 int cmh_config_load(struct cmh_config *cfg, char *const *envp, char err[CMH_CONFIG_ERR_MAX])
 {
     int rc = 0;
@@ -598,6 +711,10 @@ int cmh_config_load(struct cmh_config *cfg, char *const *envp, char err[CMH_CONF
         if (value != NULL && value[0] != '\0')
             rc = cmh_config_set(cfg, var, value, err);
     }
+    if (rc == 0)
+        rc = near_miss(envp, err);
+    if (rc == 0)
+        rc = check_namespace(cfg->cw_namespace, err);
     if (rc != 0) {
         cmh_config_free(cfg);
         return rc;
@@ -739,6 +856,9 @@ void cmh_config_print_help(FILE *out)
                 type_name(var->type), var->def && var->def[0] ? var->def : "unset", var->help,
                 accepted);
     }
+    fprintf(out, "\nAlso read, as the AWS SDKs and Kubernetes define them:\n");
+    for (size_t i = 0; i < cmh_config_nothers; i++)
+        fprintf(out, "  %s\n      %s\n", cmh_config_others[i].name, cmh_config_others[i].help);
 }
 
 void cmh_config_print_markdown(FILE *out)
@@ -752,4 +872,8 @@ void cmh_config_print_markdown(FILE *out)
                 var->def && var->def[0] ? var->def : "unset", var->def && var->def[0] ? "`" : "",
                 accepted, var->help);
     }
+    fprintf(out, "\nAlso read, as the AWS SDKs and Kubernetes define them:\n\n"
+                 "| Variable | Meaning |\n|---|---|\n");
+    for (size_t i = 0; i < cmh_config_nothers; i++)
+        fprintf(out, "| `%s` | %s |\n", cmh_config_others[i].name, cmh_config_others[i].help);
 }

@@ -210,11 +210,14 @@ static void finish(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req, CURLcode 
     c->stats.errors[res.error]++;
     c->stats.connections += (uint64_t)(connects > 0 ? connects : 0);
     if (c->log != NULL)
-        CMH_LOG(c->log, CMH_LOG_DEBUG, "http request done", CMH_STR("url", req->url),
+        CMH_LOG(c->log, CMH_LOG_DEBUG, "http request done", CMH_URL("url", req->url),
                 CMH_INT("status", res.status), CMH_STR("error", cmh_curl_uv_error_name(res.error)),
                 CMH_UINT("bytes", res.body_len), CMH_UINT("ms", res.elapsed_ms),
                 CMH_INT("new_connections", res.new_connections));
     done(req, &res);
+    /* Answers may carry credentials (IMDS, container credentials, STS): none stays in freed
+     * memory. */
+    cmh_wipe(body, res.body_len);
     cmh_free(body);
 }
 
@@ -483,10 +486,19 @@ static CURLcode setup_easy(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req, C
     /* TLS verification is never optional. */
     SET(CURLOPT_SSL_VERIFYPEER, 1L);
     SET(CURLOPT_SSL_VERIFYHOST, 2L);
-    if (req->ca_file != NULL)
-        SET(CURLOPT_CAINFO, req->ca_file);
-    else if (c->ca_file != NULL)
-        SET(CURLOPT_CAINFO, c->ca_file);
+    /* A CA file replaces the system store, it does not add to it: libcurl's built-in CA path
+     * (Debian's is /etc/ssl/certs) would otherwise stay an anchor too, and any certificate from
+     * a public CA for the API server's address would get the service-account token. */
+    const char *ca = req->ca_file != NULL ? req->ca_file : c->ca_file;
+    if (ca != NULL) {
+        SET(CURLOPT_CAINFO, ca);
+        SET(CURLOPT_CAPATH, (char *)NULL);
+    }
+    /* The credential endpoints and the Kubernetes API never go through a proxy: PROXY "" makes
+     * libcurl ignore http_proxy, HTTPS_PROXY, ALL_PROXY and NO_PROXY. Other requests (the AWS
+     * service endpoints) keep libcurl's reading of those variables. */
+    if (req->no_proxy)
+        SET(CURLOPT_PROXY, "");
     uint64_t total = req->timeout_ms ? req->timeout_ms : c->opts.timeout_ms;
     SET(CURLOPT_TIMEOUT_MS, (long)(total > LONG_MAX ? LONG_MAX : total));
     SET(CURLOPT_CONNECTTIMEOUT_MS,
@@ -634,4 +646,18 @@ void cmh_curl_uv_cancel(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req)
     if (c->closing || req->easy == NULL || req->owner != c)
         return;
     finish(c, req, CURLE_OK, CMH_CURL_ERR_CANCELLED);
+}
+
+const char *cmh_curl_uv_header(const struct cmh_curl_uv_req *req, const char *name, size_t index,
+                               size_t *amount)
+{
+    struct curl_header *h;
+    if (amount != NULL)
+        *amount = 0;
+    if (req->easy == NULL ||
+        curl_easy_header(req->easy, name, index, CURLH_HEADER, -1, &h) != CURLHE_OK)
+        return NULL;
+    if (amount != NULL)
+        *amount = h->amount;
+    return h->value;
 }

@@ -23,10 +23,51 @@ static int64_t wall_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* With Kubernetes discovery no round runs from a target set that was never listed: a tick before
+ * the first list is held back (the list's arrival starts the rounds) until K8S_SYNC_TIMEOUT. */
+static int wait_for_sync(struct cmh_daemon *d)
+{
+    if (!d->has_disc || d->sync_gave_up)
+        return 0;
+    struct cmh_discovery_status st;
+    cmh_discovery_status(&d->disc, &st);
+    if (st.synced)
+        return 0;
+    uint64_t now = uv_now(&d->loop);
+    if (now < d->sync_deadline_ms) {
+        if (!d->sync_waiting)
+            CMH_LOG(&d->log, CMH_LOG_INFO, "first round waits for the first aws-node pod list",
+                    CMH_UINT("at_most_ms", d->sync_deadline_ms - now));
+        d->sync_waiting = 1;
+        uv_timer_start(&d->round_timer, d->round_timer.timer_cb, d->sync_deadline_ms - now,
+                       d->cfg.interval_ms);
+        return 1;
+    }
+    d->sync_waiting = 0;
+    d->sync_gave_up = 1;
+    CMH_LOG(&d->log, CMH_LOG_WARN,
+            "no aws-node pod list within K8S_SYNC_TIMEOUT: rounds run without it",
+            CMH_UINT("timeout_ms", d->cfg.k8s_sync_timeout_ms),
+            CMH_STR("reason", st.last_error[0] ? st.last_error : st.state),
+            CMH_STR("fix", "check the API server address, RBAC (list/watch pods) and the token"));
+    return 0;
+}
+
+/* The first pod list arrived while a round was held back for it: the rounds start now. */
+static void on_disc_change(struct cmh_discovery *disc, void *arg)
+{
+    struct cmh_daemon *d = arg;
+    (void)disc;
+    if (!d->sync_waiting || d->stopping)
+        return;
+    d->sync_waiting = 0;
+    uv_timer_start(&d->round_timer, d->round_timer.timer_cb, 0, d->cfg.interval_ms);
+}
+
 static void on_round_timer(uv_timer_t *t)
 {
     struct cmh_daemon *d = container_of(t, struct cmh_daemon, round_timer);
-    if (d->stopping)
+    if (d->stopping || wait_for_sync(d))
         return;
     d->round++;
     int64_t start = wall_ms();
@@ -256,7 +297,7 @@ static int start_discovery(struct cmh_daemon *d)
     }
     int rc = start_curl(d);
     if (rc == 0)
-        rc = cmh_discovery_start(&d->disc, &d->loop, &d->curl, &o, &d->log, NULL, NULL);
+        rc = cmh_discovery_start(&d->disc, &d->loop, &d->curl, &o, &d->log, on_disc_change, d);
     if (rc != 0) {
         CMH_LOG(&d->log, CMH_LOG_ERROR, "cannot start Kubernetes discovery", CMH_INT("error", rc));
         return rc;
@@ -280,8 +321,11 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
             struct cmh_discovery_status st;
             cmh_discovery_status(&d->disc, &st);
             if (!st.synced) {
-                cmh_buf_printf(body, "not ready: kubernetes discovery not synced: %s\n",
-                               st.last_error[0] ? st.last_error : st.state);
+                cmh_buf_printf(body, "not ready: kubernetes discovery not synced: %s%s\n",
+                               st.last_error[0] ? st.last_error : st.state,
+                               d->sync_gave_up ? " (K8S_SYNC_TIMEOUT passed: rounds run without "
+                                                 "a pod list, scraping nothing)"
+                                               : " (the first round waits for the pod list)");
                 ready = 0;
             } else if (st.no_pods) {
                 cmh_buf_printf(body,
@@ -503,6 +547,7 @@ int cmh_daemon_use_collector(struct cmh_daemon *d)
     /* Even on failure the listener may be closing: close_all waits for it. */
     d->has_http = 1;
     d->expose.http = &d->http;
+    d->expose.original_names = d->cfg.prometheus_original_names;
     return rc;
 }
 
@@ -746,7 +791,10 @@ int cmh_daemon_run(struct cmh_daemon *d)
         rc = uv_signal_start(&d->sigint, on_signal, SIGINT);
     if (rc == 0)
         rc = uv_signal_start(&d->sigusr1, on_usr1, SIGUSR1);
-    /* The first round runs at once; later ones every interval. */
+    /* The first round runs at once (with discovery, once the pods are listed); later ones every
+     * interval. */
+    uv_update_time(&d->loop);
+    d->sync_deadline_ms = uv_now(&d->loop) + d->cfg.k8s_sync_timeout_ms;
     if (rc == 0)
         rc = uv_timer_start(&d->round_timer, on_round_timer, 0, d->cfg.interval_ms);
     if (rc != 0) {

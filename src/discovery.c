@@ -25,38 +25,146 @@
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
-#define DEFAULT_NAMESPACE  "kube-system"
-#define DEFAULT_SELECTOR   "k8s-app=aws-node"
-#define DEFAULT_WATCH_MS   (5 * 60 * 1000ull)
-#define DEFAULT_REQUEST_MS (30 * 1000ull)
-#define DEFAULT_BASE_MS    500ull
-#define DEFAULT_CAP_MS     (30 * 1000ull)
-#define DEFAULT_TOKEN_AGE  (60 * 1000ull)
-#define DEFAULT_PAGE       500
-#define LIST_MAX_BODY      (256u * 1024 * 1024)
-#define NAME_MAX_LEN       253
+#define DEFAULT_NAMESPACE    "kube-system"
+#define DEFAULT_SELECTOR     "k8s-app=aws-node"
+#define DEFAULT_WATCH_MS     (5 * 60 * 1000ull)
+#define DEFAULT_REQUEST_MS   (30 * 1000ull)
+#define DEFAULT_BASE_MS      500ull
+#define DEFAULT_CAP_MS       (30 * 1000ull)
+#define DEFAULT_TOKEN_AGE    (60 * 1000ull)
+#define DEFAULT_PAGE         500
+#define LIST_MAX_BODY        (256u * 1024 * 1024)
+#define NAME_MAX_LEN         253
+#define PUBLISH_MIN_MS       1000ull
+#define CHANGE_LOG_WINDOW_MS (10 * 1000ull)
 
 enum { MODE_LIST, MODE_WATCH };
 
 /* ---- the pods map (pure) ---- */
 
-static size_t pods_find(const struct cmh_discovery_pods *pods, const char *name, bool *found)
+/* The pods live in v in no order; an AVL tree over them (links inside each pod, as indices plus
+ * one) keeps them by name, so every lookup, insertion and removal is O(log n) comparisons
+ * whatever order the API sends them in, and the target set is read off in name order. */
+
+#define NIL 0u
+
+static struct cmh_discovery_pod *at(const struct cmh_discovery_pods *pods, uint32_t i)
 {
-    size_t lo = 0, hi = pods->n;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = strcmp(pods->v[mid].name, name);
-        if (c == 0) {
-            *found = true;
-            return mid;
-        }
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
+    return &pods->v[i - 1];
+}
+
+static int height(const struct cmh_discovery_pods *pods, uint32_t i)
+{
+    return i == NIL ? 0 : at(pods, i)->height;
+}
+
+static void fix_height(struct cmh_discovery_pods *pods, uint32_t i)
+{
+    int l = height(pods, at(pods, i)->left), r = height(pods, at(pods, i)->right);
+    at(pods, i)->height = (unsigned char)(1 + (l > r ? l : r));
+}
+
+static uint32_t rotate(struct cmh_discovery_pods *pods, uint32_t i, bool right)
+{
+    struct cmh_discovery_pod *p = at(pods, i);
+    uint32_t c = right ? p->left : p->right;
+    struct cmh_discovery_pod *q = at(pods, c);
+    if (right) {
+        p->left = q->right;
+        q->right = i;
+    } else {
+        p->right = q->left;
+        q->left = i;
     }
-    *found = false;
-    return lo;
+    fix_height(pods, i);
+    fix_height(pods, c);
+    pods->steps++;
+    return c;
+}
+
+static uint32_t rebalance(struct cmh_discovery_pods *pods, uint32_t i)
+{
+    struct cmh_discovery_pod *p = at(pods, i);
+    fix_height(pods, i);
+    int b = height(pods, p->left) - height(pods, p->right);
+    if (b > 1) {
+        struct cmh_discovery_pod *l = at(pods, p->left);
+        if (height(pods, l->left) < height(pods, l->right))
+            p->left = rotate(pods, p->left, false);
+        return rotate(pods, i, true);
+    }
+    if (b < -1) {
+        struct cmh_discovery_pod *r = at(pods, p->right);
+        if (height(pods, r->right) < height(pods, r->left))
+            p->right = rotate(pods, p->right, true);
+        return rotate(pods, i, false);
+    }
+    return i;
+}
+
+static int name_cmp(struct cmh_discovery_pods *pods, const char *a, const char *b)
+{
+    pods->steps++;
+    return strcmp(a, b);
+}
+
+static uint32_t tree_insert(struct cmh_discovery_pods *pods, uint32_t root, uint32_t i)
+{
+    if (root == NIL)
+        return i;
+    struct cmh_discovery_pod *r = at(pods, root);
+    if (name_cmp(pods, at(pods, i)->name, r->name) < 0)
+        r->left = tree_insert(pods, r->left, i);
+    else
+        r->right = tree_insert(pods, r->right, i);
+    return rebalance(pods, root);
+}
+
+static uint32_t tree_remove_min(struct cmh_discovery_pods *pods, uint32_t root, uint32_t *min)
+{
+    struct cmh_discovery_pod *r = at(pods, root);
+    if (r->left == NIL) {
+        *min = root;
+        return r->right;
+    }
+    r->left = tree_remove_min(pods, r->left, min);
+    return rebalance(pods, root);
+}
+
+/* Unlinks pod i (in the tree) from the subtree at root. */
+static uint32_t tree_remove(struct cmh_discovery_pods *pods, uint32_t root, uint32_t i)
+{
+    if (root == NIL)
+        return NIL;
+    struct cmh_discovery_pod *r = at(pods, root);
+    if (root != i) {
+        if (name_cmp(pods, at(pods, i)->name, r->name) < 0)
+            r->left = tree_remove(pods, r->left, i);
+        else
+            r->right = tree_remove(pods, r->right, i);
+        return rebalance(pods, root);
+    }
+    if (r->right == NIL)
+        return r->left;
+    uint32_t min = NIL;
+    uint32_t right = tree_remove_min(pods, r->right, &min);
+    at(pods, min)->left = r->left;
+    at(pods, min)->right = right;
+    return rebalance(pods, min);
+}
+
+/* The link that points at the pod named name (the root or a child link), or NULL. */
+static uint32_t *tree_link(struct cmh_discovery_pods *pods, const char *name)
+{
+    uint32_t *link = &pods->root;
+    while (*link != NIL) {
+        struct cmh_discovery_pod *p = at(pods, *link);
+        int c = name_cmp(pods, name, p->name);
+        if (c == 0)
+            return link;
+        link = c < 0 ? &p->left : &p->right;
+    }
+    return NULL;
 }
 
 static void pod_free(struct cmh_discovery_pod *p)
@@ -73,20 +181,36 @@ void cmh_discovery_pods_free(struct cmh_discovery_pods *pods)
     pods->v = NULL;
     pods->n = pods->cap = 0;
     pods->refused = 0;
+    pods->root = NIL;
+    pods->targets = 0;
+    pods->version++;
 }
 
-/* Inserts or replaces; *changed says whether anything differs from before. */
-enum { PUT_KEPT, PUT_ADDED, PUT_REFUSED };
+static bool is_target(const struct cmh_discovery_pod *p)
+{
+    return p->running && p->ip[0] != '\0';
+}
+
+/* Counts p in or out of the targets; any change to a target may change the set. */
+static void target_account(struct cmh_discovery_pods *pods, const struct cmh_discovery_pod *p,
+                           int sign)
+{
+    if (!is_target(p))
+        return;
+    pods->targets = sign > 0 ? pods->targets + 1 : pods->targets - 1;
+    pods->version++;
+}
 
 /* Adds or updates a pod. Returns PUT_KEPT (known pod, *changed says whether it changed),
  * PUT_ADDED, PUT_REFUSED (new, but max pods are kept already), or -ENOMEM. */
+enum { PUT_KEPT, PUT_ADDED, PUT_REFUSED };
+
 static int pods_put(struct cmh_discovery_pods *pods, const char *name, const char *node,
                     const char *ip, bool running, bool *changed)
 {
-    bool found;
-    size_t i = pods_find(pods, name, &found);
-    if (found) {
-        struct cmh_discovery_pod *p = &pods->v[i];
+    uint32_t *link = tree_link(pods, name);
+    if (link != NULL) {
+        struct cmh_discovery_pod *p = at(pods, *link);
         if (strcmp(p->node, node) == 0 && strcmp(p->ip, ip) == 0 && p->running == running) {
             *changed = false;
             return PUT_KEPT;
@@ -98,12 +222,14 @@ static int pods_put(struct cmh_discovery_pods *pods, const char *name, const cha
             cmh_free(p->node);
             p->node = n;
         }
+        target_account(pods, p, -1);
         snprintf(p->ip, sizeof p->ip, "%s", ip);
         p->running = running;
+        target_account(pods, p, +1);
         *changed = true;
         return PUT_KEPT;
     }
-    if (pods->max != 0 && pods->n >= pods->max) {
+    if ((pods->max != 0 && pods->n >= pods->max) || pods->n >= UINT32_MAX - 1) {
         *changed = false;
         return PUT_REFUSED;
     }
@@ -116,29 +242,90 @@ static int pods_put(struct cmh_discovery_pods *pods, const char *name, const cha
         pods->cap = cap;
     }
     struct cmh_discovery_pod p = {
-        .name = cmh_strdup(name), .node = cmh_strdup(node), .running = running};
+        .name = cmh_strdup(name), .node = cmh_strdup(node), .running = running, .height = 1};
     if (p.name == NULL || p.node == NULL) {
         pod_free(&p);
         return -ENOMEM;
     }
     snprintf(p.ip, sizeof p.ip, "%s", ip);
-    memmove(&pods->v[i + 1], &pods->v[i], (pods->n - i) * sizeof *pods->v);
-    pods->v[i] = p;
-    pods->n++;
+    pods->v[pods->n++] = p;
+    pods->root = tree_insert(pods, pods->root, (uint32_t)pods->n);
+    target_account(pods, &p, +1);
     *changed = true;
     return PUT_ADDED;
 }
 
 static bool pods_del(struct cmh_discovery_pods *pods, const char *name)
 {
-    bool found;
-    size_t i = pods_find(pods, name, &found);
-    if (!found)
+    uint32_t *link = tree_link(pods, name);
+    if (link == NULL)
         return false;
-    pod_free(&pods->v[i]);
-    memmove(&pods->v[i], &pods->v[i + 1], (pods->n - i - 1) * sizeof *pods->v);
+    uint32_t i = *link, last = (uint32_t)pods->n;
+    target_account(pods, at(pods, i), -1);
+    pods->root = tree_remove(pods, pods->root, i);
+    pod_free(at(pods, i));
+    if (i != last) {
+        /* The last pod moves into the freed place: its one link follows it. */
+        uint32_t *to_last = tree_link(pods, at(pods, last)->name);
+        *at(pods, i) = *at(pods, last);
+        *to_last = i;
+        pods->steps++;
+    }
     pods->n--;
     return true;
+}
+
+/* Visits the pods in name order (an explicit stack: the tree is at most 1.44 log2 n high). */
+#define TREE_STACK 96
+
+static int pods_each(const struct cmh_discovery_pods *pods,
+                     int (*fn)(const struct cmh_discovery_pod *p, void *arg), void *arg)
+{
+    uint32_t stack[TREE_STACK];
+    size_t sp = 0;
+    uint32_t i = pods->root;
+    while (i != NIL || sp > 0) {
+        while (i != NIL) {
+            if (sp == TREE_STACK)
+                return -EFAULT;
+            stack[sp++] = i;
+            i = at(pods, i)->left;
+        }
+        i = stack[--sp];
+        int rc = fn(at(pods, i), arg);
+        if (rc != 0)
+            return rc;
+        i = at(pods, i)->right;
+    }
+    return 0;
+}
+
+struct check_state {
+    const struct cmh_discovery_pods *pods;
+    const char *prev;
+    size_t seen, targets;
+};
+
+static int check_one(const struct cmh_discovery_pod *p, void *arg)
+{
+    struct check_state *c = arg;
+    const struct cmh_discovery_pods *pods = c->pods;
+    int l = height(pods, p->left), r = height(pods, p->right);
+    if ((c->prev != NULL && strcmp(c->prev, p->name) >= 0) || l - r > 1 || r - l > 1 ||
+        p->height != 1 + (l > r ? l : r) || ++c->seen > pods->n)
+        return -EFAULT;
+    c->prev = p->name;
+    c->targets += is_target(p);
+    return 0;
+}
+
+int cmh_discovery_pods_check(const struct cmh_discovery_pods *pods)
+{
+    struct check_state c = {.pods = pods};
+    int rc = pods_each(pods, check_one, &c);
+    if (rc != 0 || c.seen != pods->n || c.targets != pods->targets)
+        return -EFAULT;
+    return 0;
 }
 
 /* ---- JSON (pure) ---- */
@@ -191,44 +378,342 @@ static int pod_view(json_t *pod, struct pod_view *v)
     return 0;
 }
 
+/* ---- a PodList page as it streams (pure) ---- */
+
+/* The top level of the page is scanned here byte by byte; every value under it is cut out whole
+ * (brackets and strings tracked, nothing else) and handed to jansson alone: metadata, each item
+ * of "items", every other key's value, and the keys themselves. Memory is one cut value. */
+
+enum {
+    L_START,     /* before the root '{' */
+    L_KEY0,      /* after '{': a key or '}' */
+    L_KEY,       /* after ',': a key */
+    L_COLON,     /* after a key */
+    L_VALUE,     /* after ':' */
+    L_NEXT,      /* after a value: ',' or '}' */
+    L_ITEM0,     /* after "items":[ : an item or ']' */
+    L_ITEM,      /* after ',' in items: an item */
+    L_ITEM_NEXT, /* after an item: ',' or ']' */
+    L_CUT,       /* inside a value being cut */
+    L_END,       /* after the root '}': whitespace only */
+};
+
+enum { K_OTHER, K_META, K_ITEMS, K_KEY, K_ITEM, K_ITEMS_NULL };
+enum { CUT_STRING, CUT_NESTED, CUT_SCALAR };
+
+/* jansson's own bound is 2048 levels for the whole document; an item sits two levels down. */
+#define CUT_DEPTH_MAX 2045
+
+void cmh_discovery_list_begin(struct cmh_discovery_list_parser *p, struct cmh_discovery_pods *pods,
+                              size_t item_max)
+{
+    memset(p, 0, sizeof *p);
+    p->pods = pods;
+    p->item_max = item_max ? item_max : CMH_DISCOVERY_ITEM_MAX;
+}
+
+static bool json_ws(char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+
+static int cut_add(struct cmh_discovery_list_parser *p, char c)
+{
+    if (p->too_large)
+        return 0;
+    if (p->len + 1 > p->item_max) {
+        p->too_large = true;
+        return 0;
+    }
+    if (p->len + 1 > p->cap) {
+        size_t cap = p->cap ? p->cap * 2 : 4096;
+        if (cap > p->item_max)
+            cap = p->item_max;
+        char *b = cmh_realloc(p->buf, cap);
+        if (b == NULL)
+            return -ENOMEM;
+        p->buf = b;
+        p->cap = cap;
+    }
+    p->buf[p->len++] = c;
+    return 0;
+}
+
+static int cut_start(struct cmh_discovery_list_parser *p, char c, int key)
+{
+    if (c == ',' || c == ':' || c == '}' || c == ']')
+        return -EBADMSG;
+    p->key = key;
+    p->len = 0;
+    p->values = 1;
+    p->in_str = p->esc = p->too_large = false;
+    p->cut = c == '"' ? CUT_STRING : c == '{' || c == '[' ? CUT_NESTED : CUT_SCALAR;
+    p->depth = p->cut == CUT_NESTED;
+    p->state = L_CUT;
+    return cut_add(p, c);
+}
+
+static int list_item(struct cmh_discovery_list_parser *p, json_t *item)
+{
+    struct pod_view v;
+    bool changed;
+    if (pod_view(item, &v) != 0)
+        return 0; /* one odd item does not hide the others */
+    int rc = pods_put(p->pods, v.name, v.node, v.ip, v.running, &changed);
+    if (rc < 0)
+        return rc;
+    p->pods->refused += rc == PUT_REFUSED;
+    return 0;
+}
+
+static char *strdup_or_null(const char *s, int *rc)
+{
+    char *d = s != NULL ? cmh_strdup(s) : NULL;
+    if (s != NULL && d == NULL)
+        *rc = -ENOMEM;
+    return d;
+}
+
+/* A cut value is complete: parse it alone and use it. */
+static int cut_done(struct cmh_discovery_list_parser *p)
+{
+    int rc = 0;
+    if (p->too_large) {
+        if (p->key != K_ITEM)
+            return -EBADMSG; /* a key, metadata or other top-level value that big: no PodList */
+        p->items_too_large++;
+        p->state = L_ITEM_NEXT;
+        return 0;
+    }
+    json_error_t jerr;
+    json_t *v = json_loadb(p->buf, p->len, JSON_DECODE_ANY, &jerr);
+    if (v == NULL)
+        return -EBADMSG;
+    switch (p->key) {
+    case K_KEY: {
+        const char *k = json_string_value(v);
+        p->key = strcmp(k, "items") == 0 ? K_ITEMS : strcmp(k, "metadata") == 0 ? K_META : K_OTHER;
+        if (p->key == K_ITEMS && p->seen_items)
+            rc = -EBADMSG; /* which one would count? jansson keeps the last; we refuse */
+        p->seen_items |= p->key == K_ITEMS;
+        p->state = L_COLON;
+        break;
+    }
+    case K_META:
+        /* The last "metadata" counts, as with jansson. */
+        cmh_free(p->rv);
+        cmh_free(p->cont);
+        p->seen_meta = true;
+        p->meta_ok = json_is_object(v);
+        p->rv = strdup_or_null(jstr(v, "resourceVersion"), &rc);
+        p->cont = strdup_or_null(jstr(v, "continue"), &rc);
+        p->state = L_NEXT;
+        break;
+    case K_ITEMS_NULL:
+        rc = json_is_null(v) ? 0 : -EBADMSG;
+        p->state = L_NEXT;
+        break;
+    case K_ITEM:
+        rc = list_item(p, v);
+        p->state = L_ITEM_NEXT;
+        break;
+    default:
+        p->state = L_NEXT;
+        break;
+    }
+    json_decref(v);
+    return rc;
+}
+
+/* One byte inside a string (after its opening quote): whether it is the closing quote. */
+static bool string_ends(struct cmh_discovery_list_parser *p, char c)
+{
+    if (p->esc)
+        p->esc = false;
+    else if (c == '\\')
+        p->esc = true;
+    else
+        return c == '"';
+    return false;
+}
+
+/* One byte of a nested value after its opening bracket: strings and brackets are followed and the
+ * values begun counted (over CMH_DISCOVERY_ITEM_VALUES, the value is too large: jansson's tree of
+ * many small values is many times their bytes). Returns 1 when the value closes, 0, or -EBADMSG
+ * when nested deeper than jansson reads. */
+static int nest_byte(struct cmh_discovery_list_parser *p, char c)
+{
+    if (p->in_str) {
+        p->in_str = !string_ends(p, c);
+    } else if (c == '"') {
+        p->in_str = true;
+    } else if (c == '{' || c == '[' || c == ',') {
+        if (c != ',' && ++p->depth > CUT_DEPTH_MAX)
+            return -EBADMSG;
+        if (++p->values > CMH_DISCOVERY_ITEM_VALUES)
+            p->too_large = true;
+    } else if (c == '}' || c == ']') {
+        if (--p->depth == 0)
+            return 1;
+    }
+    return 0;
+}
+
+/* Whether one watch line holds more values than an item may (see nest_byte). */
+static bool line_too_large(const char *line, size_t len)
+{
+    struct cmh_discovery_list_parser p = {.depth = 1};
+    for (size_t i = 0; i < len && !p.too_large; i++)
+        if (nest_byte(&p, line[i]) != 0)
+            break; /* closed or too deep: jansson decides */
+    return p.too_large;
+}
+
+/* One byte of a value being cut; *again is set when the byte ends a scalar and belongs to what
+ * follows. */
+static int cut_byte(struct cmh_discovery_list_parser *p, char c, bool *again)
+{
+    switch (p->cut) {
+    case CUT_SCALAR:
+        if (json_ws(c) || c == ',' || c == '}' || c == ']' || c == ':' || c == '{' || c == '[' ||
+            c == '"') {
+            *again = true;
+            return cut_done(p);
+        }
+        return cut_add(p, c);
+    case CUT_STRING: {
+        int rc = cut_add(p, c);
+        if (rc != 0)
+            return rc;
+        return string_ends(p, c) ? cut_done(p) : 0;
+    }
+    default: {
+        int rc = cut_add(p, c);
+        if (rc == 0)
+            rc = nest_byte(p, c);
+        return rc == 1 ? cut_done(p) : rc;
+    }
+    }
+}
+
+/* After a member or an item: ',' goes on to the next, close ends the container. */
+static int after_value(struct cmh_discovery_list_parser *p, char c, char close, int next, int end)
+{
+    if (c == ',')
+        p->state = next;
+    else if (c == close)
+        p->state = end;
+    else
+        return -EBADMSG;
+    return 0;
+}
+
+static int list_byte(struct cmh_discovery_list_parser *p, char c)
+{
+    bool again;
+    do {
+        again = false;
+        int rc = 0;
+        if (p->state == L_CUT) {
+            rc = cut_byte(p, c, &again);
+            if (rc != 0)
+                return rc;
+            continue;
+        }
+        if (json_ws(c))
+            return 0;
+        switch (p->state) {
+        case L_START:
+            if (c != '{')
+                return -EBADMSG;
+            p->state = L_KEY0;
+            break;
+        case L_KEY0:
+            if (c == '}') {
+                p->state = L_END;
+                break;
+            }
+            /* fall through */
+        case L_KEY:
+            if (c != '"')
+                return -EBADMSG;
+            rc = cut_start(p, c, K_KEY);
+            break;
+        case L_COLON:
+            if (c != ':')
+                return -EBADMSG;
+            p->state = L_VALUE;
+            break;
+        case L_VALUE:
+            if (p->key == K_ITEMS) {
+                if (c == '[')
+                    p->state = L_ITEM0;
+                else if (c == 'n')
+                    rc = cut_start(p, c, K_ITEMS_NULL);
+                else
+                    rc = -EBADMSG; /* items neither an array nor null */
+                break;
+            }
+            rc = cut_start(p, c, p->key);
+            break;
+        case L_NEXT:
+            rc = after_value(p, c, '}', L_KEY, L_END);
+            break;
+        case L_ITEM0:
+            if (c == ']') {
+                p->state = L_NEXT;
+                break;
+            }
+            /* fall through */
+        case L_ITEM:
+            rc = cut_start(p, c, K_ITEM);
+            break;
+        case L_ITEM_NEXT:
+            rc = after_value(p, c, ']', L_ITEM, L_NEXT);
+            break;
+        default: /* L_END: only whitespace may follow */
+            rc = -EBADMSG;
+            break;
+        }
+        if (rc != 0)
+            return rc;
+    } while (again);
+    return 0;
+}
+
+int cmh_discovery_list_feed(struct cmh_discovery_list_parser *p, const char *data, size_t len)
+{
+    for (size_t i = 0; i < len && p->rc == 0; i++)
+        p->rc = list_byte(p, data[i]);
+    return p->rc;
+}
+
+int cmh_discovery_list_end(struct cmh_discovery_list_parser *p, char *rv, size_t rvlen, char *cont,
+                           size_t contlen)
+{
+    int rc = p->rc;
+    if (rc == 0 && (p->state != L_END || !p->seen_meta || !p->meta_ok || !p->seen_items))
+        rc = -EBADMSG;
+    if (rc == 0 && rv != NULL)
+        rc = copy_field(rv, rvlen, p->rv);
+    if (rc == 0 && cont != NULL)
+        rc = copy_field(cont, contlen, p->cont);
+    cmh_free(p->buf);
+    cmh_free(p->rv);
+    cmh_free(p->cont);
+    p->buf = p->rv = p->cont = NULL;
+    p->len = p->cap = 0;
+    p->rc = rc != 0 ? rc : -EALREADY;
+    return rc;
+}
+
 int cmh_discovery_parse_list(struct cmh_discovery_pods *pods, const char *buf, size_t len, char *rv,
                              size_t rvlen, char *cont, size_t contlen)
 {
-    int rc = 0;
-    json_error_t jerr;
-    json_t *root = json_loadb(buf, len, 0, &jerr);
-    if (!json_is_object(root)) {
-        rc = -EBADMSG;
-        goto out;
-    }
-    json_t *meta = json_object_get(root, "metadata");
-    json_t *items = json_object_get(root, "items");
-    if (!json_is_object(meta) || !(json_is_array(items) || json_is_null(items))) {
-        rc = -EBADMSG;
-        goto out;
-    }
-    rc = copy_field(rv, rvlen, jstr(meta, "resourceVersion"));
-    if (rc == 0)
-        rc = copy_field(cont, contlen, jstr(meta, "continue"));
-    if (rc != 0)
-        goto out;
-    size_t i;
-    json_t *item;
-    json_array_foreach(items, i, item)
-    {
-        struct pod_view v;
-        bool changed;
-        if (pod_view(item, &v) != 0)
-            continue; /* one odd item does not hide the others */
-        rc = pods_put(pods, v.name, v.node, v.ip, v.running, &changed);
-        if (rc < 0)
-            goto out;
-        pods->refused += rc == PUT_REFUSED;
-        rc = 0;
-    }
-out:
-    json_decref(root);
-    return rc;
+    struct cmh_discovery_list_parser p;
+    cmh_discovery_list_begin(&p, pods, 0);
+    cmh_discovery_list_feed(&p, buf, len);
+    return cmh_discovery_list_end(&p, rv, rvlen, cont, contlen);
 }
 
 int cmh_discovery_parse_event(struct cmh_discovery_pods *pods, const char *line, size_t len,
@@ -236,8 +721,10 @@ int cmh_discovery_parse_event(struct cmh_discovery_pods *pods, const char *line,
 {
     int rc = 0;
     json_error_t jerr;
-    json_t *root = json_loadb(line, len, 0, &jerr);
     memset(ev, 0, sizeof *ev);
+    if (line_too_large(line, len))
+        return -E2BIG;
+    json_t *root = json_loadb(line, len, 0, &jerr);
     const char *type = jstr(root, "type");
     json_t *obj = json_is_object(root) ? json_object_get(root, "object") : NULL;
     if (type == NULL || !json_is_object(obj)) {
@@ -289,47 +776,57 @@ out:
     return rc;
 }
 
-static bool is_target(const struct cmh_discovery_pod *p)
+struct set_fill {
+    struct cmh_discovery_set *set;
+    size_t k, bytes;
+    char *s;
+};
+
+static int set_size(const struct cmh_discovery_pod *p, void *arg)
 {
-    return p->running && p->ip[0] != '\0';
+    struct set_fill *f = arg;
+    if (is_target(p)) {
+        f->k++;
+        f->bytes += strlen(p->name) + strlen(p->node) + strlen(p->ip) + 3;
+    }
+    return 0;
+}
+
+static int set_fill(const struct cmh_discovery_pod *p, void *arg)
+{
+    struct set_fill *f = arg;
+    if (!is_target(p))
+        return 0;
+    struct cmh_discovery_target *t = &f->set->v[f->k++];
+    const char *src[3] = {p->node, p->name, p->ip};
+    const char **dst[3] = {&t->node, &t->pod, &t->ip};
+    for (int j = 0; j < 3; j++) {
+        size_t len = strlen(src[j]) + 1;
+        memcpy(f->s, src[j], len);
+        *dst[j] = f->s;
+        f->s += len;
+    }
+    return 0;
 }
 
 struct cmh_discovery_set *cmh_discovery_set_build(const struct cmh_discovery_pods *pods,
                                                   uint64_t generation)
 {
-    size_t n = 0, bytes = 0;
-    for (size_t i = 0; i < pods->n; i++) {
-        const struct cmh_discovery_pod *p = &pods->v[i];
-        if (!is_target(p))
-            continue;
-        n++;
-        bytes += strlen(p->name) + strlen(p->node) + strlen(p->ip) + 3;
-    }
+    struct set_fill f = {0};
+    if (pods_each(pods, set_size, &f) != 0)
+        return NULL;
+    size_t n = f.k;
     /* One block: the header, the array, then the strings. */
     size_t head = sizeof(struct cmh_discovery_set) + n * sizeof(struct cmh_discovery_target);
-    struct cmh_discovery_set *set = cmh_malloc(head + bytes);
+    struct cmh_discovery_set *set = cmh_malloc(head + f.bytes);
     if (set == NULL)
         return NULL;
     set->refs = 1;
     set->generation = generation;
     set->n = n;
     set->v = (struct cmh_discovery_target *)(set + 1);
-    char *s = (char *)set + head;
-    size_t k = 0;
-    for (size_t i = 0; i < pods->n; i++) {
-        const struct cmh_discovery_pod *p = &pods->v[i];
-        if (!is_target(p))
-            continue;
-        const char *src[3] = {p->node, p->name, p->ip};
-        const char **dst[3] = {&set->v[k].node, &set->v[k].pod, &set->v[k].ip};
-        for (int j = 0; j < 3; j++) {
-            size_t len = strlen(src[j]) + 1;
-            memcpy(s, src[j], len);
-            *dst[j] = s;
-            s += len;
-        }
-        k++;
-    }
+    f = (struct set_fill){.set = set, .s = (char *)set + head};
+    pods_each(pods, set_fill, &f);
     return set;
 }
 
@@ -501,14 +998,49 @@ static void schedule(struct cmh_discovery *d, bool backoff)
                 CMH_STR("error", uv_strerror(rc)));
 }
 
+/* Builds the set when the targets may have changed since the last one; returns whether the
+ * published set changed. Keeps the old set when memory runs out. */
+static bool rebuild(struct cmh_discovery *d)
+{
+    if (d->pods.version == d->built_version)
+        return false;
+    struct cmh_discovery_set *set = cmh_discovery_set_build(&d->pods, d->set->generation + 1);
+    if (set == NULL)
+        return false;
+    d->built_version = d->pods.version;
+    d->st.set_builds++;
+    if (set_equal(set, d->set)) {
+        cmh_discovery_set_release(set);
+        return false;
+    }
+    cmh_discovery_set_release(d->set);
+    d->set = set;
+    return true;
+}
+
+/* One "scrape targets changed" line per window, saying how many were held back. */
+static void log_targets_changed(struct cmh_discovery *d)
+{
+    uint64_t now = uv_now(d->loop);
+    if (d->change_log.budget == 0 || now - d->change_log_window_ms >= CHANGE_LOG_WINDOW_MS) {
+        d->change_log_suppressed += d->change_log.suppressed;
+        cmh_ratelimit_reset(&d->change_log, 1);
+        d->change_log_window_ms = now;
+    }
+    if (!cmh_ratelimit_allow(&d->change_log))
+        return;
+    CMH_LOG(d->log, CMH_LOG_INFO, "scrape targets changed", CMH_UINT("targets", d->set->n),
+            CMH_UINT("pods", d->pods.n), CMH_UINT("generation", d->set->generation),
+            CMH_UINT("changes_not_logged", d->change_log_suppressed));
+    d->change_log_suppressed = 0;
+}
+
 static void publish(struct cmh_discovery *d)
 {
-    struct cmh_discovery_set *set = cmh_discovery_set_build(&d->pods, d->set->generation + 1);
-    if (set == NULL) {
-        /* Keep the old set; try again on the next change. */
-        d->dirty = true;
-        return;
-    }
+    d->last_publish_ms = uv_now(d->loop);
+    bool changed = rebuild(d);
+    if (d->pods.version != d->built_version)
+        d->dirty = true; /* out of memory: try again on the next change */
     if (d->pods.refused > d->refused_logged && d->log != NULL)
         CMH_LOG(d->log, CMH_LOG_WARN,
                 "more aws-node pods than SCRAPE_MAX_NODES: the ones beyond it are not scraped",
@@ -521,15 +1053,13 @@ static void publish(struct cmh_discovery *d)
                 "no aws-node pods: the Kubernetes API lists no pod matching the selector (EKS Auto "
                 "Mode has none); nothing to scrape",
                 CMH_STR("namespace", d->ns), CMH_STR("label_selector", d->selector));
-    if (set_equal(set, d->set)) {
-        cmh_discovery_set_release(set);
+    /* The first list is always told, even when it found nothing: a caller waits for it. */
+    if (!changed && !d->unnotified && (d->sync_told || !d->synced))
         return;
-    }
-    cmh_discovery_set_release(d->set);
-    d->set = set;
+    d->unnotified = false;
+    d->sync_told = d->synced;
     if (d->log != NULL)
-        CMH_LOG(d->log, CMH_LOG_INFO, "scrape targets changed", CMH_UINT("targets", set->n),
-                CMH_UINT("pods", d->pods.n), CMH_UINT("generation", set->generation));
+        log_targets_changed(d);
     if (d->on_change != NULL)
         d->on_change(d, d->arg);
 }
@@ -543,11 +1073,16 @@ static void on_notify(uv_timer_t *t)
     publish(d);
 }
 
+/* Publishing waits for the loop (changes that arrive together make one set) and comes at most
+ * once per PUBLISH_MIN_MS: a stream of events costs O(log n) each, and one set a second. */
 static void mark_dirty(struct cmh_discovery *d)
 {
     d->dirty = true;
-    if (!uv_is_active((uv_handle_t *)&d->notify))
-        uv_timer_start(&d->notify, on_notify, 0, 0);
+    if (uv_is_active((uv_handle_t *)&d->notify))
+        return;
+    uint64_t now = uv_now(d->loop), next = d->last_publish_ms + PUBLISH_MIN_MS;
+    uint64_t delay = d->last_publish_ms == 0 || next <= now ? 0 : next - now;
+    uv_timer_start(&d->notify, on_notify, delay, 0);
 }
 
 /* Reads the token when due (see cmh_k8s_token). Synchronous: a few bytes from the kubelet's
@@ -634,6 +1169,7 @@ static int build_url(struct cmh_discovery *d, char **out)
 }
 
 static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res);
+static int on_list_data(struct cmh_curl_uv_req *req, long status, const char *data, size_t len);
 static int on_watch_data(struct cmh_curl_uv_req *req, long status, const char *data, size_t len);
 
 static void start_request(struct cmh_discovery *d)
@@ -659,9 +1195,16 @@ static void start_request(struct cmh_discovery *d)
     d->req.headers = d->headers;
     d->req.nheaders = nh;
     d->req.ca_file = d->ca_file;
+    d->req.no_proxy = 1;
     if (d->mode == MODE_LIST) {
-        d->req.max_body = LIST_MAX_BODY;
+        /* The page streams through the parser: never held whole. */
+        d->req.on_data = on_list_data;
         d->req.timeout_ms = d->request_timeout_ms;
+        cmh_discovery_list_end(&d->lp, NULL, 0, NULL, 0); /* what a cancelled page left */
+        cmh_discovery_list_begin(&d->lp, &d->listing, 0);
+        d->err_len = 0;
+        d->err_body[0] = '\0';
+        d->list_bytes = 0;
         d->st.state = "listing";
     } else {
         /* The server ends the watch at timeoutSeconds; the grace catches a stalled stream. */
@@ -687,6 +1230,11 @@ fail:
         schedule(d, true);
 }
 
+const char *cmh_discovery_event_error(int rc)
+{
+    return rc == -ENOMEM ? "out of memory" : rc == -E2BIG ? "too many values" : "not JSON";
+}
+
 /* Applies one complete line; returns whether the pods map changed. */
 static bool handle_line(struct cmh_discovery *d, const char *line, size_t len)
 {
@@ -700,7 +1248,7 @@ static bool handle_line(struct cmh_discovery *d, const char *line, size_t len)
     if (rc != 0) {
         d->abort_bad = true;
         /* line is not terminated: it may point into libcurl's chunk. */
-        set_error(d, "bad watch event (%s): %.*s", rc == -ENOMEM ? "out of memory" : "not JSON",
+        set_error(d, "bad watch event (%s): %.*s", cmh_discovery_event_error(rc),
                   (int)(len < 80 ? len : 80), line);
         return false;
     }
@@ -781,10 +1329,37 @@ static int on_watch_data(struct cmh_curl_uv_req *req, long status, const char *d
     return stop;
 }
 
+/* A list page's bytes: parsed as they come; an error answer's first bytes are kept for the log. */
+static int on_list_data(struct cmh_curl_uv_req *req, long status, const char *data, size_t len)
+{
+    struct cmh_discovery *d = container_of(req, struct cmh_discovery, req);
+    if (status != 200) {
+        size_t room = sizeof d->err_body - 1 - d->err_len, n = len < room ? len : room;
+        memcpy(d->err_body + d->err_len, data, n);
+        d->err_len += n;
+        d->err_body[d->err_len] = '\0';
+        return 0;
+    }
+    d->list_bytes += len;
+    if (d->list_bytes > LIST_MAX_BODY && d->lp.rc == 0)
+        d->lp.rc = -EFBIG;
+    return cmh_discovery_list_feed(&d->lp, data, len) != 0;
+}
+
 static void list_done(struct cmh_discovery *d, const struct cmh_curl_uv_response *res)
 {
     char rv[sizeof d->rv];
     char cont[4096];
+    int fed = d->lp.rc;
+    int rc = cmh_discovery_list_end(&d->lp, rv, sizeof rv, cont, sizeof cont);
+    if (d->lp.items_too_large > 0) {
+        d->st.items_too_large += d->lp.items_too_large;
+        if (d->log != NULL)
+            CMH_LOG(d->log, CMH_LOG_WARN,
+                    "aws-node pod objects larger than the bound were skipped: not scraped",
+                    CMH_UINT("skipped", d->lp.items_too_large),
+                    CMH_UINT("bound_bytes", CMH_DISCOVERY_ITEM_MAX));
+    }
     if (res->status == 410) {
         /* The continue token expired: start the list again from the beginning. */
         cmh_discovery_pods_free(&d->listing);
@@ -794,18 +1369,22 @@ static void list_done(struct cmh_discovery *d, const struct cmh_curl_uv_response
         schedule(d, true);
         return;
     }
-    if (res->status != 200) {
-        if (res->status == 401 || res->status == 403)
-            cmh_k8s_token_refused(&d->tok);
-        if (res->error != CMH_CURL_OK)
-            set_error(d, "pod list failed: %s (%s)", cmh_curl_uv_error_name(res->error),
-                      res->error_text);
-        else
-            set_error(d, "pod list answered HTTP %ld: %.120s", res->status, res->body);
+    if (res->status == 401 || res->status == 403)
+        cmh_k8s_token_refused(&d->tok);
+    /* Our own abort (fed != 0) is the parser's verdict, not a transfer failure. */
+    if (fed == 0 && res->error != CMH_CURL_OK) {
+        set_error(d, "pod list failed: %s (%s)", cmh_curl_uv_error_name(res->error),
+                  res->error_text);
         goto retry;
     }
-    int rc = cmh_discovery_parse_list(&d->listing, res->body, res->body_len, rv, sizeof rv, cont,
-                                      sizeof cont);
+    if (res->status != 200) {
+        set_error(d, "pod list answered HTTP %ld: %.120s", res->status, d->err_body);
+        goto retry;
+    }
+    if (rc == -EFBIG) {
+        set_error(d, "pod list page larger than %u bytes", LIST_MAX_BODY);
+        goto retry;
+    }
     if (rc != 0) {
         set_error(d, "pod list answer is not a PodList (%s)", strerror(-rc));
         goto retry;
@@ -822,6 +1401,7 @@ static void list_done(struct cmh_discovery *d, const struct cmh_curl_uv_response
     /* The whole list: it replaces what we knew. */
     cmh_discovery_pods_free(&d->pods);
     d->pods = d->listing;
+    d->pods.version = d->built_version + 1; /* another store: build its set */
     memset(&d->listing, 0, sizeof d->listing);
     d->listing.max = d->pods.max;
     cmh_free(d->cont);
@@ -925,6 +1505,7 @@ static void free_all(struct cmh_discovery *d)
 {
     cmh_discovery_pods_free(&d->pods);
     cmh_discovery_pods_free(&d->listing);
+    cmh_discovery_list_end(&d->lp, NULL, 0, NULL, 0);
     cmh_discovery_set_release(d->set);
     d->set = NULL;
     cmh_k8s_token_free(&d->tok);
@@ -983,7 +1564,7 @@ int cmh_discovery_start(struct cmh_discovery *d, uv_loop_t *loop, struct cmh_cur
     d->open_handles = 2;
     d->started = true;
     if (log != NULL)
-        CMH_LOG(log, CMH_LOG_INFO, "kubernetes discovery starting", CMH_STR("server", d->server),
+        CMH_LOG(log, CMH_LOG_INFO, "kubernetes discovery starting", CMH_URL("server", d->server),
                 CMH_STR("namespace", d->ns), CMH_STR("label_selector", d->selector));
     /* The first request starts from the loop, never inside this call. */
     d->mode = MODE_LIST;
@@ -1046,8 +1627,12 @@ const struct cmh_discovery_target *cmh_discovery_targets(const struct cmh_discov
 
 struct cmh_discovery_set *cmh_discovery_acquire(struct cmh_discovery *d)
 {
-    if (d->set != NULL)
-        d->set->refs++;
+    if (d->set == NULL)
+        return NULL;
+    /* A round takes the pods as they are now; on_change still fires for this set. */
+    if (!d->stopping && rebuild(d))
+        d->unnotified = true;
+    d->set->refs++;
     return d->set;
 }
 
@@ -1059,7 +1644,7 @@ void cmh_discovery_status(const struct cmh_discovery *d, struct cmh_discovery_st
     st->pods = d->pods.n;
     st->pods_refused = d->pods.refused;
     st->max_pods = d->pods.max;
-    st->targets = d->set != NULL ? d->set->n : 0;
+    st->targets = d->pods.targets; /* the set a round acquires now */
     st->generation = d->set != NULL ? d->set->generation : 0;
     st->last_error = d->last_error;
 }

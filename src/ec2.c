@@ -521,7 +521,7 @@ int cmh_ec2_endpoint(const char *region, const char *override, char *buf, size_t
 static void free_request(struct cmh_ec2 *e)
 {
     for (size_t i = 0; i < e->nhdr; i++)
-        cmh_free(e->hdr[i]);
+        cmh_free_secret(e->hdr[i]); /* Authorization, X-Amz-Security-Token */
     e->nhdr = 0;
     cmh_free(e->form);
     e->form = NULL;
@@ -798,12 +798,14 @@ static void on_resolved(struct cmh_aws_provider *p, int rc, const char *region,
     }
     rc = cmh_aws_endpoint_split(e->endpoint, &e->host, &e->path, &e->allow_http);
     if (rc != 0) {
+        char shown[512];
+        cmh_url_redact(e->endpoint, shown, sizeof shown);
         finish(e, rc, "EC2 endpoint %s refused (https://, or http:// to a loopback address)",
-               e->endpoint);
+               shown);
         return;
     }
     CMH_LOG(e->log, CMH_LOG_INFO, "ec2 endpoint", CMH_STR("region", region),
-            CMH_STR("endpoint", e->endpoint));
+            CMH_URL("endpoint", e->endpoint));
     get_creds(e);
 }
 
@@ -1040,11 +1042,9 @@ int cmh_ec2_new(struct cmh_ec2 **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
         cmh_free(host);
         cmh_free(path);
         if (rc != 0) {
-            char shown[512];
-            cmh_aws_url_for_log(ov, shown, sizeof shown);
             CMH_LOG(log, CMH_LOG_ERROR,
                     "EC2 endpoint refused: https://, or http:// to a loopback address",
-                    CMH_STR("endpoint", shown), CMH_STR("variable", "AWS_ENDPOINT_URL_EC2"));
+                    CMH_URL("endpoint", ov), CMH_STR("variable", "AWS_ENDPOINT_URL_EC2"));
             rc = -EINVAL;
             goto out;
         }

@@ -106,6 +106,31 @@ static void proxy_metrics(const struct cmh_collector *c, struct cmh_buf *out)
            "Nodes scraped through the proxy because direct connects failed.", c->fallback.n);
 }
 
+/* The gauges AWS's helper set on its own /metrics with USE_PROMETHEUS (its registry's names and
+ * help, unlabelled; the other families it registered never got a value), as sums over the nodes. */
+static void original_gauges(const struct cmh_agg *a, struct cmh_buf *out)
+{
+    static const struct {
+        int id;
+        const char *help;
+    } g[] = {
+        {CMH_M_ENI_MAX, "The maximum number of ENIs that can be attached to the instance, "
+                        "accounting for unmanaged ENIs"},
+        {CMH_M_IP_MAX, "The maximum number of IP addresses that can be allocated to the instance"},
+        {CMH_M_ENI_ALLOCATED, "The number of ENIs allocated"},
+        {CMH_M_TOTAL_IP, "The total number of IP addresses"},
+        {CMH_M_ASSIGNED_IP, "The number of IP addresses assigned to pods"},
+        {CMH_M_TOTAL_IPV4_PREFIXES, "The total number of IPv4 prefixes"},
+    };
+    for (size_t i = 0; i < sizeof g / sizeof g[0]; i++) {
+        const char *name = cmh_metrics[g[i].id].family;
+        if (!((a->has_total >> g[i].id) & 1))
+            continue;
+        cmh_buf_printf(out, "# HELP %s %s\n# TYPE %s gauge\n", name, g[i].help, name);
+        sample(out, name, "", "", a->totals[g[i].id]);
+    }
+}
+
 void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c,
                        const char *cluster_id, const struct cmh_cloudwatch_stats *cw,
                        struct cmh_buf *out)
@@ -141,6 +166,8 @@ void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c
         }
     }
     cmh_buf_free(&lb);
+    if (e->original_names && e->have_round)
+        original_gauges(a, out);
 
     if (e->cluster_id_source != NULL) {
         family(out, "cluster_id_info", "gauge",
@@ -166,6 +193,14 @@ void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c
         cmh_buf_printf(out, PREFIX "scrapes_total{result=\"%s\"} %llu\n",
                        cmh_scrape_result_name((enum cmh_scrape_result)r),
                        (unsigned long long)c->results_total[r]);
+    scalar(out, "scrape_unknown_families_total", "counter",
+           "ipamD families (awscni_*) not in the metric table, once per family and good scrape: "
+           "read, not published (a newer VPC CNI?); each name is logged once.",
+           a->unknown_total);
+    scalar(out, "ipamd_unknown_families", "gauge",
+           "Distinct unknown awscni_ family names seen since start, at most 64 (each named once "
+           "in the log).",
+           a->nunknown);
     if (c->has_proxy)
         proxy_metrics(c, out);
     if (cw != NULL)

@@ -11,6 +11,10 @@
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 #define URL_MAX 1024
+/* Room in the kernel's queue for a burst of connections between two turns of the loop: a
+ * connection that finds it full has its SYN dropped and retries after a second, too late for a
+ * probe with a one-second timeout. */
+#define LISTEN_BACKLOG 1024
 
 /* The request side of one connection, without its socket: what its reads feed and the answer they
  * produce. Embedded in a connection; cmh_http_server_feed runs one on the stack. */
@@ -25,12 +29,21 @@ struct exchange {
     struct cmh_buf out; /* the answer, once responded (cap == (size_t)-1: out of memory) */
 };
 
+/* One remote address and how many connections it holds (a slot of s->peers; count 0 = free). */
+struct cmh_http_peer {
+    unsigned char addr[16]; /* IPv6, or IPv4-mapped */
+    unsigned count;
+};
+
 struct cmh_http_conn {
     struct cmh_http_conn *prev, *next;
     uv_tcp_t tcp;
     uv_timer_t timer;
     uv_write_t wreq;
     struct exchange x;
+    struct cmh_http_peer *peer; /* NULL until accepted */
+    unsigned long long seq;     /* accept order: lower is older */
+    int answering;              /* the answer is being written: never evicted */
     int closing;
     int pending; /* handles not yet closed */
     char rbuf[4096];
@@ -90,6 +103,11 @@ void cmh_buf_free(struct cmh_buf *b)
 
 static void maybe_server_closed(struct cmh_http_server *s)
 {
+    if (!s->listening && s->pending_closes == 0) {
+        cmh_free(s->peers);
+        s->peers = NULL;
+        s->npeers = 0;
+    }
     if (!s->listening && s->pending_closes == 0 && s->close_cb != NULL) {
         void (*cb)(struct cmh_http_server *) = s->close_cb;
         s->close_cb = NULL;
@@ -122,6 +140,9 @@ static void conn_close(struct cmh_http_conn *c)
     if (c->next)
         c->next->prev = c->prev;
     s->nconns--;
+    if (c->peer != NULL)
+        c->peer->count--;
+    c->peer = NULL;
     s->pending_closes++;
     c->pending = 2;
     uv_close((uv_handle_t *)&c->tcp, on_conn_handle_closed);
@@ -287,6 +308,7 @@ int cmh_http_server_feed(struct cmh_http_server *s, const uv_buf_t *reads, size_
 /* Sends the answer the reads produced, then closes. */
 static void conn_send(struct cmh_http_conn *c)
 {
+    c->answering = 1;
     uv_read_stop((uv_stream_t *)&c->tcp);
     uv_timer_stop(&c->timer);
     if (c->x.out.cap == (size_t)-1) {
@@ -322,6 +344,56 @@ static void on_idle(uv_timer_t *t)
     conn_close(container_of(t, struct cmh_http_conn, timer));
 }
 
+/* The slot of the connection's remote address (a new slot for a new address), or NULL when it
+ * cannot be read. There are as many slots as connections may be open, plus one. */
+static struct cmh_http_peer *peer_of(struct cmh_http_server *s, struct cmh_http_conn *c)
+{
+    struct sockaddr_storage ss;
+    int len = sizeof ss;
+    unsigned char key[16] = {0};
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
+        return NULL;
+    if (ss.ss_family == AF_INET) {
+        key[10] = key[11] = 0xff;
+        memcpy(key + 12, &((struct sockaddr_in *)&ss)->sin_addr, 4);
+    } else if (ss.ss_family == AF_INET6) {
+        memcpy(key, &((struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+    } else {
+        return NULL;
+    }
+    struct cmh_http_peer *free_slot = NULL;
+    for (unsigned i = 0; i < s->npeers; i++) {
+        struct cmh_http_peer *p = &s->peers[i];
+        if (p->count > 0 && memcmp(p->addr, key, sizeof key) == 0)
+            return p;
+        if (p->count == 0 && free_slot == NULL)
+            free_slot = p;
+    }
+    if (free_slot != NULL)
+        memcpy(free_slot->addr, key, sizeof key);
+    return free_slot;
+}
+
+/* With every connection slot taken, who makes room for a newcomer: the oldest connection, still
+ * waiting for its request, of the address that holds the most. So one address, or a few, that
+ * open connections and send nothing (or drip bytes) can never keep another address out: a
+ * kubelet probe, which sends its request as soon as it connects, is answered while a flood from
+ * elsewhere goes on. Only a flood from as many addresses as there are slots competes with it on
+ * age alone. NULL when every other connection is being answered. */
+static struct cmh_http_conn *eviction_victim(struct cmh_http_server *s, struct cmh_http_conn *newc)
+{
+    struct cmh_http_conn *victim = NULL;
+    for (struct cmh_http_conn *c = s->conns; c != NULL; c = c->next) {
+        if (c == newc || c->answering)
+            continue;
+        unsigned n = c->peer != NULL ? c->peer->count : 0;
+        unsigned vn = victim != NULL && victim->peer != NULL ? victim->peer->count : 0;
+        if (victim == NULL || n > vn || (n == vn && c->seq < victim->seq))
+            victim = c;
+    }
+    return victim;
+}
+
 static void on_connection(uv_stream_t *l, int status)
 {
     struct cmh_http_server *s = container_of((uv_tcp_t *)l, struct cmh_http_server, listener);
@@ -346,15 +418,27 @@ static void on_connection(uv_stream_t *l, int status)
     uv_timer_init(s->loop, &c->timer);
     c->tcp.data = c;
     c->timer.data = c;
+    c->seq = ++s->accepted;
     c->next = s->conns;
     if (s->conns)
         s->conns->prev = c;
     s->conns = c;
     s->nconns++;
-    if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0 || s->nconns > s->opt.max_conns) {
+    if (uv_accept(l, (uv_stream_t *)&c->tcp) != 0 || (c->peer = peer_of(s, c)) == NULL) {
         s->rejected++;
         conn_close(c);
         return;
+    }
+    c->peer->count++;
+    if (s->nconns > s->opt.max_conns) {
+        struct cmh_http_conn *victim = eviction_victim(s, c);
+        s->rejected++;
+        if (victim == NULL) {
+            conn_close(c);
+            return;
+        }
+        s->evicted++;
+        conn_close(victim);
     }
     uv_timer_start(&c->timer, on_idle, s->opt.idle_ms, 0);
     if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0)
@@ -377,6 +461,10 @@ int cmh_http_server_start(struct cmh_http_server *s, uv_loop_t *loop,
         s->opt.idle_ms = 10000;
     s->handler = handler;
     s->handler_arg = arg;
+    s->npeers = s->opt.max_conns + 1;
+    s->peers = cmh_calloc(s->npeers, sizeof *s->peers);
+    if (s->peers == NULL)
+        return UV_ENOMEM;
     struct sockaddr_storage ss;
     int rc = uv_ip4_addr(opt->address, (int)opt->port, (struct sockaddr_in *)&ss);
     if (rc != 0)
@@ -395,6 +483,8 @@ int cmh_http_server_start(struct cmh_http_server *s, uv_loop_t *loop,
     if (rc != 0) {
         CMH_LOG(log, CMH_LOG_ERROR, "cannot listen", CMH_STR("address", opt->address),
                 CMH_STR("error", uv_strerror(rc)));
+        cmh_free(s->peers);
+        s->peers = NULL;
         return rc;
     }
     s->listening = 1;
@@ -402,7 +492,7 @@ int cmh_http_server_start(struct cmh_http_server *s, uv_loop_t *loop,
      * (127.0.0.1 through kubectl port-forward as well as ::1 and the pod IP). */
     rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
     if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&s->listener, 128, on_connection);
+        rc = uv_listen((uv_stream_t *)&s->listener, LISTEN_BACKLOG, on_connection);
     if (rc != 0) {
         CMH_LOG(log, CMH_LOG_ERROR, "cannot listen", CMH_STR("address", opt->address),
                 CMH_UINT("port", opt->port), CMH_STR("error", uv_strerror(rc)));

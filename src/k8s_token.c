@@ -23,7 +23,7 @@ int cmh_k8s_token_read(const char *file, char **out, char *why, size_t whylen)
         if (err <= 0)
             err = EIO; /* never 0: 0 means success */
         snprintf(why, whylen, "cannot read the token file %s: %s", file, strerror(err));
-        cmh_free(buf);
+        cmh_free(buf); /* nothing read into it */
         return -err;
     }
     /* One byte more than the bound tells a file that is too long; the terminator goes within. */
@@ -37,6 +37,7 @@ int cmh_k8s_token_read(const char *file, char **out, char *why, size_t whylen)
     buf[len] = '\0';
     if (len == 0 || strpbrk(buf, "\r\n") != NULL) {
         snprintf(why, whylen, "the token file %s is empty, too large or unreadable", file);
+        cmh_wipe(buf, max + 1);
         cmh_free(buf);
         return -EINVAL;
     }
@@ -78,19 +79,19 @@ int cmh_k8s_token_refresh(struct cmh_k8s_token *t, uint64_t now_ms, char *why, s
     if (rc != 0)
         return rc;
     if (t->token != NULL && strcmp(t->token, tok) == 0) {
-        cmh_free(tok);
+        cmh_free_secret(tok);
         t->reads++;
         return 0;
     }
     char *header = cmh_k8s_bearer_header(tok);
     if (header == NULL) {
-        cmh_free(tok);
+        cmh_free_secret(tok);
         snprintf(why, whylen, "out of memory reading the token file %s", t->file);
         return -ENOMEM;
     }
     rc = t->token != NULL;
-    cmh_free(t->token);
-    cmh_free(t->header);
+    cmh_free_secret(t->token);
+    cmh_free_secret(t->header);
     t->token = tok;
     t->header = header;
     t->reads++;
@@ -100,7 +101,7 @@ int cmh_k8s_token_refresh(struct cmh_k8s_token *t, uint64_t now_ms, char *why, s
 void cmh_k8s_token_free(struct cmh_k8s_token *t)
 {
     cmh_free(t->file);
-    cmh_free(t->token);
-    cmh_free(t->header);
+    cmh_free_secret(t->token);
+    cmh_free_secret(t->header);
     memset(t, 0, sizeof *t);
 }

@@ -346,6 +346,7 @@ static int send_request(struct cmh_leader *l, int step, char *body)
     l->req.body_len = body ? strlen(body) : 0;
     l->req.max_body = LEASE_MAX_BODY;
     l->req.ca_file = l->ca_file;
+    l->req.no_proxy = 1;
     l->req.timeout_ms = l->request_ms;
     if (step == STEP_RELEASE && l->req.timeout_ms > RELEASE_MAX_MS)
         l->req.timeout_ms = RELEASE_MAX_MS;

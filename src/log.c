@@ -147,6 +147,15 @@ static void scalar(struct line *l, const struct cmh_kv *kv, int json)
         else
             text_value(l, kv->v.s ? kv->v.s : "");
         return;
+    case CMH_KV_URL: {
+        char shown[1024];
+        cmh_url_redact(kv->v.s ? kv->v.s : "", shown, sizeof shown);
+        if (json)
+            json_string(l, shown);
+        else
+            text_value(l, shown);
+        return;
+    }
     case CMH_KV_JSON:
         if (json)
             puts_(l, kv->v.s ? kv->v.s : "null");
@@ -172,6 +181,17 @@ static void scalar(struct line *l, const struct cmh_kv *kv, int json)
         break;
     }
     puts_(l, num);
+}
+
+void cmh_url_redact(const char *url, char *out, size_t len)
+{
+    const char *h = strstr(url, "://");
+    h = h != NULL ? h + 3 : url;
+    const char *at = memchr(h, '@', strcspn(h, "/?#"));
+    if (at == NULL)
+        snprintf(out, len, "%s", url);
+    else
+        snprintf(out, len, "%.*s<redacted>%s", (int)(h - url), url, at);
 }
 
 static void field(struct line *l, const struct cmh_kv *kv, int json)

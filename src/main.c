@@ -12,13 +12,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 extern char **environ;
 
 static void usage(FILE *out)
 {
-    fprintf(out, "Usage: cni-metrics-helper [--help | --version]\n"
+    fprintf(out, "Usage: cni-metrics-helper [help | --help | -h | version | --version | -v]\n"
                  "       cni-metrics-helper parse [FILE|-]   print the samples of an exposition\n"
                  "       cni-metrics-helper inspect [--json] FILE... [--then FILE...]\n"
                  "                                           datums a round would publish\n"
@@ -29,6 +30,9 @@ static void usage(FILE *out)
                  "Scrapes the ipamD metrics of every node of an EKS cluster, aggregates the\n"
                  "IP/ENI picture of the cluster and publishes it to CloudWatch (namespace\n"
                  "Kubernetes, dimension CLUSTER_ID). Configured by environment variables only.\n"
+                 "\n"
+                 "Signals: SIGTERM or SIGINT stop gracefully (in-flight work gets\n"
+                 "SHUTDOWN_TIMEOUT; a second one stops at once); SIGUSR1 runs a round now.\n"
                  "\n"
                  "Exit status: 0 after a graceful stop, 1 on a runtime failure, 2 on a bad\n"
                  "configuration or command line, 128+N after a second signal N.\n"
@@ -83,17 +87,26 @@ int main(int argc, char **argv)
 {
     /* A peer that closes while we write must be an error return, never a killed process. */
     signal(SIGPIPE, SIG_IGN);
+    /* No core file and no ptrace by another process of the same user: the memory holds AWS
+     * credentials and the service-account token. */
+    if (prctl(PR_SET_DUMPABLE, 0L, 0L, 0L, 0L) != 0)
+        fprintf(stderr, "cni-metrics-helper: cannot make the process non-dumpable: %s\n",
+                strerror(errno));
     if (argc < 2)
         return run_daemon();
     const char *cmd = argv[1];
-    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
+    if (strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0 || strcmp(cmd, "help") == 0) {
         usage(stdout);
         return 0;
     }
-    if (strcmp(cmd, "--version") == 0) {
+    if (strcmp(cmd, "--version") == 0 || strcmp(cmd, "-v") == 0 || strcmp(cmd, "version") == 0) {
         printf("cni-metrics-helper %s\n", CMH_VERSION);
         return 0;
     }
+    /* The file tools end quietly when their reader goes away (`parse FILE | head`), as cat and
+     * grep do: the default SIGPIPE action, not an error message. */
+    if (strcmp(cmd, "inspect") == 0 || strcmp(cmd, "parse") == 0)
+        signal(SIGPIPE, SIG_DFL);
     if (strcmp(cmd, "inspect") == 0) {
         const char *cluster = getenv("AWS_CLUSTER_ID");
         return cmh_inspect_cmd(argc - 1, argv + 1, cluster && *cluster ? cluster : "inspect");

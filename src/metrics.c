@@ -8,7 +8,12 @@
     "{CLUSTER_ID, NodeName} with CW_PER_NODE=true (at most CW_PER_NODE_MAX nodes, nearest to "     \
     "exhaustion first)"
 
-/* Names and meanings of the original helper's 20 metrics are kept; new metrics have new names. */
+/* Names and meanings of the original helper's 20 metrics are kept; new metrics have new names.
+ * When they are published: a gauge in every round in which a counted node (fresh, or stale within
+ * STALE_ROUNDS) has its family; a counter in every round from the second on in which at least one
+ * node answered, 0 when no node has the family (client_golang creates a labelled series at its
+ * first increment, and awscni_no_available_ip_addresses may be absent on a healthy node); the
+ * latency statistic set only in a round with calls; derived metrics as their meaning says. */
 const struct cmh_metric cmh_metrics[CMH_M_COUNT] = {
     [CMH_M_ADD_IP_REQ] = {"awscni_add_ip_req_count", "addReqCount", CMH_METRIC_COUNTER, COUNT,
                           "Add-IP requests from the CNI plugin (pod creations) in the round.",
@@ -132,6 +137,22 @@ const struct cmh_metric cmh_metrics[CMH_M_COUNT] = {
                                      "The node closest to running out: min over fresh nodes of "
                                      "maxIPAddresses - assignIPAddresses.",
                                      "min_node_available_ip_addresses"},
+    [CMH_M_SUBNET_TOTAL_IP] = {NULL, "subnetTotalIPAddresses", CMH_METRIC_DERIVED, COUNT,
+                               "Usable IPv4 addresses of a subnet: its CIDR block's size less the "
+                               "5 AWS reserves, per subnet and summed over an AZ's subnets; only "
+                               "with SUBNET_METRICS=true, never with {CLUSTER_ID} alone.",
+                               NULL},
+    [CMH_M_SUBNET_IP_UTILIZATION] = {NULL, "subnetIPUtilization", CMH_METRIC_DERIVED, "Percent",
+                                     "100 * (subnetTotalIPAddresses - subnetAvailableIPAddresses) "
+                                     "/ subnetTotalIPAddresses: how full a subnet (or an AZ's "
+                                     "subnets together) is; only with SUBNET_METRICS=true, never "
+                                     "with {CLUSTER_ID} alone.",
+                                     NULL},
+    [CMH_M_MAX_SUBNET_IP_UTILIZATION] = {NULL, "clusterMaxSubnetIPUtilization", CMH_METRIC_DERIVED,
+                                         "Percent",
+                                         "The fullest subnet: max over the cluster's subnets of "
+                                         "subnetIPUtilization (SUBNET_METRICS=true).",
+                                         "max_subnet_ip_utilization_percent"},
 };
 
 /* Dimension sets beyond {CLUSTER_ID}, and when they are published. */
@@ -144,6 +165,12 @@ static const char *const extra_dims[CMH_M_COUNT] = {
     [CMH_M_SUBNET_AVAILABLE_IP] = "{CLUSTER_ID, SubnetId} one per subnet; {CLUSTER_ID, "
                                   "AvailabilityZone} the sum over the AZ's subnets "
                                   "(SUBNET_METRICS=true)",
+    [CMH_M_SUBNET_TOTAL_IP] = "{CLUSTER_ID, SubnetId} one per subnet with an IPv4 block; "
+                              "{CLUSTER_ID, AvailabilityZone} the sum over the AZ's subnets "
+                              "(SUBNET_METRICS=true)",
+    [CMH_M_SUBNET_IP_UTILIZATION] = "{CLUSTER_ID, SubnetId} one per subnet with an IPv4 block; "
+                                    "{CLUSTER_ID, AvailabilityZone} over the AZ's subnets "
+                                    "together (SUBNET_METRICS=true)",
 };
 // NOLINTEND(bugprone-suspicious-missing-comma)
 
@@ -172,7 +199,7 @@ static const char *aggregation(enum cmh_metric_kind kind)
     case CMH_METRIC_GAUGE_SUM:
         return "gauge, sum over nodes";
     case CMH_METRIC_COUNTER:
-        return "counter, sum of per-node increases";
+        return "counter, sum of per-node increases (0 when no node has the family)";
     case CMH_METRIC_LATENCY:
         return "statistic set (SampleCount, Sum, Min, Max)";
     case CMH_METRIC_DERIVED:

@@ -107,8 +107,18 @@ static int print_sample(void *arg, const struct cmh_prom_sample *s)
 int cmh_prom_cmd_parse(int argc, char **argv)
 {
     const char *path = argc >= 2 ? argv[1] : "-";
-    if (argc > 2) {
-        fprintf(stderr, "usage: cni-metrics-helper parse [FILE|-]\n");
+    static const char usage[] =
+        "Usage: cni-metrics-helper parse [FILE|-]\n"
+        "Reads a Prometheus text exposition (a file, or standard input with - or no argument)\n"
+        "with the daemon's own parser and prints every sample, one per line, labels sorted.\n"
+        "Exit status: 0 parsed, 1 malformed input (the line and the reason on stderr),\n"
+        "2 bad usage or unreadable file.\n";
+    if (argc == 2 && (strcmp(path, "--help") == 0 || strcmp(path, "-h") == 0)) {
+        fputs(usage, stdout);
+        return 0;
+    }
+    if (argc > 2 || (path[0] == '-' && path[1] != '\0')) {
+        fprintf(stderr, "%s", usage);
         return 2;
     }
     int fd = STDIN_FILENO;

@@ -28,7 +28,8 @@ struct cmh_proxy_scrape_req {
     enum cmh_scrape_mode_abort abort;
     uint64_t bytes;
     uint64_t start_ns;
-    const char *headers[2];
+    struct cmh_gunzip *gz; /* while a gzip body is read; from p->gz */
+    const char *headers[3];
     char url[640];
 };
 
@@ -76,7 +77,57 @@ static void refresh_token(struct cmh_proxy_scrape *p)
 
 static void on_req_done(struct cmh_curl_uv_req *creq, const struct cmh_curl_uv_response *res);
 
-/* Body bytes as they arrive: begin on the first of a 200, then body; a cap and status check. */
+static int to_consumer(void *arg, const char *buf, size_t len)
+{
+    struct cmh_proxy_scrape_req *r = arg;
+    struct cmh_proxy_scrape *p = r->p;
+    return p->consumer.body != NULL ? p->consumer.body(r->ctx, buf, len) : 0;
+}
+
+/* The Content-Encoding of the response: gzip gets an inflater, identity nothing, anything else (a
+ * second gzip, a list, another coding) aborts. */
+static int check_coding(struct cmh_proxy_scrape_req *r)
+{
+    struct cmh_proxy_scrape *p = r->p;
+    size_t amount = 0;
+    int gzip = 0;
+    for (size_t i = 0; i == 0 || i < amount; i++) {
+        const char *v = cmh_curl_uv_header(&r->req, "Content-Encoding", i, &amount);
+        if (v == NULL)
+            break;
+        int coding = cmh_gzip_coding(v, strlen(v));
+        if (coding < 0 || (coding == 1 && gzip)) {
+            r->abort = CMH_PROXY_ABORT_ENCODING;
+            return -1;
+        }
+        gzip |= coding;
+    }
+    if (gzip) {
+        /* The inflated body has the same bound as one sent as is. */
+        r->gz = cmh_gunzip_take(&p->gz, p->max_body);
+        if (r->gz == NULL) {
+            r->abort = CMH_PROXY_ABORT_CONSUMER;
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* A gunzip failure as the reason we aborted. */
+static enum cmh_scrape_mode_abort gunzip_abort(int rc)
+{
+    switch (rc) {
+    case CMH_GUNZIP_ERR_LIMIT:
+        return CMH_PROXY_ABORT_GZIP_TOO_LARGE;
+    case CMH_GUNZIP_ERR_DATA:
+        return CMH_PROXY_ABORT_GZIP_ERROR;
+    default:
+        return CMH_PROXY_ABORT_CONSUMER;
+    }
+}
+
+/* Body bytes as they arrive: begin on the first of a 200, then body; a cap and status check. A
+ * gzip body is inflated on its way to the consumer, its inflated size bounded by the same cap. */
 static int on_data(struct cmh_curl_uv_req *creq, long status, const char *data, size_t len)
 {
     struct cmh_proxy_scrape_req *r = container_of(creq, struct cmh_proxy_scrape_req, req);
@@ -93,6 +144,8 @@ static int on_data(struct cmh_curl_uv_req *creq, long status, const char *data, 
         return -1;
     }
     if (!r->began) {
+        if (check_coding(r) != 0)
+            return -1;
         if (p->consumer.begin == NULL ||
             p->consumer.begin(p->consumer.arg, r->target, &r->ctx) != 0) {
             r->abort = CMH_PROXY_ABORT_CONSUMER;
@@ -100,7 +153,13 @@ static int on_data(struct cmh_curl_uv_req *creq, long status, const char *data, 
         }
         r->began = 1;
     }
-    if (p->consumer.body != NULL && p->consumer.body(r->ctx, data, len) != 0) {
+    if (r->gz != NULL) {
+        int rc = cmh_gunzip_feed(r->gz, data, len, p->gz.out, CMH_GUNZIP_OUT_LEN, to_consumer, r);
+        if (rc < 0) {
+            r->abort = gunzip_abort(rc);
+            return -1;
+        }
+    } else if (to_consumer(r, data, len) != 0) {
         r->abort = CMH_PROXY_ABORT_CONSUMER;
         return -1;
     }
@@ -120,6 +179,8 @@ static int start_req(struct cmh_proxy_scrape *p, struct cmh_proxy_scrape_req *r,
     c->url = r->url;
     size_t nh = 0;
     r->headers[nh++] = "Accept: text/plain";
+    if (p->gzip)
+        r->headers[nh++] = "Accept-Encoding: gzip";
     if (p->tok.header != NULL)
         r->headers[nh++] = p->tok.header;
     c->headers = r->headers;
@@ -127,12 +188,14 @@ static int start_req(struct cmh_proxy_scrape *p, struct cmh_proxy_scrape_req *r,
     c->on_data = on_data;
     c->timeout_ms = job->timeout_ms ? job->timeout_ms : p->timeout_ms;
     c->http2 = 1;
+    c->no_proxy = 1;
     r->target = job->target;
     r->ctx = NULL;
     r->began = 0;
     r->status = 0;
     r->abort = CMH_PROXY_ABORT_NONE;
     r->bytes = 0;
+    r->gz = NULL;
     r->start_ns = uv_hrtime();
     rc = cmh_curl_uv_start(&p->curl, c, on_req_done);
     if (rc != 0)
@@ -175,6 +238,14 @@ static void on_req_done(struct cmh_curl_uv_req *creq, const struct cmh_curl_uv_r
     struct cmh_proxy_scrape_req *r = container_of(creq, struct cmh_proxy_scrape_req, req);
     struct cmh_proxy_scrape *p = r->p;
     long status = r->status ? r->status : res->status;
+    if (r->gz != NULL) {
+        /* A gzip stream cut short inside a complete response would lose the body's tail. */
+        int rc = cmh_gunzip_finish(r->gz);
+        if (rc < 0 && res->error == CMH_CURL_OK && r->abort == CMH_PROXY_ABORT_NONE)
+            r->abort = gunzip_abort(rc);
+        cmh_gunzip_give(&p->gz, r->gz);
+        r->gz = NULL;
+    }
     int ct_ok = cmh_scrape_mode_content_type_ok(res->content_type);
     enum cmh_scrape_result result =
         cmh_scrape_mode_proxy_result(res->error, status, r->abort, ct_ok);
@@ -231,6 +302,7 @@ int cmh_proxy_scrape_init(struct cmh_proxy_scrape *p, uv_loop_t *loop,
     p->timeout_ms = o->timeout_ms ? o->timeout_ms : 5000;
     p->max_body = o->max_body ? o->max_body : 4u << 20;
     p->streams = o->streams ? o->streams : DEFAULT_STREAMS;
+    p->gzip = o->gzip;
     int rc = cmh_k8s_token_init(&p->tok, o->token_file,
                                 o->token_max_age_ms ? o->token_max_age_ms : DEFAULT_TOKEN_AGE);
     p->server = cmh_strdup_opt(o->server, &rc);
@@ -335,6 +407,7 @@ static void on_curl_closed(struct cmh_curl_uv *c)
     cmh_k8s_token_free(&p->tok);
     cmh_free(p->reqs);
     cmh_free(p->queue);
+    cmh_gunzip_pool_free(&p->gz);
     p->server = p->ns = NULL;
     p->reqs = p->free_reqs = NULL;
     p->queue = NULL;
@@ -358,5 +431,6 @@ void cmh_proxy_scrape_opts_from_config(struct cmh_proxy_scrape_opts *o,
     *o = (struct cmh_proxy_scrape_opts){.server = server,
                                         .namespace_name = cfg->k8s_namespace,
                                         .token_file = cfg->k8s_token_file,
-                                        .ca_file = cfg->k8s_ca_file};
+                                        .ca_file = cfg->k8s_ca_file,
+                                        .gzip = cfg->scrape_gzip};
 }

@@ -32,6 +32,7 @@ struct cmh_publish {
     /* Why the last credentials request failed ("" when it did not): with no credentials nothing
      * is published, which /readyz must say. */
     char creds_why[320];
+    char ready_why[160]; /* the sentence of the last cmh_publish_ready that built one */
     cmh_publish_ready_cb cb;
     void *arg;
     void (*flush_cb)(void *arg);
@@ -149,6 +150,7 @@ static void start_cloudwatch(struct cmh_publish *p, const char *region, const ch
     o.region = region;
     o.endpoint = endpoint;
     o.creds = (struct cmh_cloudwatch_creds){creds_get, creds_invalidate, p};
+    o.unready_after_ms = CMH_PUBLISH_UNREADY_INTERVALS * p->cfg->interval_ms;
     rc = cmh_cloudwatch_new(&p->cw, p->loop, p->curl, &o, p->log);
     if (rc != 0) {
         snprintf(p->why, sizeof p->why, "cannot set up the CloudWatch publisher (see the log)");
@@ -156,10 +158,8 @@ static void start_cloudwatch(struct cmh_publish *p, const char *region, const ch
         return;
     }
     cmh_cloudwatch_standby(p->cw, p->standby);
-    char shown[512];
-    cmh_aws_url_for_log(endpoint, shown, sizeof shown);
     CMH_LOG(p->log, CMH_LOG_INFO, "publishing to CloudWatch", CMH_STR("region", region),
-            CMH_STR("endpoint", shown), CMH_STR("cluster_id", cluster_id),
+            CMH_URL("endpoint", endpoint), CMH_STR("cluster_id", cluster_id),
             CMH_STR("namespace", p->cfg->cw_namespace));
     p->cb(p, 0, NULL, NULL, p->arg);
 }
@@ -287,7 +287,7 @@ void cmh_publish_stats(const struct cmh_publish *p, struct cmh_cloudwatch_stats 
         memset(out, 0, sizeof *out);
 }
 
-int cmh_publish_ready(const struct cmh_publish *p, const char **why)
+int cmh_publish_ready(struct cmh_publish *p, const char **why)
 {
     if (p->cw == NULL) {
         *why = p->why;
@@ -297,9 +297,20 @@ int cmh_publish_ready(const struct cmh_publish *p, const char **why)
         *why = p->creds_why;
         return -EACCES;
     }
-    if (cmh_cloudwatch_ready(p->cw) != 0) {
+    int rc = cmh_cloudwatch_ready(p->cw);
+    if (rc == -EACCES) {
         *why = "CloudWatch answers AccessDenied: grant cloudwatch:PutMetricData (see the log)";
-        return -EACCES;
+        return rc;
+    }
+    if (rc != 0) {
+        struct cmh_cloudwatch_stats st;
+        cmh_cloudwatch_stats(p->cw, &st);
+        snprintf(p->ready_why, sizeof p->ready_why,
+                 "no CloudWatch PutMetricData has succeeded for %d intervals or more "
+                 "(last error: %s)",
+                 CMH_PUBLISH_UNREADY_INTERVALS, st.last_error[0] ? st.last_error : "unknown");
+        *why = p->ready_why;
+        return rc;
     }
     return 0;
 }

@@ -635,6 +635,7 @@ static void list_page(struct report *r)
     r->list_req.headers = r->list_headers;
     r->list_req.nheaders = nh;
     r->list_req.ca_file = r->cfg.k8s_ca_file;
+    r->list_req.no_proxy = 1;
     r->list_req.max_body = 64u << 20;
     if (rc == 0)
         rc = cmh_curl_uv_start(&r->curl, &r->list_req, on_list);
@@ -745,12 +746,17 @@ int cmh_report_cmd(int argc, char **argv, char *const *envp)
     if (r == NULL)
         return CMH_REPORT_ERROR;
     for (int i = 1; i < argc; i++) {
+        static const char usage[] = "Usage: cni-metrics-helper report [--json]\n"
+                                    "Exit status: 0 healthy, 3 a REPORT_* threshold crossed, 1 "
+                                    "error, 2 bad usage.\n";
         if (strcmp(argv[i], "--json") == 0) {
             r->json = 1;
+        } else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(usage, stdout);
+            cmh_free(r);
+            return 0;
         } else {
-            fprintf(stderr, "Usage: cni-metrics-helper report [--json]\n"
-                            "Exit status: 0 healthy, 3 a REPORT_* threshold crossed, 1 error, "
-                            "2 bad usage.\n");
+            fprintf(stderr, "cni-metrics-helper report: unknown argument '%s'\n%s", argv[i], usage);
             cmh_free(r);
             return CMH_REPORT_USAGE;
         }

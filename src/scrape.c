@@ -42,7 +42,7 @@ struct cmh_scrape_conn {
     uint64_t start_ns;
     enum conn_state state;
     uint8_t connected, reused, got_bytes, began, message_done, keep_alive;
-    uint8_t ct_bad, enc_bad, which, hname_len;
+    uint8_t ct_bad, enc_bad, enc_gzip, which, hname_len;
     uint8_t fail; /* result set by a parser callback before it returned an error */
     int uv_err;   /* the libuv error of a failed connect (for the log), or 0 */
     uint16_t status;
@@ -50,8 +50,9 @@ struct cmh_scrape_conn {
     uint64_t body_bytes;
     uint32_t bytes;
     void *ctx;
+    struct cmh_gunzip *gz; /* while a gzip body is read; from the scraper's spares */
     char hname[20];
-    char req[256];
+    char req[320];
     size_t req_len;
 };
 
@@ -69,6 +70,9 @@ static const char *const result_names[CMH_SCRAPE_NRESULTS] = {
     [CMH_SCRAPE_MALFORMED_HTTP] = "malformed_http",
     [CMH_SCRAPE_PARSE_ERROR] = "parse_error",
     [CMH_SCRAPE_SKIPPED] = "skipped",
+    [CMH_SCRAPE_CONTENT_ENCODING] = "content_encoding",
+    [CMH_SCRAPE_GZIP_TOO_LARGE] = "gzip_too_large",
+    [CMH_SCRAPE_GZIP_ERROR] = "gzip_error",
 };
 
 const char *cmh_scrape_result_name(enum cmh_scrape_result r)
@@ -124,6 +128,7 @@ void cmh_scrape_opts_default(struct cmh_scrape_opts *o)
     o->max_header = 16 * 1024;
     o->keepalive = 1;
     o->log_failures = 10;
+    o->gzip = 1;
 }
 
 void cmh_scrape_opts_from_config(struct cmh_scrape_opts *o, const struct cmh_config *cfg)
@@ -134,6 +139,7 @@ void cmh_scrape_opts_from_config(struct cmh_scrape_opts *o, const struct cmh_con
     o->max_body = cfg->scrape_max_body;
     o->jitter_ms = cfg->scrape_jitter_ms;
     o->keepalive = cfg->scrape_keepalive;
+    o->gzip = cfg->scrape_gzip;
     uint64_t interval = cfg->interval_ms;
     uint64_t round = cfg->scrape_round_timeout_ms;
     /* The round must be over before the next tick, or rounds would queue up behind each other. */
@@ -342,6 +348,8 @@ static void pump(struct cmh_scraper *s);
 /* The target served by c has its result: record it, end the consumer, keep or close the socket. */
 static void conn_finish(struct cmh_scraper *s, struct cmh_scrape_conn *c, enum cmh_scrape_result r)
 {
+    cmh_gunzip_give(&s->gz, c->gz);
+    c->gz = NULL;
     if (c->began) {
         c->began = 0;
         if (s->consumer.end != NULL) {
@@ -461,8 +469,12 @@ static int on_header_value_complete(llhttp_t *p)
         c->ct_bad = !(n >= 10 && strncasecmp(v, "text/plain", 10) == 0 &&
                       (n == 10 || v[10] == ';' || v[10] == ' '));
     } else if (c->which == HDR_CONTENT_ENCODING) {
-        /* We never send Accept-Encoding, so anything but identity is a broken peer. */
-        c->enc_bad = !(n == 8 && strncasecmp(v, "identity", 8) == 0);
+        /* gzip once; a second gzip, a list or any other coding is something we cannot read. */
+        int coding = cmh_gzip_coding(v, n);
+        if (coding == 1 && !c->enc_gzip)
+            c->enc_gzip = 1;
+        else if (coding != 0)
+            c->enc_bad = 1;
     }
     c->which = HDR_OTHER;
     c->hname_len = 0;
@@ -476,14 +488,43 @@ static int on_headers_complete(llhttp_t *p)
     c->status = (uint16_t)llhttp_get_status_code(p);
     if (c->status != 200)
         return fail_cb(c, CMH_SCRAPE_HTTP_STATUS);
-    if (c->ct_bad || c->enc_bad)
+    if (c->ct_bad)
         return fail_cb(c, CMH_SCRAPE_CONTENT_TYPE);
+    if (c->enc_bad)
+        return fail_cb(c, CMH_SCRAPE_CONTENT_ENCODING);
     if ((p->flags & F_CONTENT_LENGTH) && p->content_length > s->opts.max_body)
         return fail_cb(c, CMH_SCRAPE_BODY_TOO_LARGE);
+    if (c->enc_gzip) {
+        /* The inflated body has the same bound as one sent as is. */
+        c->gz = cmh_gunzip_take(&s->gz, s->opts.max_body);
+        if (c->gz == NULL)
+            return fail_cb(c, CMH_SCRAPE_PARSE_ERROR);
+        s->stats.gzip++;
+    }
     if (s->consumer.begin != NULL && s->consumer.begin(s->consumer.arg, c->target, &c->ctx) < 0)
         return fail_cb(c, CMH_SCRAPE_PARSE_ERROR);
     c->began = 1;
     return 0;
+}
+
+static int to_consumer(void *arg, const char *buf, size_t len)
+{
+    struct cmh_scrape_conn *c = arg;
+    struct cmh_scraper *s = c->s;
+    return s->consumer.body != NULL ? s->consumer.body(c->ctx, buf, len) : 0;
+}
+
+/* A gunzip failure as a scrape result. */
+static enum cmh_scrape_result gunzip_result(int rc)
+{
+    switch (rc) {
+    case CMH_GUNZIP_ERR_LIMIT:
+        return CMH_SCRAPE_GZIP_TOO_LARGE;
+    case CMH_GUNZIP_ERR_DATA:
+        return CMH_SCRAPE_GZIP_ERROR;
+    default: /* the consumer refused the text, or no memory to inflate it */
+        return CMH_SCRAPE_PARSE_ERROR;
+    }
 }
 
 static int on_body(llhttp_t *p, const char *at, size_t len)
@@ -491,12 +532,18 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     struct cmh_scrape_conn *c = conn_of(p);
     struct cmh_scraper *s = c->s;
     /* The consumer sees the body up to the cap whichever way reads split it, so a body that is
-     * both too large and unparsable fails the same way every time. */
+     * both too large and unparsable fails the same way every time. A gzip body is bounded twice:
+     * as sent, and inflated (by the inflater, with the same cap). */
     uint64_t room = c->body_bytes < s->opts.max_body ? s->opts.max_body - c->body_bytes : 0;
     size_t n = len < room ? len : (size_t)room;
     c->body_bytes += len;
-    if (n > 0 && s->consumer.body != NULL && s->consumer.body(c->ctx, at, n) < 0)
-        return fail_cb(c, CMH_SCRAPE_PARSE_ERROR);
+    if (n > 0) {
+        int rc = c->gz != NULL
+                     ? cmh_gunzip_feed(c->gz, at, n, s->gz.out, CMH_GUNZIP_OUT_LEN, to_consumer, c)
+                     : to_consumer(c, at, n);
+        if (rc < 0)
+            return fail_cb(c, c->gz != NULL ? gunzip_result(rc) : CMH_SCRAPE_PARSE_ERROR);
+    }
     if (c->body_bytes > s->opts.max_body)
         return fail_cb(c, CMH_SCRAPE_BODY_TOO_LARGE);
     return 0;
@@ -505,6 +552,12 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 static int on_message_complete(llhttp_t *p)
 {
     struct cmh_scrape_conn *c = conn_of(p);
+    /* A gzip stream cut short inside a complete HTTP message would lose the body's tail. */
+    if (c->gz != NULL) {
+        int rc = cmh_gunzip_finish(c->gz);
+        if (rc < 0)
+            return fail_cb(c, gunzip_result(rc));
+    }
     c->message_done = 1;
     c->keep_alive = (uint8_t)llhttp_should_keep_alive(p);
     /* Stop here: anything after the one response we asked for is not parsed. */
@@ -580,6 +633,8 @@ enum cmh_scrape_result cmh_scrape_parse_response(const struct cmh_scrape_opts *o
         r = response_eof(&c);
     if (r < 0)
         r = CMH_SCRAPE_TRUNCATED;
+    cmh_gunzip_give(&s.gz, c.gz);
+    cmh_gunzip_pool_free(&s.gz);
     /* As conn_finish does: the consumer's end decides whether a complete body parsed. */
     if (c.began && s.consumer.end != NULL) {
         int rc = s.consumer.end(c.ctx, (enum cmh_scrape_result)r);
@@ -707,8 +762,9 @@ static void send_request(struct cmh_scraper *s, struct cmh_scrape_conn *c)
     addr_text(&c->addr, host, sizeof host);
     int n = snprintf(c->req, sizeof c->req,
                      "GET /metrics HTTP/1.1\r\nHost: %s\r\nUser-Agent: %s\r\n"
-                     "Accept: text/plain;version=0.0.4\r\n%s\r\n",
-                     host, s->user_agent, s->opts.keepalive ? "" : "Connection: close\r\n");
+                     "Accept: text/plain;version=0.0.4\r\n%s%s\r\n",
+                     host, s->user_agent, s->opts.gzip ? "Accept-Encoding: gzip\r\n" : "",
+                     s->opts.keepalive ? "" : "Connection: close\r\n");
     if (n < 0 || (size_t)n >= sizeof c->req) {
         conn_finish(s, c, CMH_SCRAPE_CONNECT_ERROR);
         return;
@@ -829,7 +885,7 @@ static void start_target(struct cmh_scraper *s, size_t idx)
         /* Reset the per-response state of a kept-alive connection. */
         c->connected = 1;
         c->got_bytes = c->began = c->message_done = c->keep_alive = 0;
-        c->ct_bad = c->enc_bad = c->which = c->hname_len = c->fail = 0;
+        c->ct_bad = c->enc_bad = c->enc_gzip = c->which = c->hname_len = c->fail = 0;
         c->status = 0;
         c->hdr_bytes = 0;
         c->body_bytes = 0;
@@ -1066,6 +1122,7 @@ static void free_all(struct cmh_scraper *s)
     cmh_free(s->order);
     cmh_free(s->idle_map);
     cmh_free(s->rbuf);
+    cmh_gunzip_pool_free(&s->gz);
     s->records = NULL;
     s->order = NULL;
     s->idle_map = NULL;

@@ -25,6 +25,12 @@ enum cmh_scrape_result cmh_scrape_mode_proxy_result(enum cmh_curl_uv_error err, 
         return CMH_SCRAPE_PARSE_ERROR;
     case CMH_PROXY_ABORT_DEADLINE:
         return CMH_SCRAPE_RESPONSE_TIMEOUT;
+    case CMH_PROXY_ABORT_ENCODING:
+        return CMH_SCRAPE_CONTENT_ENCODING;
+    case CMH_PROXY_ABORT_GZIP_TOO_LARGE:
+        return CMH_SCRAPE_GZIP_TOO_LARGE;
+    case CMH_PROXY_ABORT_GZIP_ERROR:
+        return CMH_SCRAPE_GZIP_ERROR;
     case CMH_PROXY_ABORT_STATUS:
     case CMH_PROXY_ABORT_NONE:
         break;

@@ -414,10 +414,9 @@ static int derive_signature(const struct cmh_sigv4_request *req, const char *dat
 out:
     /* Wipe the copy of the secret (heap) and the derived key (stack, as good as the secret for
      * a day). */
-    if (k.p != NULL)
-        memset(k.p, 0, k.cap);
+    cmh_wipe(k.p, k.cap);
     sb_free(&k);
-    memset(key, 0, sizeof key);
+    cmh_wipe(key, sizeof key);
     return rc;
 }
 
@@ -426,9 +425,9 @@ void cmh_sigv4_result_free(struct cmh_sigv4_result *out)
     cmh_free(out->canonical_request);
     cmh_free(out->string_to_sign);
     cmh_free(out->signed_headers);
-    cmh_free(out->authorization);
+    cmh_free_secret(out->authorization);
     cmh_free(out->query);
-    cmh_free(out->security_token);
+    cmh_free_secret(out->security_token);
     memset(out, 0, sizeof *out);
 }
 

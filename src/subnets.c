@@ -142,6 +142,18 @@ long cmh_subnet_list_find_id(const struct cmh_subnet_list *l, const char *id)
     return -1;
 }
 
+int64_t cmh_subnet_usable_ipv4(const struct cmh_subnet *s)
+{
+    for (unsigned k = 0; k < s->ncidrs; k++) {
+        const struct cmh_cidr *c = &s->cidrs[k];
+        if (c->family != 4)
+            continue;
+        int64_t size = (int64_t)1 << (32 - c->prefix);
+        return size > 5 ? size - 5 : 0;
+    }
+    return 0;
+}
+
 long cmh_subnets_find_ip(const struct cmh_subnet_list *l, const char *ip)
 {
     uint8_t addr[16];
@@ -309,6 +321,68 @@ static int node_datums(struct cmh_agg *a, const struct cmh_subnets_opts *o)
     return rc;
 }
 
+/* How full a block of addresses is, in percent; clamped, since EC2's count of free addresses and
+ * the block's size come from different fields. */
+static double utilization(double usable, double available)
+{
+    double u = 100.0 * (usable - available) / usable;
+    return u < 0 ? 0 : u > 100 ? 100 : u;
+}
+
+/* Free, usable and used-percent per subnet and per AZ, the emptiest and the fullest subnet. */
+static int subnet_datums(struct cmh_agg *a, const struct cmh_subnet_list *view,
+                         const char *const *azs, size_t naz)
+{
+    int rc = 0;
+    double min = 0, max_util = 0;
+    int has_util = 0;
+    for (size_t i = 0; i < view->n && rc == 0; i++) {
+        const struct cmh_subnet *sn = &view->v[i];
+        struct cmh_dim dim = {"SubnetId", sn->id};
+        double avail = (double)sn->available, usable = (double)cmh_subnet_usable_ipv4(sn);
+        rc = cmh_agg_emit(a, CMH_M_SUBNET_AVAILABLE_IP, avail, &dim, 1);
+        if (i == 0 || avail < min)
+            min = avail;
+        if (rc == 0 && usable > 0) {
+            double u = utilization(usable, avail);
+            rc = cmh_agg_emit(a, CMH_M_SUBNET_TOTAL_IP, usable, &dim, 1);
+            if (rc == 0)
+                rc = cmh_agg_emit(a, CMH_M_SUBNET_IP_UTILIZATION, u, &dim, 1);
+            if (!has_util || u > max_util)
+                max_util = u;
+            has_util = 1;
+        }
+    }
+    for (size_t z = 0; z < naz && rc == 0; z++) {
+        /* The AZ's utilization is over the subnets whose size is known, free IPs over all. */
+        double sum = 0, usable = 0, avail_sized = 0;
+        for (size_t i = 0; i < view->n; i++) {
+            const struct cmh_subnet *sn = &view->v[i];
+            if (strcmp(sn->az, azs[z]) != 0)
+                continue;
+            sum += (double)sn->available;
+            double u = (double)cmh_subnet_usable_ipv4(sn);
+            if (u > 0) {
+                usable += u;
+                avail_sized += (double)sn->available;
+            }
+        }
+        struct cmh_dim dim = {"AvailabilityZone", azs[z]};
+        rc = cmh_agg_emit(a, CMH_M_SUBNET_AVAILABLE_IP, sum, &dim, 1);
+        if (rc == 0 && usable > 0) {
+            rc = cmh_agg_emit(a, CMH_M_SUBNET_TOTAL_IP, usable, &dim, 1);
+            if (rc == 0)
+                rc = cmh_agg_emit(a, CMH_M_SUBNET_IP_UTILIZATION, utilization(usable, avail_sized),
+                                  &dim, 1);
+        }
+    }
+    if (rc == 0)
+        rc = cmh_agg_emit(a, CMH_M_MIN_SUBNET_AVAILABLE_IP, min, NULL, 0);
+    if (rc == 0 && has_util)
+        rc = cmh_agg_emit(a, CMH_M_MAX_SUBNET_IP_UTILIZATION, max_util, NULL, 0);
+    return rc;
+}
+
 int cmh_subnets_round_datums(struct cmh_agg *a, const struct cmh_subnet_list *view,
                              const struct cmh_subnets_node *nodes, size_t n,
                              const struct cmh_subnets_opts *o)
@@ -320,25 +394,8 @@ int cmh_subnets_round_datums(struct cmh_agg *a, const struct cmh_subnet_list *vi
     size_t naz = 0;
     if (view != NULL && view->n > 0) {
         rc = az_list(view, &azs, &naz);
-        if (rc != 0)
-            goto out;
-        double min = 0;
-        for (size_t i = 0; i < view->n && rc == 0; i++) {
-            struct cmh_dim dim = {"SubnetId", view->v[i].id};
-            rc = cmh_agg_emit(a, CMH_M_SUBNET_AVAILABLE_IP, (double)view->v[i].available, &dim, 1);
-            if (i == 0 || (double)view->v[i].available < min)
-                min = (double)view->v[i].available;
-        }
-        for (size_t z = 0; z < naz && rc == 0; z++) {
-            double sum = 0;
-            for (size_t i = 0; i < view->n; i++)
-                if (strcmp(view->v[i].az, azs[z]) == 0)
-                    sum += (double)view->v[i].available;
-            struct cmh_dim dim = {"AvailabilityZone", azs[z]};
-            rc = cmh_agg_emit(a, CMH_M_SUBNET_AVAILABLE_IP, sum, &dim, 1);
-        }
         if (rc == 0)
-            rc = cmh_agg_emit(a, CMH_M_MIN_SUBNET_AVAILABLE_IP, min, NULL, 0);
+            rc = subnet_datums(a, view, azs, naz);
         if (rc != 0)
             goto out;
     }

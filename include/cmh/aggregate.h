@@ -17,6 +17,13 @@ struct cmh_agg_series {
     uint8_t suffix;
 };
 
+/* An ipamD family the metric table does not know ("awscni_" and not in the table: a newer VPC CNI)
+ * is counted and named, never silently dropped. Names kept per scrape, and distinct names kept
+ * since start (the rest are counted only); a longer name is kept cut. */
+#define CMH_AGG_UNKNOWN_PER_SCRAPE 8
+#define CMH_AGG_UNKNOWN_KEPT       64
+#define CMH_AGG_UNKNOWN_NAME       128
+
 /* Scratch of one scrape in flight: filled by the parser's callbacks, then committed at once by
  * cmh_agg_commit, or dropped. Reused across scrapes (cmh_agg_scrape_reset keeps the buffers). */
 struct cmh_agg_scrape {
@@ -33,7 +40,9 @@ struct cmh_agg_scrape {
     char fam[128];
     size_t fam_len;
     int fam_id;
-    char reason[128]; /* why the scrape was refused by the aggregator */
+    char reason[256]; /* why the scrape was refused by the aggregator */
+    uint32_t unknown; /* unknown families in this body */
+    char unknown_names[CMH_AGG_UNKNOWN_PER_SCRAPE][CMH_AGG_UNKNOWN_NAME];
 };
 
 struct cmh_agg_opts {
@@ -66,6 +75,13 @@ struct cmh_agg {
     struct cmh_datum_list datums;
     double totals[CMH_M_COUNT]; /* the last round's cluster values, by metric id */
     uint64_t has_total;         /* bit i: totals[i] was published */
+    /* Unknown families of committed scrapes: once per family and scrape (cumulative); distinct
+     * names since start, the first CMH_AGG_UNKNOWN_KEPT of them in unknown_names (the caller logs
+     * names[unknown_logged..) and advances it), the others counted in unknown_untracked. */
+    uint64_t unknown_total;
+    uint32_t nunknown, unknown_logged;
+    uint64_t unknown_untracked;
+    char unknown_names[CMH_AGG_UNKNOWN_KEPT][CMH_AGG_UNKNOWN_NAME];
 };
 
 int cmh_agg_init(struct cmh_agg *a, const struct cmh_agg_opts *opt);
@@ -75,11 +91,15 @@ int cmh_agg_scrape_init(struct cmh_agg_scrape *s, uint32_t max_series);
 void cmh_agg_scrape_reset(struct cmh_agg_scrape *s);
 void cmh_agg_scrape_close(struct cmh_agg_scrape *s);
 
-/* Parser callbacks. want: arg unused (may be NULL); wants every published family and
- * process_start_time_seconds. on_sample: arg is the struct cmh_agg_scrape; returns non-zero (and
- * sets s->reason) on a value the aggregator refuses: a non-finite or negative counter, a
- * non-finite gauge, too many series. */
+/* Parser callbacks. want: arg unused (may be NULL); wants every published family,
+ * process_start_time_seconds and every "awscni_" family the table does not know (to count it).
+ * on_family: arg is the struct cmh_agg_scrape; notes an unknown family. on_sample: arg is the
+ * struct cmh_agg_scrape; returns non-zero (and sets s->reason) on a value the aggregator refuses: a
+ * gauge or counter that is not a count (negative, fractional, not finite, a counter above 2^53), a
+ * node's gauge total above what any EC2 instance can have (bounds in aggregate.c), too many series.
+ */
 int cmh_agg_want(void *arg, const char *family, size_t len, enum cmh_prom_type type);
+int cmh_agg_on_family(void *arg, const struct cmh_prom_family *family);
 int cmh_agg_on_sample(void *arg, const struct cmh_prom_sample *sample);
 /* Options for a parser that feeds s. */
 void cmh_agg_prom_options(struct cmh_prom_options *o, struct cmh_agg_scrape *s);

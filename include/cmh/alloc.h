@@ -18,11 +18,23 @@ void cmh_free(void *p);
  * of copies needs one check at its end). */
 char *cmh_strdup_opt(const char *s, int *rc);
 
+/* Overwrites n bytes at p with zeros in a way the compiler cannot drop (explicit_bzero). */
+void cmh_wipe(void *p, size_t n);
+/* cmh_free for a block that held a secret (a key, a token, a header or a document carrying
+ * one): the whole block is wiped first. NULL is fine. */
+void cmh_free_secret(void *p);
+/* cmh_realloc for such a block: the old block is wiped before it is released, also when the
+ * data moves. */
+void *cmh_realloc_secret(void *p, size_t n);
+
 #ifdef CMH_FAULT_INJECT
 /* Test hook: the nth allocation from now (1-based) fails and every later one succeeds; 0 turns the
  * hook off. Returns nothing; cmh_alloc_count() says how many allocations were made since. */
 void cmh_alloc_fail_at(unsigned long n);
 unsigned long cmh_alloc_count(void);
+/* Test hook: fn(p) runs inside every cmh_free (and cmh_free_secret) just before p is released,
+ * so a test can read what the memory held at that moment; NULL turns it off. */
+void cmh_alloc_on_free(void (*fn)(void *p));
 #endif
 
 #endif

@@ -28,10 +28,6 @@ int cmh_aws_endpoint_url(const char *prefix, const char *region, const char *ove
  * but 127.0.0.0/8 or [::1]; -ENOMEM. */
 int cmh_aws_endpoint_split(const char *url, char **host, char **path, int *allow_http);
 
-/* Writes url into out for a log line, its user information (which may hold a password) replaced
- * by "<redacted>"; truncated to len. */
-void cmh_aws_url_for_log(const char *url, char *out, size_t len);
-
 /* Appends the curl header line "name: value" (cmh_malloc'ed) to hdr[*n], at most max lines.
  * Returns 0, -ENOSPC when full, -ENOMEM. */
 int cmh_aws_header_add(char **hdr, size_t *n, size_t max, const char *name, const char *value);

@@ -94,6 +94,9 @@ struct cmh_cloudwatch_opts {
     size_t max_batch_datums;     /* 0 = CMH_CW_MAX_BATCH_DATUMS (tests use smaller) */
     size_t max_batch_bytes;      /* 0 = CMH_CW_MAX_BATCH_BYTES */
     uint64_t seed;               /* backoff PRNG seed; 0 = from the clock */
+    /* Not ready (cmh_cloudwatch_ready) once attempts have failed, whatever the answer (a 5xx, a
+     * 307, a timeout...), for this long with no success between; 0 = never on that ground. */
+    uint64_t unready_after_ms;
     struct cmh_cloudwatch_creds creds;
 };
 
@@ -123,7 +126,8 @@ struct cmh_cloudwatch_stats {
     uint64_t bytes_raw, bytes_sent;        /* form bytes before / after gzip */
     uint64_t creds_errors;                 /* the credential source failed */
     int access_denied;                     /* the last answer was AccessDenied: /readyz fails */
-    char last_error[64];                   /* AWS code or class name of the last failure */
+    uint64_t failing_since_ms; /* loop time of the first failed attempt since the last success */
+    char last_error[64];       /* AWS code or class name of the last failure */
 };
 
 /* Creates the publisher on loop, sending through curl (borrowed, must outlive it). Returns 0,
@@ -157,8 +161,9 @@ void cmh_cloudwatch_standby(struct cmh_cloudwatch *cw, bool standby);
 
 void cmh_cloudwatch_stats(const struct cmh_cloudwatch *cw, struct cmh_cloudwatch_stats *out);
 
-/* 0 when publishing works or has not failed for lack of permission; -EACCES while the last
- * answer was AccessDenied (for /readyz). */
+/* For /readyz: 0 when publishing works; -EACCES while the last answer was AccessDenied;
+ * -ETIMEDOUT when every attempt for opts.unready_after_ms or longer failed (no success since the
+ * first of them). A replica in standby sends nothing and is not judged on it. */
 int cmh_cloudwatch_ready(const struct cmh_cloudwatch *cw);
 
 /* Counts what is still queued as dropped_shutdown and releases cw. A request in flight or a

@@ -58,6 +58,7 @@ struct cmh_collector {
     cmh_collector_done_cb done_cb;
     void *done_arg;
     struct cmh_ratelimit parse_log;
+    int unknown_overflow_logged; /* the warning about unnamed unknown families was written */
     /* Totals since start, by scrape result: for our own /metrics. */
     uint64_t results_total[CMH_SCRAPE_NRESULTS];
     uint64_t rounds_total;

@@ -25,6 +25,7 @@ struct cmh_target_list {
 struct cmh_config {
     bool use_cloudwatch;
     bool use_prometheus;
+    bool prometheus_original_names; /* also the original helper's six awscni_ gauges */
     uint64_t interval_ms;
     char *aws_region;
     char *cluster_id;
@@ -47,6 +48,7 @@ struct cmh_config {
     uint64_t scrape_max_body;
     uint64_t scrape_jitter_ms;
     bool scrape_keepalive;
+    bool scrape_gzip;
     int scrape_mode;                   /* enum cmh_scrape_mode (include/cmh/scrape_mode.h) */
     uint64_t scrape_direct_recheck_ms; /* auto: a node on the proxy tries direct again after this */
     /* CloudWatch publisher (include/cmh/cloudwatch.h; cmh_cloudwatch_opts_from_config). */
@@ -63,6 +65,7 @@ struct cmh_config {
     char *k8s_token_file;
     char *k8s_ca_file;
     uint64_t k8s_watch_timeout_ms;
+    uint64_t k8s_sync_timeout_ms; /* the first round waits this long at most for the pod list */
     /* Leader election (include/cmh/leader.h; cmh_leader_opts_from_config). */
     bool leader_election;
     char *leader_lease_name;
@@ -113,12 +116,23 @@ extern const size_t cmh_config_nvars;
 /* Prefixes of our own variables: unknown names with them draw a warning (a likely typo). */
 extern const char *const cmh_config_prefixes[];
 
+/* Variables the daemon reads outside the table: the standard AWS SDK ones and what Kubernetes
+ * sets. Each has a line of help for --help; a test derives the names from the source. */
+struct cmh_config_other {
+    const char *name;
+    const char *help;
+};
+extern const struct cmh_config_other cmh_config_others[];
+extern const size_t cmh_config_nothers;
+
 #define CMH_CONFIG_ERR_MAX 512
 
 /* Fills cfg from envp (a NULL-terminated "NAME=value" array, like environ). An empty value counts
  * as unset. On a bad value returns -EINVAL with one line in err naming the variable, the value and
- * what is accepted; cfg is then freed. On -ENOMEM err says so. cfg is owned by the caller and
- * released with cmh_config_free. */
+ * what is accepted; cfg is then freed. So that a typo never sends the numbers elsewhere, a set
+ * variable one edit (or a letter case) away from one that decides where they go (AWS_CLUSTER_ID,
+ * CW_NAMESPACE, AWS_REGION, ...) is refused the same way, naming the intended variable. On -ENOMEM
+ * err says so. cfg is owned by the caller and released with cmh_config_free. */
 int cmh_config_load(struct cmh_config *cfg, char *const *envp, char err[CMH_CONFIG_ERR_MAX]);
 void cmh_config_free(struct cmh_config *cfg);
 

@@ -39,9 +39,9 @@ int64_t cmh_curl_uv_parse_retry_after(const char *v);
 struct cmh_curl_uv_opts {
     uint64_t timeout_ms;         /* whole request, connect included (HTTP_TIMEOUT); 0 = 10 s */
     uint64_t connect_timeout_ms; /* 0 = timeout_ms */
-    const char *ca_file;         /* PEM bundle to trust; NULL = the system store. Copied. */
-    size_t max_body;             /* default response size cap; 0 = 1 MiB */
-    long max_host_connections;   /* parallel connections per host; 0 = 8 (more requests queue) */
+    const char *ca_file;       /* PEM bundle, the only anchors; NULL = the system store. Copied. */
+    size_t max_body;           /* default response size cap; 0 = 1 MiB */
+    long max_host_connections; /* parallel connections per host; 0 = 8 (more requests queue) */
 };
 
 /* What a request produced; valid only during the done callback (copy what you keep). */
@@ -86,7 +86,13 @@ struct cmh_curl_uv_req {
      * CMH_CURL_ERR_OTHER). */
     int (*on_data)(struct cmh_curl_uv_req *req, long status, const char *data, size_t len);
     uint64_t timeout_ms; /* whole request; 0 = the instance's opts.timeout_ms */
-    const char *ca_file; /* PEM bundle for this request; NULL = the instance's. Borrowed. */
+    /* PEM bundle for this request, the only trust anchors (the system store is not used); NULL
+     * = the instance's. Borrowed. */
+    const char *ca_file;
+    /* Never through a proxy, whatever http_proxy, HTTPS_PROXY, ALL_PROXY or NO_PROXY say: set for
+     * the instance-metadata and container-credential endpoints and the Kubernetes API. 0 = the
+     * proxy variables apply as libcurl reads them (the AWS service endpoints). */
+    int no_proxy;
     /* HTTP/2 over TLS (falling back to HTTP/1.1 when the server does not offer h2), waiting for an
      * existing connection to multiplex on rather than opening another. 0 = HTTP/1.1. */
     int http2;
@@ -150,5 +156,11 @@ void cmh_curl_uv_close(struct cmh_curl_uv *c, cmh_curl_uv_close_cb close_cb);
 /* Ends one request in flight: its done callback fires with CMH_CURL_ERR_CANCELLED before this
  * returns. Does nothing when req is not in flight. */
 void cmh_curl_uv_cancel(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req);
+
+/* From inside req's on_data: the value of the index-th response header called name (any case),
+ * or NULL when there is none; *amount (may be NULL) gets how many such headers there are. The
+ * value is valid until on_data returns. */
+const char *cmh_curl_uv_header(const struct cmh_curl_uv_req *req, const char *name, size_t index,
+                               size_t *amount);
 
 #endif

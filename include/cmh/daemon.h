@@ -46,6 +46,10 @@ struct cmh_daemon {
     int has_curl;
     struct cmh_discovery disc;
     int has_disc;
+    /* With discovery, the first round waits for the first pod list until sync_deadline_ms
+     * (uv_now); sync_waiting while a tick was held back, sync_gave_up once the wait timed out. */
+    uint64_t sync_deadline_ms;
+    int sync_waiting, sync_gave_up;
     struct cmh_leader leader; /* LEADER_ELECTION: only the leader publishes */
     int has_leader;
     unsigned curl_users; /* discovery and leader still stopping: curl closes after them */

@@ -11,6 +11,7 @@
 
 #include "cmh/curl_uv.h"
 #include "cmh/k8s_token.h"
+#include "cmh/scrape.h"
 
 struct cmh_log;
 struct cmh_config;
@@ -31,8 +32,10 @@ struct cmh_discovery_set {
     struct cmh_discovery_target *v;
 };
 
-/* Fires from the loop (never inside a discovery call) after the target set changed; the new set
- * is published before the call. Changes that arrive together are coalesced into one call. */
+/* Fires from the loop (never inside a discovery call) after the target set changed, and after the
+ * first full list even when it changed nothing (it may have found no pod); the new set is
+ * published before the call. Changes are coalesced: at most one call a second, however many
+ * events arrive. */
 typedef void (*cmh_discovery_change_cb)(struct cmh_discovery *d, void *arg);
 typedef void (*cmh_discovery_close_cb)(struct cmh_discovery *d);
 
@@ -67,8 +70,10 @@ struct cmh_discovery_status {
     uint64_t token_reads;  /* times the token file was read */
     uint64_t pods_refused; /* aws-node pods not kept because max_pods are */
     size_t max_pods;
-    const char *last_error; /* "" when none yet; valid until the next discovery call */
-    const char *state;      /* "listing", "watching", "backoff", "stopped" */
+    const char *last_error;   /* "" when none yet; valid until the next discovery call */
+    const char *state;        /* "listing", "watching", "backoff", "stopped" */
+    uint64_t set_builds;      /* target sets built (at most one a second, and one per acquire) */
+    uint64_t items_too_large; /* listed pods skipped: one object over CMH_DISCOVERY_ITEM_MAX */
 };
 
 /* The pods as the pure parsers keep them: a map by name, with only the fields used. */
@@ -77,13 +82,23 @@ struct cmh_discovery_pod {
     char *node;
     char ip[48];
     bool running;
+    /* Private: the AVL tree over the pods by name (indices into v plus one; 0 = none). */
+    unsigned char height;
+    uint32_t left, right;
 };
 
+/* Lookup, insertion and removal take O(log n) name comparisons whatever the order pods come in
+ * (an AVL tree over v); the target set is built from the tree in name order. */
 struct cmh_discovery_pods {
-    struct cmh_discovery_pod *v; /* sorted by name */
+    struct cmh_discovery_pod *v; /* in no order (a removal moves the last pod into its place) */
     size_t n, cap;
     size_t max;       /* a new pod beyond this many is not kept; 0: no bound */
     uint64_t refused; /* pods not kept because of max (each counted once) */
+    /* Private. */
+    uint32_t root;    /* the tree's root (index into v plus one; 0 = empty) */
+    size_t targets;   /* pods that are targets (Running with a hostIP) */
+    uint64_t version; /* grows whenever the targets (names, nodes, addresses) may have changed */
+    uint64_t steps;   /* name comparisons, rotations and pods moved so far: the work done */
 };
 
 /* Default bound on the pods kept: EKS's largest clusters, with room. */
@@ -108,6 +123,29 @@ struct cmh_discovery_event {
 
 /* Longest watch line accepted (one pod object); a longer one ends the watch as an error. */
 #define CMH_DISCOVERY_LINE_MAX (1024 * 1024)
+/* Largest pod object of a list page held at once (the page itself is never held), in bytes and in
+ * JSON values (objects, arrays and members or elements: a real aws-node pod has about 1,200); a
+ * larger one is skipped and counted. A watch event line over the values bound is refused. These
+ * bound jansson's tree of one pod to about 15 MB whatever it holds. */
+#define CMH_DISCOVERY_ITEM_MAX    CMH_DISCOVERY_LINE_MAX
+#define CMH_DISCOVERY_ITEM_VALUES 65536
+
+/* A PodList page parsed as it streams (see cmh_discovery_list_begin). Private fields. */
+struct cmh_discovery_list_parser {
+    struct cmh_discovery_pods *pods;
+    size_t item_max;
+    int state, rc;
+    int key;   /* what the value being read is for */
+    int cut;   /* how the value being cut ends */
+    char *buf; /* the value being cut: one item, key or top-level value */
+    size_t len, cap;
+    unsigned depth; /* brackets open in the value being cut */
+    size_t values;  /* values begun in it */
+    bool in_str, esc, too_large;
+    bool seen_meta, meta_ok, seen_items;
+    char *rv, *cont; /* metadata.resourceVersion and .continue (NULL when absent) */
+    uint64_t items_too_large;
+};
 
 struct cmh_discovery {
     uv_loop_t *loop;
@@ -141,9 +179,20 @@ struct cmh_discovery {
     uv_timer_t retry, notify;
     unsigned open_handles;
     bool started, stopping, dirty, synced, watching;
+    bool sync_told; /* on_change fired after the first list */
     struct cmh_discovery_status st;
     char last_error[256];
     cmh_discovery_close_cb close_cb;
+    uint64_t built_version;   /* pods.version the published set was built from */
+    uint64_t last_publish_ms; /* when the notify timer last published (uv_now) */
+    bool unnotified;          /* a set was built by acquire and on_change has not fired for it */
+    struct cmh_ratelimit change_log;     /* "scrape targets changed": one line per window */
+    uint64_t change_log_window_ms;       /* start of the current window (uv_now) */
+    size_t change_log_suppressed;        /* lines held back in the windows since the last line */
+    struct cmh_discovery_list_parser lp; /* the list page being streamed */
+    char err_body[128];                  /* the start of an error answer's body */
+    size_t err_len;
+    size_t list_bytes; /* bytes of the page being streamed */
 };
 
 /* Builds "https://host:port" from KUBERNETES_SERVICE_HOST/_PORT values (IPv6 in brackets).
@@ -178,8 +227,10 @@ void cmh_discovery_stop(struct cmh_discovery *d, cmh_discovery_close_cb close_cb
 const struct cmh_discovery_target *cmh_discovery_targets(const struct cmh_discovery *d, size_t *n,
                                                          uint64_t *generation);
 
-/* A counted reference to the current set, for a round that must outlive change callbacks. Never
- * NULL after a successful start. Release with cmh_discovery_set_release. */
+/* A counted reference to the current set, for a round that must outlive change callbacks: built
+ * now when the pods changed since the last set (so a round never sees a set older than the pods
+ * known). Never NULL after a successful start (on -ENOMEM, the last set). Release with
+ * cmh_discovery_set_release. */
 struct cmh_discovery_set *cmh_discovery_acquire(struct cmh_discovery *d);
 void cmh_discovery_set_release(struct cmh_discovery_set *set);
 
@@ -188,14 +239,35 @@ void cmh_discovery_status(const struct cmh_discovery *d, struct cmh_discovery_st
 
 /* Pure parsers (no I/O), used by the watch and by the fuzzer. */
 void cmh_discovery_pods_free(struct cmh_discovery_pods *pods);
-/* Parses one page of a PodList into pods (adding to it). rv and cont receive
- * metadata.resourceVersion and metadata.continue ("" when absent). Returns 0, -EBADMSG (not a
- * PodList), -E2BIG (a field too long for its buffer) or -ENOMEM. */
+/* Checks the store's own invariants (every pod in the tree once, in strictly increasing name
+ * order, balanced, the target count right): 0, or -EFAULT. For tests and fuzzers. */
+int cmh_discovery_pods_check(const struct cmh_discovery_pods *pods);
+
+/* A PodList page parsed as it streams, in chunks cut anywhere: memory is one pod object at a
+ * time (at most item_max bytes; 0 = CMH_DISCOVERY_ITEM_MAX) plus what pods keeps, whatever the
+ * page's size. The top level is scanned here; metadata, each item and every other top-level
+ * value is handed to jansson alone, so a page is accepted exactly when jansson accepts it whole,
+ * but for a repeated "items" key (refused) and an item over item_max (skipped and counted in
+ * items_too_large, not checked). Items are added to pods as they come: on an error, discard pods.
+ * _feed returns 0 or the first error (-EBADMSG, -ENOMEM), after which data is ignored; _end
+ * returns the page's verdict as cmh_discovery_parse_list does and frees what p holds (call it
+ * also to abandon a page). */
+void cmh_discovery_list_begin(struct cmh_discovery_list_parser *p, struct cmh_discovery_pods *pods,
+                              size_t item_max);
+int cmh_discovery_list_feed(struct cmh_discovery_list_parser *p, const char *data, size_t len);
+int cmh_discovery_list_end(struct cmh_discovery_list_parser *p, char *rv, size_t rvlen, char *cont,
+                           size_t contlen);
+/* Parses one page of a PodList into pods (adding to it), through the streaming parser above in
+ * one chunk. rv and cont receive metadata.resourceVersion and metadata.continue ("" when absent).
+ * Returns 0, -EBADMSG (not a PodList), -E2BIG (a field too long for its buffer) or -ENOMEM. */
 int cmh_discovery_parse_list(struct cmh_discovery_pods *pods, const char *buf, size_t len, char *rv,
                              size_t rvlen, char *cont, size_t contlen);
-/* Applies one watch event line to pods. Returns 0 with ev filled, -EBADMSG or -ENOMEM. */
+/* Applies one watch event line to pods. Returns 0 with ev filled, -EBADMSG, -E2BIG (more than
+ * CMH_DISCOVERY_ITEM_VALUES values) or -ENOMEM; on an error pods is unchanged. */
 int cmh_discovery_parse_event(struct cmh_discovery_pods *pods, const char *line, size_t len,
                               struct cmh_discovery_event *ev);
+/* How the watch log names a parse_event error ("not JSON", "too many values", "out of memory"). */
+const char *cmh_discovery_event_error(int rc);
 /* Builds a target set from pods (Running with a hostIP). Returns NULL on -ENOMEM. */
 struct cmh_discovery_set *cmh_discovery_set_build(const struct cmh_discovery_pods *pods,
                                                   uint64_t generation);

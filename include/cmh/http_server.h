@@ -26,14 +26,18 @@ typedef int (*cmh_http_handler)(void *arg, const char *path, struct cmh_buf *bod
                                 const char **content_type);
 
 struct cmh_http_server_opts {
-    const char *address;  /* IPv4 or IPv6 literal */
-    unsigned port;        /* 0: any free port (read it back from cmh_http_server_port) */
-    unsigned max_conns;   /* more are accepted and closed at once */
+    const char *address; /* IPv4 or IPv6 literal */
+    unsigned port;       /* 0: any free port (read it back from cmh_http_server_port) */
+    /* Open connections at most (0 = 64). A connection beyond closes the oldest one still waiting
+     * for its request of the address holding the most (see on_connection): no address can keep
+     * another out by holding connections open. */
+    unsigned max_conns;
     unsigned max_request; /* request line + headers, bytes */
     unsigned idle_ms;     /* a connection that sends no complete request by then is closed */
 };
 
 struct cmh_http_conn;
+struct cmh_http_peer;
 
 struct cmh_http_server {
     uv_loop_t *loop;
@@ -47,7 +51,11 @@ struct cmh_http_server {
     unsigned pending_closes; /* listener + connections being closed */
     int listening;
     void (*close_cb)(struct cmh_http_server *s);
+    struct cmh_http_peer *peers; /* per remote address: its open connections (max_conns + 1) */
+    unsigned npeers;
+    unsigned long long accepted; /* connections accepted: each one's age order */
     unsigned long long requests, rejected;
+    unsigned long long evicted; /* closed to make room for a newcomer (counted in rejected too) */
     unsigned long long accept_errors; /* accept failed (EMFILE...): logged at 1, 2, 4, 8... */
 };
 

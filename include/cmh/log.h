@@ -8,10 +8,19 @@
 enum cmh_log_level { CMH_LOG_DEBUG, CMH_LOG_INFO, CMH_LOG_WARN, CMH_LOG_ERROR };
 enum cmh_log_format { CMH_LOG_TEXT, CMH_LOG_JSON };
 
-enum cmh_kv_type { CMH_KV_STR, CMH_KV_INT, CMH_KV_UINT, CMH_KV_DBL, CMH_KV_BOOL, CMH_KV_JSON };
+enum cmh_kv_type {
+    CMH_KV_STR,
+    CMH_KV_INT,
+    CMH_KV_UINT,
+    CMH_KV_DBL,
+    CMH_KV_BOOL,
+    CMH_KV_JSON,
+    CMH_KV_URL
+};
 
 /* One field of an event. Strings are borrowed for the duration of the call only. CMH_KV_JSON is
- * a ready-made JSON value: inserted as is in JSON lines, quoted as a string in text lines. */
+ * a ready-made JSON value: inserted as is in JSON lines, quoted as a string in text lines.
+ * CMH_KV_URL is a URL written as cmh_url_redact shows it (no user information). */
 struct cmh_kv {
     const char *key;
     enum cmh_kv_type type;
@@ -31,6 +40,7 @@ struct cmh_kv {
 #define CMH_DBL(k, x)  ((struct cmh_kv){.key = (k), .type = CMH_KV_DBL, .v.d = (double)(x)})
 #define CMH_BOOL(k, x) ((struct cmh_kv){.key = (k), .type = CMH_KV_BOOL, .v.b = !!(x)})
 #define CMH_JSON(k, x) ((struct cmh_kv){.key = (k), .type = CMH_KV_JSON, .v.s = (x)})
+#define CMH_URL(k, x)  ((struct cmh_kv){.key = (k), .type = CMH_KV_URL, .v.s = (x)})
 
 struct cmh_log {
     enum cmh_log_level min;
@@ -58,6 +68,11 @@ const char *cmh_log_level_name(enum cmh_log_level level);
             cmh_log_event((log), (level), (msg), cmh_kv_, sizeof cmh_kv_ / sizeof cmh_kv_[0]);     \
         }                                                                                          \
     } while (0)
+
+/* Writes url into out as every log line, /readyz answer and error message shows it: the user
+ * information of its authority (user@ or user:password@, which may hold a password) replaced by
+ * "<redacted>@"; truncated to len. The one redaction of URLs: print no URL without it. */
+void cmh_url_redact(const char *url, char *out, size_t len);
 
 /* Formats a double as the shortest text that reads back to the same value; NaN, +Inf, -Inf as
  * Prometheus spells them. Returns the length written (always < len when len >= 32). */

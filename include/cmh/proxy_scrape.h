@@ -7,6 +7,7 @@
 #define CMH_PROXY_SCRAPE_H
 
 #include "cmh/curl_uv.h"
+#include "cmh/gz.h"
 #include "cmh/k8s_token.h"
 #include "cmh/scrape.h"
 #include "cmh/scrape_mode.h"
@@ -30,10 +31,11 @@ struct cmh_proxy_scrape_opts {
     uint64_t max_body;          /* body bytes (SCRAPE_MAX_BODY) */
     unsigned streams;           /* requests in flight at once; 0 = 100 (a usual h2 stream limit) */
     uint64_t token_max_age_ms;  /* 0 = 60 s */
+    int gzip; /* send Accept-Encoding: gzip (SCRAPE_GZIP); a gzip body is inflated either way */
 };
 
-/* Options from the configuration (K8S_NAMESPACE, K8S_TOKEN_FILE, K8S_CA_FILE) for the API server
- * at server (borrowed); the rest zero, i.e. the defaults. */
+/* Options from the configuration (K8S_NAMESPACE, K8S_TOKEN_FILE, K8S_CA_FILE, SCRAPE_GZIP) for the
+ * API server at server (borrowed); the rest zero, i.e. the defaults. */
 void cmh_proxy_scrape_opts_from_config(struct cmh_proxy_scrape_opts *o,
                                        const struct cmh_config *cfg, const char *server);
 
@@ -82,6 +84,8 @@ struct cmh_proxy_scrape {
     int cancelling, closing;
     cmh_proxy_scrape_close_cb close_cb;
     struct cmh_proxy_scrape_stats stats;
+    int gzip;
+    struct cmh_gunzip_pool gz; /* inflaters: a gzip body holds one while it is read */
 };
 
 /* Sets p up on loop (its own curl_uv instance, one connection to the API server). Strings of o

@@ -54,10 +54,14 @@ void cmh_publish_standby(struct cmh_publish *p, bool standby);
 /* Publisher figures; zeroes before ready. */
 void cmh_publish_stats(const struct cmh_publish *p, struct cmh_cloudwatch_stats *out);
 
-/* 0 when ready and not refused for lack of permission; else -EAGAIN (resolving) or -EACCES (the
- * last credentials request failed, or CloudWatch answers AccessDenied), with a sentence for /readyz
- * in why. */
-int cmh_publish_ready(const struct cmh_publish *p, const char **why);
+/* Publishing that has failed for this many metric intervals in a row is not ready. */
+#define CMH_PUBLISH_UNREADY_INTERVALS 3
+
+/* 0 when ready and not refused for lack of permission; else -EAGAIN (resolving), -EACCES (the
+ * last credentials request failed, or CloudWatch answers AccessDenied) or -ETIMEDOUT (every
+ * PutMetricData attempt for CMH_PUBLISH_UNREADY_INTERVALS intervals failed, whatever the answer),
+ * with a sentence for /readyz in why (valid until the next call). */
+int cmh_publish_ready(struct cmh_publish *p, const char **why);
 
 /* Abandons what is in flight and frees p (memory of pending requests goes when curl_uv ends
  * them: keep running the loop). */

@@ -3,6 +3,7 @@
 #ifndef CMH_SCRAPE_H
 #define CMH_SCRAPE_H
 
+#include "cmh/gz.h"
 #include "cmh/log.h"
 
 #include <netinet/in.h>
@@ -24,11 +25,14 @@ enum cmh_scrape_result {
     CMH_SCRAPE_TRUNCATED,        /* the peer closed before the response was complete */
     CMH_SCRAPE_RESPONSE_TIMEOUT, /* connected, but the response did not finish by the deadline */
     CMH_SCRAPE_HTTP_STATUS,      /* a status other than 200 */
-    CMH_SCRAPE_CONTENT_TYPE,     /* Content-Type not text/plain, or a Content-Encoding */
+    CMH_SCRAPE_CONTENT_TYPE,     /* Content-Type not text/plain */
     CMH_SCRAPE_BODY_TOO_LARGE,   /* body (or Content-Length) above max_body */
     CMH_SCRAPE_MALFORMED_HTTP,   /* llhttp rejected the response, or headers above max_header */
     CMH_SCRAPE_PARSE_ERROR,      /* the consumer rejected the body */
     CMH_SCRAPE_SKIPPED,          /* the round deadline passed before this target was started */
+    CMH_SCRAPE_CONTENT_ENCODING, /* a Content-Encoding other than gzip or identity */
+    CMH_SCRAPE_GZIP_TOO_LARGE,   /* the gzip body inflates past max_body (a gzip bomb) */
+    CMH_SCRAPE_GZIP_ERROR,       /* the gzip body is corrupt or ends before its gzip stream does */
     CMH_SCRAPE_NRESULTS
 };
 
@@ -60,13 +64,13 @@ struct cmh_scrape_record {
     uint8_t reused;       /* 1 when the response came over a kept-alive connection */
     uint16_t http_status; /* 0 when no status line was read */
     uint32_t duration_us; /* from the start of this target's scrape to its result */
-    uint32_t bytes;       /* bytes read from the socket (headers and body) */
+    uint32_t bytes;       /* bytes read from the socket (headers and body, as sent: compressed) */
 };
 
 /* Where body bytes go. All callbacks run on the loop thread. For each target that returns a 200
  * with an acceptable Content-Type, begin() is called once, then body() zero or more times with
- * the bytes in order (the buffer is only valid during the call), then end() exactly once. Targets
- * that fail before the headers are complete never see begin(). */
+ * the bytes in order (a gzip body inflated) (the buffer is only valid during the call), then end()
+ * exactly once. Targets that fail before the headers are complete never see begin(). */
 struct cmh_scrape_consumer {
     void *arg;
     /* Returns 0 with *ctx set, or <0 to fail the target as a parse error (end() is not called). */
@@ -85,16 +89,20 @@ struct cmh_scrape_opts {
     uint64_t timeout_ms;       /* per target: connect + whole response */
     uint64_t round_timeout_ms; /* whole round; 0 = no round deadline */
     uint64_t jitter_ms;        /* starts spread over this window, in a random order */
-    uint64_t max_body;         /* body bytes */
+    uint64_t max_body;         /* body bytes, as sent and, for a gzip body, once inflated */
     uint32_t max_header;       /* status line + headers bytes */
     int keepalive;             /* keep idle connections for the next round */
     unsigned log_failures;     /* failure lines per round before only the summary is logged */
     uint64_t seed;             /* of the per-round start order; 0 = from the clock */
     const char *user_agent;    /* borrowed; NULL = "cni-metrics-helper/VERSION" */
+    /* Send Accept-Encoding: gzip. A gzip body is inflated as it streams, into the consumer, by an
+     * inflater (about 40 KB) held only while that body is read and reused across rounds, so there
+     * are at most as many as bodies being read at once. Inflated whether asked for or not. */
+    int gzip;
 };
 
 /* Defaults: 1000 connections, 5 s, no round deadline, 1 s jitter, 4 MiB body, 16 KiB header,
- * keep-alive on, 10 failure lines per round. */
+ * keep-alive on, 10 failure lines per round, gzip on. */
 void cmh_scrape_opts_default(struct cmh_scrape_opts *o);
 
 /* Options from the configuration: SCRAPE_* variables; the round deadline is
@@ -115,6 +123,7 @@ struct cmh_scrape_round_stats {
     unsigned peak_open;                /* most connections open at once */
     size_t logged, suppressed;         /* failure lines written / held back */
     size_t no_fds;                     /* connects refused for lack of a file descriptor */
+    size_t gzip;                       /* responses that came gzip-encoded */
 };
 
 /* Per-round rate limit for failure lines: the first `budget` lines pass, the rest are counted. */
@@ -128,10 +137,11 @@ int cmh_ratelimit_allow(struct cmh_ratelimit *r);
 
 /* Pure, for fuzzing and tests: one response's bytes, fed in reads of at most chunk bytes (0: one
  * read), then the end of the stream if it is not complete by then, through the same llhttp
- * settings, header/body size caps (o->max_header, o->max_body), status and Content-Type checks and
- * consumer calls (target index 0) as a scrape over a socket. Returns the result (a response cut
- * short is CMH_SCRAPE_TRUNCATED); rec (may be NULL) gets result, http_status and bytes;
- * *keep_alive (may be NULL) whether the connection could be kept for the next round. */
+ * settings, header/body size caps (o->max_header, o->max_body), status, Content-Type and
+ * Content-Encoding checks, gzip inflation and consumer calls (target index 0) as a scrape over a
+ * socket. Returns the result (a response cut short is CMH_SCRAPE_TRUNCATED); rec (may be NULL)
+ * gets result, http_status and bytes; *keep_alive (may be NULL) whether the connection could be
+ * kept for the next round. */
 enum cmh_scrape_result cmh_scrape_parse_response(const struct cmh_scrape_opts *o,
                                                  const struct cmh_scrape_consumer *consumer,
                                                  const char *buf, size_t len, size_t chunk,
@@ -189,6 +199,7 @@ struct cmh_scraper {
     unsigned closing_conns;            /* uv_close not yet called back */
     char *rbuf;                        /* one read buffer shared by all connections */
     size_t rbuf_len;
+    struct cmh_gunzip_pool gz; /* inflaters: a gzip body holds one while it is read */
 };
 
 /* Initialises s on loop with a copy of *o (user_agent copied too). log is borrowed. Caps

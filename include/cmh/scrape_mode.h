@@ -22,10 +22,13 @@ const char *cmh_scrape_mode_name(enum cmh_scrape_mode m);
 /* Why the proxy engine itself ended a transfer early. */
 enum cmh_scrape_mode_abort {
     CMH_PROXY_ABORT_NONE = 0,
-    CMH_PROXY_ABORT_TOO_LARGE, /* the body passed max_body */
-    CMH_PROXY_ABORT_CONSUMER,  /* the consumer refused the body (begin or body returned <0) */
-    CMH_PROXY_ABORT_DEADLINE,  /* the round deadline passed */
-    CMH_PROXY_ABORT_STATUS,    /* a status other than 200: its body is not read */
+    CMH_PROXY_ABORT_TOO_LARGE,      /* the body passed max_body */
+    CMH_PROXY_ABORT_CONSUMER,       /* the consumer refused the body (begin or body returned <0) */
+    CMH_PROXY_ABORT_DEADLINE,       /* the round deadline passed */
+    CMH_PROXY_ABORT_STATUS,         /* a status other than 200: its body is not read */
+    CMH_PROXY_ABORT_ENCODING,       /* a Content-Encoding other than gzip or identity */
+    CMH_PROXY_ABORT_GZIP_TOO_LARGE, /* the gzip body inflated past max_body */
+    CMH_PROXY_ABORT_GZIP_ERROR,     /* the gzip body is corrupt or cut short */
 };
 
 /* The result of one proxied scrape: err and status as curl_uv reported them (status as seen on

@@ -51,6 +51,10 @@ void cmh_subnet_list_sort(struct cmh_subnet_list *l);
 /* The index of the subnet with this id, or -1 (the list must be sorted). */
 long cmh_subnet_list_find_id(const struct cmh_subnet_list *l, const char *id);
 
+/* Usable IPv4 addresses of s: the size of its IPv4 CIDR block less the 5 addresses AWS reserves in
+ * every subnet (network, router, DNS, future use, broadcast); 0 when s has no IPv4 block. */
+int64_t cmh_subnet_usable_ipv4(const struct cmh_subnet *s);
+
 /* The subnet holding ip (the longest matching prefix wins), or -1. */
 long cmh_subnets_find_ip(const struct cmh_subnet_list *l, const char *ip);
 
@@ -74,7 +78,9 @@ struct cmh_subnets_opts {
 #define CMH_SUBNETS_AZ_UNKNOWN "unknown"
 
 /* Appends the round's extra datums to a->datums, after cmh_agg_round_finish: with view (not NULL)
- * subnetAvailableIPAddresses per subnet and per AZ, clusterMinSubnetAvailableIPAddresses, and
+ * subnetAvailableIPAddresses per subnet and per AZ, clusterMinSubnetAvailableIPAddresses, for
+ * subnets with an IPv4 block subnetTotalIPAddresses and subnetIPUtilization per subnet and per AZ
+ * and clusterMaxSubnetIPUtilization, and
  * with o->per_az the four IP gauges per AZ (nodes mapped by IP through nodes[0..n), unknown ones
  * under "unknown"); with o->per_node the four IP gauges per node for at most o->per_node_max fresh
  * nodes, the least headroom (max - assigned) first. Strings stay borrowed from view and a (valid

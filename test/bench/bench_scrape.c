@@ -5,11 +5,11 @@
  *   bench_scrape --targets FILE [--rounds R] [--concurrency C] [--timeout-ms T]
  *                [--round-timeout-ms T] [--jitter-ms J] [--keepalive 0|1] [--max-body B]
  *                [--consumer prom|prom-all|count] [--control IP:PORT] [--advance 0|1] [--gap-ms G]
- *                [--records FILE] [--log-failures N] [--seed S] [--warmup R]
+ *                [--records FILE] [--log-failures N] [--seed S] [--warmup R] [--gzip 0|1]
  *
  * Per round it prints one line:
  *   ROUND r=N wall_s=… cpu_s=… ok=… fail=… <result>=count… bytes=… connects=… reused=…
- *         retried=… peak_open=… samples=… fds=… rss_kb=…
+ *         retried=… peak_open=… gzip=… samples=… fds=… rss_kb=…
  * and at the end:
  *   SUMMARY rounds=N targets=… wall_s_avg=… cpu_s_avg=… cpu_us_per_target=… rss_mb=… …
  * (averages over the rounds after --warmup). With --control and --advance 1 it POSTs /advance to
@@ -17,7 +17,7 @@
  * default) parses every body and keeps the families the daemon uses (awscni_*,
  * process_start_time_seconds), prom-all keeps every family, count only counts body bytes. --records
  * writes one line per target and round: "round name result http_status bytes duration_us reused
- * samples". */
+ * samples". --gzip 0 sends no Accept-Encoding (default 1, as SCRAPE_GZIP). */
 #include "cmh/alloc.h"
 #include "cmh/log.h"
 #include "cmh/prom.h"
@@ -233,10 +233,10 @@ static void on_done(struct cmh_scraper *s, const struct cmh_scrape_round_stats *
     for (int r = 1; r < CMH_SCRAPE_NRESULTS; r++)
         if (st->count[r] != 0)
             printf(" %s=%zu", cmh_scrape_result_name((enum cmh_scrape_result)r), st->count[r]);
-    printf(" bytes=%" PRIu64 " connects=%zu reused=%zu retried=%zu peak_open=%u samples=%" PRIu64
-           " fds=%u rss_kb=%ld\n",
-           st->bytes, st->connects, st->reused, st->retried, st->peak_open, samples, count_fds(),
-           rss_now_kb());
+    printf(" bytes=%" PRIu64 " connects=%zu reused=%zu retried=%zu peak_open=%u gzip=%zu"
+           " samples=%" PRIu64 " fds=%u rss_kb=%ld\n",
+           st->bytes, st->connects, st->reused, st->retried, st->peak_open, st->gzip, samples,
+           count_fds(), rss_now_kb());
     fflush(stdout);
     if (b->records != NULL) {
         size_t n;
@@ -352,6 +352,8 @@ int main(int argc, char **argv)
             o.jitter_ms = num(a, v);
         else if (strcmp(a, "--keepalive") == 0)
             o.keepalive = (int)num(a, v);
+        else if (strcmp(a, "--gzip") == 0)
+            o.gzip = (int)num(a, v);
         else if (strcmp(a, "--max-body") == 0)
             o.max_body = num(a, v);
         else if (strcmp(a, "--log-failures") == 0)
@@ -401,11 +403,12 @@ int main(int argc, char **argv)
     getrusage(RUSAGE_SELF, &ru);
     double avg_wall = b->measured ? b->sum_wall / b->measured : 0;
     double avg_cpu = b->measured ? b->sum_cpu / b->measured : 0;
-    printf("SUMMARY rounds=%u measured=%u targets=%zu concurrency=%u keepalive=%d wall_s_avg=%.4f "
+    printf("SUMMARY rounds=%u measured=%u targets=%zu concurrency=%u keepalive=%d gzip=%d "
+           "wall_s_avg=%.4f "
            "cpu_s_avg=%.4f cpu_us_per_target=%.2f bytes_avg=%.0f rss_mb=%.1f parsers=%zu "
            "loop_close=%d\n",
-           b->done_rounds, b->measured, b->n, b->scraper.opts.concurrency, o.keepalive, avg_wall,
-           avg_cpu, b->n ? avg_cpu * 1e6 / (double)b->n : 0,
+           b->done_rounds, b->measured, b->n, b->scraper.opts.concurrency, o.keepalive, o.gzip,
+           avg_wall, avg_cpu, b->n ? avg_cpu * 1e6 / (double)b->n : 0,
            b->measured ? b->sum_bytes / b->measured : 0, (double)ru.ru_maxrss / 1024.0, b->nslots,
            lc);
     while (b->free_slots != NULL) {

@@ -8,8 +8,7 @@
 set -euo pipefail
 build="$1"
 here="$(cd "$(dirname "$0")" && pwd)"
-shared="${CMH_SHARED_DIR:-$here/../../../shared}"
-ipamd="$shared/testdata/ipamd/cni_test1.data"
+ipamd="${CMH_DATA_DIR:-$here/../data}/ipamd/cni_test1.data"
 bench="$build/test/bench_prom"
 cmd="$build/cni-metrics-helper"
 work="$(mktemp -d)"

@@ -13,26 +13,40 @@
 #   reuse: kept-alive connections (ours with SCRAPE_CONCURRENCY >= nodes; Prometheus with the
 #          simulator's idle timeout at 60 s).
 # Prometheus: static targets, every sample dropped by metric_relabel_configs, storage in a temp
-# dir, so only scrape + parse cost counts. It asks for gzip and gets it, as from a real ipamD
-# (promhttp compresses); ours asks for identity (cheaper for both ends on a cluster network).
+# dir, so only scrape + parse cost counts. Both ask for gzip and get it, as from a real ipamD
+# (promhttp compresses, chunked).
 # Its CPU seconds come from /proc/PID/stat over a 20 s window, divided by the requests the
 # simulator served in it; its RSS is VmHWM.
 # wrk floor: -H 'Connection: close', as many connections as our concurrency, against one
 # simulated node: client CPU per request (connect, send, read ~11 KB, close; no parsing).
 #
+# gzip (SCRAPE_GZIP) side by side: at BENCH_GZIP_NODES nodes, fresh and reuse, ours with gzip off
+# and on in turn, BENCH_GZIP_REPS times each (the median counts, so load on a shared machine hits
+# both alike): bytes read per node (headers and body, as on the wire) and CPU per node (user +
+# system), and the ratio on/off, which must stay within 1.5x. Then callgrind's user-space
+# instructions per node for one kept-alive round of 200 nodes each way (the kernel's share of the
+# CPU, most of it with a fresh connection, is not in it).
+#
 # Output: one line per configuration,
 #   BENCH scrape nodes=N phase=fresh|reuse wall_s=… cpu_s=… cpu_us_per_target=… rss_mb=…
 #         mb_per_s=… [prom_cpu_us_per_target=… prom_rss_mb=…]
 #   BENCH floor cpu_us_per_request=… connections=…
-# then a table. Knobs (environment): BENCH_NODES, BENCH_PROM_NODES, BENCH_CONCURRENCY.
+#   BENCH scrape nodes=N phase=fresh|reuse gzip=off wire_bytes_per_node=… cpu_us_per_target=…
+#   BENCH scrape nodes=N phase=fresh|reuse gzip=on wire_bytes_per_node=… cpu_us_per_target=…
+#         cpu_ratio_vs_off=… within_1_5x=yes|no
+#   BENCH scrape nodes=200 phase=reuse gzip=off|on callgrind_instructions_per_node=…
+# then a table. Knobs (environment): BENCH_NODES, BENCH_PROM_NODES, BENCH_CONCURRENCY,
+# BENCH_GZIP_NODES (default 2000; none to skip), BENCH_GZIP_REPS (default 5).
 set -euo pipefail
 
 build="$(cd "${1:-build}" && pwd)"
 here="$(cd "$(dirname "$0")" && pwd)"
 sim_bin="$build/test/ipamd_sim"
 bench_bin="$build/test/bench_scrape"
-export CMH_SHARED_DIR="${CMH_SHARED_DIR:-$(cd "$here/../../../shared" && pwd)}"
+# The bodies served: the real ipamD scrape of test/data (the figures in the docs were measured so).
+template="${CMH_DATA_DIR:-$here/../data}/ipamd/cni_test1.data"
 nodes_list="${BENCH_NODES:-1000 2000 5000 10000 100000}"
+[ "$nodes_list" = none ] && nodes_list=""
 prom_nodes="${BENCH_PROM_NODES:-2000 5000}"
 conc="${BENCH_CONCURRENCY:-1000}"
 sim_cpu=0
@@ -58,7 +72,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-declare -A res
+declare -A res cg
+last_out=""
 
 # start_sim NODES IDLE_MS NODES_PER_WORKER: sets sim_pid, ctl, targets. A worker holds one
 # listener per node plus the connections to it, under the open-file limit of 20,000: 16,000 nodes
@@ -68,7 +83,7 @@ start_sim() {
   targets="$tmp/targets.$n"
   taskset -c $sim_cpu "$sim_bin" --nodes "$n" --base $base --port $port \
     --workers $(((n + per - 1) / per)) --idle-timeout-ms "$idle" --targets-out "$targets" \
-    --restart 0 >"$tmp/sim.out" 2>"$tmp/sim.err" &
+    --restart 0 --template "$template" >"$tmp/sim.out" 2>"$tmp/sim.err" &
   sim_pid=$!
   for _ in $(seq 1 600); do
     grep -q READY "$tmp/sim.out" 2>/dev/null && break
@@ -90,13 +105,14 @@ sim_requests() {
 
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<"$2"; }
 
-# run_ours NODES PHASE ROUNDS
+# run_ours NODES PHASE ROUNDS [GZIP]
 run_ours() {
-  local n=$1 phase=$2 rounds=$3 ka c=$conc out
+  local n=$1 phase=$2 rounds=$3 gz=${4:-1} ka c=$conc out
   ka=$([ "$phase" = reuse ] && echo 1 || echo 0)
   [ "$phase" = reuse ] && c=$n
   out="$(taskset -c $our_cpu "$bench_bin" --targets "$targets" --rounds "$rounds" --warmup 1 \
-    --keepalive "$ka" --concurrency "$c" --log-failures 3 | tail -1)"
+    --keepalive "$ka" --concurrency "$c" --log-failures 3 --gzip "$gz" | tail -1)"
+  last_out=$out
   local wall cpu us rss bytes
   wall=$(field wall_s_avg "$out"); cpu=$(field cpu_s_avg "$out")
   us=$(field cpu_us_per_target "$out"); rss=$(field rss_mb "$out"); bytes=$(field bytes_avg "$out")
@@ -180,6 +196,52 @@ for n in $nodes_list; do
   done
 done
 
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR]=$1} END{print (NR % 2 ? v[(NR+1)/2] : (v[NR/2] + v[NR/2+1]) / 2)}'; }
+
+# gzip off and on, side by side
+gzip_nodes="${BENCH_GZIP_NODES:-2000}"
+gzip_reps="${BENCH_GZIP_REPS:-5}"
+gzip_lines=()
+if [ "$gzip_nodes" != none ]; then
+  for n in $gzip_nodes; do
+    for phase in fresh reuse; do
+      if [ "$phase" = fresh ]; then start_sim "$n" 1000 16000; else start_sim "$n" 60000 8000; fi
+      declare -A us_list=() wire_list=()
+      for _ in $(seq 1 "$gzip_reps"); do
+        for gz in 0 1; do
+          run_ours "$n" "$phase" 4 "$gz"
+          us_list[$gz]+=" $(field cpu_us_per_target "$last_out")"
+          wire_list[$gz]+=" $(awk -v b="$(field bytes_avg "$last_out")" -v n="$n" 'BEGIN{printf "%.0f", b / n}')"
+        done
+      done
+      stop_sim
+      off_us=$(median <<<"${us_list[0]}"); on_us=$(median <<<"${us_list[1]}")
+      off_w=$(median <<<"${wire_list[0]}"); on_w=$(median <<<"${wire_list[1]}")
+      ratio=$(awk -v a="$on_us" -v b="$off_us" 'BEGIN{printf "%.2f", (b > 0 ? a / b : 0)}')
+      ok=$(awk -v r="$ratio" 'BEGIN{print (r <= 1.5 ? "yes" : "no")}')
+      gzip_lines+=("BENCH scrape nodes=$n phase=$phase gzip=off wire_bytes_per_node=$off_w cpu_us_per_target=$off_us runs=$(echo ${us_list[0]} | tr " " ,)")
+      gzip_lines+=("BENCH scrape nodes=$n phase=$phase gzip=on wire_bytes_per_node=$on_w cpu_us_per_target=$on_us cpu_ratio_vs_off=$ratio within_1_5x=$ok runs=$(echo ${us_list[1]} | tr " " ,)")
+      printf '%s\n' "${gzip_lines[@]: -2}"
+    done
+  done
+  if command -v valgrind >/dev/null; then
+    start_sim 200 60000 8000
+    for gz in 0 1; do
+      valgrind --tool=callgrind --callgrind-out-file="$tmp/cg.$gz" "$bench_bin" --targets "$targets" \
+        --rounds 2 --keepalive 1 --concurrency 200 --gzip "$gz" >/dev/null 2>"$tmp/cg.$gz.err"
+      valgrind --tool=callgrind --callgrind-out-file="$tmp/cg1.$gz" "$bench_bin" --targets "$targets" \
+        --rounds 1 --keepalive 1 --concurrency 200 --gzip "$gz" >/dev/null 2>"$tmp/cg1.$gz.err"
+      # the second round alone: two rounds minus one (start-up and the first connects cancel out)
+      two=$(sed -n 's/^summary: //p' "$tmp/cg.$gz"); one=$(sed -n 's/^summary: //p' "$tmp/cg1.$gz")
+      cg[$gz]=$(awk -v a="$two" -v b="$one" 'BEGIN{printf "%.0f", (a - b) / 200}')
+    done
+    stop_sim
+    gzip_lines+=("BENCH scrape nodes=200 phase=reuse gzip=off callgrind_instructions_per_node=${cg[0]}")
+    gzip_lines+=("BENCH scrape nodes=200 phase=reuse gzip=on callgrind_instructions_per_node=${cg[1]} ratio_vs_off=$(awk -v a="${cg[1]}" -v b="${cg[0]}" 'BEGIN{printf "%.2f", a / b}')")
+    printf '%s\n' "${gzip_lines[@]: -2}"
+  fi
+fi
+
 echo
 printf "%-8s %-6s %8s %8s %10s %8s %12s %8s\n" nodes phase wall_s cpu_us/t rss_mb prom_us/t prom/ours floor/t
 for n in $nodes_list; do
@@ -195,5 +257,9 @@ done
 if [ -n "${res[1000,fresh,rss]:-}" ] && [ -n "${res[100000,fresh,rss]:-}" ]; then
   echo "memory per node (peak RSS 100000 vs 1000 nodes): $(awk -v a="${res[1000,fresh,rss]}" \
     -v b="${res[100000,fresh,rss]}" 'BEGIN{printf "%.0f", (b - a) * 1048576 / 99000}') bytes"
+fi
+if [ ${#gzip_lines[@]} -gt 0 ]; then
+  echo
+  printf '%s\n' "${gzip_lines[@]}"
 fi
 echo "bench took $(($(date +%s) - t_start)) s"

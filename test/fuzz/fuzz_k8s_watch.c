@@ -76,8 +76,8 @@ static void expect(const char *buf, size_t len, size_t max, size_t max_pods, str
         if (rc != 0) {
             if (o->pods.n != before)
                 abort();
-            snprintf(o->error, sizeof o->error, "bad watch event (not JSON): %.*s",
-                     (int)(n < 80 ? n : 80), line);
+            snprintf(o->error, sizeof o->error, "bad watch event (%s): %.*s",
+                     cmh_discovery_event_error(rc), (int)(n < 80 ? n : 80), line);
             o->errors++;
             o->bad = true;
             return;

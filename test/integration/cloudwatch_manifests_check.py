@@ -16,11 +16,13 @@ and against the metrics the daemon under test publishes:
 - the `put-metric-alarm` / `put-dashboard` files under manifests/cloudwatch/cli/ are exactly what
   the template gives with placeholder values (`--update` regenerates them), and cli/apply.sh
   renders them into files that validate and equal the template resolved with the same values;
-- what the issue asks of the alarms holds: the emptiest-subnet alarm is one Metrics Insights MIN
-  over every subnet and treats missing data as breaching, because a live daemon whose
-  DescribeSubnets is denied publishes no subnet datum at all (checked here) while its other
-  metrics flow; `SUBNET_ALARM=false cli/apply.sh` leaves out that alarm and its dashboard entry,
-  exactly as the template's SubnetAlarm=false;
+- what the alarms are meant to do holds: the subnet alarm watches the fullest subnet in percent
+  and treats missing data as breaching, because a live daemon whose DescribeSubnets is denied
+  publishes no subnet datum at all (checked here) while its other metrics flow; failed assignments
+  page only when they last (M of N minutes); capacity counts 16 addresses per slot under prefix
+  delegation; `SUBNET_ALARM=false cli/apply.sh` leaves out the subnet alarm and its dashboard
+  entry, exactly as the template's SubnetAlarm=false (alarm_scenarios.py evaluates the alarms
+  against what the daemon publishes in scripted scenarios);
 - deliberately broken alarms and dashboards are rejected, so the checks themselves can fail (their
   number is printed, not written down anywhere else).
 """
@@ -45,7 +47,7 @@ from testlib import check, finish  # noqa: E402
 SRC = os.environ.get("CMH_SOURCE_DIR") or os.path.abspath(
     os.path.join(os.path.dirname(__file__), "..", ".."))
 BIN = os.environ.get("CMH_BIN") or os.path.join(SRC, "build", "cni-metrics-helper")
-SHARED = os.environ.get("CMH_SHARED_DIR") or os.path.join(SRC, "..", "shared")
+DATA = os.environ.get("CMH_DATA_DIR") or os.path.join(SRC, "test", "data")
 CWDIR = os.path.join(SRC, "manifests", "cloudwatch")
 TEMPLATE = os.path.join(CWDIR, "alarms.yaml")
 CLIDIR = os.path.join(CWDIR, "cli")
@@ -291,14 +293,15 @@ def daemon_metrics():
 def inspect_emitted(tmp):
     """What one round of the real aggregator publishes for two rounds of a real ipamD scrape, with
     the failed-assignment counter added so that it is published too."""
-    with open(os.path.join(SHARED, "testdata", "ipamd", "cni_test1.data"), encoding="utf-8") as f:
+    with open(os.path.join(DATA, "ipamd", "cni_test1.data"), encoding="utf-8") as f:
         base = f.read()
     files = []
     for i, n in enumerate((3, 8)):
         p = os.path.join(tmp, f"round{i}.prom")
         with open(p, "w", encoding="utf-8") as f:
             f.write(base + "# TYPE awscni_no_available_ip_addresses counter\n"
-                    f"awscni_no_available_ip_addresses {n}\n")
+                    f"awscni_no_available_ip_addresses {n}\n"
+                    "# TYPE awscni_total_ipv4_prefixes gauge\nawscni_total_ipv4_prefixes 2\n")
         files.append(p)
     out = subprocess.run([BIN, "inspect", "--json", files[0], "--then", files[1]],
                          capture_output=True, text=True, timeout=60,
@@ -339,7 +342,7 @@ def live_emitted(tmp, ec2_faults=()):
     try:
         sim = subprocess.Popen([sim_bin, "--nodes", "8", "--base", "127.83.0.2", "--seed", "8",
                                 "--workers", "1", "--targets-out", os.path.join(tmp, "targets"),
-                                "--template", os.path.join(SHARED, "testdata", "ipamd",
+                                "--template", os.path.join(DATA, "ipamd",
                                                            "cni_test1.data")],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         procs.append(sim)
@@ -475,6 +478,7 @@ def mi_problems(where, expr, ctx, for_alarm):
 
 # ---------------------------------------------------------------------------------------------
 STATS = {"SampleCount", "Average", "Sum", "Minimum", "Maximum"}
+SUBNET_WIDGET = "Subnet addresses in use (%, fullest 20)"
 
 
 def alarm_problems(p, ctx):
@@ -681,28 +685,33 @@ def cli_files(tpl):
 
 
 def intent_problems(alarms):
-    """What the issue asks of the alarms, beyond being valid: the emptiest subnet is one MIN over
-    every subnet and a blind subnet view alarms (missing data breaching: the daemon publishes no
-    subnet datum when it cannot see the subnets); a silent helper alarms; any failed IP
-    assignment alarms."""
+    """What the alarms are for, beyond being valid: the subnet alarm watches the fullest subnet in
+    percent of its size and a blind subnet view alarms (missing data breaching: the daemon
+    publishes no subnet datum when it cannot see the subnets); failed assignments page on any
+    failure, but only in M of N minutes with M > 1; capacity counts 16 addresses per slot when the
+    cluster holds prefixes; a silent helper alarms."""
     out = []
-    sub = alarms.get("EmptiestSubnetLow")
+    sub = alarms.get("SubnetUtilizationHigh")
     if sub is not None:
-        q, _ = mi_parse(sub["Metrics"][0]["Expression"])
-        if not (q and q["fn"] == "MIN" and q["metric"] == "subnetAvailableIPAddresses"
-                and set(q["dims"]) == {"CLUSTER_ID", "SubnetId"}):
-            out.append("EmptiestSubnetLow: not a Metrics Insights MIN over every subnet")
+        if sub.get("MetricName") != "clusterMaxSubnetIPUtilization" or sub.get("Statistic") != "Maximum":
+            out.append("SubnetUtilizationHigh: must watch the fullest subnet in percent")
         if sub.get("TreatMissingData") != "breaching":
-            out.append("EmptiestSubnetLow: a blind subnet view (no datum) must be breaching")
-        if sub.get("ComparisonOperator") != "LessThanThreshold":
-            out.append("EmptiestSubnetLow: must fire below the threshold")
+            out.append("SubnetUtilizationHigh: a blind subnet view (no datum) must be breaching")
+        if sub.get("ComparisonOperator") != "GreaterThanThreshold":
+            out.append("SubnetUtilizationHigh: must fire above the threshold")
     silent = alarms.get("HelperSilent", {})
     if silent.get("TreatMissingData") != "breaching" or silent.get("MetricName") != "scrapeTargetsFresh":
         out.append("HelperSilent: no fresh scrape or no datum must be breaching")
-    noip = alarms.get("NoAvailableIPs", {})
-    if not (noip.get("Statistic") == "Sum" and noip.get("Threshold") == 0.0
-            and noip.get("ComparisonOperator") == "GreaterThanThreshold"):
-        out.append("NoAvailableIPs: must fire on any failed assignment (Sum > 0)")
+    fail = alarms.get("PodIPAssignmentsFailing", {})
+    if not (fail.get("Statistic") == "Sum" and fail.get("Threshold") == 0.0
+            and fail.get("ComparisonOperator") == "GreaterThanThreshold"):
+        out.append("PodIPAssignmentsFailing: a minute counts on any failed assignment (Sum > 0)")
+    if not 1 < fail.get("DatapointsToAlarm", 1) <= fail.get("EvaluationPeriods", 0):
+        out.append("PodIPAssignmentsFailing: must need failures in several minutes (M of N, M > 1)")
+    cap = alarms.get("IPCapacityHigh", {})
+    expr = [q.get("Expression", "") for q in cap.get("Metrics", []) if q.get("ReturnData", True)]
+    if not (expr and "16 *" in expr[0] and "prefixes" in expr[0]):
+        out.append("IPCapacityHigh: capacity must count 16 addresses per slot under prefix delegation")
     return out
 
 
@@ -773,15 +782,16 @@ def main():
     ctx = Ctx(emitted, env["Namespace"], env["ClusterId"],
               [p["AlarmName"] for p in alarms.values()])
     check("template has the five alarms", set(alarms) == {
-        "IPUtilizationHigh", "NoAvailableIPs", "EmptiestSubnetLow", "HelperScrapeFailures",
-        "HelperSilent"}, sorted(alarms))
+        "PodIPAssignmentsFailing", "SubnetUtilizationHigh", "IPCapacityHigh",
+        "HelperScrapeFailures", "HelperSilent"}, sorted(alarms))
     for lid, p in alarms.items():
         probs = alarm_problems(p, ctx)
         check(f"template alarm {lid} is a valid PutMetricAlarm on emitted metrics", not probs, probs)
         for m in ([p.get("MetricName")] + [q.get("MetricStat", {}).get("Metric", {}).get("MetricName")
                                           for q in p.get("Metrics", [])]):
-            if m in ("ipUtilization", "noAvailableIPAddrs", "scrapeTargetsFresh",
-                     "scrapeTargetsFailed", "scrapeTargets"):
+            if m in ("assignIPAddresses", "maxIPAddresses", "totalIPv4Prefixes",
+                     "noAvailableIPAddrs", "scrapeTargetsFresh", "scrapeTargetsFailed",
+                     "scrapeTargets"):
                 check(f"{lid}: {m} is published by a real round (inspect)", m in real, sorted(real))
     check("dashboard present", dashboard is not None)
     probs = dashboard_problems(dashboard, ctx)
@@ -800,7 +810,7 @@ def main():
 
     # Semantics the issue asks for.
     probs = intent_problems(alarms)
-    check("the alarms do what the issue asks (MIN over every subnet, blind = breaching, ...)",
+    check("the alarms do what they are meant to (fullest subnet, blind = breaching, M of N, ...)",
           not probs, probs)
     # A blind subnet view (DescribeSubnets denied) is missing data, not a low number: the daemon
     # publishes no subnet datum at all, while the helper's own metrics still flow.
@@ -808,20 +818,23 @@ def main():
         blind, why = live_emitted(tmp, ec2_faults=["denied"] * 50)
     if check("a live daemon with ec2:DescribeSubnets denied published", blind is not None, why):
         check("blind subnet view: no subnet datum at all (so the subnet alarm sees missing data)",
-              not {"subnetAvailableIPAddresses", "clusterMinSubnetAvailableIPAddresses"} & set(blind),
+              not {"subnetAvailableIPAddresses", "clusterMinSubnetAvailableIPAddresses",
+                   "subnetIPUtilization", "subnetTotalIPAddresses",
+                   "clusterMaxSubnetIPUtilization"} & set(blind),
               sorted(blind))
         check("blind subnet view: the cluster metrics still flow (helper-silent stays quiet)",
               {"scrapeTargetsFresh", "assignIPAddresses"} <= set(blind), sorted(blind))
     off, off_dash, _ = template_outputs(tpl, dict(TEST_VALUES, SubnetAlarm="false"))
     check("SubnetAlarm=false drops only the subnet alarm",
-          set(alarms) - set(off) == {"EmptiestSubnetLow"})
+          set(alarms) - set(off) == {"SubnetUtilizationHigh"})
     probs = dashboard_problems(off_dash, Ctx(emitted, ctx.namespace, ctx.cluster,
                                              [p["AlarmName"] for p in off.values()]))
     check("SubnetAlarm=false: the dashboard shows exactly the alarms created", not probs, probs)
     body = json.loads(dashboard["DashboardBody"])
     text = json.dumps(body)
     for needle in ("SubnetId", "AvailabilityZone", "scrapeTargetsFailed", "ipUtilization",
-                   "clusterMinSubnetAvailableIPAddresses"):
+                   "clusterMinSubnetAvailableIPAddresses", "clusterMaxSubnetIPUtilization",
+                   "subnetIPUtilization"):
         check(f"dashboard shows {needle}", needle in text)
 
     # -- the cli/ files: generated from the template, then rendered by apply.sh.
@@ -873,7 +886,7 @@ def main():
         check("SUBNET_ALARM=false apply.sh --render succeeds", r.returncode == 0, r.stderr)
         got = sorted(os.listdir(out))
         check("SUBNET_ALARM=false: every file but the subnet alarm's",
-              got == sorted(n for n in want if n != "alarm-subnet-free-ips-low.json"), got)
+              got == sorted(n for n in want if n != "alarm-subnet-ip-utilization-high.json"), got)
         off_by_name = {p["AlarmName"]: p for p in off.values()}
         for n in got:
             with open(os.path.join(out, n), encoding="utf-8") as f:
@@ -904,8 +917,17 @@ def main():
         print("cfn-lint not installed: skipped that check")
 
     # -- the checks can fail: broken copies must be rejected.
-    base = alarms["IPUtilizationHigh"]
-    mi_alarm = alarms["EmptiestSubnetLow"]
+    base = alarms["PodIPAssignmentsFailing"]
+    # A Metrics Insights alarm (the form an alarm over every subnet's own series takes), built from
+    # the subnet alarm, so the Metrics Insights rules stay checked.
+    mi_alarm = {k: v for k, v in alarms["SubnetUtilizationHigh"].items()
+                if k not in ("Namespace", "MetricName", "Dimensions", "Statistic", "Period")}
+    mi_alarm["Metrics"] = [{
+        "Id": "fullest", "Period": 300, "ReturnData": True,
+        "Expression": "SELECT MAX(subnetIPUtilization) FROM SCHEMA(\"%s\", CLUSTER_ID, SubnetId) "
+                      "WHERE CLUSTER_ID = '%s'" % (env["Namespace"], env["ClusterId"])}]
+    check("the Metrics Insights form of the subnet alarm is valid", not alarm_problems(mi_alarm, ctx),
+          alarm_problems(mi_alarm, ctx))
     math_alarm = alarms["HelperScrapeFailures"]
     mutants = {
         "unknown metric name": (base, lambda a: a.update(MetricName="ipUtilisation")),
@@ -940,13 +962,18 @@ def main():
         check(f"a broken alarm is rejected: {what}", alarm_problems(a, ctx), a)
     # Valid alarms that would not do the job: intent_problems must see them.
     intent_mutants = {
-        "subnet alarm quiet when blind": ("EmptiestSubnetLow", lambda a: a.update(
+        "subnet alarm quiet when blind": ("SubnetUtilizationHigh", lambda a: a.update(
             TreatMissingData="missing")),
-        "subnet alarm MAX, not MIN": ("EmptiestSubnetLow", lambda a: a["Metrics"][0].update(
-            Expression=a["Metrics"][0]["Expression"].replace("MIN(", "MAX("))),
+        "subnet alarm on free IPs, not percent": ("SubnetUtilizationHigh", lambda a: a.update(
+            MetricName="clusterMinSubnetAvailableIPAddresses", Statistic="Minimum")),
         "helper-silent quiet when silent": ("HelperSilent", lambda a: a.update(
             TreatMissingData="notBreaching")),
-        "no-available-IPs waits for two": ("NoAvailableIPs", lambda a: a.update(Threshold=1.0)),
+        "failing assignments page on one minute": ("PodIPAssignmentsFailing", lambda a: a.update(
+            EvaluationPeriods=1, DatapointsToAlarm=1)),
+        "failing assignments wait for two per minute": ("PodIPAssignmentsFailing",
+                                                        lambda a: a.update(Threshold=1.0)),
+        "capacity blind to prefix delegation": ("IPCapacityHigh", lambda a: a["Metrics"][3].update(
+            Expression="100 * assigned / slots")),
     }
     for what, (lid, mutate) in intent_mutants.items():
         bad = copy.deepcopy(alarms)
@@ -969,7 +996,7 @@ def main():
         "per-subnet query on AZ set": lambda b: [
             w["properties"]["metrics"][0][0].update(expression=w["properties"]["metrics"][0][0][
                 "expression"].replace("SubnetId", "NodeName"))
-            for w in b["widgets"] if w.get("properties", {}).get("title") == "Free IPs per subnet (emptiest 20)"],
+            for w in b["widgets"] if w.get("properties", {}).get("title") == SUBNET_WIDGET],
         "alarm not in template": lambda b: [
             w["properties"]["alarms"].append(w["properties"]["alarms"][0] + "-x")
             for w in b["widgets"] if w["type"] == "alarm"],
@@ -977,7 +1004,7 @@ def main():
                                     for w in b["widgets"] if w["type"] == "alarm"],
         "no region": lambda b: b["widgets"][1]["properties"].pop("region"),
     }
-    check("dashboard has the per-subnet widget", "Free IPs per subnet (emptiest 20)" in wi)
+    check("dashboard has the per-subnet widget", SUBNET_WIDGET in wi)
     for what, fn in dmut.items():
         d = dash_mutant(fn)
         check(f"a broken dashboard is rejected: {what}", dashboard_problems(d, ctx))

@@ -20,8 +20,8 @@ BIN = os.environ.get("CMH_BIN", "")
 BUILD = os.environ.get("CMH_BUILD_DIR", "")
 SRC = os.environ.get("CMH_SOURCE_DIR", os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
-SHARED = os.environ.get("CMH_SHARED_DIR", os.path.join(SRC, "..", "shared"))
-TEMPLATE = os.path.join(SHARED, "testdata/ipamd/cni_test1.data")
+DATA = os.environ.get("CMH_DATA_DIR", os.path.join(SRC, "test", "data"))
+TEMPLATE = os.path.join(DATA, "ipamd/cni_test1.data")
 
 
 def sanitized(build_dir=None):
@@ -187,7 +187,7 @@ class AwsCreds(StdinPeer):
 
     def __init__(self, lifetime):
         m = self._start([os.path.join(SRC, "test/sim/aws_standin.py"), "--lifetime", str(int(lifetime)),
-                         "--shared", SHARED], r"http=(\d+)", "credential stand-in")
+                         "--data", DATA], r"http=(\d+)", "credential stand-in")
         self.url = "http://127.0.0.1:%s" % m.group(1)
 
     def cmd(self, obj):

@@ -81,8 +81,7 @@ def check(name, ok, detail=""):
     return ok
 
 
-# Standard AWS SDK variables the daemon reads (../shared/DESIGN.md "Compatibility contract") or
-# that EKS injects for IRSA / Pod Identity.
+# Standard AWS SDK variables the daemon reads, or that EKS injects for IRSA / Pod Identity.
 AWS_SDK_VARS = {
     "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN", "AWS_ROLE_ARN", "AWS_ROLE_SESSION_NAME", "AWS_WEB_IDENTITY_TOKEN_FILE",

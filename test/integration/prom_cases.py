@@ -1,5 +1,5 @@
 """`cni-metrics-helper parse` against every case of the reference Go parser's own tests
-(../shared/testdata/prom/cases.json): accepted cases print exactly the expected samples, rejected
+(test/data/prom/cases.json): accepted cases print exactly the expected samples, rejected
 cases exit 1 with `line N: reason` where N and the reason's start are the Go parser's. Also the
 command's own contract: stdin, a missing file, exit codes."""
 import json
@@ -9,7 +9,7 @@ import sys
 
 BIN = os.environ["CMH_BIN"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-CASES = os.path.join(os.environ["CMH_SHARED_DIR"], "testdata", "prom")
+CASES = os.path.join(os.environ["CMH_DATA_DIR"], "prom")
 EXPECTED = os.path.join(SRC, "test", "data", "prom", "expected")
 GO_PREFIX = "text format parsing error in "
 

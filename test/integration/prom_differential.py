@@ -15,7 +15,7 @@ import sys
 from prometheus_client.parser import text_string_to_metric_families
 
 BIN = os.environ["CMH_BIN"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 COUNT = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
 SEED = int(sys.argv[2]) if len(sys.argv) > 2 else 20261126
 
@@ -198,7 +198,7 @@ def gen_exposition(rng):
 def main():
     total = 0
     for f in ["cni_test1.data", "vpc-cni_docs-troubleshooting_metrics_excerpt.txt"]:
-        with open(os.path.join(SHARED, "testdata", "ipamd", f), "rb") as fh:
+        with open(os.path.join(DATA, "ipamd", f), "rb") as fh:
             n = compare(f, fh.read())
         print(f"{f}: {n} samples identical")
         total += n

@@ -26,7 +26,8 @@ EXPECT = {
     "refuse": "connect_refused", "stall": "response_timeout", "trickle": "response_timeout",
     "reset": "reset", "status500": "http_status", "garbage": "malformed_http",
     "truncate": "truncated", "oversize": "body_too_large", "ctype": "content_type",
-    "badtext": "parse_error",
+    "badtext": "parse_error", "bomb": "gzip_too_large", "gzcut": "gzip_error",
+    "encoding": "content_encoding",
 }
 QUANTILE_LINES = 18  # awscni_aws_api_latency_ms: 6 apis x 3 quantiles (NaN), not in the truth
 
@@ -93,13 +94,13 @@ def records(path):
     with open(path) as f:
         for l in f:
             rnd, name, result, status, nbytes, dur, reused, samples = l.split()
-            out[(int(rnd), name)] = (result, int(samples), int(reused))
+            out[(int(rnd), name)] = (result, int(samples), int(reused), int(nbytes))
     return out
 
 
 def test_faults(sim_bin, bench_bin, tmp):
     kinds = ["refuse", "stall", "trickle", "reset", "status500", "garbage", "truncate",
-             "oversize", "ctype", "badtext", "chunked", "eofbody"]
+             "oversize", "ctype", "badtext", "chunked", "eofbody", "bomb", "gzcut", "encoding"]
     # two nodes of every kind, then 16 healthy ones
     spec = ",".join("%s=%d-%d" % (k, 2 * i, 2 * i + 1) for i, k in enumerate(kinds))
     n = 2 * len(kinds) + 16
@@ -126,27 +127,47 @@ def test_faults(sim_bin, bench_bin, tmp):
             fail("served body differs from truth: %s" %
                  sorted(set(got.items()) ^ set(good["values"].items()))[:6])
 
-        rec = os.path.join(tmp, "records")
-        rounds, _ = run_bench(bench_bin, ["--targets", sim.targets, "--rounds", "3",
-                                          "--timeout-ms", "400", "--control", sim.control,
-                                          "--advance", "1", "--records", rec, "--keepalive", "1"],
-                              120)
-        got = records(rec)
+        # gzip on (the default: good nodes answer gzip, chunked), then off: the same results and
+        # samples, the good nodes' bodies in about a quarter of the bytes with gzip
         checked = 0
-        for rnd in (1, 2, 3):
-            for t in sim.nodes(rnd - 1):
-                result, samples, reused = got[(rnd, t["node"])]
-                want = EXPECT[t["fault"]]
-                if result != want:
-                    fail("round %d %s fault=%s: got %s, want %s" % (rnd, t["node"], t["fault"],
-                                                                  result, want))
-                if want == "ok" and samples != len(t["values"]) + QUANTILE_LINES:
-                    fail("round %d %s: %d samples parsed, truth has %d (+%d quantile lines)" %
-                         (rnd, t["node"], samples, len(t["values"]), QUANTILE_LINES))
-                checked += 1
-        if int(rounds[1]["reused"]) == 0:
-            fail("no connection was reused in round 2: %s" % rounds[1])
-        print("ok: %d target-rounds match the injected faults and the truth" % checked)
+        wire = {}
+        for gz, first_epoch in (("1", 0), ("0", 2)):
+            rec = os.path.join(tmp, "records." + gz)
+            rounds, _ = run_bench(bench_bin, ["--targets", sim.targets, "--rounds", "3",
+                                              "--timeout-ms", "400", "--control", sim.control,
+                                              "--advance", "1", "--records", rec,
+                                              "--keepalive", "1", "--gzip", gz], 120)
+            got = records(rec)
+            nbytes = 0
+            for rnd in (1, 2, 3):
+                # the second run's first round scrapes the epoch the first run ended on
+                for t in sim.nodes(first_epoch + rnd - 1):
+                    result, samples, reused = got[(rnd, t["node"])][:3]
+                    want = EXPECT[t["fault"]]
+                    if result != want:
+                        fail("gzip=%s round %d %s fault=%s: got %s, want %s" %
+                             (gz, rnd, t["node"], t["fault"], result, want))
+                    if want == "ok" and samples != len(t["values"]) + QUANTILE_LINES:
+                        fail("gzip=%s round %d %s: %d samples parsed, truth has %d (+%d quantile "
+                             "lines)" % (gz, rnd, t["node"], samples, len(t["values"]),
+                                         QUANTILE_LINES))
+                    if t["fault"] == "none":
+                        nbytes += got[(rnd, t["node"])][3]
+                    checked += 1
+            if int(rounds[1]["reused"]) == 0:
+                fail("no connection was reused in round 2: %s" % rounds[1])
+            wire[gz] = nbytes
+            gzipped = sum(int(r["gzip"]) for r in rounds)
+            # every good node and chunked one in gzip=1; only bomb and gzcut (served gzip unasked)
+            # in gzip=0
+            if gz == "1" and gzipped < 3 * 16:
+                fail("gzip=1: only %d responses came gzip" % gzipped)
+            if gz == "0" and gzipped != 3 * 4:
+                fail("gzip=0: %d responses came gzip, want the 12 of bomb and gzcut" % gzipped)
+        if not wire["1"] * 3 < wire["0"]:
+            fail("gzip did not cut the bytes read: %s" % wire)
+        print("ok: %d target-rounds match the injected faults and the truth, gzip on and off; "
+              "healthy nodes' bytes %d with gzip, %d without" % (checked, wire["1"], wire["0"]))
     finally:
         sim.stop()
 

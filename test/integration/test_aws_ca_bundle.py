@@ -24,7 +24,7 @@ from testlib import (check, finish, http, http_status, parse_metrics, read_event
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 
 STS_OK = """<AssumeRoleWithWebIdentityResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/">
   <AssumeRoleWithWebIdentityResult>
@@ -65,7 +65,7 @@ tmp = tempfile.mkdtemp(prefix="cmh-cabundle-")
 token = os.path.join(tmp, "token")
 with open(token, "w") as f:
     f.write("irsa.jwt.token\n")
-sim = spawn_ipamd_sim(BUILD, SHARED, tmp, 2, "127.152.0.1", seed=5)
+sim = spawn_ipamd_sim(BUILD, DATA, tmp, 2, "127.152.0.1", seed=5)
 aws = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/aws_standin.py"), "--lifetime", "120"],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 cw = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/cloudwatch_standin.py"),

@@ -15,13 +15,13 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish, read_events, spawn_ipamd_sim, stop_proc  # noqa: E402
-from truth_model import Model  # noqa: E402
+from testlib import check, finish, read_events, spawn_cloudwatch_standin, spawn_ipamd_sim, stop_proc  # noqa: E402
+from truth_model import Model, check_published_rounds  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 
 
 def http(url, method="GET", body=None):
@@ -31,17 +31,12 @@ def http(url, method="GET", body=None):
 
 
 tmp = tempfile.mkdtemp(prefix="cmh-cw-")
-sim = spawn_ipamd_sim(BUILD, SHARED, tmp, 12, "127.78.0.1", seed=11)
-cw = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/cloudwatch_standin.py"),
-                       "--key", "AKIDE2E:e2e-secret", "--region", "us-west-2", "--lifetime", "280",
-                       "--stall", "2"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                      stderr=subprocess.DEVNULL, text=True)
+sim = spawn_ipamd_sim(BUILD, DATA, tmp, 12, "127.78.0.1", seed=11)
+cw, standin = spawn_cloudwatch_standin(SRC, "AKIDE2E:e2e-secret", "us-west-2", 280, "--stall", "2")
 daemon = None
 try:
     m = re.search(r"control=(\S+)", sim.stdout.readline())
     control = "http://" + m.group(1)
-    cw_port = re.search(r"http=(\d+)", cw.stdout.readline()).group(1)
-    standin = f"http://127.0.0.1:{cw_port}"
     targets = ",".join("%s=%s:%s" % tuple(l.split()) for l in open(os.path.join(tmp, "targets")))
     env = {"PATH": "/usr/bin:/bin", "SCRAPE_TARGETS": targets, "USE_CLOUDWATCH": "yes",
            "AWS_REGION": "us-west-2", "AWS_CLUSTER_ID": "e2e", "AWS_ACCESS_KEY_ID": "AKIDE2E",
@@ -128,29 +123,7 @@ try:
     check("faults were injected", sum(st["faults"].values()) >= 6, st["faults"])
 
     datums = json.loads(http(standin + "/datums"))
-    by_ts = {}
-    for d in datums:
-        by_ts.setdefault(d["timestamp_ms"], []).append(d)
-    tss = sorted(by_ts)
-    check("one timestamp per round (A+B)", len(tss) == len(rounds), (len(tss), len(rounds)))
-    bad = 0
-    for ts, (summary, truth) in zip(tss, rounds):
-        exp = model.round(ts, truth)
-        got = {}
-        for d in by_ts[ts]:
-            if d["namespace"] != "Kubernetes" or d["dimensions"] != {"CLUSTER_ID": "e2e"}:
-                bad += 1
-            if d["metric"] in got:
-                bad += 1
-            got[d["metric"]] = (d["stats"]["count"], d["stats"]["sum"], d["stats"]["min"], d["stats"]["max"]) \
-                if "stats" in d else d["value"]
-        if got != exp:
-            bad += 1
-            if bad <= 2:
-                diff = {k: (got.get(k), exp.get(k)) for k in set(got) | set(exp) if got.get(k) != exp.get(k)}
-                failures.append(f"round at {ts} differs (got, expected): {diff}")
-        check(f"round at {ts}: datum count = the daemon's", len(by_ts[ts]) == summary["datums"],
-              (len(by_ts[ts]), summary["datums"]))
+    bad = check_published_rounds(model, datums, rounds, "e2e")
     check("every datum equals the truth, once, through throttling/5xx/resets", bad == 0, bad)
     st = json.loads(http(standin + "/stats"))
     check("no duplicate, bad signature or invalid request", st["duplicates"] == 0 and

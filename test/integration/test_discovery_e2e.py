@@ -17,12 +17,12 @@ from testlib import check, finish, read_events, spawn_ipamd_sim, stop_proc  # no
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 PY = "/usr/bin/python3"
 
 
 tmp = tempfile.mkdtemp(prefix="cmh-disc-")
-sim = spawn_ipamd_sim(BUILD, SHARED, tmp, 6, "127.77.0.1", truth=False)
+sim = spawn_ipamd_sim(BUILD, DATA, tmp, 6, "127.77.0.1", truth=False)
 api = subprocess.Popen([PY, os.path.join(SRC, "test/sim/fake_k8s_api.py"), "--token-file",
                         os.path.join(tmp, "token"), "--lifetime", "280"],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -51,9 +51,10 @@ PID = os.getpid()
 EXPECT = {"none": "ok", "chunked": "ok", "eofbody": "ok", "refuse": "connect_refused",
           "stall": "response_timeout", "trickle": "response_timeout", "reset": "reset",
           "status500": "http_status", "garbage": "malformed_http", "truncate": "truncated",
-          "oversize": "body_too_large", "ctype": "content_type", "badtext": "parse_error"}
+          "oversize": "body_too_large", "ctype": "content_type", "badtext": "parse_error",
+          "bomb": "gzip_too_large", "gzcut": "gzip_error", "encoding": "content_encoding"}
 ALL_FAULTS = ("refuse=2%,stall=1.5%,trickle=1%,reset=2%,status500=2%,garbage=2%,truncate=2%,"
-              "oversize=1%,ctype=2%,badtext=2%,chunked=2%,eofbody=2%")
+              "oversize=1%,ctype=2%,badtext=2%,chunked=2%,eofbody=2%,bomb=1%,gzcut=1%,encoding=1%")
 
 
 def base_for(k):

@@ -36,11 +36,7 @@ BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
 BIN = os.environ["CMH_BIN"]
 GO_PEER = os.path.join(BUILD, "test", "ipamd_go")
-# The test data: in the repository (CMH_DATA_DIR) or in the shared folder beside it.
-if "CMH_DATA_DIR" in os.environ:
-    INVENTORY = os.path.join(os.environ["CMH_DATA_DIR"], "ipamd/ipamd_metric_inventory.tsv")
-else:
-    INVENTORY = os.path.join(os.environ["CMH_SHARED_DIR"], "testdata/ipamd/ipamd_metric_inventory.tsv")
+INVENTORY = os.path.join(os.environ["CMH_DATA_DIR"], "ipamd/ipamd_metric_inventory.tsv")
 INTERVAL_MS = 2000
 STALE_ROUNDS = 2
 ROUNDS = 10
@@ -52,7 +48,7 @@ from truth_model import TABLE, Model  # noqa: E402
 
 
 def inventory():
-    """ipamD v1.23.1's families: name -> (type, label names, help), from the shared inventory."""
+    """ipamD v1.23.1's families: name -> (type, label names, help), from the inventory in test/data."""
     out = {}
     for line in open(INVENTORY):
         if line.startswith("#") or line.startswith("name\t"):
@@ -419,6 +415,8 @@ def verify(nodes, tss, by_ts, summaries, restarted, stopped, late):
             check(f"round {i + 1} {n}: gzip exactly when asked",
                   (s["content_encoding"] == "gzip") == wants_gzip, (s["accept_encoding"], s["content_encoding"]))
     print("Accept-Encoding the daemon sent: %s" % sorted(encodings))
+    check("the daemon asks every node for gzip (SCRAPE_GZIP's default), so the datums below come from "
+          "inflated bodies", encodings == {"gzip"}, encodings)
 
     model = Model(STALE_ROUNDS)
     differ, lacking = [], []  # (round, {metric: (got, expected)})

@@ -11,7 +11,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import check, failures, finish  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
-DATA = os.path.join(os.environ["CMH_SHARED_DIR"], "testdata/ipamd/cni_test1.data")
+DATA = os.path.join(os.environ["CMH_DATA_DIR"], "ipamd/cni_test1.data")
 
 
 def run(*args):

@@ -29,12 +29,12 @@ from testlib import check, finish, http, parse_metrics, spawn_ipamd_sim  # noqa:
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 LEASE_S, RETRY_S = 2.0, 0.2  # whole seconds: followers wait the Lease's leaseDurationSeconds
 SLACK_S = 0.4  # a GET and a PUT, the log pipe, a loaded 2-core machine (ASan included)
 
 tmp = tempfile.mkdtemp(prefix="cmh-leader-")
-sim = spawn_ipamd_sim(BUILD, SHARED, tmp, 4, "127.79.0.1", truth=False)
+sim = spawn_ipamd_sim(BUILD, DATA, tmp, 4, "127.79.0.1", truth=False)
 api = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/fake_k8s_api.py"), "--token-file",
                         os.path.join(tmp, "token"), "--lifetime", "150"],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -15,8 +15,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import check, failures, finish, parse_metrics, read_events, stop_proc  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
-SHARED = os.environ["CMH_SHARED_DIR"]
-BODY = open(os.path.join(SHARED, "testdata/ipamd/cni_test1.data"), "rb").read()
+DATA = os.environ["CMH_DATA_DIR"]
+BODY = open(os.path.join(DATA, "ipamd/cni_test1.data"), "rb").read()
 
 
 class Ipamd(http.server.BaseHTTPRequestHandler):

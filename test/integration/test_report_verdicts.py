@@ -19,9 +19,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import check, finish  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 
-with open(os.path.join(SHARED, "testdata", "ipamd", "cni_test1.data"), encoding="utf-8") as f:
+with open(os.path.join(DATA, "ipamd", "cni_test1.data"), encoding="utf-8") as f:
     TEMPLATE = f.read()
 
 

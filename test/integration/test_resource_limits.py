@@ -28,10 +28,10 @@ import urllib.request
 
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
 SIM = os.path.join(BUILD, "test", "ipamd_sim")
-TEMPLATE = os.path.join(SHARED, "testdata/ipamd/cni_test1.data")
+TEMPLATE = os.path.join(DATA, "ipamd/cni_test1.data")
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from testlib import check, failures, finish  # noqa: E402

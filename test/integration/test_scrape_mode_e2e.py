@@ -30,7 +30,7 @@ from truth_model import TABLE, Model, ts_ms  # noqa: E402
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 PY = "/usr/bin/python3"
 NODES = 6
 DEAD = [0, 1, 2]  # auto mode: these pods' hostIPs refuse connections
@@ -42,7 +42,7 @@ def start_sim():
     """The fleet on its own 127.x.0.1.. addresses at the ipamD port (discovered pods are scraped at
     IPAMD_METRICS_PORT); another test holding those addresses makes us take the next block."""
     for net in (147, 148, 149, 150):
-        p = spawn_ipamd_sim(BUILD, SHARED, tmp, NODES, f"127.{net}.0.1")
+        p = spawn_ipamd_sim(BUILD, DATA, tmp, NODES, f"127.{net}.0.1")
         ready = p.stdout.readline()
         lines = [l.split() for l in open(os.path.join(tmp, "targets"))] if ready.startswith("READY") else []
         if lines and all(l[2] == "61678" and l[1].startswith(f"127.{net}.") for l in lines):
@@ -216,6 +216,8 @@ try:
           all(st["proxy_by_pod"].get(f"aws-node-{i}", 0) == rounds for i in range(NODES)), st["proxy_by_pod"])
     check("proxy: the simulator saw only the proxy's requests",
           sst["requests"] - before_sim["requests"] == rounds * NODES, (sst["requests"], before_sim["requests"]))
+    check("proxy: every proxied scrape asked for gzip (SCRAPE_GZIP's default), equal to the truth above",
+          st["proxy_gzip"] - before_api["proxy_gzip"] == rounds * NODES, st["proxy_gzip"])
     mt = metrics()
     check("proxy: /metrics counts proxied scrapes",
           mt.get('cni_metrics_helper_proxy_scrapes_total{result="ok"}') == rounds * NODES, mt)
@@ -233,6 +235,15 @@ try:
           s and s["failures"] in ("reset:1,content_type:1,body_too_large:1", "truncated:1,content_type:1,body_too_large:1")
           and s["fresh"] == 3, s)
     equals_truth("pod faults through the proxy: datums equal the truth", model, r)
+    # gzip faults relayed by the proxy: a bomb (6 KB inflating past SCRAPE_MAX_BODY), a gzip stream
+    # cut in half inside a complete response, a coding we cannot read; those nodes alone fail.
+    urllib.request.urlopen(urllib.request.Request(control + "/faults", data=b"bomb=3,gzcut=4,encoding=5",
+                                                  method="POST"), timeout=10).read()
+    r = step()
+    s = r and r["summary"]
+    check("gzip faults through the proxy: classed like direct ones, those nodes only",
+          s and s["failures"] == "content_encoding:1,gzip_too_large:1,gzip_error:1" and s["fresh"] == 3, s)
+    equals_truth("gzip faults through the proxy: datums equal the truth", model, r)
     urllib.request.urlopen(urllib.request.Request(control + "/faults", data=b"", method="POST"), timeout=10).read()
     r = step()
     check("pod faults cleared", r and r["summary"]["fresh"] == NODES, r and r["summary"])

@@ -27,7 +27,7 @@ from testlib import check, finish, http, parse_metrics, read_events, spawn_ipamd
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 PY = "/usr/bin/python3"
 NODES = 6
 A1, B2, C3, D4 = "subnet-0000a001", "subnet-0000b002", "subnet-0000c003", "subnet-0000d004"
@@ -50,7 +50,7 @@ tmp = tempfile.mkdtemp(prefix="cmh-subnet-modes-")
 truth_file = os.path.join(tmp, "subnets.json")
 with open(truth_file, "w", encoding="utf-8") as f:
     json.dump({"subnets": SUBNETS}, f)
-sim = spawn_ipamd_sim(BUILD, SHARED, tmp, NODES, "127.87.0.1", seed=9)
+sim = spawn_ipamd_sim(BUILD, DATA, tmp, NODES, "127.87.0.1", seed=9)
 ec2 = subprocess.Popen([PY, os.path.join(SRC, "test/sim/ec2_standin.py"), "--key", "AKIDMODES:modes",
                         "--region", "us-west-2", "--lifetime", "280", "--truth", truth_file],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

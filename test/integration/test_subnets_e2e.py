@@ -26,7 +26,7 @@ from testlib import check, finish, http, http_status, parse_metrics, read_events
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 NODES = 12
 PER_NODE_MAX = 5
 
@@ -51,7 +51,7 @@ tmp = tempfile.mkdtemp(prefix="cmh-subnets-")
 truth_file = os.path.join(tmp, "subnets.json")
 with open(truth_file, "w") as f:
     json.dump({"subnets": SUBNETS}, f)
-sim = spawn_ipamd_sim(BUILD, SHARED, tmp, NODES, "127.86.0.1", seed=8)
+sim = spawn_ipamd_sim(BUILD, DATA, tmp, NODES, "127.86.0.1", seed=8)
 cw = subprocess.Popen(["/usr/bin/python3", os.path.join(SRC, "test/sim/cloudwatch_standin.py"),
                        "--key", "AKIDE2E:e2e-secret", "--region", "us-west-2", "--lifetime", "280"],
                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)

@@ -3,6 +3,7 @@
 an event, a bounded stop, its /metrics page parsed)."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,18 +91,30 @@ def http_status(url, timeout=10):
         return e.code, e.read().decode()
 
 
-def spawn_ipamd_sim(build, shared, tmp, nodes, base, seed=None, truth=True):
+def spawn_ipamd_sim(build, data, tmp, nodes, base, seed=None, truth=True):
     """The ipamD fleet simulator serving cni_test1.data: `nodes` endpoints from address `base`, one
     worker, the target list ("name ip port" lines) in tmp/targets and, with truth, the truth files
     in tmp. Returns the Popen; its first stdout line says READY with the control address."""
     args = [os.path.join(build, "test", "ipamd_sim"), "--nodes", str(nodes), "--base", base,
-            "--template", os.path.join(shared, "testdata/ipamd/cni_test1.data"),
+            "--template", os.path.join(data, "ipamd/cni_test1.data"),
             "--targets-out", os.path.join(tmp, "targets"), "--workers", "1"]
     if seed is not None:
         args += ["--seed", str(seed)]
     if truth:
         args += ["--truth-dir", tmp]
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def spawn_cloudwatch_standin(src, key, region, lifetime, *extra):
+    """test/sim/cloudwatch_standin.py (botocore checks every request) on 127.0.0.1, accepting the
+    credentials `key` ("AKID:secret[:token]") in `region`; extra arguments follow. Returns (Popen,
+    its base URL, or None when it did not start); it exits when its stdin is closed or after
+    `lifetime` seconds."""
+    p = subprocess.Popen(["/usr/bin/python3", os.path.join(src, "test/sim/cloudwatch_standin.py"),
+                          "--key", key, "--region", region, "--lifetime", str(lifetime), *extra],
+                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    m = re.search(r"http=(\d+)", p.stdout.readline())
+    return p, ("http://127.0.0.1:%s" % m.group(1)) if m else None
 
 
 def stop_all(daemon, peers, sim, control):

@@ -4,7 +4,11 @@ kinds) comes from the daemon, through --help-metrics-markdown."""
 import calendar
 import os
 import subprocess
+import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from testlib import check, failures  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 
@@ -26,6 +30,8 @@ def metric_table():
 
 TABLE = metric_table()
 LAT_FAMILY = "awscni_aws_api_latency_ms"
+# How early process_start_time_seconds may read (client_golang: boot time in whole seconds).
+START_SLACK_MS = 1000.0
 
 
 def classify(series):
@@ -66,7 +72,8 @@ class Model:
             start = vals.get("process_start_time_seconds")
             first = not st["has_state"]
             restarted = (not first and start is not None and st["start"] is not None and start != st["start"])
-            whole = first and self.prev_start_ms > 0 and start is not None and start * 1000.0 > self.prev_start_ms
+            whole = (first and self.prev_start_ms > 0 and start is not None
+                     and start * 1000.0 + START_SLACK_MS > self.prev_start_ms)
             gauges, present, inc, series = {}, set(), {}, {}
             dsum = dcount = 0.0
             for key, v in vals.items():
@@ -132,11 +139,13 @@ class Model:
         out = {}
         counters = self.rounds_finished > 0 and fresh > 0
         for fam, (cw, kind) in TABLE.items():
+            # Every counter from the second round on in which a node answered, 0 when no node has
+            # the family (client_golang creates a labelled series at its first increment).
+            if kind == "counter" and counters:
+                out[cw] = sums.get(fam, 0.0)
             if fam not in present:
                 continue
             if kind == "gauge":
-                out[cw] = sums.get(fam, 0.0)
-            elif kind == "counter" and counters:
                 out[cw] = sums.get(fam, 0.0)
             elif kind == "latency" and counters and lat is not None:
                 out[cw] = tuple(lat)
@@ -158,6 +167,38 @@ class Model:
                    scrapeTargetsStale=float(stale), scrapeTargetsFailed=float(failed))
         self.rounds_finished += 1
         return out
+
+
+def check_published_rounds(model, datums, rounds, cluster):
+    """Checks what the CloudWatch stand-in received (`datums`) against the model, round by round:
+    `rounds` lists (the daemon's round event, the simulator's truth nodes) in order. One timestamp
+    per round; each round's datums, in namespace Kubernetes with dimension CLUSTER_ID=`cluster` and
+    each metric once, equal the model's values, and are as many as the daemon's round said. Returns
+    the number of bad rounds and datums (the first two differences are recorded as failures)."""
+    by_ts = {}
+    for d in datums:
+        by_ts.setdefault(d["timestamp_ms"], []).append(d)
+    tss = sorted(by_ts)
+    check("one timestamp per round", len(tss) == len(rounds), (len(tss), len(rounds)))
+    bad = 0
+    for ts, (summary, truth) in zip(tss, rounds):
+        exp = model.round(ts, truth)
+        got = {}
+        for d in by_ts[ts]:
+            if d["namespace"] != "Kubernetes" or d["dimensions"] != {"CLUSTER_ID": cluster}:
+                bad += 1
+            if d["metric"] in got:
+                bad += 1
+            got[d["metric"]] = (d["stats"]["count"], d["stats"]["sum"], d["stats"]["min"], d["stats"]["max"]) \
+                if "stats" in d else d["value"]
+        if got != exp:
+            bad += 1
+            if bad <= 2:
+                diff = {k: (got.get(k), exp.get(k)) for k in set(got) | set(exp) if got.get(k) != exp.get(k)}
+                failures.append(f"round at {ts} differs (got, expected): {diff}")
+        check(f"round at {ts}: datum count = the daemon's", len(by_ts[ts]) == summary["datums"],
+              (len(by_ts[ts]), summary["datums"]))
+    return bad
 
 
 def ts_ms(ts):

@@ -3,7 +3,7 @@
 credentials (plain HTTP listener) and STS (HTTPS listener, certificate from a CA made at start).
 
 It never invents behaviour of its own: it replays recorded traffic (smithy-rs
-`default-credential-provider-chain/<case>/http-traffic.json` from ../shared/testdata/aws/), serves
+`default-credential-provider-chain/<case>/http-traffic.json` from test/data/aws/), serves
 the amazon-ec2-metadata-mock (AEMM) default IMDS tree, or follows a script the test sends, and it
 counts and logs every request so a test can prove that nothing (or exactly what) was asked.
 
@@ -85,8 +85,8 @@ def load_replay(case_dir):
     return [conns[c] for c in order]
 
 
-def aemm_tree(shared, extra):
-    with open(os.path.join(shared, "testdata/aws/amazon-ec2-metadata-mock/"
+def aemm_tree(data, extra):
+    with open(os.path.join(data, "aws/amazon-ec2-metadata-mock/"
                            "aemm-metadata-default-values.json")) as f:
         d = json.load(f)
     tree = {}
@@ -201,7 +201,7 @@ def make_certs(d):
     testca.make_certs(d, ca_cn="cmh aws stand-in CA")
 
 
-def command(cmd, shared):
+def command(cmd, data):
     with LOCK:
         c = cmd.get("cmd")
         if c == "replay":
@@ -213,7 +213,7 @@ def command(cmd, shared):
             STATE["aemm"] = None
             return {"ok": True, "n": len(STATE["queue"])}
         if c == "aemm":
-            STATE["aemm"] = aemm_tree(shared, cmd.get("extra"))
+            STATE["aemm"] = aemm_tree(data, cmd.get("extra"))
             STATE["token"] = None
             return {"ok": True}
         if c == "log":
@@ -228,7 +228,7 @@ def command(cmd, shared):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lifetime", type=float, default=120)
-    ap.add_argument("--shared", default=os.environ.get("CMH_SHARED_DIR", ""))
+    ap.add_argument("--data", default=os.environ.get("CMH_DATA_DIR", ""))
     args = ap.parse_args()
     d = tempfile.mkdtemp(prefix="cmh-aws-standin-")
     try:
@@ -253,7 +253,7 @@ def main():
             if not line:
                 continue
             try:
-                out = command(json.loads(line), args.shared)
+                out = command(json.loads(line), args.data)
             except Exception as e:  # a broken command is the test's bug: say so, keep serving
                 out = {"error": repr(e)}
             print(json.dumps(out), flush=True)

@@ -25,7 +25,8 @@ stdin closes or --lifetime seconds pass. Control routes (plain JSON, on the same
 FAULT: "ok", "throttle" (400 Throttling), "throttle429", "500", "503", "stall" (no answer for
 --stall seconds), "reset" (half an answer, then TCP RST), "reset_early" (RST before any
 answer byte), "denied" (403 AccessDenied), "expired" (403 ExpiredToken),
-"invalid" (400 InvalidParameterValue), or {"kind":..., "retry_after":seconds}.
+"invalid" (400 InvalidParameterValue), "307" (a redirect elsewhere, no body), or
+{"kind":..., "retry_after":seconds}.
 """
 import argparse
 import datetime
@@ -181,6 +182,7 @@ FAULTS = {
                "authorized to perform: cloudwatch:PutMetricData"),
     "expired": (403, "ExpiredToken", "The security token included in the request is expired"),
     "invalid": (400, "InvalidParameterValue", "The value for parameter MetricData is invalid."),
+    "307": (307, None, None),
 }
 
 
@@ -391,6 +393,8 @@ class Handler(BaseHTTPRequestHandler):
             extra = []
             if fault.get("retry_after") is not None:
                 extra.append(("Retry-After", str(fault["retry_after"])))
+            if status == 307:
+                extra.append(("Location", "https://127.0.0.1:9/elsewhere"))
             b = error_xml(code, message) if code else b""
             return self.reply(status, b, "text/xml", extra)
         try:

@@ -19,8 +19,6 @@ import urllib.request
 build = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build")
 rounds = int(sys.argv[2]) if len(sys.argv) > 2 else 4
 src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-shared = os.path.join(os.path.dirname(src), "shared")
-template = os.path.join(shared, "testdata/ipamd/cni_test1.data")
 tmp = tempfile.mkdtemp(prefix="cmh-demo-")
 
 
@@ -40,8 +38,6 @@ try:
     sim_args = [os.path.join(build, "test", "ipamd_sim"), "--nodes", "36", "--base", "127.80.0.1",
                 "--seed", "2026", "--targets-out", os.path.join(tmp, "targets"), "--workers", "1",
                 "--faults", "refuse=34-35"]
-    if os.path.exists(template):
-        sim_args += ["--template", template]
     sim = subprocess.Popen(sim_args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     procs.append(sim)
     control = "http://" + re.search(r"control=(\S+)", sim.stdout.readline()).group(1)

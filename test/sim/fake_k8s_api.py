@@ -55,13 +55,16 @@ on standard output:
   proxy POD HOST:PORT   the pod proxy reaches POD at HOST:PORT (not its hostIP)
   proxyfault POD KIND   KIND = 503 (answer 503 at once), slow=SECONDS (wait before answering),
                         none; POD may be * (every pod)
+  listdelay SECONDS [N]  the next N pod lists (default 1) are answered SECONDS late, with the
+                     pods as they are then (an API server slow to answer the first list)
   leasedelay SECONDS a Lease update is applied at once but answered SECONDS later (0: at once)
   leasebarrier N     the next N Lease GETs wait for each other (at most 5 s) and are answered
                      together, so N candidates race on the same state (one wins, the rest 409)
   getlease NAME [ns=kube-system]  the stored Lease as JSON (null when absent), as an admin sees it
   stats              counters (lists, watches, unauthorized, injected failures, ...)
                      (h2_connections, h2_streams, h1_connections, proxy_requests,
-                     proxy_by_pod, proxy_unauthorized, proxy_unreachable, proxy_faults)
+                     proxy_by_pod, proxy_unauthorized, proxy_unreachable, proxy_faults,
+                     proxy_gzip)
 """
 import argparse
 import http.client
@@ -109,11 +112,12 @@ STATE = {
               "watch_open": 0, "lease_conflicts": 0, "tokens_seen": [],
               "h2_connections": 0, "h2_streams": 0, "h1_connections": 0, "proxy_requests": 0,
               "proxy_by_pod": {}, "proxy_unauthorized": 0, "proxy_unreachable": 0,
-              "proxy_faults": 0, "forbidden": 0, "forbidden_requests": []},
+              "proxy_faults": 0, "proxy_gzip": 0, "forbidden": 0, "forbidden_requests": []},
     "proxy": {},         # pod -> (host, port) the pod proxy dials instead of the hostIP
     "proxy_fault": {},   # pod (or "*") -> ("503",) | ("slow", seconds)
     "lease_barrier": 0,  # Lease GETs still to arrive before the held ones are answered
     "lease_delay": 0.0,  # seconds between applying a Lease update and answering it
+    "list_delay": (0.0, 0),  # (seconds, how many more pod lists) answered that late
 }
 
 
@@ -287,6 +291,19 @@ def command(line):
             if "phase" in kv:
                 pod["status"]["phase"] = kv["phase"]
             record("MODIFIED", ns, pod)
+        elif op == "storm":
+            # storm NAME COUNT [same]: COUNT MODIFIED events for one pod, each flipping its phase
+            # between Pending and Running (ending where it began when COUNT is even), or with
+            # "same" changing only an annotation (nothing discovery keeps).
+            ns = kv.get("ns", "kube-system")
+            pod = STATE["pods"][(ns, pos[0])]
+            for i in range(int(pos[1])):
+                if len(pos) > 2 and pos[2] == "same":
+                    pod["metadata"]["annotations"]["note"] = "storm-%d" % i
+                else:
+                    pod["status"]["phase"] = (
+                        "Pending" if pod["status"]["phase"] == "Running" else "Running")
+                record("MODIFIED", ns, pod)
         elif op == "del":
             ns = kv.get("ns", "kube-system")
             pod = STATE["pods"].pop((ns, pos[0]))
@@ -336,6 +353,8 @@ def command(line):
                 with open(tmp, "w") as f:
                     f.write(pos[0] + "\n")
                 os.replace(tmp, ARGS.token_file)
+        elif op == "listdelay":
+            STATE["list_delay"] = (float(pos[0]), int(pos[1]) if len(pos) > 1 else 1)
         elif op == "leasedelay":
             STATE["lease_delay"] = float(pos[0])
         elif op == "leasebarrier":
@@ -554,7 +573,8 @@ class Handler(BaseHTTPRequestHandler):
     def proxy_h1(self, path):
         """The pod proxy over HTTP/1.1: the whole answer, then the connection closes."""
         self.close_connection = True
-        events = list(proxy_events(path, "Bearer " + STATE["token"]))
+        events = list(proxy_events(path, "Bearer " + STATE["token"],
+                                   self.headers.get("Accept-Encoding", "")))
         status, headers = events[0][1], events[0][2]
         body = b"".join(e[1] for e in events if e[0] == "data")
         self.send_response(status)
@@ -567,6 +587,12 @@ class Handler(BaseHTTPRequestHandler):
     def list(self, ns, q):
         sel = q.get("labelSelector", "")
         limit = int(q.get("limit", "0") or "0")
+        with COND:
+            delay, n = STATE["list_delay"]
+            if n > 0:
+                STATE["list_delay"] = (delay, n - 1)
+        if n > 0 and delay > 0:
+            time.sleep(delay)
         with COND:
             STATE["stats"]["lists"] += 1
             list_rv, after = STATE["rv"], ""
@@ -676,9 +702,11 @@ def status_body(code, reason, message):
     return json.dumps(status(code, reason, message)).encode()
 
 
-def proxy_events(path, auth):
+def proxy_events(path, auth, accept_encoding=""):
     """Yields ("headers", status, [(name, value)]), then ("data", bytes)..., then ("end",) or
-    ("reset",): what the pod proxy answers for path (the gate included)."""
+    ("reset",): what the pod proxy answers for path (the gate included). Like the API server's
+    proxy, the client's Accept-Encoding goes to the pod and the body comes back as the pod sent it
+    (the count of requests that asked for gzip is in stats proxy_gzip)."""
     parts = path.strip("/").split("/")
     with COND:
         st = STATE["stats"]
@@ -736,7 +764,13 @@ def proxy_events(path, auth):
         return
     try:
         c = http.client.HTTPConnection(target[0], target[1], timeout=10)
-        c.request("GET", rest, headers={"Accept": "text/plain", "Connection": "close"})
+        fwd = {"Accept": "text/plain", "Connection": "close"}
+        if accept_encoding:
+            fwd["Accept-Encoding"] = accept_encoding
+            if "gzip" in accept_encoding:
+                with COND:
+                    st["proxy_gzip"] += 1
+        c.request("GET", rest, headers=fwd)
         r = c.getresponse()
     except OSError as e:
         with COND:
@@ -833,7 +867,8 @@ class H2Connection:
             h = dict(ev.headers)
             threading.Thread(target=self.worker, daemon=True,
                              args=(ev.stream_id, h.get(":method", ""), h.get(":path", ""),
-                                   h.get("authorization", ""))).start()
+                                   h.get("authorization", ""),
+                                   h.get("accept-encoding", ""))).start()
         elif isinstance(ev, h2.events.DataReceived):
             self.conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
         elif isinstance(ev, h2.events.StreamReset):
@@ -844,12 +879,12 @@ class H2Connection:
             return False
         return True
 
-    def worker(self, sid, method, path, auth):
+    def worker(self, sid, method, path, auth, accept_encoding):
         try:
             if method != "GET":
                 events = iter([("headers", 405, []), ("end",)])
             else:
-                events = proxy_events(urlsplit(path).path, auth)
+                events = proxy_events(urlsplit(path).path, auth, accept_encoding)
             for e in events:
                 self.out.put((sid, e))
                 self.wake_w.send(b"x")

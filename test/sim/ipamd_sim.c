@@ -8,6 +8,10 @@
  *             [--control 127.0.0.1:PORT] [--idle-timeout-ms 5000] [--churn PCT]
  *             [--restart PCT] [--trickle-ms 100]
  *
+ * --template: a real ipamD scrape (e.g. test/data/ipamd/cni_test1.data) whose HELP/TYPE text and
+ * go_/process_ families are served as they are; without it, the go_/process_ families the Go
+ * client's default collectors export (builtin_template below).
+ *
  * Node i (0-based) is named node-%06u and listens on base+i (as a 32-bit address) at --port;
  * when that address cannot be bound it listens on 127.0.0.1 with a kernel-chosen port instead.
  * --targets-out gets one line per node: "name ip port". On start the parent prints
@@ -34,9 +38,12 @@
  * timeout), trickle (64 bytes per --trickle-ms: response timeout), reset (half the body then RST),
  * status500, garbage (non-HTTP bytes, then close: malformed), truncate (Content-Length, half the
  * body, then FIN), oversize (a chunked body of 6 MiB: body too large), ctype (text/html),
- * badtext (a malformed first line of awscni_assigned_ip_addresses: parse error); and two that
- * must succeed: chunked
- * (Transfer-Encoding: chunked), eofbody (no Content-Length, body ends at close).
+ * badtext (a malformed first line of awscni_assigned_ip_addresses: parse error), bomb (a gzip
+ * body, asked for or not, of about 6 KB that inflates to the 6 MiB of comment lines: gzip too
+ * large), gzcut (gzip, asked for or not: the first half of the stream in a complete chunked
+ * response: gzip error), encoding (Content-Encoding: br: content encoding); and two that must
+ * succeed: chunked (Transfer-Encoding: chunked, gzip too when asked), eofbody (no
+ * Content-Length, body ends at close).
  *
  * Truth (--truth-dir DIR), written for epoch 0 at start and for every epoch at /advance:
  *   DIR/epoch-EEEEEE.nodes.jsonl  one line per node (all nodes, present or not):
@@ -52,8 +59,8 @@
  *   "ok" means a correct scraper gets a good scrape of this node this epoch (present and no fault
  *   but chunked/eofbody). Values are written with %.17g, so they read back exactly.
  *
- * A request that accepts gzip gets a gzip body (Content-Encoding: gzip), as promhttp in ipamD
- * does; faults are always served uncompressed.
+ * A request that accepts gzip gets a gzip body (Content-Encoding: gzip) in chunks of 2 KB, as
+ * promhttp on Go's net/http does in ipamD; other faults are served uncompressed.
  *
  * Idle keep-alive connections are closed after --idle-timeout-ms (ipamD: 5 s), like ipamD's Go
  * server (ReadTimeout 5s, no IdleTimeout). A request with "Connection: close" is answered and
@@ -249,15 +256,102 @@ static int cmp_family(const void *a, const void *b)
     return strcmp(((const struct family *)a)->name, ((const struct family *)b)->name);
 }
 
-/* Reads the template: HELP/TYPE text of every family, and go_/process_ lines (kept as they are,
- * except the few that vary per node). Then adds our awscni_ families and sorts by name, as the Go
- * client orders them. */
+/* The template without --template: the families client_golang's default Go and process
+ * collectors export next to ipamD's own (names, HELP and TYPE as client_golang v1.23 writes them;
+ * the values are a plausible ipamD process, the five per-node ones replaced below). */
+static const char builtin_template[] =
+    "# HELP go_gc_duration_seconds A summary of the wall-time pause (stop-the-world) duration in "
+    "garbage collection cycles.\n"
+    "# TYPE go_gc_duration_seconds summary\n"
+    "go_gc_duration_seconds{quantile=\"0\"} 2.4011e-05\n"
+    "go_gc_duration_seconds{quantile=\"0.25\"} 4.1213e-05\n"
+    "go_gc_duration_seconds{quantile=\"0.5\"} 6.0347e-05\n"
+    "go_gc_duration_seconds{quantile=\"0.75\"} 0.000102519\n"
+    "go_gc_duration_seconds{quantile=\"1\"} 0.004125003\n"
+    "go_gc_duration_seconds_sum 0.512094113\n"
+    "go_gc_duration_seconds_count 6142\n"
+    "# HELP go_gc_gogc_percent Heap size target percentage configured by the user, otherwise 100. "
+    "This value is set by the GOGC environment variable, and the runtime/debug.SetGCPercent "
+    "function. Sourced from /gc/gogc:percent.\n"
+    "# TYPE go_gc_gogc_percent gauge\n"
+    "go_gc_gogc_percent 100\n"
+    "# HELP go_goroutines Number of goroutines that currently exist.\n"
+    "# TYPE go_goroutines gauge\n"
+    "go_goroutines 31\n"
+    "# HELP go_info Information about the Go environment.\n"
+    "# TYPE go_info gauge\n"
+    "go_info{version=\"go1.24.6\"} 1\n"
+    "# HELP go_memstats_alloc_bytes Number of bytes allocated in heap and currently in use. "
+    "Equals to /memory/classes/heap/objects:bytes.\n"
+    "# TYPE go_memstats_alloc_bytes gauge\n"
+    "go_memstats_alloc_bytes 9.384312e+06\n"
+    "# HELP go_memstats_alloc_bytes_total Total number of bytes allocated in heap until now, even "
+    "if released already. Equals to /gc/heap/allocs:bytes.\n"
+    "# TYPE go_memstats_alloc_bytes_total counter\n"
+    "go_memstats_alloc_bytes_total 1.2731990208e+10\n"
+    "# HELP go_memstats_heap_objects Number of currently allocated objects. Equals to "
+    "/gc/heap/objects:objects.\n"
+    "# TYPE go_memstats_heap_objects gauge\n"
+    "go_memstats_heap_objects 51873\n"
+    "# HELP go_memstats_last_gc_time_seconds Number of seconds since 1970 of last garbage "
+    "collection.\n"
+    "# TYPE go_memstats_last_gc_time_seconds gauge\n"
+    "go_memstats_last_gc_time_seconds 1.7650123456789e+09\n"
+    "# HELP go_memstats_sys_bytes Number of bytes obtained from system. Equals to "
+    "/memory/classes/total:byte.\n"
+    "# TYPE go_memstats_sys_bytes gauge\n"
+    "go_memstats_sys_bytes 2.4724488e+07\n"
+    "# HELP go_sched_gomaxprocs_threads The current runtime.GOMAXPROCS setting, or the number of "
+    "operating system threads that can execute user-level Go code simultaneously. Sourced from "
+    "/sched/gomaxprocs:threads.\n"
+    "# TYPE go_sched_gomaxprocs_threads gauge\n"
+    "go_sched_gomaxprocs_threads 2\n"
+    "# HELP go_threads Number of OS threads created.\n"
+    "# TYPE go_threads gauge\n"
+    "go_threads 12\n"
+    "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n"
+    "# TYPE process_cpu_seconds_total counter\n"
+    "process_cpu_seconds_total 1391.13\n"
+    "# HELP process_max_fds Maximum number of open file descriptors.\n"
+    "# TYPE process_max_fds gauge\n"
+    "process_max_fds 1.048576e+06\n"
+    "# HELP process_network_receive_bytes_total Number of bytes received by the process over the "
+    "network.\n"
+    "# TYPE process_network_receive_bytes_total counter\n"
+    "process_network_receive_bytes_total 8.1736812e+07\n"
+    "# HELP process_network_transmit_bytes_total Number of bytes sent by the process over the "
+    "network.\n"
+    "# TYPE process_network_transmit_bytes_total counter\n"
+    "process_network_transmit_bytes_total 4.4092318e+07\n"
+    "# HELP process_open_fds Number of open file descriptors.\n"
+    "# TYPE process_open_fds gauge\n"
+    "process_open_fds 14\n"
+    "# HELP process_resident_memory_bytes Resident memory size in bytes.\n"
+    "# TYPE process_resident_memory_bytes gauge\n"
+    "process_resident_memory_bytes 4.6596096e+07\n"
+    "# HELP process_start_time_seconds Start time of the process since unix epoch in seconds.\n"
+    "# TYPE process_start_time_seconds gauge\n"
+    "process_start_time_seconds 1.76498112e+09\n"
+    "# HELP process_virtual_memory_bytes Virtual memory size in bytes.\n"
+    "# TYPE process_virtual_memory_bytes gauge\n"
+    "process_virtual_memory_bytes 1.303420928e+09\n"
+    "# HELP process_virtual_memory_max_bytes Maximum amount of virtual memory available in "
+    "bytes.\n"
+    "# TYPE process_virtual_memory_max_bytes gauge\n"
+    "process_virtual_memory_max_bytes 1.8446744073709552e+19\n";
+
+/* Reads the template (a file, or builtin_template when template_path is NULL): HELP/TYPE text of
+ * every family, and go_/process_ lines (kept as they are, except the few that vary per node).
+ * Then adds our awscni_ families and sorts by name, as the Go client orders them. */
 static void plan_build(struct plan *p, const char *template_path)
 {
     memset(p, 0, sizeof *p);
-    FILE *f = fopen(template_path, "r");
+    FILE *f = template_path != NULL
+                  ? fopen(template_path, "r")
+                  : fmemopen((void *)builtin_template, sizeof builtin_template - 1, "r");
     if (f == NULL) {
-        fprintf(stderr, "ipamd_sim: cannot open template %s: %s\n", template_path, strerror(errno));
+        fprintf(stderr, "ipamd_sim: cannot open template %s: %s\n",
+                template_path != NULL ? template_path : "(builtin)", strerror(errno));
         exit(2);
     }
     char line[4096];
@@ -492,12 +586,15 @@ enum fault {
     F_BADTEXT,
     F_CHUNKED,
     F_EOFBODY,
+    F_BOMB,
+    F_GZCUT,
+    F_ENCODING,
     F_N
 };
 
 static const char *const fault_names[F_N] = {
-    "none",     "refuse",   "stall", "trickle", "reset",   "status500", "garbage",
-    "truncate", "oversize", "ctype", "badtext", "chunked", "eofbody"};
+    "none",     "refuse", "stall",   "trickle", "reset",   "status500", "garbage", "truncate",
+    "oversize", "ctype",  "badtext", "chunked", "eofbody", "bomb",      "gzcut",   "encoding"};
 
 struct fault_sel {
     int kind;
@@ -641,6 +738,8 @@ struct worker {
     size_t out_cap;
     char *pad; /* the oversize body, shared by all writes */
     size_t pad_len;
+    unsigned char *bomb; /* pad gzip-compressed, made at the first bomb */
+    size_t bomb_len;
     uint64_t requests, conns_open, conns_total;
     FILE *truth;
 };
@@ -1167,6 +1266,29 @@ static unsigned char *gzip_body(const char *body, size_t len, size_t *out_len)
 
 static const char ctype_ok[] = "text/plain; version=0.0.4; charset=utf-8";
 
+/* A 200 with data[0..len) in chunks of at most chunk bytes; extra header lines before the blank. */
+static void send_chunked(struct sim_conn *c, const char *extra, const void *data, size_t len,
+                         size_t chunk, int close_after)
+{
+    char *o = xmalloc(len + (len / chunk + 1) * 16 + 512);
+    size_t n = (size_t)snprintf(o, 512,
+                                "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%s"
+                                "Transfer-Encoding: chunked\r\n%s\r\n",
+                                ctype_ok, extra, close_after ? "Connection: close\r\n" : "");
+    for (size_t off = 0; off < len; off += chunk) {
+        size_t k = len - off < chunk ? len - off : chunk;
+        n += (size_t)snprintf(o + n, 16, "%zx\r\n", k);
+        memcpy(o + n, (const char *)data + off, k);
+        n += k;
+        memcpy(o + n, "\r\n", 2);
+        n += 2;
+    }
+    memcpy(o + n, "0\r\n\r\n", 5);
+    uv_buf_t b = uv_buf_init(o, (unsigned)(n + 5));
+    send_bufs(c, &b, 1, close_after, 1);
+    free(o);
+}
+
 static void respond(struct sim_conn *c)
 {
     struct worker *w = c->w;
@@ -1213,6 +1335,11 @@ static void respond(struct sim_conn *c)
             send_bufs(c, b + 1, 2, close_after, 0);
         return;
     }
+    case F_BOMB:
+        if (w->bomb == NULL)
+            w->bomb = gzip_body(w->pad, w->pad_len, &w->bomb_len);
+        send_chunked(c, "Content-Encoding: gzip\r\n", w->bomb, w->bomb_len, 2048, close_after);
+        return;
     default:
         break;
     }
@@ -1231,6 +1358,18 @@ static void respond(struct sim_conn *c)
     blen += prelen;
     char *body = w->out + H;
     const char *ct = fault == F_CTYPE ? "text/html; charset=utf-8" : ctype_ok;
+    if (((fault == F_NONE || fault == F_CHUNKED) && c->gzip) || fault == F_GZCUT) {
+        /* Real ipamD (promhttp) compresses for clients that accept gzip, as Prometheus does, and
+         * Go's server chunks a body past 2 KB. */
+        if (n->gz_epoch != w->epoch + 1) {
+            free(n->gz);
+            n->gz = gzip_body(body, blen, &n->gz_len);
+            n->gz_epoch = w->epoch + 1;
+        }
+        send_chunked(c, "Content-Encoding: gzip\r\n", n->gz,
+                     fault == F_GZCUT ? n->gz_len / 2 : n->gz_len, 2048, close_after);
+        return;
+    }
     if (fault == F_CHUNKED) {
         /* Re-frame the body as chunks of 1000 bytes after it in the buffer. */
         size_t need = H + blen * 2 + 4096;
@@ -1261,30 +1400,15 @@ static void respond(struct sim_conn *c)
         return;
     }
     int hl;
-    if (fault == F_NONE && c->gzip) {
-        /* Real ipamD (promhttp) compresses for clients that accept gzip, as Prometheus does. */
-        if (n->gz_epoch != w->epoch + 1) {
-            free(n->gz);
-            n->gz = gzip_body(body, blen, &n->gz_len);
-            n->gz_epoch = w->epoch + 1;
-        }
-        hl = snprintf(hdr, sizeof hdr,
-                      "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Type: %s\r\n"
-                      "Content-Length: %zu\r\n%s\r\n",
-                      ct, n->gz_len, close_after ? "Connection: close\r\n" : "");
-        uv_buf_t b[2] = {uv_buf_init(hdr, (unsigned)hl),
-                         uv_buf_init((char *)n->gz, (unsigned)n->gz_len)};
-        send_bufs(c, b, 2, close_after, 1);
-        return;
-    }
     if (fault == F_EOFBODY) {
         hl = snprintf(hdr, sizeof hdr,
                       "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nConnection: close\r\n\r\n", ct);
         close_after = 1;
     } else {
         hl = snprintf(hdr, sizeof hdr,
-                      "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\n%s\r\n", ct,
-                      blen, close_after ? "Connection: close\r\n" : "");
+                      "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%sContent-Length: %zu\r\n%s\r\n", ct,
+                      fault == F_ENCODING ? "Content-Encoding: br\r\n" : "", blen,
+                      close_after ? "Connection: close\r\n" : "");
     }
     char *start = body - hl;
     memcpy(start, hdr, (size_t)hl);
@@ -2018,10 +2142,7 @@ int main(int argc, char **argv)
     o.restart = 1;
     o.trickle_ms = 100;
     snprintf(o.control_ip, sizeof o.control_ip, "127.0.0.1");
-    const char *shared = getenv("CMH_SHARED_DIR");
-    static char tpl[4096];
-    snprintf(tpl, sizeof tpl, "%s/testdata/ipamd/cni_test1.data", shared ? shared : "../shared");
-    o.template_path = tpl;
+    o.template_path = NULL; /* builtin_template */
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;

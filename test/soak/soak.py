@@ -17,7 +17,7 @@ lines) against datums received by the stand-in, and exits 1 when:
 Environment: SOAK_MINUTES (30), SOAK_NODES (20000), SOAK_INTERVAL (1), SOAK_SAMPLE_S (10),
 SOAK_WARMUP_S (min(300, a third of the run)), SOAK_BUCKET_S (300, or a sixth of a short run),
 SOAK_API_DOWN_S (120), SOAK_VALGRIND (0/1), SOAK_OUT (directory for soak.csv, daemon.log, valgrind.log),
-CMH_BIN, CMH_BUILD_DIR, CMH_SOURCE_DIR, CMH_SHARED_DIR."""
+CMH_BIN, CMH_BUILD_DIR, CMH_SOURCE_DIR, CMH_DATA_DIR."""
 import json
 import os
 import sys

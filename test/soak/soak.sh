@@ -14,7 +14,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 src=$(cd "$here/../.." && pwd)
 build=$(cd "${1:-build}" && pwd)
 export CMH_BIN="$build/cni-metrics-helper" CMH_BUILD_DIR="$build" CMH_SOURCE_DIR="$src"
-export CMH_SHARED_DIR="${CMH_SHARED_DIR:-$(cd "$src/../shared" && pwd)}"
+export CMH_DATA_DIR="${CMH_DATA_DIR:-$src/test/data}"
 for f in "$CMH_BIN" "$build/test/ipamd_sim"; do
   [ -x "$f" ] || { echo "soak: $f missing: build first (make build)" >&2; exit 2; }
 done

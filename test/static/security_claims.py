@@ -3,7 +3,11 @@ document cannot silently go stale:
 
 - source: TLS verification set once, unconditionally, in the one module that includes libcurl;
   no verbose/debug callback; no redirects; the only trust-anchor variables are AWS_CA_BUNDLE and
-  K8S_CA_FILE;
+  K8S_CA_FILE, and a CA file always turns libcurl's built-in CA path off; the Kubernetes API, IMDS
+  and container-credential requests never use a proxy, STS does; URLs are logged through the one
+  redaction; the process is made non-dumpable first thing;
+- docs: every threat paragraph of docs/security.md names a test, and every test named after
+  *Tests:* exists in CTest;
 - IMDSv2 only: against a loopback IMDS that issues tokens, every GET carries the issued token;
   against one that refuses the token PUT (403, 404, 405), no GET is ever sent (no IMDSv1 fallback);
 - allow-lists: a container credential URL or a CloudWatch endpoint with user information
@@ -16,6 +20,7 @@ document cannot silently go stale:
   431 for an oversized request.
 """
 import atexit
+import glob
 import http.server
 import os
 import re
@@ -67,6 +72,54 @@ risky = [n for n, t in srcs.items()
                       r"|CURLSSLOPT_NO_REVOKE|CURLSSLOPT_ALLOW_BEAST", t)]
 check("no verbose/debug output and no TLS relaxing option anywhere", not risky, risky)
 check("redirects are never followed", "SET(CURLOPT_FOLLOWLOCATION, 0L)" in cu)
+cainfo = re.findall(r"SET\(CURLOPT_CAINFO, [^)]*\);\s*SET\(CURLOPT_CAPATH, \(char \*\)NULL\);", cu)
+check("a CA file replaces the system store: CAINFO set in one place, always with CAPATH off",
+      len(re.findall(r"CURLOPT_CAINFO", cu)) == 1 and len(cainfo) == 1, cainfo)
+check("a no_proxy request sets CURLOPT_PROXY to \"\" (libcurl then reads no proxy variable)",
+      re.search(r"if \(req->no_proxy\)\s*SET\(CURLOPT_PROXY, \"\"\);", cu) is not None)
+direct = {f: re.findall(r"\bno_proxy = 1;", source(f))
+          for f in ("discovery.c", "leader.c", "proxy_scrape.c", "report.c")}
+check("every Kubernetes API request (discovery, leader election, pod proxy, report) is no_proxy",
+      all(len(v) == 1 for v in direct.values()), direct)
+ac = source("aws_creds.c")
+imds_calls = re.findall(r"(\d),\s*p->(?:imds|sts)_timeout_ms,\s*(\w+)\)", ac, re.S)
+check("IMDS and container-credential requests are no_proxy; STS (an AWS service) is not",
+      sorted((c[1], c[0]) for c in imds_calls) ==
+      [("on_container_creds", "1"), ("on_imds_token", "1"), ("on_resp", "1"), ("on_sts", "0")],
+      imds_calls)
+url_fields = [(n, m) for n, t in srcs.items()
+              for m in re.findall(r'CMH_STR\("(url|endpoint|server)"', t)]
+check("URLs are logged only as CMH_URL (the one redaction), never as plain strings",
+      not url_fields, url_fields)
+check("the process makes itself non-dumpable first thing in main",
+      re.search(r"int main\(int argc, char \*\*argv\)\s*\{[^}]*?prctl\(PR_SET_DUMPABLE, 0L",
+                source("main.c"), re.S) is not None)
+# ---- docs/security.md names real tests ------------------------------------------------------
+with open(os.path.join(SRC, "docs", "security.md"), encoding="utf-8") as f:
+    doc = f.read()
+listed = subprocess.run(["ctest", "-N"], cwd=os.environ["CMH_BUILD_DIR"], capture_output=True,
+                        text=True, timeout=60).stdout
+known = set(re.findall(r"Test +#\d+: (\S+)", listed))
+threats = doc.split("## Threats and how they are met", 1)[-1].split("\n## ", 1)[0]
+paragraphs = [p for p in threats.split("\n\n") if p.startswith("**")]
+untested = [p.split("**")[1] for p in paragraphs
+            if not any(n in known for n in re.findall(r"`([a-z0-9_]+)`", p))]
+check("docs/security.md: every threat paragraph names a test that exists", paragraphs and not untested,
+      untested)
+cited = {n for p in paragraphs for clause in re.findall(r"\*Tests:\*(.*)", p, re.S)
+         for n in re.findall(r"`([a-z0-9_]+)`", clause) if "_" in n}
+# A test some builds leave out (static analysis outside the sanitizer build) is registered by name.
+with open(os.path.join(SRC, "test", "CMakeLists.txt"), encoding="utf-8") as f:
+    registered = f.read()
+# A cmocka case inside a CTest test binary is cited by its own name.
+cases = set()
+for unit in glob.glob(os.path.join(SRC, "test", "unit", "*.c")):
+    with open(unit, encoding="utf-8") as f:
+        cases.update(re.findall(r"cmocka_unit_test(?:_setup_teardown)?\((\w+)", f.read()))
+missing = sorted(n for n in cited if n not in known and n not in cases
+                 and not re.search(r"\b%s\b" % n, registered))
+check("docs/security.md: every test named after *Tests:* is a CTest test", cited and not missing,
+      missing)
 help_text = subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=30).stdout
 TLS_WORDS = {"CA", "CACERT", "CERT", "CERTS", "TLS", "SSL", "INSECURE", "VERIFY", "SKIP", "BUNDLE"}
 tls_vars = sorted(v for v in re.findall(r"^  ([A-Z][A-Z0-9_]+) \(", help_text, re.MULTILINE)

@@ -511,7 +511,7 @@ static void on_tick(uv_timer_t *t)
 static void sweep_setup(struct sweep *sw)
 {
     memset(sw, 0, sizeof *sw);
-    FILE *f = fopen(CMH_SHARED_DIR "/testdata/ipamd/cni_test1.data", "rb");
+    FILE *f = fopen(CMH_DATA_DIR "/ipamd/cni_test1.data", "rb");
     assert_non_null(f);
     sw->tmpl = malloc(1 << 16);
     assert_non_null(sw->tmpl);

@@ -1,5 +1,5 @@
 /* The credential provider chain, region and cluster id against test/sim/aws_standin.py, a loopback
- * stand-in that replays the smithy-rs recorded credential traffic (../shared/testdata/aws/), serves
+ * stand-in that replays the smithy-rs recorded credential traffic (test/data/aws/), serves
  * the amazon-ec2-metadata-mock IMDS tree, or follows a script, and counts every request. Every
  * endpoint is overridden to 127.0.0.1; IMDS is either pointed at the stand-in or disabled. Every
  * test ends with uv_loop_close() == 0. */
@@ -29,9 +29,9 @@
 #include <unistd.h>
 
 #define CASES                                                                                      \
-    CMH_SHARED_DIR "/testdata/aws/smithy-rs-aws-config-test-data/"                                 \
-                   "default-credential-provider-chain"
-#define BODIES CMH_SHARED_DIR "/testdata/aws/smithy-rs-extracted-bodies"
+    CMH_DATA_DIR "/aws/smithy-rs-aws-config-test-data/"                                            \
+                 "default-credential-provider-chain"
+#define BODIES CMH_DATA_DIR "/aws/smithy-rs-extracted-bodies"
 
 /* ------------------------------------------------------------------------------------------ */
 /* The stand-in: one process for the whole program, commands over its stdin/stdout. */
@@ -55,8 +55,8 @@ static int standin_start(void **state)
                     CMH_SOURCE_DIR "/test/sim/aws_standin.py",
                     "--lifetime",
                     "110",
-                    "--shared",
-                    CMH_SHARED_DIR,
+                    "--data",
+                    CMH_DATA_DIR,
                     NULL};
     if (test_peer_start(&sin_.proc, argv) != 0)
         return -1;
@@ -888,8 +888,8 @@ static void test_region_and_cluster_sources(void **state)
     struct got *g = get_one(&f);
     if (g->rc != 0)
         fail_msg("%s", g->why);
-    FILE *fp = fopen(CMH_SHARED_DIR "/testdata/aws/amazon-ec2-metadata-mock/extracted/"
-                                    "latest_meta-data_iam_security-credentials_baskinc-role.json",
+    FILE *fp = fopen(CMH_DATA_DIR "/aws/amazon-ec2-metadata-mock/extracted/"
+                                  "latest_meta-data_iam_security-credentials_baskinc-role.json",
                      "r");
     assert_non_null(fp);
     json_t *want = json_loadf(fp, 0, NULL);

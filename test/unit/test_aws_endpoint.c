@@ -11,6 +11,7 @@
 
 #include "cmh/alloc.h"
 #include "cmh/aws_endpoint.h"
+#include "cmh/log.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -113,16 +114,16 @@ static void urls_for_logs_hide_user_information(void **state)
 {
     (void)state;
     char out[128];
-    cmh_aws_url_for_log("http://u:secret@127.0.0.3:80/creds", out, sizeof out);
+    cmh_url_redact("http://u:secret@127.0.0.3:80/creds", out, sizeof out);
     assert_string_equal(out, "http://<redacted>@127.0.0.3:80/creds");
-    cmh_aws_url_for_log("https://monitoring.us-east-1.amazonaws.com/", out, sizeof out);
+    cmh_url_redact("https://monitoring.us-east-1.amazonaws.com/", out, sizeof out);
     assert_string_equal(out, "https://monitoring.us-east-1.amazonaws.com/");
     /* An '@' after the host (path, query) is not user information. */
-    cmh_aws_url_for_log("https://h/p@q", out, sizeof out);
+    cmh_url_redact("https://h/p@q", out, sizeof out);
     assert_string_equal(out, "https://h/p@q");
-    cmh_aws_url_for_log("u:secret@host/x", out, sizeof out);
+    cmh_url_redact("u:secret@host/x", out, sizeof out);
     assert_string_equal(out, "<redacted>@host/x");
-    cmh_aws_url_for_log("https://u:secret@h/", out, 12);
+    cmh_url_redact("https://u:secret@h/", out, 12);
     assert_string_equal(out, "https://<re");
 }
 

@@ -29,6 +29,7 @@ static const struct good goods[] = {
     {"USE_CLOUDWATCH", "false", "false"},
     {"USE_PROMETHEUS", "true", "true"},
     {"USE_PROMETHEUS", "NO", "false"},
+    {"PROMETHEUS_ORIGINAL_NAMES", "yes", "true"},
     {"METRIC_UPDATE_INTERVAL", "1", "1s"},
     {"METRIC_UPDATE_INTERVAL", "60", "60s"},
     {"METRIC_UPDATE_INTERVAL", "3600", "3600s"},
@@ -78,6 +79,7 @@ static const struct good goods[] = {
     {"SCRAPE_JITTER", "0", "0s"},
     {"SCRAPE_JITTER", "60", "60s"},
     {"SCRAPE_KEEPALIVE", "no", "false"},
+    {"SCRAPE_GZIP", "false", "false"},
     {"SUBNET_METRICS", "yes", "true"},
     {"SUBNET_METRICS_INTERVAL", "10", "10s"},
     {"SUBNET_METRICS_INTERVAL", "1440m", "86400s"},
@@ -111,6 +113,8 @@ static const struct good goods[] = {
     {"K8S_CA_FILE", "/tmp/ca.crt", "/tmp/ca.crt"},
     {"K8S_WATCH_TIMEOUT", "1", "1s"},
     {"K8S_WATCH_TIMEOUT", "60m", "3600s"},
+    {"K8S_SYNC_TIMEOUT", "90", "90s"},
+    {"K8S_SYNC_TIMEOUT", "1s", "1s"},
     {"LEADER_ELECTION", "true", "true"},
     {"LEADER_ELECTION", "No", "false"},
     {"LEADER_ELECTION_LEASE_NAME", "cmh-prod", "cmh-prod"},
@@ -139,6 +143,9 @@ static const struct bad bads[] = {
     {"USE_CLOUDWATCH", "1", "yes, true, no or false"},
     {"USE_CLOUDWATCH", "enabled", "yes, true, no or false"},
     {"USE_PROMETHEUS", "y", "yes, true, no or false"},
+    {"PROMETHEUS_ORIGINAL_NAMES", "on", "yes, true, no or false"},
+    {"CW_NAMESPACE", "AWS/EKS", "reserved for AWS services"},
+    {"CW_NAMESPACE", "Kube\tnetes", "printable ASCII"},
     {"METRIC_UPDATE_INTERVAL", "abc", "from 1s to 3600s"},
     {"METRIC_UPDATE_INTERVAL", "0", "from 1s"},
     {"METRIC_UPDATE_INTERVAL", "-5", "seconds"},
@@ -183,6 +190,7 @@ static const struct bad bads[] = {
     {"SCRAPE_MAX_BODY", "2GiB", "to 1073741824"},
     {"SCRAPE_JITTER", "61", "to 60s"},
     {"SCRAPE_KEEPALIVE", "2", "yes, true, no or false"},
+    {"SCRAPE_GZIP", "gzip", "yes, true, no or false"},
     {"SUBNET_METRICS", "1", "yes, true, no or false"},
     {"SUBNET_METRICS_INTERVAL", "9", "from 10s to 86400s"},
     {"SUBNET_IDS", "subnet-0a1b2c3d,subnet-0a1b", "'subnet-0a1b' is not a subnet id"},
@@ -204,6 +212,8 @@ static const struct bad bads[] = {
     {"CW_BACKOFF_CAP", "601", "to 600s"},
     {"K8S_WATCH_TIMEOUT", "999ms", "from 1s"},
     {"K8S_WATCH_TIMEOUT", "61m", "to 3600s"},
+    {"K8S_SYNC_TIMEOUT", "0", "from 1s"},
+    {"K8S_SYNC_TIMEOUT", "2h", "to 3600s"},
     {"LEADER_ELECTION", "on", "yes, true, no or false"},
     {"LEADER_ELECTION_LEASE_DURATION", "999ms", "from 1s"},
     {"LEADER_ELECTION_LEASE_DURATION", "301", "to 300s"},
@@ -251,6 +261,46 @@ static void every_bad_value_is_rejected_naming_variable_value_and_accepted(void 
         snprintf(prefix, sizeof prefix, "%s=%s:", bads[i].var, bads[i].value);
         if (strncmp(err, prefix, strlen(prefix)) != 0 || strstr(err, bads[i].accepted) == NULL)
             fail_msg("message for %s=%s is '%s'", bads[i].var, bads[i].value, err);
+    }
+}
+
+/* A typo of a variable that decides where the numbers go stops the load; other near misses and
+ * the variables the AWS SDKs define do not. */
+static void near_miss_of_a_destination_variable_is_refused_naming_it(void **state)
+{
+    (void)state;
+    const struct {
+        const char *entry, *meant; /* meant NULL: loads */
+    } cases[] = {
+        {"AWS_CLUSTERID=prod", "AWS_CLUSTER_ID"},
+        {"aws_cluster_id=prod", "AWS_CLUSTER_ID"},
+        {"CW_NAMESPAC=x", "CW_NAMESPACE"},
+        {"AWS_REGON=eu-west-1", "AWS_REGION"},
+        {"USE_CLOUDWATCH_=no", "USE_CLOUDWATCH"},
+        {"AWS_ENDPOINT_URL_CLOUDWATH=http://x", "AWS_ENDPOINT_URL_CLOUDWATCH"},
+        {"AWS_DEFAULT_REGION=eu-west-1", NULL},
+        {"AWS_ENDPOINT_URL_EC2=http://x", NULL},
+        {"METRIC_UPDATE_INTERVALS=5", NULL},
+        {"AWS_CLUSTERID=", NULL}, /* empty counts as unset */
+        {"AWS_CLUSTERNAME=prod", NULL},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        char entry[128];
+        snprintf(entry, sizeof entry, "%s", cases[i].entry);
+        char *env[] = {entry, NULL};
+        struct cmh_config cfg;
+        char err[CMH_CONFIG_ERR_MAX];
+        int rc = cmh_config_load(&cfg, env, err);
+        if (cases[i].meant == NULL) {
+            if (rc != 0)
+                fail_msg("%s refused: %s", cases[i].entry, err);
+            cmh_config_free(&cfg);
+            continue;
+        }
+        char want[128];
+        snprintf(want, sizeof want, "did you mean %s?", cases[i].meant);
+        if (rc != -EINVAL || strstr(err, want) == NULL)
+            fail_msg("%s: rc %d, message '%s'", cases[i].entry, rc, err);
     }
 }
 
@@ -424,6 +474,7 @@ int main(void)
         cmocka_unit_test(target_without_port_takes_ipamd_port_whatever_the_order),
         cmocka_unit_test(more_static_targets_than_scrape_max_nodes_is_an_error),
         cmocka_unit_test(unknown_variables_with_our_prefixes_are_reported_with_a_suggestion),
+        cmocka_unit_test(near_miss_of_a_destination_variable_is_refused_naming_it),
         cmocka_unit_test(effective_configuration_is_one_line_with_every_variable),
         cmocka_unit_test(help_lists_every_variable_with_default_and_accepted_values),
     };

@@ -16,6 +16,7 @@
 #include "cmh/log.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -418,6 +419,297 @@ static void discovery_reports_no_aws_node_pods(void **state)
     assert_false(st.no_pods);
 }
 
+/* The kept pod named name (the store is in no order; the target set is by name). */
+static const struct cmh_discovery_pod *pod_named(const struct cmh_discovery_pods *pods,
+                                                 const char *name)
+{
+    assert_int_equal(cmh_discovery_pods_check(pods), 0);
+    for (size_t i = 0; i < pods->n; i++)
+        if (strcmp(pods->v[i].name, name) == 0)
+            return &pods->v[i];
+    fail_msg("no pod %s", name);
+    return NULL;
+}
+
+/* Lines of the log file that contain what. */
+static int count_lines(const char *path, const char *what)
+{
+    FILE *fp = fopen(path, "r");
+    assert_non_null(fp);
+    char line[8192];
+    int n = 0;
+    while (fgets(line, sizeof line, fp) != NULL)
+        n += strstr(line, what) != NULL;
+    fclose(fp);
+    return n;
+}
+
+/* Runs the loop until discovery has applied every event the fake recorded. */
+static void wait_caught_up(struct fx *f, unsigned ms)
+{
+    long rv = fake_stat(f, "rv");
+    char want[32];
+    snprintf(want, sizeof want, "%ld", rv);
+    uint64_t end = uv_now(&f->loop) + ms;
+    uv_timer_start(&f->tick, on_tick, 20, 20);
+    while (strcmp(f->d.rv, want) != 0 && uv_now(&f->loop) < end)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    uv_timer_stop(&f->tick);
+    assert_string_equal(f->d.rv, want);
+}
+
+/* A watch that sends MODIFIED events without end: each costs a lookup, not a new target set,
+ * and the log says so once in a while, not once an event. 4,000 events flip one pod between
+ * Pending and Running (every one changes the targets), then 4,000 change only an annotation
+ * (nothing discovery keeps). */
+static void discovery_modified_storm_bounded_rebuilds_and_log_lines(void **state)
+{
+    struct fx *f = *state;
+    char path[300];
+    snprintf(path, sizeof path, "%s/log", f->dir);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    assert_true(fd >= 0);
+    cmh_log_init(&f->log, CMH_LOG_INFO, CMH_LOG_TEXT, fd);
+    seed_three(f);
+    start(f, 0);
+    expect_targets(f, A "," B "," C, 10000);
+    wait_watching(f, 5000);
+    run_for(f, 1200); /* the first publications are behind us */
+    struct cmh_discovery_status st;
+    cmh_discovery_status(&f->d, &st);
+    uint64_t builds0 = st.set_builds;
+    int lines0 = count_lines(path, "scrape targets changed");
+    uint64_t t0 = uv_now(&f->loop);
+    fake(f, "storm aws-node-b 4000");
+    wait_caught_up(f, 60000);
+    run_for(f, 1100); /* the last publication is due within a second */
+    char have[1024];
+    targets_text(f, have, sizeof have);
+    if (strcmp(have, A "," B "," C) != 0) {
+        const struct cmh_discovery_pod *b = pod_named(&f->d.pods, "aws-node-b");
+        fail_msg("targets %s; b running=%d ip=%s; version %llu built %llu dirty %d notify %d", have,
+                 b->running, b->ip, (unsigned long long)f->d.pods.version,
+                 (unsigned long long)f->d.built_version, f->d.dirty,
+                 uv_is_active((uv_handle_t *)&f->d.notify));
+    }
+    double secs = (double)(uv_now(&f->loop) - t0) / 1000.0;
+    cmh_discovery_status(&f->d, &st);
+    uint64_t builds = st.set_builds - builds0;
+    int lines = count_lines(path, "scrape targets changed") - lines0;
+    print_message("storm of 4000 over %.1f s: %llu sets built, %d lines logged\n", secs,
+                  (unsigned long long)builds, lines);
+    /* One set a second at most (plus the one that catches up), one line per 10 s window. */
+    assert_true(builds <= (uint64_t)secs + 2);
+    assert_true(lines <= (int)(secs / 10) + 2);
+    /* Nothing kept changes: no set is built, no line logged (once the last publication is due). */
+    run_for(f, 1100);
+    cmh_discovery_status(&f->d, &st);
+    builds0 = st.set_builds;
+    lines0 = count_lines(path, "scrape targets changed");
+    fake(f, "storm aws-node-c 4000 same");
+    wait_caught_up(f, 60000);
+    run_for(f, 1100);
+    cmh_discovery_status(&f->d, &st);
+    assert_int_equal(st.set_builds, builds0);
+    assert_int_equal(count_lines(path, "scrape targets changed"), lines0);
+    close(fd);
+    cmh_log_init(&f->log, CMH_LOG_INFO, CMH_LOG_TEXT, 2);
+}
+
+/* Appends to a growing buffer. */
+struct text {
+    char *p;
+    size_t len, cap;
+};
+
+static void text_add(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void text_add(struct text *t, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(t->p + t->len, t->cap - t->len, fmt, ap);
+        va_end(ap);
+        assert_true(n >= 0);
+        if ((size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        }
+        t->cap = t->cap * 2 + (size_t)n + 1;
+        t->p = realloc(t->p, t->cap);
+        assert_non_null(t->p);
+    }
+}
+
+static uint64_t log2_ceil(uint64_t n)
+{
+    uint64_t b = 0;
+    while ((1ull << b) < n)
+        b++;
+    return b;
+}
+
+#define MANY 100000
+
+/* 100,000 pods listed in reverse name order (the worst case of a sorted array: every insertion
+ * at the front), then as many ADDED events in reverse order and DELETED events in order: the
+ * work, counted in name comparisons, rotations and pods moved, stays within 3 n log2 n. An
+ * insertion-sorted array moves n^2/2 = 5e9 pods for the same list. */
+static void discovery_100k_reverse_order_pods_within_n_log_n_steps(void **state)
+{
+    (void)state;
+    uint64_t bound = 3ull * MANY * log2_ceil(MANY);
+    struct text t = {0};
+    text_add(&t, "{\"kind\":\"PodList\",\"metadata\":{\"resourceVersion\":\"9\"},\"items\":[");
+    for (int i = MANY - 1; i >= 0; i--)
+        text_add(&t,
+                 "%s{\"metadata\":{\"name\":\"aws-node-%06d\"},\"spec\":{\"nodeName\":\"n%d\"},"
+                 "\"status\":{\"phase\":\"Running\",\"hostIP\":\"10.%d.%d.%d\"}}",
+                 i == MANY - 1 ? "" : ",", i, i, i >> 16, (i >> 8) & 255, i & 255);
+    text_add(&t, "]}");
+    struct cmh_discovery_pods pods = {.max = MANY};
+    struct cmh_discovery_list_parser p;
+    cmh_discovery_list_begin(&p, &pods, 0);
+    for (size_t off = 0; off < t.len; off += 65536)
+        assert_int_equal(
+            cmh_discovery_list_feed(&p, t.p + off, t.len - off < 65536 ? t.len - off : 65536), 0);
+    char rv[64], cont[64];
+    assert_int_equal(cmh_discovery_list_end(&p, rv, sizeof rv, cont, sizeof cont), 0);
+    assert_int_equal(pods.n, MANY);
+    assert_int_equal(cmh_discovery_pods_check(&pods), 0);
+    print_message("list of %d in reverse order: %llu steps (bound %llu)\n", MANY,
+                  (unsigned long long)pods.steps, (unsigned long long)bound);
+    assert_true(pods.steps <= bound);
+    struct cmh_discovery_set *set = cmh_discovery_set_build(&pods, 1);
+    assert_non_null(set);
+    assert_int_equal(set->n, MANY);
+    assert_string_equal(set->v[0].pod, "aws-node-000000");
+    assert_string_equal(set->v[MANY - 1].pod, "aws-node-099999");
+    assert_string_equal(set->v[MANY - 1].ip, "10.1.134.159");
+    cmh_discovery_set_release(set);
+    cmh_discovery_pods_free(&pods);
+
+    /* The watch path: ADDED in reverse order, then DELETED in order. */
+    struct cmh_discovery_pods w = {.max = MANY};
+    struct cmh_discovery_event ev;
+    char line[512];
+    for (int pass = 0; pass < 2; pass++)
+        for (int k = 0; k < MANY; k++) {
+            int i = pass == 0 ? MANY - 1 - k : k;
+            int n =
+                snprintf(line, sizeof line,
+                         "{\"type\":\"%s\",\"object\":{\"metadata\":{\"name\":\"aws-node-%06d\","
+                         "\"resourceVersion\":\"%d\"},\"status\":{\"phase\":\"Running\","
+                         "\"hostIP\":\"10.0.0.1\"}}}",
+                         pass == 0 ? "ADDED" : "DELETED", i, k);
+            assert_int_equal(cmh_discovery_parse_event(&w, line, (size_t)n, &ev), 0);
+            assert_true(ev.changed);
+            if (k % 20000 == 0)
+                assert_int_equal(cmh_discovery_pods_check(&w), 0);
+        }
+    assert_int_equal(w.n, 0);
+    assert_int_equal(w.targets, 0);
+    print_message("watch of %d ADDED and %d DELETED: %llu steps (bound %llu)\n", MANY, MANY,
+                  (unsigned long long)w.steps, (unsigned long long)(2 * bound));
+    assert_true(w.steps <= 2 * bound);
+    cmh_discovery_pods_free(&w);
+    free(t.p);
+}
+
+/* The page parser in chunks cut everywhere reads what it reads whole, and refuses what is no
+ * PodList: the same pods for every chunk size from 1 byte, a repeated "items" refused, an item
+ * over the bound skipped and counted while the others are kept. */
+static void discovery_list_page_streamed_in_any_chunks(void **state)
+{
+    (void)state;
+    const char *page =
+        " {\"kind\":\"PodList\",\"items\":[{\"metadata\":{\"name\":\"b\",\"x\":[1,{\"y\":\"]}"
+        "\\\"\"}]},"
+        "\"spec\":{\"nodeName\":\"nb\"},\"status\":{\"phase\":\"Running\",\"hostIP\":\"10.0.0.2\"}}"
+        ","
+        "null, 7 ,{\"metadata\":{\"name\":\"a\"},\"status\":{\"phase\":\"Run\\u006eing\","
+        "\"hostIP\":\"::1\"}}],\"metadata\":{\"resourceVersion\":\"7\",\"continue\":\"c1\"},"
+        "\"apiVersion\":\"v1\"}\n";
+    size_t len = strlen(page);
+    for (size_t chunk = 1; chunk <= len; chunk++) {
+        struct cmh_discovery_pods pods = {0};
+        struct cmh_discovery_list_parser p;
+        cmh_discovery_list_begin(&p, &pods, 0);
+        for (size_t off = 0; off < len; off += chunk)
+            assert_int_equal(
+                cmh_discovery_list_feed(&p, page + off, len - off < chunk ? len - off : chunk), 0);
+        char rv[64], cont[64];
+        assert_int_equal(cmh_discovery_list_end(&p, rv, sizeof rv, cont, sizeof cont), 0);
+        assert_string_equal(rv, "7");
+        assert_string_equal(cont, "c1");
+        assert_int_equal(pods.n, 2);
+        assert_int_equal(pods.targets, 2);
+        assert_string_equal(pod_named(&pods, "b")->node, "nb");
+        assert_true(pod_named(&pods, "a")->running);
+        cmh_discovery_pods_free(&pods);
+    }
+    const char *bad[] = {
+        "{\"metadata\":{},\"items\":[],\"items\":[]}", /* which items? */
+        "{\"metadata\":{},\"items\":[]} x",            /* trailing garbage */
+        "{\"metadata\":{},\"items\":[{]}",             /* a broken item */
+        "{\"metadata\":{},\"items\":[{},]}",           /* trailing comma */
+        "{\"metadata\":{},\"items\":{}}",              /* items not an array */
+        "{\"metadata\":{},\"items\":nul}",             /* nor null */
+        "{\"metadata\":{},\"items\":[\"\\ud800\"]}",   /* a lone surrogate (jansson refuses) */
+        "{\"metadata\":[],\"items\":[]}",              /* metadata not an object */
+        "{\"metadata\":{},\"items\":[]",               /* truncated */
+        "{\"items\":[]}",                              /* no metadata */
+        "{\"metadata\":{},\"items\":[],\"kind\":01}",  /* a bad number elsewhere */
+        "[]",
+        "",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct cmh_discovery_pods pods = {0};
+        char rv[64], cont[64];
+        assert_int_equal(cmh_discovery_parse_list(&pods, bad[i], strlen(bad[i]), rv, sizeof rv,
+                                                  cont, sizeof cont),
+                         -EBADMSG);
+        cmh_discovery_pods_free(&pods);
+    }
+    /* An item over the bound: skipped and counted, the others kept. */
+    const char *big =
+        "{\"metadata\":{},\"items\":[{\"metadata\":{\"name\":\"big\"},\"pad\":\""
+        "0123456789012345678901234567890123456789\"},{\"metadata\":{\"name\":\"s\"}}]}";
+    struct cmh_discovery_pods pods = {0};
+    struct cmh_discovery_list_parser p;
+    cmh_discovery_list_begin(&p, &pods, 48);
+    assert_int_equal(cmh_discovery_list_feed(&p, big, strlen(big)), 0);
+    char rv[64], cont[64];
+    assert_int_equal(cmh_discovery_list_end(&p, rv, sizeof rv, cont, sizeof cont), 0);
+    assert_int_equal(p.items_too_large, 1);
+    assert_int_equal(pods.n, 1);
+    pod_named(&pods, "s");
+    /* An item of more values than the bound (small bytes, a large tree): skipped too; a watch
+     * event of as many values is refused and changes nothing. */
+    struct text many = {0};
+    text_add(&many, "{\"metadata\":{},\"items\":[{\"metadata\":{\"name\":\"m\"},\"x\":[");
+    for (int i = 0; i < CMH_DISCOVERY_ITEM_VALUES; i++)
+        text_add(&many, "%s{}", i ? "," : "");
+    text_add(&many, "]},{\"metadata\":{\"name\":\"t\"}}]}");
+    cmh_discovery_list_begin(&p, &pods, 0);
+    assert_int_equal(cmh_discovery_list_feed(&p, many.p, many.len), 0);
+    assert_int_equal(cmh_discovery_list_end(&p, rv, sizeof rv, cont, sizeof cont), 0);
+    assert_int_equal(p.items_too_large, 1);
+    assert_int_equal(pods.n, 2);
+    pod_named(&pods, "t");
+    many.len = 0;
+    text_add(&many, "{\"type\":\"ADDED\",\"object\":{\"metadata\":{\"name\":\"m\"},\"x\":[");
+    for (int i = 0; i < CMH_DISCOVERY_ITEM_VALUES; i++)
+        text_add(&many, "%s0", i ? "," : "");
+    text_add(&many, "]}}");
+    struct cmh_discovery_event ev;
+    assert_int_equal(cmh_discovery_parse_event(&pods, many.p, many.len, &ev), -E2BIG);
+    assert_int_equal(pods.n, 2);
+    free(many.p);
+    cmh_discovery_pods_free(&pods);
+}
+
 /* Settings: URL from the service variables, namespace and selector checks. */
 static void discovery_options_checked(void **state)
 {
@@ -483,11 +775,11 @@ static void discovery_pods_bounded_by_max(void **state)
         cmh_discovery_parse_list(&pods, list, strlen(list), rv, sizeof rv, cont, sizeof cont), 0);
     assert_int_equal(pods.n, 2);
     assert_int_equal(pods.refused, 1);
-    assert_string_equal(pods.v[0].name, "a");
-    assert_string_equal(pods.v[1].name, "c");
+    pod_named(&pods, "a");
+    pod_named(&pods, "c");
     put_event(&pods, "MODIFIED", "c", &ev); /* a kept pod changes */
     assert_true(ev.changed);
-    assert_string_equal(pods.v[1].ip, "10.0.1.1");
+    assert_string_equal(pod_named(&pods, "c")->ip, "10.0.1.1");
     put_event(&pods, "MODIFIED", "b", &ev); /* the one beyond: not counted again */
     assert_false(ev.changed);
     assert_int_equal(pods.refused, 1);
@@ -532,8 +824,7 @@ static void discovery_parsers_on_hand_written_json(void **state)
     assert_string_equal(rv, "7");
     assert_string_equal(cont, "c1");
     assert_int_equal(pods.n, 2);
-    assert_string_equal(pods.v[0].name, "a");
-    assert_string_equal(pods.v[0].node, "");
+    assert_string_equal(pod_named(&pods, "a")->node, "");
     assert_int_equal(cmh_discovery_parse_list(&pods, "[]", 2, rv, sizeof rv, cont, sizeof cont),
                      -EBADMSG);
     const char *longrv = "{\"metadata\":{\"resourceVersion\":\"123456789\"},\"items\":[]}";
@@ -572,6 +863,8 @@ int main(void)
         cmocka_unit_test(discovery_options_checked),
         cmocka_unit_test(discovery_parsers_on_hand_written_json),
         cmocka_unit_test(discovery_pods_bounded_by_max),
+        cmocka_unit_test(discovery_list_page_streamed_in_any_chunks),
+        cmocka_unit_test(discovery_100k_reverse_order_pods_within_n_log_n_steps),
         cmocka_unit_test_setup_teardown(discovery_follows_pods_added_deleted_and_reiped, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(discovery_410_mid_watch_relists_without_losing_targets,
@@ -580,6 +873,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(discovery_keeps_targets_through_api_faults, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(discovery_reports_no_aws_node_pods, setup, teardown),
+        cmocka_unit_test_setup_teardown(discovery_modified_storm_bounded_rebuilds_and_log_lines,
+                                        setup, teardown),
     };
+    /* CMH_TEST_FILTER=pattern runs only the tests whose names match (cmocka's wildcards). */
+    if (getenv("CMH_TEST_FILTER") != NULL)
+        cmocka_set_test_filter(getenv("CMH_TEST_FILTER"));
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

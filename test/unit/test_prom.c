@@ -126,7 +126,7 @@ static void chunk_split_invariance_reference_cases_and_ipamd(void **state)
     (void)state;
     uint64_t seed = 0x9e3779b97f4a7c15ull;
     char dir[1024];
-    snprintf(dir, sizeof dir, "%s/testdata/prom", CMH_SHARED_DIR);
+    snprintf(dir, sizeof dir, "%s/prom", CMH_DATA_DIR);
     DIR *d = opendir(dir);
     assert_non_null(d);
     struct dirent *e;
@@ -148,7 +148,7 @@ static void chunk_split_invariance_reference_cases_and_ipamd(void **state)
     const char *ipamd[] = {"cni_test1.data", "vpc-cni_docs-troubleshooting_metrics_excerpt.txt"};
     for (size_t i = 0; i < 2; i++) {
         char path[2048];
-        snprintf(path, sizeof path, "%s/testdata/ipamd/%s", CMH_SHARED_DIR, ipamd[i]);
+        snprintf(path, sizeof path, "%s/ipamd/%s", CMH_DATA_DIR, ipamd[i]);
         size_t len;
         char *body = read_file(path, &len);
         check_invariance(body, len, ipamd[i], 200, &seed, 0);
@@ -264,7 +264,7 @@ static void interest_filter_equals_filtering_in_callbacks(void **state)
 {
     (void)state;
     char path[2048];
-    snprintf(path, sizeof path, "%s/testdata/ipamd/cni_test1.data", CMH_SHARED_DIR);
+    snprintf(path, sizeof path, "%s/ipamd/cni_test1.data", CMH_DATA_DIR);
     size_t len;
     char *body = read_file(path, &len);
     struct counting_filter cf = {{wanted_list, 4}, 0};
@@ -591,7 +591,7 @@ static void line_cache_warm_parser_equals_fresh(void **state)
         /* The ipamD scrape as nodes differ: values changed, lines dropped or repeated. */
         size_t ilen;
         char path[1024];
-        snprintf(path, sizeof path, "%s/testdata/ipamd/cni_test1.data", CMH_SHARED_DIR);
+        snprintf(path, sizeof path, "%s/ipamd/cni_test1.data", CMH_DATA_DIR);
         char *ipamd = read_file(path, &ilen);
         char *var = malloc(2 * ilen + 1);
         assert_non_null(var);

@@ -24,6 +24,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
@@ -39,7 +40,10 @@ enum mode {
     M_TRUNCATE,     /* Content-Length, half the body, then FIN */
     M_500,          /* status 500 */
     M_HTML,         /* Content-Type: text/html */
-    M_GZIP,         /* Content-Encoding: gzip */
+    M_GZIP,         /* gzip when asked, chunked by 2 KB as Go's server does; identity when not */
+    M_GZIP_CUT,     /* always gzip: the first half of the stream in a complete response */
+    M_BOMB,         /* always gzip: about 1 KB that inflates to 1 MiB of newlines */
+    M_BR,           /* Content-Encoding: br (an identity body) */
     M_CL_HUGE,      /* Content-Length above max_body */
     M_CHUNKED_HUGE, /* a chunked body that never ends (above max_body) */
     M_GARBAGE,      /* not HTTP */
@@ -54,7 +58,11 @@ struct peer {
     struct sockaddr_in addr;
     const char *body;
     size_t body_len;
+    unsigned char *gz; /* body (or the bomb) gzip-compressed by zlib, for the gzip modes */
+    size_t gz_len;
     unsigned accepted, requests, open, max_open;
+    unsigned asked_gzip; /* requests that carried Accept-Encoding: gzip */
+    unsigned any_ae;     /* requests with any Accept-Encoding line */
     uint64_t first_accept_ms, last_accept_ms;
 };
 
@@ -68,6 +76,7 @@ struct pconn {
     char *out;
     size_t out_len, off;
     unsigned nreq;
+    int asks_gzip; /* the request being answered */
 };
 
 static void pconn_closed(uv_handle_t *h)
@@ -156,6 +165,62 @@ static char *ok_response(struct peer *p, const char *ctype, const char *extra, s
 
 static const char prom_ct[] = "text/plain; version=0.0.4; charset=utf-8";
 
+/* zlib straight, not our wrapper: an independent encoder. */
+static unsigned char *deflate_gzip(const void *in, size_t len, size_t *out_len)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    assert_int_equal(deflateInit2(&z, 9, Z_DEFLATED, 15 + 16, 9, Z_DEFAULT_STRATEGY), Z_OK);
+    size_t cap = deflateBound(&z, (uLong)len);
+    unsigned char *out = malloc(cap);
+    assert_non_null(out);
+    z.next_in = (Bytef *)(uintptr_t)in;
+    z.avail_in = (uInt)len;
+    z.next_out = out;
+    z.avail_out = (uInt)cap;
+    assert_int_equal(deflate(&z, Z_FINISH), Z_STREAM_END);
+    *out_len = z.total_out;
+    deflateEnd(&z);
+    return out;
+}
+
+/* A response with body b framed as chunks of at most chunk bytes, headers extra; *len set. */
+static char *chunked_response(const char *extra, const void *b, size_t blen, size_t chunk,
+                              size_t *len)
+{
+    char *o = malloc(blen * 2 + 1024);
+    assert_non_null(o);
+    size_t n = (size_t)snprintf(o, 512,
+                                "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n%s"
+                                "Transfer-Encoding: chunked\r\n\r\n",
+                                prom_ct, extra);
+    for (size_t off = 0; off < blen; off += chunk) {
+        size_t k = blen - off < chunk ? blen - off : chunk;
+        n += (size_t)snprintf(o + n, 16, "%zx\r\n", k);
+        memcpy(o + n, (const char *)b + off, k);
+        n += k;
+        memcpy(o + n, "\r\n", 2);
+        n += 2;
+    }
+    memcpy(o + n, "0\r\n\r\n", 5);
+    *len = n + 5;
+    return o;
+}
+
+/* Content-Length response with a gzip body of len bytes. */
+static char *gzip_cl_response(const unsigned char *gz, size_t gz_len, size_t *len)
+{
+    char *o = malloc(gz_len + 512);
+    assert_non_null(o);
+    int h = snprintf(o, 512,
+                     "HTTP/1.1 200 OK\r\nContent-Type: %s\r\nContent-Encoding: gzip\r\n"
+                     "Content-Length: %zu\r\n\r\n",
+                     prom_ct, gz_len);
+    memcpy(o + h, gz, gz_len);
+    *len = (size_t)h + gz_len;
+    return o;
+}
+
 static void respond(struct pconn *c)
 {
     struct peer *p = c->p;
@@ -182,22 +247,8 @@ static void respond(struct pconn *c)
         start_timer(c, 1);
         return;
     case M_CHUNKED: {
-        char *o = malloc(p->body_len * 2 + 512);
-        assert_non_null(o);
-        size_t n = (size_t)snprintf(o, 512,
-                                    "HTTP/1.1 200 OK\r\nContent-Type: %s\r\n"
-                                    "Transfer-Encoding: chunked\r\n\r\n",
-                                    prom_ct);
-        for (size_t off = 0; off < p->body_len; off += 100) {
-            size_t k = p->body_len - off < 100 ? p->body_len - off : 100;
-            n += (size_t)snprintf(o + n, 16, "%zx\r\n", k);
-            memcpy(o + n, p->body + off, k);
-            n += k;
-            memcpy(o + n, "\r\n", 2);
-            n += 2;
-        }
-        memcpy(o + n, "0\r\n\r\n", 5);
-        pwrite_all(c, o, n + 5);
+        char *o = chunked_response("", p->body, p->body_len, 100, &len);
+        pwrite_all(c, o, len);
         free(o);
         return;
     }
@@ -230,7 +281,23 @@ static void respond(struct pconn *c)
         pwrite_all(c, c->out, len);
         return;
     case M_GZIP:
-        c->out = ok_response(p, prom_ct, "Content-Encoding: gzip\r\n", &len);
+        /* As promhttp on Go's server: gzip only when asked, and a body past 2 KB is chunked. */
+        if (c->asks_gzip)
+            c->out = chunked_response("Content-Encoding: gzip\r\n", p->gz, p->gz_len, 2048, &len);
+        else
+            c->out = ok_response(p, prom_ct, "", &len);
+        pwrite_all(c, c->out, len);
+        return;
+    case M_GZIP_CUT:
+        c->out = gzip_cl_response(p->gz, p->gz_len / 2, &len);
+        pwrite_all(c, c->out, len);
+        return;
+    case M_BOMB:
+        c->out = gzip_cl_response(p->gz, p->gz_len, &len);
+        pwrite_all(c, c->out, len);
+        return;
+    case M_BR:
+        c->out = ok_response(p, prom_ct, "Content-Encoding: br\r\n", &len);
         pwrite_all(c, c->out, len);
         return;
     case M_CL_HUGE: {
@@ -288,6 +355,11 @@ static void p_read(uv_stream_t *st, ssize_t nread, const uv_buf_t *buf)
     while (!c->closing && (end = strstr(c->req, "\r\n\r\n")) != NULL) {
         size_t used = (size_t)(end + 4 - c->req);
         assert_memory_equal(c->req, "GET /metrics HTTP/1.1\r\n", 23);
+        /* The request's headers end at "\r\n\r\n": its Accept-Encoding line is exactly gzip. */
+        end[2] = '\0';
+        c->asks_gzip = strcasestr(c->req, "\r\nAccept-Encoding: gzip\r\n") != NULL;
+        c->p->asked_gzip += (unsigned)c->asks_gzip;
+        c->p->any_ae += strcasestr(c->req, "\r\nAccept-Encoding:") != NULL;
         memmove(c->req, c->req + used, c->req_len - used + 1);
         c->req_len -= used;
         respond(c);
@@ -324,6 +396,17 @@ static void peer_start(struct peer *p, uv_loop_t *loop, enum mode mode, const ch
     p->mode = mode;
     p->body = body;
     p->body_len = body_len;
+    if (mode == M_GZIP || mode == M_GZIP_CUT)
+        p->gz = deflate_gzip(body, body_len, &p->gz_len);
+    if (mode == M_BOMB) {
+        size_t n = 1u << 20;
+        char *nl = malloc(n);
+        assert_non_null(nl);
+        memset(nl, '\n', n);
+        p->gz = deflate_gzip(nl, n, &p->gz_len);
+        free(nl);
+        assert_in_range(p->gz_len, 500, 1200); /* "about 1 KB" */
+    }
     uv_tcp_init(loop, &p->server);
     uv_ip4_addr("127.0.0.1", 0, &p->addr);
     assert_int_equal(uv_tcp_bind(&p->server, (const struct sockaddr *)&p->addr, 0), 0);
@@ -335,6 +418,8 @@ static void peer_start(struct peer *p, uv_loop_t *loop, enum mode mode, const ch
 static void peer_stop(struct peer *p)
 {
     uv_close((uv_handle_t *)&p->server, NULL);
+    free(p->gz);
+    p->gz = NULL;
 }
 
 /* ---- consumer: keeps the body bytes and, optionally, parses them ---- */
@@ -442,8 +527,8 @@ static int setup(void **state)
     f->o.seed = 42;
     f->consumer = (struct cmh_scrape_consumer){&f->tc, t_begin, t_body, t_end};
     char path[4096];
-    snprintf(path, sizeof path, "%s/testdata/ipamd/cni_test1.data",
-             getenv("CMH_SHARED_DIR") ? getenv("CMH_SHARED_DIR") : CMH_SHARED_DIR);
+    snprintf(path, sizeof path, "%s/ipamd/cni_test1.data",
+             getenv("CMH_DATA_DIR") ? getenv("CMH_DATA_DIR") : CMH_DATA_DIR);
     f->ipamd = slurp(path, &f->ipamd_len);
     struct cmh_prom_options po = {.max_line = 4096};
     assert_int_equal(cmh_prom_init(&f->tc.parser, &po), 0);
@@ -514,7 +599,9 @@ static void target_of(struct cmh_scrape_target *t, const struct peer *p)
 }
 
 /* One target against a peer in mode; returns its record. */
-static struct cmh_scrape_record one(struct fx *f, enum mode mode)
+/* One target against a peer in mode; returns its record, and what the peer counted in *seen
+ * (may be NULL). */
+static struct cmh_scrape_record one_seen(struct fx *f, enum mode mode, struct peer *seen)
 {
     struct peer p;
     peer_start(&p, &f->loop, mode, f->ipamd, f->ipamd_len);
@@ -528,7 +615,14 @@ static struct cmh_scrape_record one(struct fx *f, enum mode mode)
     assert_int_equal(f->st.count[r.result], 1);
     assert_int_equal(f->st.targets, 1);
     finish(f, &p);
+    if (seen != NULL)
+        *seen = p;
     return r;
+}
+
+static struct cmh_scrape_record one(struct fx *f, enum mode mode)
+{
+    return one_seen(f, mode, NULL);
 }
 
 static size_t log_lines_with(struct fx *f, const char *needle)
@@ -710,11 +804,154 @@ static void wrong_content_type(void **state)
     assert_int_equal(f->tc.begins, 0);
 }
 
-static void content_encoding_rejected_as_content_type(void **state)
+static void unknown_content_encoding_fails_as_content_encoding(void **state)
 {
     struct fx *f = *state;
-    struct cmh_scrape_record r = one(f, M_GZIP);
-    assert_int_equal(r.result, CMH_SCRAPE_CONTENT_TYPE);
+    struct cmh_scrape_record r = one(f, M_BR);
+    assert_int_equal(r.result, CMH_SCRAPE_CONTENT_ENCODING);
+    assert_int_equal(f->tc.begins, 0);
+    assert_int_equal(log_lines_with(f, "result=content_encoding"), 1);
+}
+
+/* ---- gzip ---- */
+
+/* Samples of the ipamD body parsed whole, the oracle for what a scrape must deliver. */
+static uint64_t samples_of(const char *body, size_t len)
+{
+    struct cmh_prom_parser whole;
+    assert_int_equal(cmh_prom_init(&whole, NULL), 0);
+    assert_int_equal(cmh_prom_feed(&whole, body, len), 0);
+    assert_int_equal(cmh_prom_finish(&whole), 0);
+    uint64_t n = whole.stats.samples;
+    cmh_prom_close(&whole);
+    return n;
+}
+
+/* The peer sees Accept-Encoding: gzip, answers as promhttp does (gzip, chunked), and the consumer
+ * gets the very bytes and samples an identity scrape gives, for a quarter of the bytes read. */
+static void gzip_asked_inflated_byte_exact_same_samples_as_identity(void **state)
+{
+    struct fx *f = *state;
+    uint64_t expect = samples_of(f->ipamd, f->ipamd_len);
+    f->tc.use_prom = 1;
+    struct peer p;
+    struct cmh_scrape_record r = one_seen(f, M_GZIP, &p);
+    assert_int_equal(r.result, CMH_SCRAPE_OK);
+    assert_int_equal(p.asked_gzip, 1);
+    assert_int_equal(f->st.gzip, 1);
+    assert_int_equal(f->tc.len, f->ipamd_len);
+    assert_memory_equal(f->tc.buf, f->ipamd, f->ipamd_len);
+    assert_int_equal(f->tc.samples, expect);
+    assert_true(p.gz_len > 2048); /* more than one chunk */
+    assert_true(r.bytes < p.gz_len + 400);
+    uint32_t gz_bytes = r.bytes;
+
+    /* The same body without gzip: same samples, about four times the bytes. */
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    f->closed = 0;
+    f->o.gzip = 0;
+    memset(f->tc.buf, 0, f->tc.len);
+    r = one_seen(f, M_GZIP, &p);
+    assert_int_equal(r.result, CMH_SCRAPE_OK);
+    assert_int_equal(p.asked_gzip, 0);
+    assert_int_equal(f->st.gzip, 0);
+    assert_memory_equal(f->tc.buf, f->ipamd, f->ipamd_len);
+    assert_int_equal(f->tc.samples, expect);
+    assert_true(r.bytes > 3 * gz_bytes);
+}
+
+/* SCRAPE_GZIP=false: no Accept-Encoding line at all. */
+static void gzip_off_sends_no_accept_encoding(void **state)
+{
+    struct fx *f = *state;
+    f->o.gzip = 0;
+    struct peer p;
+    assert_int_equal(one_seen(f, M_OK, &p).result, CMH_SCRAPE_OK);
+    assert_int_equal(p.requests, 1);
+    assert_int_equal(p.any_ae, 0);
+    /* SCRAPE_GZIP is what sets it. */
+    struct cmh_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.interval_ms = 30000;
+    cfg.scrape_concurrency = 1;
+    cfg.scrape_timeout_ms = 1000;
+    cfg.scrape_max_body = 1u << 20;
+    struct cmh_scrape_opts o;
+    cmh_scrape_opts_from_config(&o, &cfg);
+    assert_int_equal(o.gzip, 0);
+    cfg.scrape_gzip = true;
+    cmh_scrape_opts_from_config(&o, &cfg);
+    assert_int_equal(o.gzip, 1);
+}
+
+/* A gzip bomb (about 1 KB inflating to 1 MiB, twice the cap) fails its own node as
+ * gzip_too_large, logged under that name, after the consumer saw at most the cap; a well-behaved
+ * gzip node in the same round is fine. */
+static void gzip_bomb_fails_that_node_only(void **state)
+{
+    struct fx *f = *state;
+    f->o.max_body = 512 * 1024;
+    struct peer bomb, good;
+    peer_start(&bomb, &f->loop, M_BOMB, NULL, 0);
+    peer_start(&good, &f->loop, M_GZIP, f->ipamd, f->ipamd_len);
+    scraper_up(f);
+    struct cmh_scrape_target t[2];
+    target_of(&t[0], &bomb);
+    target_of(&t[1], &good);
+    t[0].name = "bomb";
+    run_round(f, t, 2);
+    size_t n;
+    const struct cmh_scrape_record *r = cmh_scraper_records(&f->s, &n);
+    assert_int_equal(r[0].result, CMH_SCRAPE_GZIP_TOO_LARGE);
+    assert_true(r[0].bytes < 2000);
+    assert_int_equal(r[1].result, CMH_SCRAPE_OK);
+    assert_int_equal(f->st.count[CMH_SCRAPE_GZIP_TOO_LARGE], 1);
+    assert_int_equal(f->st.count[CMH_SCRAPE_OK], 1);
+    assert_int_equal(log_lines_with(f, "result=gzip_too_large"), 1);
+    assert_int_equal(log_lines_with(f, "target=bomb"), 1);
+    /* the consumer's buffer holds one node's body: the cap at most, never the whole bomb */
+    assert_true(f->tc.cap <= 2 * 512 * 1024 + 65536);
+    peer_stop(&good);
+    finish(f, &bomb);
+}
+
+/* A complete response whose gzip stream stops halfway is a failure, not a shorter body. */
+static void gzip_stream_cut_short_fails_as_gzip_error(void **state)
+{
+    struct fx *f = *state;
+    f->tc.use_prom = 1;
+    struct cmh_scrape_record r = one(f, M_GZIP_CUT);
+    assert_int_equal(r.result, CMH_SCRAPE_GZIP_ERROR);
+    assert_int_equal(f->tc.ends, 1);
+    assert_int_equal(f->tc.last_result, CMH_SCRAPE_GZIP_ERROR);
+    assert_true(f->tc.len < f->ipamd_len);
+}
+
+/* One inflater per body being read, reused round after round: 40 gzip targets over 4
+ * connections make at most 4, and later rounds make none. */
+static void gzip_inflaters_bounded_by_connections_and_reused(void **state)
+{
+    struct fx *f = *state;
+    struct peer p;
+    peer_start(&p, &f->loop, M_GZIP, f->ipamd, f->ipamd_len);
+    f->o.concurrency = 4;
+    scraper_up(f);
+    struct cmh_scrape_target t[40];
+    for (int i = 0; i < 40; i++)
+        target_of(&t[i], &p);
+    run_round(f, t, 40);
+    assert_int_equal(f->st.count[CMH_SCRAPE_OK], 40);
+    assert_int_equal(f->st.gzip, 40);
+    unsigned made = f->s.gz.made;
+    assert_in_range(made, 1, 4);
+    for (int k = 0; k < 3; k++) {
+        run_round(f, t, 40);
+        assert_int_equal(f->st.count[CMH_SCRAPE_OK], 40);
+        assert_int_equal(f->s.gz.made, made);
+        assert_int_equal(f->s.gz.nspare, made); /* all given back */
+    }
+    assert_int_equal(p.asked_gzip, 160);
+    finish(f, &p);
 }
 
 static void body_too_large_by_content_length(void **state)
@@ -1042,6 +1279,7 @@ static void opts_from_config_keep_round_inside_interval(void **state)
 struct pr_seen {
     size_t body;
     int begun, ended;
+    char buf[4096]; /* the body's first bytes */
 };
 
 static int pr_begin(void *arg, size_t target, void **ctx)
@@ -1055,6 +1293,8 @@ static int pr_begin(void *arg, size_t target, void **ctx)
 static int pr_body(void *ctx, const char *buf, size_t len)
 {
     struct pr_seen *s = ctx;
+    size_t room = s->body < sizeof s->buf ? sizeof s->buf - s->body : 0;
+    memcpy(s->buf + s->body, buf, len < room ? len : room);
     s->body += len;
     return memchr(buf, '\0', len) != NULL ? -1 : 0;
 }
@@ -1091,9 +1331,9 @@ static void parse_response_classifies_like_the_socket_path(void **state)
         {"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n", 0, CMH_SCRAPE_HTTP_STATUS, 500, 0, 0},
         {"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 0\r\n\r\n", 0,
          CMH_SCRAPE_CONTENT_TYPE, 200, 0, 0},
-        {"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Encoding: gzip\r\n"
+        {"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Encoding: br\r\n"
          "Content-Length: 0\r\n\r\n",
-         0, CMH_SCRAPE_CONTENT_TYPE, 200, 0, 0},
+         0, CMH_SCRAPE_CONTENT_ENCODING, 200, 0, 0},
         {"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 99999\r\n\r\n", 0,
          CMH_SCRAPE_BODY_TOO_LARGE, 200, 0, 0},
         {"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 10\r\n\r\nx 1", 0,
@@ -1147,6 +1387,145 @@ static void parse_response_classifies_like_the_socket_path(void **state)
     }
 }
 
+/* gzip through cmh_scrape_parse_response: chunked and split at every byte boundary, several
+ * members, the bound on the inflated size, and every way a gzip body can be wrong. */
+static size_t gz_response(char *out, size_t cap, const char *coding, const void *body, size_t len,
+                          int chunked)
+{
+    size_t n;
+    if (chunked) {
+        char *r = chunked_response(coding, body, len, 5, &n);
+        assert_true(n <= cap);
+        memcpy(out, r, n);
+        free(r);
+        return n;
+    }
+    n = (size_t)snprintf(out, cap,
+                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n%sContent-Length: %zu"
+                         "\r\n\r\n",
+                         coding, len);
+    assert_true(n + len <= cap);
+    memcpy(out + n, body, len);
+    return n + len;
+}
+
+static enum cmh_scrape_result gz_parse(const struct cmh_scrape_opts *o, const char *resp,
+                                       size_t len, size_t chunk, struct pr_seen *seen)
+{
+    struct cmh_scrape_consumer consumer = {seen, pr_begin, pr_body, pr_end};
+    memset(seen, 0, sizeof *seen);
+    enum cmh_scrape_result r =
+        cmh_scrape_parse_response(o, &consumer, resp, len, chunk, NULL, NULL);
+    assert_int_equal(seen->begun, seen->ended);
+    return r;
+}
+
+static void parse_response_gzip_chunked_every_split_and_every_fault(void **state)
+{
+    static const char body[] = "# TYPE a gauge\na{x=\"1\"} 1\na{x=\"2\"} 2\n";
+    const size_t blen = sizeof body - 1;
+    struct cmh_scrape_opts o;
+    cmh_scrape_opts_default(&o);
+    o.max_body = 1024;
+    size_t gl;
+    unsigned char *gz = deflate_gzip(body, blen, &gl);
+    char resp[8192];
+    struct pr_seen seen;
+
+    /* chunked + gzip, every read size from 1 byte (a split at every boundary) to the whole */
+    size_t n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", gz, gl, 1);
+    for (size_t chunk = 0; chunk <= n; chunk++) {
+        assert_int_equal(gz_parse(&o, resp, n, chunk, &seen), CMH_SCRAPE_OK);
+        assert_int_equal(seen.body, blen);
+        assert_memory_equal(seen.buf, body, blen);
+    }
+    /* x-gzip, surrounding blanks, any case; identity as well */
+    n = gz_response(resp, sizeof resp, "Content-Encoding:  X-GZip \r\n", gz, gl, 0);
+    assert_int_equal(gz_parse(&o, resp, n, 3, &seen), CMH_SCRAPE_OK);
+    assert_int_equal(seen.body, blen);
+    n = gz_response(resp, sizeof resp, "Content-Encoding: identity\r\n", body, blen, 1);
+    assert_int_equal(gz_parse(&o, resp, n, 1, &seen), CMH_SCRAPE_OK);
+    assert_memory_equal(seen.buf, body, blen);
+    /* two members are one stream (RFC 1952) */
+    unsigned char two[1024];
+    memcpy(two, gz, gl);
+    memcpy(two + gl, gz, gl);
+    n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", two, 2 * gl, 1);
+    for (size_t chunk = 1; chunk <= 9; chunk++) {
+        assert_int_equal(gz_parse(&o, resp, n, chunk, &seen), CMH_SCRAPE_OK);
+        assert_int_equal(seen.body, 2 * blen);
+        assert_memory_equal(seen.buf + blen, body, blen);
+    }
+    /* an empty body is an empty body */
+    n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", "", 0, 0);
+    assert_int_equal(gz_parse(&o, resp, n, 0, &seen), CMH_SCRAPE_OK);
+    assert_int_equal(seen.body, 0);
+
+    /* cut short: at every length, in a complete chunked response or in one ended by close */
+    for (size_t cut = 1; cut < gl; cut++) {
+        n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", gz, cut, 1);
+        assert_int_equal(gz_parse(&o, resp, n, 7, &seen), CMH_SCRAPE_GZIP_ERROR);
+        assert_true(seen.body <= blen); /* the trailer may be what is missing */
+        n = (size_t)snprintf(resp, sizeof resp,
+                             "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
+                             "Content-Encoding: gzip\r\n\r\n");
+        memcpy(resp + n, gz, cut);
+        assert_int_equal(gz_parse(&o, resp, n + cut, 0, &seen), CMH_SCRAPE_GZIP_ERROR);
+    }
+    /* corrupt: a flipped byte in the deflate data or the CRC; trailing bytes that are no member */
+    for (size_t at = 10; at < gl; at++) {
+        memcpy(two, gz, gl);
+        two[at] ^= 0x55;
+        n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", two, gl, 0);
+        assert_int_equal(gz_parse(&o, resp, n, 0, &seen), CMH_SCRAPE_GZIP_ERROR);
+    }
+    memcpy(two, gz, gl);
+    memcpy(two + gl, "junk", 4);
+    n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", two, gl + 4, 0);
+    assert_int_equal(gz_parse(&o, resp, n, 0, &seen), CMH_SCRAPE_GZIP_ERROR);
+    /* not gzip at all */
+    n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", body, blen, 0);
+    assert_int_equal(gz_parse(&o, resp, n, 0, &seen), CMH_SCRAPE_GZIP_ERROR);
+    assert_int_equal(seen.body, 0);
+    /* codings we cannot read: never begun */
+    static const char *const bad[] = {"br", "deflate", "gzip, gzip", "compress", "zstd", ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        char h[64];
+        snprintf(h, sizeof h, "Content-Encoding: %s\r\n", bad[i]);
+        n = gz_response(resp, sizeof resp, h, gz, gl, 0);
+        assert_int_equal(gz_parse(&o, resp, n, 0, &seen), CMH_SCRAPE_CONTENT_ENCODING);
+        assert_int_equal(seen.begun, 0);
+    }
+    n = (size_t)snprintf(resp, sizeof resp,
+                         "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Encoding: gzip"
+                         "\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n");
+    assert_int_equal(gz_parse(&o, resp, n, 0, &seen), CMH_SCRAPE_CONTENT_ENCODING);
+    free(gz);
+
+    /* a bomb: the consumer gets exactly the cap, however the reads fall */
+    char *nl = malloc(64 * 1024);
+    assert_non_null(nl);
+    memset(nl, '\n', 64 * 1024);
+    gz = deflate_gzip(nl, 64 * 1024, &gl);
+    free(nl);
+    n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", gz, gl, 1);
+    for (size_t chunk = 0; chunk <= 50; chunk += 5) {
+        assert_int_equal(gz_parse(&o, resp, n, chunk, &seen), CMH_SCRAPE_GZIP_TOO_LARGE);
+        assert_int_equal(seen.body, 1024);
+    }
+    /* exactly the cap is fine */
+    free(gz);
+    nl = malloc(1024);
+    assert_non_null(nl);
+    memset(nl, '\n', 1024);
+    gz = deflate_gzip(nl, 1024, &gl);
+    free(nl);
+    n = gz_response(resp, sizeof resp, "Content-Encoding: gzip\r\n", gz, gl, 1);
+    assert_int_equal(gz_parse(&o, resp, n, 0, &seen), CMH_SCRAPE_OK);
+    assert_int_equal(seen.body, 1024);
+    free(gz);
+}
+
 #define T(fn) cmocka_unit_test_setup_teardown(fn, setup, teardown)
 
 int main(void)
@@ -1166,7 +1545,12 @@ int main(void)
         T(truncated_body),
         T(http_status_500_never_begins_consumer),
         T(wrong_content_type),
-        T(content_encoding_rejected_as_content_type),
+        T(unknown_content_encoding_fails_as_content_encoding),
+        T(gzip_asked_inflated_byte_exact_same_samples_as_identity),
+        T(gzip_off_sends_no_accept_encoding),
+        T(gzip_bomb_fails_that_node_only),
+        T(gzip_stream_cut_short_fails_as_gzip_error),
+        T(gzip_inflaters_bounded_by_connections_and_reused),
         T(body_too_large_by_content_length),
         T(body_too_large_streamed_chunked),
         T(malformed_http_garbage),
@@ -1186,6 +1570,7 @@ int main(void)
         cmocka_unit_test(result_names_are_distinct),
         cmocka_unit_test(opts_from_config_keep_round_inside_interval),
         cmocka_unit_test(parse_response_classifies_like_the_socket_path),
+        cmocka_unit_test(parse_response_gzip_chunked_every_split_and_every_fault),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

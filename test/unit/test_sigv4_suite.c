@@ -1,4 +1,4 @@
-/* SigV4 against aws-c-auth's signing test suite (../shared/testdata/sigv4/, 38 cases): for header
+/* SigV4 against aws-c-auth's signing test suite (test/data/sigv4/, 38 cases): for header
  * and query signing, the canonical request, string to sign, signature and signed request must be
  * byte-identical to the suite's. Plus the hash/HMAC helpers against published vectors. */
 #include <setjmp.h>
@@ -48,13 +48,13 @@ static char *read_file(const char *dir, const char *name, size_t *len_out)
 
 static char *suite_dir(void)
 {
-    const char *shared = getenv("CMH_SHARED_DIR");
-    if (shared == NULL || *shared == '\0')
-        shared = CMH_SHARED_DIR;
-    size_t n = strlen(shared) + 32;
+    const char *data = getenv("CMH_DATA_DIR");
+    if (data == NULL || *data == '\0')
+        data = CMH_DATA_DIR;
+    size_t n = strlen(data) + 32;
     char *d = malloc(n);
     assert_non_null(d);
-    snprintf(d, n, "%s/testdata/sigv4", shared);
+    snprintf(d, n, "%s/sigv4", data);
     return d;
 }
 

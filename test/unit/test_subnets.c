@@ -216,6 +216,18 @@ static void subnets_round_datums_equal_hand_sums(void **state)
     assert_true(val(&a, "subnetAvailableIPAddresses", "AvailabilityZone", "az-b") == 500);
     assert_int_equal(count(&a, "subnetAvailableIPAddresses", "AvailabilityZone"), 2);
     assert_true(val(&a, "clusterMinSubnetAvailableIPAddresses", NULL, NULL) == 40);
+    /* Size and fullness: a /16 holds 65536 - 5 usable addresses, a /17 32768 - 5. */
+    assert_true(val(&a, "subnetTotalIPAddresses", "SubnetId", "subnet-00000001") == 65531);
+    assert_true(val(&a, "subnetTotalIPAddresses", "SubnetId", "subnet-00000002") == 32763);
+    assert_true(val(&a, "subnetTotalIPAddresses", "AvailabilityZone", "az-a") == 65531 + 32763);
+    assert_true(val(&a, "subnetTotalIPAddresses", "AvailabilityZone", "az-b") == 65531);
+    assert_true(val(&a, "subnetIPUtilization", "SubnetId", "subnet-00000002") ==
+                100.0 * (32763 - 40) / 32763);
+    assert_true(val(&a, "subnetIPUtilization", "AvailabilityZone", "az-a") ==
+                100.0 * (65531 + 32763 - 1040) / (65531 + 32763));
+    /* The fullest subnet is the /17 with 40 free, not the /16 with 500. */
+    assert_true(val(&a, "clusterMaxSubnetIPUtilization", NULL, NULL) ==
+                100.0 * (32763 - 40) / 32763);
     /* Per AZ: az-a = n1 + n2, az-b = n3 + n5, unknown = n4. */
     assert_true(val(&a, "assignIPAddresses", "AvailabilityZone", "az-a") == 35);
     assert_true(val(&a, "totalIPAddresses", "AvailabilityZone", "az-a") == 48);
@@ -244,11 +256,15 @@ static void subnets_round_datums_equal_hand_sums(void **state)
     round_of(&a, 3, 0);
     assert_int_equal(cmh_subnets_round_datums(&a, &l, targets, 5, &o), 0);
     assert_true(val(&a, "clusterMinSubnetAvailableIPAddresses", NULL, NULL) == 0);
+    assert_true(val(&a, "clusterMaxSubnetIPUtilization", NULL, NULL) == 100);
+    assert_true(val(&a, "subnetIPUtilization", "SubnetId", "subnet-00000003") == 100);
 
     /* No view (stale or not fetched yet): no subnet or AZ datums, per node still. */
     round_of(&a, 4, 0);
     assert_int_equal(cmh_subnets_round_datums(&a, NULL, targets, 5, &o), 0);
     assert_null(find(&a, "clusterMinSubnetAvailableIPAddresses", NULL, NULL));
+    assert_null(find(&a, "clusterMaxSubnetIPUtilization", NULL, NULL));
+    assert_int_equal(count(&a, "subnetIPUtilization", "SubnetId"), 0);
     assert_int_equal(count(&a, "assignIPAddresses", "AvailabilityZone"), 0);
     assert_int_equal(count(&a, "assignIPAddresses", "NodeName"), 2);
 
@@ -264,12 +280,56 @@ static void subnets_round_datums_equal_hand_sums(void **state)
     cmh_agg_close(&a);
 }
 
+/* Usable addresses per block size, and the subnets whose size is unknown (IPv6 only) left out of
+ * the size and fullness datums while their free IPs still count. */
+static void subnets_size_and_utilization_of_small_and_ipv6_only_subnets(void **state)
+{
+    (void)state;
+    const struct {
+        const char *v4;
+        int64_t usable;
+    } sizes[] = {{"127.5.0.0/28", 11},
+                 {"127.5.0.0/29", 3},
+                 {"127.5.0.0/30", 0},
+                 {"127.5.0.0/32", 0},
+                 {"127.0.0.0/8", 16777211}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        struct cmh_subnet s = subnet("subnet-0000000a", "az-a", sizes[i].v4, NULL, 0);
+        assert_int_equal(cmh_subnet_usable_ipv4(&s), sizes[i].usable);
+    }
+    struct cmh_subnet v6only = subnet("subnet-0000000b", "az-a", NULL, "fd00:5::/64", 7);
+    assert_int_equal(cmh_subnet_usable_ipv4(&v6only), 0);
+
+    struct cmh_agg a;
+    struct cmh_agg_opts ao = {.stale_rounds = 0, .max_series = 64, .cluster_id = "c1"};
+    assert_int_equal(cmh_agg_init(&a, &ao), 0);
+    struct cmh_subnet_list l = {0};
+    struct cmh_subnet small = subnet("subnet-0000000a", "az-a", "127.5.0.0/28", NULL, 2);
+    assert_int_equal(cmh_subnet_list_push(&l, &small), 0);
+    assert_int_equal(cmh_subnet_list_push(&l, &v6only), 0);
+    cmh_subnet_list_sort(&l);
+    struct cmh_subnets_opts o = {0};
+    round_of(&a, 1, 0);
+    assert_int_equal(cmh_subnets_round_datums(&a, &l, targets, 5, &o), 0);
+    assert_true(val(&a, "subnetTotalIPAddresses", "SubnetId", "subnet-0000000a") == 11);
+    assert_true(val(&a, "subnetIPUtilization", "SubnetId", "subnet-0000000a") == 100.0 * 9 / 11);
+    assert_null(find(&a, "subnetTotalIPAddresses", "SubnetId", "subnet-0000000b"));
+    assert_null(find(&a, "subnetIPUtilization", "SubnetId", "subnet-0000000b"));
+    assert_true(val(&a, "subnetAvailableIPAddresses", "AvailabilityZone", "az-a") == 9);
+    assert_true(val(&a, "subnetIPUtilization", "AvailabilityZone", "az-a") == 100.0 * 9 / 11);
+    assert_true(val(&a, "clusterMaxSubnetIPUtilization", NULL, NULL) == 100.0 * 9 / 11);
+    assert_true(val(&a, "clusterMinSubnetAvailableIPAddresses", NULL, NULL) == 2);
+    cmh_subnet_list_free(&l);
+    cmh_agg_close(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(subnets_cidr_parse_and_contains),
         cmocka_unit_test(subnets_map_ip_longest_prefix_and_ids),
         cmocka_unit_test(subnets_round_datums_equal_hand_sums),
+        cmocka_unit_test(subnets_size_and_utilization_of_small_and_ipv6_only_subnets),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

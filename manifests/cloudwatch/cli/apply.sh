@@ -7,7 +7,7 @@
 #   apply.sh --render DIR CLUSTER_ID SNS_TOPIC_ARN REGION ACCOUNT_ID   only write the filled files
 #
 # The files are generated from ../alarms.yaml with its default thresholds; edit a filled file to
-# change one. SUBNET_ALARM=false (the template's SubnetAlarm=false) leaves out the emptiest-subnet
+# change one. SUBNET_ALARM=false (the template's SubnetAlarm=false) leaves out the fullest-subnet
 # alarm and its entry in the dashboard's alarm widget: set it when the helper runs without
 # SUBNET_METRICS=true, since that alarm treats no subnet datum as breaching.
 set -eu
@@ -55,8 +55,8 @@ out=${render:-$(mktemp -d)}
 mkdir -p "$out"
 # Without the subnet alarm, its ARN leaves the alarm widget (a JSON string inside the dashboard
 # body, so its quotes are escaped there): what the template gives with SubnetAlarm=false.
-subnet=alarm-subnet-free-ips-low.json
-drop='s|\\"arn:[^\\]*:alarm:cni-@CLUSTER_ID@-subnet-free-ips-low\\",||'
+subnet=alarm-subnet-ip-utilization-high.json
+drop='s|\\"arn:[^\\]*:alarm:cni-@CLUSTER_ID@-subnet-ip-utilization-high\\",||'
 [ "$subnet_alarm" = true ] && drop=''
 for f in "$here"/*.json; do
     name=$(basename "$f")
