@@ -1072,6 +1072,20 @@ out:
     return 0;
 }
 
+/* The state every call starts from; the first request goes from the loop, never inside the call. */
+static void begin_call(struct cmh_ec2 *e, void *arg)
+{
+    e->page.subnets = &e->list;
+    e->token[0] = '\0';
+    e->attempt = 0;
+    e->pages = 0;
+    e->kept = 0;
+    e->refreshed = 0;
+    e->arg = arg;
+    e->busy = 1;
+    later(e, 0);
+}
+
 int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t nids,
                              cmh_ec2_done_cb cb, void *arg)
 {
@@ -1097,16 +1111,9 @@ int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t n
             return -ENOMEM;
         }
     }
-    e->page.subnets = &e->list;
-    e->token[0] = '\0';
-    e->attempt = 0;
-    e->pages = 0;
-    e->kept = 0;
-    e->refreshed = 0;
     e->cb = cb;
-    e->arg = arg;
-    e->busy = 1;
-    later(e, 0); /* never call back inside this call */
+    e->tags_cb = NULL;
+    begin_call(e, arg);
     return 0;
 }
 
@@ -1131,17 +1138,9 @@ int cmh_ec2_describe_tags(struct cmh_ec2 *e, const char *resource_id, const char
         free_call(e);
         return rc;
     }
-    e->page.subnets = &e->list;
-    e->token[0] = '\0';
-    e->attempt = 0;
-    e->pages = 0;
-    e->kept = 0;
-    e->refreshed = 0;
     e->tags_cb = cb;
     e->cb = NULL;
-    e->arg = arg;
-    e->busy = 1;
-    later(e, 0); /* never call back inside this call */
+    begin_call(e, arg);
     return 0;
 }
 

@@ -68,6 +68,28 @@ static int host_has_ipv6(void)
     return 1;
 }
 
+/* A server on address, port 0; returns the port. */
+static unsigned start(struct cmh_http_server *s, uv_loop_t *loop, struct cmh_log *log,
+                      const char *address)
+{
+    cmh_log_init(log, CMH_LOG_ERROR, CMH_LOG_TEXT, 2);
+    assert_int_equal(uv_loop_init(loop), 0);
+    memset(s, 0, sizeof *s);
+    struct cmh_http_server_opts o = {.address = address, .port = 0};
+    assert_int_equal(cmh_http_server_start(s, loop, &o, answer, NULL, log), 0);
+    unsigned port = cmh_http_server_port(s);
+    assert_true(port > 0);
+    return port;
+}
+
+static void stop(struct cmh_http_server *s, uv_loop_t *loop)
+{
+    cmh_http_server_close(s, NULL);
+    for (int i = 0; i < 100 && uv_run(loop, UV_RUN_NOWAIT) != 0; i++)
+        ;
+    assert_int_equal(uv_loop_close(loop), 0);
+}
+
 static void default_address_is_dual_stack_wildcard(void **state)
 {
     (void)state;
@@ -77,15 +99,9 @@ static void default_address_is_dual_stack_wildcard(void **state)
     assert_int_equal(cmh_config_load(&cfg, env, err), 0);
 
     struct cmh_log log;
-    cmh_log_init(&log, CMH_LOG_ERROR, CMH_LOG_TEXT, 2);
     uv_loop_t loop;
-    assert_int_equal(uv_loop_init(&loop), 0);
     struct cmh_http_server s;
-    memset(&s, 0, sizeof s);
-    struct cmh_http_server_opts o = {.address = cfg.prometheus_address, .port = 0};
-    assert_int_equal(cmh_http_server_start(&s, &loop, &o, answer, NULL, &log), 0);
-    unsigned port = cmh_http_server_port(&s);
-    assert_true(port > 0);
+    unsigned port = start(&s, &loop, &log, cfg.prometheus_address);
 
     struct sockaddr_storage ss;
     int len = sizeof ss;
@@ -99,10 +115,7 @@ static void default_address_is_dual_stack_wildcard(void **state)
         assert_int_equal(uv_fileno((uv_handle_t *)&s.listener, &fd), 0);
         assert_int_equal(getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &ol), 0);
     }
-    cmh_http_server_close(&s, NULL);
-    for (int i = 0; i < 100 && uv_run(&loop, UV_RUN_NOWAIT) != 0; i++)
-        ;
-    assert_int_equal(uv_loop_close(&loop), 0);
+    stop(&s, &loop);
 
     if (host_has_ipv6()) {
         /* [::]:port with IPV6_V6ONLY off: IPv4 and IPv6 alike. */
@@ -126,19 +139,11 @@ static void ipv4_address_misses_ipv6_loopback(void **state)
     if (!host_has_ipv6())
         skip();
     struct cmh_log log;
-    cmh_log_init(&log, CMH_LOG_ERROR, CMH_LOG_TEXT, 2);
     uv_loop_t loop;
-    assert_int_equal(uv_loop_init(&loop), 0);
     struct cmh_http_server s;
-    memset(&s, 0, sizeof s);
-    struct cmh_http_server_opts o = {.address = "127.0.0.1", .port = 0};
-    assert_int_equal(cmh_http_server_start(&s, &loop, &o, answer, NULL, &log), 0);
-    unsigned port = cmh_http_server_port(&s);
+    unsigned port = start(&s, &loop, &log, "127.0.0.1");
     int c6 = connect_to(AF_INET6, "::1", port);
-    cmh_http_server_close(&s, NULL);
-    for (int i = 0; i < 100 && uv_run(&loop, UV_RUN_NOWAIT) != 0; i++)
-        ;
-    assert_int_equal(uv_loop_close(&loop), 0);
+    stop(&s, &loop);
     assert_int_not_equal(c6, 0);
 }
 
