@@ -55,10 +55,11 @@ int cmh_cluster_parse_provider_id(const char *pid, char *region, size_t rlen, ch
     /* The zone's region: the zone up to its first word that starts with a digit, that word's
      * digits included (us-west-2a, us-west-2-lax-1a, us-gov-west-1b, us-east-1-wl1-bos-wlz-1). */
     size_t azn = (size_t)(slash - az), words = 0, end = 0;
+    for (size_t i = 0; i < azn; i++)
+        if (!(islower((unsigned char)az[i]) || isdigit((unsigned char)az[i]) || az[i] == '-'))
+            return -EPROTO;
     for (size_t i = 0; i < azn; i++) {
         unsigned char c = (unsigned char)az[i];
-        if (!(islower(c) || isdigit(c) || c == '-'))
-            return -EPROTO;
         if ((i == 0 || az[i - 1] == '-') && c != '-') {
             words++;
             if (isdigit(c)) {
