@@ -31,7 +31,7 @@ from testlib import (check, finish, http, http_status, parse_metrics, read_event
 BIN = os.environ["CMH_BIN"]
 BUILD = os.environ["CMH_BUILD_DIR"]
 SRC = os.environ["CMH_SOURCE_DIR"]
-SHARED = os.environ["CMH_SHARED_DIR"]
+DATA = os.environ["CMH_DATA_DIR"]
 PY = "/usr/bin/python3"
 KEY = "AKIDCLUSTER:secretcluster"
 IMDS_INSTANCE = "i-1234567890abcdef0"  # the AEMM tree's instance-id
@@ -49,7 +49,7 @@ def original_rule(tags):
 
 
 tmp = tempfile.mkdtemp(prefix="cmh-clusterid-")
-sim = spawn_ipamd_sim(BUILD, SHARED, tmp, 2, "127.153.0.1", seed=7)
+sim = spawn_ipamd_sim(BUILD, DATA, tmp, 2, "127.153.0.1", seed=7)
 aws = subprocess.Popen([PY, os.path.join(SRC, "test/sim/aws_standin.py"), "--lifetime", "280"],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 with open(os.path.join(tmp, "ec2.json"), "w") as f:
