@@ -130,7 +130,13 @@ try:
         stats = json.loads(http(ec2_url + "/stats"))
         check(f"{label}: EC2 stand-in: every request signed right and valid",
               stats["bad_signature"] == 0 and stats["invalid"] == 0, stats)
-        stop_proc(daemon, timeout=10)
+        daemon.send_signal(15)
+        try:
+            tail = daemon.communicate(timeout=15)[1]  # the log's rest, so a full pipe never blocks it
+        except subprocess.TimeoutExpired:
+            tail = "(no exit within 15 s)"
+        rc = stop_proc(daemon, timeout=5)
+        check(f"{label}: the daemon stopped cleanly", rc == 0, (rc, tail[-2000:]))
         daemon = None
         return stats
 
