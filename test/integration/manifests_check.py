@@ -1241,7 +1241,8 @@ for label, objs in all_renders.items():
     check_rendering(label, objs, netpol=label != "helm network policy off", metrics_from=metrics_from)
 for label in ("kustomize base", "kustomize irsa + direct-only + leader-election + subnet-metrics",
               "helm defaults with image.registry", "helm other namespace, own ServiceAccount, port",
-              "helm irsa, leader election, subnet metrics, direct"):
+              "helm irsa, leader election, subnet metrics, direct", "helm host network with leader election",
+              "kustomize irsa + host-network"):
     if check(f"{label}: rendered for the daemon", label in all_renders):
         run_daemon_with(label, all_renders[label])
 
