@@ -38,6 +38,9 @@ enum xel {
     X_SUBNET,    /* subnetSet/item */
     X_V6SET,     /* item/ipv6CidrBlockAssociationSet */
     X_V6ITEM,    /* ipv6CidrBlockAssociationSet/item */
+    X_TRESPONSE, /* DescribeTagsResponse */
+    X_TAGSET,    /* tagSet */
+    X_TAG,       /* tagSet/item */
     X_FIELD,
 };
 
@@ -52,6 +55,8 @@ enum xfield {
     F_V6CIDR,
     F_CODE,
     F_MESSAGE,
+    F_TAG_KEY,
+    F_TAG_VALUE,
     F_COUNT
 };
 
@@ -71,7 +76,8 @@ struct cmh_ec2_xml {
     int done; /* the final piece was fed */
     /* The subnet being read. */
     struct cmh_subnet cur;
-    unsigned seen; /* bit per field within the current subnet or error */
+    struct cmh_ec2_tag tag; /* the tag being read */
+    unsigned seen;          /* bit per field within the current subnet, tag or error */
     unsigned seen_top;
 };
 
@@ -92,6 +98,7 @@ static enum xfield field_of(enum xel parent, const char *n)
 {
     switch (parent) {
     case X_RESPONSE:
+    case X_TRESPONSE:
         return strcmp(n, "requestId") == 0   ? F_REQUEST_ID
                : strcmp(n, "nextToken") == 0 ? F_NEXT_TOKEN
                                              : F_NONE;
@@ -105,6 +112,8 @@ static enum xfield field_of(enum xel parent, const char *n)
                                                            : F_NONE;
     case X_V6ITEM:
         return strcmp(n, "ipv6CidrBlock") == 0 ? F_V6CIDR : F_NONE;
+    case X_TAG:
+        return strcmp(n, "key") == 0 ? F_TAG_KEY : strcmp(n, "value") == 0 ? F_TAG_VALUE : F_NONE;
     case X_ERROR:
         return strcmp(n, "Code") == 0 ? F_CODE : strcmp(n, "Message") == 0 ? F_MESSAGE : F_NONE;
     default:
@@ -123,6 +132,10 @@ static enum xel container_of_name(enum xel parent, const char *n)
         return strcmp(n, "ipv6CidrBlockAssociationSet") == 0 ? X_V6SET : X_SKIP;
     case X_V6SET:
         return strcmp(n, "item") == 0 ? X_V6ITEM : X_SKIP;
+    case X_TRESPONSE:
+        return strcmp(n, "tagSet") == 0 ? X_TAGSET : X_SKIP;
+    case X_TAGSET:
+        return strcmp(n, "item") == 0 ? X_TAG : X_SKIP;
     case X_ERRROOT:
         return strcmp(n, "Errors") == 0 ? X_ERRORS : strcmp(n, "Error") == 0 ? X_ERROR : X_SKIP;
     case X_ERRORS:
@@ -151,6 +164,8 @@ static void XMLCALL x_start(void *ud, const XML_Char *name, const XML_Char **att
     if (d == 0) {
         if (strcmp(n, "DescribeSubnetsResponse") == 0)
             x->root = X_RESPONSE;
+        else if (strcmp(n, "DescribeTagsResponse") == 0)
+            x->root = X_TRESPONSE;
         else if (strcmp(n, "Response") == 0 || strcmp(n, "ErrorResponse") == 0)
             x->root = X_ERRROOT;
         else {
@@ -163,7 +178,9 @@ static void XMLCALL x_start(void *ud, const XML_Char *name, const XML_Char **att
     enum xel parent = x->path[d - 1];
     enum xfield f = field_of(parent, n);
     if (f != F_NONE) {
-        unsigned *seen = parent == X_RESPONSE || parent == X_ERRROOT ? &x->seen_top : &x->seen;
+        unsigned *seen = parent == X_RESPONSE || parent == X_TRESPONSE || parent == X_ERRROOT
+                             ? &x->seen_top
+                             : &x->seen;
         /* IPv6 blocks repeat, one per item; everything else appears once. */
         if (f != F_V6CIDR && (*seen & (1u << f))) {
             x_fail(x, -EPROTO);
@@ -182,6 +199,9 @@ static void XMLCALL x_start(void *ud, const XML_Char *name, const XML_Char **att
     }
     if (me == X_SUBNET) {
         memset(&x->cur, 0, sizeof x->cur);
+        x->seen = 0;
+    } else if (me == X_TAG) {
+        memset(&x->tag, 0, sizeof x->tag);
         x->seen = 0;
     } else if (me == X_ERROR) {
         if (x->seen_top & (1u << F_CODE)) {
@@ -252,6 +272,16 @@ static int field_end(struct cmh_ec2_xml *x, enum xfield f)
         x->cur.available = v;
         return 0;
     }
+    case F_TAG_KEY:
+        rc = copy_text(x->tag.key, sizeof x->tag.key, x->buf, x->blen);
+        return rc != 0 || x->tag.key[0] == '\0' ? -EPROTO : 0;
+    case F_TAG_VALUE:
+        /* A value is kept as EC2 stored it (an empty one is a value too). */
+        if (x->blen >= sizeof x->tag.value)
+            return -EPROTO;
+        memcpy(x->tag.value, x->buf, x->blen);
+        x->tag.value[x->blen] = '\0';
+        return memchr(x->tag.value, '\0', x->blen) != NULL ? -EPROTO : 0;
     case F_CODE:
         rc = copy_text(p->error_code, sizeof p->error_code, x->buf, x->blen);
         if (rc != 0 || p->error_code[0] == '\0')
@@ -306,6 +336,16 @@ static void XMLCALL x_end(void *ud, const XML_Char *name)
         }
         if (cmh_subnet_list_push(x->page->subnets, &x->cur) != 0)
             x_fail(x, -ENOMEM);
+    } else if (me == X_TAG) {
+        if (!(x->seen & (1u << F_TAG_KEY))) {
+            x_fail(x, -EPROTO);
+            return;
+        }
+        if (x->page->ntags >= CMH_EC2_MAX_TAGS) {
+            x_fail(x, -E2BIG);
+            return;
+        }
+        x->page->tags[x->page->ntags++] = x->tag;
     } else if (me == X_ERROR && !(x->seen_top & (1u << F_CODE))) {
         x_fail(x, -EPROTO); /* an Error without a Code */
     }
@@ -345,6 +385,8 @@ int cmh_ec2_xml_new(struct cmh_ec2_xml **out, struct cmh_ec2_page *page)
     page->error_code[0] = '\0';
     page->error_message[0] = '\0';
     page->request_id[0] = '\0';
+    page->ntags = 0;
+    page->tags_answer = 0;
     struct cmh_ec2_xml *x = cmh_calloc(1, sizeof *x);
     if (x == NULL)
         return -ENOMEM;
@@ -385,6 +427,7 @@ int cmh_ec2_xml_feed(struct cmh_ec2_xml *x, const char *data, size_t len, int fi
             x->done = 1;
             if (x->root == X_SKIP || (x->root == X_ERRROOT && x->page->error_code[0] == '\0'))
                 x->error = -EPROTO;
+            x->page->tags_answer = x->root == X_TRESPONSE;
             return x->error;
         }
     }
@@ -431,7 +474,11 @@ struct cmh_ec2 {
     int freeing;
     int busy;
     int resolving;
-    /* The call in progress. */
+    /* The call in progress: DescribeSubnets, or DescribeTags when tags_cb is set. */
+    cmh_ec2_tags_cb tags_cb;
+    char *tag_resource; /* DescribeTags: the resource-id filter */
+    char **tag_keys;    /* and the key filter's values */
+    size_t ntag_keys;
     char **ids; /* still to describe: an id EC2 does not know moves to missing */
     size_t nids;
     char **missing; /* room for every id of the call */
@@ -482,9 +529,24 @@ static void free_request(struct cmh_ec2 *e)
     e->xml = NULL;
 }
 
+/* The actions this client calls, spelled so the manifest tests can read them (IAM policy). */
+#define EC2_ACTION(name) name
+
+static const char *action(const struct cmh_ec2 *e)
+{
+    return e->tags_cb != NULL ? EC2_ACTION("DescribeTags") : EC2_ACTION("DescribeSubnets");
+}
+
 static void free_call(struct cmh_ec2 *e)
 {
     free_request(e);
+    cmh_free(e->tag_resource);
+    e->tag_resource = NULL;
+    for (size_t i = 0; i < e->ntag_keys; i++)
+        cmh_free(e->tag_keys[i]);
+    cmh_free(e->tag_keys);
+    e->tag_keys = NULL;
+    e->ntag_keys = 0;
     for (size_t i = 0; i < e->nids; i++)
         cmh_free(e->ids[i]);
     cmh_free(e->ids);
@@ -512,6 +574,13 @@ __attribute__((format(printf, 3, 4))) static void finish(struct cmh_ec2 *e, int 
     }
     e->busy = 0;
     free_request(e);
+    if (e->tags_cb != NULL) {
+        cmh_ec2_tags_cb tcb = e->tags_cb;
+        free_call(e);
+        e->tags_cb = NULL;
+        tcb(e, rc, e->page.tags, rc == 0 ? e->page.ntags : 0, rc == 0 ? NULL : e->why, e->arg);
+        return;
+    }
     if (rc == 0)
         cmh_subnet_list_sort(&e->list);
     cmh_ec2_done_cb cb = e->cb;
@@ -532,7 +601,7 @@ static void retry(struct cmh_ec2 *e, const char *what)
 {
     e->attempt++;
     if (e->attempt >= e->o.max_attempts) {
-        finish(e, -EAGAIN, "EC2 DescribeSubnets failed %u times, last: %s", e->attempt, what);
+        finish(e, -EAGAIN, "EC2 %s failed %u times, last: %s", action(e), e->attempt, what);
         return;
     }
     uint64_t delay =
@@ -574,10 +643,23 @@ static int build_form(struct cmh_ec2 *e, size_t *out_len)
 {
     size_t len = 0, cap = 0;
     char *form = NULL;
-    int rc = form_add(&form, &len, &cap, "Action", "DescribeSubnets");
+    int rc = form_add(&form, &len, &cap, "Action", action(e));
     if (rc == 0)
         rc = form_add(&form, &len, &cap, "Version", "2016-11-15");
-    if (e->single && e->single_i < e->nids) {
+    if (e->tags_cb != NULL) {
+        /* The tags of one resource with these keys: at most one tag per key, one page. */
+        if (rc == 0)
+            rc = form_add(&form, &len, &cap, "Filter.1.Name", "resource-id");
+        if (rc == 0)
+            rc = form_add(&form, &len, &cap, "Filter.1.Value.1", e->tag_resource);
+        if (rc == 0 && e->ntag_keys > 0)
+            rc = form_add(&form, &len, &cap, "Filter.2.Name", "key");
+        for (size_t i = 0; rc == 0 && i < e->ntag_keys; i++) {
+            char name[48];
+            snprintf(name, sizeof name, "Filter.2.Value.%zu", i + 1);
+            rc = form_add(&form, &len, &cap, name, e->tag_keys[i]);
+        }
+    } else if (e->single && e->single_i < e->nids) {
         rc = form_add(&form, &len, &cap, "SubnetId.1", e->ids[e->single_i]);
     } else {
         for (size_t i = 0; rc == 0 && i < e->nids; i++) {
@@ -587,7 +669,7 @@ static int build_form(struct cmh_ec2 *e, size_t *out_len)
         }
     }
     /* MaxResults only when listing everything (EC2 refuses it together with ids). */
-    if (rc == 0 && e->nids == 0)
+    if (rc == 0 && e->nids == 0 && e->tags_cb == NULL)
         rc = form_add(&form, &len, &cap, "MaxResults", "1000");
     if (rc == 0 && e->token[0] != '\0')
         rc = form_add(&form, &len, &cap, "NextToken", e->token);
@@ -853,6 +935,8 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         e->xml_rc = cmh_ec2_xml_feed(e->xml, NULL, 0, 1);
     const char *code = e->page.error_code, *msg = e->page.error_message;
     if (res->status >= 200 && res->status < 300) {
+        if (e->xml_rc == 0 && code[0] == '\0' && e->page.tags_answer != (e->tags_cb != NULL))
+            e->xml_rc = -EPROTO; /* the answer of another action */
         if (e->xml_rc != 0 || code[0] != '\0') {
             snprintf(what, sizeof what, "HTTP %ld with %s", res->status,
                      e->xml_rc == -E2BIG ? "more subnets than we keep" : "a malformed answer");
@@ -865,6 +949,10 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         }
         e->attempt = 0;
         e->refreshed = 0;
+        if (e->tags_cb != NULL) {
+            finish(e, 0, NULL); /* filtered by resource and keys: everything is on one page */
+            return;
+        }
         e->kept = e->list.n;
         if (e->page.next_token[0] == '\0') {
             if (e->single && ++e->single_i < e->nids) {
@@ -888,12 +976,17 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         if (res->status >= 500 || res->status == 429)
             retry(e, what);
         else
-            finish(e, -EPROTO, "EC2 DescribeSubnets: %s", what);
+            finish(e, -EPROTO, "EC2 %s: %s", action(e), what);
         return;
     }
     snprintf(what, sizeof what, "HTTP %ld %s: %s", res->status, code, msg);
     if (code_is(code, throttled) || res->status >= 500) {
         retry(e, what);
+    } else if (code_is(code, denied) && e->tags_cb != NULL) {
+        finish(e, -EACCES,
+               "EC2 DescribeTags denied (%s: %s): grant ec2:DescribeTags to this role, or set "
+               "AWS_CLUSTER_ID",
+               code, msg);
     } else if (code_is(code, denied)) {
         finish(e, -EACCES,
                "EC2 DescribeSubnets denied (%s: %s): grant ec2:DescribeSubnets to this role "
@@ -908,7 +1001,7 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
     } else if (strncmp(code, "InvalidSubnetID", 15) == 0) {
         finish(e, -ENOENT, "EC2 refused a subnet id of SUBNET_IDS (%s: %s)", code, msg);
     } else {
-        finish(e, -EPROTO, "EC2 DescribeSubnets refused: %s", what);
+        finish(e, -EPROTO, "EC2 %s refused: %s", action(e), what);
     }
 }
 
@@ -979,6 +1072,20 @@ out:
     return 0;
 }
 
+/* The state every call starts from; the first request goes from the loop, never inside the call. */
+static void begin_call(struct cmh_ec2 *e, void *arg)
+{
+    e->page.subnets = &e->list;
+    e->token[0] = '\0';
+    e->attempt = 0;
+    e->pages = 0;
+    e->kept = 0;
+    e->refreshed = 0;
+    e->arg = arg;
+    e->busy = 1;
+    later(e, 0);
+}
+
 int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t nids,
                              cmh_ec2_done_cb cb, void *arg)
 {
@@ -1004,16 +1111,36 @@ int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t n
             return -ENOMEM;
         }
     }
-    e->page.subnets = &e->list;
-    e->token[0] = '\0';
-    e->attempt = 0;
-    e->pages = 0;
-    e->kept = 0;
-    e->refreshed = 0;
     e->cb = cb;
-    e->arg = arg;
-    e->busy = 1;
-    later(e, 0); /* never call back inside this call */
+    e->tags_cb = NULL;
+    begin_call(e, arg);
+    return 0;
+}
+
+int cmh_ec2_describe_tags(struct cmh_ec2 *e, const char *resource_id, const char *const *keys,
+                          size_t nkeys, cmh_ec2_tags_cb cb, void *arg)
+{
+    if (e->busy || e->freeing)
+        return -EBUSY;
+    if (resource_id == NULL || resource_id[0] == '\0' || nkeys > CMH_EC2_MAX_TAGS)
+        return -EINVAL;
+    free_call(e);
+    e->tag_resource = cmh_strdup(resource_id);
+    e->tag_keys = nkeys > 0 ? cmh_calloc(nkeys, sizeof *e->tag_keys) : NULL;
+    int rc = e->tag_resource == NULL || (nkeys > 0 && e->tag_keys == NULL) ? -ENOMEM : 0;
+    for (size_t i = 0; rc == 0 && i < nkeys; i++) {
+        e->tag_keys[i] = cmh_strdup(keys[i]);
+        if (e->tag_keys[i] == NULL)
+            rc = -ENOMEM;
+        e->ntag_keys = i + 1;
+    }
+    if (rc != 0) {
+        free_call(e);
+        return rc;
+    }
+    e->tags_cb = cb;
+    e->cb = NULL;
+    begin_call(e, arg);
     return 0;
 }
 

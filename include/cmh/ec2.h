@@ -21,8 +21,19 @@ struct cmh_curl_uv;
 
 /* What one answer said: subnets (appended to the caller's list), the next page's token, or an
  * AWS error (Response/Errors/Error/Code, Message). */
+#define CMH_EC2_MAX_TAGS 50 /* tags kept from one DescribeTags answer */
+
+/* An EC2 tag (DescribeTags tagSet/item): key 1..128 characters, value 0..256. */
+struct cmh_ec2_tag {
+    char key[129];
+    char value[257];
+};
+
 struct cmh_ec2_page {
-    struct cmh_subnet_list *subnets;    /* borrowed; subnets are appended */
+    struct cmh_subnet_list *subnets;           /* borrowed; subnets are appended */
+    struct cmh_ec2_tag tags[CMH_EC2_MAX_TAGS]; /* a DescribeTags answer's tags, in its order */
+    size_t ntags;
+    int tags_answer;                    /* the document was a DescribeTagsResponse */
     char next_token[CMH_EC2_TOKEN_MAX]; /* "" on the last page */
     char error_code[64];                /* "" unless the answer is an error document */
     char error_message[512];
@@ -35,7 +46,8 @@ struct cmh_ec2_xml; /* private */
  * fields are cleared here. Returns 0 or -ENOMEM. */
 int cmh_ec2_xml_new(struct cmh_ec2_xml **out, struct cmh_ec2_page *page);
 /* Feeds len bytes; final marks the end of the document. Returns 0; -EPROTO for anything that is
- * not a DescribeSubnets answer or an EC2 error document (malformed XML, a DOCTYPE, a subnet without
+ * not a DescribeSubnets or DescribeTags answer (a tag without a key, more than CMH_EC2_MAX_TAGS
+ * tags: -E2BIG) or an EC2 error document (malformed XML, a DOCTYPE, a subnet without
  * SubnetId/AvailabilityZone/AvailableIpAddressCount, a bad CIDR or count, a field twice, an error
  * without Code), -E2BIG for more than CMH_EC2_MAX_SUBNETS subnets or an over-long field, -ENOMEM.
  * After an error, later calls return the same error. */
@@ -85,6 +97,18 @@ int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t n
 /* The ids of the call whose callback is running that EC2 does not know, in the order they were
  * found; owned by e, valid during the callback only. Returns their number. */
 size_t cmh_ec2_missing(const struct cmh_ec2 *e, const char *const **ids);
+
+/* Fires once per cmh_ec2_describe_tags, from the loop, never inside the call. rc 0: the tags EC2
+ * answered (n may be 0: none of the keys is set), owned by the client and valid during the
+ * callback only. rc < 0: why says what failed (-EACCES names ec2:DescribeTags). */
+typedef void (*cmh_ec2_tags_cb)(struct cmh_ec2 *e, int rc, const struct cmh_ec2_tag *tags, size_t n,
+                                const char *why, void *arg);
+
+/* DescribeTags of one resource (Filter resource-id) with these keys (Filter key; nkeys 0: every
+ * key), with the same signing, retries and credential refresh as DescribeSubnets. The strings are
+ * copied. Returns 0, -EBUSY while a call is running, -EINVAL, -ENOMEM. */
+int cmh_ec2_describe_tags(struct cmh_ec2 *e, const char *resource_id, const char *const *keys,
+                          size_t nkeys, cmh_ec2_tags_cb cb, void *arg);
 
 /* Moves the result out of a done callback's list into *dst (freed first). */
 void cmh_ec2_take(struct cmh_subnet_list *src, struct cmh_subnet_list *dst);
