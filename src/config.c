@@ -201,6 +201,9 @@ const struct cmh_config_other cmh_config_others[] = {
     {"AWS_ENDPOINT_URL_STS", "STS endpoint override."},
     {"AWS_ENDPOINT_URL_EC2", "EC2 endpoint override (SUBNET_METRICS, cluster id from tags)."},
     {"POD_NAME", "This pod's name: its identity in leader election (set from metadata.name)."},
+    {"NODE_NAME",
+     "The node this pod runs on (set from spec.nodeName): its spec.providerID gives the "
+     "instance and region when instance metadata is out of reach."},
     {"KUBERNETES_SERVICE_HOST", "The API server, as Kubernetes sets it in every pod."},
     {"KUBERNETES_SERVICE_PORT", "The API server's port, as Kubernetes sets it."},
 };
