@@ -124,7 +124,9 @@ struct cmh_aws_provider {
     uint64_t imds_timeout_ms, sts_timeout_ms;
     /* results */
     char *region, *cluster_id;
-    const char *cluster_from;
+    const char *cluster_from, *region_from;
+    char *instance_id;  /* the instance this runs on: opts->instance_id, or IMDS with lookup */
+    int cluster_lookup; /* opts->cluster_lookup: no tags from IMDS, no default cluster id */
     int resolved;
     struct cmh_aws_credentials creds;
     char *c_akid, *c_secret, *c_token;
@@ -1036,9 +1038,15 @@ static void resolve_done(struct job *j);
 
 /* The token step failed. Resolving can still finish with a default cluster id when the region is
  * known; everything else fails with why. */
+static void resolve_for_lookup(struct job *j, const char *why);
+
 static void imds_token_failed(struct job *j, int rc, const char *why)
 {
     struct cmh_aws_provider *p = j->p;
+    if (j == &p->rj && p->region != NULL && p->cluster_lookup) {
+        resolve_for_lookup(j, why);
+        return;
+    }
     if (j == &p->rj && p->region != NULL) {
         resolve_default_cluster(j, why);
         if (!j->finished)
@@ -1482,9 +1490,53 @@ static void resolve_done(struct job *j)
 {
     struct cmh_aws_provider *p = j->p;
     p->resolved = 1;
-    CMH_LOG(p->log, CMH_LOG_INFO, "aws: region and cluster id", CMH_STR("region", p->region),
-            CMH_STR("cluster_id", p->cluster_id), CMH_STR("cluster_id_from", p->cluster_from));
+    if (p->cluster_id[0] != '\0')
+        CMH_LOG(p->log, CMH_LOG_INFO, "aws: region and cluster id", CMH_STR("region", p->region),
+                CMH_STR("region_from", p->region_from != NULL ? p->region_from : "unknown"),
+                CMH_STR("cluster_id", p->cluster_id), CMH_STR("cluster_id_from", p->cluster_from));
+    else
+        CMH_LOG(p->log, CMH_LOG_INFO, "aws: region and instance", CMH_STR("region", p->region),
+                CMH_STR("region_from", p->region_from != NULL ? p->region_from : "unknown"),
+                CMH_STR("instance_id", p->instance_id != NULL ? p->instance_id : "(unknown)"));
     job_finish(j, 0, NULL);
+}
+
+/* With cluster_lookup the caller learns the cluster id itself (EC2 DescribeTags of the instance,
+ * then what the cluster says): resolving ends with the region, the instance id when one could be
+ * learnt, and an empty cluster id. why, when not NULL, says why the instance id is unknown. */
+static void resolve_for_lookup(struct job *j, const char *why)
+{
+    struct cmh_aws_provider *p = j->p;
+    if (why != NULL)
+        CMH_LOG(p->log, CMH_LOG_WARN, "aws: instance id unknown: IMDS not reachable",
+                CMH_STR("why", why),
+                CMH_STR("fix", "set NODE_NAME (the node's spec.providerID names the instance) or "
+                               "AWS_CLUSTER_ID"));
+    p->cluster_id = cmh_strdup("");
+    if (p->cluster_id == NULL) {
+        job_finish(j, -ENOMEM, "out of memory");
+        return;
+    }
+    p->cluster_from = "lookup";
+    resolve_done(j);
+}
+
+static void on_instance_id(struct job *j, const struct cmh_curl_uv_response *res)
+{
+    struct cmh_aws_provider *p = j->p;
+    if (job_retry(j, res))
+        return;
+    char *v = NULL;
+    if (res->error == CMH_CURL_OK && res->status == 200 &&
+        cmh_aws_imds_parse_text(res->body, res->body_len, 64, &v) == 0) {
+        p->instance_id = v;
+        resolve_for_lookup(j, NULL);
+        return;
+    }
+    char d[320], why[WHY_MAX];
+    describe(res, d, sizeof d);
+    snprintf(why, sizeof why, "IMDS instance-id: %s", d);
+    resolve_for_lookup(j, why);
 }
 
 static void on_tag_value(struct job *j, const struct cmh_curl_uv_response *res)
@@ -1545,6 +1597,13 @@ static void resolve_cluster_step(struct job *j)
         resolve_done(j);
         return;
     }
+    if (j->p->cluster_lookup) {
+        if (j->p->instance_id != NULL)
+            resolve_for_lookup(j, NULL);
+        else
+            imds_get(j, "/latest/meta-data/instance-id", on_instance_id);
+        return;
+    }
     imds_get(j, "/latest/meta-data/tags/instance", on_tag_list);
 }
 
@@ -1570,6 +1629,7 @@ static void on_region(struct job *j, const struct cmh_curl_uv_response *res)
         return;
     }
     p->region = r;
+    p->region_from = "imds";
     CMH_LOG(p->log, CMH_LOG_INFO, "aws: region from IMDS", CMH_STR("region", r));
     resolve_cluster_step(j);
 }
@@ -1588,6 +1648,11 @@ static void resolve_start(struct cmh_aws_provider *p)
     j->busy = 1;
     if (p->region != NULL && p->cluster_id != NULL) {
         resolve_done(j);
+        return;
+    }
+    if (p->cluster_lookup && p->region != NULL && (p->instance_id != NULL || p->imds_disabled)) {
+        resolve_for_lookup(
+            j, p->instance_id != NULL ? NULL : "IMDS is disabled by AWS_EC2_METADATA_DISABLED");
         return;
     }
     if (p->imds_disabled) {
@@ -1625,12 +1690,21 @@ static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_op
     const char *cluster = o->cluster_id != NULL && o->cluster_id[0] != '\0' ? o->cluster_id : NULL;
     char why[WHY_MAX];
 
-    if (region == NULL)
-        region = env_get(env, "AWS_REGION");
-    if (region == NULL)
-        region = env_get(env, "AWS_DEFAULT_REGION");
+    p->region_from = region != NULL ? "AWS_REGION" : NULL;
+    if (region == NULL && (region = env_get(env, "AWS_REGION")) != NULL)
+        p->region_from = "AWS_REGION";
+    if (region == NULL && (region = env_get(env, "AWS_DEFAULT_REGION")) != NULL)
+        p->region_from = "AWS_DEFAULT_REGION";
+    if (region == NULL && o->region_hint != NULL && o->region_hint[0] != '\0') {
+        region = o->region_hint;
+        p->region_from = "node-provider-id";
+    }
     if (cluster == NULL)
         cluster = env_get(env, "AWS_CLUSTER_ID");
+    p->cluster_lookup = o->cluster_lookup;
+    if (o->instance_id != NULL && o->instance_id[0] != '\0' &&
+        (p->instance_id = cmh_strdup(o->instance_id)) == NULL)
+        return -ENOMEM;
     if (region != NULL && !valid_region(region)) {
         CMH_LOG(p->log, CMH_LOG_ERROR, "aws: not a region name", CMH_STR("region", region));
         return -EINVAL;
@@ -1773,6 +1847,7 @@ static void provider_release(struct cmh_aws_provider *p)
     cmh_free(p->imds_base);
     cmh_free(p->region);
     cmh_free(p->cluster_id);
+    cmh_free(p->instance_id);
     cmh_free_secret(p->c_akid);
     cmh_free_secret(p->c_secret);
     cmh_free_secret(p->c_token);
@@ -1873,6 +1948,16 @@ int cmh_aws_resolve(struct cmh_aws_provider *p, cmh_aws_resolve_cb cb, void *arg
     if (!p->rj.busy)
         resolve_start(p);
     return 0;
+}
+
+const char *cmh_aws_provider_instance_id(const struct cmh_aws_provider *p)
+{
+    return p->instance_id;
+}
+
+const char *cmh_aws_provider_region_from(const struct cmh_aws_provider *p)
+{
+    return p->region_from != NULL ? p->region_from : "unknown";
 }
 
 uint64_t cmh_aws_provider_requests(const struct cmh_aws_provider *p)

@@ -37,8 +37,9 @@ const struct cmh_config_var cmh_config_vars[] = {
      "default: a Prometheus that also scrapes ipamD would mix them with the per-node series."},
     {"METRIC_UPDATE_INTERVAL", CMH_CFG_DURATION, FIELD(interval_ms), "30", 1 * SEC, 3600 * SEC,
      NULL, 0, "Time between scrape rounds; bare numbers are seconds."},
-    {"AWS_REGION", CMH_CFG_STR, FIELD(aws_region), NULL, 0, 0, NULL, 0,
-     "AWS region of the CloudWatch endpoint. Unset: AWS_DEFAULT_REGION, then instance metadata."},
+    {"AWS_REGION", CMH_CFG_STR, FIELD(aws_region), NULL, 0, 0, NULL, CMH_CFG_REGION,
+     "AWS region of the CloudWatch endpoint. Unset: AWS_DEFAULT_REGION, then the node's "
+     "spec.providerID (NODE_NAME), then instance metadata."},
     {"AWS_CLUSTER_ID", CMH_CFG_STR, FIELD(cluster_id), NULL, 0, 0, NULL, 0,
      "Value of the CLUSTER_ID dimension on every datum."},
     {"AWS_VPC_K8S_CNI_LOGLEVEL", CMH_CFG_ENUM, FIELD(log_level), "info", 0, 0, log_levels, 0,
@@ -62,8 +63,11 @@ const struct cmh_config_var cmh_config_vars[] = {
      "Port of our own HTTP server (/metrics, /healthz, /readyz); 0 picks a free port (logged)."},
     {"SHUTDOWN_TIMEOUT", CMH_CFG_DURATION, FIELD(shutdown_timeout_ms), "10", 0, 300 * SEC, NULL, 0,
      "On SIGTERM/SIGINT, how long in-flight work may take to finish before exit."},
-    {"PROMETHEUS_ADDRESS", CMH_CFG_STR, FIELD(prometheus_address), "0.0.0.0", 0, 0, NULL, 0,
-     "Address our HTTP server listens on (kubelet probes reach it on the pod IP)."},
+    {"PROMETHEUS_ADDRESS", CMH_CFG_STR, FIELD(prometheus_address), "::", 0, 0, NULL, 0,
+     "Address our HTTP server listens on. The default, ::, is every address, IPv4 and IPv6 "
+     "(0.0.0.0 "
+     "where the host has no IPv6): the kubelet's probes reach the pod IP, kubectl port-forward "
+     "localhost."},
     {"STALE_ROUNDS", CMH_CFG_UINT, FIELD(stale_rounds), "2", 0, 100, NULL, 0,
      "Rounds a node whose scrape fails keeps contributing its last good gauges before it drops "
      "out."},
@@ -212,6 +216,9 @@ const struct cmh_config_other cmh_config_others[] = {
     {"AWS_ENDPOINT_URL_STS", "STS endpoint override."},
     {"AWS_ENDPOINT_URL_EC2", "EC2 endpoint override (SUBNET_METRICS, cluster id from tags)."},
     {"POD_NAME", "This pod's name: its identity in leader election (set from metadata.name)."},
+    {"NODE_NAME",
+     "The node this pod runs on (set from spec.nodeName): its spec.providerID gives the "
+     "instance and region when instance metadata is out of reach."},
     {"KUBERNETES_SERVICE_HOST", "The API server, as Kubernetes sets it in every pod."},
     {"KUBERNETES_SERVICE_PORT", "The API server's port, as Kubernetes sets it."},
 };
@@ -491,12 +498,40 @@ static void describe_range(const struct cmh_config_var *var, char *buf, size_t l
                  var->flags & CMH_CFG_READABLE  ? "the path of a readable file"
                  : var->flags & CMH_CFG_SUBNETS ? "comma-separated subnet ids, subnet- and 8 to "
                                                   "17 hex digits each"
+                 : var->flags & CMH_CFG_REGION  ? "a region name such as us-west-2 or us-gov-west-1"
                                                 : "any text");
         break;
     case CMH_CFG_TARGETS:
         snprintf(buf, len, "comma-separated name=host:port, host:port or host");
         break;
     }
+}
+
+/* An AWS region name: lower-case words joined by single hyphens, at least three of them, the
+ * first letters only and the last a number (us-west-2, us-gov-west-1, us-isob-east-1), at most 32
+ * characters. Anything else would go into an endpoint's host name. */
+static int region_name(const char *s)
+{
+    size_t n = strlen(s), words = 1;
+    if (n == 0 || n > 32 || !islower((unsigned char)s[0]) || !isdigit((unsigned char)s[n - 1]))
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '-') {
+            if (s[i + 1] == '-' || s[i + 1] == '\0')
+                return 0;
+            words++;
+        } else if (!islower(c) && !isdigit(c)) {
+            return 0;
+        } else if (words == 1 && !islower(c)) {
+            return 0;
+        }
+    }
+    const char *last = strrchr(s, '-');
+    for (const char *c = last != NULL ? last + 1 : s; *c; c++)
+        if (!isdigit((unsigned char)*c))
+            return 0;
+    return words >= 3;
 }
 
 int cmh_config_set(struct cmh_config *cfg, const struct cmh_config_var *var, const char *value,
@@ -552,6 +587,13 @@ int cmh_config_set(struct cmh_config *cfg, const struct cmh_config_var *var, con
             describe_range(var, accepted, sizeof accepted);
             return fail(err, -EINVAL, "%s=%s: invalid value (%s); accepted: %s", var->name, value,
                         why, accepted);
+        }
+        if ((var->flags & CMH_CFG_REGION) && !region_name(value)) {
+            describe_range(var, accepted, sizeof accepted);
+            return fail(err, -EINVAL,
+                        "%s=%s: not a region name (it builds the endpoints' host "
+                        "names); accepted: %s",
+                        var->name, value, accepted);
         }
         char *copy = cmh_strdup(value);
         if (copy == NULL)

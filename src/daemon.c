@@ -359,6 +359,13 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
             cmh_buf_printf(body, "ready: %u targets, last round %u fresh, %u stale, %u failed\n",
                            d->collector.agg.last.targets, d->collector.agg.last.fresh,
                            d->collector.agg.last.stale, d->collector.agg.last.failed);
+        /* A CLUSTER_ID no source named is said (the shared default), but keeps nobody from
+         * ready: the original published there without a word. */
+        const char *deg = NULL;
+        if (d->pub != NULL)
+            cmh_publish_cluster_id_source(d->pub, &deg);
+        if (deg != NULL)
+            cmh_buf_printf(body, "degraded: %s\n", deg);
         /* The subnet view is an extra: a failing fetch is said, but keeps nobody from ready. */
         if (d->subnet_why[0] != '\0')
             cmh_buf_printf(body, "degraded: subnet view: last fetch failed: %s\n", d->subnet_why);
@@ -451,6 +458,7 @@ static void on_publish_ready(struct cmh_publish *p, int rc, const char *why, con
     }
     if (d->has_collector)
         return; /* AWS_CLUSTER_ID was set: scraping runs already */
+    d->expose.cluster_id_source = cmh_publish_cluster_id_source(p, NULL);
     if (start_collector(d, cmh_publish_cluster_id(p)) != 0) {
         cmh_daemon_stop(d);
         d->exit_code = 1;
@@ -514,6 +522,7 @@ int cmh_daemon_use_collector(struct cmh_daemon *d)
         /* With AWS_CLUSTER_ID set, scraping (and our /metrics) need not wait for the region and
          * credentials: rounds run at once, and are published once the publisher is ready. */
         if (d->cfg.cluster_id != NULL && d->cfg.cluster_id[0] != '\0') {
+            d->expose.cluster_id_source = "AWS_CLUSTER_ID";
             rc = start_collector(d, d->cfg.cluster_id);
             if (rc != 0)
                 return rc;
@@ -521,7 +530,9 @@ int cmh_daemon_use_collector(struct cmh_daemon *d)
         start_publish(d);
     } else {
         const char *cluster = d->cfg.cluster_id;
+        d->expose.cluster_id_source = "AWS_CLUSTER_ID";
         if (cluster == NULL || cluster[0] == '\0') {
+            d->expose.cluster_id_source = "default";
             cluster = "k8s-cluster"; /* the original helper's default */
             CMH_LOG(&d->log, CMH_LOG_WARN, "no cluster id; using the default",
                     CMH_STR("cluster_id", cluster), CMH_STR("fix", "set AWS_CLUSTER_ID"));

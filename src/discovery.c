@@ -1035,17 +1035,24 @@ static void log_targets_changed(struct cmh_discovery *d)
     d->change_log_suppressed = 0;
 }
 
+/* Says once per growth of the count that pods beyond SCRAPE_MAX_NODES are not kept, whichever
+ * path (a throttled publication or a round's acquire) builds the set that leaves them out. */
+static void log_refused(struct cmh_discovery *d)
+{
+    if (d->pods.refused > d->refused_logged && d->log != NULL)
+        CMH_LOG(d->log, CMH_LOG_WARN,
+                "more aws-node pods than SCRAPE_MAX_NODES: the ones beyond it are not scraped",
+                CMH_UINT("max_nodes", d->pods.max), CMH_UINT("not_kept", d->pods.refused));
+    d->refused_logged = d->pods.refused;
+}
+
 static void publish(struct cmh_discovery *d)
 {
     d->last_publish_ms = uv_now(d->loop);
     bool changed = rebuild(d);
     if (d->pods.version != d->built_version)
         d->dirty = true; /* out of memory: try again on the next change */
-    if (d->pods.refused > d->refused_logged && d->log != NULL)
-        CMH_LOG(d->log, CMH_LOG_WARN,
-                "more aws-node pods than SCRAPE_MAX_NODES: the ones beyond it are not scraped",
-                CMH_UINT("max_nodes", d->pods.max), CMH_UINT("not_kept", d->pods.refused));
-    d->refused_logged = d->pods.refused;
+    log_refused(d);
     bool was_empty = d->st.no_pods;
     d->st.no_pods = d->synced && d->pods.n == 0;
     if (d->st.no_pods && !was_empty && d->log != NULL)
@@ -1632,6 +1639,7 @@ struct cmh_discovery_set *cmh_discovery_acquire(struct cmh_discovery *d)
     /* A round takes the pods as they are now; on_change still fires for this set. */
     if (!d->stopping && rebuild(d))
         d->unnotified = true;
+    log_refused(d);
     d->set->refs++;
     return d->set;
 }

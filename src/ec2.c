@@ -72,6 +72,9 @@ enum xel {
     X_PFXITEM,   /* ipv4PrefixSet/item */
     X_RESSET,    /* subnetIpv4CidrReservationSet (GetSubnetCidrReservations) */
     X_RESITEM,   /* subnetIpv4CidrReservationSet/item */
+    X_TRESPONSE, /* DescribeTagsResponse */
+    X_TAGSET,    /* tagSet */
+    X_TAG,       /* tagSet/item */
     X_FIELD,
 };
 
@@ -89,6 +92,8 @@ enum xfield {
     F_PRIVATE_IP,
     F_PREFIX,
     F_RES_CIDR,
+    F_TAG_KEY,
+    F_TAG_VALUE,
     F_COUNT
 };
 
@@ -108,7 +113,8 @@ struct cmh_ec2_xml {
     int done; /* the final piece was fed */
     /* The subnet being read. */
     struct cmh_subnet cur;
-    unsigned seen; /* bit per field within the current subnet or error */
+    struct cmh_ec2_tag tag; /* the tag being read */
+    unsigned seen;          /* bit per field within the current subnet, tag or error */
     unsigned seen_top;
 };
 
@@ -129,6 +135,7 @@ static enum xfield field_of(enum xel parent, const char *n)
 {
     switch (parent) {
     case X_RESPONSE:
+    case X_TRESPONSE:
         return strcmp(n, "requestId") == 0   ? F_REQUEST_ID
                : strcmp(n, "nextToken") == 0 ? F_NEXT_TOKEN
                                              : F_NONE;
@@ -142,6 +149,8 @@ static enum xfield field_of(enum xel parent, const char *n)
                                                            : F_NONE;
     case X_V6ITEM:
         return strcmp(n, "ipv6CidrBlock") == 0 ? F_V6CIDR : F_NONE;
+    case X_TAG:
+        return strcmp(n, "key") == 0 ? F_TAG_KEY : strcmp(n, "value") == 0 ? F_TAG_VALUE : F_NONE;
     case X_ERROR:
         return strcmp(n, "Code") == 0 ? F_CODE : strcmp(n, "Message") == 0 ? F_MESSAGE : F_NONE;
     case X_PIPITEM:
@@ -181,6 +190,10 @@ static enum xel container_of_name(enum xel parent, const char *n)
         return strcmp(n, "ipv6CidrBlockAssociationSet") == 0 ? X_V6SET : X_SKIP;
     case X_V6SET:
         return strcmp(n, "item") == 0 ? X_V6ITEM : X_SKIP;
+    case X_TRESPONSE:
+        return strcmp(n, "tagSet") == 0 ? X_TAGSET : X_SKIP;
+    case X_TAGSET:
+        return strcmp(n, "item") == 0 ? X_TAG : X_SKIP;
     case X_ERRROOT:
         return strcmp(n, "Errors") == 0 ? X_ERRORS : strcmp(n, "Error") == 0 ? X_ERROR : X_SKIP;
     case X_ERRORS:
@@ -209,7 +222,9 @@ static void XMLCALL x_start(void *ud, const XML_Char *name, const XML_Char **att
     if (d == 0) {
         const char *action = x->page->action != NULL ? x->page->action : "DescribeSubnets";
         size_t al = strlen(action);
-        if (strncmp(n, action, al) == 0 && strcmp(n + al, "Response") == 0)
+        if (strcmp(n, "DescribeTagsResponse") == 0)
+            x->root = X_TRESPONSE;
+        else if (strncmp(n, action, al) == 0 && strcmp(n + al, "Response") == 0)
             x->root = X_RESPONSE;
         else if (strcmp(n, "Response") == 0 || strcmp(n, "ErrorResponse") == 0)
             x->root = X_ERRROOT;
@@ -223,7 +238,9 @@ static void XMLCALL x_start(void *ud, const XML_Char *name, const XML_Char **att
     enum xel parent = x->path[d - 1];
     enum xfield f = field_of(parent, n);
     if (f != F_NONE) {
-        unsigned *seen = parent == X_RESPONSE || parent == X_ERRROOT ? &x->seen_top : &x->seen;
+        unsigned *seen = parent == X_RESPONSE || parent == X_TRESPONSE || parent == X_ERRROOT
+                             ? &x->seen_top
+                             : &x->seen;
         /* Items reset what they saw; IPv6 blocks repeat, one per item; everything else appears
          * once. */
         if (parent == X_PIPITEM || parent == X_PFXITEM || parent == X_RESITEM)
@@ -245,6 +262,9 @@ static void XMLCALL x_start(void *ud, const XML_Char *name, const XML_Char **att
     }
     if (me == X_SUBNET) {
         memset(&x->cur, 0, sizeof x->cur);
+        x->seen = 0;
+    } else if (me == X_TAG) {
+        memset(&x->tag, 0, sizeof x->tag);
         x->seen = 0;
     } else if (me == X_ERROR) {
         if (x->seen_top & (1u << F_CODE)) {
@@ -332,6 +352,16 @@ static int field_end(struct cmh_ec2_xml *x, enum xfield f)
         }
         return cmh_ec2_cidrs_push(p->used, &c);
     }
+    case F_TAG_KEY:
+        rc = copy_text(x->tag.key, sizeof x->tag.key, x->buf, x->blen);
+        return rc != 0 || x->tag.key[0] == '\0' ? -EPROTO : 0;
+    case F_TAG_VALUE:
+        /* A value is kept as EC2 stored it (an empty one is a value too). */
+        if (x->blen >= sizeof x->tag.value)
+            return -EPROTO;
+        memcpy(x->tag.value, x->buf, x->blen);
+        x->tag.value[x->blen] = '\0';
+        return memchr(x->tag.value, '\0', x->blen) != NULL ? -EPROTO : 0;
     case F_CODE:
         rc = copy_text(p->error_code, sizeof p->error_code, x->buf, x->blen);
         if (rc != 0 || p->error_code[0] == '\0')
@@ -386,6 +416,16 @@ static void XMLCALL x_end(void *ud, const XML_Char *name)
         }
         if (cmh_subnet_list_push(x->page->subnets, &x->cur) != 0)
             x_fail(x, -ENOMEM);
+    } else if (me == X_TAG) {
+        if (!(x->seen & (1u << F_TAG_KEY))) {
+            x_fail(x, -EPROTO);
+            return;
+        }
+        if (x->page->ntags >= CMH_EC2_MAX_TAGS) {
+            x_fail(x, -E2BIG);
+            return;
+        }
+        x->page->tags[x->page->ntags++] = x->tag;
     } else if (me == X_ERROR && !(x->seen_top & (1u << F_CODE))) {
         x_fail(x, -EPROTO); /* an Error without a Code */
     }
@@ -425,6 +465,8 @@ int cmh_ec2_xml_new(struct cmh_ec2_xml **out, struct cmh_ec2_page *page)
     page->error_code[0] = '\0';
     page->error_message[0] = '\0';
     page->request_id[0] = '\0';
+    page->ntags = 0;
+    page->tags_answer = 0;
     struct cmh_ec2_xml *x = cmh_calloc(1, sizeof *x);
     if (x == NULL)
         return -ENOMEM;
@@ -465,6 +507,7 @@ int cmh_ec2_xml_feed(struct cmh_ec2_xml *x, const char *data, size_t len, int fi
             x->done = 1;
             if (x->root == X_SKIP || (x->root == X_ERRROOT && x->page->error_code[0] == '\0'))
                 x->error = -EPROTO;
+            x->page->tags_answer = x->root == X_TRESPONSE;
             return x->error;
         }
     }
@@ -511,7 +554,11 @@ struct cmh_ec2 {
     int freeing;
     int busy;
     int resolving;
-    /* The call in progress. */
+    /* The call in progress: DescribeSubnets, or DescribeTags when tags_cb is set. */
+    cmh_ec2_tags_cb tags_cb;
+    char *tag_resource; /* DescribeTags: the resource-id filter */
+    char **tag_keys;    /* and the key filter's values */
+    size_t ntag_keys;
     char **ids; /* still to describe: an id EC2 does not know moves to missing */
     size_t nids;
     char **missing; /* room for every id of the call */
@@ -568,9 +615,19 @@ static void free_request(struct cmh_ec2 *e)
     e->xml = NULL;
 }
 
+/* The actions this client calls, spelled so the manifest tests can read them (IAM policy). */
+#define EC2_ACTION(name) name
+
 static void free_call(struct cmh_ec2 *e)
 {
     free_request(e);
+    cmh_free(e->tag_resource);
+    e->tag_resource = NULL;
+    for (size_t i = 0; i < e->ntag_keys; i++)
+        cmh_free(e->tag_keys[i]);
+    cmh_free(e->tag_keys);
+    e->tag_keys = NULL;
+    e->ntag_keys = 0;
     for (size_t i = 0; i < e->nids; i++)
         cmh_free(e->ids[i]);
     cmh_free(e->ids);
@@ -610,6 +667,13 @@ __attribute__((format(printf, 3, 4))) static void finish(struct cmh_ec2 *e, int 
         free_call(e);
         ucb(e, rc, &used, rc == 0 ? NULL : e->why, arg);
         cmh_ec2_cidrs_free(&used);
+        return;
+    }
+    if (e->tags_cb != NULL) {
+        cmh_ec2_tags_cb tcb = e->tags_cb;
+        free_call(e);
+        e->tags_cb = NULL;
+        tcb(e, rc, e->page.tags, rc == 0 ? e->page.ntags : 0, rc == 0 ? NULL : e->why, e->arg);
         return;
     }
     if (rc == 0)
@@ -677,7 +741,20 @@ static int build_form(struct cmh_ec2 *e, size_t *out_len)
     int rc = form_add(&form, &len, &cap, "Action", e->action);
     if (rc == 0)
         rc = form_add(&form, &len, &cap, "Version", "2016-11-15");
-    if (e->ucb != NULL) {
+    if (e->tags_cb != NULL) {
+        /* The tags of one resource with these keys: at most one tag per key, one page. */
+        if (rc == 0)
+            rc = form_add(&form, &len, &cap, "Filter.1.Name", "resource-id");
+        if (rc == 0)
+            rc = form_add(&form, &len, &cap, "Filter.1.Value.1", e->tag_resource);
+        if (rc == 0 && e->ntag_keys > 0)
+            rc = form_add(&form, &len, &cap, "Filter.2.Name", "key");
+        for (size_t i = 0; rc == 0 && i < e->ntag_keys; i++) {
+            char name[48];
+            snprintf(name, sizeof name, "Filter.2.Value.%zu", i + 1);
+            rc = form_add(&form, &len, &cap, name, e->tag_keys[i]);
+        }
+    } else if (e->ucb != NULL) {
         /* The largest page both actions allow: fewest calls against the shared throttle. */
         int enis = strcmp(e->action, "DescribeNetworkInterfaces") == 0;
         if (rc == 0 && enis)
@@ -696,7 +773,7 @@ static int build_form(struct cmh_ec2 *e, size_t *out_len)
         }
     }
     /* MaxResults only when listing everything (EC2 refuses it together with ids). */
-    if (rc == 0 && e->nids == 0 && e->ucb == NULL)
+    if (rc == 0 && e->nids == 0 && e->ucb == NULL && e->tags_cb == NULL)
         rc = form_add(&form, &len, &cap, "MaxResults", "1000");
     if (rc == 0 && e->token[0] != '\0')
         rc = form_add(&form, &len, &cap, "NextToken", e->token);
@@ -965,6 +1042,8 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         e->xml_rc = cmh_ec2_xml_feed(e->xml, NULL, 0, 1);
     const char *code = e->page.error_code, *msg = e->page.error_message;
     if (res->status >= 200 && res->status < 300) {
+        if (e->xml_rc == 0 && code[0] == '\0' && e->page.tags_answer != (e->tags_cb != NULL))
+            e->xml_rc = -EPROTO; /* the answer of another action */
         if (e->xml_rc != 0 || code[0] != '\0') {
             snprintf(what, sizeof what, "HTTP %ld with %s", res->status,
                      e->xml_rc == -E2BIG ? "more subnets than we keep" : "a malformed answer");
@@ -977,11 +1056,15 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         }
         e->attempt = 0;
         e->refreshed = 0;
+        if (e->tags_cb != NULL) {
+            finish(e, 0, NULL); /* filtered by resource and keys: everything is on one page */
+            return;
+        }
         e->kept = e->list.n;
         e->used_kept = e->used.n;
         if (e->page.next_token[0] == '\0' && e->ucb != NULL &&
             strcmp(e->action, "DescribeNetworkInterfaces") == 0) {
-            e->action = "GetSubnetCidrReservations"; /* the interfaces are done */
+            e->action = EC2_ACTION("GetSubnetCidrReservations"); /* the interfaces are done */
             e->token[0] = '\0';
             e->pages = 0;
             later(e, 0);
@@ -1015,6 +1098,11 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
     snprintf(what, sizeof what, "HTTP %ld %s: %s", res->status, code, msg);
     if (code_is(code, throttled) || res->status >= 500) {
         retry(e, what);
+    } else if (code_is(code, denied) && e->tags_cb != NULL) {
+        finish(e, -EACCES,
+               "EC2 DescribeTags denied (%s: %s): grant ec2:DescribeTags to this role, or set "
+               "AWS_CLUSTER_ID",
+               code, msg);
     } else if (code_is(code, denied)) {
         finish(e, -EACCES,
                "EC2 %s denied (%s: %s): grant ec2:%s to this role "
@@ -1101,7 +1189,8 @@ out:
     return 0;
 }
 
-/* Starts a call whose callback and inputs are set: its first request comes from the loop. */
+/* Starts a call whose callback and inputs are set: its first request comes from the loop, never
+ * inside the call. */
 static void begin(struct cmh_ec2 *e, const char *action, void *arg)
 {
     e->page.subnets = &e->list;
@@ -1143,7 +1232,8 @@ int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t n
         }
     }
     e->cb = cb;
-    begin(e, "DescribeSubnets", arg);
+    e->tags_cb = NULL;
+    begin(e, EC2_ACTION("DescribeSubnets"), arg);
     return 0;
 }
 
@@ -1156,7 +1246,35 @@ int cmh_ec2_subnet_usage(struct cmh_ec2 *e, const char *subnet_id, cmh_ec2_usage
     free_call(e);
     snprintf(e->usage_id, sizeof e->usage_id, "%s", subnet_id);
     e->ucb = cb;
-    begin(e, "DescribeNetworkInterfaces", arg);
+    e->tags_cb = NULL;
+    begin(e, EC2_ACTION("DescribeNetworkInterfaces"), arg);
+    return 0;
+}
+
+int cmh_ec2_describe_tags(struct cmh_ec2 *e, const char *resource_id, const char *const *keys,
+                          size_t nkeys, cmh_ec2_tags_cb cb, void *arg)
+{
+    if (e->busy || e->freeing)
+        return -EBUSY;
+    if (resource_id == NULL || resource_id[0] == '\0' || nkeys > CMH_EC2_MAX_TAGS)
+        return -EINVAL;
+    free_call(e);
+    e->tag_resource = cmh_strdup(resource_id);
+    e->tag_keys = nkeys > 0 ? cmh_calloc(nkeys, sizeof *e->tag_keys) : NULL;
+    int rc = e->tag_resource == NULL || (nkeys > 0 && e->tag_keys == NULL) ? -ENOMEM : 0;
+    for (size_t i = 0; rc == 0 && i < nkeys; i++) {
+        e->tag_keys[i] = cmh_strdup(keys[i]);
+        if (e->tag_keys[i] == NULL)
+            rc = -ENOMEM;
+        e->ntag_keys = i + 1;
+    }
+    if (rc != 0) {
+        free_call(e);
+        return rc;
+    }
+    e->tags_cb = cb;
+    e->cb = NULL;
+    begin(e, EC2_ACTION("DescribeTags"), arg);
     return 0;
 }
 
@@ -1299,9 +1417,9 @@ static void free_forecasts(struct forecast *fc, size_t n)
     cmh_free(fc);
 }
 
-/* A good fetch: each subnet's history (matched by id to the previous fetch, both sorted; subnets
- * gone are forgotten) gets the new count, and its forecast is set on the subnet. Out of memory
- * costs the forecasts (history starts again), not the fetch. */
+/* A good fetch: each subnet's history (matched by id to the previous fetch, both sorted;
+ * subnets gone are forgotten) gets the new count, and its forecast is set on the subnet. Out of
+ * memory costs the forecasts (history starts again), not the fetch. */
 static void forecast_update(struct cmh_ec2_watch *w, struct cmh_subnet_list *l)
 {
     double now_s = (double)uv_now(w->loop) / 1000.0;
@@ -1440,8 +1558,8 @@ static void watch_fetch_done(struct cmh_ec2_watch *w, int rc, const char *why)
 
 static int named(char *const *v, size_t n, const char *id);
 
-/* After a good fetch: the ids of SUBNET_IDS that EC2 did not know, each logged once when it goes
- * missing (and once when it is back), not at every fetch. */
+/* After a good fetch: the ids of SUBNET_IDS that EC2 did not know, each logged once when it
+ * goes missing (and once when it is back), not at every fetch. */
 static void note_missing(struct cmh_ec2_watch *w)
 {
     const char *const *ids;
@@ -1717,7 +1835,8 @@ const struct cmh_subnet_list *cmh_ec2_watch_view(struct cmh_ec2_watch *w,
         }
     }
     cmh_free(keep);
-    /* A forecast counts down from its fetch: the moment of exhaustion stays where it was seen. */
+    /* A forecast counts down from its fetch: the moment of exhaustion stays where it was seen.
+     */
     for (size_t i = 0; i < w->view.n; i++) {
         struct cmh_subnet *s = &w->view.v[i];
         if (s->has_tte && s->tte_s < CMH_FORECAST_CAP_S)

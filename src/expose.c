@@ -201,6 +201,20 @@ void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c
     if (e->have_round)
         subnet_metrics(a, cluster_id, out);
 
+    if (e->cluster_id_source != NULL) {
+        family(out, "cluster_id_info", "gauge",
+               "1, labelled with the CLUSTER_ID dimension and where it came from (AWS_CLUSTER_ID, "
+               "ec2-describe-tags:<tag>, aws-node-env, or default: the shared k8s-cluster).");
+        struct cmh_buf il = {0};
+        cmh_buf_append(&il, "{cluster_id=\"", 13);
+        label_value(&il, cluster_id ? cluster_id : "");
+        cmh_buf_append(&il, "\",source=\"", 10);
+        label_value(&il, e->cluster_id_source);
+        cmh_buf_append(&il, "\"}", 3); /* with the NUL */
+        sample(out, PREFIX "cluster_id_info", "", il.data ? il.data : "", 1);
+        cmh_buf_free(&il);
+    }
+
     scalar(out, "rounds_total", "counter", "Scrape rounds finished.", c->rounds_total);
     scalar(out, "rounds_skipped_total", "counter",
            "Round ticks skipped because the previous round was still running.", c->skipped_ticks);

@@ -470,7 +470,16 @@ int cmh_http_server_start(struct cmh_http_server *s, uv_loop_t *loop,
     if (rc != 0)
         rc = uv_ip6_addr(opt->address, (int)opt->port, (struct sockaddr_in6 *)&ss);
     if (rc == 0)
-        rc = uv_tcp_init(loop, &s->listener);
+        rc = uv_tcp_init_ex(loop, &s->listener, ss.ss_family);
+    if (rc == UV_EAFNOSUPPORT && ss.ss_family == AF_INET6 &&
+        IN6_IS_ADDR_UNSPECIFIED(&((struct sockaddr_in6 *)&ss)->sin6_addr)) {
+        /* Every address, on a kernel without IPv6: the IPv4 wildcard is all there is. */
+        CMH_LOG(log, CMH_LOG_INFO, "no IPv6 on this host: listening on IPv4 only",
+                CMH_STR("address", "0.0.0.0"));
+        rc = uv_ip4_addr("0.0.0.0", (int)opt->port, (struct sockaddr_in *)&ss);
+        if (rc == 0)
+            rc = uv_tcp_init_ex(loop, &s->listener, AF_INET);
+    }
     if (rc != 0) {
         CMH_LOG(log, CMH_LOG_ERROR, "cannot listen", CMH_STR("address", opt->address),
                 CMH_STR("error", uv_strerror(rc)));
@@ -479,6 +488,8 @@ int cmh_http_server_start(struct cmh_http_server *s, uv_loop_t *loop,
         return rc;
     }
     s->listening = 1;
+    /* No UV_TCP_IPV6ONLY: libuv then turns IPV6_V6ONLY off, so "::" takes IPv4 connections too
+     * (127.0.0.1 through kubectl port-forward as well as ::1 and the pod IP). */
     rc = uv_tcp_bind(&s->listener, (const struct sockaddr *)&ss, 0);
     if (rc == 0)
         rc = uv_listen((uv_stream_t *)&s->listener, LISTEN_BACKLOG, on_connection);

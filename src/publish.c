@@ -3,6 +3,7 @@
 #include "cmh/alloc.h"
 #include "cmh/aws_creds.h"
 #include "cmh/aws_endpoint.h"
+#include "cmh/cluster_id.h"
 #include "cmh/log.h"
 #include "cmh/sigv4.h"
 
@@ -19,6 +20,11 @@ struct cmh_publish {
     struct cmh_cloudwatch *cw;
     char *endpoint_override;
     char *cluster_id;
+    char cluster_source[64];           /* where cluster_id came from */
+    char cluster_degraded[768];        /* "" unless it is the shared default */
+    struct cmh_cluster_finder *finder; /* AWS_CLUSTER_ID empty: the lookup */
+    char *region;
+    char *const *envp; /* borrowed, read while the finder starts the provider */
     int resolving;
     int freeing;  /* callbacks cancelled by free reach no one */
     bool standby; /* not the leader (cmh_publish_standby), applied once cw exists */
@@ -82,6 +88,18 @@ static void creds_invalidate(void *ctx)
     cmh_aws_creds_invalidate(p->aws);
 }
 
+static void start_cloudwatch(struct cmh_publish *p, const char *region, const char *cluster_id);
+
+static void on_cluster_found(struct cmh_cluster_finder *f, const char *cluster_id,
+                             const char *source, const char *degraded, void *arg)
+{
+    struct cmh_publish *p = arg;
+    (void)f;
+    snprintf(p->cluster_source, sizeof p->cluster_source, "%s", source);
+    snprintf(p->cluster_degraded, sizeof p->cluster_degraded, "%s", degraded ? degraded : "");
+    start_cloudwatch(p, p->region, cluster_id);
+}
+
 static void on_resolved(struct cmh_aws_provider *prov, int rc, const char *region,
                         const char *cluster_id, const char *why, void *arg)
 {
@@ -97,6 +115,28 @@ static void on_resolved(struct cmh_aws_provider *prov, int rc, const char *regio
               "set AWS_REGION and AWS_CLUSTER_ID, or let the pod reach IMDS (hop limit 2)", p->arg);
         return;
     }
+    if (cluster_id[0] == '\0' && p->finder != NULL) {
+        /* AWS_CLUSTER_ID is empty: the finder looks it up, from the instance the provider or the
+         * node named. */
+        const char *instance = cmh_aws_provider_instance_id(p->aws);
+        if (instance == NULL)
+            instance = cmh_cluster_finder_instance(p->finder);
+        p->region = cmh_strdup(region);
+        if (p->region == NULL ||
+            cmh_cluster_finder_find(p->finder, region, instance, on_cluster_found, p) != 0) {
+            snprintf(p->why, sizeof p->why, "cannot look the cluster id up");
+            p->cb(p, -ENOMEM, p->why, "set AWS_CLUSTER_ID", p->arg);
+        }
+        return;
+    }
+    if (p->cluster_source[0] == '\0')
+        snprintf(p->cluster_source, sizeof p->cluster_source, "AWS_CLUSTER_ID");
+    start_cloudwatch(p, region, cluster_id);
+}
+
+static void start_cloudwatch(struct cmh_publish *p, const char *region, const char *cluster_id)
+{
+    int rc;
     char endpoint[512];
     int n = cmh_cloudwatch_endpoint(region, p->endpoint_override, endpoint, sizeof endpoint);
     p->cluster_id = cmh_strdup(cluster_id);
@@ -124,6 +164,39 @@ static void on_resolved(struct cmh_aws_provider *prov, int rc, const char *regio
     p->cb(p, 0, NULL, NULL, p->arg);
 }
 
+static int start_provider(struct cmh_publish *p)
+{
+    const struct cmh_config *cfg = p->cfg;
+    struct cmh_aws_creds_opts ao = {.envp = p->envp,
+                                    .region = cfg->aws_region,
+                                    .cluster_id = cfg->cluster_id,
+                                    .imds_timeout_ms = 1000,
+                                    .cluster_lookup = p->finder != NULL};
+    if (p->finder != NULL) {
+        ao.region_hint = cmh_cluster_finder_region(p->finder);
+        ao.instance_id = cmh_cluster_finder_instance(p->finder);
+    }
+    int rc = cmh_aws_provider_new(&p->aws, p->loop, p->curl, &ao, p->log);
+    if (rc == 0) {
+        p->resolving = 1;
+        snprintf(p->why, sizeof p->why, "learning the AWS region and cluster id");
+        rc = cmh_aws_resolve(p->aws, on_resolved, p);
+    }
+    return rc;
+}
+
+static void on_node_known(struct cmh_cluster_finder *f, void *arg)
+{
+    struct cmh_publish *p = arg;
+    (void)f;
+    int rc = start_provider(p);
+    if (rc != 0) {
+        p->resolving = 0;
+        snprintf(p->why, sizeof p->why, "cannot set up AWS access (error %d, see the log)", rc);
+        p->cb(p, rc, p->why, "see the error logged before this line", p->arg);
+    }
+}
+
 int cmh_publish_new(struct cmh_publish **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
                     const struct cmh_config *cfg, char *const *envp, struct cmh_log *log,
                     cmh_publish_ready_cb cb, void *arg)
@@ -141,16 +214,19 @@ int cmh_publish_new(struct cmh_publish **out, uv_loop_t *loop, struct cmh_curl_u
     int rc = 0;
     if (override != NULL && (p->endpoint_override = cmh_strdup(override)) == NULL)
         rc = -ENOMEM;
-    struct cmh_aws_creds_opts ao = {.envp = envp,
-                                    .region = cfg->aws_region,
-                                    .cluster_id = cfg->cluster_id,
-                                    .imds_timeout_ms = 1000};
-    if (rc == 0)
-        rc = cmh_aws_provider_new(&p->aws, loop, curl, &ao, log);
-    if (rc == 0) {
-        p->resolving = 1;
-        snprintf(p->why, sizeof p->why, "learning the AWS region and cluster id");
-        rc = cmh_aws_resolve(p->aws, on_resolved, p);
+    p->envp = envp;
+    if (rc == 0 && (cfg->cluster_id == NULL || cfg->cluster_id[0] == '\0')) {
+        /* No AWS_CLUSTER_ID: the node this runs on first (its providerID names the region and
+         * the instance without IMDS), then the provider, then the lookup. */
+        rc = cmh_cluster_finder_new(&p->finder, loop, curl, cfg, envp, log);
+        if (rc == 0)
+            rc = cmh_cluster_finder_node(p->finder, on_node_known, p);
+        if (rc == 0) {
+            p->resolving = 1;
+            snprintf(p->why, sizeof p->why, "learning the AWS region and cluster id");
+        }
+    } else if (rc == 0) {
+        rc = start_provider(p);
     }
     if (rc != 0) {
         CMH_LOG(log, CMH_LOG_ERROR, "cannot set up AWS access", CMH_INT("error", rc));
@@ -164,6 +240,13 @@ int cmh_publish_new(struct cmh_publish **out, uv_loop_t *loop, struct cmh_curl_u
 const char *cmh_publish_cluster_id(const struct cmh_publish *p)
 {
     return p->cluster_id;
+}
+
+const char *cmh_publish_cluster_id_source(const struct cmh_publish *p, const char **degraded)
+{
+    if (degraded != NULL)
+        *degraded = p->cluster_degraded[0] != '\0' ? p->cluster_degraded : NULL;
+    return p->cluster_source;
 }
 
 int cmh_publish_datums(struct cmh_publish *p, const struct cmh_datum *d, size_t n)
@@ -241,6 +324,8 @@ void cmh_publish_free(struct cmh_publish *p)
         cmh_cloudwatch_free(p->cw);
     if (p->aws != NULL)
         cmh_aws_provider_free(p->aws);
+    cmh_cluster_finder_free(p->finder);
+    cmh_free(p->region);
     cmh_free(p->endpoint_override);
     cmh_free(p->cluster_id);
     cmh_free(p);

@@ -38,6 +38,15 @@ struct cmh_aws_creds_opts {
      * Tests point it at loopback; the container allow-list applies to it as to FULL_URI. */
     const char *ecs_endpoint;
     uint64_t sts_timeout_ms; /* STS and container-credential requests; 0 = 5000 */
+    /* What the cluster says (the node's spec.providerID), or NULL: the region, used after
+     * AWS_REGION and AWS_DEFAULT_REGION and before IMDS; the instance this runs on. */
+    const char *region_hint;
+    const char *instance_id;
+    /* Set: the caller looks the cluster id up itself (EC2 DescribeTags, the cluster). Resolving
+     * then learns the region and the instance id (instance_id, else IMDS's instance-id) and ends
+     * with cluster id "" (never the default) unless AWS_CLUSTER_ID is set; an unreachable IMDS
+     * then only leaves the instance id unknown (cmh_aws_provider_instance_id NULL). */
+    int cluster_lookup;
 };
 
 struct cmh_aws_provider;
@@ -73,6 +82,11 @@ void cmh_aws_creds_invalidate(struct cmh_aws_provider *p);
  * can be learnt without extra IAM permissions, then a default logged as a warning). With both
  * given, touches nothing. */
 int cmh_aws_resolve(struct cmh_aws_provider *p, cmh_aws_resolve_cb cb, void *arg);
+
+/* After a resolve: the instance id (cluster_lookup), or NULL; where the region came from
+ * ("AWS_REGION", "AWS_DEFAULT_REGION", "node-provider-id", "imds", or "unknown"). */
+const char *cmh_aws_provider_instance_id(const struct cmh_aws_provider *p);
+const char *cmh_aws_provider_region_from(const struct cmh_aws_provider *p);
 
 /* Cancels what is in flight (callbacks fire with -ECANCELED, before this returns) and frees p.
  * The memory itself goes once p's timers have closed and a pending token-file read has finished:

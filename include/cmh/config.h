@@ -101,6 +101,7 @@ enum cmh_config_type {
 #define CMH_CFG_SECRET   1u /* never logged: the effective-config line shows <redacted> */
 #define CMH_CFG_READABLE 2u /* STR: a path; a file that cannot be read is a configuration error */
 #define CMH_CFG_SUBNETS  4u /* STR: comma-separated subnet ids (cmh_subnets_check_ids) */
+#define CMH_CFG_REGION   8u /* STR: an AWS region name (it builds endpoint host names) */
 
 struct cmh_config_var {
     const char *name;

@@ -29,14 +29,26 @@ struct cmh_ec2_cidrs {
 int cmh_ec2_cidrs_push(struct cmh_ec2_cidrs *l, const struct cmh_cidr *c);
 void cmh_ec2_cidrs_free(struct cmh_ec2_cidrs *l);
 
+#define CMH_EC2_MAX_TAGS 50 /* tags kept from one DescribeTags answer */
+
+/* An EC2 tag (DescribeTags tagSet/item): key 1..128 characters, value 0..256. */
+struct cmh_ec2_tag {
+    char key[129];
+    char value[257];
+};
+
 /* What one answer said: subnets (appended to the caller's list), the next page's token, or an
  * AWS error (Response/Errors/Error/Code, Message). With action "DescribeNetworkInterfaces" the
  * interfaces' private IPv4 addresses (privateIpAddressesSet) and prefixes (ipv4PrefixSet), with
- * "GetSubnetCidrReservations" the IPv4 reservations' cidr, are appended to used instead. */
+ * "GetSubnetCidrReservations" the IPv4 reservations' cidr, are appended to used instead; a
+ * DescribeTagsResponse's tags go to tags. */
 struct cmh_ec2_page {
     const char *action;              /* the root must be <action>Response; NULL: DescribeSubnets */
     struct cmh_ec2_cidrs *used;      /* borrowed; needed by the two actions above */
     struct cmh_subnet_list *subnets; /* borrowed; subnets are appended */
+    struct cmh_ec2_tag tags[CMH_EC2_MAX_TAGS]; /* a DescribeTags answer's tags, in its order */
+    size_t ntags;
+    int tags_answer;                    /* the document was a DescribeTagsResponse */
     char next_token[CMH_EC2_TOKEN_MAX]; /* "" on the last page */
     char error_code[64];                /* "" unless the answer is an error document */
     char error_message[512];
@@ -49,7 +61,8 @@ struct cmh_ec2_xml; /* private */
  * fields are cleared here. Returns 0 or -ENOMEM. */
 int cmh_ec2_xml_new(struct cmh_ec2_xml **out, struct cmh_ec2_page *page);
 /* Feeds len bytes; final marks the end of the document. Returns 0; -EPROTO for anything that is
- * not a DescribeSubnets answer or an EC2 error document (malformed XML, a DOCTYPE, a subnet without
+ * not a DescribeSubnets or DescribeTags answer (a tag without a key, more than CMH_EC2_MAX_TAGS
+ * tags: -E2BIG) or an EC2 error document (malformed XML, a DOCTYPE, a subnet without
  * SubnetId/AvailabilityZone/AvailableIpAddressCount, a bad CIDR or count, a field twice, an error
  * without Code), -E2BIG for more than CMH_EC2_MAX_SUBNETS subnets or an over-long field, -ENOMEM.
  * After an error, later calls return the same error. */
@@ -112,6 +125,18 @@ typedef void (*cmh_ec2_usage_cb)(struct cmh_ec2 *e, int rc, const struct cmh_ec2
  * backoff of describe_subnets (RequestLimitExceeded included). Returns 0, -EBUSY while a call is
  * running, -EINVAL for an over-long id. */
 int cmh_ec2_subnet_usage(struct cmh_ec2 *e, const char *subnet_id, cmh_ec2_usage_cb cb, void *arg);
+
+/* Fires once per cmh_ec2_describe_tags, from the loop, never inside the call. rc 0: the tags EC2
+ * answered (n may be 0: none of the keys is set), owned by the client and valid during the
+ * callback only. rc < 0: why says what failed (-EACCES names ec2:DescribeTags). */
+typedef void (*cmh_ec2_tags_cb)(struct cmh_ec2 *e, int rc, const struct cmh_ec2_tag *tags, size_t n,
+                                const char *why, void *arg);
+
+/* DescribeTags of one resource (Filter resource-id) with these keys (Filter key; nkeys 0: every
+ * key), with the same signing, retries and credential refresh as DescribeSubnets. The strings are
+ * copied. Returns 0, -EBUSY while a call is running, -EINVAL, -ENOMEM. */
+int cmh_ec2_describe_tags(struct cmh_ec2 *e, const char *resource_id, const char *const *keys,
+                          size_t nkeys, cmh_ec2_tags_cb cb, void *arg);
 
 /* Moves the result out of a done callback's list into *dst (freed first). */
 void cmh_ec2_take(struct cmh_subnet_list *src, struct cmh_subnet_list *dst);

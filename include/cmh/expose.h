@@ -18,8 +18,9 @@ struct cmh_expose {
     int subnets;                        /* SUBNET_METRICS: the subnet view's fetches are shown */
     int original_names; /* PROMETHEUS_ORIGINAL_NAMES: the original helper's six gauges too */
     unsigned long long subnet_fetches_ok, subnet_fetches_failed;
-    size_t subnet_ids_missing; /* ids of SUBNET_IDS EC2 did not know at the last good fetch */
-    double subnet_last_ok;     /* Unix seconds of the last good fetch, 0 when none */
+    size_t subnet_ids_missing;     /* ids of SUBNET_IDS EC2 did not know at the last good fetch */
+    double subnet_last_ok;         /* Unix seconds of the last good fetch, 0 when none */
+    const char *cluster_id_source; /* where CLUSTER_ID came from (borrowed); NULL: not shown */
 };
 
 /* Adds the finished round's counter increases (a->datums) to the cumulative sums. */

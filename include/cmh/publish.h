@@ -33,6 +33,12 @@ int cmh_publish_new(struct cmh_publish **out, uv_loop_t *loop, struct cmh_curl_u
 
 const char *cmh_publish_cluster_id(const struct cmh_publish *p);
 
+/* After ready: where the cluster id came from ("AWS_CLUSTER_ID", "ec2-describe-tags:<tag>",
+ * "aws-node-env", "default"); *degraded (when degraded is not NULL) a sentence for /readyz when it
+ * is the shared default, else NULL. Without AWS_CLUSTER_ID the node's spec.providerID (NODE_NAME),
+ * IMDS, EC2 DescribeTags and the aws-node pods are consulted (include/cmh/cluster_id.h). */
+const char *cmh_publish_cluster_id_source(const struct cmh_publish *p, const char **degraded);
+
 /* Queues a round's datums (copied). Returns 0, -EAGAIN before ready, or -ENOMEM. */
 int cmh_publish_datums(struct cmh_publish *p, const struct cmh_datum *d, size_t n);
 

@@ -90,8 +90,9 @@ AWS_SDK_VARS = {
     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_EC2_METADATA_SERVICE_ENDPOINT",
     "AWS_EC2_METADATA_DISABLED", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_CLOUDWATCH",
     "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL_EC2",
-    # Not AWS: the pod's own name (downward API), the leader-election identity (src/leader.c).
-    "POD_NAME",
+    # Not AWS: the pod's own name (downward API), the leader-election identity (src/leader.c),
+    # and its node's name (spec.nodeName), whose providerID names the instance (src/cluster_id.c).
+    "POD_NAME", "NODE_NAME",
 }
 
 
@@ -166,6 +167,7 @@ def code_uses(pattern):
 
 USES_LEASES = code_uses(r'"[^"\n]*coordination\.k8s\.io')
 USES_PROXY = code_uses(r'"[^"\n]*/pods/[^"\n]*/proxy|"[^"\n]*/proxy/metrics')
+USES_NODE_GET = code_uses(r'"/api/v1/nodes/')
 
 
 def pod_verbs_from_src():
@@ -360,10 +362,21 @@ def check_rendering(label, objs, netpol=True, metrics_from=None):
     cgrants = {(g, res, v) for r in by_kind(objs, "ClusterRole") for rule in r.get("rules") or []
                for g in rule.get("apiGroups") or [] for res in rule.get("resources") or []
                for v in rule.get("verbs") or []}
-    check(f"{label}: cluster-wide RBAC exactly eniconfigs list, and only with SUBNET_METRICS",
-          cgrants == {("crd.k8s.amazonaws.com", "eniconfigs", "list")} if subnets_on else
-          not by_kind(objs, "ClusterRole") and not by_kind(objs, "ClusterRoleBinding"),
-          (subnets_on, sorted(cgrants)))
+    # And nodes get (not list, not watch) wherever the RBAC is rendered: the node's providerID
+    # names the instance whose tags name the cluster (the code reads one node by name).
+    rbac_on = bool(by_kind(objs, "Role"))
+    want_c = ({("", "nodes", "get")} if rbac_on and USES_NODE_GET else set()) | \
+        ({("crd.k8s.amazonaws.com", "eniconfigs", "list")} if subnets_on else set())
+    check(f"{label}: cluster-wide RBAC exactly nodes get (the code reads its node), and eniconfigs list "
+          "only with SUBNET_METRICS, one ClusterRole and binding each",
+          cgrants == want_c and len(by_kind(objs, "ClusterRole")) == len(by_kind(objs, "ClusterRoleBinding"))
+          == int(bool(rbac_on and USES_NODE_GET)) + int(subnets_on),
+          (subnets_on, sorted(cgrants), [o["metadata"]["name"] for o in by_kind(objs, "ClusterRole")]))
+    if ("", "nodes", "get") in cgrants:
+        ne = [e for e in env_list if e["name"] == "NODE_NAME"]
+        check(f"{label}: NODE_NAME is the pod's node (downward API spec.nodeName)",
+              len(ne) == 1 and ne[0].get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName",
+              ne)
     for crb in by_kind(objs, "ClusterRoleBinding"):
         check(f"{label}: ClusterRoleBinding binds a rendered ClusterRole to the Deployment's ServiceAccount",
               crb["roleRef"]["kind"] == "ClusterRole" and
@@ -431,14 +444,17 @@ def check_rendering(label, objs, netpol=True, metrics_from=None):
         resolved = ports[pp]["containerPort"] if isinstance(pp, str) and pp in ports else pp
         check(f"{label}: {probe} port is PROMETHEUS_PORT ({port})", resolved == port, pp)
         check(f"{label}: {probe} scheme is HTTP", hg.get("scheme", "HTTP") == "HTTP", hg.get("scheme"))
-    addr_env = [e for e in env_list if e["name"] == "PROMETHEUS_ADDRESS"]
-    if addr_env and "valueFrom" in addr_env[0]:
-        check(f"{label}: PROMETHEUS_ADDRESS is the pod IP",
-              addr_env[0]["valueFrom"].get("fieldRef", {}).get("fieldPath") == "status.podIP", addr_env)
-    else:
-        addr = effective(env, "PROMETHEUS_ADDRESS")
-        check(f"{label}: PROMETHEUS_ADDRESS reachable by the kubelet (not loopback)",
-              addr is not None and not addr.startswith("127.") and addr != "::1", addr)
+    # Every address of the pod: the kubelet's probes connect to the pod IP, kubectl port-forward
+    # to localhost inside the pod (IPv4 or IPv6); an address of one family or the pod IP alone
+    # leaves one of them out.
+    addr = effective(env, "PROMETHEUS_ADDRESS")
+    check(f"{label}: PROMETHEUS_ADDRESS is every address (probes and kubectl port-forward reach it)",
+          addr in ("::", "[::]") and not any("valueFrom" in e for e in env_list
+                                             if e["name"] == "PROMETHEUS_ADDRESS"), addr)
+    ps = pod
+    if ps.get("hostNetwork"):
+        check(f"{label}: host network resolves cluster names (dnsPolicy ClusterFirstWithHostNet)",
+              ps.get("dnsPolicy") == "ClusterFirstWithHostNet", ps.get("dnsPolicy"))
 
     # Hardening and shape.
     psc = pod.get("securityContext") or {}
@@ -453,8 +469,10 @@ def check_rendering(label, objs, netpol=True, metrics_from=None):
     check(f"{label}: not privileged", not csc.get("privileged"))
     sec = csc.get("seccompProfile") or psc.get("seccompProfile") or {}
     check(f"{label}: seccomp RuntimeDefault", sec.get("type") == "RuntimeDefault", sec)
-    check(f"{label}: no host namespaces",
-          not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")))
+    host_net = "host-network" in label or "host network" in label
+    check(f"{label}: no host namespaces (the node's network only where host network was chosen)",
+          not any(pod.get(k) for k in ("hostPID", "hostIPC")) and bool(pod.get("hostNetwork")) == host_net,
+          (host_net, pod.get("hostNetwork")))
     res = c.get("resources") or {}
     req = (res.get("requests") or {}).get("memory")
     lim = (res.get("limits") or {}).get("memory")
@@ -485,8 +503,10 @@ def check_rendering(label, objs, netpol=True, metrics_from=None):
         check(f"{label}: leader election: retry period < renew deadline < lease duration",
               None not in (lease, renew, retry) and retry < renew < lease, (retry, renew, lease))
         if replicas >= 2:
-            check(f"{label}: leader election: a PodDisruptionBudget minAvailable 1 over the Deployment's pods",
+            check(f"{label}: leader election: a PodDisruptionBudget minAvailable 1 over the Deployment's pods, "
+                  "unhealthy pods always evictable (an unready replica never blocks a drain)",
                   len(pdbs) == 1 and pdbs[0]["spec"].get("minAvailable") == 1
+                  and pdbs[0]["spec"].get("unhealthyPodEvictionPolicy") == "AlwaysAllow"
                   and "maxUnavailable" not in pdbs[0]["spec"]
                   and pdbs[0]["metadata"].get("namespace") == ns
                   and selects(pdbs[0]["spec"].get("selector"), pod_labels), pdbs)
@@ -581,8 +601,9 @@ with open(TOKEN_FILE, "w") as f:
 OVERLAYS = sorted(os.listdir(os.path.join(MAN, "overlays")))
 COMPONENTS = sorted(os.listdir(os.path.join(MAN, "components")))
 CREDENTIALS = ("irsa", "pod-identity")
-check("components are leader-election, direct-only, subnet-metrics; credentials overlays irsa, pod-identity",
-      set(COMPONENTS) == {"leader-election", "direct-only", "subnet-metrics"}
+check("components are leader-election, direct-only, subnet-metrics, host-network; credentials overlays irsa, "
+      "pod-identity",
+      set(COMPONENTS) == {"leader-election", "direct-only", "subnet-metrics", "host-network"}
       and set(CREDENTIALS) <= set(OVERLAYS), (COMPONENTS, OVERLAYS))
 
 # label -> directory; combinations are written as overlays of their own in WORK, as an operator
@@ -707,7 +728,7 @@ def cluster_id_of(overlay):
             if e["name"] == "AWS_CLUSTER_ID"][0]
 
 
-def check_features(label, objs, cred, le, direct, subnets, cluster_id=None):
+def check_features(label, objs, cred, le, direct, subnets, cluster_id=None, host_network=False):
     """What the documented combination promises, whatever the component order: the credentials
     overlay's annotation and AWS_CLUSTER_ID (or the operator's, cluster_id) survive, each option
     is there, nothing else is."""
@@ -731,19 +752,24 @@ def check_features(label, objs, cred, le, direct, subnets, cluster_id=None):
           is_on(env.get("LEADER_ELECTION")) == le and d["spec"].get("replicas", 1) == (2 if le else 1)
           and (("leases", "update") in rules) == le and bool(by_kind(objs, "PodDisruptionBudget")) == le,
           (env.get("LEADER_ELECTION"), d["spec"].get("replicas"), sorted(rules)))
+    ps = d["spec"]["template"]["spec"]
+    check(f"{label}: host network {'on' if host_network else 'off'}: hostNetwork, dnsPolicy",
+          bool(ps.get("hostNetwork")) == host_network
+          and ps.get("dnsPolicy") == ("ClusterFirstWithHostNet" if host_network else None),
+          (ps.get("hostNetwork"), ps.get("dnsPolicy")))
     check(f"{label}: direct only {'on' if direct else 'off'}: SCRAPE_MODE and pods/proxy",
           env.get("SCRAPE_MODE") == ("direct" if direct else "auto")
           and (("pods/proxy", "get") in rules) != direct, (env.get("SCRAPE_MODE"), sorted(rules)))
     check(f"{label}: subnet metrics {'on' if subnets else 'off'}: SUBNET_METRICS, CW_PER_AZ, ENIConfig grant",
           is_on(env.get("SUBNET_METRICS")) == subnets and is_on(env.get("CW_PER_AZ")) == subnets
-          and len(by_kind(objs, "ClusterRole")) == len(by_kind(objs, "ClusterRoleBinding")) == int(subnets),
+          and len(by_kind(objs, "ClusterRole")) == len(by_kind(objs, "ClusterRoleBinding")) == int(subnets) + 1,
           (env.get("SUBNET_METRICS"), env.get("CW_PER_AZ"), [o["kind"] for o in objs]))
 
 
 for label, (cred, comps) in combos.items():
     if label in renders:
         check_features(label, renders[label], cred, "leader-election" in comps, "direct-only" in comps,
-                       "subnet-metrics" in comps)
+                       "subnet-metrics" in comps, host_network="host-network" in comps)
 for cred in CREDENTIALS:
     if f"kustomize overlays/{cred}" in renders:
         check_features(f"kustomize overlays/{cred}", renders[f"kustomize overlays/{cred}"], cred,
@@ -879,8 +905,11 @@ check("helm: values are a superset of the original chart's", not missing, missin
 ECR = "111122223333.dkr.ecr.us-west-2.amazonaws.com/cni-metrics-helper"
 APP_VERSION = str(chart_meta.get("appVersion"))
 LE_ON = {"leaderElection": {"enabled": True}}
+# The chart has no default image (no node could pull one): every case names the operator's image,
+# through the cases' own image keys or, when they have none, this first values layer.
+OWN_IMAGE = {"image": {"registry": ECR}}
 HELM_CASES = {
-    "defaults": ([], "cni-metrics-helper", "kube-system"),
+    "defaults with image.registry": ([], "cni-metrics-helper", "kube-system"),
     # The documented upgrade from the original chart: its values file, our image's repository.
     "original values file with image.registry": ([ORIGINAL_VALUES, {"image": {"registry": ECR}}],
                                                  "cni-metrics-helper", "kube-system"),
@@ -927,6 +956,8 @@ HELM_CASES = {
     "empty SCRAPE_MODE and PROMETHEUS_ADDRESS": ([{"env": {"SCRAPE_MODE": "", "PROMETHEUS_ADDRESS": ""}}],
                                                  "cni-metrics-helper", "kube-system"),
     "subnet metrics": ([{"subnetMetrics": {"enabled": True}}], "cni-metrics-helper", "kube-system"),
+    "host network": ([{"hostNetwork": True}], "cni-metrics-helper", "kube-system"),
+    "host network with leader election": ([{"hostNetwork": True}, LE_ON], "cni-metrics-helper", "kube-system"),
     "subnet metrics through env": ([{"env": {"SUBNET_METRICS": "true"}}], "cni-metrics-helper", "kube-system"),
     "subnet metrics through env, CW_PER_AZ off": ([{"env": {"SUBNET_METRICS": "yes", "CW_PER_AZ": "false"}}],
                                                   "cni-metrics-helper", "kube-system"),
@@ -954,6 +985,19 @@ HELM_CASES = {
 }
 
 
+# AWS's own values.yaml of the chart versions in use (test/data/helm, copied from the VPC CNI
+# repository, SOURCES says which tag and commit): refused as they are, naming image.override; with
+# image.override (the key AWS's chart already has) the operator's image and nothing else.
+AWS_VALUES = {}
+for path in sorted(glob.glob(os.path.join(SRC, "test", "data", "helm", "aws-vpc-cni-*-values.yaml"))):
+    with open(path) as f:
+        AWS_VALUES[os.path.basename(path).split("-")[3]] = yaml.safe_load(f)
+check("helm: AWS's values files of v1.12 to v1.23 are in test/data/helm", len(AWS_VALUES) >= 5, sorted(AWS_VALUES))
+OUR_IMAGE = f"{ECR}:0.2.0"
+for tag, v in AWS_VALUES.items():
+    HELM_CASES[f"AWS's {tag} values with image.override"] = (
+        [v, {"image": {"override": OUR_IMAGE}}], "cni-metrics-helper", "kube-system")
+
 HELM_EXTRA = {}  # case -> more helm arguments (the README's --set flags, as written)
 m = re.search(r"```sh\n(helm upgrade --install .*?)\n```", DEPLOYING, re.S)
 README_SETS = {}
@@ -969,19 +1013,24 @@ if check("README Install: a helm example", m is not None, DEPLOYING[:200]):
 
 # Values the chart must refuse, and a word the message must carry so the operator knows the fix.
 HELM_REFUSED = {
+    # No image named: no default image is rendered (none a node could pull).
+    "defaults": ([], "image.override"),
     # The original chart's values file names AWS's image (602401143452...): refused, naming the fix.
-    "original values file": ([ORIGINAL_VALUES], "image.registry"),
+    "original values file": ([ORIGINAL_VALUES], "image.override"),
     "override with AWS's image": ([{"image": {
         "override": "602401143452.dkr.ecr.us-west-2.amazonaws.com/cni-metrics-helper:v1.21.2"}}], "image.registry"),
     "registry in AWS's China account": ([{"image": {
         "registry": "918309763551.dkr.ecr.cn-north-1.amazonaws.com.cn/cni-metrics-helper"}}], "image.registry"),
     "public ECR eks/cni-metrics-helper": ([{"image": {"override": "public.ecr.aws/eks/cni-metrics-helper:v1.20.0"}}],
                                           "image.registry"),
-    "env.POD_NAME": ([{"env": {"POD_NAME": "x"}}], "downward API"),
+    "env.POD_NAME": ([OWN_IMAGE, {"env": {"POD_NAME": "x"}}], "downward API"),
 }
+for tag, v in AWS_VALUES.items():
+    HELM_REFUSED[f"AWS's {tag} values as they are"] = ([v], "image.override")
 helm_renders, helm_notes = {}, {}
 for case, (values, release, ns) in HELM_CASES.items():
     extra = HELM_EXTRA.get(case, [])
+    values = [OWN_IMAGE] + values
     try:
         helm_renders[f"helm {case}"] = mt.helm_template(WORK, values, release, ns, extra)
         helm_notes[f"helm {case}"] = mt.helm_notes(WORK, values, release, ns, extra)
@@ -1017,8 +1066,9 @@ IMAGES = {
     "original values file with image.registry and our tag": f"{ECR}:0.2.0",
     "own ECR in the account/region/domain form":
         f"111122223333.dkr.ecr.eu-west-1.amazonaws.com/cni-metrics-helper:{APP_VERSION}",
-    "defaults": f"cni-metrics-helper:{APP_VERSION}",
+    "defaults with image.registry": f"{ECR}:{APP_VERSION}",
 }
+IMAGES.update({f"AWS's {tag} values with image.override": OUR_IMAGE for tag in AWS_VALUES})
 for case, want in IMAGES.items():
     if f"helm {case}" in helm_renders:
         got = helm_ctr(f"helm {case}")["image"]
@@ -1053,10 +1103,11 @@ for group in SAME:
         check(f"helm {' = '.join(group)}: the same objects", all(comparable(g) == first for g in got[1:]),
               [sorted(set(comparable(g)) ^ set(first)) for g in got[1:]])
 if "helm leader election" in helm_renders:
-    check("helm leader election: Deployment, Role with leases, Lease, PodDisruptionBudget, NetworkPolicy",
+    check("helm leader election: Deployment, Role with leases, Lease, PodDisruptionBudget, NetworkPolicy, "
+          "the nodes ClusterRole",
           sorted(o["kind"] for o in helm_renders["helm leader election"]) ==
-          ["Deployment", "Lease", "NetworkPolicy", "PodDisruptionBudget", "Role", "RoleBinding",
-           "ServiceAccount"])
+          ["ClusterRole", "ClusterRoleBinding", "Deployment", "Lease", "NetworkPolicy",
+           "PodDisruptionBudget", "Role", "RoleBinding", "ServiceAccount"])
 label = "helm leader election, own lease name"
 if label in helm_renders:
     lease_rules = [r for r in by_kind(helm_renders[label], "Role")[0]["rules"] if "leases" in r["resources"]]
@@ -1103,13 +1154,14 @@ if label in helm_renders:
     e = helm_env(label)
     check(f"{label}: SUBNET_METRICS and CW_PER_AZ once each, as env says",
           e.get("SUBNET_METRICS") == "true" and e.get("CW_PER_AZ") == "false"
-          and len(by_kind(helm_renders[label], "ClusterRole")) == 1, e)
+          and len(by_kind(helm_renders[label], "ClusterRole")) == 2, e)
 label = "helm empty SCRAPE_MODE and PROMETHEUS_ADDRESS"
 if label in helm_renders:
     env_list = helm_ctr(label)["env"]
     addr = [e for e in env_list if e["name"] == "PROMETHEUS_ADDRESS"]
-    check(f"{label}: SCRAPE_MODE auto, PROMETHEUS_ADDRESS the pod IP, once each",
-          helm_env(label).get("SCRAPE_MODE") == "auto" and len(addr) == 1 and "valueFrom" in addr[0], env_list)
+    check(f"{label}: SCRAPE_MODE auto once, PROMETHEUS_ADDRESS left to the daemon's default",
+          [e["name"] for e in env_list].count("SCRAPE_MODE") == 1
+          and helm_env(label).get("SCRAPE_MODE") == "auto" and not addr, env_list)
 label = "helm irsa, leader election, subnet metrics, direct"
 if label in helm_renders:
     h = helm_renders[label]
@@ -1170,7 +1222,7 @@ if label in helm_renders:
           helm_ctr(label)["image"] == f"{README_SETS.get('image.registry')}:{APP_VERSION}", helm_ctr(label)["image"])
 
 # The chart and the kustomize manifests describe the same pod, with and without the options.
-for hl, kl in (("helm defaults", "kustomize base"), ("helm README example", "kustomize README example"),
+for hl, kl in (("helm defaults with image.registry", "kustomize base"), ("helm README example", "kustomize README example"),
                ("helm irsa, leader election, subnet metrics, direct",
                 "kustomize irsa + direct-only + leader-election + subnet-metrics")):
     if hl in helm_renders and kl in renders:
@@ -1188,8 +1240,9 @@ for label, objs in all_renders.items():
     metrics_from = [x for v in case for x in (v.get("networkPolicy") or {}).get("metricsFrom") or []]
     check_rendering(label, objs, netpol=label != "helm network policy off", metrics_from=metrics_from)
 for label in ("kustomize base", "kustomize irsa + direct-only + leader-election + subnet-metrics",
-              "helm defaults", "helm other namespace, own ServiceAccount, port",
-              "helm irsa, leader election, subnet metrics, direct"):
+              "helm defaults with image.registry", "helm other namespace, own ServiceAccount, port",
+              "helm irsa, leader election, subnet metrics, direct", "helm host network with leader election",
+              "kustomize irsa + host-network"):
     if check(f"{label}: rendered for the daemon", label in all_renders):
         run_daemon_with(label, all_renders[label])
 
@@ -1216,7 +1269,7 @@ for label in ("kustomize irsa + direct-only", "helm direct only", "helm direct o
                   if "pods/proxy" in (r.get("resources") or [])]
         check(f"{label}: SCRAPE_MODE=direct and no pods/proxy grant",
               rendered_mode(objs) == "direct" and not grants, (rendered_mode(objs), grants))
-for label in ("kustomize base", "helm defaults"):
+for label in ("kustomize base", "helm defaults with image.registry"):
     if label in all_renders:
         check(f"{label}: SCRAPE_MODE is auto (the default, which may use the proxy)",
               rendered_mode(all_renders[label]) == "auto", rendered_mode(all_renders[label]))
@@ -1249,9 +1302,7 @@ for path in glob.glob(os.path.join(SRC, "src", "**", "*.c"), recursive=True):
     called |= set(re.findall(r'"[^"\n]*Action=([A-Za-z]+)', text))
     called |= set(re.findall(r'GraniteServiceVersion20100801\.([A-Za-z]+)', text))
     called |= set(re.findall(r'"Action", "([A-Za-z]+)"', text))  # form_add-style builders (ec2.c)
-    # ec2.c: a call starts with begin(e, "Action", ...) and may move on (e->action = "Action").
-    called |= set(re.findall(r'\bbegin\(e, "([A-Za-z]+)"', text))
-    called |= set(re.findall(r'e->action = "([A-Za-z]+)"', text))
+    called |= set(re.findall(r'EC2_ACTION\("([A-Za-z]+)"\)', text))  # ec2.c's action names
 # SUBNET_METRICS: ec2:DescribeSubnets, in its own opt-in policy (Resource "*": the action has no
 # resource-level permissions), and nothing else there.
 with open(os.path.join(MAN, "iam", "subnet-metrics-policy.json")) as f:
@@ -1266,8 +1317,13 @@ for label in ("kustomize pod-identity + subnet-metrics", "helm subnet metrics", 
     if check(f"{label}: rendered", objs is not None):
         c = by_kind(objs, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]
         env = {e["name"]: e.get("value") for e in c.get("env") or []}
-        check(f"{label}: SUBNET_METRICS=true and a ClusterRole", env.get("SUBNET_METRICS") == "true"
-              and len(by_kind(objs, "ClusterRole")) == 1, env)
+        check(f"{label}: SUBNET_METRICS=true and its ClusterRole beside the nodes one",
+              env.get("SUBNET_METRICS") == "true" and len(by_kind(objs, "ClusterRole")) == 2, env)
+# ec2:DescribeTags is asked only without AWS_CLUSTER_ID, as the original helper did; the shipped
+# policy leaves it out (it cannot be limited to one instance): the overlays set AWS_CLUSTER_ID,
+# and a denied call is logged and falls to the aws-node pods' CLUSTER_NAME (docs/migration.md).
+check("iam: the code asks DescribeTags (the original's cluster-id lookup)", "DescribeTags" in called,
+      sorted(called))
 # SUBNET_PREFIX_METRICS: the free /28 count's two read-only actions, in their own opt-in policy.
 with open(os.path.join(MAN, "iam", "subnet-prefix-metrics-policy.json")) as f:
     PREFIX_POLICY = json.load(f)
@@ -1279,7 +1335,8 @@ check("iam subnet-prefix-metrics: exactly ec2:DescribeNetworkInterfaces and "
 check("iam subnet-prefix-metrics: the code calls both",
       {"DescribeNetworkInterfaces", "GetSubnetCidrReservations"} <= called, sorted(called))
 needs_policy = called - {"PutMetricData", "AssumeRoleWithWebIdentity", "GetCallerIdentity",
-                         "DescribeSubnets", "DescribeNetworkInterfaces", "GetSubnetCidrReservations"}
+                         "DescribeSubnets", "DescribeTags", "DescribeNetworkInterfaces",
+                         "GetSubnetCidrReservations"}
 check("iam: the code calls no AWS action the policy lacks", not needs_policy, sorted(needs_policy))
 
 # --- the checks must be able to fail --------------------------------------------------------------
@@ -1330,6 +1387,10 @@ MUTANTS = {
     "wildcard verb": lambda o: by_kind(o, "Role")[0]["rules"][0].update(verbs=["*"]),
     "ClusterRole": lambda o: o.append({"kind": "ClusterRole", "metadata": {"name": "x"}, "rules": []}),
     "SUBNET_METRICS without the eniconfigs grant": lambda o: set_env(o, "SUBNET_METRICS", "true"),
+    "nodes list granted (the code gets one node)": lambda o: [r["rules"][0].update(verbs=["get", "list"])
+                                                         for r in by_kind(o, "ClusterRole")],
+    "no NODE_NAME beside the nodes grant": lambda o: ctr_of(o).update(
+        env=[e for e in ctr_of(o)["env"] if e["name"] != "NODE_NAME"]),
     "unknown env var": lambda o: ctr_of(o)["env"].append({"name": "CMH_NO_SUCH_VARIABLE", "value": "1"}),
     "bad enum value": lambda o: set_env(o, "LOG_FORMAT", "xml"),
     "Role not in K8S_NAMESPACE": lambda o: set_env(o, "K8S_NAMESPACE", "monitoring"),
@@ -1345,6 +1406,9 @@ MUTANTS = {
     "role in default namespace": lambda o: by_kind(o, "Role")[0]["metadata"].update(namespace="default"),
     "other CloudWatch namespace": lambda o: set_env(o, "CW_NAMESPACE", "X"),
     "loopback listen address": lambda o: set_env(o, "PROMETHEUS_ADDRESS", "127.0.0.1"),
+    "IPv4-only listen address (no port-forward over ::1)": lambda o: set_env(o, "PROMETHEUS_ADDRESS", "0.0.0.0"),
+    "host network without dnsPolicy ClusterFirstWithHostNet": lambda o: dep_of(o)["spec"]["template"][
+        "spec"].update(hostNetwork=True),
     "grace below SHUTDOWN_TIMEOUT": lambda o: set_env(o, "SHUTDOWN_TIMEOUT", "40s"),
     "short grace period": lambda o: dep_of(o)["spec"]["template"]["spec"].update(terminationGracePeriodSeconds=5),
     "no memory limit": lambda o: ctr_of(o)["resources"].pop("limits"),
@@ -1394,6 +1458,8 @@ LE_MUTANTS = {
     "Lease not shipped": lambda o: drop_kind(o, "Lease"),
     "Lease in another namespace": lambda o: by_kind(o, "Lease")[0]["metadata"].update(namespace="default"),
     "Lease name differs from LEADER_ELECTION_LEASE_NAME": lambda o: set_env(o, "LEADER_ELECTION_LEASE_NAME", "x"),
+    "PodDisruptionBudget that keeps unhealthy pods": lambda o: [p["spec"].pop("unhealthyPodEvictionPolicy", None)
+                                                               for p in by_kind(o, "PodDisruptionBudget")],
     "leader election without the leases grant": lambda o: by_kind(o, "Role")[0].update(
         rules=[r for r in by_kind(o, "Role")[0]["rules"] if "leases" not in r["resources"]]),
 }

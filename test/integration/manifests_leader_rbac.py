@@ -138,7 +138,7 @@ def rendered():
                    "resources": [os.path.relpath(os.path.join(MAN, "overlays", "irsa"), d)],
                    "components": [os.path.relpath(os.path.join(MAN, "components", "leader-election"), d)]}, f)
     return {"kustomize irsa + leader-election": mt.kustomize(d),
-            "helm leaderElection.enabled": mt.helm_template(WORK, [{"leaderElection": {"enabled": True}}])}
+            "helm leaderElection.enabled": mt.helm_template(WORK, [{"image": {"registry": "registry.example/cmh"}, "leaderElection": {"enabled": True}}])}
 
 
 def subject_of(objs):

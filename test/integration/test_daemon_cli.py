@@ -46,6 +46,8 @@ for fn in os.listdir(os.path.join(SRC, "src")):
         text = f.read()
     read_vars |= set(re.findall(
         r'\b(?:getenv|env_get|cmh_aws_env_get|cmh_aws_endpoint_override)\([^"()]*"([A-Z0-9_]+)"', text))
+    # Scans of an environment block: strncmp(*e, "NAME=", n).
+    read_vars |= set(re.findall(r'\bstrncmp\([^"()]*"([A-Z][A-Z0-9_]+)=",', text))
     if fn == "config.c":
         read_vars |= set(re.findall(r'\{"([A-Z0-9_]+)", CMH_CFG_', text))
 check("the source reads the standard AWS and Kubernetes variables (the scan works)",

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Loopback stand-in for EC2 DescribeSubnets (EC2 Query protocol, Version 2016-11-15).
+"""Loopback stand-in for EC2 DescribeSubnets and DescribeTags (EC2 Query protocol, Version 2016-11-15).
 
 Every request is checked the way EC2 would, with botocore as the independent oracle:
   - the SigV4 signature (service "ec2") is recomputed with botocore.auth.SigV4Auth from the bytes
@@ -10,6 +10,11 @@ Every request is checked the way EC2 would, with botocore as the independent ora
 Subnets come from a JSON truth file (--truth): {"subnets": [{"SubnetId", "CidrBlock",
 "Ipv6CidrBlocks": [...], "AvailabilityZone", "AvailableIpAddressCount"}, ...]}. Answers are
 paginated with NextToken at --page-size subnets (smaller than EC2's, so paging is exercised).
+DescribeTags: the form's Filter.N.Name / Filter.N.Value.M are read back into Filters and validated
+with botocore against DescribeTags' model; the tags are the truth file's "tags": [{"ResourceId",
+"Key", "Value"}, ...] (or POST /tags), filtered as EC2 does (a tag matches when, for every filter,
+its field equals one of the filter's values; resource-id, key, value and resource-type are
+served) and answered sorted by key in byte order, an order that is not the helper's preference.
 
 Prints one line:  READY http=<port>   and serves on 127.0.0.1 until stdin closes or --lifetime
 seconds pass. Control routes (plain JSON, on the same port):
@@ -17,6 +22,7 @@ seconds pass. Control routes (plain JSON, on the same port):
   GET  /stats     counters: requests, pages, describe calls by kind, bad_signature, faults, errors
   POST /subnet    {"SubnetId": id, "AvailableIpAddressCount": n} drains or refills a subnet
   POST /faults    {"script": [FAULT, ...]} faults for the next DescribeSubnets requests, in order
+  POST /tags      {"tags": [...]} replaces the tags
   POST /drain     {"SubnetId": id, "points": [[t, n], ...]} a scripted drain: from now, the subnet's
                   AvailableIpAddressCount is the n of the last point whose t (seconds since this
                   request, increasing) has passed (the first point's n before that)
@@ -60,6 +66,7 @@ import standin_common  # noqa: E402  (test/sim/standin_common.py, beside this fi
 SESSION = botocore.session.get_session()
 MODEL = SESSION.get_service_model("ec2")
 OP = MODEL.operation_model("DescribeSubnets")
+TAGS_OP = MODEL.operation_model("DescribeTags")
 XMLNS = MODEL.metadata["xmlNamespace"].rstrip("/") + "/"
 VERSION = MODEL.metadata["apiVersion"]
 
@@ -72,7 +79,7 @@ STATE = {}
 
 def reset_counters():
     STATE.update(stats={"requests": 0, "pages": 0, "describe_by_ids": 0, "describe_all": 0,
-                        "not_found": 0,
+                        "not_found": 0, "describe_tags": 0, "tag_filters": [],
                         "bad_signature": 0, "invalid": 0, "faults": {}, "errors": []},
                  script=[])
 
@@ -175,7 +182,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         n = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(n)
-        if self.path in ("/subnet", "/faults", "/reset", "/drain", "/outage", "/usage"):
+        if self.path in ("/subnet", "/faults", "/reset", "/tags", "/drain", "/outage", "/usage"):
             return self.control(json.loads(body or b"{}"))
         self.describe(body)
 
@@ -183,6 +190,8 @@ class Handler(BaseHTTPRequestHandler):
         with LOCK:
             if self.path == "/reset":
                 reset_counters()
+            elif self.path == "/tags":
+                STATE["tags"] = list(cmd.get("tags", []))
             elif self.path == "/faults":
                 STATE["script"] = list(cmd.get("script", []))
             elif self.path == "/drain":
@@ -236,6 +245,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.invalid(400, "InvalidParameterValue", "Version must be " + VERSION)
         if action in ("DescribeNetworkInterfaces", "GetSubnetCidrReservations"):
             return self.usage(action, flat)
+        if action == "DescribeTags":
+            return self.describe_tags(flat)
         if action != "DescribeSubnets":
             return self.invalid(400, "InvalidAction", "action %s is not served" % action)
         params, ids = {}, {}
@@ -364,6 +375,56 @@ class Handler(BaseHTTPRequestHandler):
                    '  <requestId>%s</requestId>\n  %s%s\n</%sResponse>\n'
                    % (action, XMLNS, uuid.uuid4(), body, token, action))
 
+    def describe_tags(self, flat):
+        filters, params = {}, {}
+        for k, v in flat.items():
+            part = k.split(".")
+            if part[0] == "Filter" and len(part) == 3 and part[2] == "Name" and part[1].isdigit():
+                filters.setdefault(int(part[1]), {"Values": {}})["Name"] = v
+            elif part[0] == "Filter" and len(part) == 4 and part[2] == "Value" and part[1].isdigit() \
+                    and part[3].isdigit():
+                filters.setdefault(int(part[1]), {"Values": {}})["Values"][int(part[3])] = v
+            elif k == "MaxResults":
+                params["MaxResults"] = int(v)
+            elif k == "DryRun":
+                params["DryRun"] = v == "true"
+            else:
+                return self.invalid(400, "UnknownParameter", "The parameter %s is not recognized" % k)
+        if sorted(filters) != list(range(1, len(filters) + 1)):
+            return self.invalid(400, "InvalidParameterValue", "Filter.N not 1..n")
+        flist = []
+        for i in sorted(filters):
+            f = filters[i]
+            if "Name" not in f or sorted(f["Values"]) != list(range(1, len(f["Values"]) + 1)):
+                return self.invalid(400, "InvalidParameterValue", "Filter.%d without Name or Value.1..n" % i)
+            flist.append({"Name": f["Name"], "Values": [f["Values"][j] for j in sorted(f["Values"])]})
+        if flist:
+            params["Filters"] = flist
+        try:
+            botocore.validate.validate_parameters(params, TAGS_OP.input_shape)
+        except botocore.exceptions.ParamValidationError as e:
+            return self.invalid(400, "InvalidParameterValue", str(e))
+        fields = {"resource-id": "ResourceId", "key": "Key", "value": "Value",
+                  "resource-type": "ResourceType"}
+        for f in flist:
+            if f["Name"] not in fields:
+                return self.invalid(400, "InvalidParameterValue", "The filter '%s' is invalid" % f["Name"])
+        fault = next_fault()
+        if fault is not None and self.fault(fault):
+            return
+        with LOCK:
+            STATE["stats"]["describe_tags"] += 1
+            STATE["stats"]["tag_filters"].append(flist)
+            tags = [dict(t, ResourceType=t.get("ResourceType", "instance")) for t in STATE["tags"]]
+        hits = [t for t in tags if all(t[fields[f["Name"]]] in f["Values"] for f in flist)]
+        hits.sort(key=lambda t: t["Key"].encode())
+        items = "".join("<item><resourceId>%s</resourceId><resourceType>%s</resourceType><key>%s</key>"
+                        "<value>%s</value></item>" % (escape(t["ResourceId"]), escape(t["ResourceType"]),
+                                                       escape(t["Key"]), escape(t["Value"])) for t in hits)
+        self.reply(200, '<?xml version="1.0" encoding="UTF-8"?>\n<DescribeTagsResponse xmlns="%s">\n'
+                   '  <requestId>%s</requestId>\n  <tagSet>%s</tagSet>\n</DescribeTagsResponse>\n'
+                   % (XMLNS, uuid.uuid4(), items))
+
     def fault(self, f):
         """Answers with the fault; False for "ok" (answer normally)."""
         kind = f["kind"] if isinstance(f, dict) else f
@@ -412,7 +473,8 @@ def main():
     KEYS = standin_common.parse_keys(ARGS.key)
     with open(ARGS.truth) as f:
         truth = json.load(f)
-    STATE["subnets"] = truth["subnets"]
+    STATE["subnets"] = truth.get("subnets", [])
+    STATE["tags"] = truth.get("tags", [])
     STATE["interfaces"] = truth.get("interfaces", [])
     STATE["reservations"] = truth.get("reservations", [])
     reset_counters()

@@ -45,6 +45,8 @@ on standard output:
   lease NAME HOLDER SECONDS [ns=kube-system]   write a Lease as another replica would: holder
                      HOLDER ("-" for none), renewTime now, leaseDurationSeconds the JSON value
                      SECONDS ("none" leaves it out), a new resourceVersion
+  node NAME PROVIDERID   a Node (GET /api/v1/nodes/NAME) with spec.providerID PROVIDERID
+  podenv NAME KEY VALUE  the aws-node container of pod NAME gets env KEY=VALUE (a MODIFIED event)
   eniconfig NAME SUBNET  an ENIConfig (GET /apis/crd.k8s.amazonaws.com/v1alpha1/eniconfigs
                      lists them; 404 until the first one, as when the CRD is not installed)
   eniconfig-del NAME     the ENIConfig is deleted (the CRD stays: an empty list, not a 404)
@@ -324,6 +326,17 @@ def command(line):
             STATE["down_until"] = time.monotonic() + float(pos[0])
             STATE["cut_gen"] += 1
             COND.notify_all()
+        elif op == "node":
+            STATE.setdefault("nodes", {})[pos[0]] = {
+                "kind": "Node", "apiVersion": "v1",
+                "metadata": {"name": pos[0], "labels": {"kubernetes.io/hostname": pos[0]}},
+                "spec": {"providerID": pos[1]},
+                "status": {"addresses": [{"type": "InternalIP", "address": "10.0.0.1"}]}}
+        elif op == "podenv":
+            ns = kv.get("ns", "kube-system")
+            pod = STATE["pods"][(ns, pos[0])]
+            pod["spec"]["containers"][0]["env"].append({"name": pos[1], "value": pos[2]})
+            record("MODIFIED", ns, pod)
         elif op == "eniconfig":
             # eniconfig NAME SUBNET: an ENIConfig (cluster-scoped; the CRD exists from then on).
             STATE.setdefault("eniconfigs", {})[pos[0]] = pos[1]
@@ -478,6 +491,13 @@ class Handler(BaseHTTPRequestHandler):
             return self.list(parts[3], q)
         if len(parts) >= 7 and parts[4] == "pods" and parts[6] == "proxy":
             return self.proxy_h1(url.path)
+        if len(parts) == 4 and parts[:3] == ["api", "v1", "nodes"]:
+            with COND:
+                node = STATE.get("nodes", {}).get(parts[3])
+                STATE["stats"]["node_gets"] = STATE["stats"].get("node_gets", 0) + 1
+            if node is None:
+                return self.send_json(404, status(404, "NotFound", 'nodes "%s" not found' % parts[3]))
+            return self.send_json(200, node)
         if parts == ["apis", "crd.k8s.amazonaws.com", "v1alpha1", "eniconfigs"]:
             with COND:
                 enis = STATE.get("eniconfigs")

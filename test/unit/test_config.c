@@ -36,6 +36,10 @@ static const struct good goods[] = {
     {"METRIC_UPDATE_INTERVAL", "1500ms", "1500ms"},
     {"METRIC_UPDATE_INTERVAL", "2m", "120s"},
     {"AWS_REGION", "eu-west-1", "eu-west-1"},
+    {"AWS_REGION", "us-gov-west-1", "us-gov-west-1"},
+    {"AWS_REGION", "cn-north-1", "cn-north-1"},
+    {"AWS_REGION", "us-isob-east-1", "us-isob-east-1"},
+    {"AWS_REGION", "ap-southeast-5", "ap-southeast-5"},
     {"AWS_CLUSTER_ID", "prod-cluster", "prod-cluster"},
     {"AWS_VPC_K8S_CNI_LOGLEVEL", "DEBUG", "debug"},
     {"AWS_VPC_K8S_CNI_LOGLEVEL", "warn", "warn"},
@@ -132,6 +136,14 @@ struct bad {
 };
 
 static const struct bad bads[] = {
+    /* AWS_REGION builds host names: only a region name. */
+    {"AWS_REGION", "us-west-2.evil.example", "a region name such as us-west-2"},
+    {"AWS_REGION", "us-west-2a", "a region name such as us-west-2"},
+    {"AWS_REGION", "US-WEST-2", "a region name such as us-west-2"},
+    {"AWS_REGION", "us-west", "a region name such as us-west-2"},
+    {"AWS_REGION", "us--west-2", "a region name such as us-west-2"},
+    {"AWS_REGION", "us-west-2/x", "a region name such as us-west-2"},
+    {"AWS_REGION", "1us-west-2", "a region name such as us-west-2"},
     {"AWS_CA_BUNDLE", "/nonexistent/ca.pem", "cannot read the file: No such file or directory"},
     {"USE_CLOUDWATCH", "1", "yes, true, no or false"},
     {"USE_CLOUDWATCH", "enabled", "yes, true, no or false"},
@@ -338,7 +350,7 @@ static void defaults_match_the_documented_ones(void **state)
     assert_int_equal(cfg.shutdown_timeout_ms, 10000);
     assert_int_equal(cfg.stale_rounds, 2);
     assert_int_equal(cfg.prom_max_line, 65536);
-    assert_string_equal(cfg.prometheus_address, "0.0.0.0");
+    assert_string_equal(cfg.prometheus_address, "::");
     cmh_config_free(&cfg);
 }
 

@@ -85,21 +85,26 @@ images are tagged with our version, never v1.x.y. */}}
 {{- end }}
 
 {{/* The image: image.override, else image.registry:tag, else
-<account>.dkr.ecr.<region>.<domain>/cni-metrics-helper:tag. Refuses AWS's own cni-metrics-helper
-repositories (the EKS add-on registries, public.ecr.aws/eks): that image is the original helper,
-which does not answer our probes on PROMETHEUS_PORT and would crash-loop. */}}
+<account>.dkr.ecr.<region>.<domain>/cni-metrics-helper:tag when image.account is set, else the
+render fails naming the keys (there is no default image a node could pull). Refuses AWS's own
+cni-metrics-helper repositories (the EKS add-on registries, public.ecr.aws/eks): that image is the
+original helper, which does not answer our probes on PROMETHEUS_PORT and would crash-loop. AWS's
+values file sets account 602401143452 and no override: refused, naming image.override. */}}
 {{- define "cni-metrics-helper.image" -}}
 {{- $tag := include "cni-metrics-helper.tag" . }}
 {{- $image := "" }}
+{{- $fix := "Set image.override to the image you built and pushed (README: Building and pushing the image), e.g. --set image.override=111122223333.dkr.ecr.us-west-2.amazonaws.com/cni-metrics-helper:" }}
 {{- if .Values.image.override }}
 {{- $image = toString .Values.image.override }}
 {{- else if .Values.image.registry }}
 {{- $image = printf "%s:%s" .Values.image.registry $tag }}
-{{- else }}
+{{- else if .Values.image.account }}
 {{- $image = printf "%s.dkr.ecr.%s.%s/cni-metrics-helper:%s" (toString .Values.image.account) .Values.image.region .Values.image.domain $tag }}
+{{- else }}
+{{- fail (printf "no image: none of image.override, image.registry, image.account is set. %s%s (or image.registry to its repository)" $fix .Chart.AppVersion) }}
 {{- end }}
 {{- if regexMatch `^((602401143452|877085696533|800184023465|533267051163|296578399912|900889452093|491585149902|151610086707|333609536671|121268973566|918309763551|961992271922|900612956339|590381155156|455263428931|066635153087|759879836304|558608220178|761377655185|151742754352|013241004608)\.dkr\.ecr(-fips)?\.[a-z0-9-]+\.amazonaws\.com(\.cn)?|public\.ecr\.aws/eks)/cni-metrics-helper([:@]|$)` $image }}
-{{- fail (printf "image %s is in AWS's own cni-metrics-helper repository: that is the original helper, not this one, and it would crash-loop on this chart's probes (port 61681). Set image.registry (or image.override) to the repository you pushed this image to (README: Building and pushing the image), e.g. --set image.registry=111122223333.dkr.ecr.us-west-2.amazonaws.com/cni-metrics-helper" $image) }}
+{{- fail (printf "image %s is in AWS's own cni-metrics-helper repository: that is the original helper, not this one, and it would crash-loop on this chart's probes (port 61681). %s%s (or image.registry to its repository)" $image $fix .Chart.AppVersion) }}
 {{- end }}
 {{- $image }}
 {{- end }}
