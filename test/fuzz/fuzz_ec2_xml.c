@@ -32,21 +32,14 @@ static int run(const char *buf, size_t len, size_t cut, struct cmh_subnet_list *
 static int run_usage(const char *action, const char *buf, size_t len, size_t cut,
                      struct cmh_ec2_cidrs *used)
 {
-    struct cmh_subnet_list l = {0};
-    struct cmh_ec2_page p;
-    memset(&p, 0, sizeof p);
+    struct cmh_subnet_list l;
+    static struct cmh_ec2_page p;
     memset(used, 0, sizeof *used);
-    p.subnets = &l;
     p.action = action;
     p.used = used;
-    struct cmh_ec2_xml *x;
-    int rc = cmh_ec2_xml_new(&x, &p);
-    if (rc != 0)
-        return rc;
-    rc = cmh_ec2_xml_feed(x, buf, cut, 0);
-    if (rc == 0)
-        rc = cmh_ec2_xml_feed(x, buf + cut, len - cut, 1);
-    cmh_ec2_xml_free(x);
+    int rc = run(buf, len, cut, &l, &p);
+    p.action = NULL;
+    p.used = NULL;
     if (l.n != 0)
         abort(); /* a usage answer is never read as subnets */
     cmh_subnet_list_free(&l);
