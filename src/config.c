@@ -521,10 +521,8 @@ static int region_name(const char *s)
             if (s[i + 1] == '-' || s[i + 1] == '\0')
                 return 0;
             words++;
-        } else if (!islower(c) && !isdigit(c)) {
-            return 0;
-        } else if (words == 1 && !islower(c)) {
-            return 0;
+        } else if (!islower(c) && (words == 1 || !isdigit(c))) {
+            return 0; /* the first word is letters only, the others letters or digits */
         }
     }
     const char *last = strrchr(s, '-');
