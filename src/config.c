@@ -153,6 +153,11 @@ const struct cmh_config_var cmh_config_vars[] = {
      "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", 0, 0, NULL, 0,
      "CA bundle that signs the Kubernetes API server certificate; the only anchors trusted for "
      "it (the system store is not used)."},
+    {"K8S_API_URL", CMH_CFG_STR, FIELD(k8s_api_url), NULL, 0, 0, NULL, 0,
+     "`report` only: the Kubernetes API to use, such as `kubectl proxy`'s "
+     "`http://127.0.0.1:8001` (plain http only to a loopback address; no token is sent) or an "
+     "https URL (with K8S_TOKEN_FILE and K8S_CA_FILE). Unset: the service account in a pod, else "
+     "the current context of the kubeconfig (KUBECONFIG, else ~/.kube/config)."},
     {"K8S_SYNC_TIMEOUT", CMH_CFG_DURATION, FIELD(k8s_sync_timeout_ms), "60", 1 * SEC, 3600 * SEC,
      NULL, 0,
      "With Kubernetes discovery the first round waits for the first pod list, at most this long; "
