@@ -1,17 +1,22 @@
-"""`report` from an operator's laptop: the Kubernetes API reached through `kubectl proxy` (an http
+"""`report` from an operator's laptop. The Kubernetes API reached through `kubectl proxy` (an http
 URL on loopback, no token: the fake API in --plain-http mode counts any Authorization header it
 gets) or through a kubeconfig's current context (certificate-authority-data and a token; a
 tokenFile; an exec plugin run without a shell, with the entry's env and KUBERNETES_EXEC_INFO, its
 ExecCredential's status.token sent). The fake API checks the token: a wrong one in the kubeconfig
 fails. Refused with a message naming the key: http to a non-loopback address,
 insecure-skip-tls-verify, client certificates. Each answer is checked against the two aws-node
-pods the fake API serves and the two ipamD answers this test writes. HOME is a temporary directory:
-the operator's own files are never read.
+pods the fake API serves and the two ipamD answers this test writes. AWS credentials from the
+shared files: AWS_PROFILE with role_arn + source_profile makes one STS AssumeRole signed with the
+source profile's keys (the STS stand-in checks it with botocore), then DescribeSubnets is signed
+with the assumed credentials in the profile's region (the EC2 stand-in knows only those); a
+profile with static keys signs with them; an SSO profile and an unknown profile are refused naming
+the key or the profile. HOME is a temporary directory: the operator's own files are never read.
 """
 import base64
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -206,9 +211,92 @@ try:
     p, _ = report({})
     check("no pod, no K8S_API_URL, no kubeconfig: exit 2, says what is missing",
           p.returncode == 2 and "kubeconfig" in p.stderr, (p.returncode, p.stderr[-300:]))
+
+    # AWS from the shared files: AWS_PROFILE=ops assumes a role with the keys of its
+    # source_profile (STS stand-in: botocore checks the signature with the source keys), then the
+    # assumed credentials sign DescribeSubnets (EC2 stand-in: it knows only those). The region
+    # comes from the profile. The Kubernetes API is the kubectl proxy one from above.
+    aws = os.path.join(HOME, ".aws")
+    os.makedirs(aws)
+    role = "arn:aws:iam::111122223333:role/cni-report"
+    with open(os.path.join(aws, "credentials"), "w") as f:
+        f.write("# operator keys\n[laptop-keys]\naws_access_key_id = AKIDSOURCE\n"
+                "aws_secret_access_key = source-secret\n")
+    with open(os.path.join(aws, "config"), "w") as f:
+        f.write("[default]\nregion = eu-west-1\n\n[profile  ops]\nrole_arn = %s\n"
+                "source_profile = laptop-keys\nregion = us-west-2\nrole_session_name = laptop\n"
+                "s3 =\n    max_concurrent_requests = 4\n"
+                "[profile sso]\nsso_session = corp\n[profile plain]\nregion = us-west-2\n"
+                "aws_access_key_id = AKIDPLAIN\naws_secret_access_key = plain-secret\n" % role)
+    truth = os.path.join(tmp, "truth.json")
+    with open(truth, "w") as f:
+        json.dump({"subnets": [{"SubnetId": "subnet-0000a001", "CidrBlock": "127.89.0.0/29",
+                                "AvailabilityZone": "us-west-2a",
+                                "AvailableIpAddressCount": 321}]}, f)
+
+    def peer(argv):
+        pr = subprocess.Popen(["/usr/bin/python3"] + argv, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        peers.append(pr)
+        return pr.stdout.readline()
+
+    peers = []
+    line = peer([os.path.join(SRC, "test/sim/sts_standin.py"), "--key", "AKIDSOURCE:source-secret",
+                 "--region", "us-west-2", "--role", role, "--issue",
+                 "AKIDASSUMED:assumed-secret:assumed-token", "--ca-out",
+                 os.path.join(tmp, "sts-ca.pem"), "--lifetime", "120"])
+    sts_port, sts_ca = re.search(r"https=(\d+) ca=(\S+)", line).groups()
+    ec2_urls = []
+    for key in ("AKIDASSUMED:assumed-secret:assumed-token", "AKIDPLAIN:plain-secret"):
+        line = peer([os.path.join(SRC, "test/sim/ec2_standin.py"), "--key", key, "--region",
+                     "us-west-2", "--truth", truth, "--lifetime", "120"])
+        ec2_urls.append("http://127.0.0.1:" + re.search(r"http=(\d+)", line).group(1))
+
+    def stats(url, ca=None):
+        import ssl
+        import urllib.request
+        ctx = ssl.create_default_context(cafile=ca) if ca else None
+        with urllib.request.urlopen(url + "/stats", timeout=10, context=ctx) as r:
+            return json.loads(r.read())
+
+    def aws_report(profile, ec2_url):
+        return report({"K8S_API_URL": "http://127.0.0.1:%s" % plain.port, "AWS_PROFILE": profile,
+                       "SUBNET_METRICS": "true", "SUBNET_IDS": "subnet-0000a001",
+                       "AWS_ENDPOINT_URL_EC2": ec2_url,
+                       "AWS_ENDPOINT_URL_STS": "https://127.0.0.1:%s" % sts_port,
+                       "AWS_CA_BUNDLE": sts_ca, "AWS_EC2_METADATA_DISABLED": "true"})
+
+    p, doc = aws_report("ops", ec2_urls[0])
+    sts = stats("https://127.0.0.1:%s" % sts_port, sts_ca)
+    ec2 = stats(ec2_urls[0])
+    subnets = {s.get("subnet"): s for s in doc.get("subnets", [])}
+    check("AWS_PROFILE with role_arn + source_profile: exit 0, the subnet's EC2 truth",
+          p.returncode == 0 and subnets.get("subnet-0000a001", {}).get("free_ips") == 321,
+          (p.returncode, doc.get("subnets"), p.stderr[-500:]))
+    check("STS saw one AssumeRole of the profile's role, signed with the source profile's keys",
+          sts["assumed"] == 1 and sts["bad_signature"] == 0 and sts["invalid"] == 0
+          and sts["calls"] == [{"RoleArn": role, "RoleSessionName": "laptop", "key": "AKIDSOURCE"}],
+          sts)
+    check("EC2 saw DescribeSubnets signed with the assumed credentials, in the profile's region",
+          ec2["requests"] >= 1 and ec2["bad_signature"] == 0 and ec2["invalid"] == 0, ec2)
+
+    p, doc = aws_report("plain", ec2_urls[1])
+    ec2 = stats(ec2_urls[1])
+    check("AWS_PROFILE with static keys: exit 0, signed with them, no STS call",
+          p.returncode == 0 and ec2["requests"] >= 1 and ec2["bad_signature"] == 0
+          and stats("https://127.0.0.1:%s" % sts_port, sts_ca)["requests"] == 1,
+          (p.returncode, ec2, p.stderr[-400:]))
+    for prof, words in (("sso", "sso_session"), ("nope", "nope")):
+        p, _ = aws_report(prof, ec2_urls[1])
+        check("AWS_PROFILE=%s: refused, exit 2, names %s" % (prof, words),
+              p.returncode == 2 and words in p.stderr, (p.returncode, p.stderr[-400:]))
 finally:
+    for pr in globals().get("peers", []):
+        pr.stdin.close()
+        pr.wait(10)
     for a in apis:
         a.stop()
     for s in servers:
         s.shutdown()
+    shutil.rmtree(tmp, ignore_errors=True)
 finish()
