@@ -126,6 +126,13 @@ try:
           (p.returncode, nodes(doc), p.stderr[-400:]))
     check("kubectl proxy URL: the pods were listed, no Authorization header sent",
           st.get("lists", 0) >= 1 and st.get("plain_with_auth", 0) == 0, st)
+    before = plain.stats().get("proxy_requests", 0)
+    p, doc = report({"K8S_API_URL": "http://127.0.0.1:%s" % plain.port, "SCRAPE_MODE": "proxy"})
+    st = plain.stats()
+    check("kubectl proxy URL, SCRAPE_MODE=proxy: both nodes scraped through the pods proxy",
+          p.returncode == 0 and nodes(doc) == WANT and st.get("proxy_requests", 0) - before == 2
+          and st.get("plain_with_auth", 0) == 0 and st.get("proxy_unauthorized", 0) == 0,
+          (p.returncode, nodes(doc), st, p.stderr[-400:]))
     p, _ = report({"K8S_API_URL": "http://10.0.0.1:8001"})
     check("K8S_API_URL http to a non-loopback address: exit 2, says loopback",
           p.returncode == 2 and "loopback" in p.stderr, (p.returncode, p.stderr[-300:]))
@@ -144,6 +151,12 @@ try:
           p.returncode == 0 and nodes(doc) == WANT, (p.returncode, nodes(doc), p.stderr[-400:]))
     check("~/.kube/config: the token was the one sent", "token-0" in st.get("tokens_seen", [])
           and st.get("unauthorized", 1) == 0, st)
+    before = api.stats().get("proxy_requests", 0)
+    p, doc = report({"SCRAPE_MODE": "proxy"})
+    st = api.stats()
+    check("~/.kube/config, SCRAPE_MODE=proxy: both nodes through the pods proxy, with the token",
+          p.returncode == 0 and nodes(doc) == WANT and st.get("proxy_requests", 0) - before == 2
+          and st.get("proxy_unauthorized", 0) == 0, (p.returncode, nodes(doc), st, p.stderr[-400:]))
     check("the private copies of the token and CA are removed afterwards",
           not [d for d in os.listdir(tmp) if d.startswith("cmh-report-")], os.listdir(tmp))
     kubeconfig(cfg, server, "    certificate-authority-data: %s\n" % ca_b64, "    token: wrong\n")
