@@ -1778,29 +1778,6 @@ struct shared_files {
     size_t len[2];
 };
 
-/* Reads path whole (at most CMH_AWS_INI_MAX bytes): 0, -ENOENT when absent, -errno, -EFBIG. */
-static int slurp(const char *path, char **out, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return -errno;
-    int rc = 0;
-    char *buf = cmh_malloc(CMH_AWS_INI_MAX + 1);
-    if (buf == NULL) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    *len = fread(buf, 1, CMH_AWS_INI_MAX + 1, f);
-    rc = ferror(f) ? -EIO : *len > CMH_AWS_INI_MAX ? -EFBIG : 0;
-out:
-    fclose(f);
-    if (rc != 0)
-        cmh_free_secret(buf);
-    else
-        *out = buf;
-    return rc;
-}
-
 /* key of profile name: the credentials file's [name] first, then the config file's
  * [profile name] ([default] for default), as the SDKs merge them. 0 with *out (NULL when
  * absent; *exists set when either file has the profile), or -EINVAL (logged), -ENOMEM. */
@@ -1881,7 +1858,7 @@ static int read_profile(struct cmh_aws_provider *p, char *const *env)
             break;
         }
         f.name[i] = paths[i];
-        int r = slurp(paths[i], &f.text[i], &f.len[i]);
+        int r = cmh_read_small_file(paths[i], CMH_AWS_INI_MAX, &f.text[i], &f.len[i]);
         if (r != 0 && r != -ENOENT) {
             CMH_LOG(p->log, CMH_LOG_ERROR, "aws: cannot read the shared file",
                     CMH_STR("file", paths[i]), CMH_STR("error", strerror(-r)));

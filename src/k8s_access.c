@@ -51,31 +51,6 @@ static char *resolve(const char *dir, const char *path)
     return s;
 }
 
-static int read_file(const char *path, char **out, size_t *len)
-{
-    int rc = 0;
-    FILE *f = fopen(path, "rb");
-    if (f == NULL)
-        return -errno;
-    char *buf = cmh_malloc(CMH_KUBECONFIG_MAX + 1);
-    if (buf == NULL) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    *len = fread(buf, 1, CMH_KUBECONFIG_MAX + 1, f);
-    if (ferror(f))
-        rc = -EIO;
-    else if (*len > CMH_KUBECONFIG_MAX)
-        rc = -EFBIG;
-out:
-    fclose(f);
-    if (rc != 0)
-        cmh_free(buf);
-    else
-        *out = buf;
-    return rc;
-}
-
 /* Writes data to a new private file dir/name; *path gets its name. */
 static int write_private(const char *dir, const char *name, const void *data, size_t len,
                          char **path)
@@ -331,7 +306,7 @@ int cmh_k8s_access_kubeconfig(struct cmh_k8s_access *a, const char *kubeconfig_e
         snprintf(why, whylen, "no kubeconfig (KUBECONFIG, ~/.kube/config)");
         return -ENOENT;
     }
-    rc = read_file(a->kubeconfig, &buf, &len);
+    rc = cmh_read_small_file(a->kubeconfig, CMH_KUBECONFIG_MAX, &buf, &len);
     if (rc != 0) {
         snprintf(why, whylen, "cannot read the kubeconfig %.200s: %s", a->kubeconfig,
                  strerror(-rc));
@@ -366,7 +341,7 @@ out:
     if (rc == -ENOMEM)
         snprintf(why, whylen, "out of memory reading the kubeconfig");
     cmh_free(dir);
-    cmh_free(buf);
+    cmh_free_secret(buf);
     cmh_kubeconfig_clear(&kc);
     if (rc != 0)
         cmh_k8s_access_free(a);
