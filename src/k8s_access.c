@@ -103,7 +103,7 @@ static int run_exec(const struct cmh_kubeconfig *kc, const char *dir, unsigned t
     char *cmd = strchr(kc->exec_command, '/') ? resolve(dir, kc->exec_command)
                                               : cmh_strdup(kc->exec_command);
     char *out = cmh_malloc(EXEC_OUT_MAX + 1);
-    int pipefd[2] = {-1, -1}, rc = 0, spawned = 0;
+    int pipefd[2] = {-1, -1}, rc = 0;
     pid_t pid = -1;
     posix_spawn_file_actions_t fa;
     posix_spawn_file_actions_init(&fa);
@@ -143,7 +143,6 @@ static int run_exec(const struct cmh_kubeconfig *kc, const char *dir, unsigned t
         rc = -EINVAL;
         goto out;
     }
-    spawned = 1;
     size_t len = 0;
     uint64_t end = now_ms() + timeout_ms;
     for (;;) {
@@ -178,7 +177,6 @@ static int run_exec(const struct cmh_kubeconfig *kc, const char *dir, unsigned t
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
-    spawned = 0;
     if (rc == 0 && !(WIFEXITED(status) && WEXITSTATUS(status) == 0)) {
         snprintf(why, whylen, "the exec plugin %.120s failed (exit status %d)", cmd,
                  WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
@@ -187,10 +185,6 @@ static int run_exec(const struct cmh_kubeconfig *kc, const char *dir, unsigned t
     if (rc == 0)
         rc = cmh_kubeconfig_exec_token(out, len, token, why, whylen);
 out:
-    if (spawned) {
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-    }
     posix_spawn_file_actions_destroy(&fa);
     if (pipefd[0] >= 0)
         close(pipefd[0]);
@@ -241,9 +235,8 @@ static int take(struct cmh_k8s_access *a, struct cmh_kubeconfig *kc, const char 
     size_t sl = strlen(a->server);
     while (sl > 0 && a->server[sl - 1] == '/')
         a->server[--sl] = '\0';
-    char tmpl[] = "/tmp/cmh-report-XXXXXX";
     const char *tmpdir = getenv("TMPDIR");
-    size_t tn = (tmpdir && tmpdir[0] ? strlen(tmpdir) : 4) + sizeof tmpl;
+    size_t tn = (tmpdir && tmpdir[0] ? strlen(tmpdir) : 4) + sizeof "/cmh-report-XXXXXX";
     a->dir = cmh_malloc(tn);
     if (a->dir == NULL)
         return -ENOMEM;
@@ -287,6 +280,8 @@ static int take(struct cmh_k8s_access *a, struct cmh_kubeconfig *kc, const char 
     } else {
         return 0; /* no credentials in the kubeconfig: none sent */
     }
+    if (tok == NULL)
+        return -EINVAL; /* not reached: a plugin's success carries a token */
     rc = write_private(a->dir, "token", tok, strlen(tok), &a->token_file);
     cmh_free_secret(tok);
     return rc;
