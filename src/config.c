@@ -129,6 +129,17 @@ const struct cmh_config_var cmh_config_vars[] = {
      "Comma-separated subnet ids to watch (ENIConfigs are then not read; an id EC2 does not know "
      "is left out and logged). Unset: the subnets holding a node's IP plus those named by "
      "ENIConfig resources."},
+    {"FORECAST_WINDOW", CMH_CFG_DURATION, FIELD(forecast_window_ms), "30m", 30 * SEC,
+     24 * 3600 * SEC, NULL, 0,
+     "With SUBNET_METRICS: the history the time to exhaustion is estimated from (subnet view "
+     "fetches over this window; nothing is published until it is full, see docs/forecast.md)."},
+    {"SUBNET_PREFIX_METRICS", CMH_CFG_BOOL, FIELD(subnet_prefix_metrics), "false", 0, 0, NULL, 0,
+     "With SUBNET_METRICS: count free aligned /28 blocks per subnet for prefix delegation (EC2 "
+     "DescribeNetworkInterfaces and GetSubnetCidrReservations; needs both permissions)."},
+    {"SUBNET_PREFIX_INTERVAL", CMH_CFG_DURATION, FIELD(subnet_prefix_interval_ms), "15m", 10 * SEC,
+     24 * 3600 * SEC, NULL, 0,
+     "Time between the per-subnet DescribeNetworkInterfaces walks of SUBNET_PREFIX_METRICS (kept "
+     "slow: they share the account's EC2 throttle with ipamD)."},
     {"CW_PER_AZ", CMH_CFG_BOOL, FIELD(cw_per_az), "false", 0, 0, NULL, 0,
      "With SUBNET_METRICS: also publish the IP gauges per AvailabilityZone (nodes mapped by IP)."},
     {"CW_PER_NODE", CMH_CFG_BOOL, FIELD(cw_per_node), "false", 0, 0, NULL, 0,
@@ -139,6 +150,10 @@ const struct cmh_config_var cmh_config_vars[] = {
     {"REPORT_MIN_FREE_IPS", CMH_CFG_UINT, FIELD(report_min_free_ips), "0", 0, 1000000, NULL, 0,
      "`report` exits 3 when a subnet's free IPs, or the cluster's headroom (maxIPAddresses - "
      "assignIPAddresses), is below this; 0 never."},
+    {"REPORT_MIN_TIME_TO_EXHAUSTION", CMH_CFG_DURATION, FIELD(report_min_tte_ms), "0", 0,
+     7 * 24 * 3600 * SEC, NULL, 0,
+     "`report` exits 3 when a subnet is forecast to run out of IPs within this (the report then "
+     "samples the subnet view over FORECAST_WINDOW); 0 never."},
     {"REPORT_MAX_UTILIZATION", CMH_CFG_UINT, FIELD(report_max_utilization), "90", 1, 100, NULL, 0,
      "`report` exits 3 when the cluster's IP utilization (100 * assigned / max) is above this "
      "percent; 100 never."},
@@ -235,7 +250,8 @@ static const char *const destinations[] = {"AWS_CLUSTER_ID",
 const char *const cmh_config_prefixes[] = {
     "USE_",        "METRIC_", "SCRAPE_",   "IPAMD_",  "PROMETHEUS_", "LOG_",
     "CW_",         "STALE_",  "SHUTDOWN_", "HTTP_",   "PROM_",       "AWS_VPC_K8S_CNI_",
-    "AWS_CLUSTER", "K8S_",    "LEADER_",   "SUBNET_", "REPORT_",     NULL};
+    "AWS_CLUSTER", "K8S_",    "LEADER_",   "SUBNET_", "REPORT_",     "FORECAST_",
+    NULL};
 
 static void *field_ptr(struct cmh_config *cfg, const struct cmh_config_var *var)
 {

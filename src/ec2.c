@@ -6,13 +6,16 @@
 #include "cmh/alloc.h"
 #include "cmh/aws_creds.h"
 #include "cmh/aws_endpoint.h"
+#include "cmh/blocks28.h"
 #include "cmh/config.h"
 #include "cmh/curl_uv.h"
+#include "cmh/forecast.h"
 #include "cmh/k8s_token.h"
 #include "cmh/log.h"
 #include "cmh/rng.h"
 #include "cmh/sigv4.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
 #include <expat.h>
@@ -28,6 +31,29 @@
 /* ---------------------------------------------------------------------------------------------
  * The parser */
 
+int cmh_ec2_cidrs_push(struct cmh_ec2_cidrs *l, const struct cmh_cidr *c)
+{
+    if (l->n >= CMH_EC2_MAX_USED)
+        return -E2BIG;
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        struct cmh_cidr *v = cmh_reallocarray(l->v, cap, sizeof *v);
+        if (v == NULL)
+            return -ENOMEM;
+        l->v = v;
+        l->cap = cap;
+    }
+    l->v[l->n++] = *c;
+    return 0;
+}
+
+void cmh_ec2_cidrs_free(struct cmh_ec2_cidrs *l)
+{
+    cmh_free(l->v);
+    l->v = NULL;
+    l->n = l->cap = 0;
+}
+
 enum xel {
     X_SKIP,
     X_RESPONSE,  /* DescribeSubnetsResponse */
@@ -38,6 +64,14 @@ enum xel {
     X_SUBNET,    /* subnetSet/item */
     X_V6SET,     /* item/ipv6CidrBlockAssociationSet */
     X_V6ITEM,    /* ipv6CidrBlockAssociationSet/item */
+    X_ENISET,    /* networkInterfaceSet (DescribeNetworkInterfaces) */
+    X_ENI,       /* networkInterfaceSet/item */
+    X_PIPSET,    /* item/privateIpAddressesSet */
+    X_PIPITEM,   /* privateIpAddressesSet/item */
+    X_PFXSET,    /* item/ipv4PrefixSet */
+    X_PFXITEM,   /* ipv4PrefixSet/item */
+    X_RESSET,    /* subnetIpv4CidrReservationSet (GetSubnetCidrReservations) */
+    X_RESITEM,   /* subnetIpv4CidrReservationSet/item */
     X_TRESPONSE, /* DescribeTagsResponse */
     X_TAGSET,    /* tagSet */
     X_TAG,       /* tagSet/item */
@@ -55,6 +89,9 @@ enum xfield {
     F_V6CIDR,
     F_CODE,
     F_MESSAGE,
+    F_PRIVATE_IP,
+    F_PREFIX,
+    F_RES_CIDR,
     F_TAG_KEY,
     F_TAG_VALUE,
     F_COUNT
@@ -116,6 +153,12 @@ static enum xfield field_of(enum xel parent, const char *n)
         return strcmp(n, "key") == 0 ? F_TAG_KEY : strcmp(n, "value") == 0 ? F_TAG_VALUE : F_NONE;
     case X_ERROR:
         return strcmp(n, "Code") == 0 ? F_CODE : strcmp(n, "Message") == 0 ? F_MESSAGE : F_NONE;
+    case X_PIPITEM:
+        return strcmp(n, "privateIpAddress") == 0 ? F_PRIVATE_IP : F_NONE;
+    case X_PFXITEM:
+        return strcmp(n, "ipv4Prefix") == 0 ? F_PREFIX : F_NONE;
+    case X_RESITEM:
+        return strcmp(n, "cidr") == 0 ? F_RES_CIDR : F_NONE;
     default:
         return F_NONE;
     }
@@ -125,7 +168,22 @@ static enum xel container_of_name(enum xel parent, const char *n)
 {
     switch (parent) {
     case X_RESPONSE:
-        return strcmp(n, "subnetSet") == 0 ? X_SUBNETSET : X_SKIP;
+        return strcmp(n, "subnetSet") == 0                      ? X_SUBNETSET
+               : strcmp(n, "networkInterfaceSet") == 0          ? X_ENISET
+               : strcmp(n, "subnetIpv4CidrReservationSet") == 0 ? X_RESSET
+                                                                : X_SKIP;
+    case X_ENISET:
+        return strcmp(n, "item") == 0 ? X_ENI : X_SKIP;
+    case X_ENI:
+        return strcmp(n, "privateIpAddressesSet") == 0 ? X_PIPSET
+               : strcmp(n, "ipv4PrefixSet") == 0       ? X_PFXSET
+                                                       : X_SKIP;
+    case X_PIPSET:
+        return strcmp(n, "item") == 0 ? X_PIPITEM : X_SKIP;
+    case X_PFXSET:
+        return strcmp(n, "item") == 0 ? X_PFXITEM : X_SKIP;
+    case X_RESSET:
+        return strcmp(n, "item") == 0 ? X_RESITEM : X_SKIP;
     case X_SUBNETSET:
         return strcmp(n, "item") == 0 ? X_SUBNET : X_SKIP;
     case X_SUBNET:
@@ -162,10 +220,12 @@ static void XMLCALL x_start(void *ud, const XML_Char *name, const XML_Char **att
         return;
     }
     if (d == 0) {
-        if (strcmp(n, "DescribeSubnetsResponse") == 0)
-            x->root = X_RESPONSE;
-        else if (strcmp(n, "DescribeTagsResponse") == 0)
+        const char *action = x->page->action != NULL ? x->page->action : "DescribeSubnets";
+        size_t al = strlen(action);
+        if (strcmp(n, "DescribeTagsResponse") == 0)
             x->root = X_TRESPONSE;
+        else if (strncmp(n, action, al) == 0 && strcmp(n + al, "Response") == 0)
+            x->root = X_RESPONSE;
         else if (strcmp(n, "Response") == 0 || strcmp(n, "ErrorResponse") == 0)
             x->root = X_ERRROOT;
         else {
@@ -181,7 +241,10 @@ static void XMLCALL x_start(void *ud, const XML_Char *name, const XML_Char **att
         unsigned *seen = parent == X_RESPONSE || parent == X_TRESPONSE || parent == X_ERRROOT
                              ? &x->seen_top
                              : &x->seen;
-        /* IPv6 blocks repeat, one per item; everything else appears once. */
+        /* Items reset what they saw; IPv6 blocks repeat, one per item; everything else appears
+         * once. */
+        if (parent == X_PIPITEM || parent == X_PFXITEM || parent == X_RESITEM)
+            *seen &= ~(1u << f);
         if (f != F_V6CIDR && (*seen & (1u << f))) {
             x_fail(x, -EPROTO);
             return;
@@ -271,6 +334,23 @@ static int field_end(struct cmh_ec2_xml *x, enum xfield f)
             return -EPROTO;
         x->cur.available = v;
         return 0;
+    }
+    case F_PRIVATE_IP:
+    case F_PREFIX:
+    case F_RES_CIDR: {
+        struct cmh_cidr c;
+        if (copy_text(tmp, sizeof tmp, x->buf, x->blen) != 0 || p->used == NULL)
+            return -EPROTO;
+        if (f == F_PRIVATE_IP) {
+            memset(&c, 0, sizeof c);
+            if (inet_pton(AF_INET, tmp, c.addr) != 1)
+                return -EPROTO;
+            c.family = 4;
+            c.prefix = 32;
+        } else if (cmh_cidr_parse(tmp, strlen(tmp), &c) != 0 || c.family != 4) {
+            return -EPROTO;
+        }
+        return cmh_ec2_cidrs_push(p->used, &c);
     }
     case F_TAG_KEY:
         rc = copy_text(x->tag.key, sizeof x->tag.key, x->buf, x->blen);
@@ -502,6 +582,12 @@ struct cmh_ec2 {
     int in_flight;
     cmh_ec2_done_cb cb;
     void *arg;
+    /* A usage call: DescribeNetworkInterfaces of one subnet, then its GetSubnetCidrReservations. */
+    const char *action; /* the current request's */
+    char usage_id[CMH_SUBNET_ID_MAX];
+    struct cmh_ec2_cidrs used;
+    size_t used_kept;
+    cmh_ec2_usage_cb ucb;
     uint64_t requests;
     char why[768];
 };
@@ -532,11 +618,6 @@ static void free_request(struct cmh_ec2 *e)
 /* The actions this client calls, spelled so the manifest tests can read them (IAM policy). */
 #define EC2_ACTION(name) name
 
-static const char *action(const struct cmh_ec2 *e)
-{
-    return e->tags_cb != NULL ? EC2_ACTION("DescribeTags") : EC2_ACTION("DescribeSubnets");
-}
-
 static void free_call(struct cmh_ec2 *e)
 {
     free_request(e);
@@ -560,6 +641,9 @@ static void free_call(struct cmh_ec2 *e)
     e->single = 0;
     e->single_i = 0;
     cmh_subnet_list_free(&e->list);
+    cmh_ec2_cidrs_free(&e->used);
+    e->used_kept = 0;
+    e->ucb = NULL;
 }
 
 __attribute__((format(printf, 3, 4))) static void finish(struct cmh_ec2 *e, int rc, const char *fmt,
@@ -574,6 +658,17 @@ __attribute__((format(printf, 3, 4))) static void finish(struct cmh_ec2 *e, int 
     }
     e->busy = 0;
     free_request(e);
+    if (e->ucb != NULL) {
+        /* The call is over before the callback runs, so it may start the next one. */
+        cmh_ec2_usage_cb ucb = e->ucb;
+        void *arg = e->arg;
+        struct cmh_ec2_cidrs used = e->used;
+        memset(&e->used, 0, sizeof e->used);
+        free_call(e);
+        ucb(e, rc, &used, rc == 0 ? NULL : e->why, arg);
+        cmh_ec2_cidrs_free(&used);
+        return;
+    }
     if (e->tags_cb != NULL) {
         cmh_ec2_tags_cb tcb = e->tags_cb;
         free_call(e);
@@ -601,7 +696,7 @@ static void retry(struct cmh_ec2 *e, const char *what)
 {
     e->attempt++;
     if (e->attempt >= e->o.max_attempts) {
-        finish(e, -EAGAIN, "EC2 %s failed %u times, last: %s", action(e), e->attempt, what);
+        finish(e, -EAGAIN, "EC2 %s failed %u times, last: %s", e->action, e->attempt, what);
         return;
     }
     uint64_t delay =
@@ -643,7 +738,7 @@ static int build_form(struct cmh_ec2 *e, size_t *out_len)
 {
     size_t len = 0, cap = 0;
     char *form = NULL;
-    int rc = form_add(&form, &len, &cap, "Action", action(e));
+    int rc = form_add(&form, &len, &cap, "Action", e->action);
     if (rc == 0)
         rc = form_add(&form, &len, &cap, "Version", "2016-11-15");
     if (e->tags_cb != NULL) {
@@ -659,6 +754,15 @@ static int build_form(struct cmh_ec2 *e, size_t *out_len)
             snprintf(name, sizeof name, "Filter.2.Value.%zu", i + 1);
             rc = form_add(&form, &len, &cap, name, e->tag_keys[i]);
         }
+    } else if (e->ucb != NULL) {
+        /* The largest page both actions allow: fewest calls against the shared throttle. */
+        int enis = strcmp(e->action, "DescribeNetworkInterfaces") == 0;
+        if (rc == 0 && enis)
+            rc = form_add(&form, &len, &cap, "Filter.1.Name", "subnet-id");
+        if (rc == 0)
+            rc = form_add(&form, &len, &cap, enis ? "Filter.1.Value.1" : "SubnetId", e->usage_id);
+        if (rc == 0)
+            rc = form_add(&form, &len, &cap, "MaxResults", "1000");
     } else if (e->single && e->single_i < e->nids) {
         rc = form_add(&form, &len, &cap, "SubnetId.1", e->ids[e->single_i]);
     } else {
@@ -669,7 +773,7 @@ static int build_form(struct cmh_ec2 *e, size_t *out_len)
         }
     }
     /* MaxResults only when listing everything (EC2 refuses it together with ids). */
-    if (rc == 0 && e->nids == 0 && e->tags_cb == NULL)
+    if (rc == 0 && e->nids == 0 && e->ucb == NULL && e->tags_cb == NULL)
         rc = form_add(&form, &len, &cap, "MaxResults", "1000");
     if (rc == 0 && e->token[0] != '\0')
         rc = form_add(&form, &len, &cap, "NextToken", e->token);
@@ -700,6 +804,9 @@ static void send_page(struct cmh_ec2 *e, const struct cmh_sigv4_credentials *cre
     memset(&sig, 0, sizeof sig);
     free_request(e);
     e->list.n = e->kept;
+    e->used.n = e->used_kept;
+    e->page.action = e->action;
+    e->page.used = &e->used;
     size_t form_len = 0;
     int rc = build_form(e, &form_len);
     if (rc == 0)
@@ -954,6 +1061,15 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
             return;
         }
         e->kept = e->list.n;
+        e->used_kept = e->used.n;
+        if (e->page.next_token[0] == '\0' && e->ucb != NULL &&
+            strcmp(e->action, "DescribeNetworkInterfaces") == 0) {
+            e->action = EC2_ACTION("GetSubnetCidrReservations"); /* the interfaces are done */
+            e->token[0] = '\0';
+            e->pages = 0;
+            later(e, 0);
+            return;
+        }
         if (e->page.next_token[0] == '\0') {
             if (e->single && ++e->single_i < e->nids) {
                 e->token[0] = '\0';
@@ -964,7 +1080,7 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
             return;
         }
         if (++e->pages >= MAX_PAGES) {
-            finish(e, -E2BIG, "EC2 DescribeSubnets: more than %d pages", MAX_PAGES);
+            finish(e, -E2BIG, "EC2 %s: more than %d pages", e->action, MAX_PAGES);
             return;
         }
         memcpy(e->token, e->page.next_token, sizeof e->token);
@@ -976,7 +1092,7 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         if (res->status >= 500 || res->status == 429)
             retry(e, what);
         else
-            finish(e, -EPROTO, "EC2 %s: %s", action(e), what);
+            finish(e, -EPROTO, "EC2 %s: %s", e->action, what);
         return;
     }
     snprintf(what, sizeof what, "HTTP %ld %s: %s", res->status, code, msg);
@@ -989,19 +1105,20 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
                code, msg);
     } else if (code_is(code, denied)) {
         finish(e, -EACCES,
-               "EC2 DescribeSubnets denied (%s: %s): grant ec2:DescribeSubnets to this role "
-               "(manifests/iam/subnet-metrics-policy.json) or set SUBNET_METRICS=false",
-               code, msg);
+               "EC2 %s denied (%s: %s): grant ec2:%s to this role "
+               "(manifests/iam/subnet-metrics-policy.json) or set %s=false",
+               e->action, code, msg, e->action,
+               e->ucb != NULL ? "SUBNET_PREFIX_METRICS" : "SUBNET_METRICS");
     } else if (code_is(code, expired) && !e->refreshed) {
         e->refreshed = 1;
         cmh_aws_creds_invalidate(e->aws);
         retry(e, what);
-    } else if (strcmp(code, "InvalidSubnetID.NotFound") == 0 && e->nids > 0) {
+    } else if (strcmp(code, "InvalidSubnetID.NotFound") == 0 && e->nids > 0 && e->ucb == NULL) {
         not_found(e, code, msg);
     } else if (strncmp(code, "InvalidSubnetID", 15) == 0) {
         finish(e, -ENOENT, "EC2 refused a subnet id of SUBNET_IDS (%s: %s)", code, msg);
     } else {
-        finish(e, -EPROTO, "EC2 %s refused: %s", action(e), what);
+        finish(e, -EPROTO, "EC2 %s refused: %s", e->action, what);
     }
 }
 
@@ -1072,18 +1189,21 @@ out:
     return 0;
 }
 
-/* The state every call starts from; the first request goes from the loop, never inside the call. */
-static void begin_call(struct cmh_ec2 *e, void *arg)
+/* Starts a call whose callback and inputs are set: its first request comes from the loop, never
+ * inside the call. */
+static void begin(struct cmh_ec2 *e, const char *action, void *arg)
 {
     e->page.subnets = &e->list;
+    e->action = action;
     e->token[0] = '\0';
     e->attempt = 0;
     e->pages = 0;
     e->kept = 0;
+    e->used_kept = 0;
     e->refreshed = 0;
     e->arg = arg;
     e->busy = 1;
-    later(e, 0);
+    later(e, 0); /* never call back inside this call */
 }
 
 int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t nids,
@@ -1113,7 +1233,21 @@ int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t n
     }
     e->cb = cb;
     e->tags_cb = NULL;
-    begin_call(e, arg);
+    begin(e, EC2_ACTION("DescribeSubnets"), arg);
+    return 0;
+}
+
+int cmh_ec2_subnet_usage(struct cmh_ec2 *e, const char *subnet_id, cmh_ec2_usage_cb cb, void *arg)
+{
+    if (e->busy || e->freeing)
+        return -EBUSY;
+    if (strlen(subnet_id) >= sizeof e->usage_id)
+        return -EINVAL;
+    free_call(e);
+    snprintf(e->usage_id, sizeof e->usage_id, "%s", subnet_id);
+    e->ucb = cb;
+    e->tags_cb = NULL;
+    begin(e, EC2_ACTION("DescribeNetworkInterfaces"), arg);
     return 0;
 }
 
@@ -1140,7 +1274,7 @@ int cmh_ec2_describe_tags(struct cmh_ec2 *e, const char *resource_id, const char
     }
     e->tags_cb = cb;
     e->cb = NULL;
-    begin_call(e, arg);
+    begin(e, EC2_ACTION("DescribeTags"), arg);
     return 0;
 }
 
@@ -1212,6 +1346,17 @@ struct cmh_ec2_watch {
     struct cmh_subnet_list all;  /* the last good fetch */
     struct cmh_subnet_list view; /* what the last view call returned */
     uint64_t fetched_at;         /* uv_now of the last good fetch; 0 = none */
+    struct forecast *fc;         /* one per subnet of all, same order */
+    size_t nfc;
+    /* SUBNET_PREFIX_METRICS: a walk over the view's subnets every SUBNET_PREFIX_INTERVAL, one
+     * subnet at a time on a client of its own. */
+    struct cmh_ec2 *pfx_ec2;
+    struct prefixes *pfx;
+    size_t npfx;
+    char (*walk)[CMH_SUBNET_ID_MAX]; /* the walk's subnets */
+    size_t nwalk, walk_i;
+    int walking;
+    uint64_t walk_started; /* uv_now; 0 = never */
     int stale_logged;
     cmh_ec2_fetch_cb on_fetch;
     void *arg;
@@ -1259,6 +1404,151 @@ out:
     return rc;
 }
 
+/* The history of one subnet's free addresses, for its time to exhaustion. */
+struct forecast {
+    char id[CMH_SUBNET_ID_MAX];
+    struct cmh_forecast_series fs;
+};
+
+static void free_forecasts(struct forecast *fc, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        cmh_forecast_series_close(&fc[i].fs);
+    cmh_free(fc);
+}
+
+/* A good fetch: each subnet's history (matched by id to the previous fetch, both sorted;
+ * subnets gone are forgotten) gets the new count, and its forecast is set on the subnet. Out of
+ * memory costs the forecasts (history starts again), not the fetch. */
+static void forecast_update(struct cmh_ec2_watch *w, struct cmh_subnet_list *l)
+{
+    double now_s = (double)uv_now(w->loop) / 1000.0;
+    double window_s = (double)w->cfg->forecast_window_ms / 1000.0;
+    double interval_s = (double)w->cfg->subnet_interval_ms / 1000.0;
+    struct forecast *fc = cmh_calloc(l->n ? l->n : 1, sizeof *fc);
+    size_t j = 0;
+    for (size_t i = 0; i < l->n; i++) {
+        if (fc == NULL) {
+            l->v[i].has_tte = 0;
+            continue;
+        }
+        while (j < w->nfc && strcmp(w->fc[j].id, l->v[i].id) < 0)
+            cmh_forecast_series_close(&w->fc[j++].fs);
+        snprintf(fc[i].id, sizeof fc[i].id, "%s", l->v[i].id);
+        if (j < w->nfc && strcmp(w->fc[j].id, l->v[i].id) == 0) {
+            fc[i].fs = w->fc[j].fs;
+            memset(&w->fc[j++].fs, 0, sizeof w->fc[0].fs);
+        } else {
+            cmh_forecast_series_init(&fc[i].fs, window_s, interval_s);
+        }
+        double tte = 0;
+        l->v[i].has_tte =
+            cmh_forecast_series_add(&fc[i].fs, now_s, (double)l->v[i].available) == 0 &&
+            cmh_forecast_series_estimate(&fc[i].fs, &tte) == 0;
+        l->v[i].tte_s = tte;
+    }
+    free_forecasts(w->fc, w->nfc);
+    w->fc = fc;
+    w->nfc = fc != NULL ? l->n : 0;
+}
+
+/* A subnet's free /28 blocks, from its last usage walk, and their forecast. */
+struct prefixes {
+    char id[CMH_SUBNET_ID_MAX];
+    size_t free;
+    uint64_t at; /* uv_now of the count */
+    int has_tte;
+    double tte_s;
+    struct cmh_forecast_series fs;
+};
+
+static struct prefixes *prefixes_of(struct cmh_ec2_watch *w, const char *id, int add)
+{
+    for (size_t i = 0; i < w->npfx; i++)
+        if (strcmp(w->pfx[i].id, id) == 0)
+            return &w->pfx[i];
+    if (!add)
+        return NULL;
+    struct prefixes *v = cmh_reallocarray(w->pfx, w->npfx + 1, sizeof *v);
+    if (v == NULL)
+        return NULL;
+    w->pfx = v;
+    struct prefixes *p = &v[w->npfx++];
+    memset(p, 0, sizeof *p);
+    snprintf(p->id, sizeof p->id, "%s", id);
+    cmh_forecast_series_init(&p->fs, (double)w->cfg->forecast_window_ms / 1000.0,
+                             (double)w->cfg->subnet_prefix_interval_ms / 1000.0);
+    return p;
+}
+
+static void walk_next(struct cmh_ec2_watch *w);
+
+static void on_usage(struct cmh_ec2 *e, int rc, const struct cmh_ec2_cidrs *used, const char *why,
+                     void *arg)
+{
+    struct cmh_ec2_watch *w = arg;
+    (void)e;
+    const char *id = w->walk[w->walk_i];
+    long s = cmh_subnet_list_find_id(&w->all, id);
+    const struct cmh_cidr *c4 = NULL;
+    for (unsigned k = 0; s >= 0 && k < w->all.v[s].ncidrs; k++)
+        if (w->all.v[s].cidrs[k].family == 4)
+            c4 = &w->all.v[s].cidrs[k];
+    size_t nfree = 0;
+    if (rc != 0) {
+        CMH_LOG(w->log, rc == -EACCES ? CMH_LOG_ERROR : CMH_LOG_WARN,
+                "free /28 blocks not counted; the subnet's last count stays until it is stale",
+                CMH_STR("subnet", id), CMH_STR("why", why));
+    } else if (c4 != NULL && cmh_blocks28_free(c4, used->v, used->n, &nfree) == 0) {
+        struct prefixes *p = prefixes_of(w, id, 1);
+        if (p != NULL) {
+            p->free = nfree;
+            p->at = uv_now(w->loop);
+            double tte = 0;
+            p->has_tte =
+                cmh_forecast_series_add(&p->fs, (double)p->at / 1000.0, (double)nfree) == 0 &&
+                cmh_forecast_series_estimate(&p->fs, &tte) == 0;
+            p->tte_s = tte;
+        }
+        CMH_LOG(w->log, CMH_LOG_DEBUG, "free /28 blocks counted", CMH_STR("subnet", id),
+                CMH_UINT("free", nfree), CMH_UINT("used", used->n));
+    }
+    /* Denied for one subnet is denied for all: the walk ends here, and is logged once. */
+    w->walk_i = rc == -EACCES ? w->nwalk : w->walk_i + 1;
+    walk_next(w);
+}
+
+static void walk_next(struct cmh_ec2_watch *w)
+{
+    while (w->walk_i < w->nwalk) {
+        if (cmh_ec2_subnet_usage(w->pfx_ec2, w->walk[w->walk_i], on_usage, w) == 0)
+            return;
+        w->walk_i++;
+    }
+    w->walking = 0;
+}
+
+/* Starts a walk over the subnets of the last view when SUBNET_PREFIX_INTERVAL has passed. */
+static void maybe_walk(struct cmh_ec2_watch *w)
+{
+    uint64_t now = uv_now(w->loop);
+    if (w->pfx_ec2 == NULL || w->walking || w->view.n == 0 ||
+        (w->walk_started != 0 && now - w->walk_started < w->cfg->subnet_prefix_interval_ms))
+        return;
+    char(*ids)[CMH_SUBNET_ID_MAX] = cmh_calloc(w->view.n, sizeof *ids);
+    if (ids == NULL)
+        return;
+    for (size_t i = 0; i < w->view.n; i++)
+        snprintf(ids[i], sizeof ids[i], "%s", w->view.v[i].id);
+    cmh_free(w->walk);
+    w->walk = ids;
+    w->nwalk = w->view.n;
+    w->walk_i = 0;
+    w->walking = 1;
+    w->walk_started = now ? now : 1;
+    walk_next(w);
+}
+
 static void watch_fetch_done(struct cmh_ec2_watch *w, int rc, const char *why)
 {
     w->fetching = 0;
@@ -1268,8 +1558,8 @@ static void watch_fetch_done(struct cmh_ec2_watch *w, int rc, const char *why)
 
 static int named(char *const *v, size_t n, const char *id);
 
-/* After a good fetch: the ids of SUBNET_IDS that EC2 did not know, each logged once when it goes
- * missing (and once when it is back), not at every fetch. */
+/* After a good fetch: the ids of SUBNET_IDS that EC2 did not know, each logged once when it
+ * goes missing (and once when it is back), not at every fetch. */
 static void note_missing(struct cmh_ec2_watch *w)
 {
     const char *const *ids;
@@ -1313,6 +1603,7 @@ static void on_subnets(struct cmh_ec2 *e, int rc, struct cmh_subnet_list *subnet
         watch_fetch_done(w, rc, why);
         return;
     }
+    forecast_update(w, subnets);
     cmh_ec2_take(subnets, &w->all);
     w->fetched_at = uv_now(w->loop);
     if (w->fetched_at == 0)
@@ -1407,6 +1698,7 @@ static void list_eniconfigs(struct cmh_ec2_watch *w)
 static void on_watch_timer(uv_timer_t *t)
 {
     struct cmh_ec2_watch *w = container_of(t, struct cmh_ec2_watch, timer);
+    maybe_walk(w);
     if (w->fetching)
         return; /* the previous fetch is still retrying */
     w->fetching = 1;
@@ -1447,6 +1739,13 @@ int cmh_ec2_watch_new(struct cmh_ec2_watch **out, uv_loop_t *loop, struct cmh_cu
         CMH_LOG(log, CMH_LOG_ERROR, "bad SUBNET_IDS", CMH_STR("error", err));
         return -EINVAL;
     }
+    if (cfg->forecast_window_ms < 2 * cfg->subnet_interval_ms)
+        CMH_LOG(log, CMH_LOG_WARN,
+                "FORECAST_WINDOW is shorter than two SUBNET_METRICS_INTERVALs: no time to "
+                "exhaustion will be published",
+                CMH_UINT("forecast_window_ms", cfg->forecast_window_ms),
+                CMH_UINT("subnet_interval_ms", cfg->subnet_interval_ms),
+                CMH_STR("fix", "raise FORECAST_WINDOW or lower SUBNET_METRICS_INTERVAL"));
     struct cmh_ec2_watch *w = cmh_calloc(1, sizeof *w);
     if (w == NULL)
         return -ENOMEM;
@@ -1474,6 +1773,8 @@ int cmh_ec2_watch_new(struct cmh_ec2_watch **out, uv_loop_t *loop, struct cmh_cu
                               .backoff_cap_ms = cfg->cw_backoff_cap_ms};
     if (rc == 0)
         rc = cmh_ec2_new(&w->ec2, loop, curl, &eo, log);
+    if (rc == 0 && cfg->subnet_prefix_metrics)
+        rc = cmh_ec2_new(&w->pfx_ec2, loop, curl, &eo, log);
     if (rc == 0)
         rc = uv_timer_init(loop, &w->timer);
     if (rc == 0)
@@ -1481,6 +1782,8 @@ int cmh_ec2_watch_new(struct cmh_ec2_watch **out, uv_loop_t *loop, struct cmh_cu
     if (rc != 0) {
         if (w->ec2 != NULL)
             cmh_ec2_free(w->ec2);
+        if (w->pfx_ec2 != NULL)
+            cmh_ec2_free(w->pfx_ec2);
         free_strv(w->ids, w->nids);
         cmh_free(w->eni_url);
         cmh_free(w);
@@ -1517,8 +1820,6 @@ const struct cmh_subnet_list *cmh_ec2_watch_view(struct cmh_ec2_watch *w,
         return NULL;
     }
     w->view.n = 0;
-    if (w->nids > 0)
-        return &w->all;
     unsigned char *keep = cmh_calloc(w->all.n ? w->all.n : 1, 1);
     if (keep == NULL)
         return NULL;
@@ -1528,13 +1829,30 @@ const struct cmh_subnet_list *cmh_ec2_watch_view(struct cmh_ec2_watch *w,
             keep[s] = 1;
     }
     for (size_t i = 0; i < w->all.n; i++) {
-        if ((keep[i] || named(w->eni_ids, w->neni, w->all.v[i].id)) &&
+        if ((w->nids > 0 || keep[i] || named(w->eni_ids, w->neni, w->all.v[i].id)) &&
             cmh_subnet_list_push(&w->view, &w->all.v[i]) != 0) {
             cmh_free(keep);
             return NULL;
         }
     }
     cmh_free(keep);
+    /* A forecast counts down from its fetch: the moment of exhaustion stays where it was seen.
+     */
+    for (size_t i = 0; i < w->view.n; i++) {
+        struct cmh_subnet *s = &w->view.v[i];
+        if (s->has_tte && s->tte_s < CMH_FORECAST_CAP_S)
+            s->tte_s = s->tte_s > (double)age / 1000.0 ? s->tte_s - (double)age / 1000.0 : 0;
+        const struct prefixes *p = prefixes_of(w, s->id, 0);
+        uint64_t page = p != NULL ? uv_now(w->loop) - p->at : 0;
+        s->has_free_prefixes = p != NULL && page <= 3 * w->cfg->subnet_prefix_interval_ms;
+        s->free_prefixes = p != NULL ? (int64_t)p->free : 0;
+        s->has_prefix_tte = s->has_free_prefixes && p->has_tte;
+        s->prefix_tte_s = s->has_prefix_tte ? p->tte_s : 0;
+        if (s->has_prefix_tte && s->prefix_tte_s < CMH_FORECAST_CAP_S)
+            s->prefix_tte_s = s->prefix_tte_s > (double)page / 1000.0
+                                  ? s->prefix_tte_s - (double)page / 1000.0
+                                  : 0;
+    }
     return &w->view;
 }
 
@@ -1559,5 +1877,12 @@ void cmh_ec2_watch_free(struct cmh_ec2_watch *w)
     cmh_free(w->auth);
     cmh_subnet_list_free(&w->all);
     cmh_subnet_list_free(&w->view);
+    free_forecasts(w->fc, w->nfc);
+    if (w->pfx_ec2 != NULL)
+        cmh_ec2_free(w->pfx_ec2);
+    for (size_t i = 0; i < w->npfx; i++)
+        cmh_forecast_series_close(&w->pfx[i].fs);
+    cmh_free(w->pfx);
+    cmh_free(w->walk);
     uv_close((uv_handle_t *)&w->timer, on_watch_timer_closed);
 }

@@ -131,6 +131,36 @@ static void original_gauges(const struct cmh_agg *a, struct cmh_buf *out)
     }
 }
 
+/* The per-subnet forecasts and free /28 blocks of the last round, labelled by subnet. */
+static void subnet_metrics(const struct cmh_agg *a, const char *cluster_id, struct cmh_buf *out)
+{
+    static const struct {
+        int id;
+        const char *name;
+    } fams[] = {{CMH_M_SUBNET_TTE, "subnet_time_to_ip_exhaustion_seconds"},
+                {CMH_M_SUBNET_FREE_PREFIXES, "subnet_free_ipv4_prefixes"},
+                {CMH_M_SUBNET_PREFIX_TTE, "subnet_time_to_prefix_exhaustion_seconds"}};
+    for (size_t f = 0; f < sizeof fams / sizeof fams[0]; f++) {
+        const char *cw = cmh_metrics[fams[f].id].cw_name;
+        int header = 0;
+        for (size_t i = 0; i < a->datums.n; i++) {
+            const struct cmh_datum *d = &a->datums.v[i];
+            if (d->ndims != 2 || strcmp(d->metric, cw) != 0 ||
+                strcmp(d->dims[1].name, "SubnetId") != 0)
+                continue;
+            if (!header)
+                family(out, fams[f].name, "gauge", cmh_metrics[fams[f].id].meaning);
+            header = 1;
+            cmh_buf_printf(out, PREFIX "%s{cluster_id=\"", fams[f].name);
+            label_value(out, cluster_id ? cluster_id : "");
+            cmh_buf_append(out, "\",subnet_id=\"", 13);
+            label_value(out, d->dims[1].value);
+            cmh_buf_append(out, "\"}", 2);
+            sample(out, "", "", "", d->value);
+        }
+    }
+}
+
 void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c,
                        const char *cluster_id, const struct cmh_cloudwatch_stats *cw,
                        struct cmh_buf *out)
@@ -168,6 +198,8 @@ void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c
     cmh_buf_free(&lb);
     if (e->original_names && e->have_round)
         original_gauges(a, out);
+    if (e->have_round)
+        subnet_metrics(a, cluster_id, out);
 
     if (e->cluster_id_source != NULL) {
         family(out, "cluster_id_info", "gauge",

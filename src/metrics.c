@@ -153,6 +153,25 @@ const struct cmh_metric cmh_metrics[CMH_M_COUNT] = {
                                          "The fullest subnet: max over the cluster's subnets of "
                                          "subnetIPUtilization (SUBNET_METRICS=true).",
                                          "max_subnet_ip_utilization_percent"},
+    [CMH_M_SUBNET_TTE] = {NULL, "subnetTimeToIPExhaustion", CMH_METRIC_DERIVED, "Seconds",
+                          "Forecast seconds until a subnet's free IPs reach 0 at the rate seen "
+                          "over FORECAST_WINDOW; 604800 (7 days) when not declining or further "
+                          "(SUBNET_METRICS=true; see docs/forecast.md).",
+                          NULL},
+    [CMH_M_MIN_TTE] = {NULL, "clusterMinTimeToIPExhaustion", CMH_METRIC_DERIVED, "Seconds",
+                       "The soonest subnet: min of subnetTimeToIPExhaustion over the cluster's "
+                       "subnets (SUBNET_METRICS=true).",
+                       "min_time_to_ip_exhaustion_seconds"},
+    [CMH_M_SUBNET_FREE_PREFIXES] = {NULL, "subnetFreeIPv4Prefixes", CMH_METRIC_DERIVED, COUNT,
+                                    "Aligned /28 blocks of a subnet with no address in use (by "
+                                    "an interface, a prefix or a CIDR reservation): what prefix "
+                                    "delegation can still take (SUBNET_PREFIX_METRICS).",
+                                    NULL},
+    [CMH_M_SUBNET_PREFIX_TTE] = {NULL, "subnetTimeToPrefixExhaustion", CMH_METRIC_DERIVED,
+                                 "Seconds",
+                                 "Forecast seconds until subnetFreeIPv4Prefixes reaches 0, as "
+                                 "subnetTimeToIPExhaustion (SUBNET_PREFIX_METRICS).",
+                                 NULL},
 };
 
 /* Dimension sets beyond {CLUSTER_ID}, and when they are published. */
@@ -171,6 +190,11 @@ static const char *const extra_dims[CMH_M_COUNT] = {
     [CMH_M_SUBNET_IP_UTILIZATION] = "{CLUSTER_ID, SubnetId} one per subnet with an IPv4 block; "
                                     "{CLUSTER_ID, AvailabilityZone} over the AZ's subnets "
                                     "together (SUBNET_METRICS=true)",
+    [CMH_M_SUBNET_TTE] =
+        "{CLUSTER_ID, SubnetId} one per subnet (SUBNET_METRICS=true); {CLUSTER_ID, "
+        "AvailabilityZone} the soonest of the AZ's subnets (and CW_PER_AZ=true)",
+    [CMH_M_SUBNET_FREE_PREFIXES] = "{CLUSTER_ID, SubnetId} one per subnet (SUBNET_PREFIX_METRICS)",
+    [CMH_M_SUBNET_PREFIX_TTE] = "{CLUSTER_ID, SubnetId} one per subnet (SUBNET_PREFIX_METRICS)",
 };
 // NOLINTEND(bugprone-suspicious-missing-comma)
 

@@ -9,6 +9,7 @@
 #include "cmh/curl_uv.h"
 #include "cmh/discovery.h"
 #include "cmh/ec2.h"
+#include "cmh/forecast.h"
 #include "cmh/k8s_access.h"
 #include "cmh/k8s_token.h"
 #include "cmh/log.h"
@@ -55,6 +56,10 @@ struct report {
     int scraped, fetched, finished;
     int fetch_rc;
     char fetch_why[512];
+    /* REPORT_MIN_TIME_TO_EXHAUSTION: good fetches sampled for the forecast. */
+    unsigned good_fetches;
+    uint64_t first_ok_ms;
+    uint64_t deadline_ms;
     int status;
 };
 
@@ -104,6 +109,23 @@ static int cmp_row(const void *x, const void *y)
     if (ka == 0 && ra != rb)
         return ra < rb ? -1 : 1;
     return strcmp(a->ni.name, b->ni.name);
+}
+
+/* A forecast for people: "-" without one, ">7d" at the ceiling, else seconds to days. */
+static void runs_out_in(const struct cmh_subnet *s, char *buf, size_t len)
+{
+    if (!s->has_tte)
+        snprintf(buf, len, "-");
+    else if (s->tte_s >= CMH_FORECAST_CAP_S)
+        snprintf(buf, len, ">7d");
+    else if (s->tte_s < 120)
+        snprintf(buf, len, "%.0fs", s->tte_s);
+    else if (s->tte_s < 7200)
+        snprintf(buf, len, "%.0fm", s->tte_s / 60);
+    else if (s->tte_s < 172800)
+        snprintf(buf, len, "%.1fh", s->tte_s / 3600);
+    else
+        snprintf(buf, len, "%.1fd", s->tte_s / 86400);
 }
 
 static int cmp_subnet_free(const void *x, const void *y)
@@ -256,6 +278,18 @@ static void emit_report(struct report *r)
                                 "(REPORT_MIN_FREE_IPS=%llu)",
                  subs[0]->id, subs[0]->az, (long long)subs[0]->available,
                  (unsigned long long)min_free);
+    uint64_t min_tte_ms = r->cfg.report_min_tte_ms;
+    for (size_t i = 0; i < nsub && min_tte_ms > 0 && nreasons < 4; i++) {
+        if (subs[i]->has_tte && subs[i]->tte_s * 1000.0 < (double)min_tte_ms) {
+            char when[32];
+            runs_out_in(subs[i], when, sizeof when);
+            snprintf(reasons[nreasons++], sizeof reasons[0],
+                     "subnet %s (%s) runs out of IPs in %s, within "
+                     "REPORT_MIN_TIME_TO_EXHAUSTION=%llus",
+                     subs[i]->id, subs[i]->az, when, (unsigned long long)(min_tte_ms / 1000));
+            break;
+        }
+    }
     const char *problem = NULL;
     if (nn == 0)
         problem = "no scrape target";
@@ -329,6 +363,8 @@ static void emit_report(struct report *r)
             json_object_set_new(o, "availability_zone", json_string(subs[i]->az));
             json_object_set_new(o, "cidr", json_string(subs[i]->cidr));
             json_object_set_new(o, "free_ips", json_integer(subs[i]->available));
+            json_object_set_new(o, "time_to_exhaustion_s",
+                                subs[i]->has_tte ? json_real(subs[i]->tte_s) : json_null());
             json_array_append_new(js, o);
         }
         json_object_set_new(root, "subnets", js);
@@ -382,11 +418,14 @@ static void emit_report(struct report *r)
                x->ni.eni_max, x->ni.total - x->ni.assigned, room);
     }
     if (view != NULL) {
-        printf("\nSubnets (%zu), emptiest first:\n  %-26s %-14s %-20s %10s\n", nsub, "SUBNET", "AZ",
-               "CIDR", "FREE IPS");
-        for (size_t i = 0; i < nsub; i++)
-            printf("  %-26s %-14s %-20s %10lld\n", subs[i]->id, subs[i]->az, subs[i]->cidr,
-                   (long long)subs[i]->available);
+        printf("\nSubnets (%zu), emptiest first:\n  %-26s %-14s %-20s %10s %12s\n", nsub, "SUBNET",
+               "AZ", "CIDR", "FREE IPS", "RUNS OUT IN");
+        for (size_t i = 0; i < nsub; i++) {
+            char when[32];
+            runs_out_in(subs[i], when, sizeof when);
+            printf("  %-26s %-14s %-20s %10lld %12s\n", subs[i]->id, subs[i]->az, subs[i]->cidr,
+                   (long long)subs[i]->available, when);
+        }
         printf("\nAvailability zones, emptiest first:\n  %-14s %10s %8s %6s %9s %9s\n", "AZ",
                "FREE IPS", "SUBNETS", "NODES", "ASSIGNED", "MAX");
         for (size_t i = 0; i < naz; i++)
@@ -475,6 +514,19 @@ static void on_fetch(void *arg, int rc, const char *why)
     struct report *r = arg;
     if (r->fetched)
         return;
+    if (r->cfg.report_min_tte_ms > 0) {
+        /* The forecast needs a full FORECAST_WINDOW of fetches (docs/forecast.md): keep
+         * sampling; a failed fetch in between waits for the next one. */
+        uint64_t now = uv_now(&r->loop);
+        if (rc != 0 && r->good_fetches > 0)
+            return;
+        if (rc == 0 && r->good_fetches++ == 0)
+            r->first_ok_ms = now;
+        if (rc == 0 &&
+            (r->good_fetches < CMH_FORECAST_MIN_SAMPLES ||
+             now - r->first_ok_ms + r->cfg.subnet_interval_ms / 2 < r->cfg.forecast_window_ms))
+            return;
+    }
     r->fetched = 1;
     r->fetch_rc = rc;
     if (rc != 0)
@@ -653,8 +705,8 @@ static void list_page(struct report *r)
 static void on_deadline(uv_timer_t *t)
 {
     struct report *r = container_of(t, struct report, deadline);
-    fprintf(stderr, "cni-metrics-helper report: no answer within %d s (%s)\n",
-            REPORT_DEADLINE_MS / 1000,
+    fprintf(stderr, "cni-metrics-helper report: no answer within %llu s (%s)\n",
+            (unsigned long long)r->deadline_ms / 1000,
             r->list_in_flight ? "Kubernetes API"
             : r->scraped      ? "EC2"
                               : "scraping");
@@ -749,7 +801,11 @@ static int start(struct report *r, char *const *envp)
     if (rc != 0)
         return rc;
     r->has_coll = 1;
-    uv_timer_start(&r->deadline, on_deadline, REPORT_DEADLINE_MS, 0);
+    uint64_t sampling = r->cfg.subnet_metrics && r->cfg.report_min_tte_ms > 0
+                            ? r->cfg.forecast_window_ms + r->cfg.subnet_interval_ms
+                            : 0;
+    r->deadline_ms = REPORT_DEADLINE_MS + sampling;
+    uv_timer_start(&r->deadline, on_deadline, r->deadline_ms, 0);
     if (r->cfg.targets.n == 0 || r->cfg.subnet_metrics) {
         struct cmh_curl_uv_opts co = {.timeout_ms = r->cfg.http_timeout_ms,
                                       .ca_file = r->cfg.aws_ca_bundle};

@@ -383,6 +383,47 @@ static int subnet_datums(struct cmh_agg *a, const struct cmh_subnet_list *view,
     return rc;
 }
 
+/* Time to exhaustion: per subnet that has a forecast, the soonest per AZ (of azs[0..naz): none
+ * without CW_PER_AZ), the soonest overall; and the free /28 blocks and their forecast per subnet
+ * that has them. */
+static int forecast_datums(struct cmh_agg *a, const struct cmh_subnet_list *view,
+                           const char *const *azs, size_t naz)
+{
+    int rc = 0, any = 0;
+    double min = 0;
+    for (size_t i = 0; i < view->n && rc == 0; i++) {
+        const struct cmh_subnet *s = &view->v[i];
+        struct cmh_dim dim = {"SubnetId", s->id};
+        if (s->has_free_prefixes)
+            rc = cmh_agg_emit(a, CMH_M_SUBNET_FREE_PREFIXES, (double)s->free_prefixes, &dim, 1);
+        if (rc == 0 && s->has_prefix_tte)
+            rc = cmh_agg_emit(a, CMH_M_SUBNET_PREFIX_TTE, s->prefix_tte_s, &dim, 1);
+        if (rc != 0 || !s->has_tte)
+            continue;
+        rc = cmh_agg_emit(a, CMH_M_SUBNET_TTE, s->tte_s, &dim, 1);
+        if (!any || s->tte_s < min)
+            min = s->tte_s;
+        any = 1;
+    }
+    for (size_t z = 0; z < naz && rc == 0; z++) {
+        int az_any = 0;
+        double az_min = 0;
+        for (size_t i = 0; i < view->n; i++) {
+            const struct cmh_subnet *s = &view->v[i];
+            if (s->has_tte && strcmp(s->az, azs[z]) == 0 && (!az_any || s->tte_s < az_min)) {
+                az_min = s->tte_s;
+                az_any = 1;
+            }
+        }
+        struct cmh_dim dim = {"AvailabilityZone", azs[z]};
+        if (az_any)
+            rc = cmh_agg_emit(a, CMH_M_SUBNET_TTE, az_min, &dim, 1);
+    }
+    if (rc == 0 && any)
+        rc = cmh_agg_emit(a, CMH_M_MIN_TTE, min, NULL, 0);
+    return rc;
+}
+
 int cmh_subnets_round_datums(struct cmh_agg *a, const struct cmh_subnet_list *view,
                              const struct cmh_subnets_node *nodes, size_t n,
                              const struct cmh_subnets_opts *o)
@@ -396,6 +437,8 @@ int cmh_subnets_round_datums(struct cmh_agg *a, const struct cmh_subnet_list *vi
         rc = az_list(view, &azs, &naz);
         if (rc == 0)
             rc = subnet_datums(a, view, azs, naz);
+        if (rc == 0)
+            rc = forecast_datums(a, view, azs, o->per_az ? naz : 0);
         if (rc != 0)
             goto out;
     }

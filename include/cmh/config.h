@@ -77,6 +77,11 @@ struct cmh_config {
     bool subnet_metrics;
     uint64_t subnet_interval_ms;
     char *subnet_ids; /* comma list of subnet-…; NULL = the cluster's (nodes' IPs, ENIConfigs) */
+    /* Time to exhaustion and free /28 blocks (include/cmh/forecast.h, include/cmh/blocks28.h). */
+    uint64_t forecast_window_ms;
+    bool subnet_prefix_metrics;
+    uint64_t subnet_prefix_interval_ms;
+    uint64_t report_min_tte_ms; /* 0: never */
     bool cw_per_az;
     bool cw_per_node;
     uint64_t cw_per_node_max;

@@ -19,8 +19,16 @@ struct cmh_curl_uv;
 #define CMH_EC2_TOKEN_MAX   2048 /* longest NextToken kept */
 #define CMH_EC2_MAX_SUBNETS 20000
 
-/* What one answer said: subnets (appended to the caller's list), the next page's token, or an
- * AWS error (Response/Errors/Error/Code, Message). */
+/* IPv4 blocks in use in a subnet: interface addresses (/32), delegated prefixes, reservations. */
+#define CMH_EC2_MAX_USED (1u << 20)
+struct cmh_ec2_cidrs {
+    struct cmh_cidr *v;
+    size_t n, cap;
+};
+/* Appends c. Returns 0, -E2BIG past CMH_EC2_MAX_USED, -ENOMEM. */
+int cmh_ec2_cidrs_push(struct cmh_ec2_cidrs *l, const struct cmh_cidr *c);
+void cmh_ec2_cidrs_free(struct cmh_ec2_cidrs *l);
+
 #define CMH_EC2_MAX_TAGS 50 /* tags kept from one DescribeTags answer */
 
 /* An EC2 tag (DescribeTags tagSet/item): key 1..128 characters, value 0..256. */
@@ -29,8 +37,15 @@ struct cmh_ec2_tag {
     char value[257];
 };
 
+/* What one answer said: subnets (appended to the caller's list), the next page's token, or an
+ * AWS error (Response/Errors/Error/Code, Message). With action "DescribeNetworkInterfaces" the
+ * interfaces' private IPv4 addresses (privateIpAddressesSet) and prefixes (ipv4PrefixSet), with
+ * "GetSubnetCidrReservations" the IPv4 reservations' cidr, are appended to used instead; a
+ * DescribeTagsResponse's tags go to tags. */
 struct cmh_ec2_page {
-    struct cmh_subnet_list *subnets;           /* borrowed; subnets are appended */
+    const char *action;              /* the root must be <action>Response; NULL: DescribeSubnets */
+    struct cmh_ec2_cidrs *used;      /* borrowed; needed by the two actions above */
+    struct cmh_subnet_list *subnets; /* borrowed; subnets are appended */
     struct cmh_ec2_tag tags[CMH_EC2_MAX_TAGS]; /* a DescribeTags answer's tags, in its order */
     size_t ntags;
     int tags_answer;                    /* the document was a DescribeTagsResponse */
@@ -97,6 +112,19 @@ int cmh_ec2_describe_subnets(struct cmh_ec2 *e, const char *const *ids, size_t n
 /* The ids of the call whose callback is running that EC2 does not know, in the order they were
  * found; owned by e, valid during the callback only. Returns their number. */
 size_t cmh_ec2_missing(const struct cmh_ec2 *e, const char *const **ids);
+
+/* Fires once per cmh_ec2_subnet_usage, from the loop. rc 0: used holds every IPv4 address and
+ * prefix of the subnet's network interfaces and its IPv4 CIDR reservations (owned by the client,
+ * valid during the callback only). rc < 0: why says what failed (AccessDenied names the
+ * permission). */
+typedef void (*cmh_ec2_usage_cb)(struct cmh_ec2 *e, int rc, const struct cmh_ec2_cidrs *used,
+                                 const char *why, void *arg);
+
+/* What the subnet's addresses are used by: DescribeNetworkInterfaces filtered by subnet-id, then
+ * GetSubnetCidrReservations, each at MaxResults 1000 following NextToken, with the retries and
+ * backoff of describe_subnets (RequestLimitExceeded included). Returns 0, -EBUSY while a call is
+ * running, -EINVAL for an over-long id. */
+int cmh_ec2_subnet_usage(struct cmh_ec2 *e, const char *subnet_id, cmh_ec2_usage_cb cb, void *arg);
 
 /* Fires once per cmh_ec2_describe_tags, from the loop, never inside the call. rc 0: the tags EC2
  * answered (n may be 0: none of the keys is set), owned by the client and valid during the

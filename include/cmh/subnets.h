@@ -36,6 +36,14 @@ struct cmh_subnet {
     struct cmh_cidr cidrs[CMH_SUBNET_MAX_CIDRS];
     unsigned ncidrs;
     int64_t available; /* AvailableIpAddressCount */
+    /* The forecast (include/cmh/forecast.h), set by the EC2 watch: seconds until available reaches
+     * 0, capped at CMH_FORECAST_CAP_S; only when has_tte (enough history, no stale gap). */
+    int has_tte;
+    double tte_s;
+    /* SUBNET_PREFIX_METRICS: aligned /28 blocks with no address in use, and their forecast. */
+    int has_free_prefixes, has_prefix_tte;
+    int64_t free_prefixes;
+    double prefix_tte_s;
 };
 
 struct cmh_subnet_list {
@@ -80,7 +88,9 @@ struct cmh_subnets_opts {
 /* Appends the round's extra datums to a->datums, after cmh_agg_round_finish: with view (not NULL)
  * subnetAvailableIPAddresses per subnet and per AZ, clusterMinSubnetAvailableIPAddresses, for
  * subnets with an IPv4 block subnetTotalIPAddresses and subnetIPUtilization per subnet and per AZ
- * and clusterMaxSubnetIPUtilization, and
+ * and clusterMaxSubnetIPUtilization, the forecast of the subnets that have one
+ * (subnetTimeToIPExhaustion per subnet and, with o->per_az, the soonest of its subnets per AZ;
+ * clusterMinTimeToIPExhaustion) and their free /28 blocks, and
  * with o->per_az the four IP gauges per AZ (nodes mapped by IP through nodes[0..n), unknown ones
  * under "unknown"); with o->per_node the four IP gauges per node for at most o->per_node_max fresh
  * nodes, the least headroom (max - assigned) first. Strings stay borrowed from view and a (valid

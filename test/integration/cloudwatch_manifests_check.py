@@ -314,11 +314,12 @@ def inspect_emitted(tmp):
     return got
 
 
-def live_emitted(tmp, ec2_faults=()):
+def live_emitted(tmp, ec2_faults=(), forecast=False):
     """What the daemon really publishes with SUBNET_METRICS, CW_PER_AZ and CW_PER_NODE on: the
     ipamD fleet simulator (8 nodes in two /29 subnets of two AZs), the EC2 stand-in that knows
     those subnets (answering with ec2_faults first, e.g. "denied": a blind subnet view) and the
-    CloudWatch stand-in; three rounds, then what arrived at "CloudWatch".
+    CloudWatch stand-in; three rounds, then what arrived at "CloudWatch". With forecast, the last
+    round comes after a whole FORECAST_WINDOW (30 s of 10 s fetches), so it carries the forecast.
     Returns ({metric: {frozenset(dimension names)}}, why-not text)."""
     build = os.environ.get("CMH_BUILD_DIR") or os.path.dirname(BIN)
     sim_bin = os.path.join(build, "test", "ipamd_sim")
@@ -370,10 +371,13 @@ def live_emitted(tmp, ec2_faults=()):
                "SCRAPE_JITTER": "0", "SCRAPE_TIMEOUT": "2s", "PROMETHEUS_ADDRESS": "127.0.0.1",
                "PROMETHEUS_PORT": "0", "SUBNET_METRICS": "true", "CW_PER_AZ": "true",
                "CW_PER_NODE": "true"}
+        if forecast:
+            env.update(SUBNET_METRICS_INTERVAL="10s", FORECAST_WINDOW="30s")
+        started = time.monotonic()
         d = subprocess.Popen([BIN], env=env, stderr=subprocess.PIPE, text=True)
         procs.append(d)
         rounds, log = 0, []
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + 100
         while rounds < 3 and time.monotonic() < deadline:
             ln = d.stderr.readline()
             if not ln:
@@ -383,6 +387,8 @@ def live_emitted(tmp, ec2_faults=()):
                 rounds += 1
                 if rounds < 3:
                     time.sleep(1.0)  # lets the first DescribeSubnets answer arrive
+                    if forecast and rounds == 2:
+                        time.sleep(max(0.0, started + 36 - time.monotonic()))
                     d.send_signal(signal.SIGUSR1)
         d.send_signal(signal.SIGTERM)
         try:
@@ -689,7 +695,8 @@ def intent_problems(alarms):
     percent of its size and a blind subnet view alarms (missing data breaching: the daemon
     publishes no subnet datum when it cannot see the subnets); failed assignments page on any
     failure, but only in M of N minutes with M > 1; capacity counts 16 addresses per slot when the
-    cluster holds prefixes; a silent helper alarms."""
+    cluster holds prefixes; a subnet forecast to run out within the hour alarms, and no forecast
+    yet does not; a silent helper alarms."""
     out = []
     sub = alarms.get("SubnetUtilizationHigh")
     if sub is not None:
@@ -699,6 +706,13 @@ def intent_problems(alarms):
             out.append("SubnetUtilizationHigh: a blind subnet view (no datum) must be breaching")
         if sub.get("ComparisonOperator") != "GreaterThanThreshold":
             out.append("SubnetUtilizationHigh: must fire above the threshold")
+    soon = alarms.get("SubnetRunsOutSoon", {})
+    if not (soon.get("MetricName") == "clusterMinTimeToIPExhaustion"
+            and soon.get("Statistic") == "Minimum" and soon.get("Threshold") == 3600.0
+            and soon.get("ComparisonOperator") == "LessThanThreshold"):
+        out.append("SubnetRunsOutSoon: must fire when the soonest subnet runs out within an hour")
+    if soon.get("TreatMissingData") != "notBreaching":
+        out.append("SubnetRunsOutSoon: no forecast yet (the window filling) must not page")
     silent = alarms.get("HelperSilent", {})
     if silent.get("TreatMissingData") != "breaching" or silent.get("MetricName") != "scrapeTargetsFresh":
         out.append("HelperSilent: no fresh scrape or no datum must be breaching")
@@ -764,7 +778,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         real = inspect_emitted(tmp)
     with tempfile.TemporaryDirectory() as tmp:
-        live, why = live_emitted(tmp)
+        live, why = live_emitted(tmp, forecast=True)
     if check("a live daemon published to the CloudWatch stand-in (subnet, per-AZ, per-node on)",
              live is not None, why):
         for name, sets in sorted(live.items()):
@@ -781,9 +795,9 @@ def main():
     alarms, dashboard, env = template_outputs(tpl, TEST_VALUES)
     ctx = Ctx(emitted, env["Namespace"], env["ClusterId"],
               [p["AlarmName"] for p in alarms.values()])
-    check("template has the five alarms", set(alarms) == {
+    check("template has the six alarms", set(alarms) == {
         "PodIPAssignmentsFailing", "SubnetUtilizationHigh", "IPCapacityHigh",
-        "HelperScrapeFailures", "HelperSilent"}, sorted(alarms))
+        "HelperScrapeFailures", "HelperSilent", "SubnetRunsOutSoon"}, sorted(alarms))
     for lid, p in alarms.items():
         probs = alarm_problems(p, ctx)
         check(f"template alarm {lid} is a valid PutMetricAlarm on emitted metrics", not probs, probs)

@@ -1324,8 +1324,19 @@ for label in ("kustomize pod-identity + subnet-metrics", "helm subnet metrics", 
 # and a denied call is logged and falls to the aws-node pods' CLUSTER_NAME (docs/migration.md).
 check("iam: the code asks DescribeTags (the original's cluster-id lookup)", "DescribeTags" in called,
       sorted(called))
+# SUBNET_PREFIX_METRICS: the free /28 count's two read-only actions, in their own opt-in policy.
+with open(os.path.join(MAN, "iam", "subnet-prefix-metrics-policy.json")) as f:
+    PREFIX_POLICY = json.load(f)
+pst = PREFIX_POLICY.get("Statement", [])
+check("iam subnet-prefix-metrics: exactly ec2:DescribeNetworkInterfaces and "
+      "ec2:GetSubnetCidrReservations on *, allowed",
+      [(x.get("Effect"), sorted(x.get("Action") or []), x.get("Resource")) for x in pst] ==
+      [("Allow", ["ec2:DescribeNetworkInterfaces", "ec2:GetSubnetCidrReservations"], "*")], pst)
+check("iam subnet-prefix-metrics: the code calls both",
+      {"DescribeNetworkInterfaces", "GetSubnetCidrReservations"} <= called, sorted(called))
 needs_policy = called - {"PutMetricData", "AssumeRoleWithWebIdentity", "GetCallerIdentity",
-                         "DescribeSubnets", "DescribeTags"}
+                         "DescribeSubnets", "DescribeTags", "DescribeNetworkInterfaces",
+                         "GetSubnetCidrReservations"}
 check("iam: the code calls no AWS action the policy lacks", not needs_policy, sorted(needs_policy))
 
 # --- the checks must be able to fail --------------------------------------------------------------

@@ -10,7 +10,9 @@
   failed assignments does not fire, failures that last do; the fullest subnet above 85% for 10
   minutes fires, a subnet view that never fetched fires its own alert; capacity under prefix
   delegation (16 addresses per slot) stays quiet where slots alone would read 625%; no fresh
-  scrape or no helper at all fires the dead man; scrape failures fire. (Annotations are left out
+  scrape or no helper at all fires the dead man; scrape failures fire; a subnet forecast to run
+  out within the hour fires (with its subnet_id) after 2 minutes, a later forecast or none does
+  not. (Annotations are left out
   of the unit-test copy: promtool compares them verbatim; `check rules` validates their templates.)
 - the Kubernetes objects are the kinds and API versions prometheus-operator serves, select the
   helper's pods by the label the Deployment carries and its port by the name it declares, and the
@@ -42,8 +44,9 @@ ORIGINAL = {"awscni_eni_max": "enimax", "awscni_ip_max": "max", "awscni_eni_allo
             "awscni_total_ipv4_prefixes": "prefixes"}
 
 
-def live_page(tmp, original):
-    """/metrics of a daemon after three rounds, and the nodes' values it scraped."""
+def live_page(tmp, original, forecast=False):
+    """/metrics of a daemon after three rounds, and the nodes' values it scraped; with forecast,
+    after its first time-to-exhaustion forecast too (a 30 s window of 10 s fetches)."""
     nodes = [Node("127.96.0.2"), Node("127.96.0.3")]
     vals = [dict(assigned=30, total=40, max=58, prefixes=0, noavail=4, enis=2, enimax=3),
             dict(assigned=12, total=20, max=29, prefixes=3, noavail=1, enis=1, enimax=4)]
@@ -72,6 +75,8 @@ def live_page(tmp, original):
                "AWS_EC2_METADATA_DISABLED": "true", "SUBNET_METRICS": "true",
                "METRIC_UPDATE_INTERVAL": "1", "SCRAPE_JITTER": "0", "LOG_FORMAT": "json",
                "PROMETHEUS_ADDRESS": "127.0.0.1", "PROMETHEUS_PORT": "0"}
+        if forecast:
+            env.update(SUBNET_METRICS_INTERVAL="10s", FORECAST_WINDOW="30s")
         d = subprocess.Popen([BIN], env=env, stderr=subprocess.PIPE, text=True)
         ev = read_events(d, "listening", 15)
         if ev is None:
@@ -82,10 +87,11 @@ def live_page(tmp, original):
                 return None, "no round"
         # The subnet view is fetched at start; a round after it carries it.
         body = ""
-        for _ in range(20):
+        for _ in range(60 if forecast else 20):
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
                 body = r.read().decode()
-            if "max_subnet_ip_utilization_percent" in body:
+            if "max_subnet_ip_utilization_percent" in body and (
+                    not forecast or "subnet_time_to_ip_exhaustion_seconds{" in body):
                 break
             read_events(d, "round", 5)
         return (body, vals), ""
@@ -123,7 +129,7 @@ def main():
         finish()
         return
     with tempfile.TemporaryDirectory() as tmp:
-        got, why = live_page(tmp, original=True)
+        got, why = live_page(tmp, original=True, forecast=True)
         off, why_off = live_page(tmp, original=False)
     if not check("a live daemon served /metrics with the subnet view", got, why) or \
             not check("a live daemon without PROMETHEUS_ORIGINAL_NAMES served /metrics", off, why_off):
@@ -154,7 +160,8 @@ def main():
     alerts = {r["alert"] for r in rules}
     check("the alerts of the CloudWatch alarms are all there", {
         "CNIPodIPAssignmentsFailing", "CNISubnetIPUtilizationHigh", "CNISubnetViewBlind",
-        "CNIIPCapacityHigh", "CNIMetricsHelperScrapeFailures", "CNIMetricsHelperSilent"} == alerts,
+        "CNIIPCapacityHigh", "CNIMetricsHelperScrapeFailures", "CNIMetricsHelperSilent",
+        "CNISubnetRunsOutWithin60m"} == alerts,
         sorted(alerts))
     used = set()
     for r in rules:
@@ -197,13 +204,16 @@ def main():
                   "cni_metrics_helper_cluster_ipv4_prefixes",
                   "cni_metrics_helper_cluster_scrape_targets",
                   "cni_metrics_helper_cluster_scrape_targets_fresh",
-                  "cni_metrics_helper_cluster_scrape_targets_failed"):
+                  "cni_metrics_helper_cluster_scrape_targets_failed",
+                  "cni_metrics_helper_subnet_time_to_ip_exhaustion_seconds"):
             S[n] = series_key(page, n)
             check(f"the daemon serves one series of {n}", S[n] is not None)
         if None in S.values():
             finish()
             return
         lab = {"cluster_id": CLUSTER}
+        SUBNET = re.search(r'subnet_id="([^"]+)"',
+                           S["cni_metrics_helper_subnet_time_to_ip_exhaustion_seconds"]).group(1)
 
         def fire(name, sev, labels=lab):
             return [{"exp_labels": dict(labels, severity=sev)}]
@@ -240,6 +250,22 @@ def main():
                  {"eval_time": "13m", "alertname": "CNISubnetIPUtilizationHigh",
                   "exp_alerts": fire("CNISubnetIPUtilizationHigh", "warning")},
                  {"eval_time": "13m", "alertname": "CNISubnetViewBlind", "exp_alerts": []}]},
+            {"name": "a subnet forecast to run out within the hour fires; a later one does not",
+             "interval": "1m",
+             # A forecast of 3 h until 5m, then 70 minutes falling 5 minutes a minute: 60 minutes
+             # (not yet below) at 8m, below from 9m, firing 2 minutes later.
+             "input_series": series(healthy + [
+                 ("cni_metrics_helper_subnet_time_to_ip_exhaustion_seconds", "10800x5 4200-300x13")]),
+             "alert_rule_test": [
+                 {"eval_time": "5m", "alertname": "CNISubnetRunsOutWithin60m", "exp_alerts": []},
+                 {"eval_time": "10m", "alertname": "CNISubnetRunsOutWithin60m", "exp_alerts": []},
+                 {"eval_time": "12m", "alertname": "CNISubnetRunsOutWithin60m",
+                  "exp_alerts": fire("CNISubnetRunsOutWithin60m", "critical",
+                                     dict(lab, subnet_id=SUBNET))}]},
+            {"name": "no forecast yet (the window filling) does not fire", "interval": "1m",
+             "input_series": series(healthy),
+             "alert_rule_test": [{"eval_time": "20m", "alertname": "CNISubnetRunsOutWithin60m",
+                                  "exp_alerts": []}]},
             {"name": "a subnet view that never fetched fires", "interval": "1m",
              "input_series": series(healthy + [
                  ("cni_metrics_helper_subnet_last_success_timestamp_seconds", "0x40")]),

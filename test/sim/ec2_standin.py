@@ -23,6 +23,18 @@ seconds pass. Control routes (plain JSON, on the same port):
   POST /subnet    {"SubnetId": id, "AvailableIpAddressCount": n} drains or refills a subnet
   POST /faults    {"script": [FAULT, ...]} faults for the next DescribeSubnets requests, in order
   POST /tags      {"tags": [...]} replaces the tags
+  POST /drain     {"SubnetId": id, "points": [[t, n], ...]} a scripted drain: from now, the subnet's
+                  AvailableIpAddressCount is the n of the last point whose t (seconds since this
+                  request, increasing) has passed (the first point's n before that)
+  POST /outage    {"seconds": s} every DescribeSubnets request fails (500 InternalError) for s
+                  seconds: the daemon's subnet view goes stale
+  POST /usage     {"interfaces": [...], "reservations": [...]} replaces what the two usage actions
+                  serve (same shapes as in the truth file)
+DescribeNetworkInterfaces (Filter subnet-id, MaxResults, NextToken) and GetSubnetCidrReservations
+(SubnetId, MaxResults, NextToken) are served from the truth file's "interfaces":
+[{"NetworkInterfaceId", "SubnetId", "PrivateIpAddresses": [...], "Ipv4Prefixes": [...]}] and
+"reservations": [{"SubnetId", "Cidr"}], validated with botocore like DescribeSubnets; /stats counts
+them (usage_requests by action, with the MaxResults and filters each asked for).
   POST /reset     counters and faults forgotten (the truth stays)
 --faults '[FAULT, ...]' sets the script from the start.
 Unknown ids answer 400 InvalidSubnetID.NotFound; --notfound-message says how the message names
@@ -38,7 +50,9 @@ import argparse
 import base64
 import json
 import sys
+import bisect
 import threading
+import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
@@ -94,6 +108,50 @@ def subnet_xml(s):
                 else "", v6=v6, n=int(s["AvailableIpAddressCount"]))
 
 
+def page_of(items, params, size):
+    """(the page of items that params' NextToken points at, the <nextToken> element or ""), or
+    None for a token we did not hand out."""
+    start = 0
+    if "NextToken" in params:
+        try:
+            start = int(base64.b64decode(params["NextToken"]).decode().split(":")[1])
+        except (ValueError, IndexError):
+            return None
+    token = ""
+    if start + size < len(items):
+        token = "<nextToken>%s</nextToken>" % base64.b64encode(
+            ("page:%d:%s" % (start + size, "x" * 40)).encode()).decode()
+    return items[start:start + size], token
+
+
+def paging_param(k, v, params):
+    """MaxResults, NextToken and DryRun, common to the three actions: True when k is one."""
+    if k == "MaxResults":
+        params["MaxResults"] = int(v)
+    elif k == "NextToken":
+        params["NextToken"] = v
+    elif k == "DryRun":
+        params["DryRun"] = v == "true"
+    else:
+        return False
+    return True
+
+
+def eni_xml(i):
+    ips = i.get("PrivateIpAddresses", [])
+    return ("<item><networkInterfaceId>{id}</networkInterfaceId><subnetId>{sub}</subnetId>"
+            "<vpcId>vpc-0123456789abcdef0</vpcId><availabilityZone>us-west-2a</availabilityZone>"
+            "<status>in-use</status>{primary}<privateIpAddressesSet>{ips}</privateIpAddressesSet>"
+            "<ipv4PrefixSet>{pfx}</ipv4PrefixSet><ipv6AddressesSet/><tagSet/></item>").format(
+                id=escape(i["NetworkInterfaceId"]), sub=escape(i["SubnetId"]),
+                primary="<privateIpAddress>%s</privateIpAddress>" % escape(ips[0]) if ips else "",
+                ips="".join("<item><privateIpAddress>%s</privateIpAddress><primary>%s</primary>"
+                            "</item>" % (escape(a), "true" if k == 0 else "false")
+                            for k, a in enumerate(ips)),
+                pfx="".join("<item><ipv4Prefix>%s</ipv4Prefix></item>" % escape(p)
+                            for p in i.get("Ipv4Prefixes", [])))
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -124,7 +182,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         n = int(self.headers.get("Content-Length", "0"))
         body = self.rfile.read(n)
-        if self.path in ("/subnet", "/faults", "/reset", "/tags"):
+        if self.path in ("/subnet", "/faults", "/reset", "/tags", "/drain", "/outage", "/usage"):
             return self.control(json.loads(body or b"{}"))
         self.describe(body)
 
@@ -136,6 +194,17 @@ class Handler(BaseHTTPRequestHandler):
                 STATE["tags"] = list(cmd.get("tags", []))
             elif self.path == "/faults":
                 STATE["script"] = list(cmd.get("script", []))
+            elif self.path == "/drain":
+                times = [float(p[0]) for p in cmd["points"]]
+                if times != sorted(times) or not times:
+                    return self.reply_json({"error": "points must be in time order"}, 400)
+                STATE["drains"][cmd["SubnetId"]] = (time.monotonic(), times,
+                                                    [int(p[1]) for p in cmd["points"]])
+            elif self.path == "/usage":
+                STATE["interfaces"] = cmd.get("interfaces", [])
+                STATE["reservations"] = cmd.get("reservations", [])
+            elif self.path == "/outage":
+                STATE["outage_until"] = time.monotonic() + float(cmd["seconds"])
             elif self.path == "/subnet":
                 for s in STATE["subnets"]:
                     if s["SubnetId"] == cmd["SubnetId"]:
@@ -171,13 +240,15 @@ class Handler(BaseHTTPRequestHandler):
             if k in flat:
                 return self.invalid(400, "InvalidParameterValue", "parameter %s twice" % k)
             flat[k] = v
-        act = flat.pop("Action", None)
-        if act not in ("DescribeSubnets", "DescribeTags"):
-            return self.invalid(400, "InvalidAction", "only DescribeSubnets and DescribeTags are served")
+        action = flat.pop("Action", None)
         if flat.pop("Version", None) != VERSION:
             return self.invalid(400, "InvalidParameterValue", "Version must be " + VERSION)
-        if act == "DescribeTags":
+        if action in ("DescribeNetworkInterfaces", "GetSubnetCidrReservations"):
+            return self.usage(action, flat)
+        if action == "DescribeTags":
             return self.describe_tags(flat)
+        if action != "DescribeSubnets":
+            return self.invalid(400, "InvalidAction", "action %s is not served" % action)
         params, ids = {}, {}
         for k, v in flat.items():
             if k.startswith("SubnetId."):
@@ -185,13 +256,7 @@ class Handler(BaseHTTPRequestHandler):
                     ids[int(k.split(".", 1)[1])] = v
                 except ValueError:
                     return self.invalid(400, "UnknownParameter", k)
-            elif k == "MaxResults":
-                params["MaxResults"] = int(v)
-            elif k == "NextToken":
-                params["NextToken"] = v
-            elif k == "DryRun":
-                params["DryRun"] = v == "true"
-            else:
+            elif not paging_param(k, v, params):
                 return self.invalid(400, "UnknownParameter", "The parameter %s is not recognized" % k)
         if ids:
             if sorted(ids) != list(range(1, len(ids) + 1)):
@@ -205,9 +270,17 @@ class Handler(BaseHTTPRequestHandler):
             return self.invalid(400, "InvalidParameterCombination",
                                 "The parameter SubnetIds cannot be used with MaxResults")
         fault = next_fault()
+        if fault is None and time.monotonic() < STATE["outage_until"]:
+            fault = "500"
         if fault is not None and self.fault(fault):
             return
         with LOCK:
+            now = time.monotonic()
+            for s in STATE["subnets"]:
+                d = STATE["drains"].get(s["SubnetId"])
+                if d is not None:
+                    k = bisect.bisect_right(d[1], now - d[0])
+                    s["AvailableIpAddressCount"] = d[2][max(k - 1, 0)]
             subnets = [dict(s) for s in STATE["subnets"]]
             STATE["stats"]["describe_by_ids" if ids else "describe_all"] += 1
         if ids:
@@ -224,24 +297,83 @@ class Handler(BaseHTTPRequestHandler):
                     text = "The subnet ID '%s' does not exist" % missing[0]
                 return self.reply(400, error_xml("InvalidSubnetID.NotFound", text))
             subnets = [known[i] for i in params["SubnetIds"]]
-        start = 0
-        if "NextToken" in params:
-            try:
-                start = int(base64.b64decode(params["NextToken"]).decode().split(":")[1])
-            except (ValueError, IndexError):
-                return self.invalid(400, "InvalidParameterValue", "bad NextToken")
-        size = min(ARGS.page_size, params.get("MaxResults", ARGS.page_size))
-        page = subnets[start:start + size]
-        token = ""
-        if start + size < len(subnets):
-            token = "<nextToken>%s</nextToken>" % base64.b64encode(
-                ("page:%d:%s" % (start + size, "x" * 40)).encode()).decode()
+        paged = page_of(subnets, params, min(ARGS.page_size, params.get("MaxResults", ARGS.page_size)))
+        if paged is None:
+            return self.invalid(400, "InvalidParameterValue", "bad NextToken")
+        page, token = paged
         with LOCK:
             STATE["stats"]["pages"] += 1
         self.reply(200, '<?xml version="1.0" encoding="UTF-8"?>\n<DescribeSubnetsResponse '
                    'xmlns="%s">\n  <requestId>%s</requestId>\n  <subnetSet>%s</subnetSet>%s\n'
                    '</DescribeSubnetsResponse>\n'
                    % (XMLNS, uuid.uuid4(), "".join(subnet_xml(s) for s in page), token))
+
+    def usage(self, action, flat):
+        """DescribeNetworkInterfaces or GetSubnetCidrReservations, validated with botocore."""
+        params, filters = {}, {}
+        for k, v in flat.items():
+            parts = k.split(".")
+            if paging_param(k, v, params):
+                pass
+            elif k == "SubnetId" and action == "GetSubnetCidrReservations":
+                params["SubnetId"] = v
+            elif parts[0] == "Filter" and len(parts) in (3, 4) and parts[1].isdigit():
+                f = filters.setdefault(int(parts[1]), {"Values": {}})
+                if len(parts) == 3 and parts[2] == "Name":
+                    f["Name"] = v
+                elif len(parts) == 4 and parts[2] == "Value" and parts[3].isdigit():
+                    f["Values"][int(parts[3])] = v
+                else:
+                    return self.invalid(400, "UnknownParameter", k)
+            else:
+                return self.invalid(400, "UnknownParameter", "The parameter %s is not recognized" % k)
+        if filters:
+            params["Filters"] = [{"Name": filters[i].get("Name"),
+                                  "Values": [filters[i]["Values"][j] for j in sorted(filters[i]["Values"])]}
+                                 for i in sorted(filters)]
+        try:
+            botocore.validate.validate_parameters(params, MODEL.operation_model(action).input_shape)
+        except botocore.exceptions.ParamValidationError as e:
+            return self.invalid(400, "InvalidParameterValue", str(e))
+        mr = params.get("MaxResults")
+        if mr is not None and not 5 <= mr <= 1000:
+            return self.invalid(400, "InvalidParameterValue", "MaxResults must be 5 to 1000")
+        with LOCK:
+            STATE["stats"]["requests_by_action"] = STATE["stats"].get("requests_by_action", {})
+            STATE["stats"]["requests_by_action"][action] = \
+                STATE["stats"]["requests_by_action"].get(action, 0) + 1
+            STATE["stats"].setdefault("usage_requests", []).append(
+                {"action": action, "MaxResults": mr, "Filters": params.get("Filters"),
+                 "SubnetId": params.get("SubnetId")})
+        fault = next_fault()
+        if fault is not None and self.fault(fault):
+            return
+        if action == "DescribeNetworkInterfaces":
+            subnet_ids = [v for f in params.get("Filters", []) if f["Name"] == "subnet-id"
+                          for v in f["Values"]]
+            with LOCK:
+                items = [dict(i) for i in STATE["interfaces"]
+                         if not subnet_ids or i["SubnetId"] in subnet_ids]
+        else:
+            with LOCK:
+                items = [dict(r) for r in STATE["reservations"] if r["SubnetId"] == params["SubnetId"]]
+        paged = page_of(items, params, min(ARGS.page_size * 3, mr or 1000))
+        if paged is None:
+            return self.invalid(400, "InvalidParameterValue", "bad NextToken")
+        page, token = paged
+        if action == "DescribeNetworkInterfaces":
+            body = "<networkInterfaceSet>%s</networkInterfaceSet>" % "".join(eni_xml(i) for i in page)
+        else:
+            body = ("<subnetIpv4CidrReservationSet>%s</subnetIpv4CidrReservationSet>"
+                    "<subnetIpv6CidrReservationSet/>" % "".join(
+                        "<item><subnetCidrReservationId>scr-%017x</subnetCidrReservationId>"
+                        "<subnetId>%s</subnetId><cidr>%s</cidr><reservationType>prefix"
+                        "</reservationType><ownerId>111122223333</ownerId></item>"
+                        % (abs(hash(r["Cidr"])), escape(r["SubnetId"]), escape(r["Cidr"]))
+                        for r in page))
+        self.reply(200, '<?xml version="1.0" encoding="UTF-8"?>\n<%sResponse xmlns="%s">\n'
+                   '  <requestId>%s</requestId>\n  %s%s\n</%sResponse>\n'
+                   % (action, XMLNS, uuid.uuid4(), body, token, action))
 
     def describe_tags(self, flat):
         filters, params = {}, {}
@@ -343,7 +475,10 @@ def main():
         truth = json.load(f)
     STATE["subnets"] = truth.get("subnets", [])
     STATE["tags"] = truth.get("tags", [])
+    STATE["interfaces"] = truth.get("interfaces", [])
+    STATE["reservations"] = truth.get("reservations", [])
     reset_counters()
+    STATE.update(drains={}, outage_until=0.0)
     STATE["script"] = json.loads(ARGS.faults)
     ThreadingHTTPServer.daemon_threads = True
     http = ThreadingHTTPServer((ARGS.bind, 0), Handler)

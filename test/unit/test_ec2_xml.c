@@ -1,5 +1,6 @@
 /* The DescribeSubnets parser on answers shaped as EC2 sends them (field names from botocore's EC2
- * model, service-2.json): every field kept, pieces split anywhere, error documents, refusals. */
+ * model, service-2.json): every field kept, pieces split anywhere, error documents, refusals; and
+ * the DescribeNetworkInterfaces and GetSubnetCidrReservations answers of the free /28 count. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -248,6 +249,122 @@ static void ec2_eniconfig_list_subnets(void **state)
     assert_int_equal(n, 0);
 }
 
+/* DescribeNetworkInterfaces and GetSubnetCidrReservations answers (field names from botocore's
+ * EC2 model): every interface address and prefix, every reservation CIDR, split at every byte;
+ * an answer to another action, a bad address or an IPv6 prefix where IPv4 is meant are refused. */
+static const char enis_answer[] =
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n"
+    "<DescribeNetworkInterfacesResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">\n"
+    " <requestId>r-1</requestId>\n"
+    " <networkInterfaceSet>\n"
+    "  <item><networkInterfaceId>eni-1</networkInterfaceId><subnetId>subnet-0a1b2c3d</subnetId>\n"
+    "   <privateIpAddress>10.0.0.10</privateIpAddress>\n"
+    "   <association><publicIp>203.0.113.9</publicIp></association>\n"
+    "   <privateIpAddressesSet>\n"
+    "    <item><privateIpAddress>10.0.0.10</privateIpAddress><primary>true</primary></item>\n"
+    "    <item><privateIpAddress>10.0.0.77</privateIpAddress><primary>false</primary></item>\n"
+    "   </privateIpAddressesSet>\n"
+    "   <ipv4PrefixSet><item><ipv4Prefix>10.0.1.16/28</ipv4Prefix></item>"
+    "<item><ipv4Prefix>10.0.1.32/28</ipv4Prefix></item></ipv4PrefixSet>\n"
+    "   <ipv6PrefixSet><item><ipv6Prefix>2600:1f18::/80</ipv6Prefix></item></ipv6PrefixSet>\n"
+    "   <tagSet><item><key>k</key><value>10.9.9.9</value></item></tagSet>\n"
+    "  </item>\n"
+    "  <item><networkInterfaceId>eni-2</networkInterfaceId>\n"
+    "   <privateIpAddressesSet><item><privateIpAddress>10.0.2.5</privateIpAddress></item>"
+    "</privateIpAddressesSet>\n"
+    "  </item>\n"
+    " </networkInterfaceSet>\n"
+    " <nextToken>tok2</nextToken>\n"
+    "</DescribeNetworkInterfacesResponse>\n";
+
+static const char reservations_answer[] =
+    "<GetSubnetCidrReservationsResponse xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\">"
+    "<requestId>r-2</requestId><subnetIpv4CidrReservationSet>"
+    "<item><subnetCidrReservationId>scr-1</subnetCidrReservationId><cidr>10.0.3.0/25</cidr>"
+    "<reservationType>prefix</reservationType></item>"
+    "<item><cidr>10.0.4.8/29</cidr></item></subnetIpv4CidrReservationSet>"
+    "<subnetIpv6CidrReservationSet><item><cidr>2600:1f18::/64</cidr></item>"
+    "</subnetIpv6CidrReservationSet></GetSubnetCidrReservationsResponse>";
+
+static int parse_usage(const char *action, const char *doc, size_t len, size_t split,
+                       struct cmh_ec2_cidrs *used, struct cmh_ec2_page *page)
+{
+    struct cmh_subnet_list l = {0};
+    memset(page, 0, sizeof *page);
+    page->subnets = &l;
+    page->action = action;
+    page->used = used;
+    struct cmh_ec2_xml *x;
+    int rc = cmh_ec2_xml_new(&x, page);
+    if (rc == 0 && split > 0 && split < len)
+        rc = cmh_ec2_xml_feed(x, doc, split, 0);
+    if (rc == 0)
+        rc = split > 0 && split < len ? cmh_ec2_xml_feed(x, doc + split, len - split, 1)
+                                      : cmh_ec2_xml_feed(x, doc, len, 1);
+    cmh_ec2_xml_free(x);
+    assert_int_equal(l.n, 0);
+    cmh_subnet_list_free(&l);
+    return rc;
+}
+
+static void ec2_xml_interfaces_and_reservations_answers(void **state)
+{
+    (void)state;
+    static const char *const want_enis[] = {"10.0.0.10/32", "10.0.0.77/32", "10.0.1.16/28",
+                                            "10.0.1.32/28", "10.0.2.5/32"};
+    struct cmh_ec2_page page;
+    for (size_t split = 0; split <= sizeof enis_answer - 1; split++) {
+        struct cmh_ec2_cidrs used = {0};
+        assert_int_equal(parse_usage("DescribeNetworkInterfaces", enis_answer,
+                                     sizeof enis_answer - 1, split, &used, &page),
+                         0);
+        assert_int_equal(used.n, 5);
+        for (size_t i = 0; i < used.n; i++) {
+            struct cmh_cidr want;
+            assert_int_equal(cmh_cidr_parse(want_enis[i], strlen(want_enis[i]), &want), 0);
+            assert_int_equal(used.v[i].family, 4);
+            assert_int_equal(used.v[i].prefix, want.prefix);
+            assert_memory_equal(used.v[i].addr, want.addr, 4);
+        }
+        assert_string_equal(page.next_token, "tok2");
+        cmh_ec2_cidrs_free(&used);
+    }
+    struct cmh_ec2_cidrs used = {0};
+    assert_int_equal(parse_usage("GetSubnetCidrReservations", reservations_answer,
+                                 sizeof reservations_answer - 1, 0, &used, &page),
+                     0);
+    assert_int_equal(used.n, 2);
+    assert_int_equal(used.v[0].prefix, 25);
+    assert_int_equal(used.v[1].prefix, 29);
+    assert_string_equal(page.next_token, "");
+    cmh_ec2_cidrs_free(&used);
+    /* Refused: the wrong action's answer (it is not an empty one), a bad address, an IPv6 prefix
+     * where IPv4 is meant. */
+    static const char bad_ip[] =
+        "<DescribeNetworkInterfacesResponse><networkInterfaceSet><item><privateIpAddressesSet>"
+        "<item><privateIpAddress>10.0.0.300</privateIpAddress></item></privateIpAddressesSet>"
+        "</item></networkInterfaceSet></DescribeNetworkInterfacesResponse>";
+    static const char v6_prefix[] =
+        "<DescribeNetworkInterfacesResponse><networkInterfaceSet><item><ipv4PrefixSet>"
+        "<item><ipv4Prefix>2600:1f18::/80</ipv4Prefix></item></ipv4PrefixSet>"
+        "</item></networkInterfaceSet></DescribeNetworkInterfacesResponse>";
+    const struct {
+        const char *action, *doc;
+        size_t len;
+    } refused[] = {
+        {"GetSubnetCidrReservations", enis_answer, sizeof enis_answer - 1},
+        {"DescribeNetworkInterfaces", page1, sizeof page1 - 1},
+        {"DescribeNetworkInterfaces", bad_ip, sizeof bad_ip - 1},
+        {"DescribeNetworkInterfaces", v6_prefix, sizeof v6_prefix - 1},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++) {
+        assert_int_equal(
+            parse_usage(refused[i].action, refused[i].doc, refused[i].len, 0, &used, &page),
+            -EPROTO);
+        cmh_ec2_cidrs_free(&used);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -259,6 +376,7 @@ int main(void)
         cmocka_unit_test(ec2_xml_over_long_token_is_refused),
         cmocka_unit_test(ec2_endpoint_regional_and_override),
         cmocka_unit_test(ec2_eniconfig_list_subnets),
+        cmocka_unit_test(ec2_xml_interfaces_and_reservations_answers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

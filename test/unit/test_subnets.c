@@ -323,6 +323,55 @@ static void subnets_size_and_utilization_of_small_and_ipv6_only_subnets(void **s
     cmh_agg_close(&a);
 }
 
+/* Time to exhaustion and free /28 blocks: only subnets with a forecast, the soonest per AZ with
+ * CW_PER_AZ, the soonest overall; nothing at all when no subnet has one. */
+static void subnets_forecast_datums_min_per_az_and_cluster(void **state)
+{
+    (void)state;
+    struct cmh_agg a;
+    struct cmh_agg_opts ao = {.stale_rounds = 0, .max_series = 64, .cluster_id = "c1"};
+    assert_int_equal(cmh_agg_init(&a, &ao), 0);
+    struct cmh_subnet_list l;
+    view(&l);
+    struct cmh_subnets_opts o = {.per_az = 1};
+    /* None has a forecast yet (the window is filling). */
+    round_of(&a, 1, 0);
+    assert_int_equal(cmh_subnets_round_datums(&a, &l, targets, 5, &o), 0);
+    assert_null(find(&a, "clusterMinTimeToIPExhaustion", NULL, NULL));
+    assert_int_equal(count(&a, "subnetTimeToIPExhaustion", "SubnetId"), 0);
+    /* Subnets 1 and 2 (az-a) have one, 3 (az-b) not; 2 has free /28 blocks counted. */
+    l.v[0].has_tte = 1;
+    l.v[0].tte_s = 5000;
+    l.v[1].has_tte = 1;
+    l.v[1].tte_s = 1200;
+    l.v[1].has_free_prefixes = 1;
+    l.v[1].free_prefixes = 0;
+    l.v[1].has_prefix_tte = 1;
+    l.v[1].prefix_tte_s = 0;
+    round_of(&a, 2, 0);
+    assert_int_equal(cmh_subnets_round_datums(&a, &l, targets, 5, &o), 0);
+    assert_true(val(&a, "subnetTimeToIPExhaustion", "SubnetId", "subnet-00000001") == 5000);
+    assert_true(val(&a, "subnetTimeToIPExhaustion", "SubnetId", "subnet-00000002") == 1200);
+    assert_null(find(&a, "subnetTimeToIPExhaustion", "SubnetId", "subnet-00000003"));
+    assert_true(val(&a, "subnetTimeToIPExhaustion", "AvailabilityZone", "az-a") == 1200);
+    assert_null(find(&a, "subnetTimeToIPExhaustion", "AvailabilityZone", "az-b"));
+    assert_true(val(&a, "clusterMinTimeToIPExhaustion", NULL, NULL) == 1200);
+    assert_true(val(&a, "subnetFreeIPv4Prefixes", "SubnetId", "subnet-00000002") == 0);
+    assert_true(val(&a, "subnetTimeToPrefixExhaustion", "SubnetId", "subnet-00000002") == 0);
+    assert_int_equal(count(&a, "subnetFreeIPv4Prefixes", "SubnetId"), 1);
+    assert_string_equal(find(&a, "subnetTimeToIPExhaustion", "SubnetId", "subnet-00000001")->unit,
+                        "Seconds");
+    /* Without CW_PER_AZ: no AZ value, the rest the same. */
+    struct cmh_subnets_opts off = {0};
+    round_of(&a, 3, 0);
+    assert_int_equal(cmh_subnets_round_datums(&a, &l, targets, 5, &off), 0);
+    assert_int_equal(count(&a, "subnetTimeToIPExhaustion", "AvailabilityZone"), 0);
+    assert_int_equal(count(&a, "subnetTimeToIPExhaustion", "SubnetId"), 2);
+    assert_true(val(&a, "clusterMinTimeToIPExhaustion", NULL, NULL) == 1200);
+    cmh_subnet_list_free(&l);
+    cmh_agg_close(&a);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -330,6 +379,7 @@ int main(void)
         cmocka_unit_test(subnets_map_ip_longest_prefix_and_ids),
         cmocka_unit_test(subnets_round_datums_equal_hand_sums),
         cmocka_unit_test(subnets_size_and_utilization_of_small_and_ipv6_only_subnets),
+        cmocka_unit_test(subnets_forecast_datums_min_per_az_and_cluster),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
