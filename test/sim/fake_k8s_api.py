@@ -590,6 +590,7 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in headers:
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")  # said, so a client does not reuse it
         self.end_headers()
         self.wfile.write(body)
 
