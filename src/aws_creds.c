@@ -1381,8 +1381,8 @@ static char *sts_endpoint(const struct cmh_aws_provider *p)
     return cmh_strdup("https://sts.amazonaws.com/");
 }
 
-/* "Action=ACTION&Version=2011-06-15" and the name/value pairs of kv (n strings; a NULL value is
- * left out), values percent-encoded. Allocated; NULL when out of memory. */
+/* The form "Action=<action>&Version=2011-06-15" and the name/value pairs of kv (n strings; a NULL
+ * value is left out), values percent-encoded. Allocated; NULL when out of memory. */
 static char *sts_form(const char *action, const char *const *kv, size_t n)
 {
     size_t len = strlen("Action=&Version=2011-06-15") + strlen(action) + 1;

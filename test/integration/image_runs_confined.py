@@ -64,7 +64,7 @@ check("--version prints the CMake version", v.stdout.strip() == f"cni-metrics-he
 
 tmp = tempfile.mkdtemp(prefix="cmh-image-")
 name = f"cmh-image-test-{os.getpid()}"
-sim = spawn_ipamd_sim(BUILD, DATA, tmp, NODES, "127.154.0.1", seed=21)
+sim = spawn_ipamd_sim(BUILD, DATA, tmp, NODES, "127.100.0.1", seed=21)
 cw, standin = spawn_cloudwatch_standin(SRC, "AKIDIMAGE:image-secret", "eu-west-1", 280)
 ctr = None
 try:

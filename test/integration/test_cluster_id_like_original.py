@@ -49,7 +49,7 @@ def original_rule(tags):
 
 
 tmp = tempfile.mkdtemp(prefix="cmh-clusterid-")
-sim = spawn_ipamd_sim(BUILD, DATA, tmp, 2, "127.153.0.1", seed=7)
+sim = spawn_ipamd_sim(BUILD, DATA, tmp, 2, "127.99.0.1", seed=7)
 aws = subprocess.Popen([PY, os.path.join(SRC, "test/sim/aws_standin.py"), "--lifetime", "280"],
                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 with open(os.path.join(tmp, "ec2.json"), "w") as f:

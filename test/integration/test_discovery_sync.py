@@ -21,7 +21,7 @@ DATA = os.environ["CMH_DATA_DIR"]
 NODES = 5
 
 tmp = tempfile.mkdtemp(prefix="cmh-sync-")
-sim = spawn_ipamd_sim(BUILD, DATA, tmp, NODES, "127.91.0.1", truth=False)
+sim = spawn_ipamd_sim(BUILD, DATA, tmp, NODES, "127.101.0.1", truth=False)
 api = K8sApi(tmp, 250)
 api_cmd = api.cmd
 daemon = None
@@ -63,8 +63,8 @@ try:
     port, ca, token_file = api.port, api.ca, api.token_file
     for i, (name, ip, _) in enumerate(nodes):
         api_cmd(f"add aws-node-{i} {name} {ip}")
-    check("simulator nodes on their own 127.91.0.x addresses",
-          all(ip.startswith("127.91.0.") for _, ip, _ in nodes), nodes)
+    check("simulator nodes on their own 127.101.0.x addresses",
+          all(ip.startswith("127.101.0.") for _, ip, _ in nodes), nodes)
 
     # 1. The first list is answered 2 s late: no round before it, and the first has every node.
     api_cmd("listdelay 2 1")

@@ -91,7 +91,7 @@ tmp = tempfile.mkdtemp(prefix="cmh-forecast-")
 truth_file = os.path.join(tmp, "subnets.json")
 with open(truth_file, "w") as f:
     json.dump({"subnets": SUBNETS}, f)
-peers = Peers(BUILD, DATA, tmp, "fc", "127.87.0.1", 2, 19, truth_file, RUN + OUTAGE + AFTER + 60)
+peers = Peers(BUILD, DATA, tmp, "fc", "127.98.0.1", 2, 19, truth_file, RUN + OUTAGE + AFTER + 60)
 daemon = None
 try:
     cw_url, ec2_url = peers.cw_url, peers.ec2_url
