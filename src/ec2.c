@@ -1570,13 +1570,15 @@ static void maybe_walk(struct cmh_ec2_watch *w)
 
 void cmh_ec2_watch_prefix_delegation(struct cmh_ec2_watch *w, bool seen)
 {
-    if (w->pfx_on || !seen || w->pfx_ec2 == NULL)
-        return;
-    w->pfx_on = 1;
-    CMH_LOG(w->log, CMH_LOG_INFO,
-            "a node reports IPv4 prefixes (prefix delegation): counting free /28 blocks per subnet",
-            CMH_UINT("interval_ms", w->cfg->subnet_prefix_interval_ms));
-    maybe_walk(w);
+    if (!w->pfx_on && seen && w->pfx_ec2 != NULL) {
+        w->pfx_on = 1;
+        CMH_LOG(w->log, CMH_LOG_INFO,
+                "a node reports IPv4 prefixes (prefix delegation): counting free /28 blocks per "
+                "subnet",
+                CMH_UINT("interval_ms", w->cfg->subnet_prefix_interval_ms));
+    }
+    if (w->pfx_on && w->walk_started == 0)
+        maybe_walk(w); /* the first walk as soon as the view holds subnets */
 }
 
 void cmh_ec2_watch_prefix_status(const struct cmh_ec2_watch *w, struct cmh_ec2_prefix_status *st)

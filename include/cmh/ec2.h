@@ -179,10 +179,11 @@ const struct cmh_subnet_list *cmh_ec2_watch_view(struct cmh_ec2_watch *w,
  * goes missing; the view holds the others). */
 size_t cmh_ec2_watch_missing(const struct cmh_ec2_watch *w);
 
-/* SUBNET_PREFIX_METRICS=auto: after every round, whether a node of it reports IPv4 prefixes
- * (awscni_total_ipv4_prefixes > 0). The first true turns the free /28 count on for good (prefixes
- * may drop to 0 for a while) and starts a walk at once when the view holds subnets; otherwise a
- * no-op. */
+/* After every round (after cmh_ec2_watch_view): whether a node of it reports IPv4 prefixes
+ * (awscni_total_ipv4_prefixes > 0). With SUBNET_PREFIX_METRICS=auto the first true turns the free
+ * /28 count on for good (prefixes may drop to 0 for a while). While the count is on and has not
+ * walked yet, the first walk starts as soon as the view holds subnets; later walks follow
+ * SUBNET_PREFIX_INTERVAL. */
 void cmh_ec2_watch_prefix_delegation(struct cmh_ec2_watch *w, bool seen);
 
 /* The free /28 count as it stands: on (walks run), per-subnet counts by result, and, in auto mode
