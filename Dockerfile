@@ -8,7 +8,7 @@
 FROM debian:12 AS build
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
       cmake make gcc libc6-dev pkg-config libuv1-dev libjansson-dev libmbedtls-dev \
-      libcurl4-openssl-dev zlib1g-dev libexpat1-dev node-llhttp \
+      libcurl4-openssl-dev zlib1g-dev libexpat1-dev libyaml-dev node-llhttp \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # Only what the program is built from, so a change elsewhere (tests, docs) reuses the cached build.
@@ -24,7 +24,7 @@ RUN cmake -S . -B build-image -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMH_TESTS=OFF 
 # CA certificates for HTTPS to AWS and the Kubernetes API, and nothing else.
 FROM debian:12-slim
 RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      libuv1 libjansson4 libmbedcrypto7 libcurl4 libexpat1 zlib1g ca-certificates \
+      libuv1 libjansson4 libmbedcrypto7 libcurl4 libexpat1 libyaml-0-2 zlib1g ca-certificates \
     && apt-get clean && rm -rf /var/lib/apt/lists/* /var/log/apt /var/log/dpkg.log
 COPY --from=build /src/build-image/cni-metrics-helper /usr/local/bin/cni-metrics-helper
 COPY LICENSE NOTICE /usr/share/doc/cni-metrics-helper/

@@ -6,7 +6,8 @@ FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
 
 BUILD_DEPS := cmake make gcc pkg-config libuv1-dev libjansson-dev libmbedtls-dev \
-              libcurl4-openssl-dev zlib1g-dev libcmocka-dev libexpat1-dev node-llhttp clang-format
+              libcurl4-openssl-dev zlib1g-dev libcmocka-dev libexpat1-dev libyaml-dev node-llhttp \
+              clang-format
 TEST_DEPS  := python3 python3-botocore python3-prometheus-client prometheus python3-yaml python3-h2 \
               golang-go golang-github-prometheus-client-golang-dev \
               cppcheck clang-tidy unzip curl openssl util-linux mount

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <malloc.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -144,4 +145,28 @@ void *cmh_realloc_secret(void *p, size_t n)
     memcpy(q, p, old < n ? old : n);
     cmh_free_secret(p);
     return q;
+}
+
+int cmh_read_small_file(const char *path, size_t max, char **out, size_t *len)
+{
+    FILE *f = fopen(path, "re");
+    if (f == NULL)
+        return errno > 0 ? -errno : -EIO;
+    int rc = 0;
+    char *buf = cmh_malloc(max + 2);
+    if (buf == NULL) {
+        rc = -ENOMEM;
+        goto out;
+    }
+    /* One byte more than the bound tells a file that is too long. */
+    *len = fread(buf, 1, max + 1, f);
+    rc = ferror(f) ? -EIO : *len > max ? -EFBIG : 0;
+    buf[*len] = '\0';
+out:
+    fclose(f);
+    if (rc != 0)
+        cmh_free_secret(buf);
+    else
+        *out = buf;
+    return rc;
 }

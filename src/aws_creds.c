@@ -13,8 +13,10 @@
 
 #include "cmh/alloc.h"
 #include "cmh/aws_endpoint.h"
+#include "cmh/aws_ini.h"
 #include "cmh/curl_uv.h"
 #include "cmh/log.h"
+#include "cmh/sigv4.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -46,10 +48,18 @@
 #define DEFAULT_CLUSTER_ID "k8s-cluster"
 #define WHY_MAX            512
 
-enum source { SRC_NONE, SRC_ENV, SRC_WEB_IDENTITY, SRC_CONTAINER, SRC_IMDS };
+enum source {
+    SRC_NONE,
+    SRC_ENV,
+    SRC_WEB_IDENTITY,
+    SRC_CONTAINER,
+    SRC_IMDS,
+    SRC_PROFILE,    /* static keys of a profile in the shared files */
+    SRC_ASSUME_ROLE /* a profile's role_arn, assumed with its source_profile's keys */
+};
 
 static const char *const source_names[] = {"none", "environment", "web-identity", "container",
-                                           "imds"};
+                                           "imds", "profile",     "assume-role"};
 
 /* Instance tags that name the cluster, in the original helper's order (it read them with
  * ec2:DescribeInstances; its last fallback, the instance's Name tag, names an instance, not a
@@ -93,7 +103,7 @@ struct job {
     /* the request being made, kept for a retry */
     const char *method;
     char *url;
-    char *hdr[2];
+    char *hdr[8];
     size_t nhdr;
     char *body;
     int allow_http;
@@ -118,6 +128,7 @@ struct cmh_aws_provider {
     enum source source;
     /* configuration, read from the environment at new() */
     char *role_arn, *token_file, *session_name, *sts_url;
+    char *src_akid, *src_secret, *src_token, *external_id; /* SRC_ASSUME_ROLE's source profile */
     char *container_url, *container_token, *container_token_file;
     char *imds_base;
     int imds_disabled;
@@ -477,7 +488,8 @@ struct xstate {
     char buf[FIELD_MAX];
     size_t blen;
     int root;
-    int error; /* errno-style, set before stopping the parser */
+    int plain_role; /* AssumeRoleResponse, not AssumeRoleWithWebIdentityResponse */
+    int error;      /* errno-style, set before stopping the parser */
 };
 
 static const char *local_name(const char *n)
@@ -512,16 +524,20 @@ static void XMLCALL x_start(void *ud, const XML_Char *name, const XML_Char **att
     enum xel me = X_UNKNOWN;
     int field = -1;
     if (d == 0) {
-        if (strcmp(n, "AssumeRoleWithWebIdentityResponse") == 0)
+        if (strcmp(n, "AssumeRoleWithWebIdentityResponse") == 0 ||
+            strcmp(n, "AssumeRoleResponse") == 0) {
             me = X_RESPONSE;
-        else if (strcmp(n, "ErrorResponse") == 0)
+            x->plain_role = n[10] == 'R'; /* "AssumeRoleResponse" */
+        } else if (strcmp(n, "ErrorResponse") == 0)
             me = X_ERRRESPONSE;
         else {
             x_fail(x, -EPROTO);
             return;
         }
         x->root = me;
-    } else if (parent == X_RESPONSE && strcmp(n, "AssumeRoleWithWebIdentityResult") == 0) {
+    } else if (parent == X_RESPONSE &&
+               strcmp(n, x->plain_role ? "AssumeRoleResult" : "AssumeRoleWithWebIdentityResult") ==
+                   0) {
         me = X_RESULT;
     } else if (parent == X_RESULT && strcmp(n, "Credentials") == 0) {
         me = X_CREDENTIALS;
@@ -829,17 +845,16 @@ static int job_send(struct job *j)
  * endpoint (link-local or loopback: IMDS, Pod Identity, ECS) is reached directly, never through
  * the proxy of HTTP_PROXY/ALL_PROXY, which would see and could answer the request; STS is an AWS
  * service endpoint and honours HTTPS_PROXY/NO_PROXY as the AWS SDKs do. */
-static int job_request(struct job *j, const char *method, char *url, char *h0, char *h1, char *body,
-                       int allow_http, int credential_endpoint, uint64_t timeout_ms,
-                       step_fn on_resp)
+static int job_request_hdrs(struct job *j, const char *method, char *url, char **hdr, size_t nhdr,
+                            char *body, int allow_http, int credential_endpoint,
+                            uint64_t timeout_ms, step_fn on_resp)
 {
     job_clear_request(j);
     j->method = method;
     j->url = url;
-    if (h0 != NULL)
-        j->hdr[j->nhdr++] = h0;
-    if (h1 != NULL)
-        j->hdr[j->nhdr++] = h1;
+    for (size_t i = 0; i < nhdr; i++)
+        if (hdr[i] != NULL && j->nhdr < sizeof j->hdr / sizeof j->hdr[0])
+            j->hdr[j->nhdr++] = hdr[i];
     j->body = body;
     j->allow_http = allow_http;
     j->no_proxy = credential_endpoint;
@@ -849,6 +864,15 @@ static int job_request(struct job *j, const char *method, char *url, char *h0, c
     if (url == NULL)
         return -ENOMEM;
     return job_send(j);
+}
+
+static int job_request(struct job *j, const char *method, char *url, char *h0, char *h1, char *body,
+                       int allow_http, int credential_endpoint, uint64_t timeout_ms,
+                       step_fn on_resp)
+{
+    char *hdr[2] = {h0, h1};
+    return job_request_hdrs(j, method, url, hdr, 2, body, allow_http, credential_endpoint,
+                            timeout_ms, on_resp);
 }
 
 /* One more attempt of the same request after a 5xx or a broken connection (IMDS only). */
@@ -1345,30 +1369,122 @@ static void on_container_token_file(struct job *j, int rc, const char *data)
     container_send(j, data);
 }
 
+/* The STS endpoint: AWS_ENDPOINT_URL_STS / AWS_ENDPOINT_URL, else the region's, else the global
+ * one. Allocated; NULL when out of memory. */
+static char *sts_endpoint(const struct cmh_aws_provider *p)
+{
+    if (p->sts_url != NULL)
+        return cmh_strdup(p->sts_url);
+    if (p->region != NULL)
+        return str_printf("https://sts.%s.amazonaws.com%s/", p->region,
+                          strncmp(p->region, "cn-", 3) == 0 ? ".cn" : "");
+    return cmh_strdup("https://sts.amazonaws.com/");
+}
+
+/* "Action=ACTION&Version=2011-06-15" and the name/value pairs of kv (n strings; a NULL value is
+ * left out), values percent-encoded. Allocated; NULL when out of memory. */
+static char *sts_form(const char *action, const char *const *kv, size_t n)
+{
+    size_t len = strlen("Action=&Version=2011-06-15") + strlen(action) + 1;
+    for (size_t i = 0; i + 1 < n; i += 2)
+        if (kv[i + 1] != NULL)
+            len += strlen(kv[i]) + 2 + url_encode(NULL, kv[i + 1]);
+    char *body = cmh_malloc(len);
+    if (body == NULL)
+        return NULL;
+    size_t k = (size_t)snprintf(body, len, "Action=%s&Version=2011-06-15", action);
+    for (size_t i = 0; i + 1 < n; i += 2) {
+        if (kv[i + 1] == NULL)
+            continue;
+        k += (size_t)snprintf(body + k, len - k, "&%s=", kv[i]);
+        k += url_encode(body + k, kv[i + 1]);
+    }
+    body[k] = '\0';
+    return body;
+}
+
+static void on_sts(struct job *j, const struct cmh_curl_uv_response *res);
+
+/* STS AssumeRole for the profile's role_arn, SigV4-signed with the source profile's keys. */
+static void assume_role(struct job *j)
+{
+    struct cmh_aws_provider *p = j->p;
+    const char *fields[] = {"RoleArn",       p->role_arn,  "RoleSessionName",
+                            p->session_name, "ExternalId", p->external_id};
+    char *url = sts_endpoint(p);
+    char *body = sts_form("AssumeRole", fields, sizeof fields / sizeof fields[0]);
+    char *host = NULL, *path = NULL, *hdr[8] = {NULL};
+    size_t nh = 0;
+    int http = 0, rc = url == NULL || body == NULL ? -ENOMEM : 0;
+    struct cmh_sigv4_result sig;
+    memset(&sig, 0, sizeof sig);
+    if (rc == 0)
+        rc = cmh_aws_endpoint_split(url, &host, &path, &http);
+    static const char ctype[] = "application/x-www-form-urlencoded; charset=utf-8";
+    if (rc == 0) {
+        const struct cmh_sigv4_kv headers[] = {{"Host", host}, {"Content-Type", ctype}};
+        struct cmh_sigv4_credentials creds = {p->src_akid, p->src_secret, p->src_token};
+        struct cmh_sigv4_request sreq = {
+            .method = "POST",
+            .path = path,
+            .headers = headers,
+            .nheaders = 2,
+            .payload = body,
+            .payload_len = strlen(body),
+            .region = p->region != NULL ? p->region : "us-east-1",
+            .service = "sts",
+            .time_s = wall_ms() / 1000,
+            .creds = &creds,
+        };
+        rc = cmh_sigv4_sign(&sreq, &sig);
+    }
+    if (rc == 0)
+        rc = cmh_aws_header_add(hdr, &nh, 8, "Content-Type", ctype);
+    if (rc == 0)
+        rc = cmh_aws_header_add(hdr, &nh, 8, "Accept", "text/xml");
+    for (size_t i = 0; rc == 0 && i < sig.nadd; i++)
+        rc = cmh_aws_header_add(hdr, &nh, 8, sig.add[i].name, sig.add[i].value);
+    cmh_sigv4_result_free(&sig);
+    cmh_free(host);
+    cmh_free(path);
+    if (rc == 0) {
+        rc = job_request_hdrs(j, "POST", url, hdr, nh, body, http, 0, p->sts_timeout_ms, on_sts);
+        url = body = NULL;
+        nh = 0;
+    }
+    for (size_t i = 0; i < nh; i++)
+        cmh_free_secret(hdr[i]);
+    cmh_free(url);
+    cmh_free_secret(body);
+    if (rc != 0)
+        job_finish(j, rc, "cannot start the STS AssumeRole request for %s", p->role_arn);
+}
+
 static void on_sts(struct job *j, const struct cmh_curl_uv_response *res)
 {
     char d[320];
+    const char *action =
+        j->p->source == SRC_ASSUME_ROLE ? "AssumeRole" : "AssumeRoleWithWebIdentity";
     if (res->error != CMH_CURL_OK) {
         char shown[512];
         describe(res, d, sizeof d);
         cmh_url_redact(j->url, shown, sizeof shown);
-        job_finish(j, res->error == CMH_CURL_ERR_TIMEOUT ? -ETIMEDOUT : -EIO,
-                   "STS AssumeRoleWithWebIdentity (%s): %s", shown, d);
+        job_finish(j, res->error == CMH_CURL_ERR_TIMEOUT ? -ETIMEDOUT : -EIO, "STS %s (%s): %s",
+                   action, shown, d);
         return;
     }
     struct cmh_aws_creds_doc doc;
     int rc = cmh_aws_creds_parse_sts_xml(res->body, res->body_len, &doc);
     if (rc != 0) {
         describe(res, d, sizeof d);
-        job_finish(j, rc == -ENOMEM ? rc : -EPROTO,
-                   "STS AssumeRoleWithWebIdentity: %s with an answer that is not valid", d);
+        job_finish(j, rc == -ENOMEM ? rc : -EPROTO, "STS %s: %s with an answer that is not valid",
+                   action, d);
         return;
     }
     if (doc.error_code != NULL || res->status != 200) {
         describe(res, d, sizeof d);
-        job_finish(j, res->status >= 500 ? -EIO : -EACCES,
-                   "STS AssumeRoleWithWebIdentity for %s: %s: %s: %s", j->p->role_arn, d,
-                   doc.error_code != NULL ? doc.error_code : "no error code",
+        job_finish(j, res->status >= 500 ? -EIO : -EACCES, "STS %s for %s: %s: %s: %s", action,
+                   j->p->role_arn, d, doc.error_code != NULL ? doc.error_code : "no error code",
                    doc.error_message != NULL ? doc.error_message : "");
         cmh_aws_creds_doc_clear(&doc);
         return;
@@ -1389,34 +1505,10 @@ static void on_web_identity_token(struct job *j, int rc, const char *data)
         job_finish(j, -EINVAL, "AWS_WEB_IDENTITY_TOKEN_FILE %s is empty", p->token_file);
         return;
     }
-    char *url;
-    if (p->sts_url != NULL)
-        url = cmh_strdup(p->sts_url);
-    else if (p->region != NULL)
-        url = str_printf("https://sts.%s.amazonaws.com%s/", p->region,
-                         strncmp(p->region, "cn-", 3) == 0 ? ".cn" : "");
-    else
-        url = cmh_strdup("https://sts.amazonaws.com/");
-    static const char *const fixed = "Action=AssumeRoleWithWebIdentity&Version=2011-06-15";
-    size_t n = strlen(fixed) + strlen("&RoleArn=&RoleSessionName=&WebIdentityToken=") +
-               url_encode(NULL, p->role_arn) + url_encode(NULL, p->session_name) +
-               url_encode(NULL, data) + 1;
-    char *body = cmh_malloc(n);
-    if (body != NULL) {
-        size_t k = 0;
-        memcpy(body, fixed, strlen(fixed));
-        k += strlen(fixed);
-        memcpy(body + k, "&RoleArn=", 9);
-        k += 9;
-        k += url_encode(body + k, p->role_arn);
-        memcpy(body + k, "&RoleSessionName=", 17);
-        k += 17;
-        k += url_encode(body + k, p->session_name);
-        memcpy(body + k, "&WebIdentityToken=", 18);
-        k += 18;
-        k += url_encode(body + k, data);
-        body[k] = '\0';
-    }
+    char *url = sts_endpoint(p);
+    const char *fields[] = {"RoleArn",       p->role_arn,        "RoleSessionName",
+                            p->session_name, "WebIdentityToken", data};
+    char *body = sts_form("AssumeRoleWithWebIdentity", fields, sizeof fields / sizeof fields[0]);
     if (url == NULL || body == NULL) {
         cmh_free(url);
         cmh_free(body);
@@ -1440,7 +1532,11 @@ static void creds_refresh_start(struct cmh_aws_provider *p)
     j->busy = 1;
     switch (p->source) {
     case SRC_ENV:
+    case SRC_PROFILE:
         job_finish(j, 0, NULL); /* cached at new(), never expire */
+        return;
+    case SRC_ASSUME_ROLE:
+        assume_role(j);
         return;
     case SRC_WEB_IDENTITY:
         rc = job_read_file(j, p->token_file, on_web_identity_token);
@@ -1673,6 +1769,216 @@ static void resolve_start(struct cmh_aws_provider *p)
 /* ---------------------------------------------------------------------------------------------
  * Public */
 
+/* ---------------------------------------------------------------------------------------------
+ * The shared config and credentials files (a laptop; in a pod there are none) */
+
+struct shared_files {
+    const char *name[2]; /* the config file, the credentials file */
+    char *text[2];       /* NULL when the file does not exist */
+    size_t len[2];
+};
+
+/* key of profile name: the credentials file's [name] first, then the config file's
+ * [profile name] ([default] for default), as the SDKs merge them. 0 with *out (NULL when
+ * absent; *exists set when either file has the profile), or -EINVAL (logged), -ENOMEM. */
+static int profile_get(struct cmh_aws_provider *p, const struct shared_files *f, const char *name,
+                       const char *key, char **out, int *exists)
+{
+    char sect[300];
+    *out = NULL;
+    for (int i = 1; i >= 0; i--) {
+        if (f->text[i] == NULL)
+            continue;
+        snprintf(sect, sizeof sect, i == 0 && strcmp(name, "default") != 0 ? "profile %s" : "%s",
+                 name);
+        unsigned line = 0;
+        int rc = cmh_aws_ini_get(f->text[i], f->len[i], sect, key, out, &line);
+        if (rc == -ENOENT)
+            continue;
+        if (rc == -EINVAL)
+            CMH_LOG(p->log, CMH_LOG_ERROR, "aws: a line of the shared file is not INI",
+                    CMH_STR("file", f->name[i]), CMH_UINT("line", line));
+        if (rc != 0)
+            return rc;
+        if (exists != NULL)
+            *exists = 1;
+        if (*out != NULL)
+            return 0;
+    }
+    return 0;
+}
+
+/* Static keys of profile name into *akid, *secret, *token (NULL when the profile has none). */
+static int profile_keys(struct cmh_aws_provider *p, const struct shared_files *f, const char *name,
+                        char **akid, char **secret, char **token)
+{
+    int rc = profile_get(p, f, name, "aws_access_key_id", akid, NULL);
+    if (rc == 0)
+        rc = profile_get(p, f, name, "aws_secret_access_key", secret, NULL);
+    if (rc == 0)
+        rc = profile_get(p, f, name, "aws_session_token", token, NULL);
+    if (rc == 0 && (*akid == NULL) != (*secret == NULL)) {
+        CMH_LOG(p->log, CMH_LOG_ERROR,
+                "aws: the profile has only one of aws_access_key_id and aws_secret_access_key",
+                CMH_STR("profile", name));
+        rc = -EINVAL;
+    }
+    return rc;
+}
+
+/* The profile (AWS_PROFILE, else "default") of AWS_CONFIG_FILE (~/.aws/config) and
+ * AWS_SHARED_CREDENTIALS_FILE (~/.aws/credentials), where the SDKs look after the environment's
+ * keys: static keys (SRC_PROFILE), or role_arn + source_profile (SRC_ASSUME_ROLE); its region
+ * when none is known yet. Returns 1 when the profile gives the credentials; 0 when there is none
+ * to use (no file and no AWS_PROFILE, as in a pod; or a default profile without credentials);
+ * -EINVAL (logged, naming the key); -ENOMEM. */
+static int read_profile(struct cmh_aws_provider *p, char *const *env)
+{
+    const char *name = env_get(env, "AWS_PROFILE");
+    int explicit = name != NULL;
+    if (name == NULL)
+        name = "default";
+    const char *home = env_get(env, "HOME");
+    char *paths[2] = {NULL, NULL}, *akid = NULL, *secret = NULL, *token = NULL, *v = NULL;
+    char *src = NULL;
+    struct shared_files f = {{NULL, NULL}, {NULL, NULL}, {0, 0}};
+    static const char *const vars[2] = {"AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"};
+    static const char *const homes[2] = {".aws/config", ".aws/credentials"};
+    int rc = 0, exists = 0;
+    for (int i = 0; i < 2 && rc == 0; i++) {
+        const char *e = env_get(env, vars[i]);
+        if (e != NULL)
+            paths[i] = cmh_strdup(e);
+        else if (home != NULL)
+            paths[i] = str_printf("%s/%s", home, homes[i]);
+        else
+            continue;
+        if (paths[i] == NULL) {
+            rc = -ENOMEM;
+            break;
+        }
+        f.name[i] = paths[i];
+        int r = cmh_read_small_file(paths[i], CMH_AWS_INI_MAX, &f.text[i], &f.len[i]);
+        if (r != 0 && r != -ENOENT) {
+            CMH_LOG(p->log, CMH_LOG_ERROR, "aws: cannot read the shared file",
+                    CMH_STR("file", paths[i]), CMH_STR("error", strerror(-r)));
+            rc = r == -ENOMEM ? r : -EINVAL;
+        }
+    }
+    if (rc != 0 || (f.text[0] == NULL && f.text[1] == NULL && !explicit))
+        goto out;
+    /* What needs a person or another program is not ours to run: say which key. */
+    static const char *const refused[] = {"credential_process",      "sso_session",
+                                          "sso_start_url",           "credential_source",
+                                          "web_identity_token_file", "mfa_serial"};
+    for (size_t i = 0; rc == 0 && i < sizeof refused / sizeof refused[0]; i++) {
+        rc = profile_get(p, &f, name, refused[i], &v, &exists);
+        if (rc == 0 && v != NULL) {
+            CMH_LOG(p->log, CMH_LOG_ERROR,
+                    "aws: the profile uses a key this program does not support: use static keys "
+                    "or role_arn + source_profile, or export the credentials "
+                    "(eval \"$(aws configure export-credentials --format env)\")",
+                    CMH_STR("profile", name), CMH_STR("key", refused[i]));
+            rc = -EINVAL;
+        }
+        cmh_free(v);
+        v = NULL;
+    }
+    if (rc == 0 && !exists) {
+        if (explicit) {
+            CMH_LOG(p->log, CMH_LOG_ERROR,
+                    "aws: AWS_PROFILE names a profile that neither shared file has",
+                    CMH_STR("profile", name), CMH_STR("config", f.name[0] ? f.name[0] : "-"),
+                    CMH_STR("credentials", f.name[1] ? f.name[1] : "-"));
+            rc = -EINVAL;
+        }
+        goto out;
+    }
+    if (rc == 0 && p->region == NULL) {
+        rc = profile_get(p, &f, name, "region", &v, NULL);
+        if (rc == 0 && v != NULL && !valid_region(v)) {
+            CMH_LOG(p->log, CMH_LOG_ERROR, "aws: the profile's region is not a region name",
+                    CMH_STR("profile", name), CMH_STR("region", v));
+            rc = -EINVAL;
+        } else if (rc == 0 && v != NULL) {
+            p->region = v;
+            p->region_from = "profile";
+            v = NULL;
+        }
+        cmh_free(v);
+        v = NULL;
+    }
+    if (rc == 0)
+        rc = profile_get(p, &f, name, "role_arn", &p->role_arn, NULL);
+    if (rc == 0 && p->role_arn != NULL) {
+        rc = profile_get(p, &f, name, "source_profile", &src, NULL);
+        if (rc == 0 && src == NULL) {
+            CMH_LOG(p->log, CMH_LOG_ERROR, "aws: the profile's role_arn needs a source_profile",
+                    CMH_STR("profile", name));
+            rc = -EINVAL;
+        }
+        /* One hop: the source profile's own keys (itself allowed, as in the SDKs). */
+        if (rc == 0 && strcmp(src, name) != 0) {
+            rc = profile_get(p, &f, src, "role_arn", &v, NULL);
+            if (rc == 0 && v != NULL) {
+                CMH_LOG(p->log, CMH_LOG_ERROR,
+                        "aws: the source_profile assumes a role itself: not supported, give it "
+                        "static keys",
+                        CMH_STR("profile", name), CMH_STR("source_profile", src));
+                rc = -EINVAL;
+            }
+            cmh_free(v);
+            v = NULL;
+        }
+        if (rc == 0)
+            rc = profile_keys(p, &f, src, &p->src_akid, &p->src_secret, &p->src_token);
+        if (rc == 0 && p->src_akid == NULL) {
+            CMH_LOG(p->log, CMH_LOG_ERROR,
+                    "aws: the source_profile has no aws_access_key_id / aws_secret_access_key",
+                    CMH_STR("profile", name), CMH_STR("source_profile", src));
+            rc = -EINVAL;
+        }
+        if (rc == 0)
+            rc = profile_get(p, &f, name, "external_id", &p->external_id, NULL);
+        if (rc == 0)
+            rc = profile_get(p, &f, name, "role_session_name", &p->session_name, NULL);
+        if (rc == 0 && p->session_name == NULL &&
+            (p->session_name = str_printf("cni-metrics-helper-%lld", (long long)wall_ms())) == NULL)
+            rc = -ENOMEM;
+        if (rc == 0) {
+            p->source = SRC_ASSUME_ROLE;
+            rc = 1;
+        }
+        goto out;
+    }
+    if (rc == 0)
+        rc = profile_keys(p, &f, name, &akid, &secret, &token);
+    if (rc == 0 && akid != NULL) {
+        p->source = SRC_PROFILE;
+        struct cmh_aws_creds_doc doc = {
+            .access_key_id = akid, .secret_access_key = secret, .session_token = token};
+        creds_take(p, &doc);
+        akid = secret = token = NULL;
+        rc = 1;
+    } else if (rc == 0 && explicit) {
+        CMH_LOG(p->log, CMH_LOG_ERROR,
+                "aws: the profile has no credentials: aws_access_key_id + aws_secret_access_key, "
+                "or role_arn + source_profile",
+                CMH_STR("profile", name));
+        rc = -EINVAL;
+    }
+out:
+    for (int i = 0; i < 2; i++) {
+        cmh_free(paths[i]);
+        cmh_free_secret(f.text[i]);
+    }
+    cmh_free_secret(akid);
+    cmh_free_secret(secret);
+    cmh_free_secret(token);
+    cmh_free(src);
+    return rc;
+}
+
 static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_opts *o)
 {
     char *const *env = o->envp;
@@ -1765,6 +2071,9 @@ static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_op
         CMH_LOG(p->log, CMH_LOG_WARN,
                 "aws: only one of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY is set; ignored",
                 CMH_BOOL("access_key_id", akid != NULL));
+    int prc = read_profile(p, env);
+    if (prc != 0)
+        return prc < 0 ? prc : 0;
     if (role != NULL && tokf != NULL) {
         p->source = SRC_WEB_IDENTITY;
         const char *sn = env_get(env, "AWS_ROLE_SESSION_NAME");
@@ -1838,6 +2147,10 @@ static void provider_release(struct cmh_aws_provider *p)
         cmh_free_secret(jobs[i]->fbuf);
     }
     cmh_free(p->role_arn);
+    cmh_free_secret(p->src_akid);
+    cmh_free_secret(p->src_secret);
+    cmh_free_secret(p->src_token);
+    cmh_free(p->external_id);
     cmh_free(p->token_file);
     cmh_free(p->session_name);
     cmh_free(p->sts_url);
@@ -1924,7 +2237,7 @@ int cmh_aws_creds_get(struct cmh_aws_provider *p, cmh_aws_creds_cb cb, void *arg
 void cmh_aws_creds_invalidate(struct cmh_aws_provider *p)
 {
     /* the strings stay until the next refresh replaces them: a caller may still hold them */
-    if (p->source != SRC_ENV)
+    if (p->source != SRC_ENV && p->source != SRC_PROFILE)
         p->have_creds = 0;
 }
 

@@ -172,6 +172,11 @@ const struct cmh_config_var cmh_config_vars[] = {
      "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt", 0, 0, NULL, 0,
      "CA bundle that signs the Kubernetes API server certificate; the only anchors trusted for "
      "it (the system store is not used)."},
+    {"K8S_API_URL", CMH_CFG_STR, FIELD(k8s_api_url), NULL, 0, 0, NULL, 0,
+     "`report` only: the Kubernetes API to use, such as `kubectl proxy`'s "
+     "`http://127.0.0.1:8001` (plain http only to a loopback address; no token is sent) or an "
+     "https URL (with K8S_TOKEN_FILE and K8S_CA_FILE). Unset: the service account in a pod, else "
+     "the current context of the kubeconfig (KUBECONFIG, else ~/.kube/config)."},
     {"K8S_SYNC_TIMEOUT", CMH_CFG_DURATION, FIELD(k8s_sync_timeout_ms), "60", 1 * SEC, 3600 * SEC,
      NULL, 0,
      "With Kubernetes discovery the first round waits for the first pod list, at most this long; "
@@ -212,6 +217,14 @@ const struct cmh_config_other cmh_config_others[] = {
     {"AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "ECS-style container credentials path."},
     {"AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "Pod Identity: file holding the token."},
     {"AWS_CONTAINER_AUTHORIZATION_TOKEN", "Container credentials token given inline."},
+    {"AWS_PROFILE", "Profile of the shared config and credentials files (default: default)."},
+    {"AWS_CONFIG_FILE", "Shared config file (default: ~/.aws/config)."},
+    {"AWS_SHARED_CREDENTIALS_FILE", "Shared credentials file (default: ~/.aws/credentials)."},
+    {"HOME", "Where ~/.aws and, for report, ~/.kube/config are."},
+    {"KUBECONFIG", "report outside a pod: the kubeconfig (its first existing file)."},
+    {"KUBERNETES_EXEC_INFO",
+     "Set for a kubeconfig exec plugin that report runs (any inherited value is replaced)."},
+    {"TMPDIR", "report: where the private copies of a kubeconfig's token and CA are written."},
     {"AWS_EC2_METADATA_DISABLED", "true: never ask instance metadata (IMDS)."},
     {"AWS_EC2_METADATA_SERVICE_ENDPOINT", "IMDS endpoint override."},
     {"AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE", "IMDS over IPv4 or IPv6."},
@@ -525,10 +538,8 @@ static int region_name(const char *s)
             if (s[i + 1] == '-' || s[i + 1] == '\0')
                 return 0;
             words++;
-        } else if (!islower(c) && !isdigit(c)) {
-            return 0;
-        } else if (words == 1 && !islower(c)) {
-            return 0;
+        } else if (!islower(c) && (words == 1 || !isdigit(c))) {
+            return 0; /* the first word is letters only, the others letters or digits */
         }
     }
     const char *last = strrchr(s, '-');

@@ -177,6 +177,8 @@ static int start_req(struct cmh_proxy_scrape *p, struct cmh_proxy_scrape_req *r,
     struct cmh_curl_uv_req *c = &r->req;
     memset(c, 0, sizeof *c);
     c->url = r->url;
+    /* http only where the server URL was checked to be loopback (report's K8S_API_URL). */
+    c->allow_http = strncmp(p->server, "http://", 7) == 0;
     size_t nh = 0;
     r->headers[nh++] = "Accept: text/plain";
     if (p->gzip)

@@ -10,6 +10,7 @@
 #include "cmh/discovery.h"
 #include "cmh/ec2.h"
 #include "cmh/forecast.h"
+#include "cmh/k8s_access.h"
 #include "cmh/k8s_token.h"
 #include "cmh/log.h"
 #include "cmh/subnets.h"
@@ -39,6 +40,7 @@ struct report {
     /* The one pod list (paginated): discovery's parser and target-set builder. */
     char *server;
     char *list_url, *auth, *cont;
+    struct cmh_k8s_access access; /* outside a pod: the kubeconfig's server, token and CA */
     const char *list_headers[2];
     struct cmh_curl_uv_req list_req;
     int list_in_flight;
@@ -687,6 +689,7 @@ static void list_page(struct report *r)
     r->list_req.headers = r->list_headers;
     r->list_req.nheaders = nh;
     r->list_req.ca_file = r->cfg.k8s_ca_file;
+    r->list_req.allow_http = strncmp(r->server, "http://", 7) == 0; /* checked: loopback only */
     r->list_req.no_proxy = 1;
     r->list_req.max_body = 64u << 20;
     if (rc == 0)
@@ -727,15 +730,73 @@ static int static_targets(struct report *r)
     return 0;
 }
 
+/* Replaces the configured string *field with s (NULL: none). */
+static int set_field(char **field, const char *s)
+{
+    char *d = s != NULL ? cmh_strdup(s) : NULL;
+    if (s != NULL && d == NULL)
+        return -ENOMEM;
+    cmh_free(*field);
+    *field = d;
+    return 0;
+}
+
+/* Where the Kubernetes API is: K8S_API_URL as given (kubectl proxy: no token); in a pod its
+ * service; else the kubeconfig's current context, whose token and CA then stand for K8S_TOKEN_FILE
+ * and K8S_CA_FILE. Returns 1 with url set, 0 when there is none, -EINVAL (said why), -ENOMEM. */
+static int api_access(struct report *r, char *url, size_t len)
+{
+    char why[600];
+    const char *given = r->cfg.k8s_api_url;
+    if (given != NULL && given[0] != '\0') {
+        size_t n = strlen(given);
+        while (n > 0 && given[n - 1] == '/')
+            n--;
+        if (cmh_k8s_access_check_url(given, why, sizeof why) != 0 || n >= len) {
+            fprintf(stderr, "cni-metrics-helper report: K8S_API_URL=%s\n", why);
+            return -EINVAL;
+        }
+        memcpy(url, given, n);
+        url[n] = '\0';
+        /* kubectl proxy adds the credentials itself; a token sent in clear is not ours to send. */
+        if (strncmp(url, "http://", 7) == 0)
+            set_field(&r->cfg.k8s_token_file, NULL); /* to NULL: cannot fail */
+        return 1;
+    }
+    if (cmh_discovery_server_url(url, len, getenv("KUBERNETES_SERVICE_HOST"),
+                                 getenv("KUBERNETES_SERVICE_PORT")) == 0)
+        return 1;
+    if (r->cfg.targets.n > 0 && !r->cfg.subnet_metrics)
+        return 0; /* nothing to ask the API */
+    int rc = cmh_k8s_access_kubeconfig(&r->access, getenv("KUBECONFIG"), getenv("HOME"), 60000, why,
+                                       sizeof why);
+    if (rc == -ENOENT)
+        return 0;
+    if (rc != 0) {
+        fprintf(stderr, "cni-metrics-helper report: %s\n", why);
+        return rc;
+    }
+    if (strlen(r->access.server) >= len) {
+        fprintf(stderr, "cni-metrics-helper report: the kubeconfig's server URL is too long\n");
+        return -EINVAL;
+    }
+    snprintf(url, len, "%s", r->access.server);
+    rc = set_field(&r->cfg.k8s_token_file, r->access.token_file);
+    if (rc == 0)
+        rc = set_field(&r->cfg.k8s_ca_file, r->access.ca_file);
+    return rc == 0 ? 1 : rc;
+}
+
 static int start(struct report *r, char *const *envp)
 {
     char url[300];
     const char *cluster =
         r->cfg.cluster_id && r->cfg.cluster_id[0] ? r->cfg.cluster_id : "k8s-cluster";
-    int in_cluster = cmh_discovery_server_url(url, sizeof url, getenv("KUBERNETES_SERVICE_HOST"),
-                                              getenv("KUBERNETES_SERVICE_PORT")) == 0;
     /* Cannot fail on Linux; finish closes them whatever happens next. */
     uv_timer_init(&r->loop, &r->deadline);
+    int in_cluster = api_access(r, url, sizeof url);
+    if (in_cluster < 0)
+        return in_cluster;
     int rc = cmh_collector_init(&r->coll, &r->loop, &r->cfg, cluster, &r->log);
     if (rc != 0)
         return rc;
@@ -769,8 +830,8 @@ static int start(struct report *r, char *const *envp)
     }
     if (!in_cluster) {
         fprintf(stderr,
-                "cni-metrics-helper report: not in a cluster (KUBERNETES_SERVICE_HOST/_PORT "
-                "unset) and no SCRAPE_TARGETS\n");
+                "cni-metrics-helper report: no Kubernetes API (not in a pod, no K8S_API_URL, "
+                "no kubeconfig) and no SCRAPE_TARGETS\n");
         return -EINVAL;
     }
     struct cmh_discovery_opts o;
@@ -849,6 +910,7 @@ int cmh_report_cmd(int argc, char **argv, char *const *envp)
     cmh_free(r->auth);
     cmh_free(r->cont);
     cmh_discovery_pods_free(&r->pods);
+    cmh_k8s_access_free(&r->access);
     cmh_config_free(&r->cfg);
     cmh_free(r);
     return status;

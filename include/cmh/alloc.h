@@ -27,6 +27,11 @@ void cmh_free_secret(void *p);
  * data moves. */
 void *cmh_realloc_secret(void *p, size_t n);
 
+/* A small file read whole (a kubeconfig, the AWS shared files): *out (cmh_malloc'ed, NUL-
+ * terminated, *len bytes before the NUL; release it with cmh_free_secret, it may hold keys).
+ * Returns 0; -errno of fopen (-ENOENT when absent); -EIO; -EFBIG when longer than max; -ENOMEM. */
+int cmh_read_small_file(const char *path, size_t max, char **out, size_t *len);
+
 #ifdef CMH_FAULT_INJECT
 /* Test hook: the nth allocation from now (1-based) fails and every later one succeeds; 0 turns the
  * hook off. Returns nothing; cmh_alloc_count() says how many allocations were made since. */

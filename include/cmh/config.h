@@ -71,6 +71,7 @@ struct cmh_config {
     char *k8s_label_selector;
     char *k8s_token_file;
     char *k8s_ca_file;
+    char *k8s_api_url; /* report only: the API as given (kubectl proxy), or NULL */
     uint64_t k8s_watch_timeout_ms;
     uint64_t k8s_sync_timeout_ms; /* the first round waits this long at most for the pod list */
     /* Leader election (include/cmh/leader.h; cmh_leader_opts_from_config). */

@@ -7,7 +7,9 @@ prints one line
     READY port=<port> ca=<CA PEM path> token_file=<path>
 then serves until its standard input closes or --lifetime seconds pass.
 
-API (every request needs "Authorization: Bearer <current token>", else 401):
+API (every request needs "Authorization: Bearer <current token>", else 401; with --plain-http it
+serves plain http without token checks, as `kubectl proxy` does, and counts in stats
+plain_with_auth the requests that carried an Authorization header all the same):
   GET  /api/v1/namespaces/{ns}/pods?labelSelector=&limit=&continue=   PodList, paginated
   GET  /api/v1/namespaces/{ns}/pods?watch=1&resourceVersion=&allowWatchBookmarks=&timeoutSeconds=
        chunked stream of newline-delimited events (ADDED, MODIFIED, DELETED, BOOKMARK, and
@@ -416,12 +418,13 @@ class Handler(BaseHTTPRequestHandler):
 
     def setup(self):
         self.request.settimeout(10)
-        self.request.do_handshake()
+        if not ARGS.plain_http:
+            self.request.do_handshake()
         self.request.settimeout(None)
         super().setup()
 
     def handle(self):
-        if self.request.selected_alpn_protocol() == "h2":
+        if not ARGS.plain_http and self.request.selected_alpn_protocol() == "h2":
             with COND:
                 STATE["stats"]["h2_connections"] += 1
             return H2Connection(self.request).run()
@@ -447,6 +450,12 @@ class Handler(BaseHTTPRequestHandler):
             st = STATE["stats"]
             st["requests"] += 1
             tok = auth[7:] if auth.startswith("Bearer ") else ""
+            if ARGS.plain_http:
+                # kubectl proxy: the proxy authenticates; a client's own token in clear is
+                # counted (a test proves none is sent) and the request stands for the proxy's.
+                if auth:
+                    st["plain_with_auth"] = st.get("plain_with_auth", 0) + 1
+                tok = STATE["token"]
             if time.monotonic() < STATE["down_until"]:  # down: kept-alive connections too
                 st["refused"] += 1
                 self.close_connection = True
@@ -581,6 +590,7 @@ class Handler(BaseHTTPRequestHandler):
         for k, v in headers:
             self.send_header(k, v)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")  # said, so a client does not reuse it
         self.end_headers()
         self.wfile.write(body)
 
@@ -949,6 +959,8 @@ def main():
     ap.add_argument("--token", default="token-0")
     ap.add_argument("--lifetime", type=float, default=300)
     ap.add_argument("--bookmark-interval", type=float, default=1.0)
+    ap.add_argument("--plain-http", action="store_true",
+                    help="serve plain http and no token checks, as `kubectl proxy` in front of the API")
     ap.add_argument("--rbac", help="JSON list of rendered objects: enforce their RBAC, apply their Leases")
     ap.add_argument("--rbac-subject", default="kube-system:cni-metrics-helper",
                     help="NS:NAME, the ServiceAccount the token stands for")
@@ -966,7 +978,9 @@ def main():
         ctx.load_cert_chain(os.path.join(d, "srv.crt"), os.path.join(d, "srv.key"))
         ctx.set_alpn_protocols(["h2", "http/1.1"])
         srv = Server(("127.0.0.1", 0), Handler)
-        srv.socket = ctx.wrap_socket(srv.socket, server_side=True, do_handshake_on_connect=False)
+        if not ARGS.plain_http:
+            srv.socket = ctx.wrap_socket(srv.socket, server_side=True,
+                                         do_handshake_on_connect=False)
         threading.Thread(target=srv.serve_forever, daemon=True).start()
         ca = os.path.join(ARGS.token_file + ".ca.crt")
         shutil.copy(os.path.join(d, "ca.crt"), ca)

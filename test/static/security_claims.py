@@ -85,7 +85,8 @@ ac = source("aws_creds.c")
 imds_calls = re.findall(r"(\d),\s*p->(?:imds|sts)_timeout_ms,\s*(\w+)\)", ac, re.S)
 check("IMDS and container-credential requests are no_proxy; STS (an AWS service) is not",
       sorted((c[1], c[0]) for c in imds_calls) ==
-      [("on_container_creds", "1"), ("on_imds_token", "1"), ("on_resp", "1"), ("on_sts", "0")],
+      [("on_container_creds", "1"), ("on_imds_token", "1"), ("on_resp", "1"),
+       ("on_sts", "0"), ("on_sts", "0")],  # STS AssumeRoleWithWebIdentity and AssumeRole
       imds_calls)
 url_fields = [(n, m) for n, t in srcs.items()
               for m in re.findall(r'CMH_STR\("(url|endpoint|server)"', t)]

@@ -118,6 +118,7 @@ static const struct good goods[] = {
     {"K8S_LABEL_SELECTOR", "app=aws-node,tier=cni", "app=aws-node,tier=cni"},
     {"K8S_TOKEN_FILE", "/tmp/token", "/tmp/token"},
     {"K8S_CA_FILE", "/tmp/ca.crt", "/tmp/ca.crt"},
+    {"K8S_API_URL", "http://127.0.0.1:8001", "http://127.0.0.1:8001"},
     {"K8S_WATCH_TIMEOUT", "1", "1s"},
     {"K8S_WATCH_TIMEOUT", "60m", "3600s"},
     {"K8S_SYNC_TIMEOUT", "90", "90s"},
