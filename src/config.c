@@ -22,6 +22,7 @@ static const char *const log_levels[] = {"debug", "info", "warn", "error", "fata
 static const char *const log_formats[] = {"text", "json", NULL};
 static const char *const cw_resolutions[] = {"60", "1", NULL};
 static const char *const scrape_modes[] = {"auto", "direct", "proxy", NULL};
+static const char *const prefix_metrics[] = {"auto", "true", "false", NULL};
 
 /* The one source of truth for configuration. Keep names compatible with the original helper. */
 const struct cmh_config_var cmh_config_vars[] = {
@@ -133,9 +134,12 @@ const struct cmh_config_var cmh_config_vars[] = {
      24 * 3600 * SEC, NULL, 0,
      "With SUBNET_METRICS: the history the time to exhaustion is estimated from (subnet view "
      "fetches over this window; nothing is published until it is full, see docs/forecast.md)."},
-    {"SUBNET_PREFIX_METRICS", CMH_CFG_BOOL, FIELD(subnet_prefix_metrics), "false", 0, 0, NULL, 0,
+    {"SUBNET_PREFIX_METRICS", CMH_CFG_ENUM, FIELD(subnet_prefix_metrics), "auto", 0, 0,
+     prefix_metrics, 0,
      "With SUBNET_METRICS: count free aligned /28 blocks per subnet for prefix delegation (EC2 "
-     "DescribeNetworkInterfaces and GetSubnetCidrReservations; needs both permissions)."},
+     "DescribeNetworkInterfaces and GetSubnetCidrReservations; needs both permissions). auto: "
+     "from the first round in which a node reports awscni_total_ipv4_prefixes > 0, and a denied "
+     "call stops the count (logged once, /readyz says degraded); true: always; false: never."},
     {"SUBNET_PREFIX_INTERVAL", CMH_CFG_DURATION, FIELD(subnet_prefix_interval_ms), "15m", 10 * SEC,
      24 * 3600 * SEC, NULL, 0,
      "Time between the per-subnet DescribeNetworkInterfaces walks of SUBNET_PREFIX_METRICS (kept "

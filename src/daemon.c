@@ -109,6 +109,8 @@ static void on_collector_done(struct cmh_collector *c, const struct cmh_scrape_r
 {
     struct cmh_daemon *d = arg;
     subnet_datums(d, c);
+    if (d->subnets != NULL)
+        cmh_ec2_watch_prefix_delegation(d->subnets, c->agg.totals[CMH_M_TOTAL_IPV4_PREFIXES] > 0);
     if (d->round_set != NULL) {
         cmh_discovery_set_release(d->round_set);
         d->round_set = NULL;
@@ -369,6 +371,11 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
         /* The subnet view is an extra: a failing fetch is said, but keeps nobody from ready. */
         if (d->subnet_why[0] != '\0')
             cmh_buf_printf(body, "degraded: subnet view: last fetch failed: %s\n", d->subnet_why);
+        struct cmh_ec2_prefix_status ps = {0};
+        if (d->subnets != NULL)
+            cmh_ec2_watch_prefix_status(d->subnets, &ps);
+        if (ps.denied != NULL)
+            cmh_buf_printf(body, "degraded: free /28 blocks not counted: %s\n", ps.denied);
         if (d->has_disc) {
             struct cmh_discovery_status st;
             cmh_discovery_status(&d->disc, &st);
@@ -389,6 +396,8 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
         struct cmh_cloudwatch_stats cw;
         if (d->pub != NULL)
             cmh_publish_stats(d->pub, &cw);
+        if (d->subnets != NULL)
+            cmh_ec2_watch_prefix_status(d->subnets, &d->expose.prefix);
         cmh_expose_render(&d->expose, &d->collector, d->cluster_id, d->pub != NULL ? &cw : NULL,
                           body);
         return 200;

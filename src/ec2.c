@@ -1104,11 +1104,13 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
                "AWS_CLUSTER_ID",
                code, msg);
     } else if (code_is(code, denied)) {
+        int usage = e->ucb != NULL;
         finish(e, -EACCES,
-               "EC2 %s denied (%s: %s): grant ec2:%s to this role "
-               "(manifests/iam/subnet-metrics-policy.json) or set %s=false",
+               "EC2 %s denied (%s: %s): grant ec2:%s to this role (manifests/iam/%s) or set "
+               "%s=false",
                e->action, code, msg, e->action,
-               e->ucb != NULL ? "SUBNET_PREFIX_METRICS" : "SUBNET_METRICS");
+               usage ? "subnet-prefix-metrics-policy.json" : "subnet-metrics-policy.json",
+               usage ? "SUBNET_PREFIX_METRICS" : "SUBNET_METRICS");
     } else if (code_is(code, expired) && !e->refreshed) {
         e->refreshed = 1;
         cmh_aws_creds_invalidate(e->aws);
@@ -1357,6 +1359,9 @@ struct cmh_ec2_watch {
     size_t nwalk, walk_i;
     int walking;
     uint64_t walk_started; /* uv_now; 0 = never */
+    int pfx_on;            /* SUBNET_PREFIX_METRICS=true, or auto once a node reported prefixes */
+    char pfx_denied[512];  /* auto: why a usage call was denied (the count is off); "" = not */
+    unsigned long long pfx_ok, pfx_failed, pfx_refused;
     int stale_logged;
     cmh_ec2_fetch_cb on_fetch;
     void *arg;
@@ -1495,7 +1500,20 @@ static void on_usage(struct cmh_ec2 *e, int rc, const struct cmh_ec2_cidrs *used
         if (w->all.v[s].cidrs[k].family == 4)
             c4 = &w->all.v[s].cidrs[k];
     size_t nfree = 0;
-    if (rc != 0) {
+    w->pfx_ok += rc == 0;
+    w->pfx_failed += rc != 0 && rc != -EACCES;
+    w->pfx_refused += rc == -EACCES;
+    if (rc == -EACCES && w->cfg->subnet_prefix_metrics == CMH_PREFIX_METRICS_AUTO) {
+        /* Prefix delegation was seen, the count was not asked for: said once, then left alone. */
+        snprintf(w->pfx_denied, sizeof w->pfx_denied, "%s", why != NULL ? why : "denied");
+        CMH_LOG(w->log, CMH_LOG_ERROR,
+                "nodes use prefix delegation but counting free /28 blocks was denied: not counted "
+                "until restart; the other subnet metrics go on",
+                CMH_STR("subnet", id), CMH_STR("why", w->pfx_denied),
+                CMH_STR("fix", "attach manifests/iam/subnet-prefix-metrics-policy.json "
+                               "(ec2:DescribeNetworkInterfaces, ec2:GetSubnetCidrReservations) to "
+                               "this role, or set SUBNET_PREFIX_METRICS=false"));
+    } else if (rc != 0) {
         CMH_LOG(w->log, rc == -EACCES ? CMH_LOG_ERROR : CMH_LOG_WARN,
                 "free /28 blocks not counted; the subnet's last count stays until it is stale",
                 CMH_STR("subnet", id), CMH_STR("why", why));
@@ -1532,7 +1550,8 @@ static void walk_next(struct cmh_ec2_watch *w)
 static void maybe_walk(struct cmh_ec2_watch *w)
 {
     uint64_t now = uv_now(w->loop);
-    if (w->pfx_ec2 == NULL || w->walking || w->view.n == 0 ||
+    if (w->pfx_ec2 == NULL || !w->pfx_on || w->pfx_denied[0] != '\0' || w->walking ||
+        w->view.n == 0 ||
         (w->walk_started != 0 && now - w->walk_started < w->cfg->subnet_prefix_interval_ms))
         return;
     char(*ids)[CMH_SUBNET_ID_MAX] = cmh_calloc(w->view.n, sizeof *ids);
@@ -1547,6 +1566,28 @@ static void maybe_walk(struct cmh_ec2_watch *w)
     w->walking = 1;
     w->walk_started = now ? now : 1;
     walk_next(w);
+}
+
+void cmh_ec2_watch_prefix_delegation(struct cmh_ec2_watch *w, bool seen)
+{
+    if (!w->pfx_on && seen && w->pfx_ec2 != NULL) {
+        w->pfx_on = 1;
+        CMH_LOG(w->log, CMH_LOG_INFO,
+                "a node reports IPv4 prefixes (prefix delegation): counting free /28 blocks per "
+                "subnet",
+                CMH_UINT("interval_ms", w->cfg->subnet_prefix_interval_ms));
+    }
+    if (w->pfx_on && w->walk_started == 0)
+        maybe_walk(w); /* the first walk as soon as the view holds subnets */
+}
+
+void cmh_ec2_watch_prefix_status(const struct cmh_ec2_watch *w, struct cmh_ec2_prefix_status *st)
+{
+    *st = (struct cmh_ec2_prefix_status){.on = w->pfx_on && w->pfx_denied[0] == '\0',
+                                         .counts_ok = w->pfx_ok,
+                                         .counts_failed = w->pfx_failed,
+                                         .counts_denied = w->pfx_refused,
+                                         .denied = w->pfx_denied[0] ? w->pfx_denied : NULL};
 }
 
 static void watch_fetch_done(struct cmh_ec2_watch *w, int rc, const char *why)
@@ -1773,8 +1814,9 @@ int cmh_ec2_watch_new(struct cmh_ec2_watch **out, uv_loop_t *loop, struct cmh_cu
                               .backoff_cap_ms = cfg->cw_backoff_cap_ms};
     if (rc == 0)
         rc = cmh_ec2_new(&w->ec2, loop, curl, &eo, log);
-    if (rc == 0 && cfg->subnet_prefix_metrics)
+    if (rc == 0 && cfg->subnet_prefix_metrics != CMH_PREFIX_METRICS_OFF)
         rc = cmh_ec2_new(&w->pfx_ec2, loop, curl, &eo, log);
+    w->pfx_on = cfg->subnet_prefix_metrics == CMH_PREFIX_METRICS_ON;
     if (rc == 0)
         rc = uv_timer_init(loop, &w->timer);
     if (rc == 0)

@@ -253,6 +253,20 @@ void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c
                "Subnets of SUBNET_IDS that EC2 did not know (deleted?) at the last good fetch; "
                "left out of the view, each logged once.",
                (unsigned long long)e->subnet_ids_missing);
+        family(out, "subnet_prefix_counts_total", "counter",
+               "Per-subnet free /28 block counts (DescribeNetworkInterfaces and "
+               "GetSubnetCidrReservations) by result; denied with SUBNET_PREFIX_METRICS=auto "
+               "stops the count (/readyz says degraded).");
+        static const char *const results[] = {"ok", "error", "denied"};
+        const unsigned long long n[] = {e->prefix.counts_ok, e->prefix.counts_failed,
+                                        e->prefix.counts_denied};
+        for (int i = 0; i < 3; i++)
+            cmh_buf_printf(out, PREFIX "subnet_prefix_counts_total{result=\"%s\"} %llu\n",
+                           results[i], n[i]);
+        scalar(out, "subnet_prefix_counting", "gauge",
+               "1 while free /28 blocks are counted (SUBNET_PREFIX_METRICS=true, or auto once a "
+               "node reported IPv4 prefixes and until a call is denied), else 0.",
+               (unsigned long long)(e->prefix.on != 0));
     }
     if (e->http != NULL) {
         scalar(out, "http_accept_errors_total", "counter",

@@ -22,6 +22,13 @@ struct cmh_target_list {
     size_t n;
 };
 
+/* SUBNET_PREFIX_METRICS, in the order of the config table's words. */
+enum cmh_prefix_metrics {
+    CMH_PREFIX_METRICS_AUTO = 0, /* once a node reports IPv4 prefixes; a denied call stops it */
+    CMH_PREFIX_METRICS_ON,       /* always */
+    CMH_PREFIX_METRICS_OFF,      /* never */
+};
+
 struct cmh_config {
     bool use_cloudwatch;
     bool use_prometheus;
@@ -79,7 +86,7 @@ struct cmh_config {
     char *subnet_ids; /* comma list of subnet-…; NULL = the cluster's (nodes' IPs, ENIConfigs) */
     /* Time to exhaustion and free /28 blocks (include/cmh/forecast.h, include/cmh/blocks28.h). */
     uint64_t forecast_window_ms;
-    bool subnet_prefix_metrics;
+    int subnet_prefix_metrics; /* enum cmh_prefix_metrics */
     uint64_t subnet_prefix_interval_ms;
     uint64_t report_min_tte_ms; /* 0: never */
     bool cw_per_az;

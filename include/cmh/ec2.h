@@ -6,6 +6,7 @@
 
 #include "cmh/subnets.h"
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -177,6 +178,22 @@ const struct cmh_subnet_list *cmh_ec2_watch_view(struct cmh_ec2_watch *w,
 /* How many ids of SUBNET_IDS EC2 did not know at the last good fetch (each is logged once when it
  * goes missing; the view holds the others). */
 size_t cmh_ec2_watch_missing(const struct cmh_ec2_watch *w);
+
+/* After every round (after cmh_ec2_watch_view): whether a node of it reports IPv4 prefixes
+ * (awscni_total_ipv4_prefixes > 0). With SUBNET_PREFIX_METRICS=auto the first true turns the free
+ * /28 count on for good (prefixes may drop to 0 for a while). While the count is on and has not
+ * walked yet, the first walk starts as soon as the view holds subnets; later walks follow
+ * SUBNET_PREFIX_INTERVAL. */
+void cmh_ec2_watch_prefix_delegation(struct cmh_ec2_watch *w, bool seen);
+
+/* The free /28 count as it stands: on (walks run), per-subnet counts by result, and, in auto mode
+ * after a denied usage call (the count is then off for good), why (owned by w; NULL otherwise). */
+struct cmh_ec2_prefix_status {
+    int on;
+    unsigned long long counts_ok, counts_failed, counts_denied;
+    const char *denied;
+};
+void cmh_ec2_watch_prefix_status(const struct cmh_ec2_watch *w, struct cmh_ec2_prefix_status *st);
 
 /* Stops fetching and frees w (keep running the loop until its handles closed). */
 void cmh_ec2_watch_free(struct cmh_ec2_watch *w);

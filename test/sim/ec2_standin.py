@@ -21,7 +21,8 @@ seconds pass. Control routes (plain JSON, on the same port):
   GET  /truth     the subnets as served now
   GET  /stats     counters: requests, pages, describe calls by kind, bad_signature, faults, errors
   POST /subnet    {"SubnetId": id, "AvailableIpAddressCount": n} drains or refills a subnet
-  POST /faults    {"script": [FAULT, ...]} faults for the next DescribeSubnets requests, in order
+  POST /faults    {"script": [FAULT, ...]} faults for the next DescribeSubnets requests, in order;
+                  with "deny": [action, ...] every request of those actions answers "denied"
   POST /tags      {"tags": [...]} replaces the tags
   POST /drain     {"SubnetId": id, "points": [[t, n], ...]} a scripted drain: from now, the subnet's
                   AvailableIpAddressCount is the n of the last point whose t (seconds since this
@@ -81,7 +82,7 @@ def reset_counters():
     STATE.update(stats={"requests": 0, "pages": 0, "describe_by_ids": 0, "describe_all": 0,
                         "not_found": 0, "describe_tags": 0, "tag_filters": [],
                         "bad_signature": 0, "invalid": 0, "faults": {}, "errors": []},
-                 script=[])
+                 script=[], deny=[])
 
 
 def error_xml(code, message):
@@ -194,6 +195,7 @@ class Handler(BaseHTTPRequestHandler):
                 STATE["tags"] = list(cmd.get("tags", []))
             elif self.path == "/faults":
                 STATE["script"] = list(cmd.get("script", []))
+                STATE["deny"] = list(cmd.get("deny", []))
             elif self.path == "/drain":
                 times = [float(p[0]) for p in cmd["points"]]
                 if times != sorted(times) or not times:
@@ -345,8 +347,10 @@ class Handler(BaseHTTPRequestHandler):
             STATE["stats"].setdefault("usage_requests", []).append(
                 {"action": action, "MaxResults": mr, "Filters": params.get("Filters"),
                  "SubnetId": params.get("SubnetId")})
-        fault = next_fault()
-        if fault is not None and self.fault(fault):
+        with LOCK:
+            denied = action in STATE["deny"]
+        fault = "denied" if denied else next_fault()
+        if fault is not None and self.fault(fault, action):
             return
         if action == "DescribeNetworkInterfaces":
             subnet_ids = [v for f in params.get("Filters", []) if f["Name"] == "subnet-id"
@@ -425,7 +429,7 @@ class Handler(BaseHTTPRequestHandler):
                    '  <requestId>%s</requestId>\n  <tagSet>%s</tagSet>\n</DescribeTagsResponse>\n'
                    % (XMLNS, uuid.uuid4(), items))
 
-    def fault(self, f):
+    def fault(self, f, action="DescribeSubnets"):
         """Answers with the fault; False for "ok" (answer normally)."""
         kind = f["kind"] if isinstance(f, dict) else f
         extra = [("Retry-After", str(f["retry_after"]))] if isinstance(f, dict) and \
@@ -441,7 +445,7 @@ class Handler(BaseHTTPRequestHandler):
         elif kind == "denied":
             self.reply(403, error_xml("UnauthorizedOperation",
                                       "You are not authorized to perform this operation. "
-                                      "ec2:DescribeSubnets"))
+                                      "ec2:" + action))
         elif kind == "expired":
             self.reply(400, error_xml("RequestExpired", "Request has expired."))
         elif kind == "garbage":

@@ -92,6 +92,8 @@ static const struct good goods[] = {
     {"FORECAST_WINDOW", "30s", "30s"},
     {"FORECAST_WINDOW", "1440m", "86400s"},
     {"SUBNET_PREFIX_METRICS", "true", "true"},
+    {"SUBNET_PREFIX_METRICS", "False", "false"},
+    {"SUBNET_PREFIX_METRICS", "AUTO", "auto"},
     {"SUBNET_PREFIX_INTERVAL", "15m", "900s"},
     {"REPORT_MIN_TIME_TO_EXHAUSTION", "60m", "3600s"},
     {"REPORT_MAX_UTILIZATION", "100", "100"},
@@ -207,7 +209,8 @@ static const struct bad bads[] = {
     {"REPORT_MIN_FREE_IPS", "-1", "from 0 to 1000000"},
     {"FORECAST_WINDOW", "29s", "from 30s to 86400s"},
     {"FORECAST_WINDOW", "1441m", "from 30s to 86400s"},
-    {"SUBNET_PREFIX_METRICS", "2", "yes, true, no or false"},
+    {"SUBNET_PREFIX_METRICS", "2", "one of auto, true, false"},
+    {"SUBNET_PREFIX_METRICS", "yes", "one of auto, true, false"},
     {"SUBNET_PREFIX_INTERVAL", "9", "from 10s to 86400s"},
     {"REPORT_MIN_TIME_TO_EXHAUSTION", "604801", "to 604800s"},
     {"REPORT_MAX_UTILIZATION", "101", "from 1 to 100"},
@@ -355,6 +358,28 @@ static void defaults_match_the_documented_ones(void **state)
     cmh_config_free(&cfg);
 }
 
+/* auto by default; each word is the mode the subnet watch acts on. */
+static void subnet_prefix_metrics_is_auto_true_or_false(void **state)
+{
+    static const struct {
+        const char *entry;
+        int want;
+    } cases[] = {{"SUBNET_PREFIX_METRICS=", CMH_PREFIX_METRICS_AUTO},
+                 {"SUBNET_PREFIX_METRICS=auto", CMH_PREFIX_METRICS_AUTO},
+                 {"SUBNET_PREFIX_METRICS=true", CMH_PREFIX_METRICS_ON},
+                 {"SUBNET_PREFIX_METRICS=FALSE", CMH_PREFIX_METRICS_OFF}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct cmh_config cfg;
+        char err[CMH_CONFIG_ERR_MAX];
+        char *env[] = {(char *)cases[i].entry, NULL};
+        assert_int_equal(cmh_config_load(&cfg, env, err), 0);
+        if (cfg.subnet_prefix_metrics != cases[i].want)
+            fail_msg("%s: mode %d, expected %d", cases[i].entry, cfg.subnet_prefix_metrics,
+                     cases[i].want);
+        cmh_config_free(&cfg);
+    }
+}
+
 static void empty_value_counts_as_unset(void **state)
 {
     struct cmh_config cfg;
@@ -481,6 +506,7 @@ int main(void)
         cmocka_unit_test(every_bad_value_is_rejected_naming_variable_value_and_accepted),
         cmocka_unit_test(every_variable_has_a_good_and_a_bad_case),
         cmocka_unit_test(defaults_match_the_documented_ones),
+        cmocka_unit_test(subnet_prefix_metrics_is_auto_true_or_false),
         cmocka_unit_test(empty_value_counts_as_unset),
         cmocka_unit_test(target_without_port_takes_ipamd_port_whatever_the_order),
         cmocka_unit_test(more_static_targets_than_scrape_max_nodes_is_an_error),
