@@ -3,42 +3,26 @@ round, ready after), /metrics (our names, correct TYPE lines, promtool check met
 values equal to the round's datums), the one-line round summary and, with USE_CLOUDWATCH=no, every
 datum as a JSON log event; only GET/HEAD on known paths."""
 import http.client
-import http.server
 import os
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, failures, finish, parse_metrics, read_events, stop_proc  # noqa: E402
+from testlib import check, failures, finish, parse_metrics, read_events, serve_ipamd, stop_proc  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
 DATA = os.environ["CMH_DATA_DIR"]
 BODY = open(os.path.join(DATA, "ipamd/cni_test1.data"), "rb").read()
 
 
-class Ipamd(http.server.BaseHTTPRequestHandler):
-    scrapes = 0
-
-    def do_GET(self):
-        Ipamd.scrapes += 1
-        # Counters grow by 3 per scrape: the published increase must be exactly 3.
-        body = BODY.replace(b"awscni_add_ip_req_count 100", b"awscni_add_ip_req_count %d" % (100 + 3 * Ipamd.scrapes))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
+def scrape_body(n):
+    # Counters grow by 3 per scrape: the published increase must be exactly 3.
+    return BODY.replace(b"awscni_add_ip_req_count 100", b"awscni_add_ip_req_count %d" % (100 + 3 * n))
 
 
-peer = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ipamd)
-threading.Thread(target=peer.serve_forever, daemon=True).start()
-port = peer.server_address[1]
+peer, port = serve_ipamd(scrape_body)
 
 env = {"PATH": "/usr/bin:/bin", "SCRAPE_TARGETS": f"node-a=127.0.0.1:{port}", "USE_CLOUDWATCH": "no",
        "USE_PROMETHEUS": "true", "PROMETHEUS_ADDRESS": "127.0.0.1", "PROMETHEUS_PORT": "0",

@@ -2,13 +2,11 @@
 name is logged once, however many scrapes carry it; go_* and process_* families are not counted.
 The peer serves the recorded ipamD exposition plus two unknown families, and a third from its
 fourth scrape on."""
-import http.server
 import os
 import sys
-import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from testlib import check, finish, http_status, parse_metrics, read_events, stop_proc  # noqa: E402
+from testlib import check, finish, http_status, parse_metrics, read_events, serve_ipamd, stop_proc  # noqa: E402
 import subprocess  # noqa: E402
 
 BIN = os.environ["CMH_BIN"]
@@ -21,27 +19,11 @@ NEW = (b"# HELP awscni_future_pool_ips A family from a newer VPC CNI.\n"
 LATE = b"# TYPE awscni_future_late gauge\nawscni_future_late 1\n"
 
 
-class Ipamd(http.server.BaseHTTPRequestHandler):
-    scrapes = 0
-    lock = threading.Lock()
-
-    def do_GET(self):
-        with Ipamd.lock:
-            Ipamd.scrapes += 1
-            n = Ipamd.scrapes
-        body = NEW + BODY + (LATE if n >= 4 else b"")
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *a):
-        pass
+def scrape_body(n):
+    return NEW + BODY + (LATE if n >= 4 else b"")
 
 
-peer = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Ipamd)
-threading.Thread(target=peer.serve_forever, daemon=True).start()
+peer, _ = serve_ipamd(scrape_body)
 env = {"PATH": "/usr/bin:/bin", "SCRAPE_TARGETS": f"node-a=127.0.0.1:{peer.server_address[1]}",
        "USE_CLOUDWATCH": "no", "USE_PROMETHEUS": "true", "PROMETHEUS_ADDRESS": "127.0.0.1",
        "PROMETHEUS_PORT": "0", "METRIC_UPDATE_INTERVAL": "1", "LOG_FORMAT": "json",

@@ -3,6 +3,8 @@
 an event, a bounded stop, its /metrics page parsed)."""
 import json
 import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import threading
 import re
 import signal
 import subprocess
@@ -132,3 +134,28 @@ def stop_all(daemon, peers, sim, control):
         pass
     sim.terminate()
     sim.wait(timeout=10)
+
+
+def serve_ipamd(body_for_scrape):
+    """A scripted ipamD on 127.0.0.1 (port of the kernel's choosing): the n-th scrape (from 1) is
+    answered 200 with body_for_scrape(n) as Prometheus text. Returns (server, port)."""
+    lock, count = threading.Lock(), [0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            with lock:
+                count[0] += 1
+                n = count[0]
+            body = body_for_scrape(n)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *a):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, server.server_address[1]

@@ -84,7 +84,7 @@ static void label_set(char *buf, size_t len, const struct fam *f, size_t k, cons
 }
 
 /* The generated values: a level is 5 + k + node; an increased family starts at 100 + 10k and
- * grows by 3(k+1)(node+1) a round; an observed one gets (k+1) calls of 2.5 ms a round. */
+ * grows by 3(k+1)(node+1) a round; an observed one has (k+1) calls of 2.5 ms a round. */
 static double level(size_t k, int node)
 {
     return 5.0 + (double)k + node;
