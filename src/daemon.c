@@ -247,7 +247,7 @@ static void on_leader_change(struct cmh_leader *l, bool is_leader, void *arg)
     CMH_LOG(&d->log, CMH_LOG_INFO, is_leader ? "leader: publishing" : "not leader: not publishing",
             CMH_STR("identity", st.identity), CMH_STR("holder", st.holder),
             CMH_UINT("cw_dropped_not_leader", cw.dropped_not_leader),
-            CMH_UINT("cw_requests", cw.requests));
+            CMH_UINT("cw_in_flight", cw.in_flight), CMH_UINT("cw_requests", cw.requests));
 }
 
 /* LEADER_ELECTION: campaign for the Lease; rounds publish only while we hold it. */
