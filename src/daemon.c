@@ -1,7 +1,8 @@
 #include "cmh/daemon.h"
 
-#include "cmh/alloc.h"
-#include "cmh/subnets.h"
+#include "cmh/core/container_of.h"
+#include "cmh/core/alloc.h"
+#include "cmh/round/subnets.h"
 
 extern char **environ;
 
@@ -13,8 +14,6 @@ extern char **environ;
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
-
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 static int64_t wall_ms(void)
 {
@@ -77,7 +76,7 @@ static void on_round_timer(uv_timer_t *t)
         d->on_round(d, d->round, start);
 }
 
-/* The subnet, AZ and per-node datums of the round (include/cmh/subnets.h), added to the
+/* The subnet, AZ and per-node datums of the round (include/cmh/round/subnets.h), added to the
  * aggregator's before they are published, exposed and logged. */
 static void subnet_datums(struct cmh_daemon *d, struct cmh_collector *c)
 {

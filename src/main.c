@@ -1,11 +1,11 @@
 /* Entry point: the daemon, plus the commands for people (--help, --version, ...). */
-#include "cmh/config.h"
+#include "cmh/core/config.h"
 #include "cmh/daemon.h"
-#include "cmh/inspect.h"
-#include "cmh/log.h"
-#include "cmh/metrics.h"
-#include "cmh/prom.h"
-#include "cmh/report.h"
+#include "cmh/cmd/inspect.h"
+#include "cmh/core/log.h"
+#include "cmh/round/metrics.h"
+#include "cmh/scrape/prom.h"
+#include "cmh/cmd/report.h"
 
 #include <errno.h>
 #include <signal.h>

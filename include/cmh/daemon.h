@@ -3,16 +3,16 @@
 #ifndef CMH_DAEMON_H
 #define CMH_DAEMON_H
 
-#include "cmh/collector.h"
-#include "cmh/config.h"
-#include "cmh/curl_uv.h"
-#include "cmh/discovery.h"
-#include "cmh/ec2.h"
-#include "cmh/expose.h"
-#include "cmh/http_server.h"
-#include "cmh/leader.h"
-#include "cmh/publish.h"
-#include "cmh/log.h"
+#include "cmh/round/collector.h"
+#include "cmh/core/config.h"
+#include "cmh/http/curl_uv.h"
+#include "cmh/k8s/discovery.h"
+#include "cmh/aws/ec2.h"
+#include "cmh/http/expose.h"
+#include "cmh/http/http_server.h"
+#include "cmh/k8s/leader.h"
+#include "cmh/aws/publish.h"
+#include "cmh/core/log.h"
 
 #include <uv.h>
 
@@ -66,7 +66,7 @@ struct cmh_daemon {
     uv_timer_t publish_retry; /* re-resolves region/cluster id after a failure */
     uint64_t stop_at;         /* uv_now when the stop began */
     int flushed;
-    /* SUBNET_METRICS: the subnet view (include/cmh/ec2.h), and why its last fetch failed ("" when
+    /* SUBNET_METRICS: the subnet view (include/cmh/aws/ec2.h), and why its last fetch failed ("" when
      * it did not), for /readyz. */
     struct cmh_ec2_watch *subnets;
     char subnet_why[200];

@@ -9,7 +9,7 @@
  *   whole   each page held whole and parsed by jansson into one tree while the pods are stored:
  *           how pages were read before they streamed (the reference figure).
  * Also printed: the pod store's and the target set's heap bytes per pod (mallinfo2). */
-#include "cmh/discovery.h"
+#include "cmh/k8s/discovery.h"
 
 #include <jansson.h>
 

@@ -2,8 +2,8 @@
  * the daemon's own interest filter, cmh_agg_want), and a memchr-only line splitter (the
  * memory-speed limit). bench_prom --gen FILE [MB]         writes the large multi-family exposition
  *   bench_prom NAME FILE [NAME FILE]   measures each input; prints a table and BENCH lines */
-#include "cmh/prom.h"
-#include "cmh/aggregate.h"
+#include "cmh/scrape/prom.h"
+#include "cmh/round/aggregate.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -328,7 +328,7 @@ int main(int argc, char **argv)
     struct sink sink = {0, 0};
     struct cmh_prom_options full = {.on_sample = on_sample, .arg = &sink};
     struct cmh_prom_options filt = full;
-    filt.want = cmh_agg_want; /* the daemon's own interest filter (src/aggregate.c) */
+    filt.want = cmh_agg_want; /* the daemon's own interest filter (src/round/aggregate.c) */
     struct cmh_prom_parser pp[M_MEMCHR];
     struct cmh_prom_parser *ps[M_NMODES] = {&pp[M_FULL], &pp[M_FILTER], &pp[M_FLEET],
                                             &pp[M_COLD], NULL,          NULL};

@@ -1,6 +1,7 @@
-/* bench_scrape: runs scrape rounds of the real engine (src/scrape.c) with the real Prometheus
- * parser (src/prom.c) as the consumer, against a target list (ipamd_sim --targets-out). Used by the
- * benchmark (test/bench/scrape.bench.sh) and by the integration tests (test/integration/).
+/* bench_scrape: runs scrape rounds of the real engine (src/scrape/scrape.c) with the real
+ * Prometheus parser (src/scrape/prom.c) as the consumer, against a target list (ipamd_sim
+ * --targets-out). Used by the benchmark (test/bench/scrape.bench.sh) and by the integration tests
+ * (test/integration/).
  *
  *   bench_scrape --targets FILE [--rounds R] [--concurrency C] [--timeout-ms T]
  *                [--round-timeout-ms T] [--jitter-ms J] [--keepalive 0|1] [--max-body B]
@@ -18,10 +19,11 @@
  * process_start_time_seconds), prom-all keeps every family, count only counts body bytes. --records
  * writes one line per target and round: "round name result http_status bytes duration_us reused
  * samples". --gzip 0 sends no Accept-Encoding (default 1, as SCRAPE_GZIP). */
-#include "cmh/alloc.h"
-#include "cmh/log.h"
-#include "cmh/prom.h"
-#include "cmh/scrape.h"
+#include "cmh/core/container_of.h"
+#include "cmh/core/alloc.h"
+#include "cmh/core/log.h"
+#include "cmh/scrape/prom.h"
+#include "cmh/scrape/scrape.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -35,8 +37,6 @@
 #include <time.h>
 #include <unistd.h>
 #include <uv.h>
-
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 struct slot {
     struct cmh_prom_parser parser;

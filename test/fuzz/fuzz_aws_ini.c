@@ -1,7 +1,7 @@
 /* Fuzzes the shared config/credentials reader (cmh_aws_ini_get): a value is found, absent, or the
  * file refused; a value never holds a line break and never begins or ends with a blank. */
-#include "cmh/alloc.h"
-#include "cmh/aws_ini.h"
+#include "cmh/core/alloc.h"
+#include "cmh/aws/ini.h"
 
 #include <errno.h>
 #include <stdint.h>

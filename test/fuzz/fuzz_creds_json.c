@@ -1,8 +1,8 @@
 /* Fuzzes the credential JSON of IMDS and the container agents (cmh_aws_creds_parse_json) and the
  * ISO-8601 time reader. A document is credentials, an error, or rejected; never a mix, never
  * a string with a control character that would end up in a signed header. */
-#include "cmh/alloc.h"
-#include "cmh/aws_creds.h"
+#include "cmh/core/alloc.h"
+#include "cmh/aws/aws_creds.h"
 
 #include <errno.h>
 #include <stdint.h>

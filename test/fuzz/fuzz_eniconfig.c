@@ -4,9 +4,9 @@
  * every appended id is non-empty and shorter than CMH_SUBNET_ID_MAX; in a body without escapes
  * every id appears quoted in it, and there are no more ids than "subnet" keys; a second parse of
  * the same bytes gives the same list. */
-#include "cmh/alloc.h"
-#include "cmh/ec2.h"
-#include "cmh/subnets.h"
+#include "cmh/core/alloc.h"
+#include "cmh/aws/ec2.h"
+#include "cmh/round/subnets.h"
 
 #include <errno.h>
 #include <stdint.h>

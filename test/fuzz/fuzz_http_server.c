@@ -8,8 +8,8 @@
  * /healthz or /readyz; the handler sees exactly the request target up to '?', under 1 KiB; another
  * method gets 405 with Allow; 431 exactly when the reads taken exceed the bound; the counters move
  * as documented; and within the bound the answer is the same byte for byte however reads split. */
-#include "cmh/alloc.h"
-#include "cmh/http_server.h"
+#include "cmh/core/alloc.h"
+#include "cmh/http/http_server.h"
 
 #include "fuzz_splits.h"
 
@@ -83,8 +83,12 @@ static int is(const char *s, size_t n, const char *lit)
 }
 
 /* Checks the answer's form; returns its status and sets *body_len. */
-static int check_answer(const struct cmh_buf *out, int head, size_t *body_len)
+static int check_answer(const struct cmh_buf *b, int head, size_t *body_len)
 {
+    struct {
+        const char *data;
+        size_t len;
+    } a = {cmh_buf_str(b), cmh_buf_len(b)}, *out = &a;
     char status_line[64];
     int status = 0, off = 0;
     if (out->len < 12 || memcmp(out->data, "HTTP/1.1 ", 9) != 0)
@@ -195,7 +199,7 @@ static void check(const char *buf, size_t len, unsigned max_request, struct run 
     int get = is(l.method, l.method_len, "GET"), head = is(l.method, l.method_len, "HEAD");
     if (r->rc == 0) {
         /* Still waiting: nothing answered, nothing counted, within the bound. */
-        if (r->out.len != 0 || r->calls != 0 || r->requests != 0 || r->rejected != 0 ||
+        if (cmh_buf_len(&r->out) != 0 || r->calls != 0 || r->requests != 0 || r->rejected != 0 ||
             r->taken > max_request)
             abort();
         r->status = 0;
@@ -253,8 +257,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (len > max_request && one.status != 431)
         abort();
     if (len <= max_request &&
-        (one.rc != split.rc || one.out.len != split.out.len ||
-         (one.out.len > 0 && memcmp(one.out.data, split.out.data, one.out.len) != 0)))
+        (one.rc != split.rc || cmh_buf_len(&one.out) != cmh_buf_len(&split.out) ||
+         memcmp(cmh_buf_str(&one.out), cmh_buf_str(&split.out), cmh_buf_len(&one.out)) != 0))
         abort();
     cmh_buf_free(&one.out);
     cmh_buf_free(&split.out);

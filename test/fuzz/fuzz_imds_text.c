@@ -1,4 +1,4 @@
-/* Fuzzes the readers of IMDS's plain-text answers in src/aws_creds.c: the region
+/* Fuzzes the readers of IMDS's plain-text answers in src/aws/aws_creds.c: the region
  * (placement/region), the role listing (iam/security-credentials/), the session token and an
  * instance tag's value (used whole, as a header or a CloudWatch dimension), and the instance tag
  * listing (tags/instance). Every reader gets the same input as an exact-size allocation (IMDS
@@ -6,8 +6,8 @@
  * written here independently: what is accepted is exactly the first line (or the whole answer)
  * when it obeys the rule, byte for byte, and nothing else is; the tag chosen is the first of the
  * documented order that stands as a whole line between line breaks. */
-#include "cmh/alloc.h"
-#include "cmh/aws_creds.h"
+#include "cmh/core/alloc.h"
+#include "cmh/aws/aws_creds.h"
 
 #include <errno.h>
 #include <stdint.h>

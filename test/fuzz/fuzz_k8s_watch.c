@@ -9,9 +9,9 @@
  * event, a bad event, a line over the bound or a kept pod leaving while pods beyond the bound
  * wait ends the watch; the same pods, resourceVersion, error text and count, the same unfinished
  * line kept, and no line kept beyond the bound. */
-#include "cmh/alloc.h"
-#include "cmh/discovery.h"
-#include "cmh/log.h"
+#include "cmh/core/alloc.h"
+#include "cmh/k8s/discovery.h"
+#include "cmh/core/log.h"
 #include "fuzz_splits.h"
 
 #include <fcntl.h>

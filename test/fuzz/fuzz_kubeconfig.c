@@ -1,14 +1,14 @@
 /* Fuzzes the kubeconfig reader (cmh_kubeconfig_parse, libyaml underneath) and the ExecCredential
  * reader. A file is accepted with a context and a server, or refused with a reason and nothing
  * held; never more exec arguments than the bound. */
-#include "cmh/kubeconfig.h"
+#include "cmh/k8s/kubeconfig.h"
 
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "cmh/alloc.h"
+#include "cmh/core/alloc.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

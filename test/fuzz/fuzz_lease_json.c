@@ -3,7 +3,7 @@
  * inside their fields (a holder no longer than an identity), and a lease duration that is 0 (the
  * follower's own applies) or whole seconds within the bound; a refused one leaves the record
  * zeroed. Parsing is deterministic. */
-#include "cmh/leader.h"
+#include "cmh/k8s/leader.h"
 
 #include <errno.h>
 #include <stdint.h>

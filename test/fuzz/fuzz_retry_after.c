@@ -2,7 +2,7 @@
  * The input up to its first NUL is the header value. Delay-seconds values are checked against an
  * independent oracle (digits between optional blanks; the value in ms, saturating at INT64_MAX;
  * -1 past 2^64-1); anything else must give -1 or a delay >= 0 (an HTTP date). */
-#include "cmh/curl_uv.h"
+#include "cmh/http/curl_uv.h"
 
 #include <stdint.h>
 #include <stdlib.h>

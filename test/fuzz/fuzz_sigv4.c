@@ -4,8 +4,8 @@
  * space continues the previous header), an empty line, and the body. Checks: signing succeeds or
  * says -EINVAL, is deterministic, and no input can break the canonical request's structure
  * (encoded path and query, one line per signed header, normalised path without dot segments). */
-#include "cmh/alloc.h"
-#include "cmh/sigv4.h"
+#include "cmh/core/alloc.h"
+#include "cmh/aws/sigv4.h"
 
 #include <errno.h>
 #include <stdint.h>

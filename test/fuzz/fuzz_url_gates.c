@@ -8,9 +8,9 @@
  * host of the allow-list (container: 127.0.0.0/8, ::1, localhost, 169.254.170.2, 169.254.170.23,
  * fd00:ec2::23; endpoint: 127.0.0.0/8, ::1). An accepted split round-trips: scheme, host and path
  * put together give back the URL. A refusal says why. */
-#include "cmh/alloc.h"
-#include "cmh/aws_creds.h"
-#include "cmh/aws_endpoint.h"
+#include "cmh/core/alloc.h"
+#include "cmh/aws/aws_creds.h"
+#include "cmh/aws/endpoint.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The docs' generated sections must be exactly what the program generates from its tables:
-# the configuration table (src/config.c) in docs/configuration.md and the metric table
-# (src/metrics.c) in docs/metrics.md. With --update, rewrites those sections instead of checking them.
+# the configuration table (src/core/config.c) in docs/configuration.md and the metric table
+# (src/round/metrics.c) in docs/metrics.md. With --update, rewrites those sections instead of checking them.
 set -euo pipefail
 src=${CMH_SOURCE_DIR:-$(cd "$(dirname "$0")/../.." && pwd)}
 bin=${CMH_BIN:-$src/build/cni-metrics-helper}

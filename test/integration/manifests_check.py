@@ -90,8 +90,8 @@ AWS_SDK_VARS = {
     "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", "AWS_EC2_METADATA_SERVICE_ENDPOINT",
     "AWS_EC2_METADATA_DISABLED", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_CLOUDWATCH",
     "AWS_ENDPOINT_URL_STS", "AWS_ENDPOINT_URL_EC2",
-    # Not AWS: the pod's own name (downward API), the leader-election identity (src/leader.c),
-    # and its node's name (spec.nodeName), whose providerID names the instance (src/cluster_id.c).
+    # Not AWS: the pod's own name (downward API), the leader-election identity (src/k8s/leader.c),
+    # and its node's name (spec.nodeName), whose providerID names the instance (src/aws/cluster_id.c).
     "POD_NAME", "NODE_NAME",
 }
 

@@ -4,7 +4,7 @@
  *         "region","service","time","akid","secret","token"?}
  * Output: {"authorization","amz_date","canonical_request","string_to_sign","add":[[n,v]..]}
  *         or {"error": <negative code>}. */
-#include "cmh/sigv4.h"
+#include "cmh/aws/sigv4.h"
 
 #include <jansson.h>
 #include <stdio.h>

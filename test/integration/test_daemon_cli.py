@@ -1,5 +1,6 @@
 """The daemon as a process: --help/--version, configuration errors (exit 2 with one line), typo
 warnings, the effective-configuration line, JSON logs, and graceful stop on SIGTERM/SIGINT."""
+import glob
 import os
 import signal
 import subprocess
@@ -41,14 +42,14 @@ import re
 
 SRC = os.environ.get("CMH_SOURCE_DIR") or os.path.join(os.path.dirname(__file__), "..", "..")
 read_vars = set()
-for fn in os.listdir(os.path.join(SRC, "src")):
-    with open(os.path.join(SRC, "src", fn), encoding="utf-8") as f:
+for fn in sorted(glob.glob(os.path.join(SRC, "src", "**", "*.c"), recursive=True)):
+    with open(fn, encoding="utf-8") as f:
         text = f.read()
     read_vars |= set(re.findall(
         r'\b(?:getenv|env_get|cmh_aws_env_get|cmh_aws_endpoint_override)\([^"()]*"([A-Z0-9_]+)"', text))
     # Scans of an environment block: strncmp(*e, "NAME=", n).
     read_vars |= set(re.findall(r'\bstrncmp\([^"()]*"([A-Z][A-Z0-9_]+)=",', text))
-    if fn == "config.c":
+    if fn.endswith("/core/config.c"):
         read_vars |= set(re.findall(r'\{"([A-Z0-9_]+)", CMH_CFG_', text))
 check("the source reads the standard AWS and Kubernetes variables (the scan works)",
       {"POD_NAME", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ENDPOINT_URL_STS",

@@ -53,7 +53,7 @@ fail=0
 
 # 1. Banned functions (STYLE.md), outside comments and string literals is close enough here.
 if grep -nE '(^|[^A-Za-z0-9_>.])(strcpy|strcat|sprintf|vsprintf|strtok|atoi|atol|atoll|gets)[[:space:]]*\(' \
-    "$src"/src/*.c "$src"/include/cmh/*.h | grep -vE '^[^:]+:[0-9]+:[[:space:]]*(/?\*|//)'; then
+    $(find "$src/src" "$src/include/cmh" -name '*.[ch]' | sort) | grep -vE '^[^:]+:[0-9]+:[[:space:]]*(/?\*|//)'; then
     echo "FAIL banned function (STYLE.md: use snprintf, strto* with errno and end pointer)"
     fail=1
 fi

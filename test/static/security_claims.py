@@ -41,6 +41,7 @@ BIN = os.environ["CMH_BIN"]
 
 
 def source(name):
+    """A file of src/ by its path there ("http/curl_uv.c")."""
     with open(os.path.join(SRC, "src", name), encoding="utf-8") as f:
         return f.read()
 
@@ -48,18 +49,20 @@ def source(name):
 def all_sources():
     out = {}
     for d in ("src", "include/cmh"):
-        for n in sorted(os.listdir(os.path.join(SRC, d))):
-            if n.endswith((".c", ".h")):
-                with open(os.path.join(SRC, d, n), encoding="utf-8") as f:
-                    out[f"{d}/{n}"] = f.read()
+        for root, _, names in sorted(os.walk(os.path.join(SRC, d))):
+            for n in sorted(names):
+                if n.endswith((".c", ".h")):
+                    path = os.path.join(root, n)
+                    with open(path, encoding="utf-8") as f:
+                        out[os.path.relpath(path, SRC)] = f.read()
     return out
 
 
 # ---- source claims ---------------------------------------------------------------------------
 srcs = all_sources()
 curl_users = [n for n, t in srcs.items() if re.search(r"#include\s*<curl/", t)]
-check("only src/curl_uv.c includes libcurl", curl_users == ["src/curl_uv.c"], curl_users)
-cu = source("curl_uv.c")
+check("only src/http/curl_uv.c includes libcurl", curl_users == ["src/http/curl_uv.c"], curl_users)
+cu = source("http/curl_uv.c")
 check("TLS peer verification is set on, once",
       len(re.findall(r"CURLOPT_SSL_VERIFYPEER", cu)) == 1 and "SET(CURLOPT_SSL_VERIFYPEER, 1L)" in cu)
 check("TLS host verification is set on, once",
@@ -78,10 +81,10 @@ check("a CA file replaces the system store: CAINFO set in one place, always with
 check("a no_proxy request sets CURLOPT_PROXY to \"\" (libcurl then reads no proxy variable)",
       re.search(r"if \(req->no_proxy\)\s*SET\(CURLOPT_PROXY, \"\"\);", cu) is not None)
 direct = {f: re.findall(r"\bno_proxy = 1;", source(f))
-          for f in ("discovery.c", "leader.c", "proxy_scrape.c", "report.c")}
+          for f in ("k8s/discovery.c", "k8s/leader.c", "scrape/proxy_scrape.c", "cmd/report.c")}
 check("every Kubernetes API request (discovery, leader election, pod proxy, report) is no_proxy",
       all(len(v) == 1 for v in direct.values()), direct)
-ac = source("aws_creds.c")
+ac = source("aws/aws_creds.c")
 imds_calls = re.findall(r"(\d),\s*p->(?:imds|sts)_timeout_ms,\s*(\w+)\)", ac, re.S)
 check("IMDS and container-credential requests are no_proxy; STS (an AWS service) is not",
       sorted((c[1], c[0]) for c in imds_calls) ==

@@ -5,8 +5,8 @@
 #ifndef CMH_FORECAST_SCENARIOS_H
 #define CMH_FORECAST_SCENARIOS_H
 
-#include "cmh/forecast.h"
-#include "cmh/rng.h"
+#include "cmh/round/forecast.h"
+#include "cmh/core/rng.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -12,13 +12,14 @@
 
 #include <cmocka.h>
 
-#include "cmh/alloc.h"
-#include "cmh/cloudwatch.h"
-#include "cmh/collector.h"
-#include "cmh/config.h"
-#include "cmh/curl_uv.h"
-#include "cmh/log.h"
-#include "cmh/sigv4.h"
+#include "cmh/core/container_of.h"
+#include "cmh/core/alloc.h"
+#include "cmh/aws/cloudwatch.h"
+#include "cmh/round/collector.h"
+#include "cmh/core/config.h"
+#include "cmh/http/curl_uv.h"
+#include "cmh/core/log.h"
+#include "cmh/aws/sigv4.h"
 
 #include "test_peer.h"
 #include "test_standin_ctl.h"
@@ -34,8 +35,6 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
-
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 #define NODES  3
 #define REGION "us-west-2"

@@ -6,6 +6,7 @@
 
 #include <cmocka.h>
 
+#include "cmh/core/container_of.h"
 #include "cmh/daemon.h"
 
 #include <signal.h>
@@ -14,8 +15,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 enum scenario { PLAIN_STOP, WAIT_FOR_WORK, DEADLINE };
 

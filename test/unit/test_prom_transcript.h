@@ -4,7 +4,7 @@
 #ifndef CMH_TEST_PROM_TRANSCRIPT_H
 #define CMH_TEST_PROM_TRANSCRIPT_H
 
-#include "cmh/prom.h"
+#include "cmh/scrape/prom.h"
 
 #include <math.h>
 #include <stdint.h>

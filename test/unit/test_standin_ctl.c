@@ -7,13 +7,12 @@
 
 #include "test_standin_ctl.h"
 
-#include "cmh/curl_uv.h"
+#include "cmh/core/container_of.h"
+#include "cmh/http/curl_uv.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
 
 struct ctl {
     struct cmh_curl_uv_req req;
