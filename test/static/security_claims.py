@@ -117,7 +117,7 @@ with open(os.path.join(SRC, "test", "CMakeLists.txt"), encoding="utf-8") as f:
     registered = f.read()
 # A cmocka case inside a CTest test binary is cited by its own name.
 cases = set()
-for unit in glob.glob(os.path.join(SRC, "test", "unit", "*.c")):
+for unit in glob.glob(os.path.join(SRC, "test", "unit", "**", "*.c"), recursive=True):
     with open(unit, encoding="utf-8") as f:
         cases.update(re.findall(r"cmocka_unit_test(?:_setup_teardown)?\((\w+)", f.read()))
 missing = sorted(n for n in cited if n not in known and n not in cases
