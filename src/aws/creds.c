@@ -121,9 +121,8 @@ static void creds_from_json(struct cmh_aws_job *j, const struct cmh_curl_uv_resp
 static void on_imds_role_creds(struct cmh_aws_job *j, const struct cmh_curl_uv_response *res)
 {
     char d[320];
-    if (cmh_aws_job_retry(j, res))
+    if (cmh_aws_imds_retry(j, res))
         return;
-    cmh_aws_imds_forget_token_on_401(j, res);
     if (res->error != CMH_CURL_OK || res->status != 200) {
         cmh_aws_describe(res, d, sizeof d);
         cmh_aws_job_finish(j, -EIO, "IMDS credentials of role %s: %s", j->role, d);
@@ -135,9 +134,8 @@ static void on_imds_role_creds(struct cmh_aws_job *j, const struct cmh_curl_uv_r
 static void on_imds_role_list(struct cmh_aws_job *j, const struct cmh_curl_uv_response *res)
 {
     char d[320];
-    if (cmh_aws_job_retry(j, res))
+    if (cmh_aws_imds_retry(j, res))
         return;
-    cmh_aws_imds_forget_token_on_401(j, res);
     if (res->error == CMH_CURL_OK && res->status == 404) {
         cmh_aws_job_finish(j, -ENOENT,
                            "IMDS: no IAM role is attached to this instance (no instance "

@@ -92,9 +92,13 @@ void cmh_aws_imds_get(struct cmh_aws_job *j, const char *path, cmh_aws_step_fn o
         cmh_aws_job_finish(j, rc, "cannot start the IMDS request %s", path);
 }
 
-/* The string stays (the other job may be about to use it) until a new token replaces it. */
-void cmh_aws_imds_forget_token_on_401(struct cmh_aws_job *j, const struct cmh_curl_uv_response *res)
+int cmh_aws_imds_retry(struct cmh_aws_job *j, const struct cmh_curl_uv_response *res)
 {
+    if (cmh_aws_job_retry(j, res))
+        return 1;
+    /* The token string stays (the other job may be about to use it) until a new token replaces
+     * it. */
     if (res->error == CMH_CURL_OK && res->status == 401)
         j->p->imds_token_until = 0;
+    return 0;
 }

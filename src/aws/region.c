@@ -76,7 +76,7 @@ static void on_token_failed(struct cmh_aws_job *j, int rc, const char *why)
 static void on_instance_id(struct cmh_aws_job *j, const struct cmh_curl_uv_response *res)
 {
     struct cmh_aws_provider *p = j->p;
-    if (cmh_aws_job_retry(j, res))
+    if (cmh_aws_imds_retry(j, res))
         return;
     char *v = NULL;
     if (res->error == CMH_CURL_OK && res->status == 200 &&
@@ -108,9 +108,8 @@ static void on_region(struct cmh_aws_job *j, const struct cmh_curl_uv_response *
 {
     struct cmh_aws_provider *p = j->p;
     char d[320];
-    if (cmh_aws_job_retry(j, res))
+    if (cmh_aws_imds_retry(j, res))
         return;
-    cmh_aws_imds_forget_token_on_401(j, res);
     if (res->error != CMH_CURL_OK || res->status != 200) {
         cmh_aws_describe(res, d, sizeof d);
         cmh_aws_job_finish(j, -EIO,

@@ -133,9 +133,10 @@ void cmh_aws_imds_with_token(struct cmh_aws_job *j, cmh_aws_next_fn next,
                              cmh_aws_fail_fn token_failed);
 /* GETs path with the token; on_resp gets the answer (the job finishes when it cannot start). */
 void cmh_aws_imds_get(struct cmh_aws_job *j, const char *path, cmh_aws_step_fn on_resp);
-/* After a 401 (the token expired or was revoked) the next run gets a new token. */
-void cmh_aws_imds_forget_token_on_401(struct cmh_aws_job *j,
-                                      const struct cmh_curl_uv_response *res);
+/* From a step answering a GET: sends it again after a 5xx or a broken connection (1: the step
+ * ends there); else 0, and after a 401 (the token expired or was revoked) the next run gets a new
+ * token. */
+int cmh_aws_imds_retry(struct cmh_aws_job *j, const struct cmh_curl_uv_response *res);
 
 /* region.c: starts resolving region and cluster id on p->rj. */
 void cmh_aws_region_resolve_start(struct cmh_aws_provider *p);

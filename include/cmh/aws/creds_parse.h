@@ -13,8 +13,9 @@
 #define CMH_AWS_DOC_MAX (256 * 1024)
 
 /* A parsed credential document. Strings are allocated (cmh_malloc) and released by
- * cmh_aws_creds_doc_clear. */
+ * cmh_aws_creds_doc_clear; the caller may take one over (setting the field to NULL). */
 struct cmh_aws_creds_doc {
+    /* public */
     char *access_key_id;
     char *secret_access_key;
     char *session_token; /* NULL when none */
