@@ -905,7 +905,10 @@ static void test_free_cancels_in_flight(void **state)
     assert_int_equal(f.ndone, 2);
     assert_int_equal(f.got[0].rc, -ECANCELED);
     assert_int_equal(f.got[1].rc, -ECANCELED);
-    fx_close(&f); /* the abandoned PUT is cancelled by curl_uv's close */
+    /* the stalled PUT was cancelled by the free itself, not left for curl_uv's close */
+    assert_null(f.curl.inflight);
+    assert_int_equal(f.curl.stats.errors[CMH_CURL_ERR_CANCELLED], 1);
+    fx_close(&f);
 }
 
 /* ------------------------------------------------------------------------------------------ */
