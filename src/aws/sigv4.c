@@ -9,7 +9,6 @@
 #include <mbedtls/md.h>
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -448,7 +447,9 @@ static int canonical_request(struct sign *s)
         return -EINVAL;
     for (size_t i = 0; i <= ml; i++) {
         char ch = req->method[i];
-        method[i] = ch >= 'a' && ch <= 'z' ? (char)(ch - 'a' + 'A') : ch;
+        if (ch >= 'a' && ch <= 'z')
+            ch = (char)(ch - 'a' + 'A');
+        method[i] = ch;
     }
     cmh_buf_addstr(&s->cr, method);
     cmh_buf_addc(&s->cr, '\n');
