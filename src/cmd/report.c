@@ -762,8 +762,7 @@ static int api_access(struct report *r, char *url, size_t len)
             set_field(&r->cfg.k8s_token_file, NULL); /* to NULL: cannot fail */
         return 1;
     }
-    if (cmh_discovery_server_url(url, len, getenv("KUBERNETES_SERVICE_HOST"),
-                                 getenv("KUBERNETES_SERVICE_PORT")) == 0)
+    if (cmh_k8s_api_in_cluster_url(url, len, NULL) == 0)
         return 1;
     if (r->cfg.targets.n > 0 && !r->cfg.subnet_metrics)
         return 0; /* nothing to ask the API */

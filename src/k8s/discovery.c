@@ -7,7 +7,7 @@
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
-#include "cmh/k8s/token.h"
+#include "cmh/core/buf.h"
 #include "cmh/core/rng.h"
 #include "cmh/core/config.h"
 #include "cmh/core/log.h"
@@ -848,22 +848,6 @@ void cmh_discovery_set_release(struct cmh_discovery_set *set)
 
 /* ---- options ---- */
 
-int cmh_discovery_server_url(char *buf, size_t len, const char *host, const char *port)
-{
-    if (host == NULL || host[0] == '\0' || port == NULL || port[0] == '\0')
-        return -EINVAL;
-    char *end;
-    errno = 0;
-    unsigned long p = strtoul(port, &end, 10);
-    if (errno != 0 || *end != '\0' || p == 0 || p > 65535 || !isdigit((unsigned char)port[0]))
-        return -EINVAL;
-    if (strpbrk(host, "/?#@ \t\r\n[]") != NULL)
-        return -EINVAL;
-    bool v6 = strchr(host, ':') != NULL;
-    int n = snprintf(buf, len, v6 ? "https://[%s]:%lu" : "https://%s:%lu", host, p);
-    return n < 0 || (size_t)n >= len ? -ENOSPC : 0;
-}
-
 int cmh_discovery_resolve_ip(const char *host, char *ip, size_t len, const char **why)
 {
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
@@ -960,20 +944,12 @@ int cmh_discovery_check_opts(const struct cmh_discovery_opts *opts, char *err, s
 
 /* ---- the loop side ---- */
 
-static void set_error(struct cmh_discovery *d, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void set_error(struct cmh_discovery *d, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(d->last_error, sizeof d->last_error, fmt, ap);
-    va_end(ap);
-    d->st.errors++;
-    if (d->log != NULL)
-        CMH_LOG(d->log, CMH_LOG_WARN, "kubernetes discovery error", CMH_STR("error", d->last_error),
-                CMH_UINT("attempt", d->attempt + 1), CMH_UINT("pods_kept", d->pods.n));
-}
+/* Records an error (the last one for /readyz, the count for self-metrics) and logs it. */
+#define set_error(d, ...)                                                                          \
+    cmh_k8s_api_fail(&(d)->err, (d)->log, "kubernetes discovery error",                            \
+                     (const struct cmh_kv[]){CMH_UINT("attempt", (d)->attempt + 1),                \
+                                             CMH_UINT("pods_kept", (d)->pods.n)},                  \
+                     2, __VA_ARGS__)
 
 static void start_request(struct cmh_discovery *d);
 
@@ -1096,82 +1072,34 @@ static void mark_dirty(struct cmh_discovery *d)
 static void refresh_token(struct cmh_discovery *d)
 {
     char why[300];
-    int rc = cmh_k8s_token_refresh(&d->tok, uv_now(d->loop), why, sizeof why);
+    int rc = cmh_k8s_api_refresh(&d->api, uv_now(d->loop), why, sizeof why);
     if (rc < 0)
         set_error(d, "%s", why);
     else if (rc == 1 && d->log != NULL)
         CMH_LOG(d->log, CMH_LOG_INFO, "service-account token rotated",
-                CMH_STR("file", d->tok.file));
-    d->st.token_reads = d->tok.reads;
+                CMH_STR("file", d->api.tok.file));
+    d->st.token_reads = d->api.tok.reads;
 }
 
-/* Appends s to the growing buffer, percent-encoding it when enc is set. */
-struct sbuf {
-    char *p;
-    size_t len, cap;
-    int err;
-};
-
-static void sb_add(struct sbuf *b, const char *s, bool enc)
+/* The path and query of the next request, after the server. */
+static void build_url(struct cmh_discovery *d, struct cmh_buf *b)
 {
-    for (; *s && b->err == 0; s++) {
-        char tmp[4];
-        size_t n = 1;
-        unsigned char c = (unsigned char)*s;
-        tmp[0] = (char)c;
-        if (enc && !(isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~')) {
-            static const char hex[] = "0123456789ABCDEF";
-            tmp[0] = '%';
-            tmp[1] = hex[c >> 4];
-            tmp[2] = hex[c & 15];
-            n = 3;
-        }
-        if (b->len + n + 1 > b->cap) {
-            size_t cap = b->cap ? b->cap * 2 : 256;
-            char *p = cmh_realloc(b->p, cap);
-            if (p == NULL) {
-                b->err = -ENOMEM;
-                return;
-            }
-            b->p = p;
-            b->cap = cap;
-        }
-        memcpy(b->p + b->len, tmp, n);
-        b->len += n;
-        b->p[b->len] = '\0';
-    }
-}
-
-static int build_url(struct cmh_discovery *d, char **out)
-{
-    struct sbuf b = {0};
-    char num[32];
-    sb_add(&b, d->server, false);
-    sb_add(&b, "/api/v1/namespaces/", false);
-    sb_add(&b, d->ns, true);
-    sb_add(&b, "/pods?labelSelector=", false);
-    sb_add(&b, d->selector, true);
+    cmh_buf_addstr(b, "/api/v1/namespaces/");
+    cmh_buf_add_pct(b, d->ns, strlen(d->ns), 0);
+    cmh_buf_addstr(b, "/pods?labelSelector=");
+    cmh_buf_add_pct(b, d->selector, strlen(d->selector), 0);
     if (d->mode == MODE_LIST) {
-        snprintf(num, sizeof num, "%zu", d->page_limit);
-        sb_add(&b, "&limit=", false);
-        sb_add(&b, num, false);
+        cmh_buf_printf(b, "&limit=%zu", d->page_limit);
         if (d->cont != NULL && d->cont[0] != '\0') {
-            sb_add(&b, "&continue=", false);
-            sb_add(&b, d->cont, true);
+            cmh_buf_addstr(b, "&continue=");
+            cmh_buf_add_pct(b, d->cont, strlen(d->cont), 0);
         }
     } else {
-        snprintf(num, sizeof num, "%llu", (unsigned long long)((d->watch_timeout_ms + 999) / 1000));
-        sb_add(&b, "&watch=1&allowWatchBookmarks=true&resourceVersion=", false);
-        sb_add(&b, d->rv, true);
-        sb_add(&b, "&timeoutSeconds=", false);
-        sb_add(&b, num, false);
+        cmh_buf_addstr(b, "&watch=1&allowWatchBookmarks=true&resourceVersion=");
+        cmh_buf_add_pct(b, d->rv, strlen(d->rv), 0);
+        cmh_buf_printf(b, "&timeoutSeconds=%llu",
+                       (unsigned long long)((d->watch_timeout_ms + 999) / 1000));
     }
-    if (b.err != 0) {
-        cmh_free(b.p);
-        return b.err;
-    }
-    *out = b.p;
-    return 0;
 }
 
 static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res);
@@ -1186,45 +1114,30 @@ static void start_request(struct cmh_discovery *d)
     if (d->rv[0] == '\0')
         d->mode = MODE_LIST;
     refresh_token(d);
-    cmh_free(d->url);
-    d->url = NULL;
-    rc = build_url(d, &d->url);
-    if (rc != 0)
-        goto fail;
-    size_t nh = 0;
-    d->headers[nh++] = "Accept: application/json";
-    if (d->tok.header != NULL)
-        d->headers[nh++] = d->tok.header;
-    memset(&d->req, 0, sizeof d->req);
-    d->req.method = "GET";
-    d->req.url = d->url;
-    d->req.headers = d->headers;
-    d->req.nheaders = nh;
-    d->req.ca_file = d->ca_file;
-    d->req.no_proxy = 1;
+    build_url(d, cmh_k8s_api_begin(&d->api, &d->req, "GET"));
+    d->err_len = 0;
+    d->err_body[0] = '\0';
     if (d->mode == MODE_LIST) {
         /* The page streams through the parser: never held whole. */
-        d->req.on_data = on_list_data;
-        d->req.timeout_ms = d->request_timeout_ms;
+        d->req.curl.on_data = on_list_data;
+        d->req.curl.timeout_ms = d->request_timeout_ms;
         cmh_discovery_list_end(&d->lp, NULL, 0, NULL, 0); /* what a cancelled page left */
         cmh_discovery_list_begin(&d->lp, &d->listing, 0);
-        d->err_len = 0;
-        d->err_body[0] = '\0';
         d->list_bytes = 0;
         d->st.state = "listing";
     } else {
         /* The server ends the watch at timeoutSeconds; the grace catches a stalled stream. */
         uint64_t grace = d->watch_timeout_ms / 4;
         grace = grace < 2000 ? 2000 : grace > 30000 ? 30000 : grace;
-        d->req.timeout_ms = d->watch_timeout_ms + grace;
-        d->req.on_data = on_watch_data;
+        d->req.curl.timeout_ms = d->watch_timeout_ms + grace;
+        d->req.curl.on_data = on_watch_data;
         d->line_len = 0;
         d->abort_gone = d->abort_bad = d->abort_room = false;
         d->watch_got_data = false;
         d->st.watches++;
         d->st.state = "watching";
     }
-    rc = cmh_curl_uv_start(d->curl, &d->req, on_done);
+    rc = cmh_k8s_api_start(&d->api, d->curl, &d->req, on_done);
     if (rc != 0)
         goto fail;
     d->in_flight = true;
@@ -1318,11 +1231,22 @@ int cmh_discovery_watch_feed(struct cmh_discovery *d, const char *data, size_t l
     return 0;
 }
 
+/* The first bytes of an error answer, for the log (a Status object says why). */
+static void keep_err_body(struct cmh_discovery *d, const char *data, size_t len)
+{
+    size_t room = sizeof d->err_body - 1 - d->err_len, n = len < room ? len : room;
+    memcpy(d->err_body + d->err_len, data, n);
+    d->err_len += n;
+    d->err_body[d->err_len] = '\0';
+}
+
 static int on_watch_data(struct cmh_curl_uv_req *req, long status, const char *data, size_t len)
 {
-    struct cmh_discovery *d = container_of(req, struct cmh_discovery, req);
-    if (status != 200)
-        return 0; /* an error body: the status decides in on_done */
+    struct cmh_discovery *d = container_of(req, struct cmh_discovery, req.curl);
+    if (status != 200) {
+        keep_err_body(d, data, len); /* the status decides in on_done */
+        return 0;
+    }
     if (!d->watch_got_data) {
         d->watch_got_data = true;
         d->watching = true;
@@ -1338,12 +1262,9 @@ static int on_watch_data(struct cmh_curl_uv_req *req, long status, const char *d
 /* A list page's bytes: parsed as they come; an error answer's first bytes are kept for the log. */
 static int on_list_data(struct cmh_curl_uv_req *req, long status, const char *data, size_t len)
 {
-    struct cmh_discovery *d = container_of(req, struct cmh_discovery, req);
+    struct cmh_discovery *d = container_of(req, struct cmh_discovery, req.curl);
     if (status != 200) {
-        size_t room = sizeof d->err_body - 1 - d->err_len, n = len < room ? len : room;
-        memcpy(d->err_body + d->err_len, data, n);
-        d->err_len += n;
-        d->err_body[d->err_len] = '\0';
+        keep_err_body(d, data, len);
         return 0;
     }
     d->list_bytes += len;
@@ -1375,16 +1296,11 @@ static void list_done(struct cmh_discovery *d, const struct cmh_curl_uv_response
         schedule(d, true);
         return;
     }
-    if (res->status == 401 || res->status == 403)
-        cmh_k8s_token_refused(&d->tok);
     /* Our own abort (fed != 0) is the parser's verdict, not a transfer failure. */
-    if (fed == 0 && res->error != CMH_CURL_OK) {
-        set_error(d, "pod list failed: %s (%s)", cmh_curl_uv_error_name(res->error),
-                  res->error_text);
-        goto retry;
-    }
-    if (res->status != 200) {
-        set_error(d, "pod list answered HTTP %ld: %.120s", res->status, d->err_body);
+    char why[256];
+    if ((fed == 0 || res->error == CMH_CURL_OK) &&
+        cmh_k8s_api_result(&d->api, res, d->err_body, d->err_len, why, sizeof why) != 0) {
+        set_error(d, "pod list failed: %s", why);
         goto retry;
     }
     if (rc == -EFBIG) {
@@ -1476,24 +1392,20 @@ static void watch_done(struct cmh_discovery *d, const struct cmh_curl_uv_respons
     if (res->error == CMH_CURL_ERR_TIMEOUT && d->watch_got_data) {
         /* A stalled stream outlived timeoutSeconds plus our grace: resume at once. */
         set_error(d, "watch stalled: not ended %llu ms after it started",
-                  (unsigned long long)d->req.timeout_ms);
+                  (unsigned long long)d->req.curl.timeout_ms);
         schedule(d, false);
         return;
     }
-    if (res->status == 401 || res->status == 403)
-        cmh_k8s_token_refused(&d->tok);
-    if (res->error != CMH_CURL_OK)
-        set_error(d, "pod watch failed: %s (%s)", cmh_curl_uv_error_name(res->error),
-                  res->error_text);
-    else if (res->status != 200)
-        set_error(d, "pod watch answered HTTP %ld", res->status);
+    char why[256];
+    if (cmh_k8s_api_result(&d->api, res, d->err_body, d->err_len, why, sizeof why) != 0)
+        set_error(d, "pod watch failed: %s", why);
     /* Resume from the last resourceVersion; a 410 then sends us to a fresh list. */
     schedule(d, !d->watch_got_data || res->status != 200);
 }
 
 static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res)
 {
-    struct cmh_discovery *d = container_of(req, struct cmh_discovery, req);
+    struct cmh_discovery *d = container_of(req, struct cmh_discovery, req.curl);
     d->in_flight = false;
     if (d->stopping || res->error == CMH_CURL_ERR_CANCELLED) {
         d->watching = false;
@@ -1514,8 +1426,9 @@ static void free_all(struct cmh_discovery *d)
     cmh_discovery_list_end(&d->lp, NULL, 0, NULL, 0);
     cmh_discovery_set_release(d->set);
     d->set = NULL;
-    cmh_k8s_token_free(&d->tok);
-    char **strs[] = {&d->server, &d->ns, &d->selector, &d->ca_file, &d->cont, &d->url, &d->line};
+    cmh_k8s_api_free(&d->api);
+    cmh_k8s_api_req_free(&d->req);
+    char **strs[] = {&d->ns, &d->selector, &d->cont, &d->line};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         cmh_free(*strs[i]);
         *strs[i] = NULL;
@@ -1539,14 +1452,16 @@ int cmh_discovery_start(struct cmh_discovery *d, uv_loop_t *loop, struct cmh_cur
             CMH_LOG(log, CMH_LOG_ERROR, "bad Kubernetes discovery settings", CMH_STR("error", err));
         return -EINVAL;
     }
-    d->server = cmh_strdup_opt(opts->server, &rc);
+    struct cmh_k8s_api_opts ao = {
+        .server = opts->server,
+        .token_file = opts->token_file,
+        .ca_file = opts->ca_file,
+        .token_max_age_ms = opts->token_max_age_ms ? opts->token_max_age_ms : DEFAULT_TOKEN_AGE};
+    if (cmh_k8s_api_init(&d->api, &ao) != 0)
+        rc = -ENOMEM; /* the server was checked */
     d->ns = cmh_strdup_opt(opts->namespace_name ? opts->namespace_name : DEFAULT_NAMESPACE, &rc);
     d->selector =
         cmh_strdup_opt(opts->label_selector ? opts->label_selector : DEFAULT_SELECTOR, &rc);
-    d->ca_file = cmh_strdup_opt(opts->ca_file, &rc);
-    if (cmh_k8s_token_init(&d->tok, opts->token_file,
-                           opts->token_max_age_ms ? opts->token_max_age_ms : DEFAULT_TOKEN_AGE))
-        rc = -ENOMEM;
     d->set = cmh_discovery_set_build(&d->pods, 0);
     if (rc != 0 || d->set == NULL) {
         rc = -ENOMEM;
@@ -1562,7 +1477,6 @@ int cmh_discovery_start(struct cmh_discovery *d, uv_loop_t *loop, struct cmh_cur
     d->page_limit = opts->page_limit ? opts->page_limit : DEFAULT_PAGE;
     d->pods.max = d->listing.max = opts->max_pods ? opts->max_pods : CMH_DISCOVERY_MAX_PODS;
     d->rng = cmh_rng_seed(opts->seed);
-    d->last_error[0] = '\0';
     d->st.state = "listing";
     /* uv_timer_init cannot fail (libuv documents no error for it). */
     uv_timer_init(loop, &d->retry);
@@ -1570,8 +1484,9 @@ int cmh_discovery_start(struct cmh_discovery *d, uv_loop_t *loop, struct cmh_cur
     d->open_handles = 2;
     d->started = true;
     if (log != NULL)
-        CMH_LOG(log, CMH_LOG_INFO, "kubernetes discovery starting", CMH_URL("server", d->server),
-                CMH_STR("namespace", d->ns), CMH_STR("label_selector", d->selector));
+        CMH_LOG(log, CMH_LOG_INFO, "kubernetes discovery starting",
+                CMH_URL("server", d->api.server), CMH_STR("namespace", d->ns),
+                CMH_STR("label_selector", d->selector));
     /* The first request starts from the loop, never inside this call. */
     d->mode = MODE_LIST;
     schedule(d, false);
@@ -1608,7 +1523,7 @@ void cmh_discovery_stop(struct cmh_discovery *d, cmh_discovery_close_cb close_cb
     d->close_cb = close_cb;
     d->st.state = "stopped";
     if (d->in_flight)
-        cmh_curl_uv_cancel(d->curl, &d->req);
+        cmh_curl_uv_cancel(d->curl, &d->req.curl);
     d->in_flight = false;
     uv_timer_stop(&d->retry);
     uv_timer_stop(&d->notify);
@@ -1653,5 +1568,6 @@ void cmh_discovery_status(const struct cmh_discovery *d, struct cmh_discovery_st
     st->max_pods = d->pods.max;
     st->targets = d->pods.targets; /* the set a round acquires now */
     st->generation = d->set != NULL ? d->set->generation : 0;
-    st->last_error = d->last_error;
+    st->errors = d->err.count;
+    st->last_error = d->err.text;
 }

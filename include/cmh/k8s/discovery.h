@@ -10,7 +10,7 @@
 #include <uv.h>
 
 #include "cmh/http/curl_uv.h"
-#include "cmh/k8s/token.h"
+#include "cmh/k8s/api.h"
 #include "cmh/scrape/scrape.h"
 
 struct cmh_log;
@@ -40,7 +40,7 @@ typedef void (*cmh_discovery_change_cb)(struct cmh_discovery *d, void *arg);
 typedef void (*cmh_discovery_close_cb)(struct cmh_discovery *d);
 
 struct cmh_discovery_opts {
-    const char *server;          /* "https://host:port" (see cmh_discovery_server_url) */
+    const char *server;          /* "https://host:port" (see cmh_k8s_api_in_cluster_url) */
     const char *namespace_name;  /* default "kube-system" */
     const char *label_selector;  /* default "k8s-app=aws-node" */
     const char *token_file;      /* re-read every minute and after a 401; NULL = no token */
@@ -154,9 +154,9 @@ struct cmh_discovery {
     cmh_discovery_change_cb on_change;
     void *arg;
     /* Private. */
-    char *server, *ns, *selector, *ca_file;
+    char *ns, *selector;
     uint64_t watch_timeout_ms, request_timeout_ms, backoff_base_ms, backoff_cap_ms;
-    struct cmh_k8s_token tok;
+    struct cmh_k8s_api api; /* the server, its CA and the token */
     size_t page_limit;
     uint64_t rng;
     struct cmh_discovery_pods pods;    /* what the API says now */
@@ -165,9 +165,7 @@ struct cmh_discovery {
     struct cmh_discovery_set *set;     /* published */
     char rv[64];                       /* resume point of the watch */
     char *cont;                        /* continue token of a paginated list */
-    char *url;
-    const char *headers[2];
-    struct cmh_curl_uv_req req;
+    struct cmh_k8s_api_req req;
     bool in_flight;
     int mode; /* 0 list, 1 watch */
     bool abort_gone, abort_bad, abort_room;
@@ -181,7 +179,7 @@ struct cmh_discovery {
     bool started, stopping, dirty, synced, watching;
     bool sync_told; /* on_change fired after the first list */
     struct cmh_discovery_status st;
-    char last_error[256];
+    struct cmh_k8s_api_err err; /* the last error and the count (st.errors) */
     cmh_discovery_close_cb close_cb;
     uint64_t built_version;   /* pods.version the published set was built from */
     uint64_t last_publish_ms; /* when the notify timer last published (uv_now) */
@@ -194,10 +192,6 @@ struct cmh_discovery {
     size_t err_len;
     size_t list_bytes; /* bytes of the page being streamed */
 };
-
-/* Builds "https://host:port" from KUBERNETES_SERVICE_HOST/_PORT values (IPv6 in brackets).
- * Returns 0, or -EINVAL when host or port is missing or bad, -ENOSPC when len is too small. */
-int cmh_discovery_server_url(char *buf, size_t len, const char *host, const char *port);
 
 /* Resolves a SCRAPE_TARGETS host (name or literal) to the numeric address of its first answer,
  * blocking on DNS (start-up only). Returns 0; -EINVAL when it does not resolve, with *why (if not
@@ -275,7 +269,7 @@ struct cmh_discovery_set *cmh_discovery_set_build(const struct cmh_discovery_pod
 /* The watch stream's framing (what libcurl's chunks of a 200 watch answer go through; a test and
  * fuzz seam, no I/O): cuts data into lines, a line possibly spanning chunks (kept in d->line) and
  * never longer than d->line_max, applies each non-blank line as an event to d->pods and d->rv and
- * records failures in d->last_error and d->st.errors (logged when d->log is set). Only those
+ * records failures in d->err (logged when d->log is set). Only those
  * fields, d->line* and d->abort_* are used: a zeroed struct with pods.max set is enough.
  * *changed says whether the pods map, or the count of pods beyond its bound, changed. Returns 0
  * to go on, or 1 when the watch must end: an ERROR event (410: d->abort_gone), a bad event, a line

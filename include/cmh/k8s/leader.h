@@ -11,7 +11,7 @@
 #include <uv.h>
 
 #include "cmh/http/curl_uv.h"
-#include "cmh/k8s/token.h"
+#include "cmh/k8s/api.h"
 
 struct cmh_log;
 struct cmh_config;
@@ -23,7 +23,7 @@ typedef void (*cmh_leader_change_cb)(struct cmh_leader *l, bool is_leader, void 
 typedef void (*cmh_leader_close_cb)(struct cmh_leader *l);
 
 struct cmh_leader_opts {
-    const char *server;         /* "https://host:port" (see cmh_discovery_server_url) */
+    const char *server;         /* "https://host:port" (see cmh_k8s_api_in_cluster_url) */
     const char *namespace_name; /* of the Lease; default "kube-system" */
     const char *lease_name;     /* default "cni-metrics-helper" */
     const char *identity;       /* NULL: POD_NAME, else "<hostname>_<pid>" */
@@ -80,14 +80,12 @@ struct cmh_leader {
     cmh_leader_change_cb on_change;
     void *arg;
     /* Private. */
-    char *server, *ns, *name, *identity, *ca_file;
+    char *ns, *name, *identity;
     uint64_t lease_ms, renew_ms, retry_ms, request_ms;
     uint64_t rng;
-    struct cmh_k8s_token tok;
-    char *url;  /* of the request in flight */
-    char *body; /* of the request in flight */
-    const char *headers[3];
-    struct cmh_curl_uv_req req;
+    struct cmh_k8s_api api; /* the server, its CA and the token */
+    char *body;             /* of the request in flight */
+    struct cmh_k8s_api_req req;
     bool in_flight;
     int step;                         /* what the request in flight is (GET, POST, PUT, release) */
     void *record;                     /* json_t *: the Lease as last read or written */
@@ -101,7 +99,7 @@ struct cmh_leader {
     bool started, stopping, releasing;
     struct cmh_leader_status st;
     char holder[256];
-    char last_error[256];
+    struct cmh_k8s_api_err err; /* the last error and the count (st.errors) */
     cmh_leader_close_cb close_cb;
 };
 

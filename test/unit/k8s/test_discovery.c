@@ -714,16 +714,16 @@ static void discovery_options_checked(void **state)
 {
     (void)state;
     char url[64], err[256];
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "10.100.0.1", "443"), 0);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "10.100.0.1", "443"), 0);
     assert_string_equal(url, "https://10.100.0.1:443");
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "fd00::1", "6443"), 0);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "fd00::1", "6443"), 0);
     assert_string_equal(url, "https://[fd00::1]:6443");
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "", "443"), -EINVAL);
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "h", "0"), -EINVAL);
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "h", "65536"), -EINVAL);
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "h", "44x"), -EINVAL);
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "a/b", "443"), -EINVAL);
-    assert_int_equal(cmh_discovery_server_url(url, 10, "10.100.0.1", "443"), -ENOSPC);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "", "443"), -EINVAL);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "h", "0"), -EINVAL);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "h", "65536"), -EINVAL);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "h", "44x"), -EINVAL);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "a/b", "443"), -EINVAL);
+    assert_int_equal(cmh_k8s_api_server_url(url, 10, "10.100.0.1", "443"), -ENOSPC);
     struct cmh_discovery_opts o = {.server = "https://127.0.0.1:1"};
     assert_int_equal(cmh_discovery_check_opts(&o, err, sizeof err), 0);
     o.label_selector = "k8s-app=aws-node,tier!=x";
