@@ -642,12 +642,12 @@ static void close_all(struct cmh_daemon *d)
     if (d->has_disc) {
         d->has_disc = 0;
         d->open_handles++;
-        cmh_discovery_stop(&d->disc, on_disc_stopped);
+        cmh_discovery_close(&d->disc, on_disc_stopped);
     }
     if (d->has_leader) {
         d->has_leader = 0;
         d->open_handles++;
-        cmh_leader_stop(&d->leader, on_leader_stopped);
+        cmh_leader_close(&d->leader, on_leader_stopped);
     }
     if (--d->curl_users == 0)
         close_curl(d);

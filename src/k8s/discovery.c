@@ -4,6 +4,7 @@
  * the last known pods and retries after a full-jitter backoff. The JSON-facing module: the only
  * one besides aws_creds that includes jansson. */
 #include "cmh/k8s/discovery.h"
+#include "cmh/k8s/discovery_int.h"
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
@@ -1515,7 +1516,7 @@ static void on_notify_closed(uv_handle_t *h)
     closed_one(container_of((uv_timer_t *)h, struct cmh_discovery, notify));
 }
 
-void cmh_discovery_stop(struct cmh_discovery *d, cmh_discovery_close_cb close_cb)
+void cmh_discovery_close(struct cmh_discovery *d, cmh_discovery_close_cb close_cb)
 {
     if (!d->started || d->stopping)
         return;

@@ -11,6 +11,7 @@
  * saw that renewal, which is later, the old leader has stopped before anybody can take over.
  * A JSON-facing module: includes jansson. */
 #include "cmh/k8s/leader.h"
+#include "cmh/k8s/leader_int.h"
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
@@ -681,7 +682,7 @@ static void on_deadline_closed(uv_handle_t *h)
     finish_if_closed(l);
 }
 
-void cmh_leader_stop(struct cmh_leader *l, cmh_leader_close_cb close_cb)
+void cmh_leader_close(struct cmh_leader *l, cmh_leader_close_cb close_cb)
 {
     if (!l->started || l->stopping)
         return;

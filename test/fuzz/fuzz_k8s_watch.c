@@ -11,6 +11,7 @@
  * line kept, and no line kept beyond the bound. */
 #include "cmh/core/alloc.h"
 #include "cmh/k8s/discovery.h"
+#include "cmh/k8s/discovery_int.h"
 #include "cmh/core/log.h"
 #include "fuzz_splits.h"
 

@@ -14,6 +14,7 @@
 #include "cmh/core/container_of.h"
 #include "cmh/http/curl_uv.h"
 #include "cmh/k8s/discovery.h"
+#include "cmh/k8s/discovery_int.h"
 #include "cmh/core/log.h"
 
 #include <errno.h>
@@ -157,7 +158,7 @@ static void closed_c(struct cmh_curl_uv *c)
 static int teardown(void **state)
 {
     struct fx *f = *state;
-    cmh_discovery_stop(&f->d, closed_d);
+    cmh_discovery_close(&f->d, closed_d);
     cmh_curl_uv_close(&f->curl, closed_c);
     uv_close((uv_handle_t *)&f->tick, NULL);
     for (int i = 0; i < 1000 && uv_run(&f->loop, UV_RUN_NOWAIT) != 0; i++)
