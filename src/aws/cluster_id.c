@@ -213,9 +213,7 @@ static int k8s_get(struct cmh_cluster_finder *f, const char *path, cmh_curl_uv_d
 {
     if (!f->has_api)
         return -ENOTCONN;
-    cmh_buf_addstr(cmh_k8s_api_begin(&f->api, &f->req, "GET"), path);
-    f->req.curl.max_body = 4u << 20;
-    int rc = cmh_k8s_api_start(&f->api, f->curl, &f->req, done);
+    int rc = cmh_k8s_api_get(&f->api, f->curl, &f->req, path, 4u << 20, done);
     if (rc == 0)
         f->in_flight = 1;
     return rc;

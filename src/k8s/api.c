@@ -134,6 +134,14 @@ int cmh_k8s_api_start(struct cmh_k8s_api *a, struct cmh_curl_uv *curl, struct cm
     return cmh_curl_uv_start(curl, &r->curl, done);
 }
 
+int cmh_k8s_api_get(struct cmh_k8s_api *a, struct cmh_curl_uv *curl, struct cmh_k8s_api_req *r,
+                    const char *path, size_t max_body, cmh_curl_uv_done_cb done)
+{
+    cmh_buf_addstr(cmh_k8s_api_begin(a, r, "GET"), path);
+    r->curl.max_body = max_body;
+    return cmh_k8s_api_start(a, curl, r, done);
+}
+
 void cmh_k8s_api_req_free(struct cmh_k8s_api_req *r)
 {
     cmh_buf_free(&r->url);

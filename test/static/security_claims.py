@@ -81,17 +81,20 @@ check("a CA file replaces the system store: CAINFO set in one place, always with
 check("a no_proxy request sets CURLOPT_PROXY to \"\" (libcurl then reads no proxy variable)",
       re.search(r"if \(req->no_proxy\)\s*SET\(CURLOPT_PROXY, \"\"\);", cu) is not None)
 api = source("k8s/api.c")
+api_get = re.search(r"\nint cmh_k8s_api_get\(.*?\n\}", api, re.S)
 api_start = re.search(r"\nint cmh_k8s_api_start\(.*?\n\}", api, re.S)
 api_start = api_start.group(0) if api_start else ""
 m = re.search(r"\n([^\n]*)\n[^\n]*\bno_proxy = 1;", api_start)
 check("the Kubernetes API helper sets no_proxy once, unconditionally, on every request it starts",
       len(re.findall(r"\bno_proxy\b", api)) == 1 and m is not None
       and not re.search(r"\b(if|else|\?)\b", m.group(1))
-      and api_start.rstrip("}").rstrip().endswith("return cmh_curl_uv_start(curl, &r->curl, done);"),
+      and api_start.rstrip("}").rstrip().endswith("return cmh_curl_uv_start(curl, &r->curl, done);")
+      and api_get is not None and "return cmh_k8s_api_start(a, curl, r, done);" in api_get.group(0)
+      and len(re.findall(r"\bcmh_curl_uv_start\(", api)) == 1,
       m and m.group(1))
 k8s_clients = ("k8s/discovery.c", "k8s/leader.c", "scrape/proxy_scrape.c", "cmd/report.c",
                "aws/cluster_id.c")
-direct = {f: (len(re.findall(r"\bcmh_k8s_api_start\(", source(f))),
+direct = {f: (len(re.findall(r"\bcmh_k8s_api_(?:start|get)\(", source(f))),
               len(re.findall(r"\bcmh_curl_uv_start\(|\bno_proxy\b", source(f))))
           for f in k8s_clients}
 check("every Kubernetes API request (discovery, leader election, pod proxy, report, cluster id) "
@@ -130,7 +133,7 @@ with open(os.path.join(SRC, "test", "CMakeLists.txt"), encoding="utf-8") as f:
     registered = f.read()
 # A cmocka case inside a CTest test binary is cited by its own name.
 cases = set()
-for unit in glob.glob(os.path.join(SRC, "test", "unit", "*.c")):
+for unit in glob.glob(os.path.join(SRC, "test", "unit", "**", "*.c"), recursive=True):
     with open(unit, encoding="utf-8") as f:
         cases.update(re.findall(r"cmocka_unit_test(?:_setup_teardown)?\((\w+)", f.read()))
 missing = sorted(n for n in cited if n not in known and n not in cases

@@ -88,6 +88,12 @@ struct cmh_buf *cmh_k8s_api_begin(struct cmh_k8s_api *a, struct cmh_k8s_api_req 
 int cmh_k8s_api_start(struct cmh_k8s_api *a, struct cmh_curl_uv *curl, struct cmh_k8s_api_req *r,
                       cmh_curl_uv_done_cb done);
 
+/* The whole of a plain read: GET path (already encoded, after the server) with an answer of at
+ * most max_body bytes (0: curl's default), as cmh_k8s_api_begin, then cmh_k8s_api_start. Map
+ * the answer with cmh_k8s_api_result in done. */
+int cmh_k8s_api_get(struct cmh_k8s_api *a, struct cmh_curl_uv *curl, struct cmh_k8s_api_req *r,
+                    const char *path, size_t max_body, cmh_curl_uv_done_cb done);
+
 /* Frees r's URL builder. */
 void cmh_k8s_api_req_free(struct cmh_k8s_api_req *r);
 
