@@ -3,6 +3,7 @@
 #include "cmh/k8s/api.h"
 
 #include "cmh/core/alloc.h"
+#include "cmh/core/log.h"
 
 #include <jansson.h>
 

@@ -11,9 +11,11 @@
 #include <stdint.h>
 
 #include "cmh/core/buf.h"
-#include "cmh/core/log.h"
 #include "cmh/http/curl_uv.h"
 #include "cmh/k8s/token.h"
+
+struct cmh_log;
+struct cmh_kv;
 
 /* Builds "https://host:port" from KUBERNETES_SERVICE_HOST/_PORT values (IPv6 in brackets).
  * Returns 0, or -EINVAL when host or port is missing or bad, -ENOSPC when len is too small. */
