@@ -253,8 +253,7 @@ static void on_leader_change(struct cmh_leader *l, bool is_leader, void *arg)
 static int start_leader(struct cmh_daemon *d)
 {
     char url[300];
-    if (cmh_discovery_server_url(url, sizeof url, getenv("KUBERNETES_SERVICE_HOST"),
-                                 getenv("KUBERNETES_SERVICE_PORT")) != 0) {
+    if (cmh_k8s_api_in_cluster_url(url, sizeof url, NULL) != 0) {
         CMH_LOG(&d->log, CMH_LOG_ERROR, "leader election needs the Kubernetes API",
                 CMH_STR("fix", "run in a cluster (KUBERNETES_SERVICE_HOST/_PORT) or set "
                                "LEADER_ELECTION=false"));
@@ -281,8 +280,7 @@ static int start_leader(struct cmh_daemon *d)
 static int start_discovery(struct cmh_daemon *d)
 {
     char url[300];
-    const char *host = getenv("KUBERNETES_SERVICE_HOST"), *port = getenv("KUBERNETES_SERVICE_PORT");
-    if (cmh_discovery_server_url(url, sizeof url, host, port) != 0) {
+    if (cmh_k8s_api_in_cluster_url(url, sizeof url, NULL) != 0) {
         CMH_LOG(&d->log, CMH_LOG_ERROR, "no scrape targets",
                 CMH_STR("fix", "set SCRAPE_TARGETS, or run in a cluster (KUBERNETES_SERVICE_HOST "
                                "and KUBERNETES_SERVICE_PORT are unset)"));
@@ -416,8 +414,7 @@ static int start_proxy_scraping(struct cmh_daemon *d)
         return 0;
     }
     char url[300];
-    if (cmh_discovery_server_url(url, sizeof url, getenv("KUBERNETES_SERVICE_HOST"),
-                                 getenv("KUBERNETES_SERVICE_PORT")) != 0)
+    if (cmh_k8s_api_in_cluster_url(url, sizeof url, NULL) != 0)
         return -EINVAL; /* discovery checked the same values already */
     struct cmh_proxy_scrape_opts o;
     cmh_proxy_scrape_opts_from_config(&o, &d->cfg, url);
@@ -505,8 +502,7 @@ static int start_subnets(struct cmh_daemon *d)
 {
     d->expose.subnets = 1;
     char url[300];
-    int in_cluster = cmh_discovery_server_url(url, sizeof url, getenv("KUBERNETES_SERVICE_HOST"),
-                                              getenv("KUBERNETES_SERVICE_PORT")) == 0;
+    int in_cluster = cmh_k8s_api_in_cluster_url(url, sizeof url, NULL) == 0;
     int rc = start_curl(d);
     if (rc == 0)
         rc = cmh_ec2_watch_new(&d->subnets, &d->loop, &d->curl, &d->cfg, environ,
@@ -646,12 +642,12 @@ static void close_all(struct cmh_daemon *d)
     if (d->has_disc) {
         d->has_disc = 0;
         d->open_handles++;
-        cmh_discovery_stop(&d->disc, on_disc_stopped);
+        cmh_discovery_close(&d->disc, on_disc_stopped);
     }
     if (d->has_leader) {
         d->has_leader = 0;
         d->open_handles++;
-        cmh_leader_stop(&d->leader, on_leader_stopped);
+        cmh_leader_close(&d->leader, on_leader_stopped);
     }
     if (--d->curl_users == 0)
         close_curl(d);

@@ -6,9 +6,9 @@
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
 #include "cmh/core/config.h"
+#include "cmh/core/buf.h"
 #include "cmh/http/curl_uv.h"
-#include "cmh/k8s/discovery.h"
-#include "cmh/k8s/token.h"
+#include "cmh/k8s/api.h"
 #include "cmh/core/log.h"
 
 #include <ctype.h>
@@ -145,14 +145,15 @@ struct cmh_cluster_finder {
     struct cmh_ec2 *ec2;
     struct cmh_ec2_opts ec2_opts;
     char *const *envp;
-    char server[300]; /* "" outside a cluster */
+    char server[300];       /* "" outside a cluster */
+    struct cmh_k8s_api api; /* set up when server is */
+    int has_api;
     char *node_name;
     char region[64], instance[32];
     enum step step;
     int freeing;
-    struct cmh_curl_uv_req req;
+    struct cmh_k8s_api_req req;
     int in_flight;
-    char *url, *auth;
     uv_timer_t timer;
     cmh_cluster_node_cb node_cb;
     cmh_cluster_found_cb found_cb;
@@ -177,23 +178,28 @@ int cmh_cluster_finder_new(struct cmh_cluster_finder **out, uv_loop_t *loop,
     f->cfg = cfg;
     f->log = log;
     f->envp = envp;
-    const char *host = NULL, *port = NULL, *node = NULL;
-    for (char *const *e = envp; e != NULL && *e != NULL; e++) {
-        if (strncmp(*e, "KUBERNETES_SERVICE_HOST=", 24) == 0)
-            host = *e + 24;
-        else if (strncmp(*e, "KUBERNETES_SERVICE_PORT=", 24) == 0)
-            port = *e + 24;
-        else if (strncmp(*e, "NODE_NAME=", 10) == 0 && (*e)[10] != '\0')
+    const char *node = NULL;
+    static const char *const no_env[] = {NULL};
+    for (char *const *e = envp; e != NULL && *e != NULL; e++)
+        if (strncmp(*e, "NODE_NAME=", 10) == 0 && (*e)[10] != '\0')
             node = *e + 10;
-    }
-    if (cmh_discovery_server_url(f->server, sizeof f->server, host, port) != 0)
+    if (cmh_k8s_api_in_cluster_url(f->server, sizeof f->server,
+                                   envp != NULL ? envp : (char *const *)no_env) != 0)
         f->server[0] = '\0';
-    if (node != NULL && (f->node_name = cmh_strdup(node)) == NULL) {
-        cmh_free(f);
-        return -ENOMEM;
+    int rc = 0;
+    if (f->server[0] != '\0') {
+        struct cmh_k8s_api_opts ao = {
+            .server = f->server, .token_file = cfg->k8s_token_file, .ca_file = cfg->k8s_ca_file};
+        rc = cmh_k8s_api_init(&f->api, &ao);
+        f->has_api = rc == 0;
     }
-    int rc = uv_timer_init(loop, &f->timer);
+    if (rc == 0 && node != NULL && (f->node_name = cmh_strdup(node)) == NULL)
+        rc = -ENOMEM;
+    if (rc == 0)
+        rc = uv_timer_init(loop, &f->timer);
     if (rc != 0) {
+        if (f->has_api)
+            cmh_k8s_api_free(&f->api);
         cmh_free(f->node_name);
         cmh_free(f);
         return rc;
@@ -202,49 +208,21 @@ int cmh_cluster_finder_new(struct cmh_cluster_finder **out, uv_loop_t *loop,
     return 0;
 }
 
-static void free_request(struct cmh_cluster_finder *f)
-{
-    cmh_free(f->url);
-    f->url = NULL;
-    cmh_free(f->auth);
-    f->auth = NULL;
-}
-
 /* GET path on the API server with the service-account token and CA of the configuration. */
 static int k8s_get(struct cmh_cluster_finder *f, const char *path, cmh_curl_uv_done_cb done)
 {
-    free_request(f);
-    size_t n = strlen(f->server) + strlen(path) + 1;
-    f->url = cmh_malloc(n);
-    if (f->url == NULL)
-        return -ENOMEM;
-    snprintf(f->url, n, "%s%s", f->server, path);
-    char *tok = NULL, why[256];
-    if (f->cfg->k8s_token_file != NULL &&
-        cmh_k8s_token_read(f->cfg->k8s_token_file, &tok, why, sizeof why) == 0) {
-        f->auth = cmh_k8s_bearer_header(tok);
-        cmh_free(tok);
-        if (f->auth == NULL)
-            return -ENOMEM;
-    }
-    memset(&f->req, 0, sizeof f->req);
-    f->req.url = f->url;
-    f->req.headers = f->auth != NULL ? (const char *const *)&f->auth : NULL;
-    f->req.nheaders = f->auth != NULL ? 1 : 0;
-    f->req.ca_file = f->cfg->k8s_ca_file;
-    f->req.max_body = 4u << 20;
-    int rc = cmh_curl_uv_start(f->curl, &f->req, done);
+    if (!f->has_api)
+        return -ENOTCONN;
+    int rc = cmh_k8s_api_get(&f->api, f->curl, &f->req, path, 4u << 20, done);
     if (rc == 0)
         f->in_flight = 1;
     return rc;
 }
 
-static void describe_res(const struct cmh_curl_uv_response *res, char *buf, size_t len)
+static void describe_res(struct cmh_cluster_finder *f, const struct cmh_curl_uv_response *res,
+                         char *buf, size_t len)
 {
-    if (res->error != CMH_CURL_OK)
-        snprintf(buf, len, "%s: %s", cmh_curl_uv_error_name(res->error),
-                 res->error_text ? res->error_text : "");
-    else
+    if (cmh_k8s_api_result(&f->api, res, NULL, 0, buf, len) == 0)
         snprintf(buf, len, "HTTP %ld", res->status);
 }
 
@@ -258,7 +236,7 @@ static void node_done(struct cmh_cluster_finder *f)
 
 static void on_node(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res)
 {
-    struct cmh_cluster_finder *f = container_of(req, struct cmh_cluster_finder, req);
+    struct cmh_cluster_finder *f = container_of(req, struct cmh_cluster_finder, req.curl);
     f->in_flight = 0;
     if (f->freeing)
         return;
@@ -276,7 +254,7 @@ static void on_node(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
                     CMH_STR("node", f->node_name), CMH_STR("provider_id", pid));
         cmh_free(pid);
     } else {
-        describe_res(res, d, sizeof d);
+        describe_res(f, res, d, sizeof d);
         CMH_LOG(f->log, CMH_LOG_WARN, "cluster id: cannot read this pod's node",
                 CMH_STR("node", f->node_name), CMH_STR("error", d),
                 CMH_STR("fix", res->status == 403 ? "grant get on nodes (the shipped ClusterRole)"
@@ -333,7 +311,7 @@ static void found(struct cmh_cluster_finder *f, const char *id, const char *sour
 
 static void on_pods(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res)
 {
-    struct cmh_cluster_finder *f = container_of(req, struct cmh_cluster_finder, req);
+    struct cmh_cluster_finder *f = container_of(req, struct cmh_cluster_finder, req.curl);
     f->in_flight = 0;
     if (f->freeing)
         return;
@@ -352,7 +330,7 @@ static void on_pods(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
         cmh_free(name);
         return;
     }
-    describe_res(res, d, sizeof d);
+    describe_res(f, res, d, sizeof d);
     CMH_LOG(f->log, CMH_LOG_INFO, "cluster id: no CLUSTER_NAME on the aws-node pods",
             CMH_STR("result", rc == -ENOENT ? "none set" : d));
     found(f, CMH_CLUSTER_DEFAULT, "default");
@@ -365,19 +343,15 @@ static void pods_step(struct cmh_cluster_finder *f)
         found(f, CMH_CLUSTER_DEFAULT, "default");
         return;
     }
-    char path[600], sel[400];
-    size_t o = 0;
-    for (const char *c = f->cfg->k8s_label_selector; c != NULL && *c && o + 4 < sizeof sel; c++) {
-        unsigned char ch = (unsigned char)*c;
-        if (isalnum(ch) || ch == '-' || ch == '_' || ch == '.' || ch == '/')
-            sel[o++] = (char)ch;
-        else
-            o += (size_t)snprintf(sel + o, sizeof sel - o, "%%%02X", ch);
-    }
-    sel[o] = '\0';
-    snprintf(path, sizeof path, "/api/v1/namespaces/%s/pods?labelSelector=%s&limit=20",
-             f->cfg->k8s_namespace, sel);
-    if (k8s_get(f, path, on_pods) != 0)
+    const char *sel = f->cfg->k8s_label_selector != NULL ? f->cfg->k8s_label_selector : "";
+    struct cmh_buf path;
+    cmh_buf_init(&path, 4096);
+    cmh_buf_printf(&path, "/api/v1/namespaces/%s/pods?labelSelector=", f->cfg->k8s_namespace);
+    cmh_buf_add_pct(&path, sel, strlen(sel), CMH_PCT_KEEP_SLASH);
+    cmh_buf_addstr(&path, "&limit=20");
+    int rc = cmh_buf_err(&path) ? cmh_buf_err(&path) : k8s_get(f, cmh_buf_str(&path), on_pods);
+    cmh_buf_free(&path);
+    if (rc != 0)
         found(f, CMH_CLUSTER_DEFAULT, "default");
 }
 
@@ -481,11 +455,13 @@ void cmh_cluster_finder_free(struct cmh_cluster_finder *f)
     f->freeing = 1;
     uv_timer_stop(&f->timer);
     if (f->in_flight)
-        cmh_curl_uv_cancel(f->curl, &f->req);
+        cmh_curl_uv_cancel(f->curl, &f->req.curl);
     f->in_flight = 0;
     if (f->ec2 != NULL)
         cmh_ec2_free(f->ec2);
-    free_request(f);
+    cmh_k8s_api_req_free(&f->req);
+    if (f->has_api)
+        cmh_k8s_api_free(&f->api);
     cmh_free(f->node_name);
     cmh_free(f->cluster_id);
     uv_close((uv_handle_t *)&f->timer, on_closed);

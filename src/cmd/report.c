@@ -12,7 +12,7 @@
 #include "cmh/aws/ec2.h"
 #include "cmh/round/forecast.h"
 #include "cmh/k8s/access.h"
-#include "cmh/k8s/token.h"
+#include "cmh/k8s/api.h"
 #include "cmh/core/log.h"
 #include "cmh/round/subnets.h"
 
@@ -37,11 +37,11 @@ struct report {
     struct cmh_curl_uv curl;
     int has_curl;
     /* The one pod list (paginated): discovery's parser and target-set builder. */
-    char *server;
-    char *list_url, *auth, *cont;
+    struct cmh_k8s_api api; /* set up when there is an API server */
+    int has_api;
+    char *cont;
     struct cmh_k8s_access access; /* outside a pod: the kubeconfig's server, token and CA */
-    const char *list_headers[2];
-    struct cmh_curl_uv_req list_req;
+    struct cmh_k8s_api_req list_req;
     int list_in_flight;
     struct cmh_discovery_pods pods;
     struct cmh_collector coll;
@@ -493,7 +493,7 @@ static void finish(struct report *r, int status)
         cmh_collector_close(&r->coll, on_coll_closed);
     }
     if (r->list_in_flight)
-        cmh_curl_uv_cancel(&r->curl, &r->list_req);
+        cmh_curl_uv_cancel(&r->curl, &r->list_req.curl);
     if (r->has_curl) {
         r->has_curl = 0;
         cmh_curl_uv_close(&r->curl, on_curl_closed);
@@ -577,14 +577,15 @@ static void list_page(struct report *r);
 
 static void on_list(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res)
 {
-    struct report *r = container_of(req, struct report, list_req);
+    struct report *r = container_of(req, struct report, list_req.curl);
     r->list_in_flight = 0;
     if (r->finished)
         return;
-    if (res->error != CMH_CURL_OK || res->status != 200) {
-        fprintf(stderr, "cni-metrics-helper report: Kubernetes API unreachable: %s%s HTTP %ld\n",
-                res->error != CMH_CURL_OK ? cmh_curl_uv_error_name(res->error) : "",
-                res->error != CMH_CURL_OK ? res->error_text : "", res->status);
+    char why[300];
+    if (cmh_k8s_api_result(&r->api, res, NULL, 0, why, sizeof why) != 0 || res->status != 200) {
+        if (why[0] == '\0')
+            snprintf(why, sizeof why, "HTTP %ld", res->status);
+        fprintf(stderr, "cni-metrics-helper report: Kubernetes API unreachable: %s\n", why);
         finish(r, CMH_REPORT_ERROR);
         return;
     }
@@ -624,75 +625,22 @@ static void on_list(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
     start_round(r);
 }
 
-/* Appends s percent-encoded (as a query value) to the growing string *b. */
-static int url_add(char **b, size_t *len, const char *s, int enc)
-{
-    size_t n = strlen(s), need = enc ? 3 * n : n;
-    char *p = cmh_realloc(*b, *len + need + 1);
-    if (p == NULL)
-        return -ENOMEM;
-    *b = p;
-    if (enc) {
-        for (size_t i = 0; i < n; i++) {
-            unsigned char c = (unsigned char)s[i];
-            if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-                c == '-' || c == '_' || c == '.' || c == '~')
-                p[(*len)++] = (char)c;
-            else
-                *len += (size_t)snprintf(p + *len, 4, "%%%02X", c);
-        }
-    } else {
-        memcpy(p + *len, s, n);
-        *len += n;
-    }
-    p[*len] = '\0';
-    return 0;
-}
-
 static void list_page(struct report *r)
 {
-    char *u = NULL;
-    size_t len = 0;
-    int rc = url_add(&u, &len, r->server, 0);
-    if (rc == 0)
-        rc = url_add(&u, &len, "/api/v1/namespaces/", 0);
-    if (rc == 0)
-        rc = url_add(&u, &len, r->cfg.k8s_namespace, 1);
-    if (rc == 0)
-        rc = url_add(&u, &len, "/pods?limit=500&labelSelector=", 0);
-    if (rc == 0)
-        rc = url_add(&u, &len, r->cfg.k8s_label_selector, 1);
-    if (rc == 0 && r->cont != NULL) {
-        rc = url_add(&u, &len, "&continue=", 0);
-        if (rc == 0)
-            rc = url_add(&u, &len, r->cont, 1);
+    char why[300];
+    if (cmh_k8s_api_refresh(&r->api, uv_now(&r->loop), why, sizeof why) < 0)
+        fprintf(stderr, "cni-metrics-helper report: %s\n", why);
+    struct cmh_buf *u = cmh_k8s_api_begin(&r->api, &r->list_req, "GET");
+    cmh_buf_addstr(u, "/api/v1/namespaces/");
+    cmh_buf_add_pct(u, r->cfg.k8s_namespace, strlen(r->cfg.k8s_namespace), 0);
+    cmh_buf_addstr(u, "/pods?limit=500&labelSelector=");
+    cmh_buf_add_pct(u, r->cfg.k8s_label_selector, strlen(r->cfg.k8s_label_selector), 0);
+    if (r->cont != NULL) {
+        cmh_buf_addstr(u, "&continue=");
+        cmh_buf_add_pct(u, r->cont, strlen(r->cont), 0);
     }
-    cmh_free(r->list_url);
-    r->list_url = u;
-    if (rc == 0 && r->auth == NULL && r->cfg.k8s_token_file != NULL) {
-        char *tok = NULL, why[300];
-        if (cmh_k8s_token_read(r->cfg.k8s_token_file, &tok, why, sizeof why) != 0) {
-            fprintf(stderr, "cni-metrics-helper report: %s\n", why);
-        } else {
-            r->auth = cmh_k8s_bearer_header(tok);
-            cmh_free(tok);
-        }
-    }
-    size_t nh = 0;
-    r->list_headers[nh++] = "Accept: application/json";
-    if (r->auth != NULL)
-        r->list_headers[nh++] = r->auth;
-    memset(&r->list_req, 0, sizeof r->list_req);
-    r->list_req.method = "GET";
-    r->list_req.url = r->list_url;
-    r->list_req.headers = r->list_headers;
-    r->list_req.nheaders = nh;
-    r->list_req.ca_file = r->cfg.k8s_ca_file;
-    r->list_req.allow_http = strncmp(r->server, "http://", 7) == 0; /* checked: loopback only */
-    r->list_req.no_proxy = 1;
-    r->list_req.max_body = 64u << 20;
-    if (rc == 0)
-        rc = cmh_curl_uv_start(&r->curl, &r->list_req, on_list);
+    r->list_req.curl.max_body = 64u << 20;
+    int rc = cmh_k8s_api_start(&r->api, &r->curl, &r->list_req, on_list);
     if (rc != 0) {
         fprintf(stderr, "cni-metrics-helper report: cannot list the pods: %s\n", strerror(-rc));
         finish(r, CMH_REPORT_ERROR);
@@ -762,8 +710,7 @@ static int api_access(struct report *r, char *url, size_t len)
             set_field(&r->cfg.k8s_token_file, NULL); /* to NULL: cannot fail */
         return 1;
     }
-    if (cmh_discovery_server_url(url, len, getenv("KUBERNETES_SERVICE_HOST"),
-                                 getenv("KUBERNETES_SERVICE_PORT")) == 0)
+    if (cmh_k8s_api_in_cluster_url(url, len, NULL) == 0)
         return 1;
     if (r->cfg.targets.n > 0 && !r->cfg.subnet_metrics)
         return 0; /* nothing to ask the API */
@@ -841,9 +788,11 @@ static int start(struct report *r, char *const *envp)
         fprintf(stderr, "cni-metrics-helper report: %s\n", err);
         return -EINVAL;
     }
-    r->server = cmh_strdup(url);
-    if (r->server == NULL)
-        return -ENOMEM;
+    struct cmh_k8s_api_opts ao = {
+        .server = url, .token_file = r->cfg.k8s_token_file, .ca_file = r->cfg.k8s_ca_file};
+    if (cmh_k8s_api_init(&r->api, &ao) != 0)
+        return -ENOMEM; /* the server was checked */
+    r->has_api = 1;
     if (r->cfg.scrape_mode != CMH_SCRAPE_MODE_DIRECT) {
         /* The same scrape modes as the daemon: through the pod proxy, or falling back to it. */
         struct cmh_proxy_scrape_opts po;
@@ -904,9 +853,9 @@ int cmh_report_cmd(int argc, char **argv, char *const *envp)
         cmh_free(r->strs[i]);
     cmh_free(r->strs);
     cmh_free(r->targets);
-    cmh_free(r->server);
-    cmh_free(r->list_url);
-    cmh_free(r->auth);
+    if (r->has_api)
+        cmh_k8s_api_free(&r->api);
+    cmh_k8s_api_req_free(&r->list_req);
     cmh_free(r->cont);
     cmh_discovery_pods_free(&r->pods);
     cmh_k8s_access_free(&r->access);

@@ -11,10 +11,11 @@
  * saw that renewal, which is later, the old leader has stopped before anybody can take over.
  * A JSON-facing module: includes jansson. */
 #include "cmh/k8s/leader.h"
+#include "cmh/k8s/leader_int.h"
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
-#include "cmh/k8s/token.h"
+#include "cmh/core/buf.h"
 #include "cmh/core/rng.h"
 #include "cmh/core/config.h"
 #include "cmh/core/log.h"
@@ -126,20 +127,12 @@ int cmh_leader_check_opts(const struct cmh_leader_opts *opts, char *err, size_t 
 
 /* ---- helpers ---- */
 
-static void set_error(struct cmh_leader *l, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void set_error(struct cmh_leader *l, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(l->last_error, sizeof l->last_error, fmt, ap);
-    va_end(ap);
-    l->st.errors++;
-    if (l->log != NULL)
-        CMH_LOG(l->log, CMH_LOG_WARN, "leader election error", CMH_STR("error", l->last_error),
-                CMH_BOOL("leader", l->leader), CMH_STR("lease", l->name));
-}
+/* Records an error (the last one for /readyz, the count for self-metrics) and logs it. */
+#define set_error(l, ...)                                                                          \
+    cmh_k8s_api_fail(                                                                              \
+        &(l)->err, (l)->log, "leader election error",                                              \
+        (const struct cmh_kv[]){CMH_BOOL("leader", (l)->leader), CMH_STR("lease", (l)->name)}, 2,  \
+        __VA_ARGS__)
 
 /* Wall-clock time as Kubernetes MicroTime: RFC 3339 with microseconds, UTC. */
 static void micro_time(char *buf, size_t len)
@@ -218,7 +211,7 @@ int cmh_leader_lease_parse(const char *body, size_t len, struct cmh_lease_record
 static void refresh_token(struct cmh_leader *l)
 {
     char why[300];
-    if (cmh_k8s_token_refresh(&l->tok, uv_now(l->loop), why, sizeof why) < 0)
+    if (cmh_k8s_api_refresh(&l->api, uv_now(l->loop), why, sizeof why) < 0)
         set_error(l, "%s", why);
 }
 
@@ -304,19 +297,6 @@ static void observe(struct cmh_leader *l, json_t *lease, const struct cmh_lease_
     l->record = lease;
 }
 
-static int build_url(struct cmh_leader *l, bool collection)
-{
-    size_t n = strlen(l->server) + strlen(l->ns) + strlen(l->name) + 64;
-    char *url = cmh_malloc(n);
-    if (url == NULL)
-        return -ENOMEM;
-    snprintf(url, n, "%s/apis/coordination.k8s.io/v1/namespaces/%s/leases%s%s", l->server, l->ns,
-             collection ? "" : "/", collection ? "" : l->name);
-    cmh_free(l->url);
-    l->url = url;
-    return 0;
-}
-
 static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res);
 
 /* Sends one request of step with body (taken; may be NULL). */
@@ -326,30 +306,23 @@ static int send_request(struct cmh_leader *l, int step, char *body)
     cmh_free(l->body);
     l->body = body;
     refresh_token(l);
-    rc = build_url(l, step == STEP_CREATE);
-    if (rc != 0)
-        return rc;
-    size_t nh = 0;
-    l->headers[nh++] = "Accept: application/json";
-    if (body != NULL)
-        l->headers[nh++] = "Content-Type: application/json";
-    if (l->tok.header != NULL)
-        l->headers[nh++] = l->tok.header;
     static const char *const methods[] = {"GET", "POST", "PUT", "PUT"};
-    memset(&l->req, 0, sizeof l->req);
-    l->req.method = methods[step];
-    l->req.url = l->url;
-    l->req.headers = l->headers;
-    l->req.nheaders = nh;
-    l->req.body = body;
-    l->req.body_len = body ? strlen(body) : 0;
-    l->req.max_body = LEASE_MAX_BODY;
-    l->req.ca_file = l->ca_file;
-    l->req.no_proxy = 1;
-    l->req.timeout_ms = l->request_ms;
-    if (step == STEP_RELEASE && l->req.timeout_ms > RELEASE_MAX_MS)
-        l->req.timeout_ms = RELEASE_MAX_MS;
-    rc = cmh_curl_uv_start(l->curl, &l->req, on_done);
+    struct cmh_buf *u = cmh_k8s_api_begin(&l->api, &l->req, methods[step]);
+    cmh_buf_addstr(u, "/apis/coordination.k8s.io/v1/namespaces/");
+    cmh_buf_addstr(u, l->ns); /* checked: a DNS label */
+    cmh_buf_addstr(u, "/leases");
+    if (step != STEP_CREATE) {
+        cmh_buf_addc(u, '/');
+        cmh_buf_addstr(u, l->name); /* checked: a DNS subdomain */
+    }
+    struct cmh_curl_uv_req *c = &l->req.curl;
+    c->body = body;
+    c->body_len = body ? strlen(body) : 0;
+    c->max_body = LEASE_MAX_BODY;
+    c->timeout_ms = l->request_ms;
+    if (step == STEP_RELEASE && c->timeout_ms > RELEASE_MAX_MS)
+        c->timeout_ms = RELEASE_MAX_MS;
+    rc = cmh_k8s_api_start(&l->api, l->curl, &l->req, on_done);
     if (rc != 0)
         return rc;
     l->step = step;
@@ -435,7 +408,7 @@ static void renewed(struct cmh_leader *l)
     uint64_t now = uv_now(l->loop);
     uint64_t until = l->attempt_ms + l->renew_ms;
     l->st.renewals++;
-    l->last_error[0] = '\0';
+    l->err.text[0] = '\0';
     schedule(l);
     if (until <= now) {
         /* The attempt itself took longer than the renew deadline: the others may already be
@@ -559,7 +532,7 @@ static void release(struct cmh_leader *l)
 
 static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res)
 {
-    struct cmh_leader *l = container_of(req, struct cmh_leader, req);
+    struct cmh_leader *l = container_of(req, struct cmh_leader, req.curl);
     l->in_flight = false;
     if (l->step == STEP_RELEASE) {
         release_done(l, res);
@@ -583,15 +556,11 @@ static void on_done(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
     }
     if (res->error == CMH_CURL_ERR_CANCELLED)
         return;
-    if (res->error != CMH_CURL_OK) {
-        set_error(l, "Lease request failed: %s (%s)", cmh_curl_uv_error_name(res->error),
-                  res->error_text);
-    } else if (res->status == 401 || res->status == 403) {
-        cmh_k8s_token_refused(&l->tok);
-        set_error(l, "Lease request answered HTTP %ld: %.120s", res->status, res->body);
-    } else if (res->status >= 300 && res->status != 404 && res->status != 409) {
-        set_error(l, "Lease request answered HTTP %ld: %.120s", res->status, res->body);
-    }
+    /* 404 (no Lease yet) and 409 (another replica wrote first) are the election's own. */
+    char why[256];
+    int rc = cmh_k8s_api_result(&l->api, res, NULL, 0, why, sizeof why);
+    if (rc != 0 && rc != -ENOENT && rc != -EEXIST)
+        set_error(l, "Lease request failed: %s", why);
     if (res->error != CMH_CURL_OK) {
         failed(l);
         return;
@@ -608,8 +577,9 @@ static void free_all(struct cmh_leader *l)
 {
     json_decref(l->record);
     l->record = NULL;
-    cmh_k8s_token_free(&l->tok);
-    char **strs[] = {&l->server, &l->ns, &l->name, &l->identity, &l->ca_file, &l->url, &l->body};
+    cmh_k8s_api_free(&l->api);
+    cmh_k8s_api_req_free(&l->req);
+    char **strs[] = {&l->ns, &l->name, &l->identity, &l->body};
     for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
         cmh_free(*strs[i]);
         *strs[i] = NULL;
@@ -646,13 +616,15 @@ int cmh_leader_start(struct cmh_leader *l, uv_loop_t *loop, struct cmh_curl_uv *
             CMH_LOG(log, CMH_LOG_ERROR, "bad leader election settings", CMH_STR("error", err));
         return -EINVAL;
     }
-    l->server = cmh_strdup_opt(opts->server, &rc);
+    struct cmh_k8s_api_opts ao = {.server = opts->server,
+                                  .token_file = opts->token_file,
+                                  .ca_file = opts->ca_file,
+                                  .token_max_age_ms = TOKEN_MAX_AGE_MS};
+    if (cmh_k8s_api_init(&l->api, &ao) != 0)
+        rc = -ENOMEM; /* the server was checked */
     l->ns = cmh_strdup_opt(opts->namespace_name ? opts->namespace_name : DEFAULT_NAMESPACE, &rc);
     l->name = cmh_strdup_opt(opts->lease_name ? opts->lease_name : DEFAULT_LEASE, &rc);
     l->identity = opts->identity ? cmh_strdup_opt(opts->identity, &rc) : default_identity(&rc);
-    if (cmh_k8s_token_init(&l->tok, opts->token_file, TOKEN_MAX_AGE_MS) != 0)
-        rc = -ENOMEM;
-    l->ca_file = cmh_strdup_opt(opts->ca_file, &rc);
     if (rc != 0) {
         free_all(l);
         return -ENOMEM;
@@ -710,7 +682,7 @@ static void on_deadline_closed(uv_handle_t *h)
     finish_if_closed(l);
 }
 
-void cmh_leader_stop(struct cmh_leader *l, cmh_leader_close_cb close_cb)
+void cmh_leader_close(struct cmh_leader *l, cmh_leader_close_cb close_cb)
 {
     if (!l->started || l->stopping)
         return;
@@ -725,7 +697,7 @@ void cmh_leader_stop(struct cmh_leader *l, cmh_leader_close_cb close_cb)
         l->releasing = true; /* on_done releases once the request in flight ended */
     } else {
         if (l->in_flight)
-            cmh_curl_uv_cancel(l->curl, &l->req);
+            cmh_curl_uv_cancel(l->curl, &l->req.curl);
         l->in_flight = false;
         if (was_leader)
             release(l);
@@ -740,5 +712,6 @@ void cmh_leader_status(const struct cmh_leader *l, struct cmh_leader_status *st)
     st->is_leader = cmh_leader_is_leader(l);
     st->holder = l->holder;
     st->identity = l->identity;
-    st->last_error = l->last_error;
+    st->errors = l->err.count;
+    st->last_error = l->err.text;
 }

@@ -6,7 +6,7 @@
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
 #include "cmh/core/config.h"
-#include "cmh/k8s/token.h"
+#include "cmh/k8s/api.h"
 #include "cmh/core/log.h"
 
 #include <errno.h>
@@ -17,7 +17,7 @@
 #define DEFAULT_TOKEN_AGE 60000
 
 struct cmh_proxy_scrape_req {
-    struct cmh_curl_uv_req req;
+    struct cmh_k8s_api_req req;
     struct cmh_proxy_scrape *p;
     struct cmh_proxy_scrape_req *next_free;
     size_t target;
@@ -28,7 +28,6 @@ struct cmh_proxy_scrape_req {
     uint64_t bytes;
     uint64_t start_ns;
     struct cmh_gunzip *gz; /* while a gzip body is read; from p->gz */
-    const char *headers[3];
     char url[640];
 };
 
@@ -62,16 +61,16 @@ int cmh_proxy_scrape_url(char *buf, size_t len, const char *server, const char *
 static void refresh_token(struct cmh_proxy_scrape *p)
 {
     char why[256];
-    int rc = cmh_k8s_token_refresh(&p->tok, uv_now(p->loop), why, sizeof why);
+    int rc = cmh_k8s_api_refresh(&p->api, uv_now(p->loop), why, sizeof why);
     if (rc < 0) {
         if (strcmp(why, p->last_token_error) != 0)
             CMH_LOG(p->log, CMH_LOG_WARN, "proxy scraping: cannot read the token",
                     CMH_STR("error", why));
         snprintf(p->last_token_error, sizeof p->last_token_error, "%s", why);
-    } else if (p->tok.reads != p->stats.token_reads) {
+    } else if (p->api.tok.reads != p->stats.token_reads) {
         p->last_token_error[0] = '\0';
     }
-    p->stats.token_reads = p->tok.reads;
+    p->stats.token_reads = p->api.tok.reads;
 }
 
 static void on_req_done(struct cmh_curl_uv_req *creq, const struct cmh_curl_uv_response *res);
@@ -91,7 +90,7 @@ static int check_coding(struct cmh_proxy_scrape_req *r)
     size_t amount = 0;
     int gzip = 0;
     for (size_t i = 0; i == 0 || i < amount; i++) {
-        const char *v = cmh_curl_uv_header(&r->req, "Content-Encoding", i, &amount);
+        const char *v = cmh_curl_uv_header(&r->req.curl, "Content-Encoding", i, &amount);
         if (v == NULL)
             break;
         int coding = cmh_gzip_coding(v, strlen(v));
@@ -129,7 +128,7 @@ static enum cmh_scrape_mode_abort gunzip_abort(int rc)
  * gzip body is inflated on its way to the consumer, its inflated size bounded by the same cap. */
 static int on_data(struct cmh_curl_uv_req *creq, long status, const char *data, size_t len)
 {
-    struct cmh_proxy_scrape_req *r = container_of(creq, struct cmh_proxy_scrape_req, req);
+    struct cmh_proxy_scrape_req *r = container_of(creq, struct cmh_proxy_scrape_req, req.curl);
     struct cmh_proxy_scrape *p = r->p;
     r->status = status;
     if (status != 200) {
@@ -169,27 +168,19 @@ static int on_data(struct cmh_curl_uv_req *creq, long status, const char *data, 
 static int start_req(struct cmh_proxy_scrape *p, struct cmh_proxy_scrape_req *r,
                      const struct cmh_proxy_scrape_job *job)
 {
-    int rc = cmh_proxy_scrape_url(r->url, sizeof r->url, p->server, p->ns, job->pod, job->port);
+    int rc = cmh_proxy_scrape_url(r->url, sizeof r->url, p->api.server, p->ns, job->pod, job->port);
     if (rc != 0)
         return rc;
     refresh_token(p);
-    struct cmh_curl_uv_req *c = &r->req;
-    memset(c, 0, sizeof *c);
+    cmh_k8s_api_begin(&p->api, &r->req, "GET");
+    struct cmh_curl_uv_req *c = &r->req.curl;
     c->url = r->url;
-    /* http only where the server URL was checked to be loopback (report's K8S_API_URL). */
-    c->allow_http = strncmp(p->server, "http://", 7) == 0;
-    size_t nh = 0;
-    r->headers[nh++] = "Accept: text/plain";
+    r->req.accept = "Accept: text/plain";
     if (p->gzip)
-        r->headers[nh++] = "Accept-Encoding: gzip";
-    if (p->tok.header != NULL)
-        r->headers[nh++] = p->tok.header;
-    c->headers = r->headers;
-    c->nheaders = nh;
+        r->req.extra = "Accept-Encoding: gzip";
     c->on_data = on_data;
     c->timeout_ms = job->timeout_ms ? job->timeout_ms : p->timeout_ms;
     c->http2 = 1;
-    c->no_proxy = 1;
     r->target = job->target;
     r->ctx = NULL;
     r->began = 0;
@@ -198,7 +189,7 @@ static int start_req(struct cmh_proxy_scrape *p, struct cmh_proxy_scrape_req *r,
     r->bytes = 0;
     r->gz = NULL;
     r->start_ns = uv_hrtime();
-    rc = cmh_curl_uv_start(&p->curl, c, on_req_done);
+    rc = cmh_k8s_api_start(&p->api, &p->curl, &r->req, on_req_done);
     if (rc != 0)
         return rc;
     p->inflight++;
@@ -236,7 +227,7 @@ static void pump(struct cmh_proxy_scrape *p)
 
 static void on_req_done(struct cmh_curl_uv_req *creq, const struct cmh_curl_uv_response *res)
 {
-    struct cmh_proxy_scrape_req *r = container_of(creq, struct cmh_proxy_scrape_req, req);
+    struct cmh_proxy_scrape_req *r = container_of(creq, struct cmh_proxy_scrape_req, req.curl);
     struct cmh_proxy_scrape *p = r->p;
     long status = r->status ? r->status : res->status;
     if (r->gz != NULL) {
@@ -264,7 +255,7 @@ static void on_req_done(struct cmh_curl_uv_req *creq, const struct cmh_curl_uv_r
             result = CMH_SCRAPE_PARSE_ERROR;
     }
     if (status == 401) {
-        cmh_k8s_token_refused(&p->tok);
+        cmh_k8s_api_refused(&p->api);
         p->stats.unauthorized++;
     }
     if (res->http_version == 2)
@@ -304,9 +295,12 @@ int cmh_proxy_scrape_init(struct cmh_proxy_scrape *p, uv_loop_t *loop,
     p->max_body = o->max_body ? o->max_body : 4u << 20;
     p->streams = o->streams ? o->streams : DEFAULT_STREAMS;
     p->gzip = o->gzip;
-    int rc = cmh_k8s_token_init(&p->tok, o->token_file,
-                                o->token_max_age_ms ? o->token_max_age_ms : DEFAULT_TOKEN_AGE);
-    p->server = cmh_strdup_opt(o->server, &rc);
+    struct cmh_k8s_api_opts ao = {.server = o->server,
+                                  .token_file = o->token_file,
+                                  .ca_file = o->ca_file,
+                                  .token_max_age_ms = o->token_max_age_ms ? o->token_max_age_ms
+                                                                          : DEFAULT_TOKEN_AGE};
+    int rc = cmh_k8s_api_init(&p->api, &ao);
     p->ns = cmh_strdup_opt(o->namespace_name, &rc);
     p->reqs = cmh_calloc(p->streams, sizeof *p->reqs);
     if (rc != 0 || p->reqs == NULL) {
@@ -330,9 +324,8 @@ int cmh_proxy_scrape_init(struct cmh_proxy_scrape *p, uv_loop_t *loop,
     return 0;
 
 fail:
-    cmh_free(p->server);
+    cmh_k8s_api_free(&p->api);
     cmh_free(p->ns);
-    cmh_k8s_token_free(&p->tok);
     cmh_free(p->reqs);
     memset(p, 0, sizeof *p);
     return rc;
@@ -392,9 +385,9 @@ void cmh_proxy_scrape_cancel_all(struct cmh_proxy_scrape *p)
     }
     for (unsigned i = 0; i < p->streams; i++) {
         struct cmh_proxy_scrape_req *r = &p->reqs[i];
-        if (r->req.easy != NULL) {
+        if (r->req.curl.easy != NULL) {
             r->abort = CMH_PROXY_ABORT_DEADLINE;
-            cmh_curl_uv_cancel(&p->curl, &r->req);
+            cmh_curl_uv_cancel(&p->curl, &r->req.curl);
         }
     }
     p->cancelling = 0;
@@ -403,13 +396,14 @@ void cmh_proxy_scrape_cancel_all(struct cmh_proxy_scrape *p)
 static void on_curl_closed(struct cmh_curl_uv *c)
 {
     struct cmh_proxy_scrape *p = container_of(c, struct cmh_proxy_scrape, curl);
-    cmh_free(p->server);
+    cmh_k8s_api_free(&p->api);
     cmh_free(p->ns);
-    cmh_k8s_token_free(&p->tok);
+    for (unsigned i = 0; i < p->streams; i++)
+        cmh_k8s_api_req_free(&p->reqs[i].req);
     cmh_free(p->reqs);
     cmh_free(p->queue);
     cmh_gunzip_pool_free(&p->gz);
-    p->server = p->ns = NULL;
+    p->ns = NULL;
     p->reqs = p->free_reqs = NULL;
     p->queue = NULL;
     if (p->close_cb != NULL)

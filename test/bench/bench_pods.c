@@ -10,6 +10,7 @@
  *           how pages were read before they streamed (the reference figure).
  * Also printed: the pod store's and the target set's heap bytes per pod (mallinfo2). */
 #include "cmh/k8s/discovery.h"
+#include "cmh/k8s/discovery_int.h"
 
 #include <jansson.h>
 

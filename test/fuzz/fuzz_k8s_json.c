@@ -12,6 +12,7 @@
  * After either mode, the store's tree must hold every pod once in name order, balanced, and the
  * target set must be exactly the Running pods with an address, in name order. */
 #include "cmh/k8s/discovery.h"
+#include "cmh/k8s/discovery_int.h"
 #include "fuzz_splits.h"
 
 #include <jansson.h>

@@ -11,6 +11,7 @@
  * line kept, and no line kept beyond the bound. */
 #include "cmh/core/alloc.h"
 #include "cmh/k8s/discovery.h"
+#include "cmh/k8s/discovery_int.h"
 #include "cmh/core/log.h"
 #include "fuzz_splits.h"
 
@@ -141,8 +142,8 @@ static void feed(const char *buf, const size_t *sz, size_t n, size_t line_max, s
     o->bad = d.abort_bad;
     o->room = d.abort_room;
     o->changed = changed_any;
-    o->errors = d.st.errors;
-    memcpy(o->error, d.last_error, sizeof o->error);
+    o->errors = d.err.count;
+    memcpy(o->error, d.err.text, sizeof o->error);
     o->kept = stop ? 0 : d.line_len;
     cmh_free(d.line);
 }

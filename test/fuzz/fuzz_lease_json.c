@@ -4,6 +4,7 @@
  * follower's own applies) or whole seconds within the bound; a refused one leaves the record
  * zeroed. Parsing is deterministic. */
 #include "cmh/k8s/leader.h"
+#include "cmh/k8s/leader_int.h"
 
 #include <errno.h>
 #include <stdint.h>

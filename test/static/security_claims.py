@@ -80,10 +80,26 @@ check("a CA file replaces the system store: CAINFO set in one place, always with
       len(re.findall(r"CURLOPT_CAINFO", cu)) == 1 and len(cainfo) == 1, cainfo)
 check("a no_proxy request sets CURLOPT_PROXY to \"\" (libcurl then reads no proxy variable)",
       re.search(r"if \(req->no_proxy\)\s*SET\(CURLOPT_PROXY, \"\"\);", cu) is not None)
-direct = {f: re.findall(r"\bno_proxy = 1;", source(f))
-          for f in ("k8s/discovery.c", "k8s/leader.c", "scrape/proxy_scrape.c", "cmd/report.c")}
-check("every Kubernetes API request (discovery, leader election, pod proxy, report) is no_proxy",
-      all(len(v) == 1 for v in direct.values()), direct)
+api = source("k8s/api.c")
+api_get = re.search(r"\nint cmh_k8s_api_get\(.*?\n\}", api, re.S)
+api_start = re.search(r"\nint cmh_k8s_api_start\(.*?\n\}", api, re.S)
+api_start = api_start.group(0) if api_start else ""
+m = re.search(r"\n([^\n]*)\n[^\n]*\bno_proxy = 1;", api_start)
+check("the Kubernetes API helper sets no_proxy once, unconditionally, on every request it starts",
+      len(re.findall(r"\bno_proxy\b", api)) == 1 and m is not None
+      and not re.search(r"\b(if|else|\?)\b", m.group(1))
+      and api_start.rstrip("}").rstrip().endswith("return cmh_curl_uv_start(curl, &r->curl, done);")
+      and api_get is not None and "return cmh_k8s_api_start(a, curl, r, done);" in api_get.group(0)
+      and len(re.findall(r"\bcmh_curl_uv_start\(", api)) == 1,
+      m and m.group(1))
+k8s_clients = ("k8s/discovery.c", "k8s/leader.c", "scrape/proxy_scrape.c", "cmd/report.c",
+               "aws/cluster_id.c")
+direct = {f: (len(re.findall(r"\bcmh_k8s_api_(?:start|get)\(", source(f))),
+              len(re.findall(r"\bcmh_curl_uv_start\(|\bno_proxy\b", source(f))))
+          for f in k8s_clients}
+check("every Kubernetes API request (discovery, leader election, pod proxy, report, cluster id) "
+      "starts through that helper, none by curl_uv directly",
+      all(n >= 1 and d == 0 for n, d in direct.values()), direct)
 # The credential layer's requests all go through cmh_aws_job_request (creds_job.c), whose
 # credential_endpoint argument (the one before the timeout) becomes the request's no_proxy.
 ac = source("aws/creds.c") + source("aws/imds.c") + source("aws/region.c")

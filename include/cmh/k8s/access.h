@@ -10,6 +10,7 @@
 #include <stddef.h>
 
 struct cmh_k8s_access {
+    /* read-only: filled by cmh_k8s_access_kubeconfig */
     char *server;     /* base URL, without a trailing '/' */
     char *token_file; /* the bearer token to send, or NULL for none */
     char *ca_file;    /* the anchors for the server, or NULL for the system store */

@@ -10,7 +10,7 @@
 #include <uv.h>
 
 #include "cmh/http/curl_uv.h"
-#include "cmh/k8s/token.h"
+#include "cmh/k8s/api.h"
 #include "cmh/scrape/scrape.h"
 
 struct cmh_log;
@@ -26,6 +26,7 @@ struct cmh_discovery_target {
 
 /* An immutable, reference-counted target set, sorted by pod name. */
 struct cmh_discovery_set {
+    /* read-only */
     unsigned refs;
     uint64_t generation; /* grows by one with every published change */
     size_t n;
@@ -40,7 +41,7 @@ typedef void (*cmh_discovery_change_cb)(struct cmh_discovery *d, void *arg);
 typedef void (*cmh_discovery_close_cb)(struct cmh_discovery *d);
 
 struct cmh_discovery_opts {
-    const char *server;          /* "https://host:port" (see cmh_discovery_server_url) */
+    const char *server;          /* "https://host:port" (see cmh_k8s_api_in_cluster_url) */
     const char *namespace_name;  /* default "kube-system" */
     const char *label_selector;  /* default "k8s-app=aws-node" */
     const char *token_file;      /* re-read every minute and after a 401; NULL = no token */
@@ -78,11 +79,12 @@ struct cmh_discovery_status {
 
 /* The pods as the pure parsers keep them: a map by name, with only the fields used. */
 struct cmh_discovery_pod {
+    /* read-only */
     char *name;
     char *node;
     char ip[48];
     bool running;
-    /* Private: the AVL tree over the pods by name (indices into v plus one; 0 = none). */
+    /* private: the AVL tree over the pods by name (indices into v plus one; 0 = none) */
     unsigned char height;
     uint32_t left, right;
 };
@@ -90,11 +92,13 @@ struct cmh_discovery_pod {
 /* Lookup, insertion and removal take O(log n) name comparisons whatever the order pods come in
  * (an AVL tree over v); the target set is built from the tree in name order. */
 struct cmh_discovery_pods {
+    /* public */
+    size_t max; /* a new pod beyond this many is not kept; 0: no bound */
+    /* read-only */
     struct cmh_discovery_pod *v; /* in no order (a removal moves the last pod into its place) */
     size_t n, cap;
-    size_t max;       /* a new pod beyond this many is not kept; 0: no bound */
     uint64_t refused; /* pods not kept because of max (each counted once) */
-    /* Private. */
+    /* private */
     uint32_t root;    /* the tree's root (index into v plus one; 0 = empty) */
     size_t targets;   /* pods that are targets (Running with a hostIP) */
     uint64_t version; /* grows whenever the targets (names, nodes, addresses) may have changed */
@@ -103,23 +107,6 @@ struct cmh_discovery_pods {
 
 /* Default bound on the pods kept: EKS's largest clusters, with room. */
 #define CMH_DISCOVERY_MAX_PODS 100000
-
-enum cmh_discovery_event_type {
-    CMH_K8S_EV_ADDED,
-    CMH_K8S_EV_MODIFIED,
-    CMH_K8S_EV_DELETED,
-    CMH_K8S_EV_BOOKMARK,
-    CMH_K8S_EV_ERROR,
-};
-
-/* What one watch line said. */
-struct cmh_discovery_event {
-    enum cmh_discovery_event_type type;
-    char rv[64];  /* object.metadata.resourceVersion ("" for ERROR) */
-    long code;    /* ERROR: the Status code (410 = Gone) */
-    bool changed; /* the pods map changed */
-    bool relist;  /* a kept pod left while pods beyond max exist: list again to take one in */
-};
 
 /* Longest watch line accepted (one pod object); a longer one ends the watch as an error. */
 #define CMH_DISCOVERY_LINE_MAX (1024 * 1024)
@@ -130,8 +117,10 @@ struct cmh_discovery_event {
 #define CMH_DISCOVERY_ITEM_MAX    CMH_DISCOVERY_LINE_MAX
 #define CMH_DISCOVERY_ITEM_VALUES 65536
 
-/* A PodList page parsed as it streams (see cmh_discovery_list_begin). Private fields. */
+/* A PodList page parsed as it streams (cmh_discovery_list_begin in discovery_int.h), embedded in
+ * struct cmh_discovery. */
 struct cmh_discovery_list_parser {
+    /* private */
     struct cmh_discovery_pods *pods;
     size_t item_max;
     int state, rc;
@@ -148,15 +137,16 @@ struct cmh_discovery_list_parser {
 };
 
 struct cmh_discovery {
+    /* read-only: set by cmh_discovery_start */
     uv_loop_t *loop;
     struct cmh_curl_uv *curl;
     struct cmh_log *log;
     cmh_discovery_change_cb on_change;
     void *arg;
-    /* Private. */
-    char *server, *ns, *selector, *ca_file;
+    /* private */
+    char *ns, *selector;
     uint64_t watch_timeout_ms, request_timeout_ms, backoff_base_ms, backoff_cap_ms;
-    struct cmh_k8s_token tok;
+    struct cmh_k8s_api api; /* the server, its CA and the token */
     size_t page_limit;
     uint64_t rng;
     struct cmh_discovery_pods pods;    /* what the API says now */
@@ -165,9 +155,7 @@ struct cmh_discovery {
     struct cmh_discovery_set *set;     /* published */
     char rv[64];                       /* resume point of the watch */
     char *cont;                        /* continue token of a paginated list */
-    char *url;
-    const char *headers[2];
-    struct cmh_curl_uv_req req;
+    struct cmh_k8s_api_req req;
     bool in_flight;
     int mode; /* 0 list, 1 watch */
     bool abort_gone, abort_bad, abort_room;
@@ -181,7 +169,7 @@ struct cmh_discovery {
     bool started, stopping, dirty, synced, watching;
     bool sync_told; /* on_change fired after the first list */
     struct cmh_discovery_status st;
-    char last_error[256];
+    struct cmh_k8s_api_err err; /* the last error and the count (st.errors) */
     cmh_discovery_close_cb close_cb;
     uint64_t built_version;   /* pods.version the published set was built from */
     uint64_t last_publish_ms; /* when the notify timer last published (uv_now) */
@@ -194,10 +182,6 @@ struct cmh_discovery {
     size_t err_len;
     size_t list_bytes; /* bytes of the page being streamed */
 };
-
-/* Builds "https://host:port" from KUBERNETES_SERVICE_HOST/_PORT values (IPv6 in brackets).
- * Returns 0, or -EINVAL when host or port is missing or bad, -ENOSPC when len is too small. */
-int cmh_discovery_server_url(char *buf, size_t len, const char *host, const char *port);
 
 /* Resolves a SCRAPE_TARGETS host (name or literal) to the numeric address of its first answer,
  * blocking on DNS (start-up only). Returns 0; -EINVAL when it does not resolve, with *why (if not
@@ -220,9 +204,9 @@ int cmh_discovery_start(struct cmh_discovery *d, uv_loop_t *loop, struct cmh_cur
 
 /* Cancels the request in flight and closes the timers; close_cb (may be NULL) fires from the loop
  * once everything is closed, after which d may be freed. Sets held by callers stay valid. */
-void cmh_discovery_stop(struct cmh_discovery *d, cmh_discovery_close_cb close_cb);
+void cmh_discovery_close(struct cmh_discovery *d, cmh_discovery_close_cb close_cb);
 
-/* The current targets, valid until the next change callback (or until stop). *generation (may be
+/* The current targets, valid until the next change callback (or until close). *generation (may be
  * NULL) tells which publication this is. The last known targets are kept through API errors. */
 const struct cmh_discovery_target *cmh_discovery_targets(const struct cmh_discovery *d, size_t *n,
                                                          uint64_t *generation);
@@ -237,50 +221,16 @@ void cmh_discovery_set_release(struct cmh_discovery_set *set);
 /* Copies the status (strings point into d). */
 void cmh_discovery_status(const struct cmh_discovery *d, struct cmh_discovery_status *st);
 
-/* Pure parsers (no I/O), used by the watch and by the fuzzer. */
+/* Pure (no I/O): the pods store, and the PodList parser report uses for its one list. The
+ * streaming parser, the watch's and the store's checks are in discovery_int.h. */
 void cmh_discovery_pods_free(struct cmh_discovery_pods *pods);
-/* Checks the store's own invariants (every pod in the tree once, in strictly increasing name
- * order, balanced, the target count right): 0, or -EFAULT. For tests and fuzzers. */
-int cmh_discovery_pods_check(const struct cmh_discovery_pods *pods);
-
-/* A PodList page parsed as it streams, in chunks cut anywhere: memory is one pod object at a
- * time (at most item_max bytes; 0 = CMH_DISCOVERY_ITEM_MAX) plus what pods keeps, whatever the
- * page's size. The top level is scanned here; metadata, each item and every other top-level
- * value is handed to jansson alone, so a page is accepted exactly when jansson accepts it whole,
- * but for a repeated "items" key (refused) and an item over item_max (skipped and counted in
- * items_too_large, not checked). Items are added to pods as they come: on an error, discard pods.
- * _feed returns 0 or the first error (-EBADMSG, -ENOMEM), after which data is ignored; _end
- * returns the page's verdict as cmh_discovery_parse_list does and frees what p holds (call it
- * also to abandon a page). */
-void cmh_discovery_list_begin(struct cmh_discovery_list_parser *p, struct cmh_discovery_pods *pods,
-                              size_t item_max);
-int cmh_discovery_list_feed(struct cmh_discovery_list_parser *p, const char *data, size_t len);
-int cmh_discovery_list_end(struct cmh_discovery_list_parser *p, char *rv, size_t rvlen, char *cont,
-                           size_t contlen);
 /* Parses one page of a PodList into pods (adding to it), through the streaming parser above in
  * one chunk. rv and cont receive metadata.resourceVersion and metadata.continue ("" when absent).
  * Returns 0, -EBADMSG (not a PodList), -E2BIG (a field too long for its buffer) or -ENOMEM. */
 int cmh_discovery_parse_list(struct cmh_discovery_pods *pods, const char *buf, size_t len, char *rv,
                              size_t rvlen, char *cont, size_t contlen);
-/* Applies one watch event line to pods. Returns 0 with ev filled, -EBADMSG, -E2BIG (more than
- * CMH_DISCOVERY_ITEM_VALUES values) or -ENOMEM; on an error pods is unchanged. */
-int cmh_discovery_parse_event(struct cmh_discovery_pods *pods, const char *line, size_t len,
-                              struct cmh_discovery_event *ev);
-/* How the watch log names a parse_event error ("not JSON", "too many values", "out of memory"). */
-const char *cmh_discovery_event_error(int rc);
 /* Builds a target set from pods (Running with a hostIP). Returns NULL on -ENOMEM. */
 struct cmh_discovery_set *cmh_discovery_set_build(const struct cmh_discovery_pods *pods,
                                                   uint64_t generation);
-
-/* The watch stream's framing (what libcurl's chunks of a 200 watch answer go through; a test and
- * fuzz seam, no I/O): cuts data into lines, a line possibly spanning chunks (kept in d->line) and
- * never longer than d->line_max, applies each non-blank line as an event to d->pods and d->rv and
- * records failures in d->last_error and d->st.errors (logged when d->log is set). Only those
- * fields, d->line* and d->abort_* are used: a zeroed struct with pods.max set is enough.
- * *changed says whether the pods map, or the count of pods beyond its bound, changed. Returns 0
- * to go on, or 1 when the watch must end: an ERROR event (410: d->abort_gone), a bad event, a line
- * too long or out of memory (d->abort_bad), a kept pod deleted while pods beyond the bound wait
- * (d->abort_room: a list takes one in); later data is then not applied. */
-int cmh_discovery_watch_feed(struct cmh_discovery *d, const char *data, size_t len, bool *changed);
 
 #endif

@@ -11,19 +11,19 @@
 #include <uv.h>
 
 #include "cmh/http/curl_uv.h"
-#include "cmh/k8s/token.h"
+#include "cmh/k8s/api.h"
 
 struct cmh_log;
 struct cmh_config;
 struct cmh_leader;
 
 /* Fires from the loop (never inside a leader call) when this replica becomes leader (is_leader
- * true) or stops being leader (false). Never fires after cmh_leader_stop was called. */
+ * true) or stops being leader (false). Never fires after cmh_leader_close was called. */
 typedef void (*cmh_leader_change_cb)(struct cmh_leader *l, bool is_leader, void *arg);
 typedef void (*cmh_leader_close_cb)(struct cmh_leader *l);
 
 struct cmh_leader_opts {
-    const char *server;         /* "https://host:port" (see cmh_discovery_server_url) */
+    const char *server;         /* "https://host:port" (see cmh_k8s_api_in_cluster_url) */
     const char *namespace_name; /* of the Lease; default "kube-system" */
     const char *lease_name;     /* default "cni-metrics-helper" */
     const char *identity;       /* NULL: POD_NAME, else "<hostname>_<pid>" */
@@ -42,7 +42,7 @@ struct cmh_leader_opts {
  * longest LEADER_ELECTION_LEASE_DURATION, so a replica of ours is always waited for in full. */
 #define CMH_LEADER_LEASE_MAX_S 3600
 
-/* What the elector reads from a Lease (cmh_leader_lease_parse). */
+/* What the elector reads from a Lease (cmh_leader_lease_parse in leader_int.h). */
 struct cmh_lease_record {
     char holder[254];          /* spec.holderIdentity; "" when absent, null or empty */
     char renew_time[64];       /* spec.renewTime as written; "" when absent or null */
@@ -52,13 +52,6 @@ struct cmh_lease_record {
                              own lease duration) */
     int64_t transitions;  /* spec.leaseTransitions; 0 when absent or not an integer >= 0 */
 };
-
-/* Pure: parses a Lease (the body of a GET, POST or PUT answer) into *out. Returns 0, or -EPROTO
- * when body is not a JSON object with a string metadata.resourceVersion of 1-63 bytes, a spec
- * that is an object (or absent/null), a holderIdentity that is a string of at most 253 bytes (the
- * longest identity) or null, and a renewTime that is a string of at most 63 bytes or null; then
- * *out is zeroed. */
-int cmh_leader_lease_parse(const char *body, size_t len, struct cmh_lease_record *out);
 
 /* Counters and state, for /readyz, self-metrics and logs. */
 struct cmh_leader_status {
@@ -74,20 +67,19 @@ struct cmh_leader_status {
 };
 
 struct cmh_leader {
+    /* read-only: set by cmh_leader_start */
     uv_loop_t *loop;
     struct cmh_curl_uv *curl;
     struct cmh_log *log;
     cmh_leader_change_cb on_change;
     void *arg;
-    /* Private. */
-    char *server, *ns, *name, *identity, *ca_file;
+    /* private */
+    char *ns, *name, *identity;
     uint64_t lease_ms, renew_ms, retry_ms, request_ms;
     uint64_t rng;
-    struct cmh_k8s_token tok;
-    char *url;  /* of the request in flight */
-    char *body; /* of the request in flight */
-    const char *headers[3];
-    struct cmh_curl_uv_req req;
+    struct cmh_k8s_api api; /* the server, its CA and the token */
+    char *body;             /* of the request in flight */
+    struct cmh_k8s_api_req req;
     bool in_flight;
     int step;                         /* what the request in flight is (GET, POST, PUT, release) */
     void *record;                     /* json_t *: the Lease as last read or written */
@@ -101,7 +93,7 @@ struct cmh_leader {
     bool started, stopping, releasing;
     struct cmh_leader_status st;
     char holder[256];
-    char last_error[256];
+    struct cmh_k8s_api_err err; /* the last error and the count (st.errors) */
     cmh_leader_close_cb close_cb;
 };
 
@@ -130,7 +122,7 @@ bool cmh_leader_is_leader(const struct cmh_leader *l);
  * end first (it may have renewed the Lease: the release names the resourceVersion it left).
  * close_cb (may be NULL) fires from
  * the loop once the release ended and the timers are closed, after which l may be freed. */
-void cmh_leader_stop(struct cmh_leader *l, cmh_leader_close_cb close_cb);
+void cmh_leader_close(struct cmh_leader *l, cmh_leader_close_cb close_cb);
 
 /* Copies the status (strings point into l). */
 void cmh_leader_status(const struct cmh_leader *l, struct cmh_leader_status *st);

@@ -23,12 +23,14 @@ char *cmh_k8s_bearer_header(const char *token);
  * rotates the file well before the token expires) and at the first use after the API server
  * refused it. A failed read keeps the token held, and is tried again at the same moments. */
 struct cmh_k8s_token {
-    char *file; /* owned; NULL: requests go without a token */
+    /* read-only */
+    char *file;     /* owned; NULL: requests go without a token */
+    char *header;   /* "Authorization: Bearer <token>" when token is set */
+    uint64_t reads; /* good reads */
+    /* private */
     uint64_t max_age_ms;
     char *token;      /* NULL until the first good read */
-    char *header;     /* "Authorization: Bearer <token>" when token is set */
     uint64_t read_ms; /* loop time of the last read attempt */
-    uint64_t reads;   /* good reads */
     bool tried, refused;
 };
 

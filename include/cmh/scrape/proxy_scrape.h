@@ -8,7 +8,7 @@
 
 #include "cmh/http/curl_uv.h"
 #include "cmh/core/gz.h"
-#include "cmh/k8s/token.h"
+#include "cmh/k8s/api.h"
 #include "cmh/scrape/scrape.h"
 #include "cmh/scrape/scrape_mode.h"
 
@@ -72,10 +72,10 @@ struct cmh_proxy_scrape {
     cmh_proxy_scrape_done_cb done;
     void *arg;
     /* Private. */
-    char *server, *ns;
+    struct cmh_k8s_api api; /* the server, its CA and the token */
+    char *ns;
     uint64_t timeout_ms, max_body;
     unsigned streams, inflight;
-    struct cmh_k8s_token tok;
     char last_token_error[256];
     struct cmh_proxy_scrape_req *reqs; /* streams of them */
     struct cmh_proxy_scrape_req *free_reqs;

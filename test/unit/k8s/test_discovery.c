@@ -14,6 +14,7 @@
 #include "cmh/core/container_of.h"
 #include "cmh/http/curl_uv.h"
 #include "cmh/k8s/discovery.h"
+#include "cmh/k8s/discovery_int.h"
 #include "cmh/core/log.h"
 
 #include <errno.h>
@@ -157,7 +158,7 @@ static void closed_c(struct cmh_curl_uv *c)
 static int teardown(void **state)
 {
     struct fx *f = *state;
-    cmh_discovery_stop(&f->d, closed_d);
+    cmh_discovery_close(&f->d, closed_d);
     cmh_curl_uv_close(&f->curl, closed_c);
     uv_close((uv_handle_t *)&f->tick, NULL);
     for (int i = 0; i < 1000 && uv_run(&f->loop, UV_RUN_NOWAIT) != 0; i++)
@@ -714,16 +715,16 @@ static void discovery_options_checked(void **state)
 {
     (void)state;
     char url[64], err[256];
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "10.100.0.1", "443"), 0);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "10.100.0.1", "443"), 0);
     assert_string_equal(url, "https://10.100.0.1:443");
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "fd00::1", "6443"), 0);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "fd00::1", "6443"), 0);
     assert_string_equal(url, "https://[fd00::1]:6443");
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "", "443"), -EINVAL);
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "h", "0"), -EINVAL);
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "h", "65536"), -EINVAL);
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "h", "44x"), -EINVAL);
-    assert_int_equal(cmh_discovery_server_url(url, sizeof url, "a/b", "443"), -EINVAL);
-    assert_int_equal(cmh_discovery_server_url(url, 10, "10.100.0.1", "443"), -ENOSPC);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "", "443"), -EINVAL);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "h", "0"), -EINVAL);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "h", "65536"), -EINVAL);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "h", "44x"), -EINVAL);
+    assert_int_equal(cmh_k8s_api_server_url(url, sizeof url, "a/b", "443"), -EINVAL);
+    assert_int_equal(cmh_k8s_api_server_url(url, 10, "10.100.0.1", "443"), -ENOSPC);
     struct cmh_discovery_opts o = {.server = "https://127.0.0.1:1"};
     assert_int_equal(cmh_discovery_check_opts(&o, err, sizeof err), 0);
     o.label_selector = "k8s-app=aws-node,tier!=x";

@@ -15,6 +15,7 @@
 #include "cmh/core/container_of.h"
 #include "cmh/http/curl_uv.h"
 #include "cmh/k8s/leader.h"
+#include "cmh/k8s/leader_int.h"
 #include "cmh/core/log.h"
 
 #include <jansson.h>
@@ -207,7 +208,7 @@ static void stop_elector(struct fx *f, int i)
     struct elector *e = &f->e[i];
     if (!e->started)
         return;
-    cmh_leader_stop(&e->l, leader_closed);
+    cmh_leader_close(&e->l, leader_closed);
     assert_false(cmh_leader_is_leader(&e->l));
     e->started = false;
     e->is_leader = false;
