@@ -484,7 +484,7 @@ void cmh_cluster_finder_free(struct cmh_cluster_finder *f)
         cmh_curl_uv_cancel(f->curl, &f->req);
     f->in_flight = 0;
     if (f->ec2 != NULL)
-        cmh_ec2_free(f->ec2);
+        cmh_ec2_close(f->ec2, NULL, NULL);
     free_request(f);
     cmh_free(f->node_name);
     cmh_free(f->cluster_id);
