@@ -144,6 +144,7 @@ int cmh_eniconfig_list(struct cmh_eniconfig *l, cmh_eniconfig_done_cb cb, void *
     l->req.nheaders = nh;
     l->req.ca_file = l->cfg->k8s_ca_file;
     l->req.max_body = 8u << 20;
+    l->req.no_proxy = 1; /* the Kubernetes API, never through a proxy (docs/security.md) */
     int rc = cmh_curl_uv_start(l->curl, &l->req, on_list);
     if (rc != 0)
         return rc;
