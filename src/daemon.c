@@ -109,7 +109,8 @@ static void on_collector_done(struct cmh_collector *c, const struct cmh_scrape_r
     struct cmh_daemon *d = arg;
     subnet_datums(d, c);
     if (d->subnets != NULL)
-        cmh_subnet_watch_prefix_delegation(d->subnets, c->agg.totals[CMH_M_TOTAL_IPV4_PREFIXES] > 0);
+        cmh_subnet_watch_prefix_delegation(d->subnets,
+                                           c->agg.totals[CMH_M_TOTAL_IPV4_PREFIXES] > 0);
     if (d->round_set != NULL) {
         cmh_discovery_set_release(d->round_set);
         d->round_set = NULL;
@@ -491,7 +492,8 @@ static void on_subnets_fetched(void *arg, int rc, const char *why)
     struct cmh_daemon *d = arg;
     if (rc == 0) {
         d->expose.subnet_fetches_ok++;
-        d->expose.subnet_ids_missing = d->subnets != NULL ? cmh_subnet_watch_missing(d->subnets) : 0;
+        d->expose.subnet_ids_missing =
+            d->subnets != NULL ? cmh_subnet_watch_missing(d->subnets) : 0;
         d->expose.subnet_last_ok = (double)wall_ms() / 1000.0;
         d->subnet_why[0] = '\0';
     } else {
@@ -510,7 +512,7 @@ static int start_subnets(struct cmh_daemon *d)
     int rc = start_curl(d);
     if (rc == 0)
         rc = cmh_subnet_watch_new(&d->subnets, &d->loop, &d->curl, &d->cfg, environ,
-                               in_cluster ? url : NULL, &d->log, on_subnets_fetched, d);
+                                  in_cluster ? url : NULL, &d->log, on_subnets_fetched, d);
     return rc;
 }
 

@@ -66,8 +66,8 @@ struct cmh_daemon {
     uv_timer_t publish_retry; /* re-resolves region/cluster id after a failure */
     uint64_t stop_at;         /* uv_now when the stop began */
     int flushed;
-    /* SUBNET_METRICS: the subnet view (include/cmh/aws/subnet_watch.h), and why its last fetch failed ("" when
-     * it did not), for /readyz. */
+    /* SUBNET_METRICS: the subnet view (include/cmh/aws/subnet_watch.h), and why its last fetch
+     * failed ("" when it did not), for /readyz. */
     struct cmh_subnet_watch *subnets;
     char subnet_why[200];
 };

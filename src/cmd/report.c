@@ -816,7 +816,7 @@ static int start(struct report *r, char *const *envp)
     if (r->cfg.subnet_metrics) {
         /* In a cluster the ENIConfig subnets count whatever the targets are, as in the daemon. */
         rc = cmh_subnet_watch_new(&r->watch, &r->loop, &r->curl, &r->cfg, envp,
-                               in_cluster ? url : NULL, &r->log, on_fetch, r);
+                                  in_cluster ? url : NULL, &r->log, on_fetch, r);
         if (rc != 0)
             return rc;
     }
