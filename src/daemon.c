@@ -94,7 +94,7 @@ static void subnet_datums(struct cmh_daemon *d, struct cmh_collector *c)
         for (size_t i = 0; i < n; i++)
             nodes[i] = (struct cmh_subnets_node){t[i].name, t[i].ip};
         const struct cmh_subnet_list *view =
-            d->subnets != NULL ? cmh_ec2_watch_view(d->subnets, nodes, n) : NULL;
+            d->subnets != NULL ? cmh_subnet_watch_view(d->subnets, nodes, n) : NULL;
         rc = cmh_subnets_round_datums(&c->agg, view, nodes, n, &o);
     }
     cmh_free(nodes);
@@ -109,7 +109,8 @@ static void on_collector_done(struct cmh_collector *c, const struct cmh_scrape_r
     struct cmh_daemon *d = arg;
     subnet_datums(d, c);
     if (d->subnets != NULL)
-        cmh_ec2_watch_prefix_delegation(d->subnets, c->agg.totals[CMH_M_TOTAL_IPV4_PREFIXES] > 0);
+        cmh_subnet_watch_prefix_delegation(d->subnets,
+                                           c->agg.totals[CMH_M_TOTAL_IPV4_PREFIXES] > 0);
     if (d->round_set != NULL) {
         cmh_discovery_set_release(d->round_set);
         d->round_set = NULL;
@@ -368,9 +369,9 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
         /* The subnet view is an extra: a failing fetch is said, but keeps nobody from ready. */
         if (d->subnet_why[0] != '\0')
             cmh_buf_printf(body, "degraded: subnet view: last fetch failed: %s\n", d->subnet_why);
-        struct cmh_ec2_prefix_status ps = {0};
+        struct cmh_subnet_watch_prefix_status ps = {0};
         if (d->subnets != NULL)
-            cmh_ec2_watch_prefix_status(d->subnets, &ps);
+            cmh_subnet_watch_prefix_status(d->subnets, &ps);
         if (ps.denied != NULL)
             cmh_buf_printf(body, "degraded: free /28 blocks not counted: %s\n", ps.denied);
         if (d->has_disc) {
@@ -394,7 +395,7 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
         if (d->pub != NULL)
             cmh_publish_stats(d->pub, &cw);
         if (d->subnets != NULL)
-            cmh_ec2_watch_prefix_status(d->subnets, &d->expose.prefix);
+            cmh_subnet_watch_prefix_status(d->subnets, &d->expose.prefix);
         cmh_expose_render(&d->expose, &d->collector, d->cluster_id, d->pub != NULL ? &cw : NULL,
                           body);
         return 200;
@@ -488,7 +489,8 @@ static void on_subnets_fetched(void *arg, int rc, const char *why)
     struct cmh_daemon *d = arg;
     if (rc == 0) {
         d->expose.subnet_fetches_ok++;
-        d->expose.subnet_ids_missing = d->subnets != NULL ? cmh_ec2_watch_missing(d->subnets) : 0;
+        d->expose.subnet_ids_missing =
+            d->subnets != NULL ? cmh_subnet_watch_missing(d->subnets) : 0;
         d->expose.subnet_last_ok = (double)wall_ms() / 1000.0;
         d->subnet_why[0] = '\0';
     } else {
@@ -505,8 +507,8 @@ static int start_subnets(struct cmh_daemon *d)
     int in_cluster = cmh_k8s_api_in_cluster_url(url, sizeof url, NULL) == 0;
     int rc = start_curl(d);
     if (rc == 0)
-        rc = cmh_ec2_watch_new(&d->subnets, &d->loop, &d->curl, &d->cfg, environ,
-                               in_cluster ? url : NULL, &d->log, on_subnets_fetched, d);
+        rc = cmh_subnet_watch_new(&d->subnets, &d->loop, &d->curl, &d->cfg, environ,
+                                  in_cluster ? url : NULL, &d->log, on_subnets_fetched, d);
     return rc;
 }
 
@@ -635,7 +637,7 @@ static void close_all(struct cmh_daemon *d)
         cmh_publish_free(d->pub);
         d->pub = NULL;
     }
-    cmh_ec2_watch_free(d->subnets);
+    cmh_subnet_watch_close(d->subnets, NULL, NULL);
     d->subnets = NULL;
     /* Count both users before stopping either: a stop may call back at once. */
     d->curl_users = 1 + (unsigned)d->has_disc + (unsigned)d->has_leader;

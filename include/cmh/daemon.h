@@ -7,7 +7,7 @@
 #include "cmh/core/config.h"
 #include "cmh/http/curl_uv.h"
 #include "cmh/k8s/discovery.h"
-#include "cmh/aws/ec2.h"
+#include "cmh/aws/subnet_watch.h"
 #include "cmh/http/expose.h"
 #include "cmh/http/http_server.h"
 #include "cmh/k8s/leader.h"
@@ -66,9 +66,9 @@ struct cmh_daemon {
     uv_timer_t publish_retry; /* re-resolves region/cluster id after a failure */
     uint64_t stop_at;         /* uv_now when the stop began */
     int flushed;
-    /* SUBNET_METRICS: the subnet view (include/cmh/aws/ec2.h), and why its last fetch failed ("" when
-     * it did not), for /readyz. */
-    struct cmh_ec2_watch *subnets;
+    /* SUBNET_METRICS: the subnet view (include/cmh/aws/subnet_watch.h), and why its last fetch
+     * failed ("" when it did not), for /readyz. */
+    struct cmh_subnet_watch *subnets;
     char subnet_why[200];
 };
 

@@ -1,4 +1,5 @@
 #include "cmh/aws/cloudwatch.h"
+#include "cmh/aws/cloudwatch_int.h"
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
@@ -12,7 +13,6 @@
 
 #include <errno.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
@@ -231,74 +231,53 @@ int cmh_cloudwatch_endpoint(const char *region, const char *override, char *buf,
 
 /* Encoding ----------------------------------------------------------------------------------- */
 
-/* Appends to a fixed buffer, counting what the whole text needs even when it does not fit. */
-struct app {
-    char *buf;
-    size_t len, off;
-};
-
-__attribute__((format(printf, 2, 3))) static void app_fmt(struct app *a, const char *fmt, ...)
+static void add_enc(struct cmh_buf *b, const char *s)
 {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(a->off < a->len ? a->buf + a->off : NULL,
-                      a->off < a->len ? a->len - a->off : 0, fmt, ap);
-    va_end(ap);
-    if (n > 0)
-        a->off += (size_t)n;
+    cmh_buf_add_pct(b, s, strlen(s), 0);
 }
 
-static void app_enc(struct app *a, const char *s)
-{
-    size_t room = a->off < a->len ? a->len - a->off : 0;
-    a->off += cmh_pct_encode(room ? a->buf + a->off : NULL, room, s, strlen(s), 0);
-}
-
-static void app_num(struct app *a, double d)
+static void add_num(struct cmh_buf *b, double d)
 {
     char num[64];
     cmh_fmt_double(num, sizeof num, d);
-    app_enc(a, num);
+    add_enc(b, num);
 }
 
-size_t cmh_cloudwatch_encode_datum(char *buf, size_t len, const struct cmh_datum *d, unsigned index,
-                                   unsigned storage_resolution)
+int cmh_cloudwatch_encode_datum(struct cmh_buf *b, const struct cmh_datum *d, unsigned index,
+                                unsigned storage_resolution)
 {
-    struct app a = {buf, len, 0};
     char ts[32];
-    if (len > 0)
-        buf[0] = '\0';
-    app_fmt(&a, "&MetricData.member.%u.MetricName=", index);
-    app_enc(&a, d->metric);
+    cmh_buf_printf(b, "&MetricData.member.%u.MetricName=", index);
+    add_enc(b, d->metric);
     for (unsigned i = 0; i < d->ndims && i < CMH_DATUM_MAX_DIMS; i++) {
-        app_fmt(&a, "&MetricData.member.%u.Dimensions.member.%u.Name=", index, i + 1);
-        app_enc(&a, d->dims[i].name);
-        app_fmt(&a, "&MetricData.member.%u.Dimensions.member.%u.Value=", index, i + 1);
-        app_enc(&a, d->dims[i].value);
+        cmh_buf_printf(b, "&MetricData.member.%u.Dimensions.member.%u.Name=", index, i + 1);
+        add_enc(b, d->dims[i].name);
+        cmh_buf_printf(b, "&MetricData.member.%u.Dimensions.member.%u.Value=", index, i + 1);
+        add_enc(b, d->dims[i].value);
     }
     cmh_fmt_rfc3339(ts, sizeof ts, d->timestamp_ms);
-    app_fmt(&a, "&MetricData.member.%u.Timestamp=", index);
-    app_enc(&a, ts);
+    cmh_buf_printf(b, "&MetricData.member.%u.Timestamp=", index);
+    add_enc(b, ts);
     if (d->kind == CMH_DATUM_STATS) {
-        app_fmt(&a, "&MetricData.member.%u.StatisticValues.SampleCount=", index);
-        app_num(&a, d->count);
-        app_fmt(&a, "&MetricData.member.%u.StatisticValues.Sum=", index);
-        app_num(&a, d->sum);
-        app_fmt(&a, "&MetricData.member.%u.StatisticValues.Minimum=", index);
-        app_num(&a, d->min);
-        app_fmt(&a, "&MetricData.member.%u.StatisticValues.Maximum=", index);
-        app_num(&a, d->max);
+        cmh_buf_printf(b, "&MetricData.member.%u.StatisticValues.SampleCount=", index);
+        add_num(b, d->count);
+        cmh_buf_printf(b, "&MetricData.member.%u.StatisticValues.Sum=", index);
+        add_num(b, d->sum);
+        cmh_buf_printf(b, "&MetricData.member.%u.StatisticValues.Minimum=", index);
+        add_num(b, d->min);
+        cmh_buf_printf(b, "&MetricData.member.%u.StatisticValues.Maximum=", index);
+        add_num(b, d->max);
     } else {
-        app_fmt(&a, "&MetricData.member.%u.Value=", index);
-        app_num(&a, d->value);
+        cmh_buf_printf(b, "&MetricData.member.%u.Value=", index);
+        add_num(b, d->value);
     }
     if (d->unit != NULL && d->unit[0] != '\0') {
-        app_fmt(&a, "&MetricData.member.%u.Unit=", index);
-        app_enc(&a, d->unit);
+        cmh_buf_printf(b, "&MetricData.member.%u.Unit=", index);
+        add_enc(b, d->unit);
     }
     if (storage_resolution != 0)
-        app_fmt(&a, "&MetricData.member.%u.StorageResolution=%u", index, storage_resolution);
-    return a.off;
+        cmh_buf_printf(b, "&MetricData.member.%u.StorageResolution=%u", index, storage_resolution);
+    return cmh_buf_err(b);
 }
 
 static const char *const units[] = {
@@ -482,8 +461,8 @@ struct cmh_cloudwatch {
     uv_timer_t timer;    /* kick and backoff */
     uv_timer_t deadline; /* flush */
     struct cmh_curl_uv_req req;
-    char *form;
-    size_t form_cap;
+    struct cmh_buf form; /* the batch's form, max_batch_bytes at most */
+    struct cmh_buf one;  /* one datum's encoding, until it is known to fit in form */
     unsigned char *gz;
     size_t gz_len;
     char *hdr[8];
@@ -524,7 +503,8 @@ static void maybe_release(struct cmh_cloudwatch *cw)
         return;
     free_request_bufs(cw);
     cmh_free(cw->q.v);
-    cmh_free(cw->form);
+    cmh_buf_free(&cw->form);
+    cmh_buf_free(&cw->one);
     cmh_free(cw->region);
     cmh_free(cw->endpoint);
     cmh_free(cw->ns);
@@ -681,8 +661,9 @@ static int add_header(struct cmh_cloudwatch *cw, const char *name, const char *v
     return cmh_aws_header_add(cw->hdr, &cw->nhdr, sizeof cw->hdr / sizeof cw->hdr[0], name, value);
 }
 
-/* Encodes the next batch from the head into cw->form; returns the number of datums. */
-static int build_form(struct cmh_cloudwatch *cw, size_t *count, size_t *form_len)
+/* Encodes the next batch from the head into cw->form: as many datums as fit in
+ * max_batch_bytes. Returns 0 with their number, -E2BIG when not even the first fits, -ENOMEM. */
+static int build_form(struct cmh_cloudwatch *cw, size_t *count)
 {
     size_t limit = cw->o.max_batch_datums;
     if (cw->nseg > 0) {
@@ -693,36 +674,32 @@ static int build_form(struct cmh_cloudwatch *cw, size_t *count, size_t *form_len
     }
     if (limit > cw->q.n)
         limit = cw->q.n;
-    if (cw->form == NULL) {
-        cw->form_cap = cw->o.max_batch_bytes + 1;
-        cw->form = cmh_malloc(cw->form_cap);
-        if (cw->form == NULL)
-            return -ENOMEM;
-    }
-    struct app a = {cw->form, cw->form_cap, 0};
-    app_fmt(&a, "Action=PutMetricData&Version=2010-08-01&Namespace=");
-    app_enc(&a, cw->ns);
+    struct cmh_buf *f = &cw->form, *one = &cw->one;
+    cmh_buf_reset(f);
+    cmh_buf_addstr(f, "Action=PutMetricData&Version=2010-08-01&Namespace=");
+    add_enc(f, cw->ns);
     size_t n = 0;
     for (; n < limit; n++) {
-        size_t room = a.off < a.len ? a.len - a.off : 0;
-        size_t need = cmh_cloudwatch_encode_datum(a.buf + a.off, room, &q_at(&cw->q, n)->d,
-                                                  (unsigned)n + 1, cw->o.storage_resolution);
-        if (a.off + need > cw->o.max_batch_bytes) {
-            cw->form[a.off] = '\0';
+        cmh_buf_reset(one);
+        int rc = cmh_cloudwatch_encode_datum(one, &q_at(&cw->q, n)->d, (unsigned)n + 1,
+                                             cw->o.storage_resolution);
+        if (rc == -ENOMEM)
+            return rc;
+        if (rc != 0 || cmh_buf_len(f) + cmh_buf_len(one) > cw->o.max_batch_bytes)
             break;
-        }
-        a.off += need;
+        cmh_buf_add(f, cmh_buf_str(one), cmh_buf_len(one));
     }
+    if (cmh_buf_err(f) != 0)
+        return cmh_buf_err(f);
     if (n == 0)
         return -E2BIG; /* one datum larger than a request: cannot happen with valid datums */
     *count = n;
-    *form_len = a.off;
     return 0;
 }
 
 static void send_batch(struct cmh_cloudwatch *cw, const struct cmh_sigv4_credentials *creds)
 {
-    size_t n = 0, form_len = 0;
+    size_t n = 0;
     struct cmh_sigv4_result sig;
     memset(&sig, 0, sizeof sig);
     free_request_bufs(cw);
@@ -731,7 +708,7 @@ static void send_batch(struct cmh_cloudwatch *cw, const struct cmh_sigv4_credent
         idle(cw);
         return;
     }
-    int rc = build_form(cw, &n, &form_len);
+    int rc = build_form(cw, &n);
     if (rc == -E2BIG) {
         /* Unreachable for datums that passed validation; never loop on one. */
         q_pop(&cw->q);
@@ -740,7 +717,7 @@ static void send_batch(struct cmh_cloudwatch *cw, const struct cmh_sigv4_credent
         return;
     }
     if (rc == 0)
-        rc = gzip_body(cw, cw->form, form_len);
+        rc = gzip_body(cw, cmh_buf_str(&cw->form), cmh_buf_len(&cw->form));
     if (rc == 0) {
         const struct cmh_sigv4_kv headers[] = {
             {"Host", cw->host},
@@ -796,7 +773,7 @@ static void send_batch(struct cmh_cloudwatch *cw, const struct cmh_sigv4_credent
         return;
     }
     cw->stats.requests++;
-    cw->stats.bytes_raw += form_len;
+    cw->stats.bytes_raw += cmh_buf_len(&cw->form);
     cw->stats.bytes_sent += cw->gz_len;
 }
 
@@ -1074,6 +1051,8 @@ int cmh_cloudwatch_new(struct cmh_cloudwatch **out, uv_loop_t *loop, struct cmh_
     if (cw->o.max_batch_bytes == 0 || cw->o.max_batch_bytes > CMH_CW_MAX_BATCH_BYTES)
         cw->o.max_batch_bytes = CMH_CW_MAX_BATCH_BYTES;
     cw->rng = cmh_rng_seed(cw->o.seed);
+    cmh_buf_init(&cw->form, cw->o.max_batch_bytes);
+    cmh_buf_init(&cw->one, cw->o.max_batch_bytes);
     cw->region = cmh_strdup(opts->region);
     cw->endpoint = cmh_strdup(opts->endpoint);
     cw->ns = cmh_strdup(ns);

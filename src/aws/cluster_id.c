@@ -458,7 +458,7 @@ void cmh_cluster_finder_free(struct cmh_cluster_finder *f)
         cmh_curl_uv_cancel(f->curl, &f->req.curl);
     f->in_flight = 0;
     if (f->ec2 != NULL)
-        cmh_ec2_free(f->ec2);
+        cmh_ec2_close(f->ec2, NULL, NULL);
     cmh_k8s_api_req_free(&f->req);
     if (f->has_api)
         cmh_k8s_api_free(&f->api);

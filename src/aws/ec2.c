@@ -1,543 +1,30 @@
-/* EC2 DescribeSubnets: the streaming expat parser of the answer, the client that signs, paginates
- * and retries, and the watch that keeps the daemon's subnet view (with the ENIConfig list, read
- * with jansson). Requests go through curl_uv; credentials come from aws_creds. */
+/* The EC2 client (include/cmh/aws/ec2.h): one call at a time, each a run of signed Query requests
+ * (a page, a retry, the next id) started from the loop, whose answers stream into the parser of
+ * ec2_xml.c. Requests go through curl_uv; credentials and the region come from aws_creds. */
 #include "cmh/aws/ec2.h"
+#include "cmh/aws/ec2_int.h"
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
 #include "cmh/core/buf.h"
-#include "cmh/aws/aws_creds.h"
-#include "cmh/aws/endpoint.h"
-#include "cmh/round/blocks28.h"
-#include "cmh/core/config.h"
-#include "cmh/http/curl_uv.h"
-#include "cmh/round/forecast.h"
-#include "cmh/k8s/token.h"
 #include "cmh/core/log.h"
 #include "cmh/core/rng.h"
+#include "cmh/http/curl_uv.h"
+#include "cmh/aws/aws_creds.h"
+#include "cmh/aws/endpoint.h"
 #include "cmh/aws/sigv4.h"
 
-#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
-#include <expat.h>
-#include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-/* ---------------------------------------------------------------------------------------------
- * The parser */
-
-int cmh_ec2_cidrs_push(struct cmh_ec2_cidrs *l, const struct cmh_cidr *c)
-{
-    if (l->n >= CMH_EC2_MAX_USED)
-        return -E2BIG;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        struct cmh_cidr *v = cmh_reallocarray(l->v, cap, sizeof *v);
-        if (v == NULL)
-            return -ENOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
-    l->v[l->n++] = *c;
-    return 0;
-}
-
-void cmh_ec2_cidrs_free(struct cmh_ec2_cidrs *l)
-{
-    cmh_free(l->v);
-    l->v = NULL;
-    l->n = l->cap = 0;
-}
-
-enum xel {
-    X_SKIP,
-    X_RESPONSE,  /* DescribeSubnetsResponse */
-    X_ERRROOT,   /* Response (EC2 errors) or ErrorResponse */
-    X_ERRORS,    /* Response/Errors */
-    X_ERROR,     /* .../Error */
-    X_SUBNETSET, /* subnetSet */
-    X_SUBNET,    /* subnetSet/item */
-    X_V6SET,     /* item/ipv6CidrBlockAssociationSet */
-    X_V6ITEM,    /* ipv6CidrBlockAssociationSet/item */
-    X_ENISET,    /* networkInterfaceSet (DescribeNetworkInterfaces) */
-    X_ENI,       /* networkInterfaceSet/item */
-    X_PIPSET,    /* item/privateIpAddressesSet */
-    X_PIPITEM,   /* privateIpAddressesSet/item */
-    X_PFXSET,    /* item/ipv4PrefixSet */
-    X_PFXITEM,   /* ipv4PrefixSet/item */
-    X_RESSET,    /* subnetIpv4CidrReservationSet (GetSubnetCidrReservations) */
-    X_RESITEM,   /* subnetIpv4CidrReservationSet/item */
-    X_TRESPONSE, /* DescribeTagsResponse */
-    X_TAGSET,    /* tagSet */
-    X_TAG,       /* tagSet/item */
-    X_FIELD,
-};
-
-enum xfield {
-    F_NONE = -1,
-    F_REQUEST_ID,
-    F_NEXT_TOKEN,
-    F_SUBNET_ID,
-    F_CIDR,
-    F_AZ,
-    F_AVAILABLE,
-    F_V6CIDR,
-    F_CODE,
-    F_MESSAGE,
-    F_PRIVATE_IP,
-    F_PREFIX,
-    F_RES_CIDR,
-    F_TAG_KEY,
-    F_TAG_VALUE,
-    F_COUNT
-};
-
-#define MAX_DEPTH 16
-
-struct cmh_ec2_xml {
-    XML_Parser xp;
-    struct cmh_ec2_page *page;
-    int depth;
-    enum xel path[MAX_DEPTH];
-    int skip_depth; /* > 0: inside an element we ignore, which started at depth skip_depth - 1 */
-    enum xfield field;
-    char buf[CMH_EC2_TOKEN_MAX];
-    size_t blen;
-    enum xel root;
-    int error;
-    int done; /* the final piece was fed */
-    /* The subnet being read. */
-    struct cmh_subnet cur;
-    struct cmh_ec2_tag tag; /* the tag being read */
-    unsigned seen;          /* bit per field within the current subnet, tag or error */
-    unsigned seen_top;
-};
-
-static void x_fail(struct cmh_ec2_xml *x, int err)
-{
-    if (x->error == 0)
-        x->error = err;
-    XML_StopParser(x->xp, XML_FALSE);
-}
-
-static const char *local_name(const char *n)
-{
-    const char *c = strrchr(n, ':');
-    return c != NULL ? c + 1 : n;
-}
-
-static enum xfield field_of(enum xel parent, const char *n)
-{
-    switch (parent) {
-    case X_RESPONSE:
-    case X_TRESPONSE:
-        return strcmp(n, "requestId") == 0   ? F_REQUEST_ID
-               : strcmp(n, "nextToken") == 0 ? F_NEXT_TOKEN
-                                             : F_NONE;
-    case X_ERRROOT:
-        return strcmp(n, "RequestID") == 0 || strcmp(n, "RequestId") == 0 ? F_REQUEST_ID : F_NONE;
-    case X_SUBNET:
-        return strcmp(n, "subnetId") == 0                  ? F_SUBNET_ID
-               : strcmp(n, "cidrBlock") == 0               ? F_CIDR
-               : strcmp(n, "availabilityZone") == 0        ? F_AZ
-               : strcmp(n, "availableIpAddressCount") == 0 ? F_AVAILABLE
-                                                           : F_NONE;
-    case X_V6ITEM:
-        return strcmp(n, "ipv6CidrBlock") == 0 ? F_V6CIDR : F_NONE;
-    case X_TAG:
-        return strcmp(n, "key") == 0 ? F_TAG_KEY : strcmp(n, "value") == 0 ? F_TAG_VALUE : F_NONE;
-    case X_ERROR:
-        return strcmp(n, "Code") == 0 ? F_CODE : strcmp(n, "Message") == 0 ? F_MESSAGE : F_NONE;
-    case X_PIPITEM:
-        return strcmp(n, "privateIpAddress") == 0 ? F_PRIVATE_IP : F_NONE;
-    case X_PFXITEM:
-        return strcmp(n, "ipv4Prefix") == 0 ? F_PREFIX : F_NONE;
-    case X_RESITEM:
-        return strcmp(n, "cidr") == 0 ? F_RES_CIDR : F_NONE;
-    default:
-        return F_NONE;
-    }
-}
-
-static enum xel container_of_name(enum xel parent, const char *n)
-{
-    switch (parent) {
-    case X_RESPONSE:
-        return strcmp(n, "subnetSet") == 0                      ? X_SUBNETSET
-               : strcmp(n, "networkInterfaceSet") == 0          ? X_ENISET
-               : strcmp(n, "subnetIpv4CidrReservationSet") == 0 ? X_RESSET
-                                                                : X_SKIP;
-    case X_ENISET:
-        return strcmp(n, "item") == 0 ? X_ENI : X_SKIP;
-    case X_ENI:
-        return strcmp(n, "privateIpAddressesSet") == 0 ? X_PIPSET
-               : strcmp(n, "ipv4PrefixSet") == 0       ? X_PFXSET
-                                                       : X_SKIP;
-    case X_PIPSET:
-        return strcmp(n, "item") == 0 ? X_PIPITEM : X_SKIP;
-    case X_PFXSET:
-        return strcmp(n, "item") == 0 ? X_PFXITEM : X_SKIP;
-    case X_RESSET:
-        return strcmp(n, "item") == 0 ? X_RESITEM : X_SKIP;
-    case X_SUBNETSET:
-        return strcmp(n, "item") == 0 ? X_SUBNET : X_SKIP;
-    case X_SUBNET:
-        return strcmp(n, "ipv6CidrBlockAssociationSet") == 0 ? X_V6SET : X_SKIP;
-    case X_V6SET:
-        return strcmp(n, "item") == 0 ? X_V6ITEM : X_SKIP;
-    case X_TRESPONSE:
-        return strcmp(n, "tagSet") == 0 ? X_TAGSET : X_SKIP;
-    case X_TAGSET:
-        return strcmp(n, "item") == 0 ? X_TAG : X_SKIP;
-    case X_ERRROOT:
-        return strcmp(n, "Errors") == 0 ? X_ERRORS : strcmp(n, "Error") == 0 ? X_ERROR : X_SKIP;
-    case X_ERRORS:
-        return strcmp(n, "Error") == 0 ? X_ERROR : X_SKIP;
-    default:
-        return X_SKIP;
-    }
-}
-
-static void XMLCALL x_start(void *ud, const XML_Char *name, const XML_Char **attrs)
-{
-    struct cmh_ec2_xml *x = ud;
-    const char *n = local_name(name);
-    (void)attrs;
-    if (x->field != F_NONE) {
-        x_fail(x, -EPROTO); /* markup inside a text field */
-        return;
-    }
-    int d = x->depth++;
-    if (x->skip_depth > 0)
-        return;
-    if (d >= MAX_DEPTH) {
-        x->skip_depth = d + 1;
-        return;
-    }
-    if (d == 0) {
-        const char *action = x->page->action != NULL ? x->page->action : "DescribeSubnets";
-        size_t al = strlen(action);
-        if (strcmp(n, "DescribeTagsResponse") == 0)
-            x->root = X_TRESPONSE;
-        else if (strncmp(n, action, al) == 0 && strcmp(n + al, "Response") == 0)
-            x->root = X_RESPONSE;
-        else if (strcmp(n, "Response") == 0 || strcmp(n, "ErrorResponse") == 0)
-            x->root = X_ERRROOT;
-        else {
-            x_fail(x, -EPROTO);
-            return;
-        }
-        x->path[0] = x->root;
-        return;
-    }
-    enum xel parent = x->path[d - 1];
-    enum xfield f = field_of(parent, n);
-    if (f != F_NONE) {
-        unsigned *seen = parent == X_RESPONSE || parent == X_TRESPONSE || parent == X_ERRROOT
-                             ? &x->seen_top
-                             : &x->seen;
-        /* Items reset what they saw; IPv6 blocks repeat, one per item; everything else appears
-         * once. */
-        if (parent == X_PIPITEM || parent == X_PFXITEM || parent == X_RESITEM)
-            *seen &= ~(1u << f);
-        if (f != F_V6CIDR && (*seen & (1u << f))) {
-            x_fail(x, -EPROTO);
-            return;
-        }
-        *seen |= 1u << f;
-        x->field = f;
-        x->blen = 0;
-        x->path[d] = X_FIELD;
-        return;
-    }
-    enum xel me = container_of_name(parent, n);
-    if (me == X_SKIP) {
-        x->skip_depth = d + 1;
-        return;
-    }
-    if (me == X_SUBNET) {
-        memset(&x->cur, 0, sizeof x->cur);
-        x->seen = 0;
-    } else if (me == X_TAG) {
-        memset(&x->tag, 0, sizeof x->tag);
-        x->seen = 0;
-    } else if (me == X_ERROR) {
-        if (x->seen_top & (1u << F_CODE)) {
-            x->skip_depth = d + 1; /* only the first error is reported */
-            return;
-        }
-        x->seen = 0;
-    }
-    x->path[d] = me;
-}
-
-static int copy_text(char *dst, size_t len, const char *src, size_t n)
-{
-    /* Trim the whitespace pretty-printing adds. */
-    while (n > 0 && isspace((unsigned char)*src)) {
-        src++;
-        n--;
-    }
-    while (n > 0 && isspace((unsigned char)src[n - 1]))
-        n--;
-    if (n >= len)
-        return -E2BIG;
-    memcpy(dst, src, n);
-    dst[n] = '\0';
-    return 0;
-}
-
-static int field_end(struct cmh_ec2_xml *x, enum xfield f)
-{
-    struct cmh_ec2_page *p = x->page;
-    char tmp[CMH_SUBNET_CIDR_MAX]; /* a CIDR or a count */
-    int rc;
-    switch (f) {
-    case F_REQUEST_ID:
-        return copy_text(p->request_id, sizeof p->request_id, x->buf, x->blen) == 0 ? 0 : -EPROTO;
-    case F_NEXT_TOKEN:
-        return copy_text(p->next_token, sizeof p->next_token, x->buf, x->blen);
-    case F_SUBNET_ID:
-        rc = copy_text(x->cur.id, sizeof x->cur.id, x->buf, x->blen);
-        return rc != 0 || x->cur.id[0] == '\0' ? -EPROTO : 0;
-    case F_AZ:
-        rc = copy_text(x->cur.az, sizeof x->cur.az, x->buf, x->blen);
-        return rc != 0 || x->cur.az[0] == '\0' ? -EPROTO : 0;
-    case F_CIDR:
-    case F_V6CIDR:
-        if (copy_text(tmp, sizeof tmp, x->buf, x->blen) != 0)
-            return -EPROTO;
-        if (tmp[0] == '\0')
-            return 0;
-        if (x->cur.ncidrs == CMH_SUBNET_MAX_CIDRS)
-            return 0; /* more IPv6 blocks than we keep: the first ones are enough to map nodes */
-        if (cmh_cidr_parse(tmp, strlen(tmp), &x->cur.cidrs[x->cur.ncidrs]) != 0)
-            return -EPROTO;
-        if ((f == F_CIDR) != (x->cur.cidrs[x->cur.ncidrs].family == 4))
-            return -EPROTO;
-        if (f == F_CIDR)
-            snprintf(x->cur.cidr, sizeof x->cur.cidr, "%s", tmp);
-        x->cur.ncidrs++;
-        return 0;
-    case F_AVAILABLE: {
-        if (copy_text(tmp, sizeof tmp, x->buf, x->blen) != 0 || !isdigit((unsigned char)tmp[0]))
-            return -EPROTO;
-        errno = 0;
-        char *end;
-        long long v = strtoll(tmp, &end, 10);
-        if (errno != 0 || *end != '\0' || v < 0 || v > (1LL << 40))
-            return -EPROTO;
-        x->cur.available = v;
-        return 0;
-    }
-    case F_PRIVATE_IP:
-    case F_PREFIX:
-    case F_RES_CIDR: {
-        struct cmh_cidr c;
-        if (copy_text(tmp, sizeof tmp, x->buf, x->blen) != 0 || p->used == NULL)
-            return -EPROTO;
-        if (f == F_PRIVATE_IP) {
-            memset(&c, 0, sizeof c);
-            if (inet_pton(AF_INET, tmp, c.addr) != 1)
-                return -EPROTO;
-            c.family = 4;
-            c.prefix = 32;
-        } else if (cmh_cidr_parse(tmp, strlen(tmp), &c) != 0 || c.family != 4) {
-            return -EPROTO;
-        }
-        return cmh_ec2_cidrs_push(p->used, &c);
-    }
-    case F_TAG_KEY:
-        rc = copy_text(x->tag.key, sizeof x->tag.key, x->buf, x->blen);
-        return rc != 0 || x->tag.key[0] == '\0' ? -EPROTO : 0;
-    case F_TAG_VALUE:
-        /* A value is kept as EC2 stored it (an empty one is a value too). */
-        if (x->blen >= sizeof x->tag.value)
-            return -EPROTO;
-        memcpy(x->tag.value, x->buf, x->blen);
-        x->tag.value[x->blen] = '\0';
-        return memchr(x->tag.value, '\0', x->blen) != NULL ? -EPROTO : 0;
-    case F_CODE:
-        rc = copy_text(p->error_code, sizeof p->error_code, x->buf, x->blen);
-        if (rc != 0 || p->error_code[0] == '\0')
-            return -EPROTO;
-        for (const char *c = p->error_code; *c; c++)
-            if (!(isalnum((unsigned char)*c) || *c == '.' || *c == '_' || *c == '-' || *c == ':'))
-                return -EPROTO;
-        x->seen_top |= 1u << F_CODE;
-        return 0;
-    case F_MESSAGE:
-        /* A long message is cut, not refused: it is only shown to a person. */
-        if (copy_text(p->error_message, sizeof p->error_message, x->buf,
-                      x->blen < sizeof p->error_message ? x->blen : sizeof p->error_message - 1) !=
-            0)
-            return -EPROTO;
-        return 0;
-    default:
-        return 0;
-    }
-}
-
-static void XMLCALL x_end(void *ud, const XML_Char *name)
-{
-    struct cmh_ec2_xml *x = ud;
-    (void)name;
-    int d = --x->depth;
-    if (x->skip_depth > 0) {
-        if (d + 1 == x->skip_depth)
-            x->skip_depth = 0;
-        return;
-    }
-    if (d >= MAX_DEPTH)
-        return;
-    enum xel me = x->path[d];
-    if (me == X_FIELD) {
-        enum xfield f = x->field;
-        x->field = F_NONE;
-        int rc = field_end(x, f);
-        if (rc != 0)
-            x_fail(x, rc);
-        return;
-    }
-    if (me == X_SUBNET) {
-        const unsigned need = (1u << F_SUBNET_ID) | (1u << F_AZ) | (1u << F_AVAILABLE);
-        if ((x->seen & need) != need) {
-            x_fail(x, -EPROTO);
-            return;
-        }
-        if (x->page->subnets->n >= CMH_EC2_MAX_SUBNETS) {
-            x_fail(x, -E2BIG);
-            return;
-        }
-        if (cmh_subnet_list_push(x->page->subnets, &x->cur) != 0)
-            x_fail(x, -ENOMEM);
-    } else if (me == X_TAG) {
-        if (!(x->seen & (1u << F_TAG_KEY))) {
-            x_fail(x, -EPROTO);
-            return;
-        }
-        if (x->page->ntags >= CMH_EC2_MAX_TAGS) {
-            x_fail(x, -E2BIG);
-            return;
-        }
-        x->page->tags[x->page->ntags++] = x->tag;
-    } else if (me == X_ERROR && !(x->seen_top & (1u << F_CODE))) {
-        x_fail(x, -EPROTO); /* an Error without a Code */
-    }
-}
-
-static void XMLCALL x_text(void *ud, const XML_Char *s, int len)
-{
-    struct cmh_ec2_xml *x = ud;
-    if (x->field == F_NONE || x->skip_depth > 0 || len <= 0)
-        return;
-    if ((size_t)len > sizeof x->buf - x->blen) {
-        if (x->field != F_MESSAGE) {
-            x_fail(x, -E2BIG);
-            return;
-        }
-        len = (int)(sizeof x->buf - x->blen); /* keep what fits of a message */
-    }
-    memcpy(x->buf + x->blen, s, (size_t)len);
-    x->blen += (size_t)len;
-}
-
-static void XMLCALL x_doctype(void *ud, const XML_Char *name, const XML_Char *sysid,
-                              const XML_Char *pubid, int has_internal_subset)
-{
-    (void)name;
-    (void)sysid;
-    (void)pubid;
-    (void)has_internal_subset;
-    x_fail(ud, -EPROTO); /* no DTDs, so no entity expansion of any kind */
-}
-
-int cmh_ec2_xml_new(struct cmh_ec2_xml **out, struct cmh_ec2_page *page)
-{
-    static const XML_Memory_Handling_Suite mem = {cmh_malloc, cmh_realloc, cmh_free};
-    *out = NULL;
-    page->next_token[0] = '\0';
-    page->error_code[0] = '\0';
-    page->error_message[0] = '\0';
-    page->request_id[0] = '\0';
-    page->ntags = 0;
-    page->tags_answer = 0;
-    struct cmh_ec2_xml *x = cmh_calloc(1, sizeof *x);
-    if (x == NULL)
-        return -ENOMEM;
-    x->page = page;
-    x->field = F_NONE;
-    x->root = X_SKIP;
-    x->xp = XML_ParserCreate_MM(NULL, &mem, NULL);
-    if (x->xp == NULL) {
-        cmh_free(x);
-        return -ENOMEM;
-    }
-    XML_SetUserData(x->xp, x);
-    XML_SetElementHandler(x->xp, x_start, x_end);
-    XML_SetCharacterDataHandler(x->xp, x_text);
-    XML_SetStartDoctypeDeclHandler(x->xp, x_doctype);
-    *out = x;
-    return 0;
-}
-
-int cmh_ec2_xml_feed(struct cmh_ec2_xml *x, const char *data, size_t len, int final)
-{
-    if (x->error != 0)
-        return x->error;
-    if (x->done)
-        return -EPROTO;
-    while (len > 0 || final) {
-        /* expat takes an int length. */
-        size_t piece = len > (1u << 30) ? (1u << 30) : len;
-        int last = final && piece == len;
-        if (XML_Parse(x->xp, data, (int)piece, last) != XML_STATUS_OK) {
-            if (x->error == 0)
-                x->error = XML_GetErrorCode(x->xp) == XML_ERROR_NO_MEMORY ? -ENOMEM : -EPROTO;
-            return x->error;
-        }
-        data += piece;
-        len -= piece;
-        if (last) {
-            x->done = 1;
-            if (x->root == X_SKIP || (x->root == X_ERRROOT && x->page->error_code[0] == '\0'))
-                x->error = -EPROTO;
-            x->page->tags_answer = x->root == X_TRESPONSE;
-            return x->error;
-        }
-    }
-    return 0;
-}
-
-void cmh_ec2_xml_free(struct cmh_ec2_xml *x)
-{
-    if (x == NULL)
-        return;
-    XML_ParserFree(x->xp);
-    cmh_free(x);
-}
-
-int cmh_ec2_parse(const char *buf, size_t len, struct cmh_ec2_page *page)
-{
-    struct cmh_ec2_xml *x;
-    int rc = cmh_ec2_xml_new(&x, page);
-    if (rc != 0)
-        return rc;
-    rc = cmh_ec2_xml_feed(x, buf, len, 1);
-    cmh_ec2_xml_free(x);
-    return rc;
-}
-
-/* ---------------------------------------------------------------------------------------------
- * The client */
-
-#define MAX_PAGES   1000
-#define MAX_HEADERS 10
+#define MAX_PAGES 1000
+/* A request's form: SUBNET_IDS is an environment variable, far below this. */
+#define EC2_FORM_MAX (1u << 20)
+#define MAX_HEADERS  10
 
 struct cmh_ec2 {
     uv_loop_t *loop;
@@ -552,6 +39,8 @@ struct cmh_ec2 {
     uint64_t rng;
     uv_timer_t timer;
     int freeing;
+    cmh_ec2_close_cb close_cb;
+    void *close_arg;
     int busy;
     int resolving;
     /* The call in progress: DescribeSubnets, or DescribeTags when tags_cb is set. */
@@ -575,7 +64,7 @@ struct cmh_ec2 {
     struct cmh_ec2_page page;
     struct cmh_ec2_xml *xml;
     int xml_rc;
-    char *form;
+    struct cmh_buf form; /* the request's body, EC2_FORM_MAX at most */
     char *hdr[MAX_HEADERS];
     size_t nhdr;
     struct cmh_curl_uv_req req;
@@ -609,8 +98,7 @@ static void free_request(struct cmh_ec2 *e)
     for (size_t i = 0; i < e->nhdr; i++)
         cmh_free_secret(e->hdr[i]); /* Authorization, X-Amz-Security-Token */
     e->nhdr = 0;
-    cmh_free(e->form);
-    e->form = NULL;
+    cmh_buf_free(&e->form);
     cmh_ec2_xml_free(e->xml);
     e->xml = NULL;
 }
@@ -714,76 +202,55 @@ static int add_header(struct cmh_ec2 *e, const char *name, const char *value)
     return cmh_aws_header_add(e->hdr, &e->nhdr, MAX_HEADERS, name, value);
 }
 
-/* Appends "&name=value" (value encoded) to a growing form. */
-static int form_add(char **form, size_t *len, size_t *cap, const char *name, const char *value)
+/* Appends "&name=value" (value encoded) to the form; the buffer keeps a failure for the end. */
+static void form_add(struct cmh_buf *f, const char *name, const char *value)
 {
-    size_t need = 2 + strlen(name) + 3 * strlen(value) + 1;
-    if (*len + need > *cap) {
-        size_t ncap = (*cap ? *cap * 2 : 256) + need;
-        char *f = cmh_realloc(*form, ncap);
-        if (f == NULL)
-            return -ENOMEM;
-        *form = f;
-        *cap = ncap;
-    }
-    char *p = *form + *len;
-    size_t room = *cap - *len;
-    int n = snprintf(p, room, "%s%s=", *len ? "&" : "", name);
-    *len += (size_t)n;
-    *len += cmh_pct_encode(*form + *len, *cap - *len, value, strlen(value), 0);
-    return 0;
+    if (cmh_buf_len(f) > 0)
+        cmh_buf_addc(f, '&');
+    cmh_buf_addstr(f, name);
+    cmh_buf_addc(f, '=');
+    cmh_buf_add_pct(f, value, strlen(value), 0);
 }
 
-static int build_form(struct cmh_ec2 *e, size_t *out_len)
+/* The form of the current request into e->form. Returns 0, -ENOMEM or -E2BIG (EC2_FORM_MAX). */
+static int build_form(struct cmh_ec2 *e)
 {
-    size_t len = 0, cap = 0;
-    char *form = NULL;
-    int rc = form_add(&form, &len, &cap, "Action", e->action);
-    if (rc == 0)
-        rc = form_add(&form, &len, &cap, "Version", "2016-11-15");
+    struct cmh_buf *f = &e->form;
+    char name[48];
+    cmh_buf_reset(f);
+    form_add(f, "Action", e->action);
+    form_add(f, "Version", "2016-11-15");
     if (e->tags_cb != NULL) {
         /* The tags of one resource with these keys: at most one tag per key, one page. */
-        if (rc == 0)
-            rc = form_add(&form, &len, &cap, "Filter.1.Name", "resource-id");
-        if (rc == 0)
-            rc = form_add(&form, &len, &cap, "Filter.1.Value.1", e->tag_resource);
-        if (rc == 0 && e->ntag_keys > 0)
-            rc = form_add(&form, &len, &cap, "Filter.2.Name", "key");
-        for (size_t i = 0; rc == 0 && i < e->ntag_keys; i++) {
-            char name[48];
+        form_add(f, "Filter.1.Name", "resource-id");
+        form_add(f, "Filter.1.Value.1", e->tag_resource);
+        if (e->ntag_keys > 0)
+            form_add(f, "Filter.2.Name", "key");
+        for (size_t i = 0; i < e->ntag_keys; i++) {
             snprintf(name, sizeof name, "Filter.2.Value.%zu", i + 1);
-            rc = form_add(&form, &len, &cap, name, e->tag_keys[i]);
+            form_add(f, name, e->tag_keys[i]);
         }
     } else if (e->ucb != NULL) {
         /* The largest page both actions allow: fewest calls against the shared throttle. */
         int enis = strcmp(e->action, "DescribeNetworkInterfaces") == 0;
-        if (rc == 0 && enis)
-            rc = form_add(&form, &len, &cap, "Filter.1.Name", "subnet-id");
-        if (rc == 0)
-            rc = form_add(&form, &len, &cap, enis ? "Filter.1.Value.1" : "SubnetId", e->usage_id);
-        if (rc == 0)
-            rc = form_add(&form, &len, &cap, "MaxResults", "1000");
+        if (enis)
+            form_add(f, "Filter.1.Name", "subnet-id");
+        form_add(f, enis ? "Filter.1.Value.1" : "SubnetId", e->usage_id);
+        form_add(f, "MaxResults", "1000");
     } else if (e->single && e->single_i < e->nids) {
-        rc = form_add(&form, &len, &cap, "SubnetId.1", e->ids[e->single_i]);
+        form_add(f, "SubnetId.1", e->ids[e->single_i]);
     } else {
-        for (size_t i = 0; rc == 0 && i < e->nids; i++) {
-            char name[32];
+        for (size_t i = 0; i < e->nids; i++) {
             snprintf(name, sizeof name, "SubnetId.%zu", i + 1);
-            rc = form_add(&form, &len, &cap, name, e->ids[i]);
+            form_add(f, name, e->ids[i]);
         }
     }
     /* MaxResults only when listing everything (EC2 refuses it together with ids). */
-    if (rc == 0 && e->nids == 0 && e->ucb == NULL && e->tags_cb == NULL)
-        rc = form_add(&form, &len, &cap, "MaxResults", "1000");
-    if (rc == 0 && e->token[0] != '\0')
-        rc = form_add(&form, &len, &cap, "NextToken", e->token);
-    if (rc != 0) {
-        cmh_free(form);
-        return rc;
-    }
-    e->form = form;
-    *out_len = len;
-    return 0;
+    if (e->nids == 0 && e->ucb == NULL && e->tags_cb == NULL)
+        form_add(f, "MaxResults", "1000");
+    if (e->token[0] != '\0')
+        form_add(f, "NextToken", e->token);
+    return cmh_buf_err(f);
 }
 
 static int on_data(struct cmh_curl_uv_req *req, long status, const char *data, size_t len)
@@ -807,8 +274,9 @@ static void send_page(struct cmh_ec2 *e, const struct cmh_sigv4_credentials *cre
     e->used.n = e->used_kept;
     e->page.action = e->action;
     e->page.used = &e->used;
-    size_t form_len = 0;
-    int rc = build_form(e, &form_len);
+    int rc = build_form(e);
+    const char *form = cmh_buf_str(&e->form);
+    size_t form_len = cmh_buf_len(&e->form);
     if (rc == 0)
         rc = cmh_ec2_xml_new(&e->xml, &e->page);
     e->xml_rc = 0;
@@ -822,7 +290,7 @@ static void send_page(struct cmh_ec2 *e, const struct cmh_sigv4_credentials *cre
             .path = e->path,
             .headers = headers,
             .nheaders = sizeof headers / sizeof headers[0],
-            .payload = e->form,
+            .payload = form,
             .payload_len = form_len,
             .region = e->region,
             .service = "ec2",
@@ -842,7 +310,7 @@ static void send_page(struct cmh_ec2 *e, const struct cmh_sigv4_credentials *cre
         e->req.url = e->endpoint;
         e->req.headers = (const char *const *)e->hdr;
         e->req.nheaders = e->nhdr;
-        e->req.body = e->form;
+        e->req.body = form;
         e->req.body_len = form_len;
         e->req.allow_http = e->allow_http;
         e->req.on_data = on_data;
@@ -1146,6 +614,7 @@ int cmh_ec2_new(struct cmh_ec2 **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
     e->o.envp = NULL;
     e->o.region = NULL;
     e->rng = cmh_rng_seed(opts->seed);
+    cmh_buf_init(&e->form, EC2_FORM_MAX);
     int rc = 0;
     const char *ov = cmh_aws_endpoint_override(opts->envp, "AWS_ENDPOINT_URL_EC2");
     if (ov != NULL) {
@@ -1301,14 +770,18 @@ size_t cmh_ec2_missing(const struct cmh_ec2 *e, const char *const **ids)
 static void on_timer_closed(uv_handle_t *h)
 {
     struct cmh_ec2 *e = container_of((uv_timer_t *)h, struct cmh_ec2, timer);
+    if (e->close_cb != NULL)
+        e->close_cb(e, e->close_arg);
     cmh_free(e);
 }
 
-void cmh_ec2_free(struct cmh_ec2 *e)
+void cmh_ec2_close(struct cmh_ec2 *e, cmh_ec2_close_cb close_cb, void *arg)
 {
     if (e == NULL)
         return;
     e->freeing = 1;
+    e->close_cb = close_cb;
+    e->close_arg = arg;
     if (e->in_flight)
         cmh_curl_uv_cancel(e->curl, &e->req);
     e->in_flight = 0;
@@ -1320,611 +793,4 @@ void cmh_ec2_free(struct cmh_ec2 *e)
     cmh_free(e->host);
     cmh_free(e->path);
     uv_close((uv_handle_t *)&e->timer, on_timer_closed);
-}
-
-/* ---------------------------------------------------------------------------------------------
- * The watch */
-
-#define ENICONFIG_PATH "/apis/crd.k8s.amazonaws.com/v1alpha1/eniconfigs"
-
-struct cmh_ec2_watch {
-    uv_loop_t *loop;
-    struct cmh_curl_uv *curl;
-    struct cmh_log *log;
-    const struct cmh_config *cfg;
-    struct cmh_ec2 *ec2;
-    uv_timer_t timer;
-    char **ids; /* SUBNET_IDS */
-    size_t nids;
-    char *eni_url, *auth;
-    const char *eni_headers[2];
-    struct cmh_curl_uv_req eni_req;
-    int eni_in_flight;
-    char **eni_ids; /* subnets named by ENIConfigs, from the last good list */
-    size_t neni;
-    char **missing; /* ids of SUBNET_IDS EC2 did not know at the last good fetch */
-    size_t nmissing;
-    int fetching;
-    struct cmh_subnet_list all;  /* the last good fetch */
-    struct cmh_subnet_list view; /* what the last view call returned */
-    uint64_t fetched_at;         /* uv_now of the last good fetch; 0 = none */
-    struct forecast *fc;         /* one per subnet of all, same order */
-    size_t nfc;
-    /* SUBNET_PREFIX_METRICS: a walk over the view's subnets every SUBNET_PREFIX_INTERVAL, one
-     * subnet at a time on a client of its own. */
-    struct cmh_ec2 *pfx_ec2;
-    struct prefixes *pfx;
-    size_t npfx;
-    char (*walk)[CMH_SUBNET_ID_MAX]; /* the walk's subnets */
-    size_t nwalk, walk_i;
-    int walking;
-    uint64_t walk_started; /* uv_now; 0 = never */
-    int pfx_on;            /* SUBNET_PREFIX_METRICS=true, or auto once a node reported prefixes */
-    char pfx_denied[512];  /* auto: why a usage call was denied (the count is off); "" = not */
-    unsigned long long pfx_ok, pfx_failed, pfx_refused;
-    int stale_logged;
-    cmh_ec2_fetch_cb on_fetch;
-    void *arg;
-};
-
-static void free_strv(char **v, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        cmh_free(v[i]);
-    cmh_free(v);
-}
-
-int cmh_ec2_parse_eniconfigs(const char *buf, size_t len, char ***ids, size_t *n)
-{
-    json_error_t jerr;
-    json_t *root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);
-    int rc = -EBADMSG;
-    json_t *items = json_is_object(root) ? json_object_get(root, "items") : NULL;
-    if (!json_is_array(items))
-        goto out;
-    rc = 0;
-    size_t i;
-    json_t *it;
-    json_array_foreach(items, i, it)
-    {
-        json_t *spec = json_is_object(it) ? json_object_get(it, "spec") : NULL;
-        const char *sub =
-            json_string_value(json_is_object(spec) ? json_object_get(spec, "subnet") : NULL);
-        if (sub == NULL || sub[0] == '\0' || strlen(sub) >= CMH_SUBNET_ID_MAX)
-            continue; /* an ENIConfig without a subnet names none */
-        char **v = cmh_reallocarray(*ids, *n + 1, sizeof *v);
-        if (v == NULL) {
-            rc = -ENOMEM;
-            goto out;
-        }
-        *ids = v;
-        if ((v[*n] = cmh_strdup(sub)) == NULL) {
-            rc = -ENOMEM;
-            goto out;
-        }
-        (*n)++;
-    }
-out:
-    json_decref(root);
-    return rc;
-}
-
-/* The history of one subnet's free addresses, for its time to exhaustion. */
-struct forecast {
-    char id[CMH_SUBNET_ID_MAX];
-    struct cmh_forecast_series fs;
-};
-
-static void free_forecasts(struct forecast *fc, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        cmh_forecast_series_close(&fc[i].fs);
-    cmh_free(fc);
-}
-
-/* A good fetch: each subnet's history (matched by id to the previous fetch, both sorted;
- * subnets gone are forgotten) gets the new count, and its forecast is set on the subnet. Out of
- * memory costs the forecasts (history starts again), not the fetch. */
-static void forecast_update(struct cmh_ec2_watch *w, struct cmh_subnet_list *l)
-{
-    double now_s = (double)uv_now(w->loop) / 1000.0;
-    double window_s = (double)w->cfg->forecast_window_ms / 1000.0;
-    double interval_s = (double)w->cfg->subnet_interval_ms / 1000.0;
-    struct forecast *fc = cmh_calloc(l->n ? l->n : 1, sizeof *fc);
-    size_t j = 0;
-    for (size_t i = 0; i < l->n; i++) {
-        if (fc == NULL) {
-            l->v[i].has_tte = 0;
-            continue;
-        }
-        while (j < w->nfc && strcmp(w->fc[j].id, l->v[i].id) < 0)
-            cmh_forecast_series_close(&w->fc[j++].fs);
-        snprintf(fc[i].id, sizeof fc[i].id, "%s", l->v[i].id);
-        if (j < w->nfc && strcmp(w->fc[j].id, l->v[i].id) == 0) {
-            fc[i].fs = w->fc[j].fs;
-            memset(&w->fc[j++].fs, 0, sizeof w->fc[0].fs);
-        } else {
-            cmh_forecast_series_init(&fc[i].fs, window_s, interval_s);
-        }
-        double tte = 0;
-        l->v[i].has_tte =
-            cmh_forecast_series_add(&fc[i].fs, now_s, (double)l->v[i].available) == 0 &&
-            cmh_forecast_series_estimate(&fc[i].fs, &tte) == 0;
-        l->v[i].tte_s = tte;
-    }
-    free_forecasts(w->fc, w->nfc);
-    w->fc = fc;
-    w->nfc = fc != NULL ? l->n : 0;
-}
-
-/* A subnet's free /28 blocks, from its last usage walk, and their forecast. */
-struct prefixes {
-    char id[CMH_SUBNET_ID_MAX];
-    size_t free;
-    uint64_t at; /* uv_now of the count */
-    int has_tte;
-    double tte_s;
-    struct cmh_forecast_series fs;
-};
-
-static struct prefixes *prefixes_of(struct cmh_ec2_watch *w, const char *id, int add)
-{
-    for (size_t i = 0; i < w->npfx; i++)
-        if (strcmp(w->pfx[i].id, id) == 0)
-            return &w->pfx[i];
-    if (!add)
-        return NULL;
-    struct prefixes *v = cmh_reallocarray(w->pfx, w->npfx + 1, sizeof *v);
-    if (v == NULL)
-        return NULL;
-    w->pfx = v;
-    struct prefixes *p = &v[w->npfx++];
-    memset(p, 0, sizeof *p);
-    snprintf(p->id, sizeof p->id, "%s", id);
-    cmh_forecast_series_init(&p->fs, (double)w->cfg->forecast_window_ms / 1000.0,
-                             (double)w->cfg->subnet_prefix_interval_ms / 1000.0);
-    return p;
-}
-
-static void walk_next(struct cmh_ec2_watch *w);
-
-static void on_usage(struct cmh_ec2 *e, int rc, const struct cmh_ec2_cidrs *used, const char *why,
-                     void *arg)
-{
-    struct cmh_ec2_watch *w = arg;
-    (void)e;
-    const char *id = w->walk[w->walk_i];
-    long s = cmh_subnet_list_find_id(&w->all, id);
-    const struct cmh_cidr *c4 = NULL;
-    for (unsigned k = 0; s >= 0 && k < w->all.v[s].ncidrs; k++)
-        if (w->all.v[s].cidrs[k].family == 4)
-            c4 = &w->all.v[s].cidrs[k];
-    size_t nfree = 0;
-    w->pfx_ok += rc == 0;
-    w->pfx_failed += rc != 0 && rc != -EACCES;
-    w->pfx_refused += rc == -EACCES;
-    if (rc == -EACCES && w->cfg->subnet_prefix_metrics == CMH_PREFIX_METRICS_AUTO) {
-        /* Prefix delegation was seen, the count was not asked for: said once, then left alone. */
-        snprintf(w->pfx_denied, sizeof w->pfx_denied, "%s", why != NULL ? why : "denied");
-        CMH_LOG(w->log, CMH_LOG_ERROR,
-                "nodes use prefix delegation but counting free /28 blocks was denied: not counted "
-                "until restart; the other subnet metrics go on",
-                CMH_STR("subnet", id), CMH_STR("why", w->pfx_denied),
-                CMH_STR("fix", "attach manifests/iam/subnet-prefix-metrics-policy.json "
-                               "(ec2:DescribeNetworkInterfaces, ec2:GetSubnetCidrReservations) to "
-                               "this role, or set SUBNET_PREFIX_METRICS=false"));
-    } else if (rc != 0) {
-        CMH_LOG(w->log, rc == -EACCES ? CMH_LOG_ERROR : CMH_LOG_WARN,
-                "free /28 blocks not counted; the subnet's last count stays until it is stale",
-                CMH_STR("subnet", id), CMH_STR("why", why));
-    } else if (c4 != NULL && cmh_blocks28_free(c4, used->v, used->n, &nfree) == 0) {
-        struct prefixes *p = prefixes_of(w, id, 1);
-        if (p != NULL) {
-            p->free = nfree;
-            p->at = uv_now(w->loop);
-            double tte = 0;
-            p->has_tte =
-                cmh_forecast_series_add(&p->fs, (double)p->at / 1000.0, (double)nfree) == 0 &&
-                cmh_forecast_series_estimate(&p->fs, &tte) == 0;
-            p->tte_s = tte;
-        }
-        CMH_LOG(w->log, CMH_LOG_DEBUG, "free /28 blocks counted", CMH_STR("subnet", id),
-                CMH_UINT("free", nfree), CMH_UINT("used", used->n));
-    }
-    /* Denied for one subnet is denied for all: the walk ends here, and is logged once. */
-    w->walk_i = rc == -EACCES ? w->nwalk : w->walk_i + 1;
-    walk_next(w);
-}
-
-static void walk_next(struct cmh_ec2_watch *w)
-{
-    while (w->walk_i < w->nwalk) {
-        if (cmh_ec2_subnet_usage(w->pfx_ec2, w->walk[w->walk_i], on_usage, w) == 0)
-            return;
-        w->walk_i++;
-    }
-    w->walking = 0;
-}
-
-/* Starts a walk over the subnets of the last view when SUBNET_PREFIX_INTERVAL has passed. */
-static void maybe_walk(struct cmh_ec2_watch *w)
-{
-    uint64_t now = uv_now(w->loop);
-    if (w->pfx_ec2 == NULL || !w->pfx_on || w->pfx_denied[0] != '\0' || w->walking ||
-        w->view.n == 0 ||
-        (w->walk_started != 0 && now - w->walk_started < w->cfg->subnet_prefix_interval_ms))
-        return;
-    char(*ids)[CMH_SUBNET_ID_MAX] = cmh_calloc(w->view.n, sizeof *ids);
-    if (ids == NULL)
-        return;
-    for (size_t i = 0; i < w->view.n; i++)
-        snprintf(ids[i], sizeof ids[i], "%s", w->view.v[i].id);
-    cmh_free(w->walk);
-    w->walk = ids;
-    w->nwalk = w->view.n;
-    w->walk_i = 0;
-    w->walking = 1;
-    w->walk_started = now ? now : 1;
-    walk_next(w);
-}
-
-void cmh_ec2_watch_prefix_delegation(struct cmh_ec2_watch *w, bool seen)
-{
-    if (!w->pfx_on && seen && w->pfx_ec2 != NULL) {
-        w->pfx_on = 1;
-        CMH_LOG(w->log, CMH_LOG_INFO,
-                "a node reports IPv4 prefixes (prefix delegation): counting free /28 blocks per "
-                "subnet",
-                CMH_UINT("interval_ms", w->cfg->subnet_prefix_interval_ms));
-    }
-    if (w->pfx_on && w->walk_started == 0)
-        maybe_walk(w); /* the first walk as soon as the view holds subnets */
-}
-
-void cmh_ec2_watch_prefix_status(const struct cmh_ec2_watch *w, struct cmh_ec2_prefix_status *st)
-{
-    *st = (struct cmh_ec2_prefix_status){.on = w->pfx_on && w->pfx_denied[0] == '\0',
-                                         .counts_ok = w->pfx_ok,
-                                         .counts_failed = w->pfx_failed,
-                                         .counts_denied = w->pfx_refused,
-                                         .denied = w->pfx_denied[0] ? w->pfx_denied : NULL};
-}
-
-static void watch_fetch_done(struct cmh_ec2_watch *w, int rc, const char *why)
-{
-    w->fetching = 0;
-    if (w->on_fetch != NULL)
-        w->on_fetch(w->arg, rc, why);
-}
-
-static int named(char *const *v, size_t n, const char *id);
-
-/* After a good fetch: the ids of SUBNET_IDS that EC2 did not know, each logged once when it
- * goes missing (and once when it is back), not at every fetch. */
-static void note_missing(struct cmh_ec2_watch *w)
-{
-    const char *const *ids;
-    size_t n = cmh_ec2_missing(w->ec2, &ids);
-    char **keep = n > 0 ? cmh_calloc(n, sizeof *keep) : NULL;
-    size_t k = 0;
-    if (n > 0 && keep == NULL)
-        return; /* out of memory: the previous list stays */
-    for (size_t i = 0; i < n; i++) {
-        if (!named(w->missing, w->nmissing, ids[i]))
-            CMH_LOG(w->log, CMH_LOG_WARN,
-                    "a subnet of SUBNET_IDS does not exist (InvalidSubnetID.NotFound); left out, "
-                    "the others are fetched",
-                    CMH_STR("subnet", ids[i]), CMH_STR("fix", "remove it from SUBNET_IDS"));
-        if ((keep[k] = cmh_strdup(ids[i])) != NULL)
-            k++;
-    }
-    for (size_t i = 0; i < w->nmissing; i++)
-        if (!named(keep, k, w->missing[i]))
-            CMH_LOG(w->log, CMH_LOG_INFO, "a subnet of SUBNET_IDS exists again",
-                    CMH_STR("subnet", w->missing[i]));
-    free_strv(w->missing, w->nmissing);
-    w->missing = keep;
-    w->nmissing = k;
-}
-
-size_t cmh_ec2_watch_missing(const struct cmh_ec2_watch *w)
-{
-    return w->nmissing;
-}
-
-static void on_subnets(struct cmh_ec2 *e, int rc, struct cmh_subnet_list *subnets, const char *why,
-                       void *arg)
-{
-    struct cmh_ec2_watch *w = arg;
-    (void)e;
-    if (rc != 0) {
-        CMH_LOG(w->log, rc == -EACCES ? CMH_LOG_ERROR : CMH_LOG_WARN,
-                "subnets not fetched; the last good view stays until it is stale",
-                CMH_STR("why", why), CMH_UINT("requests", cmh_ec2_requests(w->ec2)));
-        watch_fetch_done(w, rc, why);
-        return;
-    }
-    forecast_update(w, subnets);
-    cmh_ec2_take(subnets, &w->all);
-    w->fetched_at = uv_now(w->loop);
-    if (w->fetched_at == 0)
-        w->fetched_at = 1;
-    w->stale_logged = 0;
-    note_missing(w);
-    CMH_LOG(w->log, CMH_LOG_INFO, "subnets fetched", CMH_UINT("subnets", w->all.n),
-            CMH_UINT("eniconfig_subnets", w->neni), CMH_UINT("missing", w->nmissing),
-            CMH_UINT("requests", cmh_ec2_requests(w->ec2)));
-    watch_fetch_done(w, 0, NULL);
-}
-
-static void describe(struct cmh_ec2_watch *w)
-{
-    int rc = cmh_ec2_describe_subnets(w->ec2, (const char *const *)w->ids, w->nids, on_subnets, w);
-    if (rc != 0) {
-        CMH_LOG(w->log, CMH_LOG_WARN, "subnets fetch not started", CMH_INT("error", rc));
-        watch_fetch_done(w, rc, "not started");
-    }
-}
-
-static void on_eniconfigs(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res)
-{
-    struct cmh_ec2_watch *w = container_of(req, struct cmh_ec2_watch, eni_req);
-    w->eni_in_flight = 0;
-    if (res->error == CMH_CURL_ERR_CANCELLED)
-        return;
-    if (res->error == CMH_CURL_OK && res->status == 404) {
-        /* The CRD is not installed: no custom networking, no ENIConfig subnets. */
-        free_strv(w->eni_ids, w->neni);
-        w->eni_ids = NULL;
-        w->neni = 0;
-    } else if (res->error == CMH_CURL_OK && res->status == 200) {
-        char **ids = NULL;
-        size_t n = 0;
-        int rc = cmh_ec2_parse_eniconfigs(res->body, res->body_len, &ids, &n);
-        if (rc == 0) {
-            free_strv(w->eni_ids, w->neni);
-            w->eni_ids = ids;
-            w->neni = n;
-        } else {
-            free_strv(ids, n);
-            CMH_LOG(w->log, CMH_LOG_WARN, "ENIConfig list not understood; previous one kept",
-                    CMH_INT("error", rc));
-        }
-    } else if (res->error == CMH_CURL_OK && res->status == 403) {
-        /* No RBAC to list ENIConfigs: custom-networking subnets would silently drop out. */
-        CMH_LOG(w->log, CMH_LOG_WARN,
-                "ENIConfig list forbidden (403): this service account may not list "
-                "eniconfigs.crd.k8s.amazonaws.com; previous list kept",
-                CMH_UINT("eniconfig_subnets", w->neni),
-                CMH_STR("fix", "grant list on eniconfigs: the kustomize component "
-                               "manifests/components/subnet-metrics, or Helm "
-                               "subnetMetrics.enabled=true"));
-    } else {
-        CMH_LOG(w->log, CMH_LOG_WARN, "ENIConfig list failed; previous one kept",
-                CMH_STR("error", cmh_curl_uv_error_name(res->error)),
-                CMH_INT("status", res->status), CMH_UINT("eniconfig_subnets", w->neni));
-    }
-    describe(w);
-}
-
-static void list_eniconfigs(struct cmh_ec2_watch *w)
-{
-    char *tok = NULL, why[300];
-    cmh_free(w->auth);
-    w->auth = NULL;
-    size_t nh = 0;
-    w->eni_headers[nh++] = "Accept: application/json";
-    if (w->cfg->k8s_token_file != NULL &&
-        cmh_k8s_token_read(w->cfg->k8s_token_file, &tok, why, sizeof why) == 0) {
-        w->auth = cmh_k8s_bearer_header(tok);
-        cmh_free(tok);
-        if (w->auth != NULL)
-            w->eni_headers[nh++] = w->auth;
-    }
-    memset(&w->eni_req, 0, sizeof w->eni_req);
-    w->eni_req.method = "GET";
-    w->eni_req.url = w->eni_url;
-    w->eni_req.allow_http = strncmp(w->eni_url, "http://", 7) == 0; /* a checked loopback API */
-    w->eni_req.headers = w->eni_headers;
-    w->eni_req.nheaders = nh;
-    w->eni_req.ca_file = w->cfg->k8s_ca_file;
-    w->eni_req.max_body = 8u << 20;
-    if (cmh_curl_uv_start(w->curl, &w->eni_req, on_eniconfigs) != 0) {
-        describe(w);
-        return;
-    }
-    w->eni_in_flight = 1;
-}
-
-static void on_watch_timer(uv_timer_t *t)
-{
-    struct cmh_ec2_watch *w = container_of(t, struct cmh_ec2_watch, timer);
-    maybe_walk(w);
-    if (w->fetching)
-        return; /* the previous fetch is still retrying */
-    w->fetching = 1;
-    if (w->nids == 0 && w->eni_url != NULL)
-        list_eniconfigs(w);
-    else
-        describe(w);
-}
-
-static int split_ids(const char *s, char ***out, size_t *n)
-{
-    *out = NULL;
-    *n = 0;
-    for (const char *p = s;;) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        char **v = cmh_reallocarray(*out, *n + 1, sizeof *v);
-        if (v == NULL)
-            return -ENOMEM;
-        *out = v;
-        if ((v[*n] = cmh_strndup(p, len)) == NULL)
-            return -ENOMEM;
-        (*n)++;
-        if (comma == NULL)
-            return 0;
-        p = comma + 1;
-    }
-}
-
-int cmh_ec2_watch_new(struct cmh_ec2_watch **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
-                      const struct cmh_config *cfg, char *const *envp, const char *k8s_server,
-                      struct cmh_log *log, cmh_ec2_fetch_cb on_fetch, void *arg)
-{
-    *out = NULL;
-    char err[160];
-    if (cfg->subnet_ids != NULL && cfg->subnet_ids[0] != '\0' &&
-        cmh_subnets_check_ids(cfg->subnet_ids, err, sizeof err) < 0) {
-        CMH_LOG(log, CMH_LOG_ERROR, "bad SUBNET_IDS", CMH_STR("error", err));
-        return -EINVAL;
-    }
-    if (cfg->forecast_window_ms < 2 * cfg->subnet_interval_ms)
-        CMH_LOG(log, CMH_LOG_WARN,
-                "FORECAST_WINDOW is shorter than two SUBNET_METRICS_INTERVALs: no time to "
-                "exhaustion will be published",
-                CMH_UINT("forecast_window_ms", cfg->forecast_window_ms),
-                CMH_UINT("subnet_interval_ms", cfg->subnet_interval_ms),
-                CMH_STR("fix", "raise FORECAST_WINDOW or lower SUBNET_METRICS_INTERVAL"));
-    struct cmh_ec2_watch *w = cmh_calloc(1, sizeof *w);
-    if (w == NULL)
-        return -ENOMEM;
-    w->loop = loop;
-    w->curl = curl;
-    w->log = log;
-    w->cfg = cfg;
-    w->on_fetch = on_fetch;
-    w->arg = arg;
-    int rc = 0;
-    if (cfg->subnet_ids != NULL && cfg->subnet_ids[0] != '\0')
-        rc = split_ids(cfg->subnet_ids, &w->ids, &w->nids);
-    if (rc == 0 && k8s_server != NULL && w->nids == 0) {
-        size_t l = strlen(k8s_server) + sizeof ENICONFIG_PATH;
-        w->eni_url = cmh_malloc(l);
-        if (w->eni_url == NULL)
-            rc = -ENOMEM;
-        else
-            snprintf(w->eni_url, l, "%s%s", k8s_server, ENICONFIG_PATH);
-    }
-    struct cmh_ec2_opts eo = {.envp = envp,
-                              .region = cfg->aws_region,
-                              .timeout_ms = cfg->http_timeout_ms,
-                              .backoff_base_ms = cfg->cw_backoff_base_ms,
-                              .backoff_cap_ms = cfg->cw_backoff_cap_ms};
-    if (rc == 0)
-        rc = cmh_ec2_new(&w->ec2, loop, curl, &eo, log);
-    if (rc == 0 && cfg->subnet_prefix_metrics != CMH_PREFIX_METRICS_OFF)
-        rc = cmh_ec2_new(&w->pfx_ec2, loop, curl, &eo, log);
-    w->pfx_on = cfg->subnet_prefix_metrics == CMH_PREFIX_METRICS_ON;
-    if (rc == 0)
-        rc = uv_timer_init(loop, &w->timer);
-    if (rc == 0)
-        rc = uv_timer_start(&w->timer, on_watch_timer, 0, cfg->subnet_interval_ms);
-    if (rc != 0) {
-        if (w->ec2 != NULL)
-            cmh_ec2_free(w->ec2);
-        if (w->pfx_ec2 != NULL)
-            cmh_ec2_free(w->pfx_ec2);
-        free_strv(w->ids, w->nids);
-        cmh_free(w->eni_url);
-        cmh_free(w);
-        return rc;
-    }
-    CMH_LOG(log, CMH_LOG_INFO, "subnet metrics on",
-            CMH_UINT("interval_ms", cfg->subnet_interval_ms), CMH_UINT("subnet_ids", w->nids),
-            CMH_BOOL("eniconfigs", w->eni_url != NULL));
-    *out = w;
-    return 0;
-}
-
-static int named(char *const *v, size_t n, const char *id)
-{
-    for (size_t i = 0; i < n; i++)
-        if (strcmp(v[i], id) == 0)
-            return 1;
-    return 0;
-}
-
-const struct cmh_subnet_list *cmh_ec2_watch_view(struct cmh_ec2_watch *w,
-                                                 const struct cmh_subnets_node *nodes, size_t n)
-{
-    if (w->fetched_at == 0)
-        return NULL;
-    uint64_t age = uv_now(w->loop) - w->fetched_at;
-    if (age > 3 * w->cfg->subnet_interval_ms) {
-        if (!w->stale_logged)
-            CMH_LOG(w->log, CMH_LOG_WARN,
-                    "subnet view stale (no good fetch for 3 intervals); subnet datums not "
-                    "published",
-                    CMH_UINT("age_ms", age));
-        w->stale_logged = 1;
-        return NULL;
-    }
-    w->view.n = 0;
-    unsigned char *keep = cmh_calloc(w->all.n ? w->all.n : 1, 1);
-    if (keep == NULL)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        long s = cmh_subnets_find_ip(&w->all, nodes[i].ip);
-        if (s >= 0)
-            keep[s] = 1;
-    }
-    for (size_t i = 0; i < w->all.n; i++) {
-        if ((w->nids > 0 || keep[i] || named(w->eni_ids, w->neni, w->all.v[i].id)) &&
-            cmh_subnet_list_push(&w->view, &w->all.v[i]) != 0) {
-            cmh_free(keep);
-            return NULL;
-        }
-    }
-    cmh_free(keep);
-    /* A forecast counts down from its fetch: the moment of exhaustion stays where it was seen.
-     */
-    for (size_t i = 0; i < w->view.n; i++) {
-        struct cmh_subnet *s = &w->view.v[i];
-        if (s->has_tte && s->tte_s < CMH_FORECAST_CAP_S)
-            s->tte_s = s->tte_s > (double)age / 1000.0 ? s->tte_s - (double)age / 1000.0 : 0;
-        const struct prefixes *p = prefixes_of(w, s->id, 0);
-        uint64_t page = p != NULL ? uv_now(w->loop) - p->at : 0;
-        s->has_free_prefixes = p != NULL && page <= 3 * w->cfg->subnet_prefix_interval_ms;
-        s->free_prefixes = p != NULL ? (int64_t)p->free : 0;
-        s->has_prefix_tte = s->has_free_prefixes && p->has_tte;
-        s->prefix_tte_s = s->has_prefix_tte ? p->tte_s : 0;
-        if (s->has_prefix_tte && s->prefix_tte_s < CMH_FORECAST_CAP_S)
-            s->prefix_tte_s = s->prefix_tte_s > (double)page / 1000.0
-                                  ? s->prefix_tte_s - (double)page / 1000.0
-                                  : 0;
-    }
-    return &w->view;
-}
-
-static void on_watch_timer_closed(uv_handle_t *h)
-{
-    struct cmh_ec2_watch *w = container_of((uv_timer_t *)h, struct cmh_ec2_watch, timer);
-    cmh_free(w);
-}
-
-void cmh_ec2_watch_free(struct cmh_ec2_watch *w)
-{
-    if (w == NULL)
-        return;
-    w->on_fetch = NULL;
-    if (w->eni_in_flight)
-        cmh_curl_uv_cancel(w->curl, &w->eni_req);
-    cmh_ec2_free(w->ec2);
-    free_strv(w->ids, w->nids);
-    free_strv(w->eni_ids, w->neni);
-    free_strv(w->missing, w->nmissing);
-    cmh_free(w->eni_url);
-    cmh_free(w->auth);
-    cmh_subnet_list_free(&w->all);
-    cmh_subnet_list_free(&w->view);
-    free_forecasts(w->fc, w->nfc);
-    if (w->pfx_ec2 != NULL)
-        cmh_ec2_free(w->pfx_ec2);
-    for (size_t i = 0; i < w->npfx; i++)
-        cmh_forecast_series_close(&w->pfx[i].fs);
-    cmh_free(w->pfx);
-    cmh_free(w->walk);
-    uv_close((uv_handle_t *)&w->timer, on_watch_timer_closed);
 }

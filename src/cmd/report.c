@@ -9,7 +9,7 @@
 #include "cmh/core/config.h"
 #include "cmh/http/curl_uv.h"
 #include "cmh/k8s/discovery.h"
-#include "cmh/aws/ec2.h"
+#include "cmh/aws/subnet_watch.h"
 #include "cmh/round/forecast.h"
 #include "cmh/k8s/access.h"
 #include "cmh/k8s/api.h"
@@ -46,7 +46,7 @@ struct report {
     struct cmh_discovery_pods pods;
     struct cmh_collector coll;
     int has_coll;
-    struct cmh_ec2_watch *watch;
+    struct cmh_subnet_watch *watch;
     uv_timer_t deadline;
     /* The round's targets. */
     struct cmh_collector_target *targets;
@@ -176,7 +176,7 @@ static void emit_report(struct report *r)
     for (size_t i = 0; i < r->n; i++)
         sn[i] = (struct cmh_subnets_node){r->targets[i].name, r->targets[i].ip};
     const struct cmh_subnet_list *view =
-        r->watch != NULL && r->fetch_rc == 0 ? cmh_ec2_watch_view(r->watch, sn, r->n) : NULL;
+        r->watch != NULL && r->fetch_rc == 0 ? cmh_subnet_watch_view(r->watch, sn, r->n) : NULL;
 
     /* Nodes, with their subnet and AZ when known. */
     size_t fresh = 0, failed = 0, unknown_max = 0;
@@ -486,7 +486,7 @@ static void finish(struct report *r, int status)
     if (status >= 0)
         r->status = status;
     uv_close((uv_handle_t *)&r->deadline, on_closed);
-    cmh_ec2_watch_free(r->watch);
+    cmh_subnet_watch_close(r->watch, NULL, NULL);
     r->watch = NULL;
     if (r->has_coll) {
         r->has_coll = 0;
@@ -762,8 +762,8 @@ static int start(struct report *r, char *const *envp)
     }
     if (r->cfg.subnet_metrics) {
         /* In a cluster the ENIConfig subnets count whatever the targets are, as in the daemon. */
-        rc = cmh_ec2_watch_new(&r->watch, &r->loop, &r->curl, &r->cfg, envp,
-                               in_cluster ? url : NULL, &r->log, on_fetch, r);
+        rc = cmh_subnet_watch_new(&r->watch, &r->loop, &r->curl, &r->cfg, envp,
+                                  in_cluster ? url : NULL, &r->log, on_fetch, r);
         if (rc != 0)
             return rc;
     }

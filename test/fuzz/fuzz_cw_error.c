@@ -1,7 +1,7 @@
 /* Fuzzes the AWS error-body parser: any bytes (not NUL-terminated) must give either a code made of
  * [A-Za-z0-9._:-] that fits, or -EPROTO with an empty code; the message is always terminated and
  * within its buffer; classification of whatever comes out never crashes. */
-#include "cmh/aws/cloudwatch.h"
+#include "cmh/aws/cloudwatch_int.h"
 
 #include <errno.h>
 #include <stdint.h>

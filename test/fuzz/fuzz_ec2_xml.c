@@ -4,7 +4,7 @@
  * is then read as the answer of the free /28 count's action (DescribeNetworkInterfaces or
  * GetSubnetCidrReservations, by its first byte): whole and split agree, and every block kept is
  * IPv4 with a valid prefix. */
-#include "cmh/aws/ec2.h"
+#include "cmh/aws/ec2_xml.h"
 
 #include <errno.h>
 #include <stdint.h>

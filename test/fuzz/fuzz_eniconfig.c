@@ -1,12 +1,12 @@
-/* Fuzzes the ENIConfig list parser (cmh_ec2_parse_eniconfigs: the API server's ENIConfigList,
- * whose spec.subnet values join the subnet view). The input is the answer body, as an exact-size
+/* Fuzzes the ENIConfig list parser (cmh_eniconfig_parse: the API server's ENIConfigList, whose
+ * spec.subnet values join the subnet view). The input is the answer body, as an exact-size
  * allocation. Checks: the ids already in the array stay in place; a refused list appends nothing;
- * every appended id is non-empty and shorter than CMH_SUBNET_ID_MAX; in a body without escapes
- * every id appears quoted in it, and there are no more ids than "subnet" keys; a second parse of
- * the same bytes gives the same list. */
+ * every appended id is non-empty and shorter than CMH_ENICONFIG_SUBNET_MAX; in a body without
+ * escapes every id appears quoted in it, and there are no more ids than "subnet" keys; a second
+ * parse of the same bytes gives the same list. */
 #include "cmh/core/alloc.h"
-#include "cmh/aws/ec2.h"
-#include "cmh/round/subnets.h"
+#include "cmh/k8s/eniconfig.h"
+#include "cmh/k8s/eniconfig_int.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -40,7 +40,7 @@ static int parse(const char *buf, size_t len, char ***ids, size_t *n)
     *ids = cmh_malloc(sizeof **ids);
     if (*ids == NULL || ((*ids)[0] = cmh_strdup(SEED_ID)) == NULL)
         abort();
-    int rc = cmh_ec2_parse_eniconfigs(buf, len, ids, n);
+    int rc = cmh_eniconfig_parse(buf, len, ids, n);
     if (rc != 0 && rc != -EBADMSG)
         abort(); /* no allocation fails here */
     if (*n < 1 || strcmp((*ids)[0], SEED_ID) != 0 || (rc != 0 && *n != 1))
@@ -69,7 +69,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     for (size_t i = 1; i < n; i++) {
         size_t l = strlen(ids[i]);
-        if (l == 0 || l >= CMH_SUBNET_ID_MAX)
+        if (l == 0 || l >= CMH_ENICONFIG_SUBNET_MAX)
             abort();
         if (!escapes && !quoted_in(buf, size, ids[i]))
             abort();

@@ -2,7 +2,7 @@
  * bytes), parses each with cmh_ec2_parse and prints one JSON line per record: {"rc":..,
  * "subnets":[{id, az, cidr, v6, available}], "next_token", "error_code", "error_message"}. The
  * other half of ec2_xml_botocore_diff.py. */
-#include "cmh/aws/ec2.h"
+#include "cmh/aws/ec2_xml_int.h"
 
 #include <jansson.h>
 #include <stdio.h>

@@ -38,34 +38,11 @@ enum cmh_cw_class {
 /* "ok", "throttle", "server", "network", "expired", "denied", "invalid", "client". */
 const char *cmh_cloudwatch_class_name(enum cmh_cw_class c);
 
-/* Pure: classifies an attempt from curl_uv's error, the HTTP status and the AWS error code
- * (NULL or "" when there is none). */
-enum cmh_cw_class cmh_cloudwatch_classify(enum cmh_curl_uv_error error, long status,
-                                          const char *code);
-
-/* Pure: extracts Code and Message from an AWS Query error body
- * (<ErrorResponse><Error><Type/><Code/><Message/></Error>...</ErrorResponse>, or a bare <Error>).
- * code gets at most code_len-1 bytes of [A-Za-z0-9._:-]; message (may be NULL) the text with the
- * five XML entities decoded, truncated to msg_len-1. Returns 0, or -EPROTO when body holds no
- * well-formed Code element (then code is ""). */
-int cmh_cloudwatch_parse_error(const char *body, size_t len, char *code, size_t code_len,
-                               char *message, size_t msg_len);
-
 /* Pure: the endpoint URL for region: override when not NULL/"" (AWS_ENDPOINT_URL_CLOUDWATCH, then
  * AWS_ENDPOINT_URL, chosen by the caller), else https://monitoring.<region>.<partition suffix>
  * (amazonaws.com, amazonaws.com.cn for cn-*, c2s.ic.gov for us-iso-*, sc2s.sgov.gov for
  * us-isob-*). Returns the length, -EINVAL for a region that is not [a-z0-9-]+, -ENOSPC. */
 int cmh_cloudwatch_endpoint(const char *region, const char *override, char *buf, size_t len);
-
-/* Pure: appends the form encoding of datum d as MetricData.member.<index>.* (each field preceded
- * by '&') into buf; returns the length it needs (like snprintf: a result >= len means truncated).
- * storage_resolution 0 leaves the field out. */
-size_t cmh_cloudwatch_encode_datum(char *buf, size_t len, const struct cmh_datum *d, unsigned index,
-                                   unsigned storage_resolution);
-
-/* Pure: 0 when CloudWatch would accept d (name 1-255, dims <= 30 with non-empty names and values,
- * finite values within CloudWatch's range, sample count > 0, min <= max), else -EINVAL. */
-int cmh_cloudwatch_datum_valid(const struct cmh_datum *d);
 
 /* Where credentials come from (decoupled from the provider; the daemon adapts cmh_aws_creds_get /
  * cmh_aws_creds_invalidate to it, tests pass static keys). get calls cb exactly once, either

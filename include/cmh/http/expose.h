@@ -6,7 +6,7 @@
 
 #include "cmh/round/aggregate.h"
 #include "cmh/round/collector.h"
-#include "cmh/aws/ec2.h"
+#include "cmh/aws/subnet_watch.h"
 #include "cmh/http/http_server.h"
 
 /* Cumulative sums of the published counter increases: exposed as Prometheus counters. The
@@ -22,7 +22,7 @@ struct cmh_expose {
     size_t subnet_ids_missing;     /* ids of SUBNET_IDS EC2 did not know at the last good fetch */
     double subnet_last_ok;         /* Unix seconds of the last good fetch, 0 when none */
     const char *cluster_id_source; /* where CLUSTER_ID came from (borrowed); NULL: not shown */
-    struct cmh_ec2_prefix_status prefix; /* the free /28 count (SUBNET_METRICS) */
+    struct cmh_subnet_watch_prefix_status prefix; /* the free /28 count (SUBNET_METRICS) */
 };
 
 /* Adds the finished round's counter increases (a->datums) to the cumulative sums. */

@@ -16,6 +16,8 @@
 
 #include "cmh/core/container_of.h"
 #include "cmh/aws/cloudwatch.h"
+#include "cmh/aws/cloudwatch_int.h"
+#include "cmh/core/buf.h"
 #include "cmh/http/curl_uv.h"
 #include "cmh/aws/sigv4.h"
 
@@ -152,7 +154,7 @@ static void endpoint_is_partition_aware(void **state)
     assert_int_equal(cmh_cloudwatch_endpoint("us-east-1", NULL, buf, 10), -ENOSPC);
 }
 
-static void encode_datum_exact_form_and_truncation(void **state)
+static void encode_datum_exact_form_appended_within_cap(void **state)
 {
     (void)state;
     struct cmh_datum d = {
@@ -171,16 +173,32 @@ static void encode_datum_exact_form_and_truncation(void **state)
                        "&MetricData.member.7.Value=1e%2B20"
                        "&MetricData.member.7.Unit=Count"
                        "&MetricData.member.7.StorageResolution=60";
-    char buf[1024];
-    size_t n = cmh_cloudwatch_encode_datum(buf, sizeof buf, &d, 7, 60);
-    assert_int_equal(n, strlen(want));
-    assert_string_equal(buf, want);
-    /* Every shorter buffer: same needed length, a NUL-terminated prefix. */
-    for (size_t len = 1; len < n; len += 7) {
-        char small[1024];
-        assert_int_equal(cmh_cloudwatch_encode_datum(small, len, &d, 7, 60), n);
-        assert_true(strlen(small) < len);
-        assert_memory_equal(small, want, strlen(small));
+    size_t n = strlen(want);
+    struct cmh_buf b;
+    cmh_buf_init(&b, 0);
+    assert_int_equal(cmh_buf_addstr(&b, "Namespace=x"), 0);
+    assert_int_equal(cmh_cloudwatch_encode_datum(&b, &d, 7, 60), 0);
+    assert_int_equal(cmh_buf_len(&b), strlen("Namespace=x") + n);
+    assert_string_equal(cmh_buf_str(&b),
+                        "Namespace=x&MetricData.member.7.MetricName=assignIPAddresses"
+                        "&MetricData.member.7.Dimensions.member.1.Name=CLUSTER_ID"
+                        "&MetricData.member.7.Dimensions.member.1.Value=prod%20a%26b"
+                        "&MetricData.member.7.Timestamp=2025-11-26T07%3A36%3A42.123Z"
+                        "&MetricData.member.7.Value=1e%2B20"
+                        "&MetricData.member.7.Unit=Count"
+                        "&MetricData.member.7.StorageResolution=60");
+    cmh_buf_free(&b);
+    /* A buffer whose cap is the encoding's length holds it; any smaller cap fails it whole. */
+    cmh_buf_init(&b, n);
+    assert_int_equal(cmh_cloudwatch_encode_datum(&b, &d, 7, 60), 0);
+    assert_string_equal(cmh_buf_str(&b), want);
+    cmh_buf_free(&b);
+    for (size_t cap = 1; cap < n; cap += 7) {
+        cmh_buf_init(&b, cap);
+        assert_int_equal(cmh_cloudwatch_encode_datum(&b, &d, 7, 60), -E2BIG);
+        assert_int_equal(cmh_buf_err(&b), -E2BIG);
+        assert_int_equal(cmh_buf_len(&b), 0);
+        cmh_buf_free(&b);
     }
     struct cmh_datum s = {
         .metric = "m",
@@ -191,13 +209,16 @@ static void encode_datum_exact_form_and_truncation(void **state)
         .min = -1,
         .max = 1.25,
     };
-    n = cmh_cloudwatch_encode_datum(buf, sizeof buf, &s, 1, 0);
-    assert_string_equal(buf, "&MetricData.member.1.MetricName=m"
-                             "&MetricData.member.1.Timestamp=1970-01-01T00%3A00%3A01.000Z"
-                             "&MetricData.member.1.StatisticValues.SampleCount=3"
-                             "&MetricData.member.1.StatisticValues.Sum=0.5"
-                             "&MetricData.member.1.StatisticValues.Minimum=-1"
-                             "&MetricData.member.1.StatisticValues.Maximum=1.25");
+    cmh_buf_init(&b, 0);
+    assert_int_equal(cmh_cloudwatch_encode_datum(&b, &s, 1, 0), 0);
+    assert_string_equal(cmh_buf_str(&b),
+                        "&MetricData.member.1.MetricName=m"
+                        "&MetricData.member.1.Timestamp=1970-01-01T00%3A00%3A01.000Z"
+                        "&MetricData.member.1.StatisticValues.SampleCount=3"
+                        "&MetricData.member.1.StatisticValues.Sum=0.5"
+                        "&MetricData.member.1.StatisticValues.Minimum=-1"
+                        "&MetricData.member.1.StatisticValues.Maximum=1.25");
+    cmh_buf_free(&b);
 }
 
 static void datum_validity_matches_cloudwatch_rules(void **state)
@@ -1156,7 +1177,7 @@ int main(void)
         cmocka_unit_test(classify_uses_code_before_status),
         cmocka_unit_test(error_body_code_and_message),
         cmocka_unit_test(endpoint_is_partition_aware),
-        cmocka_unit_test(encode_datum_exact_form_and_truncation),
+        cmocka_unit_test(encode_datum_exact_form_appended_within_cap),
         cmocka_unit_test(datum_validity_matches_cloudwatch_rules),
     };
     const struct CMUnitTest net[] = {

@@ -2,7 +2,7 @@
  * the aws-node pods' CLUSTER_NAME, and the DescribeTags answer's parser. */
 #include "cmh/core/alloc.h"
 #include "cmh/aws/cluster_id.h"
-#include "cmh/aws/ec2.h"
+#include "cmh/aws/ec2_xml_int.h"
 
 #include <errno.h>
 #include <setjmp.h>

@@ -16,6 +16,7 @@
 #include "cmh/core/config.h"
 #include "cmh/http/curl_uv.h"
 #include "cmh/aws/ec2.h"
+#include "cmh/aws/subnet_watch.h"
 #include "cmh/core/log.h"
 #include "test_peer.h"
 
@@ -134,7 +135,7 @@ static void describe(struct run *r, const char *faults, unsigned max_attempts,
 
 static void finish(struct run *r)
 {
-    cmh_ec2_free(r->ec2);
+    cmh_ec2_close(r->ec2, NULL, NULL);
     cmh_curl_uv_close(&r->curl, NULL);
     uv_run(&r->loop, UV_RUN_DEFAULT);
     assert_int_equal(uv_loop_close(&r->loop), 0);
@@ -331,9 +332,9 @@ static void ec2_watch_subnet_ids_exact_view_no_eniconfigs_unknown_logged_once(vo
     struct cmh_log log;
     cmh_log_init(&log, CMH_LOG_INFO, CMH_LOG_TEXT, logfd);
     struct fetches f = {0};
-    struct cmh_ec2_watch *w = NULL;
+    struct cmh_subnet_watch *w = NULL;
     assert_int_equal(
-        cmh_ec2_watch_new(&w, &R.loop, &R.curl, &cfg, envp, server, &log, on_fetch, &f), 0);
+        cmh_subnet_watch_new(&w, &R.loop, &R.curl, &cfg, envp, server, &log, on_fetch, &f), 0);
     for (int i = 0; i < 4000 && f.n < 3; i++)
         uv_run(&R.loop, UV_RUN_ONCE);
     assert_int_equal(f.n, 3);
@@ -341,7 +342,7 @@ static void ec2_watch_subnet_ids_exact_view_no_eniconfigs_unknown_logged_once(vo
     /* Nodes in subnet 1, in subnet 2 (not listed) and in none. */
     const struct cmh_subnets_node nodes[] = {
         {"n1", "10.0.0.9"}, {"n2", "10.0.1.9"}, {"n3", "192.0.2.1"}};
-    const struct cmh_subnet_list *v = cmh_ec2_watch_view(w, nodes, 3);
+    const struct cmh_subnet_list *v = cmh_subnet_watch_view(w, nodes, 3);
     assert_non_null(v);
     assert_int_equal(v->n, 2);
     assert_string_equal(v->v[0].id, "subnet-00000001");
@@ -349,12 +350,12 @@ static void ec2_watch_subnet_ids_exact_view_no_eniconfigs_unknown_logged_once(vo
     assert_true(cmh_subnets_find_ip(v, "10.0.0.9") == 0);
     /* Outside the listed subnets: the per-AZ datums put it under "unknown". */
     assert_true(cmh_subnets_find_ip(v, "10.0.1.9") == -1);
-    assert_int_equal(cmh_ec2_watch_missing(w), 1);
+    assert_int_equal(cmh_subnet_watch_missing(w), 1);
     assert_int_equal(trap.accepted, 0); /* ENIConfigs never read */
     assert_int_equal(count_in_file(logfd, "subnet-0000000f"), 1);
     assert_int_equal(count_in_file(logfd, "does not exist"), 1);
     assert_int_equal(count_in_file(logfd, "subnets fetched"), 3);
-    cmh_ec2_watch_free(w);
+    cmh_subnet_watch_close(w, NULL, NULL);
     uv_close((uv_handle_t *)&trap.tcp, on_trap_closed);
     finish(&R);
     close(logfd);

@@ -9,7 +9,8 @@
 #include <cmocka.h>
 
 #include "cmh/core/alloc.h"
-#include "cmh/aws/ec2.h"
+#include "cmh/aws/ec2_int.h"
+#include "cmh/aws/ec2_xml_int.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -224,31 +225,6 @@ static void ec2_endpoint_regional_and_override(void **state)
     assert_int_equal(cmh_ec2_endpoint("eu-west-1", NULL, buf, 8), -ENOSPC);
 }
 
-/* The ENIConfig list of custom networking: spec.subnet of every item, the rest ignored. */
-static void ec2_eniconfig_list_subnets(void **state)
-{
-    (void)state;
-    const char *doc =
-        "{\"apiVersion\":\"crd.k8s.amazonaws.com/v1alpha1\",\"kind\":\"ENIConfigList\","
-        "\"items\":[{\"metadata\":{\"name\":\"us-west-2a\"},\"spec\":{\"subnet\":"
-        "\"subnet-0aaa\",\"securityGroups\":[\"sg-1\"]}},{\"metadata\":{\"name\":\"x\"},"
-        "\"spec\":{}},{\"spec\":{\"subnet\":\"subnet-0bbb\"}}]}";
-    char **ids = NULL;
-    size_t n = 0;
-    assert_int_equal(cmh_ec2_parse_eniconfigs(doc, strlen(doc), &ids, &n), 0);
-    assert_int_equal(n, 2);
-    assert_string_equal(ids[0], "subnet-0aaa");
-    assert_string_equal(ids[1], "subnet-0bbb");
-    for (size_t i = 0; i < n; i++)
-        cmh_free(ids[i]);
-    cmh_free(ids);
-    ids = NULL;
-    n = 0;
-    assert_int_equal(cmh_ec2_parse_eniconfigs("{\"kind\":\"Status\"}", 17, &ids, &n), -EBADMSG);
-    assert_int_equal(cmh_ec2_parse_eniconfigs("[", 1, &ids, &n), -EBADMSG);
-    assert_int_equal(n, 0);
-}
-
 /* DescribeNetworkInterfaces and GetSubnetCidrReservations answers (field names from botocore's
  * EC2 model): every interface address and prefix, every reservation CIDR, split at every byte;
  * an answer to another action, a bad address or an IPv6 prefix where IPv4 is meant are refused. */
@@ -375,7 +351,6 @@ int main(void)
         cmocka_unit_test(ec2_xml_refuses_what_is_not_an_answer),
         cmocka_unit_test(ec2_xml_over_long_token_is_refused),
         cmocka_unit_test(ec2_endpoint_regional_and_override),
-        cmocka_unit_test(ec2_eniconfig_list_subnets),
         cmocka_unit_test(ec2_xml_interfaces_and_reservations_answers),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
