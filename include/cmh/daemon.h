@@ -4,6 +4,7 @@
 #define CMH_DAEMON_H
 
 #include "cmh/round/collector.h"
+#include "cmh/round/round_expose.h"
 #include "cmh/core/config.h"
 #include "cmh/http/curl_uv.h"
 #include "cmh/k8s/discovery.h"
@@ -41,7 +42,17 @@ struct cmh_daemon {
     int has_collector;
     struct cmh_http_server http;
     int has_http;
-    struct cmh_expose expose;
+    struct cmh_expose expose;             /* /metrics: the parts below, in their order */
+    struct cmh_round_expose round_expose; /* the rounds' part of /metrics */
+    const char *cluster_id_source; /* where CLUSTER_ID came from (borrowed); NULL: not shown */
+    /* SUBNET_METRICS on /metrics: the subnet view's fetches and the free /28 count. */
+    struct {
+        int on;
+        unsigned long long fetches_ok, fetches_failed;
+        size_t ids_missing; /* ids of SUBNET_IDS EC2 did not know at the last good fetch */
+        double last_ok;     /* Unix seconds of the last good fetch, 0 when none */
+        struct cmh_ec2_prefix_status prefix;
+    } subnet_expose;
     struct cmh_curl_uv curl; /* HTTPS to Kubernetes and AWS */
     int has_curl;
     struct cmh_discovery disc;
@@ -66,8 +77,8 @@ struct cmh_daemon {
     uv_timer_t publish_retry; /* re-resolves region/cluster id after a failure */
     uint64_t stop_at;         /* uv_now when the stop began */
     int flushed;
-    /* SUBNET_METRICS: the subnet view (include/cmh/aws/ec2.h), and why its last fetch failed ("" when
-     * it did not), for /readyz. */
+    /* SUBNET_METRICS: the subnet view (include/cmh/aws/ec2.h), and why its last fetch failed (""
+     * when it did not), for /readyz. */
     struct cmh_ec2_watch *subnets;
     char subnet_why[200];
 };

@@ -2,7 +2,6 @@
 
 #include "cmh/core/alloc.h"
 #include "cmh/core/log.h"
-#include "cmh/round/subnets.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -524,6 +523,29 @@ static void describe_range(const struct cmh_config_var *var, char *buf, size_t l
     }
 }
 
+int cmh_config_check_subnet_ids(const char *ids, char *err, size_t errlen)
+{
+    int n = 0;
+    const char *p = ids;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        size_t hex = len > 7 ? len - 7 : 0;
+        int ok = len > 7 && strncmp(p, "subnet-", 7) == 0 && hex >= 8 && hex <= 17;
+        for (size_t i = 7; ok && i < len; i++)
+            ok = isdigit((unsigned char)p[i]) || (p[i] >= 'a' && p[i] <= 'f');
+        if (!ok) {
+            snprintf(err, errlen, "'%.*s' is not a subnet id (subnet- and 8 to 17 hex digits)",
+                     (int)(len > 64 ? 64 : len), p);
+            return -EINVAL;
+        }
+        n++;
+        if (comma == NULL)
+            return n;
+        p = comma + 1;
+    }
+}
+
 /* An AWS region name: lower-case words joined by single hyphens, at least three of them, the
  * first letters only and the last a number (us-west-2, us-gov-west-1, us-isob-east-1), at most 32
  * characters. Anything else would go into an endpoint's host name. */
@@ -598,7 +620,8 @@ int cmh_config_set(struct cmh_config *cfg, const struct cmh_config_var *var, con
                             e > 0 ? strerror(e) : "not a regular file");
         }
         char why[160];
-        if ((var->flags & CMH_CFG_SUBNETS) && cmh_subnets_check_ids(value, why, sizeof why) < 0) {
+        if ((var->flags & CMH_CFG_SUBNETS) &&
+            cmh_config_check_subnet_ids(value, why, sizeof why) < 0) {
             describe_range(var, accepted, sizeof accepted);
             return fail(err, -EINVAL, "%s=%s: invalid value (%s); accepted: %s", var->name, value,
                         why, accepted);

@@ -531,7 +531,7 @@ void cmh_collector_close(struct cmh_collector *c, cmh_collector_close_cb close_c
 }
 
 void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_round_stats *st,
-                             int datums, const struct cmh_cloudwatch_stats *cw)
+                             int datums, const struct cmh_kv *extra, size_t nextra)
 {
     const struct cmh_agg *a = &c->agg;
     /* Datums first, then the summary line that closes the round. */
@@ -571,15 +571,8 @@ void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_ro
         kv[n++] = CMH_UINT("fallbacks", c->round_fallbacks);
         kv[n++] = CMH_UINT("on_proxy", c->fallback.n);
     }
-    if (cw != NULL) {
-        kv[n++] = CMH_UINT("cw_published", cw->published);
-        kv[n++] = CMH_UINT("cw_queued", cw->in_queue);
-        kv[n++] =
-            CMH_UINT("cw_dropped", cw->dropped_overflow + cw->dropped_age + cw->dropped_invalid +
-                                       cw->dropped_shutdown + cw->dropped_not_leader);
-        if (cw->last_error[0])
-            kv[n++] = CMH_STR("cw_last_error", cw->last_error);
-    }
+    for (size_t i = 0; i < nextra && n < sizeof kv / sizeof kv[0]; i++)
+        kv[n++] = extra[i];
     cmh_log_event(c->log, CMH_LOG_INFO, "round", kv, n);
 #undef TOTAL
 }

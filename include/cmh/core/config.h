@@ -80,11 +80,13 @@ struct cmh_config {
     uint64_t leader_lease_duration_ms;
     uint64_t leader_renew_deadline_ms;
     uint64_t leader_retry_period_ms;
-    /* Subnet and AZ view (include/cmh/aws/ec2.h, include/cmh/round/subnets.h) and the report command. */
+    /* Subnet and AZ view (include/cmh/aws/ec2.h, include/cmh/round/subnets.h) and the report
+     * command. */
     bool subnet_metrics;
     uint64_t subnet_interval_ms;
     char *subnet_ids; /* comma list of subnet-…; NULL = the cluster's (nodes' IPs, ENIConfigs) */
-    /* Time to exhaustion and free /28 blocks (include/cmh/round/forecast.h, include/cmh/round/blocks28.h). */
+    /* Time to exhaustion and free /28 blocks (include/cmh/round/forecast.h,
+     * include/cmh/round/blocks28.h). */
     uint64_t forecast_window_ms;
     int subnet_prefix_metrics; /* enum cmh_prefix_metrics */
     uint64_t subnet_prefix_interval_ms;
@@ -108,7 +110,7 @@ enum cmh_config_type {
 
 #define CMH_CFG_SECRET   1u /* never logged: the effective-config line shows <redacted> */
 #define CMH_CFG_READABLE 2u /* STR: a path; a file that cannot be read is a configuration error */
-#define CMH_CFG_SUBNETS  4u /* STR: comma-separated subnet ids (cmh_subnets_check_ids) */
+#define CMH_CFG_SUBNETS  4u /* STR: comma-separated subnet ids (cmh_config_check_subnet_ids) */
 #define CMH_CFG_REGION   8u /* STR: an AWS region name (it builds endpoint host names) */
 
 struct cmh_config_var {
@@ -167,6 +169,10 @@ void cmh_config_unknown(char *const *envp,
 
 /* Logs the effective configuration as one event, secrets redacted. */
 void cmh_config_log(const struct cmh_config *cfg, struct cmh_log *log);
+
+/* Checks the syntax of a SUBNET_IDS value: comma-separated ids of the form subnet-[0-9a-f]{8,17}.
+ * Returns the number of ids, or -EINVAL with the offending id in err. */
+int cmh_config_check_subnet_ids(const char *ids, char *err, size_t errlen);
 
 /* --help text and the README's configuration section, both generated from the table. */
 void cmh_config_print_help(FILE *out);

@@ -69,6 +69,16 @@ const char *cmh_log_level_name(enum cmh_log_level level);
         }                                                                                          \
     } while (0)
 
+/* Rate limit for repeated lines (per round or per window): the first `budget` lines pass, the rest
+ * are counted. */
+struct cmh_ratelimit {
+    unsigned budget, used;
+    size_t suppressed;
+};
+void cmh_ratelimit_reset(struct cmh_ratelimit *r, unsigned budget);
+/* Returns 1 when a line may be written now, else counts it as suppressed and returns 0. */
+int cmh_ratelimit_allow(struct cmh_ratelimit *r);
+
 /* Writes url into out as every log line, /readyz answer and error message shows it: the user
  * information of its authority (user@ or user:password@, which may hold a password) replaced by
  * "<redacted>@"; truncated to len. The one redaction of URLs: print no URL without it. */

@@ -11,7 +11,7 @@
 
 #include "cmh/http/curl_uv.h"
 #include "cmh/k8s/token.h"
-#include "cmh/scrape/scrape.h"
+#include "cmh/core/log.h"
 
 struct cmh_log;
 struct cmh_config;

@@ -5,7 +5,6 @@
 #define CMH_COLLECTOR_H
 
 #include "cmh/round/aggregate.h"
-#include "cmh/aws/cloudwatch.h"
 #include "cmh/core/config.h"
 #include "cmh/core/log.h"
 #include "cmh/scrape/prom.h"
@@ -118,9 +117,10 @@ int cmh_collector_round(struct cmh_collector *c, uint64_t round, int64_t start_m
  * everything; close_cb fires when the last handle is closed. */
 void cmh_collector_close(struct cmh_collector *c, cmh_collector_close_cb close_cb);
 
-/* Logs the round: with datums != 0 every datum as an event, then the one summary line (with the
- * publisher's figures when cw is not NULL). */
+/* Logs the round: with datums != 0 every datum as an event, then the one summary line, which
+ * ends with extra[0..nextra) (the caller's figures of the round, e.g. the publisher's; borrowed
+ * for the call, at most 8 fields). */
 void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_round_stats *st,
-                             int datums, const struct cmh_cloudwatch_stats *cw);
+                             int datums, const struct cmh_kv *extra, size_t nextra);
 
 #endif

@@ -66,10 +66,6 @@ int64_t cmh_subnet_usable_ipv4(const struct cmh_subnet *s);
 /* The subnet holding ip (the longest matching prefix wins), or -1. */
 long cmh_subnets_find_ip(const struct cmh_subnet_list *l, const char *ip);
 
-/* Checks a SUBNET_IDS value: comma-separated ids of the form subnet-[0-9a-f]{8,17}. Returns the
- * number of ids, or -EINVAL with the offending id in err. */
-int cmh_subnets_check_ids(const char *ids, char *err, size_t errlen);
-
 /* One scrape target as the round knew it: node name (the aggregator's identity) and its IP. */
 struct cmh_subnets_node {
     const char *name;

@@ -201,10 +201,4 @@ int cmh_prom_label_ptr_cmp(const void *a, const void *b);
 /* Text of a type as in a TYPE line ("counter", ...). */
 const char *cmh_prom_type_name(enum cmh_prom_type type);
 
-/* The `parse` command: parses one exposition (a file, or standard input for "-" or no argument)
- * and prints every sample in canonical form on stdout. argv[0] is "parse". Returns the exit status:
- * 0, 1 on malformed input ("line N: reason" on stderr), 2 on a bad command line or unreadable file.
- */
-int cmh_prom_cmd_parse(int argc, char **argv);
-
 #endif

@@ -126,15 +126,6 @@ struct cmh_scrape_round_stats {
     size_t gzip;                       /* responses that came gzip-encoded */
 };
 
-/* Per-round rate limit for failure lines: the first `budget` lines pass, the rest are counted. */
-struct cmh_ratelimit {
-    unsigned budget, used;
-    size_t suppressed;
-};
-void cmh_ratelimit_reset(struct cmh_ratelimit *r, unsigned budget);
-/* Returns 1 when a line may be written now, else counts it as suppressed and returns 0. */
-int cmh_ratelimit_allow(struct cmh_ratelimit *r);
-
 /* Pure, for fuzzing and tests: one response's bytes, fed in reads of at most chunk bytes (0: one
  * read), then the end of the stream if it is not complete by then, through the same llhttp
  * settings, header/body size caps (o->max_header, o->max_body), status, Content-Type and
