@@ -1,4 +1,5 @@
 #include "cmh/core/config.h"
+#include "cmh/core/config_int.h"
 
 #include "cmh/core/alloc.h"
 #include "cmh/core/log.h"

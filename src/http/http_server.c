@@ -1,4 +1,5 @@
 #include "cmh/http/http_server.h"
+#include "cmh/http/http_server_int.h"
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"

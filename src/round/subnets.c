@@ -1,4 +1,5 @@
 #include "cmh/round/subnets.h"
+#include "cmh/round/subnets_int.h"
 
 #include "cmh/core/alloc.h"
 

@@ -1,4 +1,5 @@
 #include "cmh/scrape/scrape.h"
+#include "cmh/scrape/scrape_int.h"
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"

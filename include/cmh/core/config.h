@@ -151,17 +151,6 @@ extern const size_t cmh_config_nothers;
 int cmh_config_load(struct cmh_config *cfg, char *const *envp, char err[CMH_CONFIG_ERR_MAX]);
 void cmh_config_free(struct cmh_config *cfg);
 
-/* Parses one value of var into cfg, replacing what was there (used by load, tests and the fuzzer).
- * Returns 0 or -EINVAL/-ENOMEM with err filled. */
-int cmh_config_set(struct cmh_config *cfg, const struct cmh_config_var *var, const char *value,
-                   char err[CMH_CONFIG_ERR_MAX]);
-
-const struct cmh_config_var *cmh_config_find(const char *name);
-
-/* Writes the current value of var in cfg as text (secrets are not redacted here). */
-size_t cmh_config_value_text(const struct cmh_config *cfg, const struct cmh_config_var *var,
-                             char *buf, size_t len);
-
 /* Calls cb for every variable in envp that has one of our prefixes but is not in the table, with
  * the closest known name (or NULL) as a suggestion. */
 void cmh_config_unknown(char *const *envp,

@@ -58,16 +58,4 @@ unsigned cmh_http_server_port(const struct cmh_http_server *s);
 /* Closes the listener and every connection; close_cb (may be NULL) fires when all are closed. */
 void cmh_http_server_close(struct cmh_http_server *s, void (*close_cb)(struct cmh_http_server *s));
 
-/* Test and fuzz seam, no socket: runs the request side of one fresh connection of s (byte bound,
- * llhttp, the handler) over reads[0..nreads) as if they arrived in that order, exactly as a
- * connection's reads do, and stops at the answer. s needs only handler, handler_arg and
- * opt.max_request (start is not called); requests and rejected count as for a connection.
- * Returns 1 with the answer's bytes in *out (the caller frees it with cmh_buf_free) and in *used
- * the reads consumed, the last one producing it (later bytes are ignored, as the connection closes
- * after answering); 0 with *out empty when the connection would still wait (its idle timer or the
- * peer's EOF then closes it unanswered); -ENOMEM when the answer could not be built (the
- * connection closes unanswered). */
-int cmh_http_server_feed(struct cmh_http_server *s, const uv_buf_t *reads, size_t nreads,
-                         size_t *used, struct cmh_buf *out);
-
 #endif

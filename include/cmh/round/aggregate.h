@@ -91,16 +91,6 @@ int cmh_agg_scrape_init(struct cmh_agg_scrape *s, uint32_t max_series);
 void cmh_agg_scrape_reset(struct cmh_agg_scrape *s);
 void cmh_agg_scrape_close(struct cmh_agg_scrape *s);
 
-/* Parser callbacks. want: arg unused (may be NULL); wants every published family,
- * process_start_time_seconds and every "awscni_" family the table does not know (to count it).
- * on_family: arg is the struct cmh_agg_scrape; notes an unknown family. on_sample: arg is the
- * struct cmh_agg_scrape; returns non-zero (and sets s->reason) on a value the aggregator refuses: a
- * gauge or counter that is not a count (negative, fractional, not finite, a counter above 2^53), a
- * node's gauge total above what any EC2 instance can have (bounds in aggregate.c), too many series.
- */
-int cmh_agg_want(void *arg, const char *family, size_t len, enum cmh_prom_type type);
-int cmh_agg_on_family(void *arg, const struct cmh_prom_family *family);
-int cmh_agg_on_sample(void *arg, const struct cmh_prom_sample *sample);
 /* Options for a parser that feeds s. */
 void cmh_agg_prom_options(struct cmh_prom_options *o, struct cmh_agg_scrape *s);
 

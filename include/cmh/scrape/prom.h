@@ -187,18 +187,7 @@ int cmh_prom_finish(struct cmh_prom_parser *p);
 /* The error of the current body (code 0 when none). */
 const struct cmh_prom_error *cmh_prom_error(const struct cmh_prom_parser *p);
 
-/* A ready-made want callback. arg is a struct cmh_prom_names: a family is wanted when its name
- * equals one of the names, or starts with one that ends in '*' (the '*' excluded). */
-struct cmh_prom_names {
-    const char *const *names;
-    size_t n;
-};
-int cmh_prom_want_names(void *arg, const char *family, size_t len, enum cmh_prom_type type);
-
 /* qsort comparator for an array of label pointers: by name, bytewise. */
 int cmh_prom_label_ptr_cmp(const void *a, const void *b);
-
-/* Text of a type as in a TYPE line ("counter", ...). */
-const char *cmh_prom_type_name(enum cmh_prom_type type);
 
 #endif

@@ -114,9 +114,4 @@ size_t cmh_proxy_scrape_pending(const struct cmh_proxy_scrape *p);
  * (may be NULL) fires from the loop once all is closed, after which p may be freed. */
 void cmh_proxy_scrape_close(struct cmh_proxy_scrape *p, cmh_proxy_scrape_close_cb close_cb);
 
-/* "https://server/api/v1/namespaces/NS/pods/POD:PORT/proxy/metrics" into buf. Returns 0, -EINVAL
- * when ns or pod is not a DNS-1123 name, or -ENOSPC. */
-int cmh_proxy_scrape_url(char *buf, size_t len, const char *server, const char *ns, const char *pod,
-                         uint16_t port);
-
 #endif

@@ -6,7 +6,7 @@
 
 #include <cmocka.h>
 
-#include "cmh/core/config.h"
+#include "cmh/core/config_int.h"
 #include "cmh/core/log.h"
 
 #include <errno.h>

@@ -8,7 +8,8 @@
 
 #include <cmocka.h>
 
-#include "cmh/round/subnets.h"
+#include "cmh/round/aggregate_int.h"
+#include "cmh/round/subnets_int.h"
 
 #include <errno.h>
 #include <stdio.h>
