@@ -24,20 +24,23 @@ struct cmh_daemon;
 typedef void (*cmh_round_cb)(struct cmh_daemon *d, uint64_t round, int64_t start_ms);
 
 struct cmh_daemon {
+    /* public */
+    cmh_round_cb on_round; /* cmh_daemon_use_collector sets the collector's */
+    /* read-only */
     uv_loop_t loop;
     struct cmh_config cfg;
     struct cmh_log log;
-    uv_timer_t round_timer;
-    uv_timer_t shutdown_timer;
-    uv_signal_t sigterm;
-    uv_signal_t sigint;
-    uv_signal_t sigusr1; /* runs a round now */
-    cmh_round_cb on_round;
     uint64_t round;
     unsigned inflight; /* units of work that a graceful stop waits for */
     int stopping;      /* a stop signal arrived */
     int exit_code;
     unsigned open_handles;
+    /* private */
+    uv_timer_t round_timer;
+    uv_timer_t shutdown_timer;
+    uv_signal_t sigterm;
+    uv_signal_t sigint;
+    uv_signal_t sigusr1; /* runs a round now */
     struct cmh_collector collector;
     int has_collector;
     struct cmh_http_server http;

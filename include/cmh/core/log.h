@@ -43,6 +43,7 @@ struct cmh_kv {
 #define CMH_URL(k, x)  ((struct cmh_kv){.key = (k), .type = CMH_KV_URL, .v.s = (x)})
 
 struct cmh_log {
+    /* read-only (cmh_log_init sets them) */
     enum cmh_log_level min;
     enum cmh_log_format format;
     int fd;

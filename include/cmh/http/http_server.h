@@ -30,6 +30,13 @@ struct cmh_http_conn;
 struct cmh_http_peer;
 
 struct cmh_http_server {
+    /* read-only */
+    unsigned long long accepted; /* connections accepted: each one's age order */
+    unsigned long long requests, rejected;
+    unsigned long long evicted; /* closed to make room for a newcomer (counted in rejected too) */
+    unsigned long long accept_errors; /* accept failed (EMFILE...): logged at 1, 2, 4, 8... */
+    unsigned nconns;
+    /* private (cmh_http_server_feed's callers set handler, handler_arg and opt.max_request) */
     uv_loop_t *loop;
     struct cmh_log *log;
     struct cmh_http_server_opts opt;
@@ -37,16 +44,11 @@ struct cmh_http_server {
     cmh_http_handler handler;
     void *handler_arg;
     struct cmh_http_conn *conns; /* open connections, a doubly linked list */
-    unsigned nconns;
-    unsigned pending_closes; /* listener + connections being closed */
+    unsigned pending_closes;     /* listener + connections being closed */
     int listening;
     void (*close_cb)(struct cmh_http_server *s);
     struct cmh_http_peer *peers; /* per remote address: its open connections (max_conns + 1) */
     unsigned npeers;
-    unsigned long long accepted; /* connections accepted: each one's age order */
-    unsigned long long requests, rejected;
-    unsigned long long evicted; /* closed to make room for a newcomer (counted in rejected too) */
-    unsigned long long accept_errors; /* accept failed (EMFILE...): logged at 1, 2, 4, 8... */
 };
 
 /* Binds and listens. Returns 0 or a negative uv error (logged, with the address). */

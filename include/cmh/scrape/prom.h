@@ -127,10 +127,12 @@ struct cmh_prom_stats {
 struct cmh_prom_fam;    /* private */
 struct cmh_prom_series; /* private */
 
-/* Embeddable; every field is private except stats. */
+/* Embeddable. */
 struct cmh_prom_parser {
-    struct cmh_prom_options opt;
+    /* read-only */
     struct cmh_prom_stats stats;
+    /* private */
+    struct cmh_prom_options opt;
     struct cmh_prom_error err;
     /* The partial line carried between chunks, scratch for unescaped text and numbers, the last
      * HELP text. They grow on demand up to their bound (max_line; scratch 2 * max_line) and are

@@ -65,13 +65,15 @@ struct cmh_proxy_scrape_job {
 };
 
 struct cmh_proxy_scrape {
+    /* read-only */
+    struct cmh_proxy_scrape_stats stats;
+    /* private */
     uv_loop_t *loop;
     struct cmh_log *log;
     struct cmh_curl_uv curl;
     struct cmh_scrape_consumer consumer;
     cmh_proxy_scrape_done_cb done;
     void *arg;
-    /* Private. */
     char *server, *ns;
     uint64_t timeout_ms, max_body;
     unsigned streams, inflight;
@@ -83,7 +85,6 @@ struct cmh_proxy_scrape {
     size_t qhead, qlen, qcap;
     int cancelling, closing;
     cmh_proxy_scrape_close_cb close_cb;
-    struct cmh_proxy_scrape_stats stats;
     int gzip;
     struct cmh_gunzip_pool gz; /* inflaters: a gzip body holds one while it is read */
 };

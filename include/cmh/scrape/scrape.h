@@ -135,8 +135,9 @@ typedef void (*cmh_scrape_close_cb)(struct cmh_scraper *s);
 
 struct cmh_scrape_conn;
 
-/* Embed it in its owner; the fields are private. */
+/* Embed it in its owner. */
 struct cmh_scraper {
+    /* private */
     uv_loop_t *loop;
     struct cmh_log *log;
     struct cmh_scrape_opts opts;

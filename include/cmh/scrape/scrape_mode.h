@@ -54,9 +54,11 @@ struct cmh_fallback_entry {
 };
 
 struct cmh_fallback {
+    /* read-only */
+    size_t n; /* nodes on the proxy now */
+    /* private */
     struct cmh_fallback_entry *v;
     size_t cap; /* a power of two, or 0 */
-    size_t n;
     uint64_t recheck_ms;
     uint64_t round;
 };
