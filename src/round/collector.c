@@ -2,6 +2,7 @@
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
+#include "cmh/core/buf.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -538,13 +539,12 @@ void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_ro
     if (datums)
         for (size_t i = 0; i < a->datums.n; i++)
             cmh_datum_log(c->log, &a->datums.v[i]);
-    char failures[512] = "";
-    size_t off = 0;
-    for (int r = 1; r < CMH_SCRAPE_NRESULTS && off < sizeof failures; r++)
+    /* Bounded by the result names; out of memory the field is left empty. */
+    struct cmh_buf failures = {0};
+    for (int r = 1; r < CMH_SCRAPE_NRESULTS; r++)
         if (st->count[r] > 0)
-            off +=
-                (size_t)snprintf(failures + off, sizeof failures - off, "%s%s:%zu", off ? "," : "",
-                                 cmh_scrape_result_name((enum cmh_scrape_result)r), st->count[r]);
+            cmh_buf_printf(&failures, "%s%s:%zu", cmh_buf_len(&failures) ? "," : "",
+                           cmh_scrape_result_name((enum cmh_scrape_result)r), st->count[r]);
     double nan = 0.0 / 0.0;
 #define TOTAL(id) ((a->has_total >> (id)) & 1 ? a->totals[(id)] : nan)
     struct cmh_kv kv[32];
@@ -554,7 +554,7 @@ void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_ro
     kv[n++] = CMH_UINT("fresh", a->last.fresh);
     kv[n++] = CMH_UINT("stale", a->last.stale);
     kv[n++] = CMH_UINT("failed", a->last.failed);
-    kv[n++] = CMH_STR("failures", failures);
+    kv[n++] = CMH_STR("failures", cmh_buf_str(&failures));
     kv[n++] = CMH_DBL("seconds", (double)st->wall_us / 1e6);
     kv[n++] = CMH_UINT("bytes", st->bytes);
     kv[n++] = CMH_UINT("datums", a->datums.n);
@@ -574,5 +574,6 @@ void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_ro
     for (size_t i = 0; i < nextra && n < sizeof kv / sizeof kv[0]; i++)
         kv[n++] = extra[i];
     cmh_log_event(c->log, CMH_LOG_INFO, "round", kv, n);
+    cmh_buf_free(&failures);
 #undef TOTAL
 }

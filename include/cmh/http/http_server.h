@@ -28,6 +28,10 @@ struct cmh_http_server_opts {
 
 struct cmh_http_conn;
 struct cmh_http_peer;
+struct cmh_http_server;
+
+/* Fires once, when the listener and every connection are closed. */
+typedef void (*cmh_http_server_close_cb)(struct cmh_http_server *s);
 
 struct cmh_http_server {
     /* read-only */
@@ -46,7 +50,7 @@ struct cmh_http_server {
     struct cmh_http_conn *conns; /* open connections, a doubly linked list */
     unsigned pending_closes;     /* listener + connections being closed */
     int listening;
-    void (*close_cb)(struct cmh_http_server *s);
+    cmh_http_server_close_cb close_cb;
     struct cmh_http_peer *peers; /* per remote address: its open connections (max_conns + 1) */
     unsigned npeers;
 };
@@ -58,6 +62,6 @@ int cmh_http_server_start(struct cmh_http_server *s, uv_loop_t *loop,
 /* The port actually bound. */
 unsigned cmh_http_server_port(const struct cmh_http_server *s);
 /* Closes the listener and every connection; close_cb (may be NULL) fires when all are closed. */
-void cmh_http_server_close(struct cmh_http_server *s, void (*close_cb)(struct cmh_http_server *s));
+void cmh_http_server_close(struct cmh_http_server *s, cmh_http_server_close_cb close_cb);
 
 #endif
