@@ -9,7 +9,6 @@
 #include <mbedtls/md.h>
 
 #include <errno.h>
-#include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,90 +19,6 @@
 
 static const char EMPTY_SHA256[] =
     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
-
-/* A growable string; the first failed append sets err and later appends do nothing, so callers
- * check once at the end. */
-struct sbuf {
-    char *p;
-    size_t len, cap;
-    int err;
-};
-
-static void sb_reserve(struct sbuf *b, size_t extra)
-{
-    if (b->err)
-        return;
-    if (extra > SIZE_MAX / 2 - b->len - 1) {
-        b->err = -ENOMEM;
-        return;
-    }
-    size_t need = b->len + extra + 1;
-    if (need <= b->cap)
-        return;
-    size_t cap = b->cap ? b->cap : 256;
-    while (cap < need)
-        cap *= 2;
-    char *p = cmh_realloc(b->p, cap);
-    if (p == NULL) {
-        b->err = -ENOMEM;
-        return;
-    }
-    b->p = p;
-    b->cap = cap;
-}
-
-static void sb_addn(struct sbuf *b, const char *s, size_t n)
-{
-    if (n == 0)
-        return;
-    sb_reserve(b, n);
-    if (b->err)
-        return;
-    memcpy(b->p + b->len, s, n);
-    b->len += n;
-    b->p[b->len] = '\0';
-}
-
-static void sb_add(struct sbuf *b, const char *s)
-{
-    sb_addn(b, s, strlen(s));
-}
-
-static void sb_addc(struct sbuf *b, char c)
-{
-    sb_addn(b, &c, 1);
-}
-
-static void sb_encode(struct sbuf *b, const char *s, size_t n, int keep_slash)
-{
-    unsigned flags = keep_slash ? CMH_PCT_KEEP_SLASH : 0;
-    size_t need = cmh_pct_encode(NULL, 0, s, n, flags);
-    sb_reserve(b, need);
-    if (b->err)
-        return;
-    cmh_pct_encode(b->p + b->len, b->cap - b->len, s, n, flags);
-    b->len += need;
-}
-
-/* Hands the string over to the caller (never NULL on success). */
-static char *sb_take(struct sbuf *b)
-{
-    sb_reserve(b, 0);
-    if (b->err)
-        return NULL;
-    b->p[b->len] = '\0';
-    char *p = b->p;
-    b->p = NULL;
-    b->len = b->cap = 0;
-    return p;
-}
-
-static void sb_free(struct sbuf *b)
-{
-    cmh_free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
 
 static void to_hex(const unsigned char *in, size_t n, char *out)
 {
@@ -134,59 +49,46 @@ int cmh_sigv4_hmac_sha256(const void *key, size_t key_len, const void *data, siz
     return 0;
 }
 
-/* Removes empty and "." segments and resolves ".." (never above the root), keeping a leading and
- * a trailing slash: botocore's remove_dot_segments. Writes into out (at least strlen(path)+2). */
-static void normalize_path(const char *path, struct sbuf *out)
+/* Appends path without empty and "." segments, with ".." resolved (never above the root),
+ * keeping a leading and a trailing slash: botocore's remove_dot_segments. */
+static int add_normalized_path(struct cmh_buf *out, const char *path)
 {
     size_t n = strlen(path);
-    if (n == 0) {
-        sb_addc(out, '/');
-        return;
-    }
-    /* Segment start offsets in out, to pop on "..". */
-    size_t depth = 0, cap = 16;
-    size_t *starts = cmh_malloc(cap * sizeof *starts);
-    if (starts == NULL) {
-        out->err = -ENOMEM;
-        return;
-    }
-    if (path[0] == '/')
-        sb_addc(out, '/');
-    size_t root = out->len;
+    if (n == 0)
+        return cmh_buf_addc(out, '/');
+    /* The segments kept so far, popped on "..": at most one per two bytes of path. */
+    struct seg {
+        const char *p;
+        size_t n;
+    } *segs = cmh_calloc(n / 2 + 1, sizeof *segs);
+    if (segs == NULL)
+        return -ENOMEM;
+    size_t depth = 0;
     const char *p = path, *end = path + n;
-    while (p < end && !out->err) {
+    while (p < end) {
         const char *slash = memchr(p, '/', (size_t)(end - p));
         const char *seg_end = slash ? slash : end;
         size_t sl = (size_t)(seg_end - p);
-        if (sl == 0 || (sl == 1 && p[0] == '.')) {
-            /* skip */
-        } else if (sl == 2 && p[0] == '.' && p[1] == '.') {
-            if (depth > 0) {
+        if (sl == 2 && p[0] == '.' && p[1] == '.') {
+            if (depth > 0)
                 depth--;
-                out->len = starts[depth];
-                out->p[out->len] = '\0';
-            }
-        } else {
-            if (depth == cap) {
-                size_t *s = cmh_reallocarray(starts, cap * 2, sizeof *s);
-                if (s == NULL) {
-                    out->err = -ENOMEM;
-                    break;
-                }
-                starts = s;
-                cap *= 2;
-            }
-            starts[depth++] = out->len;
-            if (out->len > root)
-                sb_addc(out, '/');
-            sb_addn(out, p, sl);
+        } else if (sl > 0 && !(sl == 1 && p[0] == '.')) {
+            segs[depth++] = (struct seg){p, sl};
         }
         p = slash ? slash + 1 : end;
     }
+    if (path[0] == '/')
+        cmh_buf_addc(out, '/');
+    for (size_t i = 0; i < depth; i++) {
+        if (i > 0)
+            cmh_buf_addc(out, '/');
+        cmh_buf_add(out, segs[i].p, segs[i].n);
+    }
     /* A trailing slash survives only when some segment does (botocore). */
     if (path[n - 1] == '/' && depth > 0)
-        sb_addc(out, '/');
-    cmh_free(starts);
+        cmh_buf_addc(out, '/');
+    cmh_free(segs);
+    return cmh_buf_err(out);
 }
 
 struct qparam {
@@ -222,7 +124,7 @@ static int is_space(char c)
 }
 
 /* Trimall: drops leading and trailing whitespace and turns every run of it into one space. */
-static void add_trimmed(struct sbuf *b, const char *v)
+static void add_trimmed(struct cmh_buf *b, const char *v)
 {
     int pending = 0, any = 0;
     for (; *v; v++) {
@@ -231,10 +133,10 @@ static void add_trimmed(struct sbuf *b, const char *v)
             continue;
         }
         if (pending)
-            sb_addc(b, ' ');
+            cmh_buf_addc(b, ' ');
         pending = 0;
         any = 1;
-        sb_addc(b, *v);
+        cmh_buf_addc(b, *v);
     }
 }
 
@@ -344,15 +246,16 @@ static int forbidden_header(const char *lname, const struct cmh_sigv4_request *r
     return 0;
 }
 
+/* Appends name=value to v[*n], both percent-encoded. */
 static int add_qparam(struct qparam *v, size_t *n, const char *key, const char *value)
 {
-    struct sbuf k = {0}, val = {0};
-    sb_encode(&k, key, strlen(key), 0);
-    sb_encode(&val, value, strlen(value), 0);
-    char *ks = sb_take(&k), *vs = sb_take(&val);
+    struct cmh_buf k, val;
+    cmh_buf_init(&k, 0);
+    cmh_buf_init(&val, 0);
+    cmh_buf_add_pct(&k, key, strlen(key), 0);
+    cmh_buf_add_pct(&val, value, strlen(value), 0);
+    char *ks = cmh_buf_take(&k, NULL), *vs = cmh_buf_take(&val, NULL);
     if (ks == NULL || vs == NULL) {
-        sb_free(&k);
-        sb_free(&val);
         cmh_free(ks);
         cmh_free(vs);
         return -ENOMEM;
@@ -361,35 +264,6 @@ static int add_qparam(struct qparam *v, size_t *n, const char *key, const char *
     v[*n].value = vs;
     (*n)++;
     return 0;
-}
-
-static int derive_signature(const struct cmh_sigv4_request *req, const char *date8,
-                            const char *string_to_sign, char out[CMH_SHA256_HEX_LEN + 1])
-{
-    struct sbuf k = {0};
-    unsigned char key[CMH_SHA256_LEN], sig[CMH_SHA256_LEN];
-    int rc;
-    sb_add(&k, "AWS4");
-    sb_add(&k, req->creds->secret_access_key);
-    if (k.err) {
-        rc = k.err;
-        goto out;
-    }
-    const char *parts[] = {date8, req->region, req->service, "aws4_request"};
-    rc = cmh_sigv4_hmac_sha256(k.p, k.len, parts[0], strlen(parts[0]), key);
-    for (size_t i = 1; rc == 0 && i < 4; i++)
-        rc = cmh_sigv4_hmac_sha256(key, sizeof key, parts[i], strlen(parts[i]), key);
-    if (rc == 0)
-        rc = cmh_sigv4_hmac_sha256(key, sizeof key, string_to_sign, strlen(string_to_sign), sig);
-    if (rc == 0)
-        to_hex(sig, sizeof sig, out);
-out:
-    /* Wipe the copy of the secret (heap) and the derived key (stack, as good as the secret for
-     * a day). */
-    cmh_wipe(k.p, k.cap);
-    sb_free(&k);
-    cmh_wipe(key, sizeof key);
-    return rc;
 }
 
 void cmh_sigv4_result_free(struct cmh_sigv4_result *out)
@@ -403,60 +277,71 @@ void cmh_sigv4_result_free(struct cmh_sigv4_result *out)
     memset(out, 0, sizeof *out);
 }
 
-int cmh_sigv4_sign(const struct cmh_sigv4_request *req, struct cmh_sigv4_result *out)
-{
-    struct hdr *hdrs = NULL;
-    struct qparam *qp = NULL;
-    size_t nh = 0, nq = 0;
-    struct sbuf cr = {0}, sts = {0}, sh = {0}, scope = {0}, auth = {0}, q = {0}, cred = {0};
-    int rc;
-    bool query_mode = (req->flags & CMH_SIGV4_QUERY) != 0;
-    bool token = false;
+/* ---------------------------------------------------------------------------------------------
+ * Signing, step by step (curl's Curl_output_aws_sigv4 is the model): each step reads what the
+ * ones before it left in the context and returns 0 or a negative code. */
 
-    memset(out, 0, sizeof *out);
-    rc = check_request(req);
-    if (rc != 0)
-        goto out;
-    token = nonempty(req->creds->session_token);
-
-    struct tm tm;
-    time_t t = (time_t)req->time_s;
-    if (req->time_s < 0 || gmtime_r(&t, &tm) == NULL ||
-        strftime(out->amz_date, sizeof out->amz_date, "%Y%m%dT%H%M%SZ", &tm) != 16) {
-        rc = -EINVAL;
-        goto out;
-    }
+struct sign {
+    const struct cmh_sigv4_request *req;
+    struct cmh_sigv4_result *out;
+    bool query_mode;
+    bool token; /* the credentials carry a session token */
     char date8[9];
-    memcpy(date8, out->amz_date, 8);
-    date8[8] = '\0';
+    struct hdr *hdrs; /* the headers signed, sorted by name (duplicates in request order) */
+    size_t nh;
+    struct qparam *qp; /* the query parameters, encoded and sorted */
+    size_t nq;
+    char expires[16];     /* query mode: X-Amz-Expires */
+    struct cmh_buf sh;    /* the signed headers, "host;x-amz-date" */
+    struct cmh_buf scope; /* the credential scope, "20150830/us-east-1/iam/aws4_request" */
+    struct cmh_buf cred;  /* "<access key id>/<scope>" */
+    struct cmh_buf cr;    /* the canonical request */
+    struct cmh_buf sts;   /* the string to sign */
+};
 
+/* The signing time: X-Amz-Date and the scope's date. */
+static int sign_time(struct sign *s)
+{
+    struct tm tm;
+    time_t t = (time_t)s->req->time_s;
+    if (s->req->time_s < 0 || gmtime_r(&t, &tm) == NULL ||
+        strftime(s->out->amz_date, sizeof s->out->amz_date, "%Y%m%dT%H%M%SZ", &tm) != 16)
+        return -EINVAL;
+    memcpy(s->date8, s->out->amz_date, 8);
+    s->date8[8] = '\0';
+    return 0;
+}
+
+static int payload_hash(struct sign *s)
+{
+    const struct cmh_sigv4_request *req = s->req;
     if (req->payload_hash != NULL) {
-        snprintf(out->payload_hash, sizeof out->payload_hash, "%s", req->payload_hash);
-    } else if (req->payload_len == 0) {
-        memcpy(out->payload_hash, EMPTY_SHA256, sizeof EMPTY_SHA256);
-    } else {
-        rc = cmh_sigv4_sha256_hex(req->payload, req->payload_len, out->payload_hash);
-        if (rc != 0)
-            goto out;
+        snprintf(s->out->payload_hash, sizeof s->out->payload_hash, "%s", req->payload_hash);
+        return 0;
     }
+    if (req->payload_len == 0) {
+        memcpy(s->out->payload_hash, EMPTY_SHA256, sizeof EMPTY_SHA256);
+        return 0;
+    }
+    return cmh_sigv4_sha256_hex(req->payload, req->payload_len, s->out->payload_hash);
+}
 
-    /* Headers to sign: the caller's, less the unsigned ones, plus the ones we add. */
-    hdrs = cmh_calloc(req->nheaders + 3, sizeof *hdrs);
-    if (hdrs == NULL) {
-        rc = -ENOMEM;
-        goto out;
-    }
+/* The headers to sign: the caller's, less the unsigned ones, plus the ones we add; sorted, and
+ * the signed-headers list. */
+static int signed_headers(struct sign *s)
+{
+    const struct cmh_sigv4_request *req = s->req;
+    s->hdrs = cmh_calloc(req->nheaders + 3, sizeof *s->hdrs);
+    if (s->hdrs == NULL)
+        return -ENOMEM;
     bool have_host = false;
     for (size_t i = 0; i < req->nheaders; i++) {
         char *ln = lower_dup(req->headers[i].name);
-        if (ln == NULL) {
-            rc = -ENOMEM;
-            goto out;
-        }
+        if (ln == NULL)
+            return -ENOMEM;
         if (forbidden_header(ln, req)) {
             cmh_free(ln);
-            rc = -EINVAL;
-            goto out;
+            return -EINVAL;
         }
         if (strcmp(ln, "host") == 0)
             have_host = true;
@@ -464,251 +349,279 @@ int cmh_sigv4_sign(const struct cmh_sigv4_request *req, struct cmh_sigv4_result 
             cmh_free(ln);
             continue;
         }
-        hdrs[nh].lname = ln;
-        hdrs[nh].value = req->headers[i].value;
-        hdrs[nh].index = i;
-        nh++;
+        s->hdrs[s->nh++] = (struct hdr){ln, req->headers[i].value, i};
     }
-    if (!have_host) {
-        rc = -EINVAL;
-        goto out;
-    }
+    if (!have_host)
+        return -EINVAL;
     const char *extra[3][2] = {{NULL, NULL}};
     size_t nextra = 0;
-    if (!query_mode) {
+    if (!s->query_mode) {
         extra[nextra][0] = "x-amz-date";
-        extra[nextra++][1] = out->amz_date;
-        if (token && !(req->flags & CMH_SIGV4_OMIT_SESSION_TOKEN)) {
+        extra[nextra++][1] = s->out->amz_date;
+        if (s->token && !(req->flags & CMH_SIGV4_OMIT_SESSION_TOKEN)) {
             extra[nextra][0] = "x-amz-security-token";
             extra[nextra++][1] = req->creds->session_token;
         }
         if (req->flags & CMH_SIGV4_CONTENT_SHA256_HEADER) {
             extra[nextra][0] = "x-amz-content-sha256";
-            extra[nextra++][1] = out->payload_hash;
+            extra[nextra++][1] = s->out->payload_hash;
         }
     }
     for (size_t i = 0; i < nextra; i++) {
-        hdrs[nh].lname = cmh_strdup(extra[i][0]);
-        if (hdrs[nh].lname == NULL) {
-            rc = -ENOMEM;
-            goto out;
-        }
-        hdrs[nh].value = extra[i][1];
-        hdrs[nh].index = req->nheaders + i;
-        nh++;
+        char *ln = cmh_strdup(extra[i][0]);
+        if (ln == NULL)
+            return -ENOMEM;
+        s->hdrs[s->nh++] = (struct hdr){ln, extra[i][1], req->nheaders + i};
     }
-    qsort(hdrs, nh, sizeof *hdrs, cmp_hdr);
-    for (size_t i = 0; i < nh; i++) {
-        if (i > 0 && strcmp(hdrs[i].lname, hdrs[i - 1].lname) == 0)
+    qsort(s->hdrs, s->nh, sizeof *s->hdrs, cmp_hdr);
+    for (size_t i = 0; i < s->nh; i++) {
+        if (i > 0 && strcmp(s->hdrs[i].lname, s->hdrs[i - 1].lname) == 0)
             continue;
-        if (sh.len > 0)
-            sb_addc(&sh, ';');
-        sb_add(&sh, hdrs[i].lname);
+        if (cmh_buf_len(&s->sh) > 0)
+            cmh_buf_addc(&s->sh, ';');
+        cmh_buf_addstr(&s->sh, s->hdrs[i].lname);
     }
+    return cmh_buf_err(&s->sh);
+}
 
-    /* Credential scope. */
-    sb_add(&scope, date8);
-    sb_addc(&scope, '/');
-    sb_add(&scope, req->region);
-    sb_addc(&scope, '/');
-    sb_add(&scope, req->service);
-    sb_add(&scope, "/aws4_request");
-    sb_add(&cred, req->creds->access_key_id);
-    sb_addc(&cred, '/');
-    if (scope.p != NULL)
-        sb_add(&cred, scope.p);
-    if (sh.err || scope.err || cred.err) {
-        rc = -ENOMEM;
-        goto out;
-    }
+static int credential_scope(struct sign *s)
+{
+    const struct cmh_sigv4_request *req = s->req;
+    cmh_buf_printf(&s->scope, "%s/%s/%s/aws4_request", s->date8, req->region, req->service);
+    cmh_buf_printf(&s->cred, "%s/%s", req->creds->access_key_id, cmh_buf_str(&s->scope));
+    return cmh_buf_err(&s->scope) ? cmh_buf_err(&s->scope) : cmh_buf_err(&s->cred);
+}
 
-    /* Query parameters, encoded then sorted by key and value. */
-    qp = cmh_calloc(req->nquery + 6, sizeof *qp);
-    if (qp == NULL) {
-        rc = -ENOMEM;
-        goto out;
-    }
-    for (size_t i = 0; i < req->nquery; i++) {
-        rc = add_qparam(qp, &nq, req->query[i].name, req->query[i].value);
-        if (rc != 0)
-            goto out;
-    }
-    char expires[16];
-    if (query_mode) {
-        snprintf(expires, sizeof expires, "%u", (unsigned)req->expires_s);
+/* The query parameters, encoded then sorted by key and value; in query mode with the
+ * authentication parameters. */
+static int canonical_query(struct sign *s)
+{
+    const struct cmh_sigv4_request *req = s->req;
+    int rc = 0;
+    s->qp = cmh_calloc(req->nquery + 6, sizeof *s->qp);
+    if (s->qp == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < req->nquery; i++)
+        rc = add_qparam(s->qp, &s->nq, req->query[i].name, req->query[i].value);
+    if (rc == 0 && s->query_mode) {
+        snprintf(s->expires, sizeof s->expires, "%u", (unsigned)req->expires_s);
         const char *auth_params[5][2] = {{"X-Amz-Algorithm", ALGORITHM},
-                                         {"X-Amz-Credential", cred.p},
-                                         {"X-Amz-Date", out->amz_date},
-                                         {"X-Amz-SignedHeaders", sh.p},
-                                         {"X-Amz-Expires", expires}};
-        for (size_t i = 0; i < 5; i++) {
-            rc = add_qparam(qp, &nq, auth_params[i][0], auth_params[i][1]);
-            if (rc != 0)
-                goto out;
-        }
-        if (token && !(req->flags & CMH_SIGV4_OMIT_SESSION_TOKEN)) {
-            rc = add_qparam(qp, &nq, "X-Amz-Security-Token", req->creds->session_token);
-            if (rc != 0)
-                goto out;
-        }
+                                         {"X-Amz-Credential", cmh_buf_str(&s->cred)},
+                                         {"X-Amz-Date", s->out->amz_date},
+                                         {"X-Amz-SignedHeaders", cmh_buf_str(&s->sh)},
+                                         {"X-Amz-Expires", s->expires}};
+        for (size_t i = 0; rc == 0 && i < 5; i++)
+            rc = add_qparam(s->qp, &s->nq, auth_params[i][0], auth_params[i][1]);
+        if (rc == 0 && s->token && !(req->flags & CMH_SIGV4_OMIT_SESSION_TOKEN))
+            rc = add_qparam(s->qp, &s->nq, "X-Amz-Security-Token", req->creds->session_token);
     }
-    qsort(qp, nq, sizeof *qp, cmp_qparam);
+    if (rc == 0)
+        qsort(s->qp, s->nq, sizeof *s->qp, cmp_qparam);
+    return rc;
+}
 
-    /* The canonical request. */
+/* The path of the canonical request: normalised unless asked not to, then encoded once more
+ * unless it is already canonical. */
+static int canonical_path(struct sign *s)
+{
+    const struct cmh_sigv4_request *req = s->req;
+    struct cmh_buf path;
+    cmh_buf_init(&path, 0);
+    int rc = req->flags & CMH_SIGV4_NO_NORMALIZE
+                 ? cmh_buf_addstr(&path, req->path[0] ? req->path : "/")
+                 : add_normalized_path(&path, req->path);
+    if (rc == 0 && (req->flags & CMH_SIGV4_PATH_NO_ENCODE))
+        cmh_buf_add(&s->cr, cmh_buf_str(&path), cmh_buf_len(&path));
+    else if (rc == 0)
+        cmh_buf_add_pct(&s->cr, cmh_buf_str(&path), cmh_buf_len(&path), CMH_PCT_KEEP_SLASH);
+    cmh_buf_free(&path);
+    return rc;
+}
+
+static int canonical_request(struct sign *s)
+{
+    const struct cmh_sigv4_request *req = s->req;
     char method[32];
     size_t ml = strlen(req->method);
-    if (ml >= sizeof method) {
-        rc = -EINVAL;
-        goto out;
-    }
+    if (ml >= sizeof method)
+        return -EINVAL;
     for (size_t i = 0; i <= ml; i++) {
         char ch = req->method[i];
         if (ch >= 'a' && ch <= 'z')
             ch = (char)(ch - 'a' + 'A');
         method[i] = ch;
     }
-    sb_add(&cr, method);
-    sb_addc(&cr, '\n');
-    {
-        struct sbuf path = {0};
-        if (req->flags & CMH_SIGV4_NO_NORMALIZE)
-            sb_add(&path, req->path[0] ? req->path : "/");
+    cmh_buf_addstr(&s->cr, method);
+    cmh_buf_addc(&s->cr, '\n');
+    int rc = canonical_path(s);
+    if (rc != 0)
+        return rc;
+    cmh_buf_addc(&s->cr, '\n');
+    for (size_t i = 0; i < s->nq; i++)
+        cmh_buf_printf(&s->cr, "%s%s=%s", i > 0 ? "&" : "", s->qp[i].key, s->qp[i].value);
+    cmh_buf_addc(&s->cr, '\n');
+    for (size_t i = 0; i < s->nh; i++) {
+        if (i == 0 || strcmp(s->hdrs[i].lname, s->hdrs[i - 1].lname) != 0)
+            cmh_buf_printf(&s->cr, "%s%s:", i > 0 ? "\n" : "", s->hdrs[i].lname);
         else
-            normalize_path(req->path, &path);
-        if (path.err) {
-            sb_free(&path);
-            rc = -ENOMEM;
-            goto out;
-        }
-        if (req->flags & CMH_SIGV4_PATH_NO_ENCODE)
-            sb_addn(&cr, path.p, path.len);
-        else
-            sb_encode(&cr, path.p, path.len, 1);
-        sb_free(&path);
+            cmh_buf_addc(&s->cr, ',');
+        add_trimmed(&s->cr, s->hdrs[i].value);
     }
-    sb_addc(&cr, '\n');
-    for (size_t i = 0; i < nq; i++) {
-        if (i > 0)
-            sb_addc(&cr, '&');
-        sb_add(&cr, qp[i].key);
-        sb_addc(&cr, '=');
-        sb_add(&cr, qp[i].value);
-    }
-    sb_addc(&cr, '\n');
-    for (size_t i = 0; i < nh; i++) {
-        bool first = i == 0 || strcmp(hdrs[i].lname, hdrs[i - 1].lname) != 0;
-        if (first) {
-            if (i > 0)
-                sb_addc(&cr, '\n');
-            sb_add(&cr, hdrs[i].lname);
-            sb_addc(&cr, ':');
-        } else {
-            sb_addc(&cr, ',');
-        }
-        add_trimmed(&cr, hdrs[i].value);
-    }
-    sb_add(&cr, "\n\n");
-    if (sh.p != NULL)
-        sb_add(&cr, sh.p);
-    sb_addc(&cr, '\n');
-    sb_add(&cr, out->payload_hash);
-    if (cr.err) {
-        rc = cr.err;
-        goto out;
-    }
+    cmh_buf_printf(&s->cr, "\n\n%s\n%s", cmh_buf_str(&s->sh), s->out->payload_hash);
+    return cmh_buf_err(&s->cr);
+}
 
-    /* The string to sign and the signature. */
+static int string_to_sign(struct sign *s)
+{
     char cr_hash[CMH_SHA256_HEX_LEN + 1];
-    rc = cmh_sigv4_sha256_hex(cr.p, cr.len, cr_hash);
+    int rc = cmh_sigv4_sha256_hex(cmh_buf_str(&s->cr), cmh_buf_len(&s->cr), cr_hash);
     if (rc != 0)
-        goto out;
-    sb_add(&sts, ALGORITHM "\n");
-    sb_add(&sts, out->amz_date);
-    sb_addc(&sts, '\n');
-    sb_add(&sts, scope.p);
-    sb_addc(&sts, '\n');
-    sb_add(&sts, cr_hash);
-    if (sts.err) {
-        rc = sts.err;
-        goto out;
-    }
-    rc = derive_signature(req, date8, sts.p, out->signature);
-    if (rc != 0)
-        goto out;
+        return rc;
+    cmh_buf_printf(&s->sts, ALGORITHM "\n%s\n%s\n%s", s->out->amz_date, cmh_buf_str(&s->scope),
+                   cr_hash);
+    return cmh_buf_err(&s->sts);
+}
 
-    if (query_mode) {
-        /* The order aws-c-auth appends them in; servers do not care. */
-        const char *names[] = {"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date",
-                               "X-Amz-SignedHeaders", "X-Amz-Expires"};
-        const char *values[] = {ALGORITHM, cred.p, out->amz_date, sh.p, expires};
-        for (size_t i = 0; i < 5; i++) {
-            if (i > 0)
-                sb_addc(&q, '&');
-            sb_add(&q, names[i]);
-            sb_addc(&q, '=');
-            sb_encode(&q, values[i], strlen(values[i]), 0);
-        }
-        if (token) {
-            sb_add(&q, "&X-Amz-Security-Token=");
-            sb_encode(&q, req->creds->session_token, strlen(req->creds->session_token), 0);
-        }
-        sb_add(&q, "&X-Amz-Signature=");
-        sb_add(&q, out->signature);
-        out->query = sb_take(&q);
-        if (out->query == NULL) {
-            rc = -ENOMEM;
-            goto out;
-        }
-    } else {
-        sb_add(&auth, ALGORITHM " Credential=");
-        sb_add(&auth, cred.p);
-        sb_add(&auth, ", SignedHeaders=");
-        sb_add(&auth, sh.p);
-        sb_add(&auth, ", Signature=");
-        sb_add(&auth, out->signature);
-        out->authorization = sb_take(&auth);
-        if (out->authorization == NULL) {
-            rc = -ENOMEM;
-            goto out;
-        }
-        if (token) {
-            out->security_token = cmh_strdup(req->creds->session_token);
-            if (out->security_token == NULL) {
-                rc = -ENOMEM;
-                goto out;
-            }
-            out->add[out->nadd++] =
-                (struct cmh_sigv4_header){"X-Amz-Security-Token", out->security_token};
-        }
-        out->add[out->nadd++] = (struct cmh_sigv4_header){"X-Amz-Date", out->amz_date};
-        if (req->flags & CMH_SIGV4_CONTENT_SHA256_HEADER)
-            out->add[out->nadd++] =
-                (struct cmh_sigv4_header){"x-amz-content-sha256", out->payload_hash};
-        out->add[out->nadd++] = (struct cmh_sigv4_header){"Authorization", out->authorization};
-    }
-    out->canonical_request = sb_take(&cr);
-    out->string_to_sign = sb_take(&sts);
-    out->signed_headers = sb_take(&sh);
-    if (out->canonical_request == NULL || out->string_to_sign == NULL ||
-        out->signed_headers == NULL)
-        rc = -ENOMEM;
+/* The signing key, derived from the secret for the scope, and the signature with it. */
+static int signature(struct sign *s)
+{
+    const struct cmh_sigv4_request *req = s->req;
+    unsigned char key[CMH_SHA256_LEN], sig[CMH_SHA256_LEN];
+    struct cmh_buf k;
+    cmh_buf_init(&k, 0);
+    /* One append, so one allocation: no copy of the secret is left behind by growth. */
+    cmh_buf_printf(&k, "AWS4%s", req->creds->secret_access_key);
+    size_t klen = cmh_buf_len(&k);
+    char *kstr = cmh_buf_take(&k, NULL);
+    if (kstr == NULL)
+        return -ENOMEM;
+    const char *parts[] = {s->date8, req->region, req->service, "aws4_request"};
+    int rc = cmh_sigv4_hmac_sha256(kstr, klen, parts[0], strlen(parts[0]), key);
+    for (size_t i = 1; rc == 0 && i < 4; i++)
+        rc = cmh_sigv4_hmac_sha256(key, sizeof key, parts[i], strlen(parts[i]), key);
+    if (rc == 0)
+        rc =
+            cmh_sigv4_hmac_sha256(key, sizeof key, cmh_buf_str(&s->sts), cmh_buf_len(&s->sts), sig);
+    if (rc == 0)
+        to_hex(sig, sizeof sig, s->out->signature);
+    /* The copy of the secret (heap) and the derived key (stack, as good as the secret for a
+     * day) are wiped. */
+    cmh_free_secret(kstr);
+    cmh_wipe(key, sizeof key);
+    return rc;
+}
 
-out:
-    for (size_t i = 0; hdrs != NULL && i < nh; i++)
-        cmh_free(hdrs[i].lname);
-    cmh_free(hdrs);
-    for (size_t i = 0; qp != NULL && i < nq; i++) {
-        cmh_free(qp[i].key);
-        cmh_free(qp[i].value);
+/* Query mode: the parameters to append, in the order aws-c-auth appends them (servers do not
+ * care). */
+static int presigned_query(struct sign *s)
+{
+    const struct cmh_sigv4_request *req = s->req;
+    const char *names[] = {"X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date",
+                           "X-Amz-SignedHeaders", "X-Amz-Expires"};
+    const char *values[] = {ALGORITHM, cmh_buf_str(&s->cred), s->out->amz_date, cmh_buf_str(&s->sh),
+                            s->expires};
+    struct cmh_buf q;
+    cmh_buf_init(&q, 0);
+    for (size_t i = 0; i < 5; i++) {
+        cmh_buf_printf(&q, "%s%s=", i > 0 ? "&" : "", names[i]);
+        cmh_buf_add_pct(&q, values[i], strlen(values[i]), 0);
     }
-    cmh_free(qp);
-    sb_free(&cr);
-    sb_free(&sts);
-    sb_free(&sh);
-    sb_free(&scope);
-    sb_free(&auth);
-    sb_free(&q);
-    sb_free(&cred);
+    if (s->token) {
+        cmh_buf_addstr(&q, "&X-Amz-Security-Token=");
+        cmh_buf_add_pct(&q, req->creds->session_token, strlen(req->creds->session_token), 0);
+    }
+    cmh_buf_printf(&q, "&X-Amz-Signature=%s", s->out->signature);
+    s->out->query = cmh_buf_take(&q, NULL);
+    return s->out->query != NULL ? 0 : -ENOMEM;
+}
+
+/* Header mode: the Authorization value and the headers to add. */
+static int authorization(struct sign *s)
+{
+    const struct cmh_sigv4_request *req = s->req;
+    struct cmh_sigv4_result *out = s->out;
+    struct cmh_buf auth;
+    cmh_buf_init(&auth, 0);
+    cmh_buf_printf(&auth, ALGORITHM " Credential=%s, SignedHeaders=%s, Signature=%s",
+                   cmh_buf_str(&s->cred), cmh_buf_str(&s->sh), out->signature);
+    out->authorization = cmh_buf_take(&auth, NULL);
+    if (out->authorization == NULL)
+        return -ENOMEM;
+    if (s->token) {
+        out->security_token = cmh_strdup(req->creds->session_token);
+        if (out->security_token == NULL)
+            return -ENOMEM;
+        out->add[out->nadd++] =
+            (struct cmh_sigv4_header){"X-Amz-Security-Token", out->security_token};
+    }
+    out->add[out->nadd++] = (struct cmh_sigv4_header){"X-Amz-Date", out->amz_date};
+    if (req->flags & CMH_SIGV4_CONTENT_SHA256_HEADER)
+        out->add[out->nadd++] =
+            (struct cmh_sigv4_header){"x-amz-content-sha256", out->payload_hash};
+    out->add[out->nadd++] = (struct cmh_sigv4_header){"Authorization", out->authorization};
+    return 0;
+}
+
+/* Hands the canonical request, the string to sign and the signed headers over to the result. */
+static int hand_over(struct sign *s)
+{
+    s->out->canonical_request = cmh_buf_take(&s->cr, NULL);
+    s->out->string_to_sign = cmh_buf_take(&s->sts, NULL);
+    s->out->signed_headers = cmh_buf_take(&s->sh, NULL);
+    if (s->out->canonical_request == NULL || s->out->string_to_sign == NULL ||
+        s->out->signed_headers == NULL)
+        return -ENOMEM;
+    return 0;
+}
+
+int cmh_sigv4_sign(const struct cmh_sigv4_request *req, struct cmh_sigv4_result *out)
+{
+    struct sign s = {.req = req, .out = out};
+    cmh_buf_init(&s.sh, 0);
+    cmh_buf_init(&s.scope, 0);
+    cmh_buf_init(&s.cred, 0);
+    cmh_buf_init(&s.cr, 0);
+    cmh_buf_init(&s.sts, 0);
+    memset(out, 0, sizeof *out);
+
+    int rc = check_request(req);
+    if (!rc) {
+        s.query_mode = (req->flags & CMH_SIGV4_QUERY) != 0;
+        s.token = nonempty(req->creds->session_token);
+        rc = sign_time(&s);
+    }
+    if (!rc)
+        rc = payload_hash(&s);
+    if (!rc)
+        rc = signed_headers(&s);
+    if (!rc)
+        rc = credential_scope(&s);
+    if (!rc)
+        rc = canonical_query(&s);
+    if (!rc)
+        rc = canonical_request(&s);
+    if (!rc)
+        rc = string_to_sign(&s);
+    if (!rc)
+        rc = signature(&s);
+    if (!rc)
+        rc = s.query_mode ? presigned_query(&s) : authorization(&s);
+    if (!rc)
+        rc = hand_over(&s);
+
+    for (size_t i = 0; s.hdrs != NULL && i < s.nh; i++)
+        cmh_free(s.hdrs[i].lname);
+    cmh_free(s.hdrs);
+    for (size_t i = 0; s.qp != NULL && i < s.nq; i++) {
+        cmh_free(s.qp[i].key);
+        cmh_free(s.qp[i].value);
+    }
+    cmh_free(s.qp);
+    cmh_buf_free(&s.sh);
+    cmh_buf_free(&s.scope);
+    cmh_buf_free(&s.cred);
+    cmh_buf_free(&s.cr);
+    cmh_buf_free(&s.sts);
     if (rc != 0)
         cmh_sigv4_result_free(out);
     return rc;

@@ -2,7 +2,7 @@
  * ISO-8601 time reader. A document is credentials, an error, or rejected; never a mix, never
  * a string with a control character that would end up in a signed header. */
 #include "cmh/core/alloc.h"
-#include "cmh/aws/aws_creds.h"
+#include "cmh/aws/creds_parse.h"
 
 #include <errno.h>
 #include <stdint.h>

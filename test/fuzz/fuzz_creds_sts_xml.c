@@ -1,7 +1,7 @@
 /* Fuzzes the reader of the STS AssumeRoleWithWebIdentity XML answer
  * (cmh_aws_creds_parse_sts_xml): credentials with all four fields, an error with a code, or a
  * rejection; never a mix, never a control character in a credential string. */
-#include "cmh/aws/aws_creds.h"
+#include "cmh/aws/creds_parse.h"
 
 #include <errno.h>
 #include <stdint.h>

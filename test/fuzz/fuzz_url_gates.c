@@ -9,7 +9,7 @@
  * fd00:ec2::23; endpoint: 127.0.0.0/8, ::1). An accepted split round-trips: scheme, host and path
  * put together give back the URL. A refusal says why. */
 #include "cmh/core/alloc.h"
-#include "cmh/aws/aws_creds.h"
+#include "cmh/aws/creds_parse.h"
 #include "cmh/aws/endpoint.h"
 
 #include <arpa/inet.h>

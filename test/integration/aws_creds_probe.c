@@ -1,7 +1,7 @@
 /* Test helper for aws_creds_botocore_diff.py: reads one document per line on stdin, "J <hex>"
  * (credential JSON), "X <hex>" (STS XML) or "T <hex>" (a timestamp), runs our parser and writes
  * one JSON result per line: {"rc","akid","secret","token","expires_ms","code","message"}. */
-#include "cmh/aws/aws_creds.h"
+#include "cmh/aws/creds_parse.h"
 
 #include <jansson.h>
 #include <stdio.h>

@@ -84,7 +84,11 @@ direct = {f: re.findall(r"\bno_proxy = 1;", source(f))
           for f in ("k8s/discovery.c", "k8s/leader.c", "scrape/proxy_scrape.c", "cmd/report.c")}
 check("every Kubernetes API request (discovery, leader election, pod proxy, report) is no_proxy",
       all(len(v) == 1 for v in direct.values()), direct)
-ac = source("aws/aws_creds.c")
+# The credential layer's requests all go through cmh_aws_job_request (creds_job.c), whose
+# credential_endpoint argument (the one before the timeout) becomes the request's no_proxy.
+ac = source("aws/creds.c") + source("aws/imds.c") + source("aws/region.c")
+check("the credential jobs' credential_endpoint argument is the request's no_proxy",
+      ".no_proxy = credential_endpoint," in source("aws/creds_job.c"))
 imds_calls = re.findall(r"(\d),\s*p->(?:imds|sts)_timeout_ms,\s*(\w+)\)", ac, re.S)
 check("IMDS and container-credential requests are no_proxy; STS (an AWS service) is not",
       sorted((c[1], c[0]) for c in imds_calls) ==
@@ -117,7 +121,7 @@ with open(os.path.join(SRC, "test", "CMakeLists.txt"), encoding="utf-8") as f:
     registered = f.read()
 # A cmocka case inside a CTest test binary is cited by its own name.
 cases = set()
-for unit in glob.glob(os.path.join(SRC, "test", "unit", "*.c")):
+for unit in glob.glob(os.path.join(SRC, "test", "unit", "**", "*.c"), recursive=True):
     with open(unit, encoding="utf-8") as f:
         cases.update(re.findall(r"cmocka_unit_test(?:_setup_teardown)?\((\w+)", f.read()))
 missing = sorted(n for n in cited if n not in known and n not in cases

@@ -1,7 +1,8 @@
-/* AWS credentials, region and cluster id: the provider chain (environment keys, web identity,
- * container credentials, IMDSv2), evaluated asynchronously on the loop through curl_uv, cached
- * and refreshed before expiry. Owned by the daemon (cmh_aws_provider_new/_free); thread: the loop
- * thread only. */
+/* AWS credentials, region and cluster id: the provider chain (environment keys, the shared files'
+ * profile, web identity, container credentials, IMDSv2), evaluated asynchronously on the loop
+ * through curl_uv, cached and refreshed before expiry. Owned by its user (the publisher, the EC2
+ * client: cmh_aws_provider_new/_free); thread: the loop thread only. The parsers it uses are in
+ * creds_parse.h. */
 #ifndef CMH_AWS_CREDS_H
 #define CMH_AWS_CREDS_H
 
@@ -14,6 +15,7 @@ struct cmh_curl_uv;
 
 /* A set of credentials. Strings are owned by the provider; valid until the next refresh. */
 struct cmh_aws_credentials {
+    /* read-only */
     const char *access_key_id;
     const char *secret_access_key;
     const char *session_token; /* NULL when none */
@@ -30,6 +32,7 @@ struct cmh_aws_credentials {
  * AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE, AWS_ENDPOINT_URL, AWS_ENDPOINT_URL_STS, AWS_REGION,
  * AWS_DEFAULT_REGION, AWS_CLUSTER_ID). The envp array is only read during new(). */
 struct cmh_aws_creds_opts {
+    /* public */
     char *const *envp;
     const char *region;       /* already known (AWS_REGION from the config), or NULL */
     const char *cluster_id;   /* already known (AWS_CLUSTER_ID), or NULL */
@@ -78,9 +81,10 @@ int cmh_aws_creds_get(struct cmh_aws_provider *p, cmh_aws_creds_cb cb, void *arg
 /* Drops the cache (after ExpiredToken): the next get refreshes. */
 void cmh_aws_creds_invalidate(struct cmh_aws_provider *p);
 
-/* Region (AWS_REGION, AWS_DEFAULT_REGION, then IMDS) and cluster id (AWS_CLUSTER_ID, then what
- * can be learnt without extra IAM permissions, then a default logged as a warning). With both
- * given, touches nothing. */
+/* Region (AWS_REGION, AWS_DEFAULT_REGION, the profile, the node's providerID, then IMDS) and
+ * cluster id (AWS_CLUSTER_ID; with cluster_lookup "" and the instance id; else a default logged as
+ * a warning). IMDS is asked only for what is still unknown (the region; with cluster_lookup, the
+ * instance id). */
 int cmh_aws_resolve(struct cmh_aws_provider *p, cmh_aws_resolve_cb cb, void *arg);
 
 /* After a resolve: the instance id (cluster_lookup), or NULL; where the region came from
@@ -88,60 +92,12 @@ int cmh_aws_resolve(struct cmh_aws_provider *p, cmh_aws_resolve_cb cb, void *arg
 const char *cmh_aws_provider_instance_id(const struct cmh_aws_provider *p);
 const char *cmh_aws_provider_region_from(const struct cmh_aws_provider *p);
 
-/* Cancels what is in flight (callbacks fire with -ECANCELED, before this returns) and frees p.
- * The memory itself goes once p's timers have closed and a pending token-file read has finished:
- * keep running the loop. A request already handed to curl_uv is abandoned (curl_uv cannot cancel
- * one request); it ends on its own, or when curl_uv is closed. */
+/* Cancels what is in flight, the requests included (callbacks fire with -ECANCELED, before this
+ * returns), and frees p. The memory itself goes once p's timer has closed and a pending
+ * token-file read has finished: keep running the loop (nothing of p may be used any more). */
 void cmh_aws_provider_free(struct cmh_aws_provider *p);
 
 /* Requests sent since new (every attempt counts), for self-metrics and tests. */
 uint64_t cmh_aws_provider_requests(const struct cmh_aws_provider *p);
-
-/* Pure parsers of the credential documents, exposed for tests and fuzzing (no I/O, no loop).
- * Strings are allocated (cmh_malloc) and released by cmh_aws_creds_doc_clear. */
-struct cmh_aws_creds_doc {
-    char *access_key_id;
-    char *secret_access_key;
-    char *session_token; /* NULL when none */
-    int64_t expires_ms;  /* 0 when the document has no expiration */
-    char *error_code;    /* set when the document is an error answer */
-    char *error_message;
-};
-
-/* The JSON of IMDS (`"Code" : "Success"`, AccessKeyId, SecretAccessKey, Token, Expiration) and of
- * the ECS / EKS Pod Identity agents (same keys, or {"code","message"} on error). Returns 0 when
- * doc holds credentials or an error code, -EPROTO when the document is neither, -ENOMEM. */
-int cmh_aws_creds_parse_json(const char *buf, size_t len, struct cmh_aws_creds_doc *doc);
-
-/* The XML answer of STS AssumeRoleWithWebIdentity (…Result/Credentials/…) or an ErrorResponse
- * (Error/Code, Error/Message). Rejects DOCTYPE, duplicate fields, misplaced elements. Same
- * returns as the JSON parser. */
-int cmh_aws_creds_parse_sts_xml(const char *buf, size_t len, struct cmh_aws_creds_doc *doc);
-
-void cmh_aws_creds_doc_clear(struct cmh_aws_creds_doc *doc);
-
-/* "2021-09-21T04:16:53Z" (optional .fraction, Z or ±hh:mm) to ms since the epoch; -EINVAL else. */
-int cmh_aws_parse_time(const char *s, int64_t *ms);
-
-/* Pure parsers of IMDS's text answers, exposed for tests and fuzzing: body is len bytes (no
- * terminator needed). Each returns 0 with a cmh_malloc'd copy in *out, -EPROTO (*out NULL) when
- * the answer is unusable, -ENOMEM. The region (placement/region): its first line (up to CR or LF)
- * when a region name, 1..32 of [a-z0-9-]. */
-int cmh_aws_imds_parse_region(const char *body, size_t len, char **out);
-/* The role (iam/security-credentials/): its first line when 1..128 bytes, printable (no control
- * byte or DEL), without '/'. */
-int cmh_aws_imds_parse_role(const char *body, size_t len, char **out);
-/* A whole answer used as a header or dimension value (the session token, max 1024; an instance
- * tag's value, max 255): 1..max printable bytes (no CR, LF, NUL or other control byte). */
-int cmh_aws_imds_parse_text(const char *body, size_t len, size_t max, char **out);
-/* The instance tag listing (tags/instance, one key per line): the first of the tags naming the
- * cluster (eks:cluster-name, CLUSTER_ID, eks:eks-cluster-name, aws:eks:cluster-name, in that
- * order of preference) that is a whole line of it; a static string, or NULL. */
-const char *cmh_aws_imds_cluster_tag(const char *body, size_t len);
-
-/* The AWS_CONTAINER_CREDENTIALS_* URL gate: 1 when url has no user information and is https://
- * to any host, or http:// to a host of the AWS SDKs' allow-list (127.0.0.0/8, ::1, localhost,
- * 169.254.170.2, 169.254.170.23, fd00:ec2::23); else 0 with a sentence in why. */
-int cmh_aws_container_url_allowed(const char *url, char *why, size_t whylen);
 
 #endif

@@ -16,11 +16,13 @@
 /* One header or query parameter. Strings are NUL-terminated and borrowed for the call only.
  * Header values may hold obsolete line folding ("a\n  b"): folded whitespace counts as a space. */
 struct cmh_sigv4_kv {
+    /* public */
     const char *name;
     const char *value;
 };
 
 struct cmh_sigv4_credentials {
+    /* public */
     const char *access_key_id;
     const char *secret_access_key;
     const char *session_token; /* NULL or "" when the credentials have none */
@@ -45,6 +47,7 @@ enum cmh_sigv4_flag {
 
 /* What to sign. Every pointer is borrowed for the duration of cmh_sigv4_sign only. */
 struct cmh_sigv4_request {
+    /* public */
     const char *method; /* "GET", "POST"... (an HTTP token); upper-cased for signing */
     const char *path;   /* "/..." without query ("" = "/"); see CMH_SIGV4_PATH_NO_ENCODE */
     /* Decoded query parameters, in any order, duplicates allowed (value "" for "k" or "k=").
@@ -75,6 +78,7 @@ struct cmh_sigv4_request {
 
 /* A header to add to the request: name is a string constant, value is owned by the result. */
 struct cmh_sigv4_header {
+    /* read-only */
     const char *name;
     const char *value;
 };
@@ -83,6 +87,7 @@ struct cmh_sigv4_header {
 
 /* Everything cmh_sigv4_sign produced; owned by the caller, released with cmh_sigv4_result_free. */
 struct cmh_sigv4_result {
+    /* read-only */
     char *canonical_request;
     char *string_to_sign;
     char signature[CMH_SHA256_HEX_LEN + 1];
