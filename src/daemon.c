@@ -115,7 +115,7 @@ static void on_collector_done(struct cmh_collector *c, const struct cmh_scrape_r
         cmh_discovery_set_release(d->round_set);
         d->round_set = NULL;
     }
-    cmh_expose_round(&d->expose, &c->agg);
+    cmh_round_expose_add(&d->round_expose, &c->agg);
     struct cmh_cloudwatch_stats cw;
     /* With leader election, only the leader publishes; the others keep scraping, so their state
      * is warm when they take over. */
@@ -133,9 +133,18 @@ static void on_collector_done(struct cmh_collector *c, const struct cmh_scrape_r
     }
     /* A follower's round line shows its publisher's figures too: what it dropped on losing the
      * lease is seen there. */
-    if (d->pub != NULL)
+    struct cmh_kv kv[4];
+    size_t n = 0;
+    if (d->pub != NULL) {
         cmh_publish_stats(d->pub, &cw);
-    cmh_collector_log_round(c, st, !d->cfg.use_cloudwatch && publish, d->pub != NULL ? &cw : NULL);
+        kv[n++] = CMH_UINT("cw_published", cw.published);
+        kv[n++] = CMH_UINT("cw_queued", cw.in_queue);
+        kv[n++] = CMH_UINT("cw_dropped", cw.dropped_overflow + cw.dropped_age + cw.dropped_invalid +
+                                             cw.dropped_shutdown + cw.dropped_not_leader);
+        if (cw.last_error[0])
+            kv[n++] = CMH_STR("cw_last_error", cw.last_error);
+    }
+    cmh_collector_log_round(c, st, !d->cfg.use_cloudwatch && publish, kv, n);
     cmh_daemon_work_end(d);
 }
 
@@ -391,13 +400,7 @@ static int http_handler(void *arg, const char *path, struct cmh_buf *body, const
             return 404;
         }
         *ctype = "text/plain; version=0.0.4; charset=utf-8";
-        struct cmh_cloudwatch_stats cw;
-        if (d->pub != NULL)
-            cmh_publish_stats(d->pub, &cw);
-        if (d->subnets != NULL)
-            cmh_subnet_watch_prefix_status(d->subnets, &d->expose.prefix);
-        cmh_expose_render(&d->expose, &d->collector, d->cluster_id, d->pub != NULL ? &cw : NULL,
-                          body);
+        cmh_expose_render(&d->expose, body);
         return 200;
     }
     return 404;
@@ -464,7 +467,7 @@ static void on_publish_ready(struct cmh_publish *p, int rc, const char *why, con
     }
     if (d->has_collector)
         return; /* AWS_CLUSTER_ID was set: scraping runs already */
-    d->expose.cluster_id_source = cmh_publish_cluster_id_source(p, NULL);
+    d->cluster_id_source = cmh_publish_cluster_id_source(p, NULL);
     if (start_collector(d, cmh_publish_cluster_id(p)) != 0) {
         cmh_daemon_stop(d);
         d->exit_code = 1;
@@ -488,13 +491,12 @@ static void on_subnets_fetched(void *arg, int rc, const char *why)
 {
     struct cmh_daemon *d = arg;
     if (rc == 0) {
-        d->expose.subnet_fetches_ok++;
-        d->expose.subnet_ids_missing =
-            d->subnets != NULL ? cmh_subnet_watch_missing(d->subnets) : 0;
-        d->expose.subnet_last_ok = (double)wall_ms() / 1000.0;
+        d->subnet_expose.fetches_ok++;
+        d->subnet_expose.ids_missing = d->subnets != NULL ? cmh_subnet_watch_missing(d->subnets) : 0;
+        d->subnet_expose.last_ok = (double)wall_ms() / 1000.0;
         d->subnet_why[0] = '\0';
     } else {
-        d->expose.subnet_fetches_failed++;
+        d->subnet_expose.fetches_failed++;
         snprintf(d->subnet_why, sizeof d->subnet_why, "%s", why != NULL ? why : "failed");
     }
 }
@@ -502,7 +504,7 @@ static void on_subnets_fetched(void *arg, int rc, const char *why)
 /* SUBNET_METRICS: the subnet view, fetched now and every SUBNET_METRICS_INTERVAL. */
 static int start_subnets(struct cmh_daemon *d)
 {
-    d->expose.subnets = 1;
+    d->subnet_expose.on = 1;
     char url[300];
     int in_cluster = cmh_k8s_api_in_cluster_url(url, sizeof url, NULL) == 0;
     int rc = start_curl(d);
@@ -510,6 +512,115 @@ static int start_subnets(struct cmh_daemon *d)
         rc = cmh_subnet_watch_new(&d->subnets, &d->loop, &d->curl, &d->cfg, environ,
                                   in_cluster ? url : NULL, &d->log, on_subnets_fetched, d);
     return rc;
+}
+
+/* ---- /metrics: the parts of the exposition, in their order ------------------------------- */
+
+#define PREFIX CMH_EXPOSE_PREFIX
+
+static void expose_round(void *arg, struct cmh_buf *out)
+{
+    struct cmh_daemon *d = arg;
+    cmh_round_expose_cluster(&d->round_expose, &d->collector.agg, d->cluster_id, out);
+}
+
+static void expose_cluster_id(void *arg, struct cmh_buf *out)
+{
+    struct cmh_daemon *d = arg;
+    if (d->cluster_id_source == NULL)
+        return;
+    cmh_expose_family(out, "cluster_id_info", "gauge",
+                      "1, labelled with the CLUSTER_ID dimension and where it came from "
+                      "(AWS_CLUSTER_ID, ec2-describe-tags:<tag>, aws-node-env, or default: the "
+                      "shared k8s-cluster).");
+    struct cmh_buf il = {0};
+    cmh_buf_add(&il, "{cluster_id=\"", 13);
+    cmh_expose_label_value(&il, d->cluster_id ? d->cluster_id : "");
+    cmh_buf_add(&il, "\",source=\"", 10);
+    cmh_expose_label_value(&il, d->cluster_id_source);
+    cmh_buf_add(&il, "\"}", 2);
+    cmh_expose_sample(out, PREFIX "cluster_id_info", "", cmh_buf_str(&il), 1);
+    cmh_buf_free(&il);
+}
+
+static void expose_collector(void *arg, struct cmh_buf *out)
+{
+    struct cmh_daemon *d = arg;
+    cmh_round_expose_collector(&d->collector, out);
+}
+
+/* The CloudWatch publisher's figures, once it is set up. */
+static void expose_cloudwatch(void *arg, struct cmh_buf *out)
+{
+    struct cmh_daemon *d = arg;
+    if (d->pub == NULL)
+        return;
+    struct cmh_cloudwatch_stats cw;
+    cmh_publish_stats(d->pub, &cw);
+    const struct {
+        const char *outcome;
+        uint64_t n;
+    } outcomes[] = {{"published", cw.published},
+                    {"dropped_overflow", cw.dropped_overflow},
+                    {"dropped_age", cw.dropped_age},
+                    {"dropped_invalid", cw.dropped_invalid},
+                    {"dropped_shutdown", cw.dropped_shutdown},
+                    {"dropped_not_leader", cw.dropped_not_leader}};
+    cmh_expose_family(out, "cloudwatch_datums_total", "counter", "Datums by how they ended.");
+    for (size_t i = 0; i < sizeof outcomes / sizeof outcomes[0]; i++)
+        cmh_buf_printf(out, PREFIX "cloudwatch_datums_total{outcome=\"%s\"} %llu\n",
+                       outcomes[i].outcome, (unsigned long long)outcomes[i].n);
+    cmh_expose_scalar(out, "cloudwatch_queue_datums", "gauge", "Datums waiting to be published.",
+                      cw.in_queue);
+    cmh_expose_family(out, "cloudwatch_requests_total", "counter",
+                      "PutMetricData attempts by outcome class.");
+    for (int k = 0; k < CMH_CW_CLASS_COUNT; k++)
+        cmh_buf_printf(out, PREFIX "cloudwatch_requests_total{class=\"%s\"} %llu\n",
+                       cmh_cloudwatch_class_name((enum cmh_cw_class)k),
+                       (unsigned long long)cw.attempts[k]);
+    cmh_expose_scalar(out, "cloudwatch_access_denied", "gauge",
+                      "1 while CloudWatch answers AccessDenied.", cw.access_denied ? 1 : 0);
+}
+
+/* SUBNET_METRICS: the subnet view's fetches and the free /28 count. */
+static void expose_subnets(void *arg, struct cmh_buf *out)
+{
+    struct cmh_daemon *d = arg;
+    if (!d->subnet_expose.on)
+        return;
+    if (d->subnets != NULL)
+        cmh_subnet_watch_prefix_status(d->subnets, &d->subnet_expose.prefix);
+    const struct cmh_subnet_watch_prefix_status *prefix = &d->subnet_expose.prefix;
+    cmh_expose_family(out, "subnet_fetches_total", "counter",
+                      "EC2 DescribeSubnets fetches of the subnet view (SUBNET_METRICS) by result.");
+    cmh_buf_printf(out, PREFIX "subnet_fetches_total{result=\"ok\"} %llu\n",
+                   d->subnet_expose.fetches_ok);
+    cmh_buf_printf(out, PREFIX "subnet_fetches_total{result=\"error\"} %llu\n",
+                   d->subnet_expose.fetches_failed);
+    cmh_expose_family(
+        out, "subnet_last_success_timestamp_seconds", "gauge",
+        "When the subnet view was last fetched; 0 before the first good fetch. Subnet and AZ "
+        "datums stop 3 intervals after it.");
+    cmh_expose_sample(out, PREFIX "subnet_last_success_timestamp_seconds", "", "",
+                      d->subnet_expose.last_ok);
+    cmh_expose_scalar(out, "subnet_ids_missing", "gauge",
+                      "Subnets of SUBNET_IDS that EC2 did not know (deleted?) at the last good "
+                      "fetch; left out of the view, each logged once.",
+                      (unsigned long long)d->subnet_expose.ids_missing);
+    cmh_expose_family(out, "subnet_prefix_counts_total", "counter",
+                      "Per-subnet free /28 block counts (DescribeNetworkInterfaces and "
+                      "GetSubnetCidrReservations) by result; denied with "
+                      "SUBNET_PREFIX_METRICS=auto stops the count (/readyz says degraded).");
+    static const char *const results[] = {"ok", "error", "denied"};
+    const unsigned long long n[] = {prefix->counts_ok, prefix->counts_failed,
+                                    prefix->counts_denied};
+    for (int i = 0; i < 3; i++)
+        cmh_buf_printf(out, PREFIX "subnet_prefix_counts_total{result=\"%s\"} %llu\n", results[i],
+                       n[i]);
+    cmh_expose_scalar(out, "subnet_prefix_counting", "gauge",
+                      "1 while free /28 blocks are counted (SUBNET_PREFIX_METRICS=true, or auto "
+                      "once a node reported IPv4 prefixes and until a call is denied), else 0.",
+                      (unsigned long long)(prefix->on != 0));
 }
 
 int cmh_daemon_use_collector(struct cmh_daemon *d)
@@ -528,7 +639,7 @@ int cmh_daemon_use_collector(struct cmh_daemon *d)
         /* With AWS_CLUSTER_ID set, scraping (and our /metrics) need not wait for the region and
          * credentials: rounds run at once, and are published once the publisher is ready. */
         if (d->cfg.cluster_id != NULL && d->cfg.cluster_id[0] != '\0') {
-            d->expose.cluster_id_source = "AWS_CLUSTER_ID";
+            d->cluster_id_source = "AWS_CLUSTER_ID";
             rc = start_collector(d, d->cfg.cluster_id);
             if (rc != 0)
                 return rc;
@@ -536,9 +647,9 @@ int cmh_daemon_use_collector(struct cmh_daemon *d)
         start_publish(d);
     } else {
         const char *cluster = d->cfg.cluster_id;
-        d->expose.cluster_id_source = "AWS_CLUSTER_ID";
+        d->cluster_id_source = "AWS_CLUSTER_ID";
         if (cluster == NULL || cluster[0] == '\0') {
-            d->expose.cluster_id_source = "default";
+            d->cluster_id_source = "default";
             cluster = "k8s-cluster"; /* the original helper's default */
             CMH_LOG(&d->log, CMH_LOG_WARN, "no cluster id; using the default",
                     CMH_STR("cluster_id", cluster), CMH_STR("fix", "set AWS_CLUSTER_ID"));
@@ -552,8 +663,14 @@ int cmh_daemon_use_collector(struct cmh_daemon *d)
     rc = cmh_http_server_start(&d->http, &d->loop, &ho, http_handler, d, &d->log);
     /* Even on failure the listener may be closing: close_all waits for it. */
     d->has_http = 1;
-    d->expose.http = &d->http;
-    d->expose.original_names = d->cfg.prometheus_original_names;
+    d->round_expose.original_names = d->cfg.prometheus_original_names;
+    cmh_expose_add(&d->expose, expose_round, d);
+    cmh_expose_add(&d->expose, expose_cluster_id, d);
+    cmh_expose_add(&d->expose, expose_collector, d);
+    cmh_expose_add(&d->expose, expose_cloudwatch, d);
+    cmh_expose_add(&d->expose, expose_subnets, d);
+    cmh_expose_add(&d->expose, cmh_expose_http_server, &d->http);
+    cmh_expose_add(&d->expose, cmh_expose_log, &d->log);
     return rc;
 }
 

@@ -2,9 +2,9 @@
 #include "cmh/core/config.h"
 #include "cmh/daemon.h"
 #include "cmh/cmd/inspect.h"
+#include "cmh/cmd/parse.h"
 #include "cmh/core/log.h"
 #include "cmh/round/metrics.h"
-#include "cmh/scrape/prom.h"
 #include "cmh/cmd/report.h"
 
 #include <errno.h>
@@ -114,7 +114,7 @@ int main(int argc, char **argv)
     if (strcmp(cmd, "report") == 0)
         return cmh_report_cmd(argc - 1, argv + 1, environ);
     if (strcmp(cmd, "parse") == 0)
-        return cmh_prom_cmd_parse(argc - 1, argv + 1);
+        return cmh_parse_cmd(argc - 1, argv + 1);
     if (strcmp(cmd, "--help-config-markdown") == 0) {
         cmh_config_print_markdown(stdout);
         return 0;

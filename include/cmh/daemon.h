@@ -4,6 +4,7 @@
 #define CMH_DAEMON_H
 
 #include "cmh/round/collector.h"
+#include "cmh/round/round_expose.h"
 #include "cmh/core/config.h"
 #include "cmh/http/curl_uv.h"
 #include "cmh/k8s/discovery.h"
@@ -23,25 +24,38 @@ struct cmh_daemon;
 typedef void (*cmh_round_cb)(struct cmh_daemon *d, uint64_t round, int64_t start_ms);
 
 struct cmh_daemon {
+    /* public */
+    cmh_round_cb on_round; /* cmh_daemon_use_collector sets the collector's */
+    /* read-only */
     uv_loop_t loop;
     struct cmh_config cfg;
     struct cmh_log log;
-    uv_timer_t round_timer;
-    uv_timer_t shutdown_timer;
-    uv_signal_t sigterm;
-    uv_signal_t sigint;
-    uv_signal_t sigusr1; /* runs a round now */
-    cmh_round_cb on_round;
     uint64_t round;
     unsigned inflight; /* units of work that a graceful stop waits for */
     int stopping;      /* a stop signal arrived */
     int exit_code;
     unsigned open_handles;
+    /* private */
+    uv_timer_t round_timer;
+    uv_timer_t shutdown_timer;
+    uv_signal_t sigterm;
+    uv_signal_t sigint;
+    uv_signal_t sigusr1; /* runs a round now */
     struct cmh_collector collector;
     int has_collector;
     struct cmh_http_server http;
     int has_http;
-    struct cmh_expose expose;
+    struct cmh_expose expose;             /* /metrics: the parts below, in their order */
+    struct cmh_round_expose round_expose; /* the rounds' part of /metrics */
+    const char *cluster_id_source; /* where CLUSTER_ID came from (borrowed); NULL: not shown */
+    /* SUBNET_METRICS on /metrics: the subnet view's fetches and the free /28 count. */
+    struct {
+        int on;
+        unsigned long long fetches_ok, fetches_failed;
+        size_t ids_missing; /* ids of SUBNET_IDS EC2 did not know at the last good fetch */
+        double last_ok;     /* Unix seconds of the last good fetch, 0 when none */
+        struct cmh_subnet_watch_prefix_status prefix;
+    } subnet_expose;
     struct cmh_curl_uv curl; /* HTTPS to Kubernetes and AWS */
     int has_curl;
     struct cmh_discovery disc;

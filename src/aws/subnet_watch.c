@@ -375,7 +375,7 @@ int cmh_subnet_watch_new(struct cmh_subnet_watch **out, uv_loop_t *loop, struct 
     *out = NULL;
     char err[160];
     if (cfg->subnet_ids != NULL && cfg->subnet_ids[0] != '\0' &&
-        cmh_subnets_check_ids(cfg->subnet_ids, err, sizeof err) < 0) {
+        cmh_config_check_subnet_ids(cfg->subnet_ids, err, sizeof err) < 0) {
         CMH_LOG(log, CMH_LOG_ERROR, "bad SUBNET_IDS", CMH_STR("error", err));
         return -EINVAL;
     }

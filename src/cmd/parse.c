@@ -1,5 +1,7 @@
 /* The `parse` command: one exposition in, every sample out in canonical form, one a line:
  * name{l1="v1",l2="v2"} value [timestamp], labels sorted by name, values as %.17g. */
+#include "cmh/cmd/parse.h"
+
 #include "cmh/core/alloc.h"
 #include "cmh/scrape/prom.h"
 
@@ -104,7 +106,7 @@ static int print_sample(void *arg, const struct cmh_prom_sample *s)
     return 0;
 }
 
-int cmh_prom_cmd_parse(int argc, char **argv)
+int cmh_parse_cmd(int argc, char **argv)
 {
     const char *path = argc >= 2 ? argv[1] : "-";
     static const char usage[] =

@@ -159,249 +159,312 @@ static const char *ip_of(const struct report *r, const char *name)
     return "";
 }
 
-static void emit_report(struct report *r)
+/* What the report says, computed once from the round and the subnet view, then printed. */
+struct summary {
+    const struct cmh_subnet_list *view; /* NULL: no subnet view */
+    struct cmh_subnets_node *sn;        /* the round's targets as the subnet view wants them */
+    struct node_row *rows;              /* least headroom first */
+    size_t nn, fresh, failed, unknown_max;
+    double min_room; /* the least headroom of a node whose capacity is known */
+    int has_min_room;
+    const struct cmh_subnet **subs; /* emptiest first */
+    size_t nsub;
+    struct az_row *azs; /* emptiest first */
+    size_t naz;
+    /* The cluster: headroom and utilization count only the nodes whose capacity is known. */
+    double assigned, total, max, known_assigned, util, headroom;
+    int has_headroom;
+    uint64_t min_free, max_util;
+    char reasons[4][256]; /* thresholds crossed */
+    size_t nreasons;
+    const char *problem; /* why the report is an error, or NULL */
+    const char *verdict;
+};
+
+static void summary_free(struct summary *s)
+{
+    cmh_free(s->azs);
+    cmh_free(s->subs);
+    cmh_free(s->sn);
+    cmh_free(s->rows);
+}
+
+/* Nodes, with their subnet and AZ when known, least headroom first. */
+static int collect_nodes(const struct report *r, struct summary *s)
 {
     const struct cmh_agg *a = &r->coll.agg;
-    size_t nn = cmh_agg_nodes(a);
-    struct node_row *rows = cmh_calloc(nn ? nn : 1, sizeof *rows);
-    struct cmh_subnets_node *sn = cmh_calloc(r->n ? r->n : 1, sizeof *sn);
-    const struct cmh_subnet **subs = NULL;
-    struct az_row *azs = NULL;
-    json_t *root = NULL;
-    if (rows == NULL || sn == NULL) {
+    s->nn = cmh_agg_nodes(a);
+    s->rows = cmh_calloc(s->nn ? s->nn : 1, sizeof *s->rows);
+    s->sn = cmh_calloc(r->n ? r->n : 1, sizeof *s->sn);
+    if (s->rows == NULL || s->sn == NULL) {
         fprintf(stderr, "cni-metrics-helper report: out of memory\n");
-        r->status = CMH_REPORT_ERROR;
-        goto out;
+        return -ENOMEM;
     }
     for (size_t i = 0; i < r->n; i++)
-        sn[i] = (struct cmh_subnets_node){r->targets[i].name, r->targets[i].ip};
+        s->sn[i] = (struct cmh_subnets_node){r->targets[i].name, r->targets[i].ip};
     const struct cmh_subnet_list *view =
-        r->watch != NULL && r->fetch_rc == 0 ? cmh_subnet_watch_view(r->watch, sn, r->n) : NULL;
-
-    /* Nodes, with their subnet and AZ when known. */
-    size_t fresh = 0, failed = 0, unknown_max = 0;
-    double min_room = 0;
-    int has_min_room = 0;
-    for (size_t i = 0; i < nn; i++) {
-        cmh_agg_node_info(a, i, &rows[i].ni);
-        rows[i].has_max = rows[i].ni.fresh && ((rows[i].ni.present >> CMH_M_IP_MAX) & 1);
-        rows[i].ip = ip_of(r, rows[i].ni.name);
-        rows[i].az = view != NULL ? CMH_SUBNETS_AZ_UNKNOWN : "";
-        rows[i].subnet = "";
-        long s = view != NULL ? cmh_subnets_find_ip(view, rows[i].ip) : -1;
-        if (s >= 0) {
-            rows[i].az = view->v[s].az;
-            rows[i].subnet = view->v[s].id;
+        r->watch != NULL && r->fetch_rc == 0 ? cmh_subnet_watch_view(r->watch, s->sn, r->n) : NULL;
+    s->view = view;
+    for (size_t i = 0; i < s->nn; i++) {
+        struct node_row *row = &s->rows[i];
+        cmh_agg_node_info(a, i, &row->ni);
+        row->has_max = row->ni.fresh && ((row->ni.present >> CMH_M_IP_MAX) & 1);
+        row->ip = ip_of(r, row->ni.name);
+        row->az = view != NULL ? CMH_SUBNETS_AZ_UNKNOWN : "";
+        row->subnet = "";
+        long k = view != NULL ? cmh_subnets_find_ip(view, row->ip) : -1;
+        if (k >= 0) {
+            row->az = view->v[k].az;
+            row->subnet = view->v[k].id;
         }
-        if (rows[i].has_max) {
-            double room = rows[i].ni.max - rows[i].ni.assigned;
-            if (!has_min_room || room < min_room)
-                min_room = room;
-            has_min_room = 1;
+        if (row->has_max) {
+            double room = row->ni.max - row->ni.assigned;
+            if (!s->has_min_room || room < s->min_room)
+                s->min_room = room;
+            s->has_min_room = 1;
         }
-        fresh += rows[i].ni.fresh != 0;
-        failed += rows[i].ni.fresh == 0;
-        unknown_max += rows[i].ni.fresh && !rows[i].has_max;
+        s->fresh += row->ni.fresh != 0;
+        s->failed += row->ni.fresh == 0;
+        s->unknown_max += row->ni.fresh && !row->has_max;
     }
-    qsort(rows, nn, sizeof *rows, cmp_row);
+    qsort(s->rows, s->nn, sizeof *s->rows, cmp_row);
+    return 0;
+}
 
-    /* Subnets, emptiest first, and AZs. */
-    size_t nsub = view != NULL ? view->n : 0, naz = 0;
-    subs = cmh_calloc(nsub + 1, sizeof *subs);
-    azs = cmh_calloc(nsub + 2, sizeof *azs);
-    if (subs == NULL || azs == NULL) {
-        r->status = CMH_REPORT_ERROR;
-        goto out;
-    }
-    for (size_t i = 0; i < nsub; i++) {
-        subs[i] = &view->v[i];
-        size_t z = 0;
-        while (z < naz && strcmp(azs[z].az, view->v[i].az) != 0)
-            z++;
-        if (z == naz)
-            azs[naz++] = (struct az_row){.az = view->v[i].az};
-        azs[z].free_ips += view->v[i].available;
-        azs[z].subnets++;
+/* The AZ row of az, added when new. */
+static struct az_row *az_row(struct summary *s, const char *az)
+{
+    size_t z = 0;
+    while (z < s->naz && strcmp(s->azs[z].az, az) != 0)
+        z++;
+    if (z == s->naz)
+        s->azs[s->naz++] = (struct az_row){.az = az};
+    return &s->azs[z];
+}
+
+/* Subnets, emptiest first, and AZs (their subnets' free IPs, their scraped nodes' IPs). */
+static int collect_subnets(struct summary *s)
+{
+    const struct cmh_subnet_list *view = s->view;
+    s->nsub = view != NULL ? view->n : 0;
+    s->subs = cmh_calloc(s->nsub + 1, sizeof *s->subs);
+    s->azs = cmh_calloc(s->nsub + 2, sizeof *s->azs);
+    if (s->subs == NULL || s->azs == NULL)
+        return -ENOMEM;
+    for (size_t i = 0; i < s->nsub; i++) {
+        s->subs[i] = &view->v[i];
+        struct az_row *z = az_row(s, view->v[i].az);
+        z->free_ips += view->v[i].available;
+        z->subnets++;
     }
     if (view != NULL)
-        for (size_t i = 0; i < nn; i++) {
-            if (!rows[i].ni.fresh)
+        for (size_t i = 0; i < s->nn; i++) {
+            if (!s->rows[i].ni.fresh)
                 continue;
-            size_t z = 0;
-            while (z < naz && strcmp(azs[z].az, rows[i].az) != 0)
-                z++;
-            if (z == naz)
-                azs[naz++] = (struct az_row){.az = rows[i].az};
-            azs[z].nodes++;
-            azs[z].assigned += rows[i].ni.assigned;
-            azs[z].max += rows[i].ni.max;
+            struct az_row *z = az_row(s, s->rows[i].az);
+            z->nodes++;
+            z->assigned += s->rows[i].ni.assigned;
+            z->max += s->rows[i].ni.max;
         }
-    qsort(subs, nsub, sizeof *subs, cmp_subnet_free);
-    qsort(azs, naz, sizeof *azs, cmp_az);
+    qsort(s->subs, s->nsub, sizeof *s->subs, cmp_subnet_free);
+    qsort(s->azs, s->naz, sizeof *s->azs, cmp_az);
+    return 0;
+}
 
-    /* The cluster, and the verdict. Headroom and utilization count only the nodes whose capacity
-     * is known: a node without awscni_ip_max would otherwise look full. */
-    double assigned = 0, total = 0, max = 0, known_assigned = 0;
-    for (size_t i = 0; i < nn; i++)
-        if (rows[i].ni.fresh) {
-            assigned += rows[i].ni.assigned;
-            total += rows[i].ni.total;
+/* The cluster's sums. Headroom and utilization count only the nodes whose capacity is known: a
+ * node without awscni_ip_max would otherwise look full. */
+static void cluster_totals(struct summary *s)
+{
+    for (size_t i = 0; i < s->nn; i++)
+        if (s->rows[i].ni.fresh) {
+            s->assigned += s->rows[i].ni.assigned;
+            s->total += s->rows[i].ni.total;
         }
-    for (size_t i = 0; i < nn; i++)
-        if (rows[i].has_max) {
-            max += rows[i].ni.max;
-            known_assigned += rows[i].ni.assigned;
+    for (size_t i = 0; i < s->nn; i++)
+        if (s->rows[i].has_max) {
+            s->max += s->rows[i].ni.max;
+            s->known_assigned += s->rows[i].ni.assigned;
         }
-    double util = max > 0 ? 100.0 * known_assigned / max : 0;
-    double headroom = max - known_assigned;
-    int has_headroom = has_min_room; /* some node's capacity is known */
-    char reasons[4][256];
-    size_t nreasons = 0;
-    uint64_t min_free = r->cfg.report_min_free_ips, max_util = r->cfg.report_max_utilization;
+    s->util = s->max > 0 ? 100.0 * s->known_assigned / s->max : 0;
+    s->headroom = s->max - s->known_assigned;
+    s->has_headroom = s->has_min_room; /* some node's capacity is known */
+}
+
+/* The verdict: the thresholds crossed, the problem that makes the report an error, the exit
+ * status (r->status). */
+static void judge(struct report *r, struct summary *s)
+{
+    s->min_free = r->cfg.report_min_free_ips;
+    s->max_util = r->cfg.report_max_utilization;
+    uint64_t min_free = s->min_free, max_util = s->max_util;
+    const size_t rl = sizeof s->reasons[0];
     /* No free IP at all crosses the line whatever REPORT_MIN_FREE_IPS says (0 included). */
     double floor_ips = min_free > 0 ? (double)min_free : 1;
-    if (max_util < 100 && max > 0 && util > (double)max_util)
-        snprintf(reasons[nreasons++], sizeof reasons[0],
-                 "cluster IP utilization %.1f%% is above REPORT_MAX_UTILIZATION=%llu%%", util,
+    if (max_util < 100 && s->max > 0 && s->util > (double)max_util)
+        snprintf(s->reasons[s->nreasons++], rl,
+                 "cluster IP utilization %.1f%% is above REPORT_MAX_UTILIZATION=%llu%%", s->util,
                  (unsigned long long)max_util);
-    if (has_headroom && headroom < floor_ips)
-        snprintf(reasons[nreasons++], sizeof reasons[0],
+    if (s->has_headroom && s->headroom < floor_ips)
+        snprintf(s->reasons[s->nreasons++], rl,
                  min_free > 0 ? "cluster headroom %.0f IPs is below REPORT_MIN_FREE_IPS=%llu"
                               : "cluster headroom %.0f IPs: no node can take another pod IP "
                                 "(REPORT_MIN_FREE_IPS=%llu)",
-                 headroom, (unsigned long long)min_free);
-    if (nsub > 0 && (double)subs[0]->available < floor_ips)
-        snprintf(reasons[nreasons++], sizeof reasons[0],
+                 s->headroom, (unsigned long long)min_free);
+    if (s->nsub > 0 && (double)s->subs[0]->available < floor_ips)
+        snprintf(s->reasons[s->nreasons++], rl,
                  min_free > 0 ? "subnet %s (%s) has %lld free IPs, below REPORT_MIN_FREE_IPS=%llu"
                               : "subnet %s (%s) has %lld free IPs: exhausted "
                                 "(REPORT_MIN_FREE_IPS=%llu)",
-                 subs[0]->id, subs[0]->az, (long long)subs[0]->available,
+                 s->subs[0]->id, s->subs[0]->az, (long long)s->subs[0]->available,
                  (unsigned long long)min_free);
     uint64_t min_tte_ms = r->cfg.report_min_tte_ms;
-    for (size_t i = 0; i < nsub && min_tte_ms > 0 && nreasons < 4; i++) {
-        if (subs[i]->has_tte && subs[i]->tte_s * 1000.0 < (double)min_tte_ms) {
+    for (size_t i = 0; i < s->nsub && min_tte_ms > 0 && s->nreasons < 4; i++) {
+        if (s->subs[i]->has_tte && s->subs[i]->tte_s * 1000.0 < (double)min_tte_ms) {
             char when[32];
-            runs_out_in(subs[i], when, sizeof when);
-            snprintf(reasons[nreasons++], sizeof reasons[0],
+            runs_out_in(s->subs[i], when, sizeof when);
+            snprintf(s->reasons[s->nreasons++], rl,
                      "subnet %s (%s) runs out of IPs in %s, within "
                      "REPORT_MIN_TIME_TO_EXHAUSTION=%llus",
-                     subs[i]->id, subs[i]->az, when, (unsigned long long)(min_tte_ms / 1000));
+                     s->subs[i]->id, s->subs[i]->az, when, (unsigned long long)(min_tte_ms / 1000));
             break;
         }
     }
-    const char *problem = NULL;
-    if (nn == 0)
-        problem = "no scrape target";
-    else if (fresh == 0)
-        problem = "every scrape failed";
-    else if (r->cfg.subnet_metrics && view == NULL)
-        problem = r->fetch_why[0] ? r->fetch_why : "no subnet view";
-    r->status = problem != NULL ? CMH_REPORT_ERROR
-                : nreasons > 0  ? CMH_REPORT_THRESHOLD
-                                : CMH_REPORT_HEALTHY;
-    const char *verdict = problem != NULL ? "error"
-                          : nreasons > 0  ? "threshold_crossed"
-                                          : "healthy";
+    if (s->nn == 0)
+        s->problem = "no scrape target";
+    else if (s->fresh == 0)
+        s->problem = "every scrape failed";
+    else if (r->cfg.subnet_metrics && s->view == NULL)
+        s->problem = r->fetch_why[0] ? r->fetch_why : "no subnet view";
+    r->status = s->problem != NULL ? CMH_REPORT_ERROR
+                : s->nreasons > 0  ? CMH_REPORT_THRESHOLD
+                                   : CMH_REPORT_HEALTHY;
+    s->verdict = s->problem != NULL ? "error" : s->nreasons > 0 ? "threshold_crossed" : "healthy";
+}
 
-    if (r->json) {
-        root = json_object();
-        json_t *cl = json_object(), *jn = json_array(), *js = json_array(), *ja = json_array(),
-               *jr = json_array();
-        json_object_set_new(root, "status", json_string(verdict));
-        json_object_set_new(root, "exit_code", json_integer(r->status));
-        if (problem != NULL)
-            json_object_set_new(root, "error", json_string(problem));
-        for (size_t i = 0; i < nreasons; i++)
-            json_array_append_new(jr, json_string(reasons[i]));
-        json_object_set_new(root, "thresholds_crossed", jr);
-        json_object_set_new(cl, "cluster_id", json_string(a->cluster_id));
-        json_object_set_new(cl, "nodes", json_integer((json_int_t)nn));
-        json_object_set_new(cl, "nodes_fresh", json_integer((json_int_t)fresh));
-        json_object_set_new(cl, "nodes_failed", json_integer((json_int_t)failed));
-        json_object_set_new(cl, "assigned", json_real(assigned));
-        json_object_set_new(cl, "total", json_real(total));
-        json_object_set_new(cl, "max", json_real(max));
-        json_object_set_new(cl, "available", json_real(total - assigned));
-        json_object_set_new(cl, "headroom", has_headroom ? json_real(headroom) : json_null());
-        json_object_set_new(cl, "utilization_pct", json_real(util));
-        json_object_set_new(cl, "nodes_max_unknown", json_integer((json_int_t)unknown_max));
-        if (has_min_room)
-            json_object_set_new(cl, "min_node_headroom", json_real(min_room));
-        if (nsub > 0)
-            json_object_set_new(cl, "min_subnet_free", json_integer(subs[0]->available));
-        json_object_set_new(cl, "report_min_free_ips", json_integer((json_int_t)min_free));
-        json_object_set_new(cl, "report_max_utilization", json_integer((json_int_t)max_util));
-        json_object_set_new(root, "cluster", cl);
-        for (size_t i = 0; i < nn; i++) {
-            const struct node_row *x = &rows[i];
-            json_t *o = json_object();
-            json_object_set_new(o, "node", json_string(x->ni.name));
-            json_object_set_new(o, "ip", json_string(x->ip));
-            json_object_set_new(o, "scrape", json_string(x->ni.fresh ? "ok" : "failed"));
-            if (x->ni.fresh) {
-                json_object_set_new(o, "assigned", json_real(x->ni.assigned));
-                json_object_set_new(o, "total", json_real(x->ni.total));
-                json_object_set_new(o, "max", x->has_max ? json_real(x->ni.max) : json_null());
-                json_object_set_new(o, "enis", json_real(x->ni.eni_allocated));
-                json_object_set_new(o, "enis_max", json_real(x->ni.eni_max));
-                json_object_set_new(o, "free_warm", json_real(x->ni.total - x->ni.assigned));
-                json_object_set_new(o, "headroom",
-                                    x->has_max ? json_real(x->ni.max - x->ni.assigned)
-                                               : json_null());
-            }
-            if (view != NULL) {
-                json_object_set_new(o, "availability_zone", json_string(x->az));
-                json_object_set_new(o, "subnet", json_string(x->subnet));
-            }
-            json_array_append_new(jn, o);
-        }
-        json_object_set_new(root, "nodes", jn);
-        for (size_t i = 0; i < nsub; i++) {
-            json_t *o = json_object();
-            json_object_set_new(o, "subnet", json_string(subs[i]->id));
-            json_object_set_new(o, "availability_zone", json_string(subs[i]->az));
-            json_object_set_new(o, "cidr", json_string(subs[i]->cidr));
-            json_object_set_new(o, "free_ips", json_integer(subs[i]->available));
-            json_object_set_new(o, "time_to_exhaustion_s",
-                                subs[i]->has_tte ? json_real(subs[i]->tte_s) : json_null());
-            json_array_append_new(js, o);
-        }
-        json_object_set_new(root, "subnets", js);
-        for (size_t i = 0; i < naz; i++) {
-            json_t *o = json_object();
-            json_object_set_new(o, "availability_zone", json_string(azs[i].az));
-            json_object_set_new(o, "free_ips", json_integer(azs[i].free_ips));
-            json_object_set_new(o, "subnets", json_integer((json_int_t)azs[i].subnets));
-            json_object_set_new(o, "nodes", json_integer((json_int_t)azs[i].nodes));
-            json_object_set_new(o, "assigned", json_real(azs[i].assigned));
-            json_object_set_new(o, "max", json_real(azs[i].max));
-            json_array_append_new(ja, o);
-        }
-        json_object_set_new(root, "availability_zones", ja);
-        char *text =
-            json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
-        if (text == NULL) {
-            r->status = CMH_REPORT_ERROR;
-            goto out;
-        }
-        printf("%s\n", text);
-        free(text); /* jansson allocates with malloc unless told otherwise */
-        goto out;
-    }
+static json_t *json_cluster(const struct cmh_agg *a, const struct summary *s)
+{
+    json_t *cl = json_object();
+    json_object_set_new(cl, "cluster_id", json_string(a->cluster_id));
+    json_object_set_new(cl, "nodes", json_integer((json_int_t)s->nn));
+    json_object_set_new(cl, "nodes_fresh", json_integer((json_int_t)s->fresh));
+    json_object_set_new(cl, "nodes_failed", json_integer((json_int_t)s->failed));
+    json_object_set_new(cl, "assigned", json_real(s->assigned));
+    json_object_set_new(cl, "total", json_real(s->total));
+    json_object_set_new(cl, "max", json_real(s->max));
+    json_object_set_new(cl, "available", json_real(s->total - s->assigned));
+    json_object_set_new(cl, "headroom", s->has_headroom ? json_real(s->headroom) : json_null());
+    json_object_set_new(cl, "utilization_pct", json_real(s->util));
+    json_object_set_new(cl, "nodes_max_unknown", json_integer((json_int_t)s->unknown_max));
+    if (s->has_min_room)
+        json_object_set_new(cl, "min_node_headroom", json_real(s->min_room));
+    if (s->nsub > 0)
+        json_object_set_new(cl, "min_subnet_free", json_integer(s->subs[0]->available));
+    json_object_set_new(cl, "report_min_free_ips", json_integer((json_int_t)s->min_free));
+    json_object_set_new(cl, "report_max_utilization", json_integer((json_int_t)s->max_util));
+    return cl;
+}
 
-    /* Columns as wide as their longest value. */
-    int nw = 4, iw = 2, aw = view != NULL ? 2 : 0;
-    for (size_t i = 0; i < nn; i++) {
-        nw = (int)strlen(rows[i].ni.name) > nw ? (int)strlen(rows[i].ni.name) : nw;
-        iw = (int)strlen(rows[i].ip) > iw ? (int)strlen(rows[i].ip) : iw;
-        aw = (int)strlen(rows[i].az) > aw ? (int)strlen(rows[i].az) : aw;
+static json_t *json_nodes(const struct summary *s)
+{
+    json_t *jn = json_array();
+    for (size_t i = 0; i < s->nn; i++) {
+        const struct node_row *x = &s->rows[i];
+        json_t *o = json_object();
+        json_object_set_new(o, "node", json_string(x->ni.name));
+        json_object_set_new(o, "ip", json_string(x->ip));
+        json_object_set_new(o, "scrape", json_string(x->ni.fresh ? "ok" : "failed"));
+        if (x->ni.fresh) {
+            json_object_set_new(o, "assigned", json_real(x->ni.assigned));
+            json_object_set_new(o, "total", json_real(x->ni.total));
+            json_object_set_new(o, "max", x->has_max ? json_real(x->ni.max) : json_null());
+            json_object_set_new(o, "enis", json_real(x->ni.eni_allocated));
+            json_object_set_new(o, "enis_max", json_real(x->ni.eni_max));
+            json_object_set_new(o, "free_warm", json_real(x->ni.total - x->ni.assigned));
+            json_object_set_new(o, "headroom",
+                                x->has_max ? json_real(x->ni.max - x->ni.assigned) : json_null());
+        }
+        if (s->view != NULL) {
+            json_object_set_new(o, "availability_zone", json_string(x->az));
+            json_object_set_new(o, "subnet", json_string(x->subnet));
+        }
+        json_array_append_new(jn, o);
     }
-    printf("Nodes (%zu: %zu scraped, %zu failed), least headroom first:\n", nn, fresh, failed);
+    return jn;
+}
+
+static json_t *json_subnets(const struct summary *s)
+{
+    json_t *js = json_array();
+    for (size_t i = 0; i < s->nsub; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "subnet", json_string(s->subs[i]->id));
+        json_object_set_new(o, "availability_zone", json_string(s->subs[i]->az));
+        json_object_set_new(o, "cidr", json_string(s->subs[i]->cidr));
+        json_object_set_new(o, "free_ips", json_integer(s->subs[i]->available));
+        json_object_set_new(o, "time_to_exhaustion_s",
+                            s->subs[i]->has_tte ? json_real(s->subs[i]->tte_s) : json_null());
+        json_array_append_new(js, o);
+    }
+    return js;
+}
+
+static json_t *json_azs(const struct summary *s)
+{
+    json_t *ja = json_array();
+    for (size_t i = 0; i < s->naz; i++) {
+        json_t *o = json_object();
+        json_object_set_new(o, "availability_zone", json_string(s->azs[i].az));
+        json_object_set_new(o, "free_ips", json_integer(s->azs[i].free_ips));
+        json_object_set_new(o, "subnets", json_integer((json_int_t)s->azs[i].subnets));
+        json_object_set_new(o, "nodes", json_integer((json_int_t)s->azs[i].nodes));
+        json_object_set_new(o, "assigned", json_real(s->azs[i].assigned));
+        json_object_set_new(o, "max", json_real(s->azs[i].max));
+        json_array_append_new(ja, o);
+    }
+    return ja;
+}
+
+/* --json: the verdict, the cluster, nodes, subnets and AZs as one document. */
+static int print_json(const struct report *r, const struct summary *s)
+{
+    json_t *root = json_object(), *jr = json_array();
+    json_object_set_new(root, "status", json_string(s->verdict));
+    json_object_set_new(root, "exit_code", json_integer(r->status));
+    if (s->problem != NULL)
+        json_object_set_new(root, "error", json_string(s->problem));
+    for (size_t i = 0; i < s->nreasons; i++)
+        json_array_append_new(jr, json_string(s->reasons[i]));
+    json_object_set_new(root, "thresholds_crossed", jr);
+    json_object_set_new(root, "cluster", json_cluster(&r->coll.agg, s));
+    json_object_set_new(root, "nodes", json_nodes(s));
+    json_object_set_new(root, "subnets", json_subnets(s));
+    json_object_set_new(root, "availability_zones", json_azs(s));
+    char *text = json_dumps(root, JSON_INDENT(2) | JSON_PRESERVE_ORDER | JSON_REAL_PRECISION(17));
+    json_decref(root);
+    if (text == NULL)
+        return -ENOMEM;
+    printf("%s\n", text);
+    free(text); /* jansson allocates with malloc unless told otherwise */
+    return 0;
+}
+
+/* The node table, columns as wide as their longest value. */
+static void print_nodes(const struct summary *s)
+{
+    int nw = 4, iw = 2, aw = s->view != NULL ? 2 : 0;
+    for (size_t i = 0; i < s->nn; i++) {
+        const struct node_row *x = &s->rows[i];
+        nw = (int)strlen(x->ni.name) > nw ? (int)strlen(x->ni.name) : nw;
+        iw = (int)strlen(x->ip) > iw ? (int)strlen(x->ip) : iw;
+        aw = (int)strlen(x->az) > aw ? (int)strlen(x->az) : aw;
+    }
+    printf("Nodes (%zu: %zu scraped, %zu failed), least headroom first:\n", s->nn, s->fresh,
+           s->failed);
     printf("  %-*s %-*s %-*s %8s %8s %8s %6s %7s %9s %8s\n", nw, "NODE", iw, "IP", aw,
-           view != NULL ? "AZ" : "", "ASSIGNED", "TOTAL", "MAX", "ENIS", "ENI MAX", "FREE WARM",
+           s->view != NULL ? "AZ" : "", "ASSIGNED", "TOTAL", "MAX", "ENIS", "ENI MAX", "FREE WARM",
            "HEADROOM");
-    for (size_t i = 0; i < nn; i++) {
-        const struct node_row *x = &rows[i];
+    for (size_t i = 0; i < s->nn; i++) {
+        const struct node_row *x = &s->rows[i];
         if (!x->ni.fresh) {
             printf("  %-*s %-*s %-*s %s\n", nw, x->ni.name, iw, x->ip, aw, x->az, "scrape failed");
             continue;
@@ -416,48 +479,79 @@ static void emit_report(struct report *r)
                x->ip, aw, x->az, x->ni.assigned, x->ni.total, mx, x->ni.eni_allocated,
                x->ni.eni_max, x->ni.total - x->ni.assigned, room);
     }
-    if (view != NULL) {
-        printf("\nSubnets (%zu), emptiest first:\n  %-26s %-14s %-20s %10s %12s\n", nsub, "SUBNET",
-               "AZ", "CIDR", "FREE IPS", "RUNS OUT IN");
-        for (size_t i = 0; i < nsub; i++) {
-            char when[32];
-            runs_out_in(subs[i], when, sizeof when);
-            printf("  %-26s %-14s %-20s %10lld %12s\n", subs[i]->id, subs[i]->az, subs[i]->cidr,
-                   (long long)subs[i]->available, when);
-        }
-        printf("\nAvailability zones, emptiest first:\n  %-14s %10s %8s %6s %9s %9s\n", "AZ",
-               "FREE IPS", "SUBNETS", "NODES", "ASSIGNED", "MAX");
-        for (size_t i = 0; i < naz; i++)
-            printf("  %-14s %10lld %8zu %6zu %9.0f %9.0f\n", azs[i].az, (long long)azs[i].free_ips,
-                   azs[i].subnets, azs[i].nodes, azs[i].assigned, azs[i].max);
+}
+
+/* The subnet and AZ tables. */
+static void print_subnets(const struct summary *s)
+{
+    printf("\nSubnets (%zu), emptiest first:\n  %-26s %-14s %-20s %10s %12s\n", s->nsub, "SUBNET",
+           "AZ", "CIDR", "FREE IPS", "RUNS OUT IN");
+    for (size_t i = 0; i < s->nsub; i++) {
+        char when[32];
+        runs_out_in(s->subs[i], when, sizeof when);
+        printf("  %-26s %-14s %-20s %10lld %12s\n", s->subs[i]->id, s->subs[i]->az,
+               s->subs[i]->cidr, (long long)s->subs[i]->available, when);
     }
+    printf("\nAvailability zones, emptiest first:\n  %-14s %10s %8s %6s %9s %9s\n", "AZ",
+           "FREE IPS", "SUBNETS", "NODES", "ASSIGNED", "MAX");
+    for (size_t i = 0; i < s->naz; i++)
+        printf("  %-14s %10lld %8zu %6zu %9.0f %9.0f\n", s->azs[i].az,
+               (long long)s->azs[i].free_ips, s->azs[i].subnets, s->azs[i].nodes,
+               s->azs[i].assigned, s->azs[i].max);
+}
+
+/* The cluster line and the verdict lines. */
+static void print_verdict(const struct report *r, const struct summary *s)
+{
     printf("\nCluster %s: %.0f assigned, %.0f in warm pools, %.0f max; %.0f free warm, ",
-           a->cluster_id, assigned, total, max, total - assigned);
-    if (has_headroom)
-        printf("%.0f headroom, utilization %.1f%%", headroom, util);
+           r->coll.agg.cluster_id, s->assigned, s->total, s->max, s->total - s->assigned);
+    if (s->has_headroom)
+        printf("%.0f headroom, utilization %.1f%%", s->headroom, s->util);
     else
         printf("headroom unknown");
-    if (unknown_max > 0)
-        printf(" (%zu node%s without awscni_ip_max left out)", unknown_max,
-               unknown_max == 1 ? "" : "s");
-    if (has_min_room)
-        printf("; node closest to running out has %.0f", min_room);
-    if (nsub > 0)
-        printf("; emptiest subnet has %lld free", (long long)subs[0]->available);
+    if (s->unknown_max > 0)
+        printf(" (%zu node%s without awscni_ip_max left out)", s->unknown_max,
+               s->unknown_max == 1 ? "" : "s");
+    if (s->has_min_room)
+        printf("; node closest to running out has %.0f", s->min_room);
+    if (s->nsub > 0)
+        printf("; emptiest subnet has %lld free", (long long)s->subs[0]->available);
     printf(".\n");
-    if (problem != NULL)
-        printf("ERROR: %s\n", problem);
-    for (size_t i = 0; i < nreasons; i++)
-        printf("THRESHOLD: %s\n", reasons[i]);
-    if (problem == NULL && nreasons == 0)
+    if (s->problem != NULL)
+        printf("ERROR: %s\n", s->problem);
+    for (size_t i = 0; i < s->nreasons; i++)
+        printf("THRESHOLD: %s\n", s->reasons[i]);
+    if (s->problem == NULL && s->nreasons == 0)
         printf("Healthy (REPORT_MIN_FREE_IPS=%llu, REPORT_MAX_UTILIZATION=%llu%%).\n",
-               (unsigned long long)min_free, (unsigned long long)max_util);
-out:
-    json_decref(root);
-    cmh_free(azs);
-    cmh_free(subs);
-    cmh_free(sn);
-    cmh_free(rows);
+               (unsigned long long)s->min_free, (unsigned long long)s->max_util);
+}
+
+/* The table for people. */
+static int print_text(const struct report *r, const struct summary *s)
+{
+    print_nodes(s);
+    if (s->view != NULL)
+        print_subnets(s);
+    print_verdict(r, s);
+    return 0;
+}
+
+/* The report of the finished round: collect, judge, print (JSON or text); r->status is the exit
+ * status. */
+static void emit_report(struct report *r)
+{
+    struct summary s = {0};
+    int rc = collect_nodes(r, &s);
+    if (!rc)
+        rc = collect_subnets(&s);
+    if (!rc) {
+        cluster_totals(&s);
+        judge(r, &s);
+        rc = r->json ? print_json(r, &s) : print_text(r, &s);
+    }
+    if (rc)
+        r->status = CMH_REPORT_ERROR;
+    summary_free(&s);
 }
 
 /* ---- the round --------------------------------------------------------------------------- */

@@ -1,4 +1,5 @@
 #include "cmh/core/alloc.h"
+#include "cmh/core/alloc_int.h"
 
 #include <errno.h>
 #include <malloc.h>

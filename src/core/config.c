@@ -1,8 +1,8 @@
 #include "cmh/core/config.h"
+#include "cmh/core/config_int.h"
 
 #include "cmh/core/alloc.h"
 #include "cmh/core/log.h"
-#include "cmh/round/subnets.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -524,6 +524,29 @@ static void describe_range(const struct cmh_config_var *var, char *buf, size_t l
     }
 }
 
+int cmh_config_check_subnet_ids(const char *ids, char *err, size_t errlen)
+{
+    int n = 0;
+    const char *p = ids;
+    for (;;) {
+        const char *comma = strchr(p, ',');
+        size_t len = comma ? (size_t)(comma - p) : strlen(p);
+        size_t hex = len > 7 ? len - 7 : 0;
+        int ok = len > 7 && strncmp(p, "subnet-", 7) == 0 && hex >= 8 && hex <= 17;
+        for (size_t i = 7; ok && i < len; i++)
+            ok = isdigit((unsigned char)p[i]) || (p[i] >= 'a' && p[i] <= 'f');
+        if (!ok) {
+            snprintf(err, errlen, "'%.*s' is not a subnet id (subnet- and 8 to 17 hex digits)",
+                     (int)(len > 64 ? 64 : len), p);
+            return -EINVAL;
+        }
+        n++;
+        if (comma == NULL)
+            return n;
+        p = comma + 1;
+    }
+}
+
 /* An AWS region name: lower-case words joined by single hyphens, at least three of them, the
  * first letters only and the last a number (us-west-2, us-gov-west-1, us-isob-east-1), at most 32
  * characters. Anything else would go into an endpoint's host name. */
@@ -549,85 +572,108 @@ static int region_name(const char *s)
     return words >= 3;
 }
 
+static int set_bool(bool *f, const char *value)
+{
+    if (strcasecmp(value, "true") == 0 || strcasecmp(value, "yes") == 0)
+        *f = true;
+    else if (strcasecmp(value, "false") == 0 || strcasecmp(value, "no") == 0)
+        *f = false;
+    else
+        return -EINVAL;
+    return 0;
+}
+
+/* UINT (bare digits), BYTES and DURATION (digits and a unit), within [var->min, var->max]. */
+static int set_number(const struct cmh_config_var *var, uint64_t *f, const char *value)
+{
+    uint64_t v = 0;
+    int rc;
+    if (var->type == CMH_CFG_UINT) {
+        const char *end = parse_digits(value, &v);
+        rc = end == NULL || *end != '\0' ? -EINVAL : 0;
+    } else {
+        rc = parse_scaled(value, var->type == CMH_CFG_BYTES ? byte_units : duration_units, &v);
+    }
+    if (rc == 0 && (v < var->min || v > var->max))
+        rc = -EINVAL;
+    if (rc == 0)
+        *f = v;
+    return rc;
+}
+
+static int set_enum(const struct cmh_config_var *var, int *f, const char *value)
+{
+    int rc = -EINVAL;
+    for (int i = 0; var->words[i] != NULL; i++) {
+        if (strcasecmp(value, var->words[i]) == 0) {
+            *f = i;
+            rc = 0;
+        }
+    }
+    return rc;
+}
+
+/* A string, checked as its flags say (a readable file, subnet ids, a region name). */
+static int set_str(const struct cmh_config_var *var, char **f, const char *value,
+                   char err[CMH_CONFIG_ERR_MAX])
+{
+    char accepted[256];
+    if (var->flags & CMH_CFG_READABLE) {
+        /* Non-blocking, so that a FIFO named by mistake cannot hang the start. */
+        int fd = open(value, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        struct stat st;
+        int e = fd < 0 ? errno : fstat(fd, &st) != 0 ? errno : S_ISREG(st.st_mode) ? 0 : -1;
+        if (fd >= 0)
+            close(fd);
+        if (e != 0)
+            return fail(err, -EINVAL, "%s=%s: cannot read the file: %s", var->name, value,
+                        e > 0 ? strerror(e) : "not a regular file");
+    }
+    char why[160];
+    if ((var->flags & CMH_CFG_SUBNETS) && cmh_config_check_subnet_ids(value, why, sizeof why) < 0) {
+        describe_range(var, accepted, sizeof accepted);
+        return fail(err, -EINVAL, "%s=%s: invalid value (%s); accepted: %s", var->name, value, why,
+                    accepted);
+    }
+    if ((var->flags & CMH_CFG_REGION) && !region_name(value)) {
+        describe_range(var, accepted, sizeof accepted);
+        return fail(err, -EINVAL,
+                    "%s=%s: not a region name (it builds the endpoints' host "
+                    "names); accepted: %s",
+                    var->name, value, accepted);
+    }
+    char *copy = cmh_strdup(value);
+    if (copy == NULL)
+        return fail(err, -ENOMEM, "out of memory");
+    cmh_free(*f);
+    *f = copy;
+    return 0;
+}
+
 int cmh_config_set(struct cmh_config *cfg, const struct cmh_config_var *var, const char *value,
                    char err[CMH_CONFIG_ERR_MAX])
 {
     void *f = field_ptr(cfg, var);
-    char accepted[256];
-    uint64_t v = 0;
-    int rc = 0;
+    int rc = -EINVAL;
     switch (var->type) {
     case CMH_CFG_BOOL:
-        if (strcasecmp(value, "true") == 0 || strcasecmp(value, "yes") == 0)
-            *(bool *)f = true;
-        else if (strcasecmp(value, "false") == 0 || strcasecmp(value, "no") == 0)
-            *(bool *)f = false;
-        else
-            rc = -EINVAL;
+        rc = set_bool(f, value);
         break;
-    case CMH_CFG_UINT: {
-        const char *end = parse_digits(value, &v);
-        rc = end == NULL || *end != '\0' ? -EINVAL : 0;
-        break;
-    }
+    case CMH_CFG_UINT:
     case CMH_CFG_BYTES:
-        rc = parse_scaled(value, byte_units, &v);
-        break;
     case CMH_CFG_DURATION:
-        rc = parse_scaled(value, duration_units, &v);
+        rc = set_number(var, f, value);
         break;
     case CMH_CFG_ENUM:
-        rc = -EINVAL;
-        for (int i = 0; var->words[i] != NULL; i++) {
-            if (strcasecmp(value, var->words[i]) == 0) {
-                *(int *)f = i;
-                rc = 0;
-            }
-        }
+        rc = set_enum(var, f, value);
         break;
-    case CMH_CFG_STR: {
-        if (var->flags & CMH_CFG_READABLE) {
-            /* Non-blocking, so that a FIFO named by mistake cannot hang the start. */
-            int fd = open(value, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-            struct stat st;
-            int e = fd < 0 ? errno : fstat(fd, &st) != 0 ? errno : S_ISREG(st.st_mode) ? 0 : -1;
-            if (fd >= 0)
-                close(fd);
-            if (e != 0)
-                return fail(err, -EINVAL, "%s=%s: cannot read the file: %s", var->name, value,
-                            e > 0 ? strerror(e) : "not a regular file");
-        }
-        char why[160];
-        if ((var->flags & CMH_CFG_SUBNETS) && cmh_subnets_check_ids(value, why, sizeof why) < 0) {
-            describe_range(var, accepted, sizeof accepted);
-            return fail(err, -EINVAL, "%s=%s: invalid value (%s); accepted: %s", var->name, value,
-                        why, accepted);
-        }
-        if ((var->flags & CMH_CFG_REGION) && !region_name(value)) {
-            describe_range(var, accepted, sizeof accepted);
-            return fail(err, -EINVAL,
-                        "%s=%s: not a region name (it builds the endpoints' host "
-                        "names); accepted: %s",
-                        var->name, value, accepted);
-        }
-        char *copy = cmh_strdup(value);
-        if (copy == NULL)
-            return fail(err, -ENOMEM, "out of memory");
-        cmh_free(*(char **)f);
-        *(char **)f = copy;
-        return 0;
-    }
+    case CMH_CFG_STR:
+        return set_str(var, f, value, err);
     case CMH_CFG_TARGETS:
         return parse_targets(value, f, err);
     }
-    if (rc == 0 && (var->type == CMH_CFG_UINT || var->type == CMH_CFG_BYTES ||
-                    var->type == CMH_CFG_DURATION)) {
-        if (v < var->min || v > var->max)
-            rc = -EINVAL;
-        else
-            *(uint64_t *)f = v;
-    }
     if (rc != 0) {
+        char accepted[256];
         describe_range(var, accepted, sizeof accepted);
         const char *secret = var->flags & CMH_CFG_SECRET ? "<redacted>" : value;
         return fail(err, rc, "%s=%s: invalid value; accepted: %s", var->name, secret, accepted);

@@ -29,6 +29,23 @@ int cmh_log_enabled(const struct cmh_log *log, enum cmh_log_level level)
     return log != NULL && level >= log->min;
 }
 
+void cmh_ratelimit_reset(struct cmh_ratelimit *r, unsigned budget)
+{
+    r->budget = budget;
+    r->used = 0;
+    r->suppressed = 0;
+}
+
+int cmh_ratelimit_allow(struct cmh_ratelimit *r)
+{
+    if (r->used < r->budget) {
+        r->used++;
+        return 1;
+    }
+    r->suppressed++;
+    return 0;
+}
+
 size_t cmh_fmt_double(char *buf, size_t len, double d)
 {
     int n;

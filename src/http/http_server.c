@@ -1,4 +1,5 @@
 #include "cmh/http/http_server.h"
+#include "cmh/http/http_server_int.h"
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
@@ -58,7 +59,7 @@ static void maybe_server_closed(struct cmh_http_server *s)
         s->npeers = 0;
     }
     if (!s->listening && s->pending_closes == 0 && s->close_cb != NULL) {
-        void (*cb)(struct cmh_http_server *) = s->close_cb;
+        cmh_http_server_close_cb cb = s->close_cb;
         s->close_cb = NULL;
         cb(s);
     }
@@ -472,7 +473,7 @@ static void on_listener_closed(uv_handle_t *h)
     maybe_server_closed(s);
 }
 
-void cmh_http_server_close(struct cmh_http_server *s, void (*close_cb)(struct cmh_http_server *s))
+void cmh_http_server_close(struct cmh_http_server *s, cmh_http_server_close_cb close_cb)
 {
     s->close_cb = close_cb;
     if (s->listening) {

@@ -16,7 +16,7 @@
 #include <unistd.h>
 
 #include "cmh/core/alloc.h"
-#include "cmh/aws/endpoint.h"
+#include "cmh/http/url.h"
 #include "cmh/k8s/kubeconfig.h"
 
 extern char **environ;
@@ -28,7 +28,7 @@ int cmh_k8s_access_check_url(const char *url, char *why, size_t whylen)
 {
     char *host = NULL, *path = NULL;
     int http = 0;
-    int rc = cmh_aws_endpoint_split(url, &host, &path, &http);
+    int rc = cmh_url_split(url, &host, &path, &http);
     cmh_free(host);
     cmh_free(path);
     if (rc == -EPROTONOSUPPORT)

@@ -1,4 +1,5 @@
 #include "cmh/round/aggregate.h"
+#include "cmh/round/aggregate_int.h"
 
 #include "cmh/core/alloc.h"
 

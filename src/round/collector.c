@@ -2,6 +2,7 @@
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
+#include "cmh/core/buf.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -531,20 +532,19 @@ void cmh_collector_close(struct cmh_collector *c, cmh_collector_close_cb close_c
 }
 
 void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_round_stats *st,
-                             int datums, const struct cmh_cloudwatch_stats *cw)
+                             int datums, const struct cmh_kv *extra, size_t nextra)
 {
     const struct cmh_agg *a = &c->agg;
     /* Datums first, then the summary line that closes the round. */
     if (datums)
         for (size_t i = 0; i < a->datums.n; i++)
             cmh_datum_log(c->log, &a->datums.v[i]);
-    char failures[512] = "";
-    size_t off = 0;
-    for (int r = 1; r < CMH_SCRAPE_NRESULTS && off < sizeof failures; r++)
+    /* Bounded by the result names; out of memory the field is left empty. */
+    struct cmh_buf failures = {0};
+    for (int r = 1; r < CMH_SCRAPE_NRESULTS; r++)
         if (st->count[r] > 0)
-            off +=
-                (size_t)snprintf(failures + off, sizeof failures - off, "%s%s:%zu", off ? "," : "",
-                                 cmh_scrape_result_name((enum cmh_scrape_result)r), st->count[r]);
+            cmh_buf_printf(&failures, "%s%s:%zu", cmh_buf_len(&failures) ? "," : "",
+                           cmh_scrape_result_name((enum cmh_scrape_result)r), st->count[r]);
     double nan = 0.0 / 0.0;
 #define TOTAL(id) ((a->has_total >> (id)) & 1 ? a->totals[(id)] : nan)
     struct cmh_kv kv[32];
@@ -554,7 +554,7 @@ void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_ro
     kv[n++] = CMH_UINT("fresh", a->last.fresh);
     kv[n++] = CMH_UINT("stale", a->last.stale);
     kv[n++] = CMH_UINT("failed", a->last.failed);
-    kv[n++] = CMH_STR("failures", failures);
+    kv[n++] = CMH_STR("failures", cmh_buf_str(&failures));
     kv[n++] = CMH_DBL("seconds", (double)st->wall_us / 1e6);
     kv[n++] = CMH_UINT("bytes", st->bytes);
     kv[n++] = CMH_UINT("datums", a->datums.n);
@@ -571,15 +571,9 @@ void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_ro
         kv[n++] = CMH_UINT("fallbacks", c->round_fallbacks);
         kv[n++] = CMH_UINT("on_proxy", c->fallback.n);
     }
-    if (cw != NULL) {
-        kv[n++] = CMH_UINT("cw_published", cw->published);
-        kv[n++] = CMH_UINT("cw_queued", cw->in_queue);
-        kv[n++] =
-            CMH_UINT("cw_dropped", cw->dropped_overflow + cw->dropped_age + cw->dropped_invalid +
-                                       cw->dropped_shutdown + cw->dropped_not_leader);
-        if (cw->last_error[0])
-            kv[n++] = CMH_STR("cw_last_error", cw->last_error);
-    }
+    for (size_t i = 0; i < nextra && n < sizeof kv / sizeof kv[0]; i++)
+        kv[n++] = extra[i];
     cmh_log_event(c->log, CMH_LOG_INFO, "round", kv, n);
+    cmh_buf_free(&failures);
 #undef TOTAL
 }

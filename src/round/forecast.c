@@ -1,6 +1,7 @@
 /* Time to exhaustion from a window of samples: the estimators compared in docs/forecast.md and
  * the series that keeps one window of history. */
 #include "cmh/round/forecast.h"
+#include "cmh/round/forecast_int.h"
 
 #include "cmh/core/alloc.h"
 

@@ -1,4 +1,5 @@
 #include "cmh/round/subnets.h"
+#include "cmh/round/subnets_int.h"
 
 #include "cmh/core/alloc.h"
 
@@ -173,29 +174,6 @@ long cmh_subnets_find_ip(const struct cmh_subnet_list *l, const char *ip)
         }
     }
     return best;
-}
-
-int cmh_subnets_check_ids(const char *ids, char *err, size_t errlen)
-{
-    int n = 0;
-    const char *p = ids;
-    for (;;) {
-        const char *comma = strchr(p, ',');
-        size_t len = comma ? (size_t)(comma - p) : strlen(p);
-        size_t hex = len > 7 ? len - 7 : 0;
-        int ok = len > 7 && strncmp(p, "subnet-", 7) == 0 && hex >= 8 && hex <= 17;
-        for (size_t i = 7; ok && i < len; i++)
-            ok = isdigit((unsigned char)p[i]) || (p[i] >= 'a' && p[i] <= 'f');
-        if (!ok) {
-            snprintf(err, errlen, "'%.*s' is not a subnet id (subnet- and 8 to 17 hex digits)",
-                     (int)(len > 64 ? 64 : len), p);
-            return -EINVAL;
-        }
-        n++;
-        if (comma == NULL)
-            return n;
-        p = comma + 1;
-    }
 }
 
 /* ---- datums ------------------------------------------------------------------------------ */

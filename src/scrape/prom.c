@@ -2,6 +2,7 @@
  * the caller's chunk is parsed in place, one that spans chunks is first gathered in the line buffer
  * (at most max_line bytes), so every line sees the same bytes however the body was split. */
 #include "cmh/scrape/prom.h"
+#include "cmh/scrape/prom_int.h"
 
 #include "cmh/core/alloc.h"
 

@@ -2,6 +2,7 @@
  * every scrape is an HTTP/2 stream on it; a fixed pool of request slots (the stream budget) and a
  * FIFO of the scrapes waiting for one. */
 #include "cmh/scrape/proxy_scrape.h"
+#include "cmh/scrape/proxy_scrape_int.h"
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"

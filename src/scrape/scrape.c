@@ -1,4 +1,5 @@
 #include "cmh/scrape/scrape.h"
+#include "cmh/scrape/scrape_int.h"
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
@@ -79,23 +80,6 @@ const char *cmh_scrape_result_name(enum cmh_scrape_result r)
     if ((unsigned)r >= CMH_SCRAPE_NRESULTS)
         return "unknown";
     return result_names[r];
-}
-
-void cmh_ratelimit_reset(struct cmh_ratelimit *r, unsigned budget)
-{
-    r->budget = budget;
-    r->used = 0;
-    r->suppressed = 0;
-}
-
-int cmh_ratelimit_allow(struct cmh_ratelimit *r)
-{
-    if (r->used < r->budget) {
-        r->used++;
-        return 1;
-    }
-    r->suppressed++;
-    return 0;
 }
 
 int cmh_scrape_target_set(struct cmh_scrape_target *t, const char *name, const char *ip,

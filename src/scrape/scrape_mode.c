@@ -1,4 +1,5 @@
 #include "cmh/scrape/scrape_mode.h"
+#include "cmh/scrape/scrape_mode_int.h"
 
 #include "cmh/core/alloc.h"
 

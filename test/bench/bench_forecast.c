@@ -1,7 +1,7 @@
 /* The forecast's cost per estimate, for each estimator, at window sizes from the default (7
  * samples: 30 minutes at 5-minute fetches) to the largest series (CMH_FORECAST_MAX_SAMPLES), on a
  * noisy drain. Usage: bench_forecast; prints a table and one BENCH line per method and size. */
-#include "cmh/round/forecast.h"
+#include "cmh/round/forecast_int.h"
 #include "cmh/core/rng.h"
 
 #include <stdio.h>

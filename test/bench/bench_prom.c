@@ -3,7 +3,7 @@
  * memory-speed limit). bench_prom --gen FILE [MB]         writes the large multi-family exposition
  *   bench_prom NAME FILE [NAME FILE]   measures each input; prints a table and BENCH lines */
 #include "cmh/scrape/prom.h"
-#include "cmh/round/aggregate.h"
+#include "cmh/round/aggregate_int.h"
 
 #include <errno.h>
 #include <stdint.h>

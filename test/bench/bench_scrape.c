@@ -22,7 +22,7 @@
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
 #include "cmh/core/log.h"
-#include "cmh/scrape/prom.h"
+#include "cmh/scrape/prom_int.h"
 #include "cmh/scrape/scrape.h"
 
 #include <arpa/inet.h>

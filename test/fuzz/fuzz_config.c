@@ -1,7 +1,7 @@
 /* Fuzzes configuration values: the first byte picks a variable of the table, the rest is its
  * value. Every value must either parse (and print back) or be rejected with a message. */
 #include "cmh/core/alloc.h"
-#include "cmh/core/config.h"
+#include "cmh/core/config_int.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -4,7 +4,7 @@
  * begin at most once and only with a 200, end exactly once after begin, body bytes within the cap,
  * OK only with a complete 200 body, and the same result, status and body whichever way the reads
  * split the bytes. */
-#include "cmh/scrape/scrape.h"
+#include "cmh/scrape/scrape_int.h"
 
 #include <stdint.h>
 #include <stdlib.h>

@@ -9,7 +9,7 @@
  * method gets 405 with Allow; 431 exactly when the reads taken exceed the bound; the counters move
  * as documented; and within the bound the answer is the same byte for byte however reads split. */
 #include "cmh/core/alloc.h"
-#include "cmh/http/http_server.h"
+#include "cmh/http/http_server_int.h"
 
 #include "fuzz_splits.h"
 

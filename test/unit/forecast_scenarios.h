@@ -5,7 +5,7 @@
 #ifndef CMH_FORECAST_SCENARIOS_H
 #define CMH_FORECAST_SCENARIOS_H
 
-#include "cmh/round/forecast.h"
+#include "cmh/round/forecast_int.h"
 #include "cmh/core/rng.h"
 
 #include <math.h>

@@ -13,7 +13,7 @@
 #include <cmocka.h>
 
 #include "cmh/core/container_of.h"
-#include "cmh/core/alloc.h"
+#include "cmh/core/alloc_int.h"
 #include "cmh/aws/cloudwatch.h"
 #include "cmh/round/collector.h"
 #include "cmh/core/config.h"

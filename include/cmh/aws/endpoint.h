@@ -1,7 +1,7 @@
 /* AWS service endpoints shared by the EC2 and CloudWatch clients: the default URL from a region,
- * the AWS_ENDPOINT_URL_<SERVICE> override, the host/path split with its loopback-only plain-http
- * rule, and the curl header lines of a signed request. No state: what these functions allocate
- * is the caller's to cmh_free; thread: any. */
+ * the AWS_ENDPOINT_URL_<SERVICE> override, the host/path split (cmh_url_split: loopback-only plain
+ * http) rule, and the curl header lines of a signed request. No state: what these functions
+ * allocate is the caller's to cmh_free; thread: any. */
 #ifndef CMH_AWS_ENDPOINT_H
 #define CMH_AWS_ENDPOINT_H
 
@@ -21,11 +21,7 @@ const char *cmh_aws_endpoint_override(char *const *envp, const char *service_var
 int cmh_aws_endpoint_url(const char *prefix, const char *region, const char *override, char *buf,
                          size_t len);
 
-/* Splits an endpoint URL into the host as sent in Host (*host) and the path (*path, "/" when
- * none); both are cmh_malloc'ed and the caller's to free, also when this fails after setting
- * them. *allow_http is 1 for http:// (only to a loopback literal), else 0. Returns 0; -EINVAL for
- * another scheme, an empty host, userinfo or a query; -EPROTONOSUPPORT for http:// to anything
- * but 127.0.0.0/8 or [::1]; -ENOMEM. */
+/* An endpoint URL split as cmh_url_split (http/url.h) splits it. */
 int cmh_aws_endpoint_split(const char *url, char **host, char **path, int *allow_http);
 
 /* Appends the curl header line "name: value" (cmh_malloc'ed) to hdr[*n], at most max lines.

@@ -32,14 +32,4 @@ void *cmh_realloc_secret(void *p, size_t n);
  * Returns 0; -errno of fopen (-ENOENT when absent); -EIO; -EFBIG when longer than max; -ENOMEM. */
 int cmh_read_small_file(const char *path, size_t max, char **out, size_t *len);
 
-#ifdef CMH_FAULT_INJECT
-/* Test hook: the nth allocation from now (1-based) fails and every later one succeeds; 0 turns the
- * hook off. Returns nothing; cmh_alloc_count() says how many allocations were made since. */
-void cmh_alloc_fail_at(unsigned long n);
-unsigned long cmh_alloc_count(void);
-/* Test hook: fn(p) runs inside every cmh_free (and cmh_free_secret) just before p is released,
- * so a test can read what the memory held at that moment; NULL turns it off. */
-void cmh_alloc_on_free(void (*fn)(void *p));
-#endif
-
 #endif

@@ -80,11 +80,13 @@ struct cmh_config {
     uint64_t leader_lease_duration_ms;
     uint64_t leader_renew_deadline_ms;
     uint64_t leader_retry_period_ms;
-    /* Subnet and AZ view (include/cmh/aws/ec2.h, include/cmh/round/subnets.h) and the report command. */
+    /* Subnet and AZ view (include/cmh/aws/ec2.h, include/cmh/round/subnets.h) and the report
+     * command. */
     bool subnet_metrics;
     uint64_t subnet_interval_ms;
     char *subnet_ids; /* comma list of subnet-…; NULL = the cluster's (nodes' IPs, ENIConfigs) */
-    /* Time to exhaustion and free /28 blocks (include/cmh/round/forecast.h, include/cmh/round/blocks28.h). */
+    /* Time to exhaustion and free /28 blocks (include/cmh/round/forecast.h,
+     * include/cmh/round/blocks28.h). */
     uint64_t forecast_window_ms;
     int subnet_prefix_metrics; /* enum cmh_prefix_metrics */
     uint64_t subnet_prefix_interval_ms;
@@ -108,7 +110,7 @@ enum cmh_config_type {
 
 #define CMH_CFG_SECRET   1u /* never logged: the effective-config line shows <redacted> */
 #define CMH_CFG_READABLE 2u /* STR: a path; a file that cannot be read is a configuration error */
-#define CMH_CFG_SUBNETS  4u /* STR: comma-separated subnet ids (cmh_subnets_check_ids) */
+#define CMH_CFG_SUBNETS  4u /* STR: comma-separated subnet ids (cmh_config_check_subnet_ids) */
 #define CMH_CFG_REGION   8u /* STR: an AWS region name (it builds endpoint host names) */
 
 struct cmh_config_var {
@@ -149,17 +151,6 @@ extern const size_t cmh_config_nothers;
 int cmh_config_load(struct cmh_config *cfg, char *const *envp, char err[CMH_CONFIG_ERR_MAX]);
 void cmh_config_free(struct cmh_config *cfg);
 
-/* Parses one value of var into cfg, replacing what was there (used by load, tests and the fuzzer).
- * Returns 0 or -EINVAL/-ENOMEM with err filled. */
-int cmh_config_set(struct cmh_config *cfg, const struct cmh_config_var *var, const char *value,
-                   char err[CMH_CONFIG_ERR_MAX]);
-
-const struct cmh_config_var *cmh_config_find(const char *name);
-
-/* Writes the current value of var in cfg as text (secrets are not redacted here). */
-size_t cmh_config_value_text(const struct cmh_config *cfg, const struct cmh_config_var *var,
-                             char *buf, size_t len);
-
 /* Calls cb for every variable in envp that has one of our prefixes but is not in the table, with
  * the closest known name (or NULL) as a suggestion. */
 void cmh_config_unknown(char *const *envp,
@@ -167,6 +158,10 @@ void cmh_config_unknown(char *const *envp,
 
 /* Logs the effective configuration as one event, secrets redacted. */
 void cmh_config_log(const struct cmh_config *cfg, struct cmh_log *log);
+
+/* Checks the syntax of a SUBNET_IDS value: comma-separated ids of the form subnet-[0-9a-f]{8,17}.
+ * Returns the number of ids, or -EINVAL with the offending id in err. */
+int cmh_config_check_subnet_ids(const char *ids, char *err, size_t errlen);
 
 /* --help text and the README's configuration section, both generated from the table. */
 void cmh_config_print_help(FILE *out);

@@ -43,6 +43,7 @@ struct cmh_kv {
 #define CMH_URL(k, x)  ((struct cmh_kv){.key = (k), .type = CMH_KV_URL, .v.s = (x)})
 
 struct cmh_log {
+    /* read-only (cmh_log_init sets them) */
     enum cmh_log_level min;
     enum cmh_log_format format;
     int fd;
@@ -68,6 +69,16 @@ const char *cmh_log_level_name(enum cmh_log_level level);
             cmh_log_event((log), (level), (msg), cmh_kv_, sizeof cmh_kv_ / sizeof cmh_kv_[0]);     \
         }                                                                                          \
     } while (0)
+
+/* Rate limit for repeated lines (per round or per window): the first `budget` lines pass, the rest
+ * are counted. */
+struct cmh_ratelimit {
+    unsigned budget, used;
+    size_t suppressed;
+};
+void cmh_ratelimit_reset(struct cmh_ratelimit *r, unsigned budget);
+/* Returns 1 when a line may be written now, else counts it as suppressed and returns 0. */
+int cmh_ratelimit_allow(struct cmh_ratelimit *r);
 
 /* Writes url into out as every log line, /readyz answer and error message shows it: the user
  * information of its authority (user@ or user:password@, which may hold a password) replaced by

@@ -1,37 +1,56 @@
-/* Our own Prometheus exposition: the cluster aggregates (names prefixed cni_metrics_helper_, so a
- * Prometheus scraping ipamD too never double counts) and the daemon's self-metrics. Owned by the
- * daemon; thread: the loop thread. */
+/* Our own Prometheus exposition (text format 0.0.4) on /metrics: a list of parts, each a callback
+ * that renders the families of the module owning them, in the order they were added, then the
+ * build_info family. Knows nothing of rounds: the daemon adds the parts and owns their state. Names
+ * are prefixed cni_metrics_helper_, so a Prometheus scraping ipamD too never double counts. Owned
+ * by the daemon (embedded); thread: the loop thread. */
 #ifndef CMH_EXPOSE_H
 #define CMH_EXPOSE_H
 
-#include "cmh/round/aggregate.h"
-#include "cmh/round/collector.h"
-#include "cmh/aws/subnet_watch.h"
+#include "cmh/core/buf.h"
+#include "cmh/core/log.h"
 #include "cmh/http/http_server.h"
 
-/* Cumulative sums of the published counter increases: exposed as Prometheus counters. The
- * daemon's parts outside the collector are set by the daemon as they change. */
+#include <stddef.h>
+
+#define CMH_EXPOSE_PREFIX    "cni_metrics_helper_"
+#define CMH_EXPOSE_MAX_PARTS 16
+
+/* Appends the families of one part to out. arg is the one given to cmh_expose_add. */
+typedef void (*cmh_expose_cb)(void *arg, struct cmh_buf *out);
+
 struct cmh_expose {
-    double counters[CMH_M_COUNT];
-    double lat_sum, lat_count;
-    int have_round;
-    const struct cmh_http_server *http; /* our HTTP server's own errors; NULL: not shown */
-    int subnets;                        /* SUBNET_METRICS: the subnet view's fetches are shown */
-    int original_names; /* PROMETHEUS_ORIGINAL_NAMES: the original helper's six gauges too */
-    unsigned long long subnet_fetches_ok, subnet_fetches_failed;
-    size_t subnet_ids_missing;     /* ids of SUBNET_IDS EC2 did not know at the last good fetch */
-    double subnet_last_ok;         /* Unix seconds of the last good fetch, 0 when none */
-    const char *cluster_id_source; /* where CLUSTER_ID came from (borrowed); NULL: not shown */
-    struct cmh_subnet_watch_prefix_status prefix; /* the free /28 count (SUBNET_METRICS) */
+    /* private */
+    struct {
+        cmh_expose_cb cb;
+        void *arg;
+    } parts[CMH_EXPOSE_MAX_PARTS];
+    size_t nparts;
 };
 
-/* Adds the finished round's counter increases (a->datums) to the cumulative sums. */
-void cmh_expose_round(struct cmh_expose *e, const struct cmh_agg *a);
+/* Adds a part after those added before; arg is borrowed for e's life. Returns 0, or -ENOSPC past
+ * CMH_EXPOSE_MAX_PARTS. */
+int cmh_expose_add(struct cmh_expose *e, cmh_expose_cb cb, void *arg);
 
-/* Renders text format 0.0.4 into out: cluster values of the last round (cluster_id label), then
- * self-metrics of c and, when cw is not NULL, of the CloudWatch publisher. */
-void cmh_expose_render(const struct cmh_expose *e, const struct cmh_collector *c,
-                       const char *cluster_id, const struct cmh_cloudwatch_stats *cw,
-                       struct cmh_buf *out);
+/* Renders every part in order into out, then build_info. */
+void cmh_expose_render(const struct cmh_expose *e, struct cmh_buf *out);
+
+/* Writers of the text format for the parts. */
+
+/* The HELP and TYPE lines of a family of ours (name without CMH_EXPOSE_PREFIX). */
+void cmh_expose_family(struct cmh_buf *out, const char *name, const char *type, const char *help);
+/* A family of ours with one unlabelled sample. */
+void cmh_expose_scalar(struct cmh_buf *out, const char *name, const char *type, const char *help,
+                       unsigned long long v);
+/* One sample line: name, suffix and labels ("{...}" or "") as given, the value as
+ * cmh_fmt_double writes it. */
+void cmh_expose_sample(struct cmh_buf *out, const char *name, const char *suffix,
+                       const char *labels, double v);
+/* A label value escaped as the text format wants: backslash, quote and newline. */
+void cmh_expose_label_value(struct cmh_buf *out, const char *v);
+
+/* Parts of this layer. arg: the const struct cmh_http_server whose own errors are shown. */
+void cmh_expose_http_server(void *arg, struct cmh_buf *out);
+/* arg: the struct cmh_log whose lost lines are counted. */
+void cmh_expose_log(void *arg, struct cmh_buf *out);
 
 #endif

@@ -28,8 +28,19 @@ struct cmh_http_server_opts {
 
 struct cmh_http_conn;
 struct cmh_http_peer;
+struct cmh_http_server;
+
+/* Fires once, when the listener and every connection are closed. */
+typedef void (*cmh_http_server_close_cb)(struct cmh_http_server *s);
 
 struct cmh_http_server {
+    /* read-only */
+    unsigned long long accepted; /* connections accepted: each one's age order */
+    unsigned long long requests, rejected;
+    unsigned long long evicted; /* closed to make room for a newcomer (counted in rejected too) */
+    unsigned long long accept_errors; /* accept failed (EMFILE...): logged at 1, 2, 4, 8... */
+    unsigned nconns;
+    /* private (cmh_http_server_feed's callers set handler, handler_arg and opt.max_request) */
     uv_loop_t *loop;
     struct cmh_log *log;
     struct cmh_http_server_opts opt;
@@ -37,16 +48,11 @@ struct cmh_http_server {
     cmh_http_handler handler;
     void *handler_arg;
     struct cmh_http_conn *conns; /* open connections, a doubly linked list */
-    unsigned nconns;
-    unsigned pending_closes; /* listener + connections being closed */
+    unsigned pending_closes;     /* listener + connections being closed */
     int listening;
-    void (*close_cb)(struct cmh_http_server *s);
+    cmh_http_server_close_cb close_cb;
     struct cmh_http_peer *peers; /* per remote address: its open connections (max_conns + 1) */
     unsigned npeers;
-    unsigned long long accepted; /* connections accepted: each one's age order */
-    unsigned long long requests, rejected;
-    unsigned long long evicted; /* closed to make room for a newcomer (counted in rejected too) */
-    unsigned long long accept_errors; /* accept failed (EMFILE...): logged at 1, 2, 4, 8... */
 };
 
 /* Binds and listens. Returns 0 or a negative uv error (logged, with the address). */
@@ -56,18 +62,6 @@ int cmh_http_server_start(struct cmh_http_server *s, uv_loop_t *loop,
 /* The port actually bound. */
 unsigned cmh_http_server_port(const struct cmh_http_server *s);
 /* Closes the listener and every connection; close_cb (may be NULL) fires when all are closed. */
-void cmh_http_server_close(struct cmh_http_server *s, void (*close_cb)(struct cmh_http_server *s));
-
-/* Test and fuzz seam, no socket: runs the request side of one fresh connection of s (byte bound,
- * llhttp, the handler) over reads[0..nreads) as if they arrived in that order, exactly as a
- * connection's reads do, and stops at the answer. s needs only handler, handler_arg and
- * opt.max_request (start is not called); requests and rejected count as for a connection.
- * Returns 1 with the answer's bytes in *out (the caller frees it with cmh_buf_free) and in *used
- * the reads consumed, the last one producing it (later bytes are ignored, as the connection closes
- * after answering); 0 with *out empty when the connection would still wait (its idle timer or the
- * peer's EOF then closes it unanswered); -ENOMEM when the answer could not be built (the
- * connection closes unanswered). */
-int cmh_http_server_feed(struct cmh_http_server *s, const uv_buf_t *reads, size_t nreads,
-                         size_t *used, struct cmh_buf *out);
+void cmh_http_server_close(struct cmh_http_server *s, cmh_http_server_close_cb close_cb);
 
 #endif

@@ -10,8 +10,8 @@
 #include <uv.h>
 
 #include "cmh/http/curl_uv.h"
+#include "cmh/core/log.h"
 #include "cmh/k8s/api.h"
-#include "cmh/scrape/scrape.h"
 
 struct cmh_log;
 struct cmh_config;

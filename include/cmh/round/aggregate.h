@@ -61,16 +61,13 @@ struct cmh_agg_round {
 struct cmh_agg_node; /* private */
 
 struct cmh_agg {
-    struct cmh_agg_opts opt;
+    /* public */
+    uint32_t
+        unknown_logged; /* unknown_names[0..unknown_logged) are logged: the caller advances it */
+    /* read-only */
     char *cluster_id;
-    struct cmh_agg_node **slots; /* open addressing by name */
-    uint32_t slots_cap;
-    struct cmh_agg_node **order; /* every node, sorted by name when sorted != 0 */
-    uint32_t nnodes, order_cap;
-    int sorted;
     uint64_t round;
-    int64_t start_ms, prev_start_ms;
-    uint64_t rounds_finished;
+    int64_t start_ms;
     struct cmh_agg_round last;
     struct cmh_datum_list datums;
     double totals[CMH_M_COUNT]; /* the last round's cluster values, by metric id */
@@ -79,9 +76,18 @@ struct cmh_agg {
      * names since start, the first CMH_AGG_UNKNOWN_KEPT of them in unknown_names (the caller logs
      * names[unknown_logged..) and advances it), the others counted in unknown_untracked. */
     uint64_t unknown_total;
-    uint32_t nunknown, unknown_logged;
+    uint32_t nunknown;
     uint64_t unknown_untracked;
     char unknown_names[CMH_AGG_UNKNOWN_KEPT][CMH_AGG_UNKNOWN_NAME];
+    /* private */
+    struct cmh_agg_opts opt;
+    struct cmh_agg_node **slots; /* open addressing by name */
+    uint32_t slots_cap;
+    struct cmh_agg_node **order; /* every node, sorted by name when sorted != 0 */
+    uint32_t nnodes, order_cap;
+    int sorted;
+    int64_t prev_start_ms;
+    uint64_t rounds_finished;
 };
 
 int cmh_agg_init(struct cmh_agg *a, const struct cmh_agg_opts *opt);
@@ -91,16 +97,6 @@ int cmh_agg_scrape_init(struct cmh_agg_scrape *s, uint32_t max_series);
 void cmh_agg_scrape_reset(struct cmh_agg_scrape *s);
 void cmh_agg_scrape_close(struct cmh_agg_scrape *s);
 
-/* Parser callbacks. want: arg unused (may be NULL); wants every published family,
- * process_start_time_seconds and every "awscni_" family the table does not know (to count it).
- * on_family: arg is the struct cmh_agg_scrape; notes an unknown family. on_sample: arg is the
- * struct cmh_agg_scrape; returns non-zero (and sets s->reason) on a value the aggregator refuses: a
- * gauge or counter that is not a count (negative, fractional, not finite, a counter above 2^53), a
- * node's gauge total above what any EC2 instance can have (bounds in aggregate.c), too many series.
- */
-int cmh_agg_want(void *arg, const char *family, size_t len, enum cmh_prom_type type);
-int cmh_agg_on_family(void *arg, const struct cmh_prom_family *family);
-int cmh_agg_on_sample(void *arg, const struct cmh_prom_sample *sample);
 /* Options for a parser that feeds s. */
 void cmh_agg_prom_options(struct cmh_prom_options *o, struct cmh_agg_scrape *s);
 

@@ -5,7 +5,6 @@
 #define CMH_COLLECTOR_H
 
 #include "cmh/round/aggregate.h"
-#include "cmh/aws/cloudwatch.h"
 #include "cmh/core/config.h"
 #include "cmh/core/log.h"
 #include "cmh/scrape/prom.h"
@@ -42,10 +41,25 @@ struct cmh_collector_route {
 };
 
 struct cmh_collector {
-    uv_loop_t *loop;
+    /* read-only */
+    struct cmh_agg agg; /* the last finished round (a round's done callback may add datums) */
     struct cmh_log *log;
+    /* Totals since start, by scrape result: for our own /metrics. */
+    uint64_t results_total[CMH_SCRAPE_NRESULTS];
+    uint64_t rounds_total;
+    uint64_t skipped_ticks;
+    double last_round_seconds;
+    /* SCRAPE_MODE: the proxy engine (discovered targets only) and the auto fallback state. */
+    int mode; /* enum cmh_scrape_mode */
+    struct cmh_proxy_scrape proxy;
+    int has_proxy;
+    struct cmh_fallback fallback;
+    /* Totals since start: proxied scrapes by result, switches to the proxy and back. */
+    uint64_t proxy_results_total[CMH_SCRAPE_NRESULTS];
+    uint64_t fallbacks_total, back_total;
+    /* private */
+    uv_loop_t *loop;
     struct cmh_scraper scraper;
-    struct cmh_agg agg;
     struct cmh_scrape_target *targets; /* this round's, converted; capacity reused */
     const char **names;                /* borrowed from the round's caller */
     size_t ntargets, targets_cap;
@@ -59,18 +73,7 @@ struct cmh_collector {
     void *done_arg;
     struct cmh_ratelimit parse_log;
     int unknown_overflow_logged; /* the warning about unnamed unknown families was written */
-    /* Totals since start, by scrape result: for our own /metrics. */
-    uint64_t results_total[CMH_SCRAPE_NRESULTS];
-    uint64_t rounds_total;
-    uint64_t skipped_ticks;
-    double last_round_seconds;
     cmh_collector_close_cb close_cb;
-
-    /* SCRAPE_MODE: the proxy engine (discovered targets only) and the auto fallback state. */
-    int mode; /* enum cmh_scrape_mode */
-    struct cmh_proxy_scrape proxy;
-    int has_proxy;
-    struct cmh_fallback fallback;
     uv_timer_t round_timer; /* the round deadline for proxied scrapes */
     const struct cmh_collector_target *in;
     struct cmh_collector_route *rt; /* per target of the round */
@@ -85,9 +88,6 @@ struct cmh_collector {
     /* This round: scrapes through the proxy (first tries and fallbacks), of them ok, nodes that
      * switched to the proxy, nodes back on direct. */
     size_t round_proxy, round_proxy_ok, round_fallbacks, round_back;
-    /* Totals since start: proxied scrapes by result, switches to the proxy and back. */
-    uint64_t proxy_results_total[CMH_SCRAPE_NRESULTS];
-    uint64_t fallbacks_total, back_total;
 };
 
 /* Sets c up on loop: the scrape engine from cfg (SCRAPE_*), the aggregator (STALE_ROUNDS,
@@ -118,9 +118,10 @@ int cmh_collector_round(struct cmh_collector *c, uint64_t round, int64_t start_m
  * everything; close_cb fires when the last handle is closed. */
 void cmh_collector_close(struct cmh_collector *c, cmh_collector_close_cb close_cb);
 
-/* Logs the round: with datums != 0 every datum as an event, then the one summary line (with the
- * publisher's figures when cw is not NULL). */
+/* Logs the round: with datums != 0 every datum as an event, then the one summary line, which
+ * ends with extra[0..nextra) (the caller's figures of the round, e.g. the publisher's; borrowed
+ * for the call, at most 8 fields). */
 void cmh_collector_log_round(struct cmh_collector *c, const struct cmh_scrape_round_stats *st,
-                             int datums, const struct cmh_cloudwatch_stats *cw);
+                             int datums, const struct cmh_kv *extra, size_t nextra);
 
 #endif

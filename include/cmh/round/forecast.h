@@ -30,15 +30,6 @@ enum cmh_forecast_method {
 };
 #define CMH_FORECAST_METHOD CMH_FC_OLS_LOWER
 
-const char *cmh_forecast_method_name(enum cmh_forecast_method m);
-
-/* The seconds until the last sample's value reaches zero at the rate of decline method finds in
- * s[0..n) (times increasing), capped at CMH_FORECAST_CAP_S (also when the value is not
- * declining); 0 when the last value is 0 or less. Returns 0, or -EAGAIN for fewer than
- * CMH_FORECAST_MIN_SAMPLES samples or a span of 0, -EINVAL for an unknown method. */
-int cmh_forecast_estimate(enum cmh_forecast_method m, const struct cmh_forecast_sample *s, size_t n,
-                          double *tte_s);
-
 /* The samples of one quantity over the last window. */
 struct cmh_forecast_series {
     struct cmh_forecast_sample *s;
@@ -56,10 +47,6 @@ void cmh_forecast_series_close(struct cmh_forecast_series *fs);
  * samples older than window + interval/2 before t are dropped. Returns 0 or -ENOMEM (the series
  * is then cleared: a hole is never bridged). */
 int cmh_forecast_series_add(struct cmh_forecast_series *fs, double t, double v);
-
-/* 1 when the series holds enough history to say anything: at least CMH_FORECAST_MIN_SAMPLES
- * samples spanning at least the window less half an interval. */
-int cmh_forecast_series_ready(const struct cmh_forecast_series *fs);
 
 /* cmh_forecast_estimate with CMH_FORECAST_METHOD over the series. Returns 0, or -EAGAIN while the
  * series is not ready. */

@@ -19,9 +19,6 @@ struct cmh_cidr {
 
 /* Parses "a.b.c.d/n" or "v6/n" (host bits must be zero). Returns 0 or -EINVAL. */
 int cmh_cidr_parse(const char *s, size_t len, struct cmh_cidr *out);
-/* 1 when the IP literal ip (IPv4 or IPv6, IPv4-mapped IPv6 counts as IPv4) is inside c, else 0
- * (also for a malformed ip). */
-int cmh_cidr_contains(const struct cmh_cidr *c, const char *ip);
 
 #define CMH_SUBNET_ID_MAX    64 /* "subnet-" + 17 hex digits is 24; room to spare */
 #define CMH_SUBNET_AZ_MAX    64
@@ -36,8 +33,8 @@ struct cmh_subnet {
     struct cmh_cidr cidrs[CMH_SUBNET_MAX_CIDRS];
     unsigned ncidrs;
     int64_t available; /* AvailableIpAddressCount */
-    /* The forecast (include/cmh/round/forecast.h), set by the EC2 watch: seconds until available reaches
-     * 0, capped at CMH_FORECAST_CAP_S; only when has_tte (enough history, no stale gap). */
+    /* The forecast (include/cmh/round/forecast.h), set by the EC2 watch: seconds until available
+     * reaches 0, capped at CMH_FORECAST_CAP_S; only when has_tte (enough history, no stale gap). */
     int has_tte;
     double tte_s;
     /* SUBNET_PREFIX_METRICS: aligned /28 blocks with no address in use, and their forecast. */
@@ -59,16 +56,8 @@ void cmh_subnet_list_sort(struct cmh_subnet_list *l);
 /* The index of the subnet with this id, or -1 (the list must be sorted). */
 long cmh_subnet_list_find_id(const struct cmh_subnet_list *l, const char *id);
 
-/* Usable IPv4 addresses of s: the size of its IPv4 CIDR block less the 5 addresses AWS reserves in
- * every subnet (network, router, DNS, future use, broadcast); 0 when s has no IPv4 block. */
-int64_t cmh_subnet_usable_ipv4(const struct cmh_subnet *s);
-
 /* The subnet holding ip (the longest matching prefix wins), or -1. */
 long cmh_subnets_find_ip(const struct cmh_subnet_list *l, const char *ip);
-
-/* Checks a SUBNET_IDS value: comma-separated ids of the form subnet-[0-9a-f]{8,17}. Returns the
- * number of ids, or -EINVAL with the offending id in err. */
-int cmh_subnets_check_ids(const char *ids, char *err, size_t errlen);
 
 /* One scrape target as the round knew it: node name (the aggregator's identity) and its IP. */
 struct cmh_subnets_node {

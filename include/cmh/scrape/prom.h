@@ -127,10 +127,12 @@ struct cmh_prom_stats {
 struct cmh_prom_fam;    /* private */
 struct cmh_prom_series; /* private */
 
-/* Embeddable; every field is private except stats. */
+/* Embeddable. */
 struct cmh_prom_parser {
-    struct cmh_prom_options opt;
+    /* read-only */
     struct cmh_prom_stats stats;
+    /* private */
+    struct cmh_prom_options opt;
     struct cmh_prom_error err;
     /* The partial line carried between chunks, scratch for unescaped text and numbers, the last
      * HELP text. They grow on demand up to their bound (max_line; scratch 2 * max_line) and are
@@ -187,24 +189,7 @@ int cmh_prom_finish(struct cmh_prom_parser *p);
 /* The error of the current body (code 0 when none). */
 const struct cmh_prom_error *cmh_prom_error(const struct cmh_prom_parser *p);
 
-/* A ready-made want callback. arg is a struct cmh_prom_names: a family is wanted when its name
- * equals one of the names, or starts with one that ends in '*' (the '*' excluded). */
-struct cmh_prom_names {
-    const char *const *names;
-    size_t n;
-};
-int cmh_prom_want_names(void *arg, const char *family, size_t len, enum cmh_prom_type type);
-
 /* qsort comparator for an array of label pointers: by name, bytewise. */
 int cmh_prom_label_ptr_cmp(const void *a, const void *b);
-
-/* Text of a type as in a TYPE line ("counter", ...). */
-const char *cmh_prom_type_name(enum cmh_prom_type type);
-
-/* The `parse` command: parses one exposition (a file, or standard input for "-" or no argument)
- * and prints every sample in canonical form on stdout. argv[0] is "parse". Returns the exit status:
- * 0, 1 on malformed input ("line N: reason" on stderr), 2 on a bad command line or unreadable file.
- */
-int cmh_prom_cmd_parse(int argc, char **argv);
 
 #endif

@@ -65,13 +65,15 @@ struct cmh_proxy_scrape_job {
 };
 
 struct cmh_proxy_scrape {
+    /* read-only */
+    struct cmh_proxy_scrape_stats stats;
+    /* private */
     uv_loop_t *loop;
     struct cmh_log *log;
     struct cmh_curl_uv curl;
     struct cmh_scrape_consumer consumer;
     cmh_proxy_scrape_done_cb done;
     void *arg;
-    /* Private. */
     struct cmh_k8s_api api; /* the server, its CA and the token */
     char *ns;
     uint64_t timeout_ms, max_body;
@@ -83,7 +85,6 @@ struct cmh_proxy_scrape {
     size_t qhead, qlen, qcap;
     int cancelling, closing;
     cmh_proxy_scrape_close_cb close_cb;
-    struct cmh_proxy_scrape_stats stats;
     int gzip;
     struct cmh_gunzip_pool gz; /* inflaters: a gzip body holds one while it is read */
 };
@@ -113,10 +114,5 @@ size_t cmh_proxy_scrape_pending(const struct cmh_proxy_scrape *p);
 /* Cancels everything (done fires for each first), closes the connection and handles; close_cb
  * (may be NULL) fires from the loop once all is closed, after which p may be freed. */
 void cmh_proxy_scrape_close(struct cmh_proxy_scrape *p, cmh_proxy_scrape_close_cb close_cb);
-
-/* "https://server/api/v1/namespaces/NS/pods/POD:PORT/proxy/metrics" into buf. Returns 0, -EINVAL
- * when ns or pod is not a DNS-1123 name, or -ENOSPC. */
-int cmh_proxy_scrape_url(char *buf, size_t len, const char *server, const char *ns, const char *pod,
-                         uint16_t port);
 
 #endif

@@ -126,27 +126,6 @@ struct cmh_scrape_round_stats {
     size_t gzip;                       /* responses that came gzip-encoded */
 };
 
-/* Per-round rate limit for failure lines: the first `budget` lines pass, the rest are counted. */
-struct cmh_ratelimit {
-    unsigned budget, used;
-    size_t suppressed;
-};
-void cmh_ratelimit_reset(struct cmh_ratelimit *r, unsigned budget);
-/* Returns 1 when a line may be written now, else counts it as suppressed and returns 0. */
-int cmh_ratelimit_allow(struct cmh_ratelimit *r);
-
-/* Pure, for fuzzing and tests: one response's bytes, fed in reads of at most chunk bytes (0: one
- * read), then the end of the stream if it is not complete by then, through the same llhttp
- * settings, header/body size caps (o->max_header, o->max_body), status, Content-Type and
- * Content-Encoding checks, gzip inflation and consumer calls (target index 0) as a scrape over a
- * socket. Returns the result (a response cut short is CMH_SCRAPE_TRUNCATED); rec (may be NULL)
- * gets result, http_status and bytes; *keep_alive (may be NULL) whether the connection could be
- * kept for the next round. */
-enum cmh_scrape_result cmh_scrape_parse_response(const struct cmh_scrape_opts *o,
-                                                 const struct cmh_scrape_consumer *consumer,
-                                                 const char *buf, size_t len, size_t chunk,
-                                                 struct cmh_scrape_record *rec, int *keep_alive);
-
 struct cmh_scraper;
 /* Fires once per round, on the loop thread, after every target has its record; from here the
  * target array and consumer are no longer used. A new round may be started from inside it. */
@@ -156,8 +135,9 @@ typedef void (*cmh_scrape_close_cb)(struct cmh_scraper *s);
 
 struct cmh_scrape_conn;
 
-/* Embed it in its owner; the fields are private. */
+/* Embed it in its owner. */
 struct cmh_scraper {
+    /* private */
     uv_loop_t *loop;
     struct cmh_log *log;
     struct cmh_scrape_opts opts;

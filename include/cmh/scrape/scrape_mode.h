@@ -45,10 +45,6 @@ enum cmh_scrape_result cmh_scrape_mode_proxy_result(enum cmh_curl_uv_error err, 
 /* 1 when a /metrics Content-Type is acceptable: absent, or text/plain (any parameters). */
 int cmh_scrape_mode_content_type_ok(const char *content_type);
 
-/* 1 for the results after which SCRAPE_MODE=auto tries the proxy: the node's port could not be
- * connected to (refused, timed out, unreachable). A bad body or status proves the path works. */
-int cmh_scrape_mode_is_connect_failure(enum cmh_scrape_result r);
-
 /* The per-node state of SCRAPE_MODE=auto: the nodes that are on the proxy now (every other node is
  * direct), in an open-addressing hash table keyed by node name. */
 struct cmh_fallback_entry {
@@ -58,9 +54,11 @@ struct cmh_fallback_entry {
 };
 
 struct cmh_fallback {
+    /* read-only */
+    size_t n; /* nodes on the proxy now */
+    /* private */
     struct cmh_fallback_entry *v;
     size_t cap; /* a power of two, or 0 */
-    size_t n;
     uint64_t recheck_ms;
     uint64_t round;
 };
@@ -94,8 +92,5 @@ enum cmh_route cmh_fallback_route(struct cmh_fallback *f, const char *name, uint
  * Returns 0 or -ENOMEM (the node then stays direct). */
 int cmh_fallback_direct_result(struct cmh_fallback *f, const char *name, enum cmh_scrape_result r,
                                uint64_t now_ms, enum cmh_fallback_event *ev);
-
-/* 1 when name is on the proxy now. */
-int cmh_fallback_on_proxy(const struct cmh_fallback *f, const char *name);
 
 #endif

@@ -1052,7 +1052,7 @@ static void test_time_parser_agrees_with_timegm(void **state)
 }
 
 #ifdef CMH_FAULT_INJECT
-#include "cmh/core/alloc.h"
+#include "cmh/core/alloc_int.h"
 
 /* The nth allocation fails, for every n until a run makes no failing allocation: each run ends
  * in an error or in success, never a crash or a leak (ASan). */

@@ -6,7 +6,7 @@
 
 #include <cmocka.h>
 
-#include "cmh/core/config.h"
+#include "cmh/core/config_int.h"
 #include "cmh/core/log.h"
 
 #include <errno.h>
@@ -483,6 +483,27 @@ static void effective_configuration_is_one_line_with_every_variable(void **state
     cmh_config_free(&cfg);
 }
 
+static void subnet_ids_are_subnet_dash_8_to_17_lowercase_hex_comma_separated(void **state)
+{
+    (void)state;
+    char err[128];
+    assert_int_equal(cmh_config_check_subnet_ids("subnet-0a1b2c3d", err, sizeof err), 1);
+    assert_int_equal(
+        cmh_config_check_subnet_ids("subnet-0a1b2c3d,subnet-0123456789abcdef0", err, sizeof err),
+        2);
+    static const char *const bad[] = {"",
+                                      "subnet-",
+                                      "subnet-0A1B2C3D",
+                                      "subnet-0a1b2c3",
+                                      "subnet-0a1b2c3d,",
+                                      "sg-0a1b2c3d",
+                                      "subnet-0a1b2c3d 1",
+                                      "subnet-0123456789abcdef01"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (cmh_config_check_subnet_ids(bad[i], err, sizeof err) != -EINVAL)
+            fail_msg("'%s' accepted", bad[i]);
+}
+
 static void help_lists_every_variable_with_default_and_accepted_values(void **state)
 {
     char *text = NULL;
@@ -513,6 +534,7 @@ int main(void)
         cmocka_unit_test(unknown_variables_with_our_prefixes_are_reported_with_a_suggestion),
         cmocka_unit_test(near_miss_of_a_destination_variable_is_refused_naming_it),
         cmocka_unit_test(effective_configuration_is_one_line_with_every_variable),
+        cmocka_unit_test(subnet_ids_are_subnet_dash_8_to_17_lowercase_hex_comma_separated),
         cmocka_unit_test(help_lists_every_variable_with_default_and_accepted_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

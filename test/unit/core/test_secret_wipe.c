@@ -8,7 +8,7 @@
 
 #include <cmocka.h>
 
-#include "cmh/core/alloc.h"
+#include "cmh/core/alloc_int.h"
 #include "cmh/aws/creds_parse.h"
 #include "cmh/k8s/token.h"
 #include "cmh/aws/sigv4.h"

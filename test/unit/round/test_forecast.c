@@ -17,6 +17,8 @@
 #include <errno.h>
 #include <stdio.h>
 
+#include "cmh/round/forecast_int.h"
+
 /* Rounds judged against the true remaining time while at least one window of it is left: below
  * that the next few steps of the drain decide, and no estimator can know them. */
 #define JUDGE_MIN SC_WINDOW

@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cmh/scrape/prom_int.h"
+
 static char *read_file(const char *path, size_t *len)
 {
     FILE *f = fopen(path, "rb");

@@ -13,7 +13,7 @@
 #include "cmh/core/config.h"
 #include "cmh/core/log.h"
 #include "cmh/scrape/prom.h"
-#include "cmh/scrape/scrape.h"
+#include "cmh/scrape/scrape_int.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

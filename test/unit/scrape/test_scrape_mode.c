@@ -1,9 +1,9 @@
 /* SCRAPE_MODE's pure parts: how a proxied scrape's outcome maps to a result class, the proxy URL,
  * and the per-node fallback state of auto mode (a scripted walk through every transition, then a
  * randomized run against a plain-array oracle). */
-#include "cmh/scrape/proxy_scrape.h"
+#include "cmh/scrape/proxy_scrape_int.h"
 #include "cmh/core/rng.h"
-#include "cmh/scrape/scrape_mode.h"
+#include "cmh/scrape/scrape_mode_int.h"
 
 #include <errno.h>
 #include <setjmp.h>
