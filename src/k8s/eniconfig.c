@@ -9,7 +9,7 @@
 #include "cmh/core/container_of.h"
 #include "cmh/core/log.h"
 #include "cmh/http/curl_uv.h"
-#include "cmh/k8s/token.h"
+#include "cmh/k8s/api.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -20,11 +20,9 @@
 
 struct cmh_eniconfig {
     struct cmh_curl_uv *curl;
-    const struct cmh_config *cfg;
     struct cmh_log *log;
-    char *url, *auth;
-    const char *headers[2];
-    struct cmh_curl_uv_req req;
+    struct cmh_k8s_api api; /* the server, its CA and the token */
+    struct cmh_k8s_api_req req;
     int in_flight;
     char **ids; /* subnets named by ENIConfigs, from the last good list */
     size_t n;
@@ -76,17 +74,19 @@ out:
 
 static void on_list(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_response *res)
 {
-    struct cmh_eniconfig *l = container_of(req, struct cmh_eniconfig, req);
-    int rc = 0;
+    struct cmh_eniconfig *l = container_of(req, struct cmh_eniconfig, req.curl);
+    char why[300];
     l->in_flight = 0;
     if (res->error == CMH_CURL_ERR_CANCELLED)
         return;
-    if (res->error == CMH_CURL_OK && res->status == 404) {
+    int rc = cmh_k8s_api_result(&l->api, res, NULL, 0, why, sizeof why);
+    if (rc == -ENOENT) {
         /* The CRD is not installed: no custom networking, no ENIConfig subnets. */
         free_strv(l->ids, l->n);
         l->ids = NULL;
         l->n = 0;
-    } else if (res->error == CMH_CURL_OK && res->status == 200) {
+        rc = 0;
+    } else if (rc == 0) {
         char **ids = NULL;
         size_t n = 0;
         rc = cmh_eniconfig_parse(res->body, res->body_len, &ids, &n);
@@ -99,7 +99,7 @@ static void on_list(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
             CMH_LOG(l->log, CMH_LOG_WARN, "ENIConfig list not understood; previous one kept",
                     CMH_INT("error", rc));
         }
-    } else if (res->error == CMH_CURL_OK && res->status == 403) {
+    } else if (rc == -EPERM) {
         /* No RBAC to list ENIConfigs: custom-networking subnets would silently drop out. */
         rc = -EACCES;
         CMH_LOG(l->log, CMH_LOG_WARN,
@@ -110,10 +110,9 @@ static void on_list(struct cmh_curl_uv_req *req, const struct cmh_curl_uv_respon
                                "manifests/components/subnet-metrics, or Helm "
                                "subnetMetrics.enabled=true"));
     } else {
-        rc = res->error != CMH_CURL_OK ? -EIO : -EPROTO;
         CMH_LOG(l->log, CMH_LOG_WARN, "ENIConfig list failed; previous one kept",
-                CMH_STR("error", cmh_curl_uv_error_name(res->error)),
-                CMH_INT("status", res->status), CMH_UINT("eniconfig_subnets", l->n));
+                CMH_STR("error", why), CMH_INT("status", res->status),
+                CMH_UINT("eniconfig_subnets", l->n));
     }
     cmh_eniconfig_done_cb cb = l->cb;
     l->cb = NULL;
@@ -124,28 +123,7 @@ int cmh_eniconfig_list(struct cmh_eniconfig *l, cmh_eniconfig_done_cb cb, void *
 {
     if (l->in_flight)
         return -EBUSY;
-    char *tok = NULL, why[300];
-    cmh_free(l->auth);
-    l->auth = NULL;
-    size_t nh = 0;
-    l->headers[nh++] = "Accept: application/json";
-    if (l->cfg->k8s_token_file != NULL &&
-        cmh_k8s_token_read(l->cfg->k8s_token_file, &tok, why, sizeof why) == 0) {
-        l->auth = cmh_k8s_bearer_header(tok);
-        cmh_free(tok);
-        if (l->auth != NULL)
-            l->headers[nh++] = l->auth;
-    }
-    memset(&l->req, 0, sizeof l->req);
-    l->req.method = "GET";
-    l->req.url = l->url;
-    l->req.allow_http = strncmp(l->url, "http://", 7) == 0; /* a checked loopback API */
-    l->req.headers = l->headers;
-    l->req.nheaders = nh;
-    l->req.ca_file = l->cfg->k8s_ca_file;
-    l->req.max_body = 8u << 20;
-    l->req.no_proxy = 1; /* the Kubernetes API, never through a proxy (docs/security.md) */
-    int rc = cmh_curl_uv_start(l->curl, &l->req, on_list);
+    int rc = cmh_k8s_api_get(&l->api, l->curl, &l->req, ENICONFIG_PATH, 8u << 20, on_list);
     if (rc != 0)
         return rc;
     l->cb = cb;
@@ -167,15 +145,14 @@ int cmh_eniconfig_new(struct cmh_eniconfig **out, struct cmh_curl_uv *curl, cons
     struct cmh_eniconfig *l = cmh_calloc(1, sizeof *l);
     if (l == NULL)
         return -ENOMEM;
-    size_t len = strlen(server) + sizeof ENICONFIG_PATH;
-    l->url = cmh_malloc(len);
-    if (l->url == NULL) {
+    struct cmh_k8s_api_opts o = {
+        .server = server, .token_file = cfg->k8s_token_file, .ca_file = cfg->k8s_ca_file};
+    int rc = cmh_k8s_api_init(&l->api, &o);
+    if (rc != 0) {
         cmh_free(l);
-        return -ENOMEM;
+        return rc;
     }
-    snprintf(l->url, len, "%s%s", server, ENICONFIG_PATH);
     l->curl = curl;
-    l->cfg = cfg;
     l->log = log;
     *out = l;
     return 0;
@@ -186,9 +163,9 @@ void cmh_eniconfig_free(struct cmh_eniconfig *l)
     if (l == NULL)
         return;
     if (l->in_flight)
-        cmh_curl_uv_cancel(l->curl, &l->req);
+        cmh_curl_uv_cancel(l->curl, &l->req.curl);
     free_strv(l->ids, l->n);
-    cmh_free(l->url);
-    cmh_free(l->auth);
+    cmh_k8s_api_req_free(&l->req);
+    cmh_k8s_api_free(&l->api);
     cmh_free(l);
 }

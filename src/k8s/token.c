@@ -1,4 +1,5 @@
 #include "cmh/k8s/token.h"
+#include "cmh/k8s/token_int.h"
 
 #include "cmh/core/alloc.h"
 
@@ -45,7 +46,8 @@ int cmh_k8s_token_read(const char *file, char **out, char *why, size_t whylen)
     return 0;
 }
 
-char *cmh_k8s_bearer_header(const char *token)
+/* "Authorization: Bearer <token>", owned by the caller; NULL when out of memory. */
+static char *bearer_header(const char *token)
 {
     size_t n = strlen(token) + sizeof "Authorization: Bearer ";
     char *h = cmh_malloc(n);
@@ -83,7 +85,7 @@ int cmh_k8s_token_refresh(struct cmh_k8s_token *t, uint64_t now_ms, char *why, s
         t->reads++;
         return 0;
     }
-    char *header = cmh_k8s_bearer_header(tok);
+    char *header = bearer_header(tok);
     if (header == NULL) {
         cmh_free_secret(tok);
         snprintf(why, whylen, "out of memory reading the token file %s", t->file);

@@ -92,12 +92,13 @@ check("the Kubernetes API helper sets no_proxy once, unconditionally, on every r
       and api_get is not None and "return cmh_k8s_api_start(a, curl, r, done);" in api_get.group(0)
       and len(re.findall(r"\bcmh_curl_uv_start\(", api)) == 1,
       m and m.group(1))
-k8s_clients = ("k8s/discovery.c", "k8s/leader.c", "scrape/proxy_scrape.c", "cmd/report.c",
-               "aws/cluster_id.c")
+k8s_clients = ("k8s/discovery.c", "k8s/leader.c", "k8s/eniconfig.c", "scrape/proxy_scrape.c",
+               "cmd/report.c", "aws/cluster_id.c")
 direct = {f: (len(re.findall(r"\bcmh_k8s_api_(?:start|get)\(", source(f))),
               len(re.findall(r"\bcmh_curl_uv_start\(|\bno_proxy\b", source(f))))
           for f in k8s_clients}
-check("every Kubernetes API request (discovery, leader election, pod proxy, report, cluster id) "
+check("every Kubernetes API request (discovery, leader election, ENIConfigs, pod proxy, report, "
+      "cluster id) "
       "starts through that helper, none by curl_uv directly",
       all(n >= 1 and d == 0 for n, d in direct.values()), direct)
 # The credential layer's requests all go through cmh_aws_job_request (creds_job.c), whose

@@ -20,8 +20,9 @@ struct cmh_eniconfig; /* opaque */
 typedef void (*cmh_eniconfig_done_cb)(struct cmh_eniconfig *l, int rc, void *arg);
 
 /* Sets up the list of the API server at server ("https://host:port", or http:// to a loopback
- * address), with the service-account token (read again at every list) and the CA of cfg. curl,
- * cfg and log are borrowed. Touches no network. Returns 0 or -ENOMEM. */
+ * address) through the Kubernetes API helper (k8s/api.h), with the service-account token (read
+ * again when a minute old or refused) and the CA of cfg. curl and log are borrowed. Touches no
+ * network. Returns 0, -EINVAL (no server) or -ENOMEM. */
 int cmh_eniconfig_new(struct cmh_eniconfig **out, struct cmh_curl_uv *curl, const char *server,
                       const struct cmh_config *cfg, struct cmh_log *log);
 

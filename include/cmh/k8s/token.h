@@ -12,13 +12,6 @@
 /* Longest token accepted. */
 #define CMH_K8S_TOKEN_MAX (64 * 1024)
 
-/* Reads the token in file (trailing blanks trimmed) into *out (owned by the caller). Returns 0,
- * or -errno / -EINVAL (empty, too long, holds a line break) with a sentence for the log in why. */
-int cmh_k8s_token_read(const char *file, char **out, char *why, size_t whylen);
-
-/* "Authorization: Bearer <token>", owned by the caller; NULL when out of memory. */
-char *cmh_k8s_bearer_header(const char *token);
-
 /* A token kept for requests. It is read when first used, again once max_age_ms old (the kubelet
  * rotates the file well before the token expires) and at the first use after the API server
  * refused it. A failed read keeps the token held, and is tried again at the same moments. */

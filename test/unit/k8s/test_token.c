@@ -8,6 +8,7 @@
 #include <cmocka.h>
 
 #include "cmh/k8s/token.h"
+#include "cmh/k8s/token_int.h"
 
 #include <errno.h>
 #include <stdio.h>
