@@ -4,9 +4,9 @@ BUILD      ?= build
 ASAN_BUILD ?= build-asan
 FUZZ_BUILD ?= build-fuzz
 JOBS       ?= $(shell nproc)
-# Tests mostly wait on their peers and on compressed time: three per core in the plain pass (all
-# passed so on 2 cores already saturated by other builds), two per core under the sanitizers,
-# whose tests use two to three times the CPU and timed out on scrapes at three per core there.
+# Tests mostly wait on their peers and on compressed time: three per core in the plain pass, two
+# per core under the sanitizers, whose tests use two to three times the CPU while the scrape
+# deadlines they check stay the same.
 TEST_JOBS      ?= $(shell echo $$(( 3 * $$(nproc) )))
 ASAN_TEST_JOBS ?= $(shell echo $$(( 2 * $$(nproc) )))
 
