@@ -28,6 +28,7 @@ Scenarios:
             alarm pages and the others keep their meaning;
   blind     the same run's datums without any subnet datum: the subnet alarm pages.
 """
+import concurrent.futures
 import json
 import os
 import re
@@ -307,12 +308,16 @@ def main():
     tpl = cwm.load_template()
     alarms, _, _ = cwm.template_outputs(tpl, cwm.TEST_VALUES)
     by = {lid: a for lid, a in alarms.items()}
-    with tempfile.TemporaryDirectory() as tmp:
-        up, up_end, why = run_scenario("scale-up", 16, scale_up, tmp)
+    # The two scenarios run side by side, each with its own daemon, nodes and stand-ins.
+    with tempfile.TemporaryDirectory() as tmp, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        running_up = pool.submit(run_scenario, "scale-up", 16, scale_up, tmp)
+        running_dr = pool.submit(run_scenario, "drain", 22, drain, tmp)
+        up, up_end, why = running_up.result()
         if not check("scale-up scenario ran and published", up, why):
             finish()
             return
-        dr, dr_end, why = run_scenario("drain", 22, drain, tmp)
+        dr, dr_end, why = running_dr.result()
         if not check("drain scenario ran and published", dr, why):
             finish()
             return

@@ -3,7 +3,15 @@ python3-prometheus-client (prometheus_client.parser), on the real ipamD scrapes 
 of generated expositions (escapes, UTF-8, whitespace, every value form, timestamps, all types).
 Both must give the same samples, in the same order, with bit-identical values.
 
+A `parse` process costs more to start (dynamic loading) than to parse one exposition, so the
+generated expositions are parsed BATCH at a time: a batch is their concatenation, family names
+unique across it, which is itself an exposition whose samples are theirs in order (the first of
+each batch starts the input, the others follow another exposition's last line, and a batch may
+cross the 64 KiB reads). A batch that differs is redone one exposition at a time to name the one
+that differs; two parse processes run at a time while this one compares.
+
 Usage: prom_differential.py [COUNT] [SEED]"""
+import concurrent.futures
 import math
 import os
 import random
@@ -18,6 +26,7 @@ BIN = os.environ["CMH_BIN"]
 DATA = os.environ["CMH_DATA_DIR"]
 COUNT = int(sys.argv[1]) if len(sys.argv) > 1 else 3000
 SEED = int(sys.argv[2]) if len(sys.argv) > 2 else 20261126
+BATCH = 10
 
 # Our canonical output, read strictly: name{l="v",...} value [timestamp]
 LINE_RE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)(?: (-?\d+))?$')
@@ -33,8 +42,13 @@ def bits(v):
     return "nan" if math.isnan(v) else struct.pack("<d", v).hex()
 
 
-def ours(text_bytes, counters):
-    r = subprocess.run([BIN, "parse", "-"], input=text_bytes, capture_output=True, timeout=60)
+def run_parse(text_bytes):
+    return subprocess.run([BIN, "parse", "-"], input=text_bytes, capture_output=True, timeout=60)
+
+
+def ours(text_bytes, counters, r=None):
+    if r is None:
+        r = run_parse(text_bytes)
     if r.returncode != 0:
         raise AssertionError(f"parse rejected it: {r.stderr.decode(errors='replace')}")
     out = []
@@ -75,9 +89,10 @@ def counters_of(text):
     return {m.group(1) for m in re.finditer(r'^\s*#\s*TYPE\s+(\S+)\s+counter\s*$', text, re.M)}
 
 
-def compare(name, data):
+def compare(name, data, r=None):
+    """Our samples of data (r: the finished `parse` run on it, if already run) against theirs."""
     text = data.decode("utf-8")
-    a = ours(data, counters_of(text))
+    a = ours(data, counters_of(text), r)
     b = theirs(text)
     if a != b:
         for i, (x, y) in enumerate(zip(a, b)):
@@ -162,8 +177,7 @@ def gen_sample(rng, name, extra=None):
     return line
 
 
-def gen_exposition(rng):
-    used = set()
+def gen_exposition(rng, used):
     lines = []
     for _ in range(rng.randint(1, 12)):
         name = gen_name(rng, used)
@@ -203,14 +217,30 @@ def main():
         print(f"{f}: {n} samples identical")
         total += n
     rng = random.Random(SEED)
+    batches = []
+    for first in range(0, COUNT, BATCH):
+        used = set()
+        batches.append([gen_exposition(rng, used) for _ in range(first, min(first + BATCH, COUNT))])
     samples = 0
-    for i in range(COUNT):
-        text = gen_exposition(rng)
-        try:
-            samples += compare(f"generated #{i}", text.encode("utf-8"))
-        except AssertionError as e:
-            print(f"seed {SEED}, exposition {i}:\n{text}")
-            print(e)
+    data = ["".join(b).encode("utf-8") for b in batches]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        for k, r in enumerate(pool.map(run_parse, data)):
+            try:
+                samples += compare(f"generated #{k * BATCH}..", data[k], r)
+                continue
+            except AssertionError as e:
+                batch_error = e
+            pool.shutdown(cancel_futures=True)
+            for j, text in enumerate(batches[k]):
+                try:
+                    compare(f"generated #{k * BATCH + j}", text.encode("utf-8"))
+                except AssertionError as e:
+                    print(f"seed {SEED}, exposition {k * BATCH + j}:\n{text}")
+                    print(e)
+                    sys.exit(1)
+            print(f"seed {SEED}, expositions {k * BATCH}..{k * BATCH + len(batches[k]) - 1}, "
+                  f"each alike alone, differ together:\n{data[k].decode('utf-8')}")
+            print(batch_error)
             sys.exit(1)
     print(f"{COUNT} generated expositions: {samples} samples identical (seed {SEED})")
 

@@ -3,15 +3,19 @@ CW_PER_AZ) against the EC2 stand-in (botocore checks every signature and Describ
 playing scripted drains, publishing to the CloudWatch stand-in. Time runs 30 times faster than
 the defaults: SUBNET_METRICS_INTERVAL 10 s (300 s), FORECAST_WINDOW 60 s (30 min), a round every
 2 s (60 s), and every limit alike: the 60-minute alarm is 120 s, 24 hours is 2880 s, a day 2880 s.
+(SUBNET_METRICS_INTERVAL is at its least, 10 s, so time cannot run faster.) Two daemons run side by
+side, each with its own peers: the drains, and the stale view (an EC2 outage would cut the drains).
   - steady: 8 addresses every 4 s on average, each step anywhere in its slot: once the window has
     filled, every published subnetTimeToIPExhaustion is within 25% of the true remaining time while
     at least one window of it is left, and a value below the alarm threshold comes before the
     subnet runs out; nothing is published before the window holds its history;
   - flat: 2000 free give or take 20 at every step: never forecast to run out within 24 hours;
-  - daily: the drain half of a fill-and-drain day (phase 1.9 to 2.7 rad, the steepest stretch
-    relative to what is left): never below the alarm threshold;
-  - stale: EC2 failing for longer than 3 intervals: no subnet datum while the view is stale, and
-    after it recovers no forecast until a new window has filled (nothing across the gap);
+  - daily: the drain half of a fill-and-drain day (phase 2.0 to 2.45 rad, forecasts from 2.13,
+    around 2.37 where the drain is steepest relative to what is left): never below the alarm
+    threshold;
+  - stale (the second daemon, flat and daily): once forecasts are published, EC2 failing for
+    longer than 3 intervals: no subnet datum while the view is stale, and after it recovers no
+    forecast until a new window has filled (nothing across the gap);
   - clusterMinTimeToIPExhaustion is the least of the subnets' values of its round, the per-AZ value
     the least of the AZ's subnets, and /metrics shows the same figures;
   - `report` with REPORT_MIN_TIME_TO_EXHAUSTION samples a window and shows a "runs out in" column:
@@ -41,7 +45,8 @@ INTERVAL, WINDOW, ROUND = 300 / SCALE, 1800 / SCALE, 60 / SCALE
 ALARM, DAY_LIMIT, DAY = 3600 / SCALE, 86400 / SCALE, 86400 / SCALE
 CAP = 604800.0
 STEADY, FLAT, DAILY = "subnet-0000f001", "subnet-0000f002", "subnet-0000f003"
-RUN = 250.0        # the scripted part; steady runs out at about 225 s
+RUN = 205.0        # the drains' daemon; steady runs out at about 220 s, judged until 160 s
+OUTAGE_AT = 80.0   # the stale daemon: forecasts from about 60 s
 OUTAGE = 45.0      # > 3 intervals
 AFTER = 75.0       # recovery: > one window
 
@@ -64,8 +69,8 @@ def flat_points():
 
 
 def daily_points():
-    # Full scale: 2500 + 1800 cos(2 pi t / day) in steps of 8, pods +-20; here from phase 1.9.
-    t0 = 1.9 / (2 * math.pi) * DAY
+    # Full scale: 2500 + 1800 cos(2 pi t / day) in steps of 8, pods +-20; here from phase 2.0.
+    t0 = 2.0 / (2 * math.pi) * DAY
     pts = []
     for k in range(int(400 / ROUND)):
         t = k * ROUND
@@ -87,26 +92,40 @@ SUBNETS = [
      "AvailableIpAddressCount": 4000},
 ]
 
-tmp = tempfile.mkdtemp(prefix="cmh-forecast-")
-truth_file = os.path.join(tmp, "subnets.json")
-with open(truth_file, "w") as f:
-    json.dump({"subnets": SUBNETS}, f)
-peers = Peers(BUILD, DATA, tmp, "fc", "127.98.0.1", 2, 19, truth_file, RUN + OUTAGE + AFTER + 60)
-daemon = None
-try:
-    cw_url, ec2_url = peers.cw_url, peers.ec2_url
-    env = dict(peers.env, METRIC_UPDATE_INTERVAL="%gs" % ROUND)
+
+
+def setup(name, base, subnets, scripts):
+    """Peers in tmp/name (truth: subnets, drains: scripts) and the daemon's environment."""
+    d = os.path.join(tmp, name)
+    os.mkdir(d)
+    truth = os.path.join(d, "subnets.json")
+    with open(truth, "w") as f:
+        json.dump({"subnets": subnets}, f)
+    p = Peers(BUILD, DATA, d, name, base, 2, 19, truth, RUN + OUTAGE_AT + OUTAGE + AFTER + 60)
+    env = dict(p.env, METRIC_UPDATE_INTERVAL="%gs" % ROUND)
     env.update({
-        "SUBNET_IDS": ",".join(s["SubnetId"] for s in SUBNETS),
+        "SUBNET_IDS": ",".join(s["SubnetId"] for s in subnets),
         "SUBNET_METRICS_INTERVAL": "%gs" % INTERVAL, "FORECAST_WINDOW": "%gs" % WINDOW,
         "CW_PER_AZ": "true"})
+    for sid, pts in scripts.items():
+        http(p.ec2_url + "/drain", "POST", {"SubnetId": sid, "points": pts})
+    return p, env
+
+
+tmp = tempfile.mkdtemp(prefix="cmh-forecast-")
+peers = stale_peers = daemon = stale_daemon = None
+try:
     scripts = {STEADY: steady_points(), FLAT: flat_points(), DAILY: daily_points()}
+    peers, env = setup("fc", "127.98.0.1", SUBNETS, scripts)
+    stale_peers, stale_env = setup("fs", "127.98.1.1", SUBNETS[1:],
+                                   {sid: scripts[sid] for sid in (FLAT, DAILY)})
+    cw_url, ec2_url = peers.cw_url, peers.ec2_url
     log_path = os.path.join(tmp, "daemon.log")
     log = open(log_path, "w")
-    for sid, pts in scripts.items():
-        http(ec2_url + "/drain", "POST", {"SubnetId": sid, "points": pts})
     start = time.time()
     daemon = subprocess.Popen([BIN], env=env, stderr=log, text=True)
+    stale_log = open(os.path.join(tmp, "stale-daemon.log"), "w")
+    stale_daemon = subprocess.Popen([BIN], env=stale_env, stderr=stale_log, text=True)
     end_steady = start + exhausted_at(scripts[STEADY])
 
     own = own_url(log_path)
@@ -118,8 +137,13 @@ try:
     reports = {thr: subprocess.Popen([BIN, "report"], env=dict(renv, REPORT_MIN_TIME_TO_EXHAUSTION=thr),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for thr in ("300s", "20s")}
+    # The stale daemon's EC2 fails for OUTAGE seconds from OUTAGE_AT.
+    time.sleep(max(0.0, start + OUTAGE_AT - time.time()))
+    outage_at = time.time()
+    http(stale_peers.ec2_url + "/outage", "POST", {"seconds": OUTAGE})
+    recovered_at = time.time() + OUTAGE
     # /metrics mid-run, once forecasts exist: the same figures as the round's datums.
-    time.sleep(WINDOW + 3 * INTERVAL - 20)
+    time.sleep(max(0.0, start + WINDOW + 3 * INTERVAL - time.time()))
     page = parse_metrics(http(own + "/metrics").decode())
     per_subnet = {k: v for k, v in page.items()
                   if k.startswith("cni_metrics_helper_subnet_time_to_ip_exhaustion_seconds{")}
@@ -150,19 +174,16 @@ try:
     check("report: exit 0 when no subnet runs out within the threshold", rc == 0,
           (rc, out[-600:], err[-300:]))
 
-    time.sleep(max(0.0, start + RUN - time.time()))
-    outage_at = time.time()
-    http(ec2_url + "/outage", "POST", {"seconds": OUTAGE})
-    time.sleep(OUTAGE)
-    recovered_at = time.time()
-    time.sleep(AFTER)
+    time.sleep(max(0.0, start + RUN - time.time(), recovered_at + AFTER - time.time()))
     ds = json.loads(http(cw_url + "/datums"))
-    stats = json.loads(http(ec2_url + "/stats"))
-    check("EC2 stand-in: every request signed and valid", stats["bad_signature"] == 0 and
-          stats["invalid"] == 0, stats["errors"][:3])
+    stale_ds = json.loads(http(stale_peers.cw_url + "/datums"))
+    for what, p in (("drains", peers), ("stale view", stale_peers)):
+        stats = json.loads(http(p.ec2_url + "/stats"))
+        check("EC2 stand-in (%s): every request signed and valid" % what,
+              stats["bad_signature"] == 0 and stats["invalid"] == 0, stats["errors"][:3])
 
-    def series(metric, dim, value):
-        return sorted((d["timestamp_ms"] / 1000.0, d["value"]) for d in ds
+    def series(metric, dim, value, datums=ds):
+        return sorted((d["timestamp_ms"] / 1000.0, d["value"]) for d in datums
                       if d["metric"] == metric and d["dimensions"].get(dim) == value)
 
     # Rule: nothing until the window holds its history (first good fetch at about start).
@@ -186,9 +207,9 @@ try:
     print("steady: %d rounds judged, worst error %.1f%%, alarm %.0f s (compressed) before exhaustion"
           % (len(judged), 100 * (worst or 0), end_steady - alarm[0] if alarm else -1))
 
-    # Flat with noise and the daily cycle's drain half, until the outage.
-    flat = [v for t, v in tte[FLAT] if t < outage_at]
-    daily = [v for t, v in tte[DAILY] if t < outage_at]
+    # Flat with noise and the daily cycle's drain half.
+    flat = [v for t, v in tte[FLAT]]
+    daily = [v for t, v in tte[DAILY]]
     check("flat: never within 24 hours", flat and min(flat) > DAY_LIMIT, min(flat or [0]))
     check("daily drain half: never within 60 minutes", daily and min(daily) > ALARM,
           min(daily or [0]))
@@ -196,18 +217,24 @@ try:
           % (min(flat or [0]), DAY_LIMIT, min(daily or [0]), ALARM))
 
     # Stale: the view is stale 3 intervals after the last good fetch before the outage.
+    before = [t for sid in (FLAT, DAILY)
+              for t, _ in series("subnetTimeToIPExhaustion", "SubnetId", sid, stale_ds)
+              if t < outage_at]
+    check("stale: forecasts published before the outage", before, OUTAGE_AT)
     stale_from = outage_at + 3 * INTERVAL + ROUND
-    during = [d for d in ds if stale_from + ROUND <= d["timestamp_ms"] / 1000.0 < recovered_at
+    during = [d for d in stale_ds if stale_from + ROUND <= d["timestamp_ms"] / 1000.0 < recovered_at
               and d["metric"] in ("subnetTimeToIPExhaustion", "clusterMinTimeToIPExhaustion",
                                   "subnetAvailableIPAddresses")]
     check("stale: no subnet datum while the view is stale", not during, during[:2])
-    rounds_during = [d for d in ds if stale_from + ROUND <= d["timestamp_ms"] / 1000.0 < recovered_at
+    rounds_during = [d for d in stale_ds if stale_from + ROUND <= d["timestamp_ms"] / 1000.0 < recovered_at
                      and d["metric"] == "scrapeTargets"]
     check("stale: rounds kept running", len(rounds_during) >= 3, len(rounds_during))
-    back = series("subnetAvailableIPAddresses", "SubnetId", FLAT)
+    back = series("subnetAvailableIPAddresses", "SubnetId", FLAT, stale_ds)
     back_at = next((t for t, _ in back if t >= recovered_at), None)
     check("stale: free counts back after recovery", back_at is not None)
-    after = [t for sid in (FLAT, DAILY) for t, _ in tte[sid] if t >= recovered_at]
+    after = [t for sid in (FLAT, DAILY)
+             for t, _ in series("subnetTimeToIPExhaustion", "SubnetId", sid, stale_ds)
+             if t >= recovered_at]
     check("stale: no forecast across the gap (none until a new window filled)",
           back_at is not None and after and min(after) >= back_at + WINDOW - INTERVAL,
           (back_at, min(after or [0])))
@@ -233,5 +260,7 @@ try:
     units = {d["unit"] for d in ds if "TimeTo" in d["metric"]}
     check("unit Seconds", units == {"Seconds"}, units)
 finally:
-    stop_all(daemon, [peers.cw, peers.ec2], peers.sim, peers.control)
+    for d, p in ((daemon, peers), (stale_daemon, stale_peers)):
+        if p is not None:
+            stop_all(d, [p.cw, p.ec2], p.sim, p.control)
 finish()
