@@ -492,7 +492,8 @@ static void on_subnets_fetched(void *arg, int rc, const char *why)
     struct cmh_daemon *d = arg;
     if (rc == 0) {
         d->subnet_expose.fetches_ok++;
-        d->subnet_expose.ids_missing = d->subnets != NULL ? cmh_subnet_watch_missing(d->subnets) : 0;
+        d->subnet_expose.ids_missing =
+            d->subnets != NULL ? cmh_subnet_watch_missing(d->subnets) : 0;
         d->subnet_expose.last_ok = (double)wall_ms() / 1000.0;
         d->subnet_why[0] = '\0';
     } else {
