@@ -141,8 +141,16 @@ cases = set()
 for unit in glob.glob(os.path.join(SRC, "test", "unit", "**", "*.c"), recursive=True):
     with open(unit, encoding="utf-8") as f:
         cases.update(re.findall(r"cmocka_unit_test(?:_setup_teardown)?\((\w+)", f.read()))
-missing = sorted(n for n in cited if n not in known and n not in cases
-                 and not re.search(r"\b%s\b" % n, registered))
+
+
+def registered_name(n):
+    """n is declared in test/CMakeLists.txt, its case count possibly as ${_n} (the differentials
+    run thousands of cases in the plain build, hundreds in the sanitizer build)."""
+    pattern = r"\b%s\b" % re.sub(r"_\d+_", lambda m: r"_(?:\d+|\$\{_n\})_", n)
+    return re.search(pattern, registered) is not None
+
+
+missing = sorted(n for n in cited if n not in known and n not in cases and not registered_name(n))
 check("docs/security.md: every test named after *Tests:* is a CTest test", cited and not missing,
       missing)
 help_text = subprocess.run([BIN, "--help"], capture_output=True, text=True, timeout=30).stdout
