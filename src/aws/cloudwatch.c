@@ -477,6 +477,8 @@ struct cmh_cloudwatch {
     void *flush_arg;
 
     int freeing;
+    cmh_cloudwatch_close_cb close_cb; /* cmh_cloudwatch_close */
+    void *close_arg;
     unsigned pending; /* open timers, a request or a credentials call outstanding */
 };
 
@@ -497,20 +499,28 @@ static void free_request_bufs(struct cmh_cloudwatch *cw)
     cw->gz_len = 0;
 }
 
-static void maybe_release(struct cmh_cloudwatch *cw)
+/* Frees the copied settings and cw itself. */
+static void free_settings(struct cmh_cloudwatch *cw)
 {
-    if (!cw->freeing || cw->pending > 0)
-        return;
-    free_request_bufs(cw);
-    cmh_free(cw->q.v);
-    cmh_buf_free(&cw->form);
-    cmh_buf_free(&cw->one);
     cmh_free(cw->region);
     cmh_free(cw->endpoint);
     cmh_free(cw->ns);
     cmh_free(cw->host);
     cmh_free(cw->path);
     cmh_free(cw);
+}
+
+static void maybe_release(struct cmh_cloudwatch *cw)
+{
+    if (!cw->freeing || cw->pending > 0)
+        return;
+    if (cw->close_cb != NULL)
+        cw->close_cb(cw, cw->close_arg);
+    free_request_bufs(cw);
+    cmh_free(cw->q.v);
+    cmh_buf_free(&cw->form);
+    cmh_buf_free(&cw->one);
+    free_settings(cw);
 }
 
 static void on_timer_close(uv_handle_t *h)
@@ -1082,12 +1092,7 @@ int cmh_cloudwatch_new(struct cmh_cloudwatch **out, uv_loop_t *loop, struct cmh_
     *out = cw;
     return 0;
 out:
-    cmh_free(cw->region);
-    cmh_free(cw->endpoint);
-    cmh_free(cw->ns);
-    cmh_free(cw->host);
-    cmh_free(cw->path);
-    cmh_free(cw);
+    free_settings(cw);
     return rc;
 }
 
@@ -1214,11 +1219,13 @@ int cmh_cloudwatch_ready(const struct cmh_cloudwatch *cw)
     return 0;
 }
 
-void cmh_cloudwatch_free(struct cmh_cloudwatch *cw)
+void cmh_cloudwatch_close(struct cmh_cloudwatch *cw, cmh_cloudwatch_close_cb close_cb, void *arg)
 {
     if (cw == NULL || cw->freeing)
         return;
     cw->freeing = 1;
+    cw->close_cb = close_cb;
+    cw->close_arg = arg;
     drop_all_shutdown(cw);
     uv_close((uv_handle_t *)&cw->timer, on_timer_close);
     uv_close((uv_handle_t *)&cw->deadline, on_timer_close);

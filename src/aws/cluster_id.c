@@ -152,6 +152,8 @@ struct cmh_cluster_finder {
     char region[64], instance[32];
     enum step step;
     int freeing;
+    cmh_cluster_finder_close_cb close_cb; /* cmh_cluster_finder_close */
+    void *close_arg;
     struct cmh_k8s_api_req req;
     int in_flight;
     uv_timer_t timer;
@@ -445,14 +447,19 @@ static void on_timer(uv_timer_t *t)
 static void on_closed(uv_handle_t *h)
 {
     struct cmh_cluster_finder *f = container_of((uv_timer_t *)h, struct cmh_cluster_finder, timer);
+    if (f->close_cb != NULL)
+        f->close_cb(f, f->close_arg);
     cmh_free(f);
 }
 
-void cmh_cluster_finder_free(struct cmh_cluster_finder *f)
+void cmh_cluster_finder_close(struct cmh_cluster_finder *f, cmh_cluster_finder_close_cb close_cb,
+                              void *arg)
 {
-    if (f == NULL)
+    if (f == NULL || f->freeing)
         return;
     f->freeing = 1;
+    f->close_cb = close_cb;
+    f->close_arg = arg;
     uv_timer_stop(&f->timer);
     if (f->in_flight)
         cmh_curl_uv_cancel(f->curl, &f->req.curl);

@@ -952,8 +952,11 @@ static void provider_release(struct cmh_aws_provider *p)
 
 void cmh_aws_provider_maybe_release(struct cmh_aws_provider *p)
 {
-    if (p->closing && !p->defer_open && !p->cj.fs_busy && !p->rj.fs_busy)
+    if (p->closing && !p->defer_open && !p->cj.fs_busy && !p->rj.fs_busy) {
+        if (p->close_cb != NULL)
+            p->close_cb(p, p->close_arg);
         provider_release(p);
+    }
 }
 
 static void on_defer_closed(uv_handle_t *h)
@@ -1023,11 +1026,14 @@ uint64_t cmh_aws_provider_requests(const struct cmh_aws_provider *p)
     return p->requests;
 }
 
-void cmh_aws_provider_free(struct cmh_aws_provider *p)
+void cmh_aws_provider_close(struct cmh_aws_provider *p, cmh_aws_provider_close_cb close_cb,
+                            void *arg)
 {
     if (p == NULL || p->closing)
         return;
     p->closing = 1;
+    p->close_cb = close_cb;
+    p->close_arg = arg;
     struct cmh_aws_job *jobs[] = {&p->cj, &p->rj};
     for (size_t i = 0; i < 2; i++)
         cmh_aws_job_cancel(jobs[i]); /* the done callbacks see closing and do nothing */

@@ -651,7 +651,7 @@ int cmh_ec2_new(struct cmh_ec2 **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
 out:
     if (rc != 0) {
         if (e->aws != NULL)
-            cmh_aws_provider_free(e->aws);
+            cmh_aws_provider_close(e->aws, NULL, NULL);
         cmh_free(e->override);
         cmh_free(e);
         return rc;
@@ -786,7 +786,7 @@ void cmh_ec2_close(struct cmh_ec2 *e, cmh_ec2_close_cb close_cb, void *arg)
         cmh_curl_uv_cancel(e->curl, &e->req);
     e->in_flight = 0;
     free_call(e);
-    cmh_aws_provider_free(e->aws);
+    cmh_aws_provider_close(e->aws, NULL, NULL);
     cmh_free(e->override);
     cmh_free(e->region);
     cmh_free(e->endpoint);

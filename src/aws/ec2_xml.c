@@ -17,14 +17,10 @@ int cmh_ec2_cidrs_push(struct cmh_ec2_cidrs *l, const struct cmh_cidr *c)
 {
     if (l->n >= CMH_EC2_MAX_USED)
         return -E2BIG;
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        struct cmh_cidr *v = cmh_reallocarray(l->v, cap, sizeof *v);
-        if (v == NULL)
-            return -ENOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
+    struct cmh_cidr *v = cmh_grow(l->v, &l->cap, l->n + 1, sizeof *v, 64);
+    if (v == NULL)
+        return -ENOMEM;
+    l->v = v;
     l->v[l->n++] = *c;
     return 0;
 }

@@ -321,10 +321,10 @@ void cmh_publish_free(struct cmh_publish *p)
         return;
     p->freeing = 1;
     if (p->cw != NULL)
-        cmh_cloudwatch_free(p->cw);
+        cmh_cloudwatch_close(p->cw, NULL, NULL);
     if (p->aws != NULL)
-        cmh_aws_provider_free(p->aws);
-    cmh_cluster_finder_free(p->finder);
+        cmh_aws_provider_close(p->aws, NULL, NULL);
+    cmh_cluster_finder_close(p->finder, NULL, NULL);
     cmh_free(p->region);
     cmh_free(p->endpoint_override);
     cmh_free(p->cluster_id);

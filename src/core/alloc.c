@@ -105,6 +105,22 @@ char *cmh_strdup(const char *s)
     return cmh_strndup(s, SIZE_MAX);
 }
 
+void *cmh_grow(void *v, size_t *cap, size_t need, size_t size, size_t first)
+{
+    if (need <= *cap)
+        return v;
+    size_t n = *cap ? *cap : first;
+    while (n < need) {
+        if (n > SIZE_MAX / 2)
+            return NULL;
+        n *= 2;
+    }
+    void *nv = cmh_reallocarray(v, n, size);
+    if (nv != NULL)
+        *cap = n;
+    return nv;
+}
+
 char *cmh_strdup_opt(const char *s, int *rc)
 {
     if (s == NULL)

@@ -194,14 +194,13 @@ static void finish(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req, CURLcode 
     curl_slist_free_all(req->slist);
     unlink_req(c, req);
 
-    char *body = req->buf;
-    res.body = body != NULL ? body : "";
-    res.body_len = req->len;
+    struct cmh_buf body = req->body_buf; /* the request may be started again from done */
+    res.body = cmh_buf_str(&body);
+    res.body_len = cmh_buf_len(&body);
     res.elapsed_ms = uv_now(c->loop) - req->start_ms;
     cmh_curl_uv_done_cb done = req->done;
     req->easy = req->slist = NULL;
-    req->buf = NULL;
-    req->len = req->cap = 0;
+    cmh_buf_init(&req->body_buf, 0);
     req->done = NULL;
     req->owner = NULL;
 
@@ -216,8 +215,8 @@ static void finish(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req, CURLcode 
     done(req, &res);
     /* Answers may carry credentials (IMDS, container credentials, STS): none stays in freed
      * memory. */
-    cmh_wipe(body, res.body_len);
-    cmh_free(body);
+    cmh_wipe(cmh_buf_ptr(&body), cmh_buf_len(&body));
+    cmh_buf_free(&body);
 }
 
 /* Collects every finished transfer; runs after every curl_multi_socket_action. */
@@ -361,6 +360,12 @@ static int on_curl_timer(CURLM *multi, long timeout_ms, void *userp)
     return uv_timer_start(&c->timer, on_timer, (uint64_t)timeout_ms, 0) == 0 ? 0 : -1;
 }
 
+/* The most bytes of an answer kept: the request's cap, else the instance's. */
+static size_t body_limit(const struct cmh_curl_uv *c, const struct cmh_curl_uv_req *req)
+{
+    return req->max_body ? req->max_body : c->opts.max_body;
+}
+
 static size_t on_write(char *data, size_t size, size_t nmemb, void *userp)
 {
     struct cmh_curl_uv_req *req = userp;
@@ -371,24 +376,10 @@ static size_t on_write(char *data, size_t size, size_t nmemb, void *userp)
             status = 0;
         return req->on_data(req, status, data, n) == 0 ? n : 0;
     }
-    if (n > req->limit - req->len) {
+    int rc = cmh_buf_add(&req->body_buf, data, n);
+    if (rc == -E2BIG)
         req->too_large = 1;
-        return 0; /* curl aborts the transfer with CURLE_WRITE_ERROR */
-    }
-    if (req->len + n + 1 > req->cap) {
-        size_t cap = req->cap ? req->cap : 4096;
-        while (cap < req->len + n + 1)
-            cap *= 2;
-        char *p = cmh_realloc(req->buf, cap);
-        if (p == NULL)
-            return 0;
-        req->buf = p;
-        req->cap = cap;
-    }
-    memcpy(req->buf + req->len, data, n);
-    req->len += n;
-    req->buf[req->len] = '\0';
-    return n;
+    return rc == 0 ? n : 0; /* 0: curl aborts the transfer with CURLE_WRITE_ERROR */
 }
 
 int cmh_curl_uv_init(struct cmh_curl_uv *c, uv_loop_t *loop, const struct cmh_curl_uv_opts *opts,
@@ -511,7 +502,7 @@ static CURLcode setup_easy(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req, C
     SET(CURLOPT_TCP_KEEPALIVE, 1L);
     SET(CURLOPT_WRITEFUNCTION, on_write);
     SET(CURLOPT_WRITEDATA, req);
-    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)(req->on_data != NULL ? 0 : req->limit));
+    SET(CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)(req->on_data != NULL ? 0 : body_limit(c, req)));
     SET(CURLOPT_HTTPHEADER, (struct curl_slist *)req->slist);
 
     const char *m = req->method;
@@ -574,10 +565,8 @@ int cmh_curl_uv_start(struct cmh_curl_uv *c, struct cmh_curl_uv_req *req, cmh_cu
     }
     req->slist = list;
     req->errbuf[0] = '\0';
-    req->limit = req->max_body ? req->max_body : c->opts.max_body;
+    cmh_buf_init(&req->body_buf, body_limit(c, req));
     req->too_large = 0;
-    req->buf = NULL;
-    req->len = req->cap = 0;
     CURLcode crc = setup_easy(c, req, e);
     if (crc != CURLE_OK) {
         rc = crc == CURLE_OUT_OF_MEMORY ? -ENOMEM : -EINVAL;

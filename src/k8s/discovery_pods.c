@@ -211,14 +211,10 @@ static int pods_put(struct cmh_discovery_pods *pods, const char *name, const cha
         *changed = false;
         return PUT_REFUSED;
     }
-    if (pods->n == pods->cap) {
-        size_t cap = pods->cap ? pods->cap * 2 : 16;
-        struct cmh_discovery_pod *v = cmh_reallocarray(pods->v, cap, sizeof *v);
-        if (v == NULL)
-            return -ENOMEM;
-        pods->v = v;
-        pods->cap = cap;
-    }
+    struct cmh_discovery_pod *v = cmh_grow(pods->v, &pods->cap, pods->n + 1, sizeof *v, 16);
+    if (v == NULL)
+        return -ENOMEM;
+    pods->v = v;
     struct cmh_discovery_pod p = {
         .name = cmh_strdup(name), .node = cmh_strdup(node), .running = running, .height = 1};
     if (p.name == NULL || p.node == NULL) {

@@ -31,14 +31,11 @@ static struct cmh_collector_slot *slot_get(struct cmh_collector *c)
         c->free_slots = s->next_free;
         return s;
     }
-    if (c->nslots == c->slots_cap) {
-        size_t cap = c->slots_cap ? c->slots_cap * 2 : 64;
-        struct cmh_collector_slot **v = cmh_reallocarray(c->all_slots, cap, sizeof *v);
-        if (v == NULL)
-            return NULL;
-        c->all_slots = v;
-        c->slots_cap = cap;
-    }
+    struct cmh_collector_slot **v =
+        cmh_grow(c->all_slots, &c->slots_cap, c->nslots + 1, sizeof *v, 64);
+    if (v == NULL)
+        return NULL;
+    c->all_slots = v;
     s = cmh_calloc(1, sizeof *s);
     if (s == NULL)
         return NULL;

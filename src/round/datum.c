@@ -9,14 +9,10 @@
 
 int cmh_datum_push(struct cmh_datum_list *l, const struct cmh_datum *d)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        struct cmh_datum *v = cmh_reallocarray(l->v, cap, sizeof *v);
-        if (v == NULL)
-            return -ENOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
+    struct cmh_datum *v = cmh_grow(l->v, &l->cap, l->n + 1, sizeof *v, 64);
+    if (v == NULL)
+        return -ENOMEM;
+    l->v = v;
     l->v[l->n++] = *d;
     return 0;
 }

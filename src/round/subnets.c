@@ -87,14 +87,10 @@ int cmh_cidr_contains(const struct cmh_cidr *c, const char *ip)
 
 int cmh_subnet_list_push(struct cmh_subnet_list *l, const struct cmh_subnet *s)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 16;
-        struct cmh_subnet *v = cmh_reallocarray(l->v, cap, sizeof *v);
-        if (v == NULL)
-            return -ENOMEM;
-        l->v = v;
-        l->cap = cap;
-    }
+    struct cmh_subnet *v = cmh_grow(l->v, &l->cap, l->n + 1, sizeof *v, 16);
+    if (v == NULL)
+        return -ENOMEM;
+    l->v = v;
     l->v[l->n++] = *s;
     return 0;
 }

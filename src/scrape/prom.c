@@ -428,29 +428,29 @@ static int parse_float_slow(char *scratch, const char *s, size_t n, double *out)
 /* parse_float_slow, with the common sample values decided inline: plain integers (exact in a double
  * below 10^15), short decimals d.ddd (mantissa below 10^15: one correctly rounded division by an
  * exact power of ten, the value strtod gives) and NaN. */
+/* Accumulates the decimal digits of s from i into *v; returns where they end. */
+static inline size_t add_digits(const char *s, size_t i, size_t n, uint64_t *v)
+{
+    for (; i < n; i++) {
+        unsigned d = (unsigned)(unsigned char)s[i] - '0';
+        if (d > 9)
+            break;
+        *v = *v * 10 + d;
+    }
+    return i;
+}
+
 static inline int parse_float(char *scratch, const char *s, size_t n, double *out)
 {
     if (n >= 1 && n <= 15) {
         uint64_t v = 0;
-        size_t i = 0;
-        for (; i < n; i++) {
-            unsigned d = (unsigned)(unsigned char)s[i] - '0';
-            if (d > 9)
-                break;
-            v = v * 10 + d;
-        }
+        size_t i = add_digits(s, 0, n, &v);
         if (i == n) {
             *out = (double)v;
             return 0;
         }
         if (i > 0 && s[i] == '.' && i + 1 < n) {
-            size_t j = i + 1;
-            for (; j < n; j++) {
-                unsigned d = (unsigned)(unsigned char)s[j] - '0';
-                if (d > 9)
-                    break;
-                v = v * 10 + d;
-            }
+            size_t j = add_digits(s, i + 1, n, &v);
             if (j == n) {
                 *out = (double)v / pow10_exact[n - i - 1];
                 return 0;

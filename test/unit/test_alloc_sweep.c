@@ -572,7 +572,7 @@ static void sweep_setup(struct sweep *sw)
 
 static void sweep_teardown(struct sweep *sw)
 {
-    cmh_cloudwatch_free(sw->cw);
+    cmh_cloudwatch_close(sw->cw, NULL, NULL);
     cmh_collector_close(&sw->col, on_col_closed);
     cmh_curl_uv_close(&sw->curl, on_curl_closed);
     while (sw->conns != NULL)

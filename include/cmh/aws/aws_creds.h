@@ -92,10 +92,16 @@ int cmh_aws_resolve(struct cmh_aws_provider *p, cmh_aws_resolve_cb cb, void *arg
 const char *cmh_aws_provider_instance_id(const struct cmh_aws_provider *p);
 const char *cmh_aws_provider_region_from(const struct cmh_aws_provider *p);
 
+/* Fires once per cmh_aws_provider_close, from the loop, when p's timer has closed and a pending
+ * token-file read has finished, just before its memory goes. */
+typedef void (*cmh_aws_provider_close_cb)(struct cmh_aws_provider *p, void *arg);
+
 /* Cancels what is in flight, the requests included (callbacks fire with -ECANCELED, before this
- * returns), and frees p. The memory itself goes once p's timer has closed and a pending
- * token-file read has finished: keep running the loop (nothing of p may be used any more). */
-void cmh_aws_provider_free(struct cmh_aws_provider *p);
+ * returns), and closes p (NULL: nothing to do); nothing of p may be used any more. close_cb (may
+ * be NULL) fires with arg once the loop has finished with p, then its memory goes: keep running
+ * the loop. */
+void cmh_aws_provider_close(struct cmh_aws_provider *p, cmh_aws_provider_close_cb close_cb,
+                            void *arg);
 
 /* Requests sent since new (every attempt counts), for self-metrics and tests. */
 uint64_t cmh_aws_provider_requests(const struct cmh_aws_provider *p);

@@ -93,6 +93,8 @@ struct cmh_aws_provider {
     uv_timer_t defer;
     int defer_open;
     int closing;
+    cmh_aws_provider_close_cb close_cb; /* cmh_aws_provider_close */
+    void *close_arg;
     uint64_t requests;
 };
 

@@ -143,9 +143,14 @@ void cmh_cloudwatch_stats(const struct cmh_cloudwatch *cw, struct cmh_cloudwatch
  * first of them). A replica in standby sends nothing and is not judged on it. */
 int cmh_cloudwatch_ready(const struct cmh_cloudwatch *cw);
 
-/* Counts what is still queued as dropped_shutdown and releases cw. A request in flight or a
- * credentials call still pending is abandoned; the memory goes once they have finished (closing
- * curl_uv ends a request at once) and the timers have closed: keep running the loop. */
-void cmh_cloudwatch_free(struct cmh_cloudwatch *cw);
+/* Fires once per cmh_cloudwatch_close, from the loop, when cw's timers have closed and what it
+ * abandoned has finished, just before its memory goes. */
+typedef void (*cmh_cloudwatch_close_cb)(struct cmh_cloudwatch *cw, void *arg);
+
+/* Counts what is still queued as dropped_shutdown and closes cw (NULL: nothing to do). A request
+ * in flight or a credentials call still pending is abandoned; close_cb (may be NULL) fires with
+ * arg once they have finished (closing curl_uv ends a request at once) and the timers have
+ * closed, then the memory goes: keep running the loop. */
+void cmh_cloudwatch_close(struct cmh_cloudwatch *cw, cmh_cloudwatch_close_cb close_cb, void *arg);
 
 #endif

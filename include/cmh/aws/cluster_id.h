@@ -66,7 +66,14 @@ const char *cmh_cluster_finder_instance(const struct cmh_cluster_finder *f);
 int cmh_cluster_finder_find(struct cmh_cluster_finder *f, const char *region,
                             const char *instance_id, cmh_cluster_found_cb cb, void *arg);
 
-/* Abandons what is in flight (no callback fires) and frees f (keep running the loop). */
-void cmh_cluster_finder_free(struct cmh_cluster_finder *f);
+/* Fires once per cmh_cluster_finder_close, from the loop, when f's timer has closed, just before
+ * its memory goes. */
+typedef void (*cmh_cluster_finder_close_cb)(struct cmh_cluster_finder *f, void *arg);
+
+/* Abandons what is in flight (no lookup callback fires) and closes f (NULL: nothing to do);
+ * close_cb (may be NULL) fires with arg once its timer has closed, then f is freed: keep running
+ * the loop. */
+void cmh_cluster_finder_close(struct cmh_cluster_finder *f, cmh_cluster_finder_close_cb close_cb,
+                              void *arg);
 
 #endif

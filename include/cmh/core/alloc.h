@@ -18,6 +18,12 @@ void cmh_free(void *p);
  * of copies needs one check at its end). */
 char *cmh_strdup_opt(const char *s, int *rc);
 
+/* The array v (of elements of size bytes, *cap of them allocated) with room for at least need:
+ * v itself when it has it, else a larger copy, its capacity doubled from first (at least need)
+ * and written to *cap. NULL when out of memory: v and *cap are then unchanged. The growth of
+ * every array of ours: `T *nv = cmh_grow(l->v, &l->cap, l->n + 1, sizeof *nv, 64)`. */
+void *cmh_grow(void *v, size_t *cap, size_t need, size_t size, size_t first);
+
 /* Overwrites n bytes at p with zeros in a way the compiler cannot drop (explicit_bzero). */
 void cmh_wipe(void *p, size_t n);
 /* cmh_free for a block that held a secret (a key, a token, a header or a document carrying

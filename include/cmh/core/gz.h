@@ -54,6 +54,7 @@ uint64_t cmh_gunzip_total_out(const struct cmh_gunzip *g);
  * initialise. */
 #define CMH_GUNZIP_OUT_LEN (32 * 1024)
 struct cmh_gunzip_pool {
+    /* private */
     struct cmh_gunzip **spare;
     unsigned nspare, made;
     char *out; /* CMH_GUNZIP_OUT_LEN bytes, once an inflater was taken */

@@ -4,6 +4,8 @@
 #ifndef CMH_CURL_UV_H
 #define CMH_CURL_UV_H
 
+#include "cmh/core/buf.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -68,6 +70,7 @@ typedef void (*cmh_curl_uv_close_cb)(struct cmh_curl_uv *c);
 /* One request. The owner fills the public fields, embeds it where it likes (get back with
  * container_of) and keeps it, the body and the url alive until the done callback. */
 struct cmh_curl_uv_req {
+    /* public */
     const char *method; /* "GET", "POST", "PUT", "DELETE", "HEAD"; NULL = GET, or POST with body */
     const char *url;    /* https://...; http:// only with allow_http */
     /* "Name: value" lines, copied at start. libcurl adds Host (from the url), Content-Length and
@@ -97,13 +100,12 @@ struct cmh_curl_uv_req {
      * existing connection to multiplex on rather than opening another. 0 = HTTP/1.1. */
     int http2;
 
-    /* Private to curl_uv. */
+    /* private */
     struct cmh_curl_uv *owner;
     cmh_curl_uv_done_cb done;
-    void *easy;  /* CURL * */
-    void *slist; /* struct curl_slist * */
-    char *buf;
-    size_t len, cap, limit;
+    void *easy;              /* CURL * */
+    void *slist;             /* struct curl_slist * */
+    struct cmh_buf body_buf; /* the answer, capped at the request's max_body */
     int too_large;
     uint64_t start_ms;
     struct cmh_curl_uv_req *prev, *next; /* in flight */
@@ -120,6 +122,9 @@ struct cmh_curl_uv_stats {
 };
 
 struct cmh_curl_uv {
+    /* read-only */
+    struct cmh_curl_uv_stats stats;
+    /* private */
     uv_loop_t *loop;
     struct cmh_log *log;
     struct cmh_curl_uv_opts opts;
@@ -127,14 +132,13 @@ struct cmh_curl_uv {
     void *multi; /* CURLM * */
     uv_timer_t timer;
     struct cmh_curl_uv_req *inflight;
-    struct cmh_curl_uv_sock *socks; /* private: the sockets being watched */
-    struct cmh_curl_uv_sock *spare; /* private: watchers kept for when memory runs out */
-    unsigned nspare;                /* private: their number */
+    struct cmh_curl_uv_sock *socks; /* the sockets being watched */
+    struct cmh_curl_uv_sock *spare; /* watchers kept for when memory runs out */
+    unsigned nspare;                /* their number */
     unsigned open_handles;          /* the timer and every socket poll not yet closed */
     int closing;
     int global_init;
     cmh_curl_uv_close_cb close_cb;
-    struct cmh_curl_uv_stats stats;
 };
 
 /* Sets up the multi handle and the timer on loop. opts may be NULL (defaults); log is borrowed

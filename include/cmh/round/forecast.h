@@ -32,8 +32,11 @@ enum cmh_forecast_method {
 
 /* The samples of one quantity over the last window. */
 struct cmh_forecast_series {
+    /* read-only */
     struct cmh_forecast_sample *s;
-    size_t n, cap;
+    size_t n;
+    /* private */
+    size_t cap;
     double window_s;   /* FORECAST_WINDOW */
     double interval_s; /* the fetch interval: the slack on "the window is full", and a gap of more
                           than 3 intervals (the view was stale) clears the series */

@@ -238,7 +238,7 @@ static int fx_provider(struct fx *f)
 
 static void fx_close(struct fx *f)
 {
-    cmh_aws_provider_free(f->p);
+    cmh_aws_provider_close(f->p, NULL, NULL);
     f->p = NULL;
     cmh_curl_uv_close(&f->curl, NULL);
     uv_close((uv_handle_t *)&f->guard, NULL);
@@ -900,7 +900,7 @@ static void test_free_cancels_in_flight(void **state)
     get(&f);
     for (int i = 0; i < 5 && standin_count() == 0; i++)
         uv_run(&f.loop, UV_RUN_NOWAIT), usleep(50000);
-    cmh_aws_provider_free(f.p);
+    cmh_aws_provider_close(f.p, NULL, NULL);
     f.p = NULL;
     assert_int_equal(f.ndone, 2);
     assert_int_equal(f.got[0].rc, -ECANCELED);

@@ -432,7 +432,7 @@ static void fx_close(struct fx *f)
 {
     if (f->cw != NULL) {
         check_invariant(f);
-        cmh_cloudwatch_free(f->cw);
+        cmh_cloudwatch_close(f->cw, NULL, NULL);
         f->cw = NULL;
     }
     cmh_curl_uv_close(&f->curl, on_curl_closed);
@@ -1118,7 +1118,7 @@ static void free_with_request_or_credentials_pending(void **state)
     assert_int_equal(cmh_cloudwatch_enqueue(f.cw, d.v, d.n), 0);
     run_for(&f, 20);
     assert_non_null(f.pending_cb);
-    cmh_cloudwatch_free(f.cw);
+    cmh_cloudwatch_close(f.cw, NULL, NULL);
     f.cw = NULL;
     run_for(&f, 100);
     assert_null(f.pending_cb);
@@ -1154,7 +1154,7 @@ static void new_refuses_bad_options(void **state)
     for (size_t i = 0; i < sizeof good_urls / sizeof good_urls[0]; i++) {
         o.endpoint = good_urls[i];
         assert_int_equal(cmh_cloudwatch_new(&cw, &f.loop, &f.curl, &o, NULL), 0);
-        cmh_cloudwatch_free(cw);
+        cmh_cloudwatch_close(cw, NULL, NULL);
     }
     o.endpoint = url;
     static const char *const bad_ns[] = {"", "AWS/EC2", "tab\there"};
