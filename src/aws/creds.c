@@ -631,22 +631,12 @@ out:
     return rc;
 }
 
-static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_opts *o)
+/* Region (AWS_REGION, AWS_DEFAULT_REGION, the node's providerID), cluster id and instance id. */
+static int read_region_and_cluster(struct cmh_aws_provider *p, const struct cmh_aws_creds_opts *o)
 {
     char *const *env = o->envp;
-    const char *akid = cmh_aws_env_get(env, "AWS_ACCESS_KEY_ID");
-    const char *secret = cmh_aws_env_get(env, "AWS_SECRET_ACCESS_KEY");
-    const char *role = cmh_aws_env_get(env, "AWS_ROLE_ARN");
-    const char *tokf = cmh_aws_env_get(env, "AWS_WEB_IDENTITY_TOKEN_FILE");
-    const char *full = cmh_aws_env_get(env, "AWS_CONTAINER_CREDENTIALS_FULL_URI");
-    const char *rel = cmh_aws_env_get(env, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
-    const char *dis = cmh_aws_env_get(env, "AWS_EC2_METADATA_DISABLED");
-    const char *imds = cmh_aws_env_get(env, "AWS_EC2_METADATA_SERVICE_ENDPOINT");
-    const char *mode = cmh_aws_env_get(env, "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE");
-    const char *sts = cmh_aws_env_get(env, "AWS_ENDPOINT_URL_STS");
     const char *region = o->region != NULL && o->region[0] != '\0' ? o->region : NULL;
     const char *cluster = o->cluster_id != NULL && o->cluster_id[0] != '\0' ? o->cluster_id : NULL;
-    char why[CMH_AWS_WHY_MAX];
 
     p->region_from = region != NULL ? "AWS_REGION" : NULL;
     if (region == NULL && (region = cmh_aws_env_get(env, "AWS_REGION")) != NULL)
@@ -667,6 +657,22 @@ static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_op
         CMH_LOG(p->log, CMH_LOG_ERROR, "aws: not a region name", CMH_STR("region", region));
         return -EINVAL;
     }
+    if ((region != NULL && (p->region = cmh_strdup(region)) == NULL) ||
+        (cluster != NULL && (p->cluster_id = cmh_strdup(cluster)) == NULL))
+        return -ENOMEM;
+    if (cluster != NULL)
+        p->cluster_from = "AWS_CLUSTER_ID";
+    return 0;
+}
+
+/* The IMDS endpoint (AWS_EC2_METADATA_*) and the STS endpoint (AWS_ENDPOINT_URL_STS, else
+ * AWS_ENDPOINT_URL), checked. */
+static int read_endpoints(struct cmh_aws_provider *p, char *const *env)
+{
+    const char *dis = cmh_aws_env_get(env, "AWS_EC2_METADATA_DISABLED");
+    const char *imds = cmh_aws_env_get(env, "AWS_EC2_METADATA_SERVICE_ENDPOINT");
+    const char *mode = cmh_aws_env_get(env, "AWS_EC2_METADATA_SERVICE_ENDPOINT_MODE");
+    const char *sts = cmh_aws_env_get(env, "AWS_ENDPOINT_URL_STS");
     if (sts == NULL)
         sts = cmh_aws_env_get(env, "AWS_ENDPOINT_URL");
     p->imds_disabled = dis != NULL && strcasecmp(dis, "true") == 0;
@@ -700,96 +706,135 @@ static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_op
         if (p->sts_url == NULL)
             return -ENOMEM;
     }
-    if ((region != NULL && (p->region = cmh_strdup(region)) == NULL) ||
-        (cluster != NULL && (p->cluster_id = cmh_strdup(cluster)) == NULL))
-        return -ENOMEM;
-    if (cluster != NULL)
-        p->cluster_from = "AWS_CLUSTER_ID";
-
-    if (akid != NULL && secret != NULL) {
-        p->source = CMH_AWS_SRC_ENV;
-        int rc = 0;
-        struct cmh_aws_creds_doc doc = {
-            .access_key_id = cmh_strdup_opt(akid, &rc),
-            .secret_access_key = cmh_strdup_opt(secret, &rc),
-            .session_token = cmh_strdup_opt(cmh_aws_env_get(env, "AWS_SESSION_TOKEN"), &rc)};
-        if (rc != 0) {
-            cmh_aws_creds_doc_clear(&doc);
-            return -ENOMEM;
-        }
-        creds_take(p, &doc);
-        return 0;
-    }
-    if (akid != NULL || secret != NULL)
-        CMH_LOG(p->log, CMH_LOG_WARN,
-                "aws: only one of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY is set; ignored",
-                CMH_BOOL("access_key_id", akid != NULL));
-    int prc = read_profile(p, env);
-    if (prc != 0)
-        return prc < 0 ? prc : 0;
-    if (role != NULL && tokf != NULL) {
-        p->source = CMH_AWS_SRC_WEB_IDENTITY;
-        const char *sn = cmh_aws_env_get(env, "AWS_ROLE_SESSION_NAME");
-        p->role_arn = cmh_strdup(role);
-        p->token_file = cmh_strdup(tokf);
-        p->session_name = sn != NULL
-                              ? cmh_strdup(sn)
-                              : cmh_aws_strf("cni-metrics-helper-%lld", (long long)wall_ms());
-        if (p->role_arn == NULL || p->token_file == NULL || p->session_name == NULL)
-            return -ENOMEM;
-        if (p->region == NULL && p->sts_url == NULL)
-            CMH_LOG(p->log, CMH_LOG_WARN,
-                    "aws: no region for STS: using the global endpoint; set AWS_REGION",
-                    CMH_URL("endpoint", "https://sts.amazonaws.com/"));
-        return 0;
-    }
-    if (rel != NULL || full != NULL) {
-        p->source = CMH_AWS_SRC_CONTAINER;
-        if (rel != NULL) {
-            /* the relative URI wins, as in the SDKs; its host is fixed (the ECS agent) */
-            if (rel[0] != '/') {
-                CMH_LOG(p->log, CMH_LOG_ERROR,
-                        "aws: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI must start with /",
-                        CMH_STR("value", rel));
-                return -EINVAL;
-            }
-            char *base = dup_base(o->ecs_endpoint != NULL ? o->ecs_endpoint : ECS_DEFAULT);
-            p->container_url = base != NULL ? cmh_aws_strf("%s%s", base, rel) : NULL;
-            cmh_free(base);
-        } else {
-            p->container_url = cmh_strdup(full);
-        }
-        if (p->container_url == NULL)
-            return -ENOMEM;
-        if (!cmh_aws_container_url_allowed(p->container_url, why, sizeof why)) {
-            CMH_LOG(p->log, CMH_LOG_ERROR, "aws: container credentials endpoint refused",
-                    CMH_URL("url", p->container_url), CMH_STR("why", why));
-            return -EPERM;
-        }
-        const char *tf = cmh_aws_env_get(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE");
-        const char *tk = cmh_aws_env_get(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN");
-        if (tf != NULL) {
-            if ((p->container_token_file = cmh_strdup(tf)) == NULL)
-                return -ENOMEM;
-        } else if (tk != NULL) {
-            if (!valid_token(tk)) {
-                CMH_LOG(p->log, CMH_LOG_ERROR,
-                        "aws: AWS_CONTAINER_AUTHORIZATION_TOKEN is not one line of text",
-                        CMH_UINT("length", strlen(tk)));
-                return -EINVAL;
-            }
-            if ((p->container_token = cmh_strdup(tk)) == NULL)
-                return -ENOMEM;
-        }
-        return 0;
-    }
-    if (role != NULL || tokf != NULL)
-        CMH_LOG(
-            p->log, CMH_LOG_WARN,
-            "aws: web identity needs both AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE; ignored",
-            CMH_BOOL("role_arn", role != NULL));
-    p->source = p->imds_disabled ? CMH_AWS_SRC_NONE : CMH_AWS_SRC_IMDS;
     return 0;
+}
+
+/* The sources of the chain below return 1 when they are configured (p->source set: the chain
+ * stops there), 0 when they are not, or a negative error. */
+
+/* Static keys in AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (+ AWS_SESSION_TOKEN). */
+static int source_env(struct cmh_aws_provider *p, char *const *env)
+{
+    const char *akid = cmh_aws_env_get(env, "AWS_ACCESS_KEY_ID");
+    const char *secret = cmh_aws_env_get(env, "AWS_SECRET_ACCESS_KEY");
+    if (akid == NULL || secret == NULL) {
+        if (akid != NULL || secret != NULL)
+            CMH_LOG(p->log, CMH_LOG_WARN,
+                    "aws: only one of AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY is set; ignored",
+                    CMH_BOOL("access_key_id", akid != NULL));
+        return 0;
+    }
+    p->source = CMH_AWS_SRC_ENV;
+    int rc = 0;
+    struct cmh_aws_creds_doc doc = {
+        .access_key_id = cmh_strdup_opt(akid, &rc),
+        .secret_access_key = cmh_strdup_opt(secret, &rc),
+        .session_token = cmh_strdup_opt(cmh_aws_env_get(env, "AWS_SESSION_TOKEN"), &rc)};
+    if (rc != 0) {
+        cmh_aws_creds_doc_clear(&doc);
+        return -ENOMEM;
+    }
+    creds_take(p, &doc);
+    return 1;
+}
+
+/* IRSA: AWS_ROLE_ARN with AWS_WEB_IDENTITY_TOKEN_FILE (STS AssumeRoleWithWebIdentity). */
+static int source_web_identity(struct cmh_aws_provider *p, char *const *env)
+{
+    const char *role = cmh_aws_env_get(env, "AWS_ROLE_ARN");
+    const char *tokf = cmh_aws_env_get(env, "AWS_WEB_IDENTITY_TOKEN_FILE");
+    if (role == NULL || tokf == NULL)
+        return 0;
+    p->source = CMH_AWS_SRC_WEB_IDENTITY;
+    const char *sn = cmh_aws_env_get(env, "AWS_ROLE_SESSION_NAME");
+    p->role_arn = cmh_strdup(role);
+    p->token_file = cmh_strdup(tokf);
+    p->session_name =
+        sn != NULL ? cmh_strdup(sn) : cmh_aws_strf("cni-metrics-helper-%lld", (long long)wall_ms());
+    if (p->role_arn == NULL || p->token_file == NULL || p->session_name == NULL)
+        return -ENOMEM;
+    if (p->region == NULL && p->sts_url == NULL)
+        CMH_LOG(p->log, CMH_LOG_WARN,
+                "aws: no region for STS: using the global endpoint; set AWS_REGION",
+                CMH_URL("endpoint", "https://sts.amazonaws.com/"));
+    return 1;
+}
+
+/* EKS Pod Identity and ECS: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or _FULL_URI, with the
+ * authorization token from its file or the environment. */
+static int source_container(struct cmh_aws_provider *p, const struct cmh_aws_creds_opts *o)
+{
+    char *const *env = o->envp;
+    const char *full = cmh_aws_env_get(env, "AWS_CONTAINER_CREDENTIALS_FULL_URI");
+    const char *rel = cmh_aws_env_get(env, "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI");
+    char why[CMH_AWS_WHY_MAX];
+    if (rel == NULL && full == NULL)
+        return 0;
+    p->source = CMH_AWS_SRC_CONTAINER;
+    if (rel != NULL) {
+        /* the relative URI wins, as in the SDKs; its host is fixed (the ECS agent) */
+        if (rel[0] != '/') {
+            CMH_LOG(p->log, CMH_LOG_ERROR,
+                    "aws: AWS_CONTAINER_CREDENTIALS_RELATIVE_URI must start with /",
+                    CMH_STR("value", rel));
+            return -EINVAL;
+        }
+        char *base = dup_base(o->ecs_endpoint != NULL ? o->ecs_endpoint : ECS_DEFAULT);
+        p->container_url = base != NULL ? cmh_aws_strf("%s%s", base, rel) : NULL;
+        cmh_free(base);
+    } else {
+        p->container_url = cmh_strdup(full);
+    }
+    if (p->container_url == NULL)
+        return -ENOMEM;
+    if (!cmh_aws_container_url_allowed(p->container_url, why, sizeof why)) {
+        CMH_LOG(p->log, CMH_LOG_ERROR, "aws: container credentials endpoint refused",
+                CMH_URL("url", p->container_url), CMH_STR("why", why));
+        return -EPERM;
+    }
+    const char *tf = cmh_aws_env_get(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE");
+    const char *tk = cmh_aws_env_get(env, "AWS_CONTAINER_AUTHORIZATION_TOKEN");
+    if (tf != NULL) {
+        if ((p->container_token_file = cmh_strdup(tf)) == NULL)
+            return -ENOMEM;
+    } else if (tk != NULL) {
+        if (!valid_token(tk)) {
+            CMH_LOG(p->log, CMH_LOG_ERROR,
+                    "aws: AWS_CONTAINER_AUTHORIZATION_TOKEN is not one line of text",
+                    CMH_UINT("length", strlen(tk)));
+            return -EINVAL;
+        }
+        if ((p->container_token = cmh_strdup(tk)) == NULL)
+            return -ENOMEM;
+    }
+    return 1;
+}
+
+/* The settings, then the first credential source configured, in the SDKs' order: environment,
+ * shared profile, web identity, container, IMDS. */
+static int read_config(struct cmh_aws_provider *p, const struct cmh_aws_creds_opts *o)
+{
+    int rc = read_region_and_cluster(p, o);
+    if (!rc)
+        rc = read_endpoints(p, o->envp);
+    if (!rc)
+        rc = source_env(p, o->envp);
+    if (!rc)
+        rc = read_profile(p, o->envp);
+    if (!rc)
+        rc = source_web_identity(p, o->envp);
+    if (!rc)
+        rc = source_container(p, o);
+    if (!rc) {
+        const char *role = cmh_aws_env_get(o->envp, "AWS_ROLE_ARN");
+        if (role != NULL || cmh_aws_env_get(o->envp, "AWS_WEB_IDENTITY_TOKEN_FILE") != NULL)
+            CMH_LOG(p->log, CMH_LOG_WARN,
+                    "aws: web identity needs both AWS_ROLE_ARN and AWS_WEB_IDENTITY_TOKEN_FILE; "
+                    "ignored",
+                    CMH_BOOL("role_arn", role != NULL));
+        p->source = p->imds_disabled ? CMH_AWS_SRC_NONE : CMH_AWS_SRC_IMDS;
+    }
+    return rc < 0 ? rc : 0;
 }
 
 /* ---------------------------------------------------------------------------------------------
