@@ -245,8 +245,11 @@ try:
     check("SUBNET_IDS mode: daemon stopped cleanly", daemon.stop() == 0)
     daemon = None
     st = json.loads(http(ec2_url + "/stats"))
+    # Every fetch of SUBNET_IDS mode asked for the deleted id once and was answered NotFound; how
+    # many fetches fit in the mode's rounds depends on the machine's load, so the count is theirs.
     check("EC2 stand-in: no bad signature or invalid request, unknown ids answered NotFound",
-          st["bad_signature"] == 0 and st["invalid"] == 0 and st["not_found"] >= 3, st)
+          st["bad_signature"] == 0 and st["invalid"] == 0 and st["not_found"] >= len(fetched) >= 2,
+          (st, len(fetched)))
 finally:
     if daemon is not None:
         daemon.p.kill()
