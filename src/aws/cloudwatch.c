@@ -3,6 +3,7 @@
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
+#include "cmh/http/url.h"
 #include "cmh/core/buf.h"
 #include "cmh/aws/endpoint.h"
 #include "cmh/core/rng.h"
@@ -1073,7 +1074,7 @@ int cmh_cloudwatch_new(struct cmh_cloudwatch **out, uv_loop_t *loop, struct cmh_
     cw->o.region = cw->region;
     cw->o.endpoint = cw->endpoint;
     cw->o.namespace_ = cw->ns;
-    rc = cmh_aws_endpoint_split(cw->endpoint, &cw->host, &cw->path, &cw->allow_http);
+    rc = cmh_url_split(cw->endpoint, &cw->host, &cw->path, &cw->allow_http);
     if (rc != 0) {
         CMH_LOG(log, CMH_LOG_ERROR,
                 rc == -EPROTONOSUPPORT

@@ -5,6 +5,7 @@
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
+#include "cmh/aws/endpoint.h"
 #include "cmh/core/config.h"
 #include "cmh/core/buf.h"
 #include "cmh/http/curl_uv.h"
@@ -180,11 +181,8 @@ int cmh_cluster_finder_new(struct cmh_cluster_finder **out, uv_loop_t *loop,
     f->cfg = cfg;
     f->log = log;
     f->envp = envp;
-    const char *node = NULL;
+    const char *node = cmh_aws_env_get(envp, "NODE_NAME");
     static const char *const no_env[] = {NULL};
-    for (char *const *e = envp; e != NULL && *e != NULL; e++)
-        if (strncmp(*e, "NODE_NAME=", 10) == 0 && (*e)[10] != '\0')
-            node = *e + 10;
     if (cmh_k8s_api_in_cluster_url(f->server, sizeof f->server,
                                    envp != NULL ? envp : (char *const *)no_env) != 0)
         f->server[0] = '\0';

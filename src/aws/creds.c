@@ -14,6 +14,7 @@
 #include "cmh/aws/ini.h"
 #include "cmh/aws/sigv4.h"
 #include "cmh/core/alloc.h"
+#include "cmh/http/url.h"
 #include "cmh/core/buf.h"
 #include "cmh/core/container_of.h"
 #include "cmh/core/log.h"
@@ -270,7 +271,7 @@ static void assume_role(struct cmh_aws_job *j)
     struct cmh_sigv4_result sig;
     memset(&sig, 0, sizeof sig);
     if (rc == 0)
-        rc = cmh_aws_endpoint_split(url, &host, &path, &http);
+        rc = cmh_url_split(url, &host, &path, &http);
     static const char ctype[] = "application/x-www-form-urlencoded; charset=utf-8";
     if (rc == 0) {
         const struct cmh_sigv4_kv headers[] = {{"Host", host}, {"Content-Type", ctype}};

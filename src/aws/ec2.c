@@ -6,6 +6,7 @@
 
 #include "cmh/core/container_of.h"
 #include "cmh/core/alloc.h"
+#include "cmh/http/url.h"
 #include "cmh/core/buf.h"
 #include "cmh/core/log.h"
 #include "cmh/core/rng.h"
@@ -371,7 +372,7 @@ static void on_resolved(struct cmh_aws_provider *p, int rc, const char *region,
         finish(e, n < 0 ? n : -ENOMEM, "bad region '%s' for the EC2 endpoint", region);
         return;
     }
-    rc = cmh_aws_endpoint_split(e->endpoint, &e->host, &e->path, &e->allow_http);
+    rc = cmh_url_split(e->endpoint, &e->host, &e->path, &e->allow_http);
     if (rc != 0) {
         char shown[512];
         cmh_url_redact(e->endpoint, shown, sizeof shown);
@@ -626,7 +627,7 @@ int cmh_ec2_new(struct cmh_ec2 **out, uv_loop_t *loop, struct cmh_curl_uv *curl,
         /* Check it now: a bad override is a configuration error. */
         char *host = NULL, *path = NULL;
         int http;
-        rc = cmh_aws_endpoint_split(ov, &host, &path, &http);
+        rc = cmh_url_split(ov, &host, &path, &http);
         cmh_free(host);
         cmh_free(path);
         if (rc != 0) {

@@ -1,7 +1,7 @@
 #include "cmh/aws/endpoint.h"
 
 #include "cmh/core/alloc.h"
-#include "cmh/http/url.h"
+#include "cmh/core/config.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -9,11 +9,8 @@
 
 const char *cmh_aws_env_get(char *const *envp, const char *name)
 {
-    size_t n = strlen(name);
-    for (char *const *e = envp; e != NULL && *e != NULL; e++)
-        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=' && (*e)[n + 1] != '\0')
-            return *e + n + 1;
-    return NULL;
+    const char *v = cmh_env_get(envp, name);
+    return v != NULL && v[0] != '\0' ? v : NULL;
 }
 
 const char *cmh_aws_endpoint_override(char *const *envp, const char *service_var)
@@ -46,11 +43,6 @@ int cmh_aws_endpoint_url(const char *prefix, const char *region, const char *ove
     if (n < 0 || (size_t)n >= len)
         return -ENOSPC;
     return n;
-}
-
-int cmh_aws_endpoint_split(const char *url, char **host, char **path, int *allow_http)
-{
-    return cmh_url_split(url, host, path, allow_http);
 }
 
 int cmh_aws_header_add(char **hdr, size_t *n, size_t max, const char *name, const char *value)

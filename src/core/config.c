@@ -689,8 +689,7 @@ const struct cmh_config_var *cmh_config_find(const char *name)
     return NULL;
 }
 
-/* Looks name up in envp; returns the value or NULL. */
-static const char *env_get(char *const *envp, const char *name)
+const char *cmh_env_get(char *const *envp, const char *name)
 {
     size_t n = strlen(name);
     for (char *const *e = envp; e != NULL && *e != NULL; e++)
@@ -787,7 +786,7 @@ int cmh_config_load(struct cmh_config *cfg, char *const *envp, char err[CMH_CONF
     }
     for (size_t i = 0; i < cmh_config_nvars && rc == 0; i++) {
         const struct cmh_config_var *var = &cmh_config_vars[i];
-        const char *value = env_get(envp, var->name);
+        const char *value = cmh_env_get(envp, var->name);
         if (value != NULL && value[0] != '\0')
             rc = cmh_config_set(cfg, var, value, err);
     }

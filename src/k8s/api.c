@@ -3,6 +3,7 @@
 #include "cmh/k8s/api.h"
 
 #include "cmh/core/alloc.h"
+#include "cmh/core/config.h"
 #include "cmh/core/log.h"
 
 #include <jansson.h>
@@ -39,13 +40,7 @@ int cmh_k8s_api_server_url(char *buf, size_t len, const char *host, const char *
 
 static const char *env_value(char *const *envp, const char *name)
 {
-    if (envp == NULL)
-        return getenv(name);
-    size_t n = strlen(name);
-    for (char *const *e = envp; *e != NULL; e++)
-        if (strncmp(*e, name, n) == 0 && (*e)[n] == '=')
-            return *e + n + 1;
-    return NULL;
+    return envp == NULL ? getenv(name) : cmh_env_get(envp, name);
 }
 
 int cmh_k8s_api_in_cluster_url(char *buf, size_t len, char *const *envp)

@@ -1,7 +1,7 @@
 /* Fuzzes the two URL gates of the environment that are security checks: the container-credentials
  * host allow-list (cmh_aws_container_url_allowed: AWS_CONTAINER_CREDENTIALS_FULL_URI, whose
  * answer is trusted as credentials) and the AWS endpoint split with its loopback-only plain-http
- * rule (cmh_aws_endpoint_split: AWS_ENDPOINT_URL*, which receives signed requests). The first
+ * rule (cmh_url_split: AWS_ENDPOINT_URL*, which receives signed requests). The first
  * byte picks the gate; the rest, up to a NUL, is the URL (an environment value). The oracle is
  * libcurl's own URL parser, the one that decides where the request goes: a URL a gate accepts and
  * libcurl can parse has no user information, the scheme the gate judged, and for plain http a
@@ -9,6 +9,7 @@
  * fd00:ec2::23; endpoint: 127.0.0.0/8, ::1). An accepted split round-trips: scheme, host and path
  * put together give back the URL. A refusal says why. */
 #include "cmh/core/alloc.h"
+#include "cmh/http/url.h"
 #include "cmh/aws/creds_parse.h"
 #include "cmh/aws/endpoint.h"
 
@@ -103,7 +104,7 @@ static void endpoint_gate(const char *url)
 {
     char *host = NULL, *path = NULL;
     int allow_http = -1;
-    int rc = cmh_aws_endpoint_split(url, &host, &path, &allow_http);
+    int rc = cmh_url_split(url, &host, &path, &allow_http);
     int https = strncmp(url, "https://", 8) == 0, http = strncmp(url, "http://", 7) == 0;
     if (rc != 0) {
         if ((rc != -EINVAL && rc != -EPROTONOSUPPORT) || allow_http != 0 ||

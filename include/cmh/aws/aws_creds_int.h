@@ -129,7 +129,7 @@ char *cmh_aws_strf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 void cmh_aws_provider_kick(struct cmh_aws_provider *p);
 void cmh_aws_provider_maybe_release(struct cmh_aws_provider *p);
 
-/* imds.c: gets (or reuses) the IMDSv2 session token, then runs next; on failure token_failed
+/* imds.c: fetches (or reuses) the IMDSv2 session token, then runs next; on failure token_failed
  * (NULL: the job finishes with the failure). */
 void cmh_aws_imds_with_token(struct cmh_aws_job *j, cmh_aws_next_fn next,
                              cmh_aws_fail_fn token_failed);

@@ -21,9 +21,6 @@ const char *cmh_aws_endpoint_override(char *const *envp, const char *service_var
 int cmh_aws_endpoint_url(const char *prefix, const char *region, const char *override, char *buf,
                          size_t len);
 
-/* An endpoint URL split as cmh_url_split (http/url.h) splits it. */
-int cmh_aws_endpoint_split(const char *url, char **host, char **path, int *allow_http);
-
 /* Appends the curl header line "name: value" (cmh_malloc'ed) to hdr[*n], at most max lines.
  * Returns 0, -ENOSPC when full, -ENOMEM. */
 int cmh_aws_header_add(char **hdr, size_t *n, size_t max, const char *name, const char *value);

@@ -142,6 +142,11 @@ extern const size_t cmh_config_nothers;
 
 #define CMH_CONFIG_ERR_MAX 512
 
+/* The value of name in envp (a NULL-terminated "NAME=value" array, like environ; NULL: none), or
+ * NULL when it is not there. The one lookup of an environment block: every module that is handed
+ * one (the AWS settings, the Kubernetes API server, the node name) reads it through this. */
+const char *cmh_env_get(char *const *envp, const char *name);
+
 /* Fills cfg from envp (a NULL-terminated "NAME=value" array, like environ). An empty value counts
  * as unset. On a bad value returns -EINVAL with one line in err naming the variable, the value and
  * what is accepted; cfg is then freed. So that a typo never sends the numbers elsewhere, a set

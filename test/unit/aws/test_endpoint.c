@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "cmh/core/alloc.h"
+#include "cmh/http/url.h"
 #include "cmh/aws/endpoint.h"
 #include "cmh/core/log.h"
 
@@ -95,7 +96,7 @@ static void split_and_loopback_rule(void **state)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char *host = NULL, *path = NULL;
         int http = -1;
-        int rc = cmh_aws_endpoint_split(cases[i].url, &host, &path, &http);
+        int rc = cmh_url_split(cases[i].url, &host, &path, &http);
         if (rc != cases[i].rc)
             fail_msg("%s: rc %d, want %d", cases[i].url, rc, cases[i].rc);
         if (rc == 0) {
